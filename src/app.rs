@@ -1,0 +1,210 @@
+//! `Application::build(config)`: connects, migrates, starts the pipeline and the HTTP server.
+//! `main` and the integration tests start sensorhub exactly the same way.
+
+use crate::config::Config;
+use crate::http::{self, HttpState};
+use crate::pipeline::Faults;
+use crate::store;
+use crate::streams;
+use crate::supervisor::{Pipeline, PipelineParts};
+use crate::telemetry::Metrics;
+use actix_web::dev::ServerHandle;
+use actix_web::{App, HttpServer, web};
+use anyhow::Context as _;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long start-up waits for Redis and PostgreSQL to answer (a compose stack starts them
+/// together) before giving up with the last error.
+const STARTUP_WAIT: Duration = Duration::from_secs(60);
+/// Redis answers slower than this count as failures; the reader's blocking reads get more.
+const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A running sensorhub.
+pub struct Application {
+    addr: SocketAddr,
+    server: ServerHandle,
+    pipeline: Pipeline,
+    metrics: Arc<Metrics>,
+    shutdown_timeout: Duration,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        Self::build_with_faults(config, Arc::new(Faults::default())).await
+    }
+
+    /// As [`build`](Self::build), with a test-only fault switch armed.
+    pub async fn build_with_faults(config: Config, faults: Arc<Faults>) -> anyhow::Result<Self> {
+        let started = Instant::now();
+        let metrics = Arc::new(Metrics::new());
+
+        let pool = retry_startup("PostgreSQL", || {
+            store::connect(config.database_url.expose(), config.db_pool_size)
+        })
+        .await?;
+        store::migrate(&pool).await?;
+
+        let client = redis::Client::open(config.redis_url.expose())
+            .context("SENSORHUB_REDIS_URL is not a Redis URL")?;
+        let conn = retry_startup("Redis", || {
+            redis_connection(&client, REDIS_RESPONSE_TIMEOUT)
+        })
+        .await?;
+        let read_conn = redis_connection(
+            &client,
+            REDIS_RESPONSE_TIMEOUT + crate::pipeline::read::READ_BLOCK,
+        )
+        .await?;
+        streams::ensure_group(&mut conn.clone(), &config.stream, &config.group)
+            .await
+            .context("creating the consumer group")?;
+
+        let pipeline = Pipeline::start(
+            &config,
+            PipelineParts {
+                pool: pool.clone(),
+                client,
+                conn: conn.clone(),
+                read_conn,
+                metrics: Arc::clone(&metrics),
+                faults,
+            },
+        );
+
+        let state = HttpState {
+            metrics: Arc::clone(&metrics),
+            pool,
+            redis: conn,
+            pipeline_running: pipeline.running_flag(),
+        };
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(web::Data::new(state.clone()))
+                .wrap(actix_web::middleware::Compress::default())
+                .configure(http::routes)
+        })
+        .workers(2)
+        .disable_signals()
+        .bind(config.http_addr)
+        .with_context(|| format!("binding SENSORHUB_HTTP_ADDR={}", config.http_addr))?;
+        let addr = server.addrs()[0];
+        let server = server.run();
+        let handle = server.handle();
+        actix_web::rt::spawn(server);
+
+        tracing::info!(
+            http = %addr,
+            stream = %config.stream,
+            group = %config.group,
+            consumer = %config.consumer,
+            channel = config.channel.as_deref().unwrap_or("(none)"),
+            startup_ms = started.elapsed().as_millis() as u64,
+            "sensorhub started"
+        );
+        Ok(Self {
+            addr,
+            server: handle,
+            pipeline,
+            metrics,
+            shutdown_timeout: config.shutdown_timeout,
+        })
+    }
+
+    /// The HTTP address actually bound (port 0 in tests picks a free one).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// Batches read and not yet acknowledged.
+    pub fn in_flight(&self) -> usize {
+        self.pipeline.in_flight()
+    }
+
+    /// Runs until SIGTERM or Ctrl-C, then stops gracefully.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        wait_for_signal().await?;
+        tracing::info!("stop requested; finishing the batches in flight");
+        self.shutdown().await;
+        Ok(())
+    }
+
+    /// Stops reading, lets the batches in flight commit and be acknowledged, then stops HTTP.
+    pub async fn shutdown(self) {
+        let drained = self.pipeline.shutdown(self.shutdown_timeout).await;
+        if drained {
+            tracing::info!("all batches in flight committed and acknowledged");
+        } else {
+            tracing::warn!(timeout = ?self.shutdown_timeout, "stopped before every batch in flight was acknowledged; they stay pending in Redis and are re-read on the next start");
+        }
+        self.server.stop(true).await;
+    }
+}
+
+async fn redis_connection(
+    client: &redis::Client,
+    response_timeout: Duration,
+) -> redis::RedisResult<ConnectionManager> {
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(response_timeout))
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_max_delay(Duration::from_secs(2));
+    ConnectionManager::new_with_config(client.clone(), config).await
+}
+
+/// Retries a start-up connection for up to [`STARTUP_WAIT`], logging each failure.
+async fn retry_startup<T, E, F, Fut>(what: &str, mut connect: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: Into<anyhow::Error>,
+{
+    let deadline = Instant::now() + STARTUP_WAIT;
+    loop {
+        match connect().await {
+            Ok(value) => return Ok(value),
+            Err(error) => {
+                let error: anyhow::Error = error.into();
+                if Instant::now() >= deadline {
+                    return Err(error.context(format!(
+                        "{what} did not answer within {}s",
+                        STARTUP_WAIT.as_secs()
+                    )));
+                }
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "{what} not reachable yet, retrying"
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        tokio::select! {
+            _ = term.recv() => {}
+            result = tokio::signal::ctrl_c() => result.context("waiting for Ctrl-C")?,
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    Ok(())
+}

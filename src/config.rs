@@ -1,0 +1,447 @@
+//! Typed settings from the environment, validated at start.
+//!
+//! Every variable is declared once in [`VARIABLES`] (name, default, meaning); the parser reads its
+//! defaults from there and the README's configuration table is checked against it by a test, so the
+//! documentation cannot drift. A bad value gives one line naming the variable, the value and what is
+//! expected ([`ConfigError`]).
+
+use crate::domain::{Limits, Resolution};
+use chrono_tz::Tz;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// One configuration variable, as documented in the README.
+pub struct Variable {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub meaning: &'static str,
+}
+
+/// Every variable sensorhub reads. `DATABASE_URL` and `REDIS_URL` are honoured as fallbacks of the
+/// first two.
+pub const VARIABLES: &[Variable] = &[
+    Variable {
+        name: "SENSORHUB_REDIS_URL",
+        default: "redis://127.0.0.1:6379",
+        meaning: "Redis to read from (fallback: `REDIS_URL`)",
+    },
+    Variable {
+        name: "SENSORHUB_DATABASE_URL",
+        default: "postgres://postgres@127.0.0.1:5432/sensorhub",
+        meaning: "PostgreSQL to write to; the database is created if missing (fallback: `DATABASE_URL`)",
+    },
+    Variable {
+        name: "SENSORHUB_HTTP_ADDR",
+        default: "0.0.0.0:8080",
+        meaning: "HTTP bind address (health, metrics, API)",
+    },
+    Variable {
+        name: "SENSORHUB_STREAM",
+        default: "sensor_stream",
+        meaning: "stream key; dead letters go to `<stream>:dead`",
+    },
+    Variable {
+        name: "SENSORHUB_CHANNEL",
+        default: "sensor_stream",
+        meaning: "Pub/Sub channel bridged into the stream (empty: none)",
+    },
+    Variable {
+        name: "SENSORHUB_GROUP",
+        default: "sensorhub",
+        meaning: "consumer group",
+    },
+    Variable {
+        name: "SENSORHUB_CONSUMER",
+        default: "(host name)",
+        meaning: "this instance's consumer name, unique per instance",
+    },
+    Variable {
+        name: "SENSORHUB_BATCH_SIZE",
+        default: "5000",
+        meaning: "most stream entries read and written in one batch (one transaction)",
+    },
+    Variable {
+        name: "SENSORHUB_BATCH_DELAY",
+        default: "5ms",
+        meaning: "longest wait for a partly filled batch to grow before it is written",
+    },
+    Variable {
+        name: "SENSORHUB_MAX_IN_FLIGHT",
+        default: "4",
+        meaning: "batches read but not yet acknowledged; reading pauses at this bound",
+    },
+    Variable {
+        name: "SENSORHUB_RESOLUTIONS",
+        default: "1m,1h",
+        meaning: "window resolutions, comma-separated (1s to 31d)",
+    },
+    Variable {
+        name: "SENSORHUB_MAX_MESSAGE_BYTES",
+        default: "1048576",
+        meaning: "largest accepted message",
+    },
+    Variable {
+        name: "SENSORHUB_MAX_SENSOR_ID_LEN",
+        default: "128",
+        meaning: "longest accepted sensor id, in bytes",
+    },
+    Variable {
+        name: "SENSORHUB_MAX_FUTURE_SKEW",
+        default: "5m",
+        meaning: "how far ahead of sensorhub's clock a timestamp may be",
+    },
+    Variable {
+        name: "SENSORHUB_MAX_AGE",
+        default: "3650d",
+        meaning: "oldest accepted timestamp, as an age",
+    },
+    Variable {
+        name: "SENSORHUB_TIMEZONE",
+        default: "UTC",
+        meaning: "IANA time zone of timestamps without an offset",
+    },
+    Variable {
+        name: "SENSORHUB_STREAM_TAIL",
+        default: "1000",
+        meaning: "acknowledged entries kept in the stream for inspection",
+    },
+    Variable {
+        name: "SENSORHUB_DEAD_LETTER_MAXLEN",
+        default: "100000",
+        meaning: "approximate cap of the dead-letter stream (`XADD MAXLEN ~`)",
+    },
+    Variable {
+        name: "SENSORHUB_CLAIM_IDLE",
+        default: "30s",
+        meaning: "idle time after which another consumer's pending entries are claimed",
+    },
+    Variable {
+        name: "SENSORHUB_BRIDGE_LEASE",
+        default: "5s",
+        meaning: "lease of the instance bridging Pub/Sub; another takes over within this time",
+    },
+    Variable {
+        name: "SENSORHUB_DB_POOL_SIZE",
+        default: "4",
+        meaning: "PostgreSQL connections",
+    },
+    Variable {
+        name: "SENSORHUB_SHUTDOWN_TIMEOUT",
+        default: "30s",
+        meaning: "longest wait for in-flight batches on SIGTERM",
+    },
+    Variable {
+        name: "SENSORHUB_API_TOKEN",
+        default: "(none)",
+        meaning: "bearer token required by the read API (health and metrics stay open)",
+    },
+    Variable {
+        name: "SENSORHUB_ACTIVE_WITHIN",
+        default: "30d",
+        meaning: "sensors seen within this are listed by the API",
+    },
+    Variable {
+        name: "SENSORHUB_LOG",
+        default: "info",
+        meaning: "log filter (tracing `EnvFilter` syntax)",
+    },
+];
+
+/// An invalid configuration value.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {var}={value:?}: expected {expected}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub value: String,
+    pub expected: String,
+}
+
+/// A value that must never be printed (tokens, URLs with passwords).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// The whole configuration. Tests build it with [`Config::from_lookup`] and adjust fields.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub redis_url: Secret,
+    pub database_url: Secret,
+    pub http_addr: SocketAddr,
+    pub stream: String,
+    /// `None` when the Pub/Sub bridge is off.
+    pub channel: Option<String>,
+    pub group: String,
+    pub consumer: String,
+    pub batch_size: usize,
+    pub batch_delay: Duration,
+    pub max_in_flight: usize,
+    pub resolutions: Vec<Resolution>,
+    pub limits: Limits,
+    pub stream_tail: usize,
+    pub dead_letter_maxlen: usize,
+    pub claim_idle: Duration,
+    pub bridge_lease: Duration,
+    pub db_pool_size: usize,
+    pub shutdown_timeout: Duration,
+    pub api_token: Option<Secret>,
+    pub active_within: Duration,
+    pub log_filter: String,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads variables through `lookup`; unset variables take their documented default.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let env = Env { lookup: &lookup };
+        let timezone_text = env.text("SENSORHUB_TIMEZONE");
+        let timezone: Tz = timezone_text.parse().map_err(|_| ConfigError {
+            var: "SENSORHUB_TIMEZONE",
+            value: timezone_text.clone(),
+            expected: "an IANA time zone name such as UTC or Europe/Berlin".into(),
+        })?;
+        let limits = Limits {
+            max_message_bytes: env.number("SENSORHUB_MAX_MESSAGE_BYTES", 64, 64 * 1024 * 1024)?,
+            max_sensor_id_len: env.number("SENSORHUB_MAX_SENSOR_ID_LEN", 1, 1024)?,
+            max_future_skew: env.duration("SENSORHUB_MAX_FUTURE_SKEW")?,
+            max_age: env.duration("SENSORHUB_MAX_AGE")?,
+            timezone,
+            ..Limits::default()
+        };
+        let consumer = match lookup("SENSORHUB_CONSUMER").filter(|v| !v.is_empty()) {
+            Some(name) => name,
+            None => gethostname::gethostname().to_string_lossy().into_owned(),
+        };
+        let channel = env.text("SENSORHUB_CHANNEL");
+        let config = Config {
+            redis_url: Secret::new(env.text_or_fallback("SENSORHUB_REDIS_URL", "REDIS_URL")),
+            database_url: Secret::new(
+                env.text_or_fallback("SENSORHUB_DATABASE_URL", "DATABASE_URL"),
+            ),
+            http_addr: env.parsed("SENSORHUB_HTTP_ADDR", "an address such as 0.0.0.0:8080")?,
+            stream: env.non_empty("SENSORHUB_STREAM")?,
+            channel: (!channel.is_empty()).then_some(channel),
+            group: env.non_empty("SENSORHUB_GROUP")?,
+            consumer,
+            batch_size: env.number("SENSORHUB_BATCH_SIZE", 1, 100_000)?,
+            batch_delay: env.duration("SENSORHUB_BATCH_DELAY")?,
+            max_in_flight: env.number("SENSORHUB_MAX_IN_FLIGHT", 1, 64)?,
+            resolutions: env.resolutions("SENSORHUB_RESOLUTIONS")?,
+            limits,
+            stream_tail: env.number("SENSORHUB_STREAM_TAIL", 0, 10_000_000)?,
+            dead_letter_maxlen: env.number("SENSORHUB_DEAD_LETTER_MAXLEN", 1, 100_000_000)?,
+            claim_idle: env.duration("SENSORHUB_CLAIM_IDLE")?,
+            bridge_lease: env.duration("SENSORHUB_BRIDGE_LEASE")?,
+            db_pool_size: env.number("SENSORHUB_DB_POOL_SIZE", 1, 256)?,
+            shutdown_timeout: env.duration("SENSORHUB_SHUTDOWN_TIMEOUT")?,
+            api_token: lookup("SENSORHUB_API_TOKEN")
+                .filter(|v| !v.is_empty())
+                .map(Secret::new),
+            active_within: env.duration("SENSORHUB_ACTIVE_WITHIN")?,
+            log_filter: env.text("SENSORHUB_LOG"),
+        };
+        if config.bridge_lease < Duration::from_millis(300) {
+            return Err(ConfigError {
+                var: "SENSORHUB_BRIDGE_LEASE",
+                value: humantime::format_duration(config.bridge_lease).to_string(),
+                expected: "at least 300ms".into(),
+            });
+        }
+        Ok(config)
+    }
+
+    /// The dead-letter stream's key.
+    pub fn dead_letter_stream(&self) -> String {
+        format!("{}:dead", self.stream)
+    }
+}
+
+/// Typed reads of variables with their documented defaults.
+struct Env<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Env<'_> {
+    fn default_of(name: &str) -> &'static str {
+        VARIABLES
+            .iter()
+            .find(|v| v.name == name)
+            .map(|v| v.default)
+            .unwrap_or_else(|| unreachable!("{name} is not declared in VARIABLES"))
+    }
+
+    fn text(&self, name: &'static str) -> String {
+        (self.lookup)(name).unwrap_or_else(|| Self::default_of(name).to_owned())
+    }
+
+    fn text_or_fallback(&self, name: &'static str, fallback: &str) -> String {
+        (self.lookup)(name)
+            .filter(|v| !v.is_empty())
+            .or_else(|| (self.lookup)(fallback).filter(|v| !v.is_empty()))
+            .unwrap_or_else(|| Self::default_of(name).to_owned())
+    }
+
+    fn error(name: &'static str, value: &str, expected: impl Into<String>) -> ConfigError {
+        ConfigError {
+            var: name,
+            value: value.to_owned(),
+            expected: expected.into(),
+        }
+    }
+
+    fn non_empty(&self, name: &'static str) -> Result<String, ConfigError> {
+        let value = self.text(name);
+        if value.trim().is_empty() {
+            return Err(Self::error(name, &value, "a non-empty name"));
+        }
+        Ok(value)
+    }
+
+    fn parsed<T: std::str::FromStr>(
+        &self,
+        name: &'static str,
+        expected: &str,
+    ) -> Result<T, ConfigError> {
+        let value = self.text(name);
+        value
+            .trim()
+            .parse()
+            .map_err(|_| Self::error(name, &value, expected))
+    }
+
+    fn number(&self, name: &'static str, min: usize, max: usize) -> Result<usize, ConfigError> {
+        let expected = format!("a whole number from {min} to {max}");
+        let number: usize = self.parsed(name, &expected)?;
+        if !(min..=max).contains(&number) {
+            return Err(Self::error(name, &number.to_string(), expected));
+        }
+        Ok(number)
+    }
+
+    fn duration(&self, name: &'static str) -> Result<Duration, ConfigError> {
+        let value = self.text(name);
+        humantime::parse_duration(value.trim())
+            .map_err(|_| Self::error(name, &value, "a duration such as 500ms, 30s, 5m, 1h or 30d"))
+    }
+
+    fn resolutions(&self, name: &'static str) -> Result<Vec<Resolution>, ConfigError> {
+        let value = self.text(name);
+        let mut resolutions = value
+            .split(',')
+            .map(|part| part.parse::<Resolution>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|why| Self::error(name, &value, format!("durations like 1m,1h ({why})")))?;
+        resolutions.sort_unstable();
+        resolutions.dedup();
+        Ok(resolutions)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.redis_url.expose(), "redis://127.0.0.1:6379");
+        assert_eq!(
+            c.database_url.expose(),
+            "postgres://postgres@127.0.0.1:5432/sensorhub"
+        );
+        assert_eq!(
+            (c.stream.as_str(), c.group.as_str()),
+            ("sensor_stream", "sensorhub")
+        );
+        assert_eq!(c.channel.as_deref(), Some("sensor_stream"));
+        assert_eq!(c.dead_letter_stream(), "sensor_stream:dead");
+        let labels: Vec<String> = c.resolutions.iter().map(ToString::to_string).collect();
+        assert_eq!(labels, ["1m", "1h"]);
+        assert!(!c.consumer.is_empty());
+    }
+
+    #[test]
+    fn fallback_urls_are_honoured() {
+        let c = config(&[
+            ("DATABASE_URL", "postgres://x@db/y"),
+            ("REDIS_URL", "redis://r"),
+        ])
+        .unwrap();
+        assert_eq!(c.database_url.expose(), "postgres://x@db/y");
+        assert_eq!(c.redis_url.expose(), "redis://r");
+        let c = config(&[
+            ("DATABASE_URL", "postgres://x@db/y"),
+            ("SENSORHUB_DATABASE_URL", "postgres://z/w"),
+        ])
+        .unwrap();
+        assert_eq!(c.database_url.expose(), "postgres://z/w");
+    }
+
+    #[test]
+    fn empty_channel_turns_the_bridge_off() {
+        assert_eq!(config(&[("SENSORHUB_CHANNEL", "")]).unwrap().channel, None);
+    }
+
+    #[test]
+    fn bad_values_name_variable_value_and_expectation() {
+        let cases = [
+            ("SENSORHUB_BATCH_SIZE", "lots", "whole number"),
+            ("SENSORHUB_BATCH_SIZE", "0", "from 1"),
+            ("SENSORHUB_HTTP_ADDR", "nowhere", "address"),
+            ("SENSORHUB_RESOLUTIONS", "1m,forever", "durations"),
+            ("SENSORHUB_TIMEZONE", "Mars/Olympus", "IANA"),
+            ("SENSORHUB_MAX_FUTURE_SKEW", "-5", "duration"),
+            ("SENSORHUB_STREAM", " ", "non-empty"),
+        ];
+        for (var, value, expected) in cases {
+            let error = config(&[(var, value)]).unwrap_err().to_string();
+            assert!(
+                error.contains(var) && error.contains(value) && error.contains(expected),
+                "{error}"
+            );
+            assert!(!error.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let c = config(&[
+            ("SENSORHUB_API_TOKEN", "hunter2"),
+            ("SENSORHUB_DATABASE_URL", "postgres://u:pw@h/d"),
+        ])
+        .unwrap();
+        let printed = format!("{c:?}");
+        assert!(
+            !printed.contains("hunter2") && !printed.contains("pw@"),
+            "{printed}"
+        );
+    }
+}

@@ -1,0 +1,11 @@
+//! Pure types and logic: no actix, no I/O.
+//!
+//! - [`reading`]: turning the bytes of a stream entry into [`Reading`]s, or a [`Rejection`] with a
+//!   bounded reason code.
+//! - [`window`]: epoch-aligned tumbling windows and the mergeable partial [`Aggregate`].
+
+pub mod reading;
+pub mod window;
+
+pub use reading::{Limits, ParseContext, Reading, Reason, Rejection};
+pub use window::{AggKey, Aggregate, Resolution, Windows};

@@ -1,0 +1,818 @@
+//! Parse, don't validate: the bytes of one stream entry become valid [`Reading`]s or [`Rejection`]s.
+//!
+//! Two input shapes reach the parser (DESIGN.md, "Input"):
+//! - a JSON payload (the `data` field of an entry, or a published message): one reading object or an
+//!   array of them;
+//! - an entry whose fields are the reading itself: `sensor temperature value 14 timestamp ...`.
+//!
+//! Both are reduced to the same [`Fields`] and checked by one function, so the rules cannot drift
+//! apart. A rejection is an expected outcome with a reason code from a closed set ([`Reason`]), never
+//! a panic or an error log line.
+
+use chrono::{DateTime, LocalResult, NaiveDateTime, SubsecRound, TimeDelta, TimeZone as _, Utc};
+use chrono_tz::Tz;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::fmt;
+use std::time::Duration;
+
+/// One valid sensor reading, ready to be stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reading {
+    /// The sensor's id: non-empty, at most [`Limits::max_sensor_id_len`] bytes of
+    /// `[A-Za-z0-9_.:-]`.
+    pub sensor_id: String,
+    /// Event time, truncated to microseconds (PostgreSQL's `timestamptz` precision) so that the raw
+    /// key `(sensor_id, ts)` is the same in memory and in the database.
+    pub ts: DateTime<Utc>,
+    /// A finite number.
+    pub value: f64,
+    /// Optional unit, kept in the `sensors` table.
+    pub unit: Option<String>,
+}
+
+/// Why a message or one reading of it was rejected. The set is closed so that the
+/// `sensorhub_readings_rejected_total{reason}` label stays low-cardinality.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// The message is larger than [`Limits::max_message_bytes`].
+    TooLarge,
+    /// The message bytes are not UTF-8.
+    InvalidUtf8,
+    /// The message is not JSON (or nests deeper than the parser allows).
+    MalformedJson,
+    /// Valid JSON, but neither a reading object nor an array of them (or an empty array).
+    WrongShape,
+    /// `sensor` or `value` is missing (or null).
+    MissingField,
+    /// A field has a JSON type that cannot hold it (an object as `value`, a number as `sensor`, ...).
+    WrongType,
+    /// `value` is a string that is not a decimal number.
+    NotANumber,
+    /// `value` is NaN, infinite, or out of the range of a double (`1e400`).
+    NotFinite,
+    /// The sensor id is empty, too long, or has characters outside `[A-Za-z0-9_.:-]`.
+    BadSensorId,
+    /// `unit` is not a short printable string.
+    BadUnit,
+    /// `timestamp` has none of the accepted forms, or names a time that does not exist.
+    BadTimestamp,
+    /// `timestamp` is further in the future than [`Limits::max_future_skew`].
+    FutureTimestamp,
+    /// `timestamp` is older than [`Limits::max_age`].
+    TooOld,
+    /// PostgreSQL refused the reading itself (poison data), after bounded retries.
+    DatabaseRejected,
+}
+
+impl Reason {
+    /// Every reason, for tests and for pre-registering metric labels.
+    pub const ALL: [Reason; 14] = [
+        Reason::TooLarge,
+        Reason::InvalidUtf8,
+        Reason::MalformedJson,
+        Reason::WrongShape,
+        Reason::MissingField,
+        Reason::WrongType,
+        Reason::NotANumber,
+        Reason::NotFinite,
+        Reason::BadSensorId,
+        Reason::BadUnit,
+        Reason::BadTimestamp,
+        Reason::FutureTimestamp,
+        Reason::TooOld,
+        Reason::DatabaseRejected,
+    ];
+
+    /// The reason code as it appears in metrics and dead letters.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::TooLarge => "too_large",
+            Reason::InvalidUtf8 => "invalid_utf8",
+            Reason::MalformedJson => "malformed_json",
+            Reason::WrongShape => "wrong_shape",
+            Reason::MissingField => "missing_field",
+            Reason::WrongType => "wrong_type",
+            Reason::NotANumber => "not_a_number",
+            Reason::NotFinite => "not_finite",
+            Reason::BadSensorId => "bad_sensor_id",
+            Reason::BadUnit => "bad_unit",
+            Reason::BadTimestamp => "bad_timestamp",
+            Reason::FutureTimestamp => "future_timestamp",
+            Reason::TooOld => "too_old",
+            Reason::DatabaseRejected => "database_rejected",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A rejected message, or one rejected reading of an array.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rejection {
+    pub reason: Reason,
+    /// Human-readable detail naming the bad value.
+    pub detail: String,
+    /// Position in the array when one element of an array was rejected; `None` for the whole message.
+    pub index: Option<usize>,
+}
+
+impl Rejection {
+    fn new(reason: Reason, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+            index: None,
+        }
+    }
+}
+
+/// Validation limits; see `config.rs` for the variables that set them and why the defaults.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    pub max_sensor_id_len: usize,
+    pub max_unit_len: usize,
+    pub max_future_skew: Duration,
+    pub max_age: Duration,
+    /// Zone of naive `YYYY-MM-DD HH:MM:SS` timestamps.
+    pub timezone: Tz,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 1024 * 1024,
+            max_sensor_id_len: 128,
+            max_unit_len: 32,
+            max_future_skew: Duration::from_secs(5 * 60),
+            max_age: Duration::from_secs(10 * 365 * 24 * 3600),
+            timezone: Tz::UTC,
+        }
+    }
+}
+
+/// What a parse needs besides the bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct ParseContext<'a> {
+    pub limits: &'a Limits,
+    /// Wall-clock now, for the future-skew and age checks.
+    pub now: DateTime<Utc>,
+    /// Timestamp of a reading that has none. It must be the same on every delivery of the same
+    /// stream entry (it is derived from the entry id), or a redelivery would store a second row.
+    pub received_at: DateTime<Utc>,
+}
+
+/// One field of a reading as it arrived: JSON text, or plain text from a stream entry field.
+#[derive(Clone, Copy, Debug)]
+enum FieldValue<'a> {
+    Json(&'a RawValue),
+    Text(&'a str),
+}
+
+/// The fields of one reading, not yet checked.
+#[derive(Default)]
+struct Fields<'a> {
+    sensor: Option<FieldValue<'a>>,
+    value: Option<FieldValue<'a>>,
+    timestamp: Option<FieldValue<'a>>,
+    unit: Option<FieldValue<'a>>,
+}
+
+/// A reading object on the wire. Unknown fields are ignored (DESIGN.md).
+#[derive(Deserialize)]
+struct WireReading<'a> {
+    #[serde(borrow, default)]
+    sensor: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    value: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    timestamp: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    unit: Option<&'a RawValue>,
+}
+
+impl<'a> From<WireReading<'a>> for Fields<'a> {
+    fn from(wire: WireReading<'a>) -> Self {
+        Fields {
+            sensor: wire.sensor.map(FieldValue::Json),
+            value: wire.value.map(FieldValue::Json),
+            timestamp: wire.timestamp.map(FieldValue::Json),
+            unit: wire.unit.map(FieldValue::Json),
+        }
+    }
+}
+
+/// One outcome per reading of the message (or one rejection for the whole message).
+pub type Outcomes = Vec<Result<Reading, Rejection>>;
+
+/// Parses a JSON payload: one reading object or an array of them.
+pub fn parse_json(bytes: &[u8], ctx: &ParseContext) -> Outcomes {
+    if bytes.len() > ctx.limits.max_message_bytes {
+        return vec![Err(too_large(bytes.len(), ctx.limits))];
+    }
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(error) => {
+            return vec![Err(Rejection::new(
+                Reason::InvalidUtf8,
+                format!("message is not UTF-8: {error}"),
+            ))];
+        }
+    };
+    match text.trim_start().as_bytes().first() {
+        Some(b'{') => vec![parse_object(text, ctx)],
+        Some(b'[') => parse_array(text, ctx),
+        _ => match serde_json::from_str::<&RawValue>(text) {
+            Err(error) => vec![Err(malformed(&error))],
+            Ok(_) => vec![Err(Rejection::new(
+                Reason::WrongShape,
+                format!(
+                    "expected a reading object or an array of them, got {}",
+                    excerpt(text.trim())
+                ),
+            ))],
+        },
+    }
+}
+
+/// Parses a stream entry's fields: a `data` field holding JSON, or the reading's own fields.
+pub fn parse_entry_fields(fields: &[(Vec<u8>, Vec<u8>)], ctx: &ParseContext) -> Outcomes {
+    if let Some((_, data)) = fields.iter().find(|(name, _)| name == b"data") {
+        return parse_json(data, ctx);
+    }
+    let size: usize = fields.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if size > ctx.limits.max_message_bytes {
+        return vec![Err(too_large(size, ctx.limits))];
+    }
+    let mut reading = Fields::default();
+    for (name, value) in fields {
+        let slot = match name.as_slice() {
+            b"sensor" => &mut reading.sensor,
+            b"value" => &mut reading.value,
+            b"timestamp" => &mut reading.timestamp,
+            b"unit" => &mut reading.unit,
+            _ => continue,
+        };
+        match std::str::from_utf8(value) {
+            Ok(text) => *slot = Some(FieldValue::Text(text)),
+            Err(error) => {
+                return vec![Err(Rejection::new(
+                    Reason::InvalidUtf8,
+                    format!(
+                        "field {:?} is not UTF-8: {error}",
+                        String::from_utf8_lossy(name)
+                    ),
+                ))];
+            }
+        }
+    }
+    if reading.sensor.is_none() && reading.value.is_none() {
+        let names: Vec<String> = fields
+            .iter()
+            .map(|(name, _)| String::from_utf8_lossy(name).into_owned())
+            .collect();
+        return vec![Err(Rejection::new(
+            Reason::MissingField,
+            format!(
+                "entry has neither a 'data' field nor 'sensor'/'value' fields (fields: {})",
+                names.join(", ")
+            ),
+        ))];
+    }
+    vec![check(reading, ctx)]
+}
+
+fn parse_object(text: &str, ctx: &ParseContext) -> Result<Reading, Rejection> {
+    let wire: WireReading = serde_json::from_str(text).map_err(|e| malformed(&e))?;
+    check(wire.into(), ctx)
+}
+
+fn parse_array(text: &str, ctx: &ParseContext) -> Outcomes {
+    let items: Vec<&RawValue> = match serde_json::from_str(text) {
+        Ok(items) => items,
+        Err(error) => return vec![Err(malformed(&error))],
+    };
+    if items.is_empty() {
+        return vec![Err(Rejection::new(
+            Reason::WrongShape,
+            "empty array: no readings",
+        ))];
+    }
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(index, item)| {
+            let outcome = if item.get().starts_with('{') {
+                parse_object(item.get(), ctx)
+            } else {
+                Err(Rejection::new(
+                    Reason::WrongShape,
+                    format!("array element is not an object: {}", excerpt(item.get())),
+                ))
+            };
+            outcome.map_err(|rejection| Rejection {
+                index: Some(index),
+                ..rejection
+            })
+        })
+        .collect()
+}
+
+/// The one place every rule of a reading is checked.
+fn check(fields: Fields, ctx: &ParseContext) -> Result<Reading, Rejection> {
+    let sensor = fields
+        .sensor
+        .ok_or_else(|| Rejection::new(Reason::MissingField, "missing field 'sensor'"))?;
+    let sensor_id = check_sensor_id(text_field("sensor", sensor)?, ctx.limits)?;
+    let value = fields
+        .value
+        .ok_or_else(|| Rejection::new(Reason::MissingField, "missing field 'value'"))?;
+    let value = check_value(value)?;
+    let ts = match fields.timestamp {
+        None => ctx.received_at,
+        Some(raw) => check_timestamp(raw, ctx)?,
+    };
+    let unit = fields
+        .unit
+        .map(|unit| check_unit(unit, ctx.limits))
+        .transpose()?;
+    Ok(Reading {
+        sensor_id,
+        ts: ts.trunc_subsecs(6),
+        value,
+        unit,
+    })
+}
+
+/// A field that must be a string: JSON strings are unescaped, plain text is taken as it is.
+fn text_field(name: &str, field: FieldValue) -> Result<String, Rejection> {
+    match field {
+        FieldValue::Text(text) => Ok(text.to_owned()),
+        FieldValue::Json(raw) => serde_json::from_str::<String>(raw.get()).map_err(|_| {
+            Rejection::new(
+                Reason::WrongType,
+                format!("'{name}' must be a string, got {}", excerpt(raw.get())),
+            )
+        }),
+    }
+}
+
+fn check_sensor_id(id: String, limits: &Limits) -> Result<String, Rejection> {
+    if id.is_empty() {
+        return Err(Rejection::new(Reason::BadSensorId, "sensor id is empty"));
+    }
+    if id.len() > limits.max_sensor_id_len {
+        return Err(Rejection::new(
+            Reason::BadSensorId,
+            format!(
+                "sensor id is {} bytes long, more than the limit of {} ({})",
+                id.len(),
+                limits.max_sensor_id_len,
+                excerpt(&id)
+            ),
+        ));
+    }
+    if let Some((at, bad)) = id
+        .char_indices()
+        .find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')))
+    {
+        return Err(Rejection::new(
+            Reason::BadSensorId,
+            format!(
+                "sensor id {} has {:?} at byte {at}; allowed are letters, digits, '_', '-', '.', ':'",
+                excerpt(&id),
+                bad
+            ),
+        ));
+    }
+    Ok(id)
+}
+
+fn check_value(field: FieldValue) -> Result<f64, Rejection> {
+    let (text, quoted) = match field {
+        FieldValue::Text(text) => (text.to_owned(), true),
+        FieldValue::Json(raw) => {
+            let raw = raw.get();
+            match raw.as_bytes().first() {
+                Some(b'"') => (
+                    serde_json::from_str::<String>(raw).map_err(|e| malformed(&e))?,
+                    true,
+                ),
+                Some(b'-' | b'0'..=b'9') => (raw.to_owned(), false),
+                _ => {
+                    return Err(Rejection::new(
+                        Reason::WrongType,
+                        format!("'value' must be a number, got {}", excerpt(raw)),
+                    ));
+                }
+            }
+        }
+    };
+    let trimmed = text.trim();
+    let value: f64 = trimmed.parse().map_err(|_| {
+        Rejection::new(
+            Reason::NotANumber,
+            format!("'value' {} is not a decimal number", excerpt(&text)),
+        )
+    })?;
+    if !value.is_finite() {
+        let form = if quoted { "string " } else { "" };
+        return Err(Rejection::new(
+            Reason::NotFinite,
+            format!(
+                "'value' {form}{} is not a finite double (NaN, infinite, or beyond ±1.8e308)",
+                excerpt(&text)
+            ),
+        ));
+    }
+    Ok(value)
+}
+
+fn check_unit(field: FieldValue, limits: &Limits) -> Result<String, Rejection> {
+    let unit = match field {
+        FieldValue::Text(text) => text.to_owned(),
+        FieldValue::Json(raw) => serde_json::from_str::<String>(raw.get()).map_err(|_| {
+            Rejection::new(
+                Reason::BadUnit,
+                format!("'unit' must be a string, got {}", excerpt(raw.get())),
+            )
+        })?,
+    };
+    if unit.len() > limits.max_unit_len || unit.chars().any(char::is_control) {
+        return Err(Rejection::new(
+            Reason::BadUnit,
+            format!(
+                "'unit' {} must be at most {} bytes of printable text",
+                excerpt(&unit),
+                limits.max_unit_len
+            ),
+        ));
+    }
+    Ok(unit)
+}
+
+fn check_timestamp(field: FieldValue, ctx: &ParseContext) -> Result<DateTime<Utc>, Rejection> {
+    let ts = match field {
+        FieldValue::Text(text) => parse_timestamp_text(text, ctx.limits.timezone)?,
+        FieldValue::Json(raw) => {
+            let raw = raw.get();
+            match raw.as_bytes().first() {
+                Some(b'"') => {
+                    let text: String = serde_json::from_str(raw).map_err(|e| malformed(&e))?;
+                    parse_timestamp_text(&text, ctx.limits.timezone)?
+                }
+                Some(b'-' | b'0'..=b'9') => parse_epoch(raw)?,
+                _ => {
+                    return Err(Rejection::new(
+                        Reason::WrongType,
+                        format!(
+                            "'timestamp' must be a string or a number, got {}",
+                            excerpt(raw)
+                        ),
+                    ));
+                }
+            }
+        }
+    };
+    let skew = TimeDelta::from_std(ctx.limits.max_future_skew).unwrap_or(TimeDelta::MAX);
+    if ts > ctx.now + skew {
+        return Err(Rejection::new(
+            Reason::FutureTimestamp,
+            format!(
+                "timestamp {} is more than {} ahead of now ({})",
+                ts.to_rfc3339(),
+                humantime::format_duration(ctx.limits.max_future_skew),
+                ctx.now.to_rfc3339()
+            ),
+        ));
+    }
+    let age = TimeDelta::from_std(ctx.limits.max_age).unwrap_or(TimeDelta::MAX);
+    if ctx.now.signed_duration_since(ts) > age {
+        return Err(Rejection::new(
+            Reason::TooOld,
+            format!(
+                "timestamp {} is older than the limit of {}",
+                ts.to_rfc3339(),
+                humantime::format_duration(ctx.limits.max_age)
+            ),
+        ));
+    }
+    Ok(ts)
+}
+
+/// RFC 3339 with offset, naive `YYYY-MM-DD HH:MM:SS[.fff]` (space or `T`) in `tz`, or epoch digits.
+pub fn parse_timestamp_text(text: &str, tz: Tz) -> Result<DateTime<Utc>, Rejection> {
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return parse_epoch(text);
+    }
+    if let Ok(ts) = DateTime::parse_from_rfc3339(text) {
+        return Ok(ts.with_timezone(&Utc));
+    }
+    let naive = NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f")
+        .or_else(|_| NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f"))
+        .map_err(|_| {
+            Rejection::new(
+                Reason::BadTimestamp,
+                format!(
+                    "timestamp {} is none of: RFC 3339 with offset, 'YYYY-MM-DD HH:MM:SS[.fff]', epoch seconds or milliseconds",
+                    excerpt(text)
+                ),
+            )
+        })?;
+    match tz.from_local_datetime(&naive) {
+        LocalResult::Single(ts) | LocalResult::Ambiguous(ts, _) => Ok(ts.with_timezone(&Utc)),
+        LocalResult::None => Err(Rejection::new(
+            Reason::BadTimestamp,
+            format!(
+                "timestamp {} does not exist in time zone {tz} (a daylight-saving gap)",
+                excerpt(text)
+            ),
+        )),
+    }
+}
+
+/// Epoch seconds, or milliseconds when the number is too large to be seconds (>= 1e11, which as
+/// seconds would be the year 5138).
+fn parse_epoch(text: &str) -> Result<DateTime<Utc>, Rejection> {
+    let bad = || {
+        Rejection::new(
+            Reason::BadTimestamp,
+            format!("timestamp {} is not a valid epoch time", excerpt(text)),
+        )
+    };
+    let number: f64 = text.trim().parse().map_err(|_| bad())?;
+    if !number.is_finite() {
+        return Err(bad());
+    }
+    let micros = if number.abs() >= 1e11 {
+        number * 1e3
+    } else {
+        number * 1e6
+    };
+    if micros.abs() > i64::MAX as f64 / 2.0 {
+        return Err(bad());
+    }
+    DateTime::from_timestamp_micros(micros.round() as i64).ok_or_else(bad)
+}
+
+fn too_large(size: usize, limits: &Limits) -> Rejection {
+    Rejection::new(
+        Reason::TooLarge,
+        format!(
+            "message is {size} bytes, more than the limit of {} bytes",
+            limits.max_message_bytes
+        ),
+    )
+}
+
+fn malformed(error: &serde_json::Error) -> Rejection {
+    Rejection::new(Reason::MalformedJson, format!("malformed JSON: {error}"))
+}
+
+/// A bounded, printable excerpt of a bad value for a rejection's detail.
+fn excerpt(text: &str) -> String {
+    const MAX_CHARS: usize = 64;
+    let mut out: String = text.chars().take(MAX_CHARS).collect();
+    if text.chars().count() > MAX_CHARS {
+        out.push('…');
+    }
+    format!("{out:?}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(limits: &Limits) -> ParseContext<'_> {
+        ParseContext {
+            limits,
+            now: "2026-01-01T00:00:00Z".parse().unwrap(),
+            received_at: "2025-12-31T23:59:59.123Z".parse().unwrap(),
+        }
+    }
+
+    fn one(bytes: &[u8]) -> Result<Reading, Rejection> {
+        let limits = Limits::default();
+        let mut outcomes = parse_json(bytes, &ctx(&limits));
+        assert_eq!(outcomes.len(), 1, "{outcomes:?}");
+        outcomes.pop().unwrap()
+    }
+
+    fn reason(bytes: &[u8]) -> Reason {
+        one(bytes).expect_err("should be rejected").reason
+    }
+
+    #[test]
+    fn design_example_naive_timestamp_is_utc_by_default() {
+        let r =
+            one(br#"{"sensor": "temperature", "value": 14, "timestamp": "2024-12-01 12:00:00"}"#)
+                .unwrap();
+        assert_eq!(r.sensor_id, "temperature");
+        assert_eq!(r.value, 14.0);
+        assert_eq!(
+            r.ts,
+            "2024-12-01T12:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+    }
+
+    #[test]
+    fn naive_timestamp_in_configured_zone() {
+        let limits = Limits {
+            timezone: "Europe/Berlin".parse().unwrap(),
+            ..Limits::default()
+        };
+        let out = parse_json(
+            br#"{"sensor":"t","value":1,"timestamp":"2024-12-01 12:00:00.5"}"#,
+            &ctx(&limits),
+        );
+        let r = out[0].as_ref().unwrap();
+        assert_eq!(
+            r.ts,
+            "2024-12-01T11:00:00.5Z".parse::<DateTime<Utc>>().unwrap()
+        );
+    }
+
+    #[test]
+    fn timestamp_forms() {
+        let expected: DateTime<Utc> = "2024-12-01T12:00:00Z".parse().unwrap();
+        for ts in [
+            r#""2024-12-01T12:00:00Z""#,
+            r#""2024-12-01T13:00:00+01:00""#,
+            r#""2024-12-01T12:00:00""#,
+            "1733054400",
+            "1733054400000",
+            r#""1733054400""#,
+            "1733054400.0",
+        ] {
+            let msg = format!(r#"{{"sensor":"t","value":1,"timestamp":{ts}}}"#);
+            assert_eq!(one(msg.as_bytes()).unwrap().ts, expected, "{ts}");
+        }
+    }
+
+    #[test]
+    fn missing_timestamp_is_the_receive_time() {
+        let r = one(br#"{"sensor":"t","value":1}"#).unwrap();
+        assert_eq!(
+            r.ts,
+            "2025-12-31T23:59:59.123Z".parse::<DateTime<Utc>>().unwrap()
+        );
+    }
+
+    #[test]
+    fn timestamps_are_truncated_to_microseconds() {
+        let r = one(br#"{"sensor":"t","value":1,"timestamp":"2024-12-01T12:00:00.123456789Z"}"#)
+            .unwrap();
+        assert_eq!(r.ts.timestamp_subsec_nanos(), 123_456_000);
+    }
+
+    #[test]
+    fn numeric_strings_are_numbers() {
+        assert_eq!(
+            one(br#"{"sensor":"t","value":"12.5"}"#).unwrap().value,
+            12.5
+        );
+        assert_eq!(
+            one(br#"{"sensor":"t","value":" -3 "}"#).unwrap().value,
+            -3.0
+        );
+    }
+
+    #[test]
+    fn arrays_give_one_outcome_per_element() {
+        let limits = Limits::default();
+        let out = parse_json(
+            br#"[{"sensor":"a","value":1},{"sensor":"","value":2},7,{"sensor":"c","value":3,"unit":"kWh"}]"#,
+            &ctx(&limits),
+        );
+        assert_eq!(out.len(), 4);
+        assert!(out[0].is_ok());
+        assert_eq!(out[1].as_ref().unwrap_err().reason, Reason::BadSensorId);
+        assert_eq!(out[1].as_ref().unwrap_err().index, Some(1));
+        assert_eq!(out[2].as_ref().unwrap_err().reason, Reason::WrongShape);
+        assert_eq!(out[3].as_ref().unwrap().unit.as_deref(), Some("kWh"));
+    }
+
+    #[test]
+    fn stream_fields_form() {
+        let limits = Limits::default();
+        let fields = vec![
+            (b"sensor".to_vec(), b"temperature".to_vec()),
+            (b"value".to_vec(), b"14".to_vec()),
+            (b"timestamp".to_vec(), b"2024-12-01T12:00:00Z".to_vec()),
+        ];
+        let out = parse_entry_fields(&fields, &ctx(&limits));
+        let r = out[0].as_ref().unwrap();
+        assert_eq!((r.sensor_id.as_str(), r.value), ("temperature", 14.0));
+        let data = vec![(b"data".to_vec(), br#"{"sensor":"x","value":1}"#.to_vec())];
+        assert!(parse_entry_fields(&data, &ctx(&limits))[0].is_ok());
+        let none = vec![(b"foo".to_vec(), b"bar".to_vec())];
+        assert_eq!(
+            parse_entry_fields(&none, &ctx(&limits))[0]
+                .as_ref()
+                .unwrap_err()
+                .reason,
+            Reason::MissingField
+        );
+    }
+
+    #[test]
+    fn rejection_reasons() {
+        let cases: &[(&[u8], Reason)] = &[
+            (b"\xff\xfe", Reason::InvalidUtf8),
+            (b"{\"sensor\": ", Reason::MalformedJson),
+            (b"42", Reason::WrongShape),
+            (b"[]", Reason::WrongShape),
+            (br#"{"value":1}"#, Reason::MissingField),
+            (br#"{"sensor":"t"}"#, Reason::MissingField),
+            (br#"{"sensor":"t","value":null}"#, Reason::MissingField),
+            (br#"{"sensor":1,"value":1}"#, Reason::WrongType),
+            (br#"{"sensor":"t","value":{}}"#, Reason::WrongType),
+            (br#"{"sensor":"t","value":true}"#, Reason::WrongType),
+            (br#"{"sensor":"t","value":"abc"}"#, Reason::NotANumber),
+            (br#"{"sensor":"t","value":1e400}"#, Reason::NotFinite),
+            (br#"{"sensor":"t","value":"NaN"}"#, Reason::NotFinite),
+            (br#"{"sensor":"t","value":"-inf"}"#, Reason::NotFinite),
+            (br#"{"sensor":"","value":1}"#, Reason::BadSensorId),
+            (br#"{"sensor":"a\u0000b","value":1}"#, Reason::BadSensorId),
+            (
+                br#"{"sensor":"x'; DROP TABLE readings;--","value":1}"#,
+                Reason::BadSensorId,
+            ),
+            (br#"{"sensor":"t","value":1,"unit":5}"#, Reason::BadUnit),
+            (
+                br#"{"sensor":"t","value":1,"timestamp":"99999-01-01T00:00:00Z"}"#,
+                Reason::BadTimestamp,
+            ),
+            (
+                br#"{"sensor":"t","value":1,"timestamp":"yesterday"}"#,
+                Reason::BadTimestamp,
+            ),
+            (
+                br#"{"sensor":"t","value":1,"timestamp":true}"#,
+                Reason::WrongType,
+            ),
+            (
+                br#"{"sensor":"t","value":1,"timestamp":"2026-01-03T00:00:00Z"}"#,
+                Reason::FutureTimestamp,
+            ),
+            (
+                br#"{"sensor":"t","value":1,"timestamp":"1990-01-01T00:00:00Z"}"#,
+                Reason::TooOld,
+            ),
+            (
+                br#"{"sensor":"t","value":1,"timestamp":1e300}"#,
+                Reason::BadTimestamp,
+            ),
+        ];
+        for (bytes, expected) in cases {
+            assert_eq!(
+                reason(bytes),
+                *expected,
+                "{}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+    }
+
+    #[test]
+    fn deeply_nested_json_is_rejected_not_a_stack_overflow() {
+        let deep_array = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(reason(deep_array.as_bytes()), Reason::WrongShape);
+        let deep_value = format!(
+            r#"{{"sensor":"t","value":{}1{}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert_eq!(reason(deep_value.as_bytes()), Reason::WrongType);
+        let deep_unknown = format!(
+            r#"{{"sensor":"t","value":1,"x":{}{}}}"#,
+            "{\"a\":".repeat(100_000),
+            "}".repeat(100_000)
+        );
+        assert_eq!(reason(deep_unknown.as_bytes()), Reason::MalformedJson);
+    }
+
+    #[test]
+    fn oversize_is_rejected_before_parsing() {
+        let limits = Limits {
+            max_message_bytes: 16,
+            ..Limits::default()
+        };
+        let out = parse_json(br#"{"sensor":"t","value":1}"#, &ctx(&limits));
+        assert_eq!(out[0].as_ref().unwrap_err().reason, Reason::TooLarge);
+    }
+
+    #[test]
+    fn sensor_id_length_limit() {
+        let long = format!(r#"{{"sensor":"{}","value":1}}"#, "a".repeat(129));
+        assert_eq!(reason(long.as_bytes()), Reason::BadSensorId);
+        let ok = format!(r#"{{"sensor":"{}","value":1}}"#, "a".repeat(128));
+        assert!(one(ok.as_bytes()).is_ok());
+    }
+}

@@ -1,0 +1,299 @@
+//! Epoch-aligned tumbling windows and mergeable partial aggregates.
+//!
+//! A batch's readings are folded into partial [`Aggregate`]s per `(sensor, resolution, bucket)`;
+//! the writer merges each partial into the stored row with the same rules as [`Aggregate::merge`]
+//! (count + count, least of mins, earlier first, later last), so a window built from any split of
+//! its readings into batches, in any order, equals the one a `GROUP BY` over the raw rows gives.
+
+use crate::domain::Reading;
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A window length in whole seconds, e.g. `1m` or `1h`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Resolution {
+    seconds: u32,
+}
+
+impl Resolution {
+    /// Longest accepted window: 31 days.
+    pub const MAX_SECONDS: u32 = 31 * 24 * 3600;
+
+    pub fn from_seconds(seconds: u32) -> Option<Self> {
+        (1..=Self::MAX_SECONDS)
+            .contains(&seconds)
+            .then_some(Self { seconds })
+    }
+
+    pub fn seconds(self) -> u32 {
+        self.seconds
+    }
+
+    /// The start of the window holding `ts`.
+    pub fn bucket(self, ts: DateTime<Utc>) -> DateTime<Utc> {
+        let width = i64::from(self.seconds) * 1_000_000;
+        let start = ts.timestamp_micros().div_euclid(width) * width;
+        DateTime::from_timestamp_micros(start).unwrap_or(ts)
+    }
+}
+
+impl fmt::Display for Resolution {
+    /// The canonical label stored in `aggregates.resolution`: the largest unit that divides evenly.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.seconds;
+        match () {
+            _ if s % 86_400 == 0 => write!(f, "{}d", s / 86_400),
+            _ if s % 3_600 == 0 => write!(f, "{}h", s / 3_600),
+            _ if s % 60 == 0 => write!(f, "{}m", s / 60),
+            _ => write!(f, "{s}s"),
+        }
+    }
+}
+
+impl FromStr for Resolution {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let duration: Duration = humantime::parse_duration(text.trim())
+            .map_err(|e| format!("{text:?} is not a duration such as 1m or 1h: {e}"))?;
+        if duration.subsec_nanos() != 0 {
+            return Err(format!("{text:?} is not a whole number of seconds"));
+        }
+        u32::try_from(duration.as_secs())
+            .ok()
+            .and_then(Resolution::from_seconds)
+            .ok_or_else(|| format!("{text:?} must be between 1s and 31d"))
+    }
+}
+
+/// A partial or complete window aggregate. `mean` and `diff` are derived, not stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Aggregate {
+    pub count: i64,
+    pub sum: f64,
+    pub min: f64,
+    pub max: f64,
+    pub first_ts: DateTime<Utc>,
+    pub first_value: f64,
+    pub last_ts: DateTime<Utc>,
+    pub last_value: f64,
+}
+
+impl Aggregate {
+    pub fn of(ts: DateTime<Utc>, value: f64) -> Self {
+        Self {
+            count: 1,
+            sum: value,
+            min: value,
+            max: value,
+            first_ts: ts,
+            first_value: value,
+            last_ts: ts,
+            last_value: value,
+        }
+    }
+
+    /// Merges another partial of the same window. Same rules as the SQL upsert in `store::sql`.
+    pub fn merge(&mut self, other: &Aggregate) {
+        self.count += other.count;
+        self.sum += other.sum;
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+        if other.first_ts < self.first_ts {
+            self.first_ts = other.first_ts;
+            self.first_value = other.first_value;
+        }
+        if other.last_ts > self.last_ts {
+            self.last_ts = other.last_ts;
+            self.last_value = other.last_value;
+        }
+    }
+
+    pub fn mean(&self) -> f64 {
+        self.sum / self.count as f64
+    }
+
+    /// `last − first`: what a meter consumed over the window.
+    pub fn diff(&self) -> f64 {
+        self.last_value - self.first_value
+    }
+}
+
+/// The key of one aggregate row.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AggKey {
+    pub sensor_id: String,
+    pub resolution: Resolution,
+    pub bucket: DateTime<Utc>,
+}
+
+/// Folds readings into partial aggregates at every configured resolution.
+#[derive(Debug)]
+pub struct Windows {
+    resolutions: Vec<Resolution>,
+    partials: HashMap<AggKey, Aggregate>,
+}
+
+impl Windows {
+    pub fn new(resolutions: &[Resolution]) -> Self {
+        Self {
+            resolutions: resolutions.to_vec(),
+            partials: HashMap::new(),
+        }
+    }
+
+    pub fn record(&mut self, reading: &Reading) {
+        for &resolution in &self.resolutions {
+            let key = AggKey {
+                sensor_id: reading.sensor_id.clone(),
+                resolution,
+                bucket: resolution.bucket(reading.ts),
+            };
+            let partial = Aggregate::of(reading.ts, reading.value);
+            self.partials
+                .entry(key)
+                .and_modify(|agg| agg.merge(&partial))
+                .or_insert(partial);
+        }
+    }
+
+    /// Takes the partials, sorted by key: every writer upserts rows in this one order, so concurrent
+    /// transactions queue on row locks instead of deadlocking.
+    pub fn flush(&mut self) -> Vec<(AggKey, Aggregate)> {
+        let mut rows: Vec<_> = self.partials.drain().collect();
+        rows.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        rows
+    }
+
+    /// Folds `readings` and returns the sorted partials.
+    pub fn fold<'a>(
+        resolutions: &[Resolution],
+        readings: impl IntoIterator<Item = &'a Reading>,
+    ) -> Vec<(AggKey, Aggregate)> {
+        let mut windows = Windows::new(resolutions);
+        for reading in readings {
+            windows.record(reading);
+        }
+        windows.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn ts(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    fn reading(sensor: &str, t: &str, value: f64) -> Reading {
+        Reading {
+            sensor_id: sensor.into(),
+            ts: ts(t),
+            value,
+            unit: None,
+        }
+    }
+
+    #[test]
+    fn resolution_labels_round_trip() {
+        for (text, label) in [
+            ("1m", "1m"),
+            ("60s", "1m"),
+            ("1h", "1h"),
+            ("90s", "90s"),
+            ("1day", "1d"),
+        ] {
+            let r: Resolution = text.parse().unwrap();
+            assert_eq!(r.to_string(), label);
+            assert_eq!(r.to_string().parse::<Resolution>().unwrap(), r);
+        }
+        assert!("0s".parse::<Resolution>().is_err());
+        assert!("1.5s".parse::<Resolution>().is_err());
+        assert!("soon".parse::<Resolution>().is_err());
+    }
+
+    #[test]
+    fn buckets_are_epoch_aligned() {
+        let m: Resolution = "1m".parse().unwrap();
+        let h: Resolution = "1h".parse().unwrap();
+        assert_eq!(
+            m.bucket(ts("2024-12-01T12:34:56.789Z")),
+            ts("2024-12-01T12:34:00Z")
+        );
+        assert_eq!(
+            h.bucket(ts("2024-12-01T12:34:56Z")),
+            ts("2024-12-01T12:00:00Z")
+        );
+        assert_eq!(
+            m.bucket(ts("1969-12-31T23:59:30Z")),
+            ts("1969-12-31T23:59:00Z")
+        );
+    }
+
+    #[test]
+    fn fold_computes_every_field() {
+        let m: Resolution = "1m".parse().unwrap();
+        let rows = Windows::fold(
+            &[m],
+            &[
+                reading("meter", "2024-12-01T12:00:30Z", 105.0),
+                reading("meter", "2024-12-01T12:00:10Z", 100.0),
+                reading("meter", "2024-12-01T12:00:50Z", 112.0),
+                reading("meter", "2024-12-01T12:01:00Z", 113.0),
+            ],
+        );
+        assert_eq!(rows.len(), 2);
+        let (key, agg) = &rows[0];
+        assert_eq!(key.bucket, ts("2024-12-01T12:00:00Z"));
+        assert_eq!(
+            (agg.count, agg.sum, agg.min, agg.max),
+            (3, 317.0, 100.0, 112.0)
+        );
+        assert_eq!(
+            (agg.first_value, agg.last_value, agg.diff()),
+            (100.0, 112.0, 12.0)
+        );
+        assert_eq!(agg.first_ts, ts("2024-12-01T12:00:10Z"));
+        assert!((agg.mean() - 317.0 / 3.0).abs() < 1e-12);
+    }
+
+    proptest! {
+        /// Splitting readings into batches in any order and merging the partials gives the
+        /// aggregate of all readings at once: what makes per-batch upserts exact.
+        #[test]
+        fn merge_of_partials_equals_whole(
+            values in prop::collection::vec((0i64..7200, -1000i32..1000), 1..200),
+            split in 0usize..200,
+        ) {
+            let h: Resolution = "1h".parse().unwrap();
+            let base = ts("2024-01-01T00:00:00Z").timestamp();
+            let mut seen = std::collections::HashSet::new();
+            let readings: Vec<Reading> = values.iter()
+                .filter(|(s, _)| seen.insert(*s))
+                .map(|&(s, v)| Reading {
+                    sensor_id: "s".into(),
+                    ts: DateTime::from_timestamp(base + s, 0).unwrap(),
+                    value: f64::from(v),
+                    unit: None,
+                })
+                .collect();
+            let split = split.min(readings.len());
+            let whole = Windows::fold(&[h], &readings);
+            let mut merged: HashMap<AggKey, Aggregate> = HashMap::new();
+            for part in [&readings[split..], &readings[..split]] {
+                for (key, agg) in Windows::fold(&[h], part) {
+                    merged.entry(key).and_modify(|a| a.merge(&agg)).or_insert(agg);
+                }
+            }
+            prop_assert_eq!(whole.len(), merged.len());
+            for (key, agg) in whole {
+                prop_assert_eq!(&merged[&key], &agg);
+            }
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! HTTP: health for orchestrators, metrics for Prometheus (the read API comes with issue 5).
+//!
+//! | path | answer |
+//! | --- | --- |
+//! | `GET /healthz` | 200 while the process and its actors are alive |
+//! | `GET /readyz`, `GET /healthcheck` | 200 when Redis and PostgreSQL answer and the pipeline runs; 503 with a JSON body naming the failing checks |
+//! | `GET /metrics` | Prometheus text exposition |
+
+use crate::telemetry::Metrics;
+use actix_web::{HttpResponse, web};
+use deadpool_postgres::Pool;
+use redis::aio::ConnectionManager;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// How long one readiness check may take before it counts as failed.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What the handlers need.
+#[derive(Clone)]
+pub struct HttpState {
+    pub metrics: Arc<Metrics>,
+    pub pool: Pool,
+    pub redis: ConnectionManager,
+    /// True while the pipeline's reader runs.
+    pub pipeline_running: Arc<AtomicBool>,
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/healthcheck", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics));
+}
+
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+    checks: BTreeMap<&'static str, String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    failing: Vec<&'static str>,
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "status": "alive" }))
+}
+
+async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
+    let mut redis = state.redis.clone();
+    let redis_check = async {
+        match tokio::time::timeout(
+            CHECK_TIMEOUT,
+            redis::cmd("PING").query_async::<String>(&mut redis),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(format!("error: {error}")),
+            Err(_) => Err("error: no answer within 1s".to_owned()),
+        }
+    };
+    let pool = state.pool.clone();
+    let postgres_check = async {
+        let probe = async {
+            let client = pool.get().await.map_err(|e| e.to_string())?;
+            client
+                .simple_query("SELECT 1")
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(())
+        };
+        match tokio::time::timeout(CHECK_TIMEOUT, probe).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(format!("error: {error}")),
+            Err(_) => Err("error: no answer within 1s".to_owned()),
+        }
+    };
+    let (redis_result, postgres_result) = tokio::join!(redis_check, postgres_check);
+    let pipeline_result = if state.pipeline_running.load(Ordering::Acquire) {
+        Ok(())
+    } else {
+        Err("error: pipeline is not running".to_owned())
+    };
+    let mut health = Health {
+        status: "ready",
+        checks: BTreeMap::new(),
+        failing: Vec::new(),
+    };
+    for (name, result) in [
+        ("redis", redis_result),
+        ("postgres", postgres_result),
+        ("pipeline", pipeline_result),
+    ] {
+        match result {
+            Ok(()) => {
+                health.checks.insert(name, "ok".to_owned());
+            }
+            Err(error) => {
+                health.checks.insert(name, error);
+                health.failing.push(name);
+            }
+        }
+    }
+    if health.failing.is_empty() {
+        HttpResponse::Ok().json(health)
+    } else {
+        health.status = "unavailable";
+        HttpResponse::ServiceUnavailable().json(health)
+    }
+}
+
+async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.metrics.render())
+}

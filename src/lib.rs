@@ -1,0 +1,35 @@
+//! sensorhub: sensor readings from Redis into PostgreSQL, validated, aggregated in time windows and
+//! stored exactly once.
+//!
+//! ```text
+//!  XADD sensor_stream * data '{...}' ─┐
+//!                                     ├─► read ──RawBatch──► validate ──Readings──► window ──WriteBatch──► write ──► PostgreSQL
+//!  PUBLISH sensor_stream '{...}' ─────┘   (XREADGROUP)          │ rejects           (partial               (one transaction
+//!    (bridge: XADD at once)                 ▲                   ▼                    aggregates)             per batch)
+//!                                           │          sensor_stream:dead                                        │
+//!                                           └──────────── ack: XACK after commit, XTRIM ◄──────── Committed ─────┘
+//! ```
+//!
+//! Modules, in the order data meets them:
+//! - [`config`]: typed settings from `SENSORHUB_*` variables, validated at start.
+//! - [`app`]: `Application::build(config)`, used by `main` and the tests alike.
+//! - [`domain`]: pure parsing/validation of readings and window arithmetic.
+//! - [`streams`]: the Redis stream commands and reply parsing.
+//! - [`pipeline`]: the actors, one file per stage, and the in-flight tickets that bound them.
+//! - [`supervisor`]: starts the stages sink-first under supervision, stops them in flow order.
+//! - [`store`]: the PostgreSQL pool, migrations and the batch transaction.
+//! - [`http`]: health, readiness and metrics endpoints.
+//! - [`telemetry`]: logging setup and every metric, declared once.
+
+pub mod app;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod pipeline;
+pub mod store;
+pub mod streams;
+pub mod supervisor;
+pub mod telemetry;
+
+pub use app::Application;
+pub use config::Config;

@@ -1,0 +1,128 @@
+//! Stage 5, ack: `XACK`s the entries of committed batches and settles their tickets; once a second
+//! it trims what every group has acknowledged (keeping the configured tail) and refreshes the
+//! consumer-group metrics.
+
+use crate::pipeline::messages::Committed;
+use crate::pipeline::{Backoff, count_restart, guarded};
+use crate::streams;
+use crate::telemetry::Metrics;
+use actix::prelude::*;
+use redis::aio::ConnectionManager;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// How often the stream is trimmed and the group metrics refreshed.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
+/// Attempts to acknowledge a batch before leaving it to be re-read (it is committed, so a re-read
+/// only skips duplicates).
+const ACK_ATTEMPTS: u32 = 8;
+
+#[derive(Clone, Debug)]
+pub struct AckSettings {
+    pub stream: String,
+    pub group: String,
+    /// Acknowledged entries kept in the stream for inspection.
+    pub tail: usize,
+}
+
+pub struct Acker {
+    settings: Arc<AckSettings>,
+    conn: ConnectionManager,
+    metrics: Arc<Metrics>,
+    /// True while a maintenance pass runs, so passes never overlap on a slow Redis.
+    maintaining: Arc<AtomicBool>,
+}
+
+impl Acker {
+    pub fn new(settings: AckSettings, conn: ConnectionManager, metrics: Arc<Metrics>) -> Self {
+        Self {
+            settings: Arc::new(settings),
+            conn,
+            metrics,
+            maintaining: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+impl Actor for Acker {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(1);
+        ctx.run_interval(MAINTENANCE_INTERVAL, |acker, ctx| {
+            if acker.maintaining.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            let settings = Arc::clone(&acker.settings);
+            let mut conn = acker.conn.clone();
+            let metrics = Arc::clone(&acker.metrics);
+            let maintaining = Arc::clone(&acker.maintaining);
+            ctx.spawn(guarded("ack", async move {
+                if let Err(error) = maintain(&mut conn, &settings, &metrics).await {
+                    metrics.redis_errors.with_label_values(&["ack"]).inc();
+                    tracing::debug!(%error, "stream maintenance failed; next pass retries");
+                }
+                maintaining.store(false, Ordering::Release);
+            }));
+        });
+    }
+}
+
+impl Supervised for Acker {
+    fn restarting(&mut self, _ctx: &mut Self::Context) {
+        count_restart(&self.metrics, "ack");
+        self.maintaining.store(false, Ordering::Release);
+    }
+}
+
+impl Handler<Committed> for Acker {
+    type Result = ();
+
+    fn handle(&mut self, batch: Committed, ctx: &mut Self::Context) {
+        let settings = Arc::clone(&self.settings);
+        let mut conn = self.conn.clone();
+        let metrics = Arc::clone(&self.metrics);
+        let work = async move {
+            let mut backoff = Backoff::new();
+            for attempt in 1..=ACK_ATTEMPTS {
+                match streams::ack(&mut conn, &settings.stream, &settings.group, &batch.entries)
+                    .await
+                {
+                    Ok(()) => {
+                        metrics.entries_acked.inc_by(batch.entries.len() as u64);
+                        batch.ticket.settle();
+                        return;
+                    }
+                    Err(error) => {
+                        metrics.redis_errors.with_label_values(&["ack"]).inc();
+                        if attempt == 1 {
+                            tracing::warn!(%error, entries = batch.entries.len(), "XACK failed, retrying");
+                        }
+                        backoff.wait().await;
+                    }
+                }
+            }
+            tracing::warn!(
+                entries = batch.entries.len(),
+                "XACK kept failing; the committed batch will be re-read and skipped as duplicates"
+            );
+        };
+        ctx.wait(guarded("ack", work));
+    }
+}
+
+async fn maintain(
+    conn: &mut ConnectionManager,
+    settings: &AckSettings,
+    metrics: &Metrics,
+) -> redis::RedisResult<()> {
+    let groups = streams::groups(conn, &settings.stream).await?;
+    if let Some(ours) = groups.iter().find(|g| g.name == settings.group) {
+        metrics.group_pending.set(ours.pending as i64);
+        if let Some(lag) = ours.lag {
+            metrics.group_lag.set(lag as i64);
+        }
+    }
+    streams::trim_acknowledged(conn, &settings.stream, &groups, settings.tail).await
+}

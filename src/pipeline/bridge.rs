@@ -1,0 +1,236 @@
+//! The Pub/Sub bridge: appends every message published on the channel to the stream at once, so
+//! published readings get the stream's delivery guarantee.
+//!
+//! It never waits on the pipeline (Redis disconnects a subscriber that falls behind, and the
+//! messages in between are lost): it only `XADD`s, pipelining whatever has arrived. With several
+//! instances, only the holder of a lease in Redis bridges, so each message enters the stream once;
+//! when the holder dies, another takes over within about 4/3 of the lease time. Messages published
+//! while no instance holds the lease are not bridged.
+
+use crate::pipeline::{Backoff, count_restart, guarded};
+use crate::streams;
+use crate::telemetry::Metrics;
+use actix::prelude::*;
+use futures_util::{FutureExt as _, StreamExt as _};
+use redis::aio::ConnectionManager;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Most messages appended in one pipelined round trip.
+const MAX_APPEND: usize = 1000;
+
+/// Renews the lease only if this instance still holds it.
+const RENEW_LEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
+/// Releases the lease only if this instance holds it.
+const RELEASE_LEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+
+#[derive(Clone, Debug)]
+pub struct BridgeSettings {
+    pub channel: String,
+    pub stream: String,
+    /// This instance's name, the lease's value.
+    pub consumer: String,
+    pub lease: Duration,
+}
+
+impl BridgeSettings {
+    fn lease_key(&self) -> String {
+        format!("{}:bridge-lease", self.stream)
+    }
+}
+
+pub struct Bridge {
+    settings: Arc<BridgeSettings>,
+    client: redis::Client,
+    conn: ConnectionManager,
+    metrics: Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Bridge {
+    pub fn new(
+        settings: BridgeSettings,
+        client: redis::Client,
+        conn: ConnectionManager,
+        metrics: Arc<Metrics>,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            settings: Arc::new(settings),
+            client,
+            conn,
+            metrics,
+            stop,
+        }
+    }
+}
+
+impl Actor for Bridge {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let lp = BridgeLoop {
+            settings: Arc::clone(&self.settings),
+            client: self.client.clone(),
+            conn: self.conn.clone(),
+            metrics: Arc::clone(&self.metrics),
+            stop: self.stop.clone(),
+        };
+        ctx.spawn(guarded("bridge", lp.run()));
+    }
+}
+
+impl Supervised for Bridge {
+    fn restarting(&mut self, _ctx: &mut Self::Context) {
+        count_restart(&self.metrics, "bridge");
+        self.metrics.bridge_leader.set(0);
+    }
+}
+
+struct BridgeLoop {
+    settings: Arc<BridgeSettings>,
+    client: redis::Client,
+    conn: ConnectionManager,
+    metrics: Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+}
+
+impl BridgeLoop {
+    async fn run(mut self) {
+        let mut backoff = Backoff::new();
+        let retry_every = self.settings.lease / 3;
+        while !*self.stop.borrow() {
+            match self.acquire_lease().await {
+                Ok(true) => {
+                    self.metrics.bridge_leader.set(1);
+                    tracing::info!(channel = %self.settings.channel, stream = %self.settings.stream, "holding the bridge lease; bridging pub/sub into the stream");
+                    let result = self.bridge().await;
+                    self.metrics.bridge_leader.set(0);
+                    match result {
+                        Ok(()) => backoff.reset(),
+                        Err(error) => {
+                            self.metrics
+                                .redis_errors
+                                .with_label_values(&["bridge"])
+                                .inc();
+                            tracing::warn!(%error, channel = %self.settings.channel, "pub/sub bridge interrupted, retrying");
+                            backoff.wait().await;
+                        }
+                    }
+                }
+                Ok(false) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(retry_every) => {}
+                        _ = self.stop.changed() => {}
+                    }
+                }
+                Err(error) => {
+                    self.metrics
+                        .redis_errors
+                        .with_label_values(&["bridge"])
+                        .inc();
+                    tracing::debug!(%error, "bridge lease attempt failed");
+                    backoff.wait().await;
+                }
+            }
+        }
+        let _: redis::RedisResult<i64> = redis::cmd("EVAL")
+            .arg(RELEASE_LEASE)
+            .arg(1)
+            .arg(self.settings.lease_key())
+            .arg(&self.settings.consumer)
+            .query_async(&mut self.conn)
+            .await;
+    }
+
+    async fn acquire_lease(&mut self) -> redis::RedisResult<bool> {
+        if self.renew_lease().await? {
+            return Ok(true);
+        }
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.settings.lease_key())
+            .arg(&self.settings.consumer)
+            .arg("NX")
+            .arg("PX")
+            .arg(self.settings.lease.as_millis() as u64)
+            .query_async(&mut self.conn)
+            .await?;
+        Ok(set.is_some())
+    }
+
+    async fn renew_lease(&mut self) -> redis::RedisResult<bool> {
+        let renewed: i64 = redis::cmd("EVAL")
+            .arg(RENEW_LEASE)
+            .arg(1)
+            .arg(self.settings.lease_key())
+            .arg(&self.settings.consumer)
+            .arg(self.settings.lease.as_millis() as u64)
+            .query_async(&mut self.conn)
+            .await?;
+        Ok(renewed == 1)
+    }
+
+    /// Bridges while this instance holds the lease; returns when it is lost or on stop.
+    async fn bridge(&mut self) -> redis::RedisResult<()> {
+        let mut pubsub = self.client.get_async_pubsub().await?;
+        pubsub.subscribe(&self.settings.channel).await?;
+        let mut messages = pubsub.on_message();
+        let mut renew = tokio::time::interval(self.settings.lease / 3);
+        let mut stop = self.stop.clone();
+        loop {
+            tokio::select! {
+                message = messages.next() => {
+                    let Some(first) = message else {
+                        return Err(redis::RedisError::from((redis::ErrorKind::Io, "pub/sub connection closed")));
+                    };
+                    let mut payloads = vec![first.get_payload_bytes().to_vec()];
+                    while payloads.len() < MAX_APPEND {
+                        match messages.next().now_or_never() {
+                            Some(Some(more)) => payloads.push(more.get_payload_bytes().to_vec()),
+                            _ => break,
+                        }
+                    }
+                    self.append(&payloads).await?;
+                }
+                _ = renew.tick() => {
+                    if !self.renew_lease().await? {
+                        tracing::info!(channel = %self.settings.channel, "bridge lease lost to another instance");
+                        return Ok(());
+                    }
+                }
+                _ = stop.changed() => return Ok(()),
+            }
+        }
+    }
+
+    /// Appends the payloads, retrying briefly: these messages exist nowhere else.
+    async fn append(&mut self, payloads: &[Vec<u8>]) -> redis::RedisResult<()> {
+        let mut backoff = Backoff::new();
+        let mut attempts = 0;
+        loop {
+            match streams::append_payloads(&mut self.conn, &self.settings.stream, payloads).await {
+                Ok(()) => {
+                    self.metrics
+                        .messages_received
+                        .with_label_values(&["pubsub"])
+                        .inc_by(payloads.len() as u64);
+                    return Ok(());
+                }
+                Err(error) if attempts < 5 => {
+                    attempts += 1;
+                    self.metrics
+                        .redis_errors
+                        .with_label_values(&["bridge"])
+                        .inc();
+                    tracing::warn!(%error, messages = payloads.len(), "appending published messages failed, retrying");
+                    backoff.wait().await;
+                }
+                Err(error) => {
+                    tracing::error!(%error, messages = payloads.len(), "published messages could not be appended to the stream and are lost");
+                    return Err(error);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! The typed messages between stages, in flow order. Every batch carries its [`Ticket`], the
+//! in-flight permit that is returned when the batch is acknowledged (or lost).
+
+use crate::domain::{AggKey, Aggregate, Reading};
+use crate::pipeline::Ticket;
+use crate::streams::{EntryId, StreamEntry};
+use actix::Message;
+
+/// read → validate: stream entries as read.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RawBatch {
+    pub entries: Vec<StreamEntry>,
+    pub ticket: Ticket,
+}
+
+/// validate → window: the valid readings of a batch (rejections are already dead-lettered).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Readings {
+    pub readings: Vec<Reading>,
+    /// Every entry of the batch, valid or not: all are acknowledged together after the commit.
+    pub entries: Vec<EntryId>,
+    pub ticket: Ticket,
+}
+
+/// window → write: unique readings and their partial aggregates, sorted by key.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WriteBatch {
+    /// No two with the same `(sensor_id, ts)`.
+    pub readings: Vec<Reading>,
+    pub partials: Vec<(AggKey, Aggregate)>,
+    /// Readings dropped because the same `(sensor_id, ts)` came twice within the batch.
+    pub duplicates_in_batch: u64,
+    pub entries: Vec<EntryId>,
+    pub ticket: Ticket,
+}
+
+/// write → ack: the batch is committed; its entries may be acknowledged.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Committed {
+    pub entries: Vec<EntryId>,
+    pub ticket: Ticket,
+}

@@ -1,0 +1,216 @@
+//! The actors, one file per stage, in flow order:
+//!
+//! ```text
+//!  bridge: SUBSCRIBE channel ──XADD──► stream      (only the instance holding the lease)
+//!
+//!  read ──RawBatch──► validate ──Readings──► window ──WriteBatch──► write ──Committed──► ack
+//!   ▲  XREADGROUP        │ rejects             fold into               one transaction      XACK, XTRIM
+//!   │  XCLAIM            ▼                     partial aggregates      per batch
+//!   │              <stream>:dead
+//!   └──────────── Ticket returned (permit back) when the batch is acknowledged ◄──────────────┘
+//! ```
+//!
+//! - Every hop is bounded: each stage's mailbox holds one message and upstream waits with
+//!   `send().await`; the reader admits at most `max_in_flight` batches ([`Flow`]), so a slow
+//!   database leaves the backlog in Redis.
+//! - Every batch carries a [`Ticket`]. If a batch is lost (a stage panicked, a mailbox closed, an
+//!   acknowledgement failed), dropping its ticket raises the *rewind* flag: the reader waits for the
+//!   pipeline to drain, then re-reads its own pending entries, which are exactly the lost ones.
+//!   Duplicates cannot arise from that: the store skips stored `(sensor_id, ts)`.
+//! - Each stage runs its work inside [`guarded`], which turns a panic into a counted stop; the
+//!   actix `Supervisor` then restarts the actor with the same mailbox.
+
+pub mod ack;
+pub mod bridge;
+pub mod messages;
+pub mod read;
+pub mod validate;
+pub mod window;
+pub mod write;
+
+use crate::domain::Reading;
+use crate::telemetry::Metrics;
+use actix::prelude::*;
+use futures_util::FutureExt as _;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The in-flight bound and the rewind flag, shared by the reader and every ticket.
+pub struct Flow {
+    permits: Arc<Semaphore>,
+    max_in_flight: usize,
+    rewind: AtomicBool,
+    metrics: Arc<Metrics>,
+}
+
+impl Flow {
+    pub fn new(max_in_flight: usize, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            permits: Arc::new(Semaphore::new(max_in_flight)),
+            max_in_flight,
+            rewind: AtomicBool::new(false),
+            metrics,
+        })
+    }
+
+    /// Waits for room in the pipeline and returns the ticket of a new batch.
+    pub async fn admit(self: &Arc<Self>) -> Ticket {
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .expect("the flow semaphore is never closed");
+        self.metrics.batches_in_flight.inc();
+        Ticket {
+            _permit: permit,
+            flow: Arc::clone(self),
+            settled: false,
+        }
+    }
+
+    /// Batches admitted and not yet settled.
+    pub fn in_flight(&self) -> usize {
+        self.max_in_flight - self.permits.available_permits()
+    }
+
+    /// Waits until every admitted batch is settled.
+    pub async fn drained(&self) {
+        let all = self
+            .permits
+            .acquire_many(self.max_in_flight as u32)
+            .await
+            .expect("the flow semaphore is never closed");
+        drop(all);
+    }
+
+    /// Takes the rewind flag: true when a batch was lost since the last call.
+    pub fn take_rewind(&self) -> bool {
+        self.rewind.swap(false, Ordering::AcqRel)
+    }
+
+    /// Asks the reader to re-read its pending entries once the pipeline has drained.
+    pub fn request_rewind(&self) {
+        self.rewind.store(true, Ordering::Release);
+    }
+}
+
+/// The in-flight permit of one batch. Settle it when the batch's entries are acknowledged (or
+/// when an empty read needs no acknowledgement); dropping it unsettled means the batch was lost.
+pub struct Ticket {
+    _permit: OwnedSemaphorePermit,
+    flow: Arc<Flow>,
+    settled: bool,
+}
+
+impl Ticket {
+    pub fn settle(mut self) {
+        self.settled = true;
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.flow.metrics.batches_in_flight.dec();
+        if !self.settled {
+            self.flow.request_rewind();
+        }
+    }
+}
+
+/// Runs a stage's work so that a panic stops the actor (counted, logged) instead of killing its
+/// thread; the `Supervisor` restarts it. actix does not catch panics by itself.
+pub fn guarded<A>(
+    actor: &'static str,
+    work: impl Future<Output = ()> + 'static,
+) -> impl ActorFuture<A, Output = ()>
+where
+    A: Actor<Context = Context<A>>,
+{
+    actix::fut::wrap_future::<_, A>(AssertUnwindSafe(work).catch_unwind()).map(
+        move |outcome, _actor, ctx: &mut Context<A>| {
+            if let Err(panic) = outcome {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "non-string panic".into());
+                tracing::error!(actor, panic = %message, "actor panicked, restarting it");
+                ctx.stop();
+            }
+        },
+    )
+}
+
+/// Capped exponential backoff for retries.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(50);
+    const CAP: Duration = Duration::from_secs(5);
+
+    pub fn new() -> Self {
+        Self { next: Self::FIRST }
+    }
+
+    pub fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+
+    /// Sleeps for the current delay and doubles it, up to the cap.
+    pub async fn wait(&mut self) {
+        tokio::time::sleep(self.next).await;
+        self.next = (self.next * 2).min(Self::CAP);
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Test-only fault switch: makes a stage panic when it sees a reading of a given sensor, a given
+/// number of times. Production builds it empty.
+#[derive(Default)]
+pub struct Faults {
+    armed: Mutex<Option<(String, String, u32)>>,
+}
+
+impl Faults {
+    /// Arms the switch: `stage` panics on the next `times` batches holding a reading of `sensor`.
+    pub fn panic_in(stage: &str, sensor: &str, times: u32) -> Arc<Self> {
+        Arc::new(Self {
+            armed: Mutex::new(Some((stage.to_owned(), sensor.to_owned(), times))),
+        })
+    }
+
+    pub fn check<'a>(&self, stage: &str, mut readings: impl Iterator<Item = &'a Reading>) {
+        let fire = {
+            let mut armed = self.armed.lock().unwrap_or_else(|p| p.into_inner());
+            match armed.as_mut() {
+                Some((s, sensor, times))
+                    if s == stage && *times > 0 && readings.any(|r| &r.sensor_id == sensor) =>
+                {
+                    *times -= 1;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if fire {
+            panic!("fault injected in stage {stage}");
+        }
+    }
+}
+
+/// Counts a restart when the supervisor restarts an actor.
+pub fn count_restart(metrics: &Metrics, actor: &str) {
+    metrics.actor_restarts.with_label_values(&[actor]).inc();
+}

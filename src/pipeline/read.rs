@@ -1,0 +1,268 @@
+//! Stage 1, read: `XREADGROUP` batches from the stream into the pipeline.
+//!
+//! On start (and after a lost batch) it first re-reads this consumer's own pending entries, then
+//! reads new ones; now and then it claims entries left pending by consumers that went idle. It
+//! admits at most `max_in_flight` batches, so it stops reading while the pipeline is full.
+
+use crate::pipeline::messages::RawBatch;
+use crate::pipeline::validate::Validator;
+use crate::pipeline::{Backoff, Flow, count_restart, guarded};
+use crate::streams::{self, EntryId, StreamEntry};
+use crate::telemetry::Metrics;
+use actix::prelude::*;
+use redis::aio::ConnectionManager;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Longest a blocking read waits for new entries; also bounds how long a stop request waits.
+pub const READ_BLOCK: Duration = Duration::from_millis(500);
+
+/// What the reader needs to know about the stream.
+#[derive(Clone, Debug)]
+pub struct ReadSettings {
+    pub stream: String,
+    pub group: String,
+    pub consumer: String,
+    pub batch_size: usize,
+    /// Longest wait for a partly filled batch to grow.
+    pub batch_delay: Duration,
+    /// Idle time after which another consumer's pending entries are claimed.
+    pub claim_idle: Duration,
+}
+
+/// Where the next read starts.
+#[derive(Clone, Copy, Debug)]
+enum Position {
+    /// Re-reading this consumer's pending entries after this id.
+    Pending(EntryId),
+    /// Reading new entries (`>`).
+    New,
+}
+
+pub struct Reader {
+    settings: Arc<ReadSettings>,
+    /// Its own connection: a blocking `XREADGROUP` holds the connection it runs on.
+    conn: ConnectionManager,
+    validator: Addr<Validator>,
+    flow: Arc<Flow>,
+    metrics: Arc<Metrics>,
+    /// Becomes true when the application stops: the reader stops admitting batches.
+    stop: watch::Receiver<bool>,
+    /// True while the read loop runs (readiness).
+    running: Arc<AtomicBool>,
+}
+
+impl Reader {
+    pub fn new(
+        settings: ReadSettings,
+        conn: ConnectionManager,
+        validator: Addr<Validator>,
+        flow: Arc<Flow>,
+        metrics: Arc<Metrics>,
+        stop: watch::Receiver<bool>,
+        running: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            settings: Arc::new(settings),
+            conn,
+            validator,
+            flow,
+            metrics,
+            stop,
+            running,
+        }
+    }
+}
+
+impl Actor for Reader {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let lp = ReadLoop {
+            settings: Arc::clone(&self.settings),
+            conn: self.conn.clone(),
+            validator: self.validator.clone(),
+            flow: Arc::clone(&self.flow),
+            metrics: Arc::clone(&self.metrics),
+            stop: self.stop.clone(),
+            running: Arc::clone(&self.running),
+        };
+        ctx.spawn(guarded("read", lp.run()));
+    }
+}
+
+impl Supervised for Reader {
+    fn restarting(&mut self, _ctx: &mut Self::Context) {
+        count_restart(&self.metrics, "read");
+        self.running.store(false, Ordering::Release);
+        self.flow.request_rewind();
+    }
+}
+
+/// The read loop's state, owned by the spawned future.
+struct ReadLoop {
+    settings: Arc<ReadSettings>,
+    conn: ConnectionManager,
+    validator: Addr<Validator>,
+    flow: Arc<Flow>,
+    metrics: Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+    running: Arc<AtomicBool>,
+}
+
+impl ReadLoop {
+    async fn run(mut self) {
+        self.running.store(true, Ordering::Release);
+        let mut position = Position::Pending(EntryId::ZERO);
+        let mut backoff = Backoff::new();
+        let mut redis_down = false;
+        let claim_every = (self.settings.claim_idle / 2).max(Duration::from_millis(100));
+        let mut last_claim = Instant::now();
+        while !*self.stop.borrow() {
+            if self.flow.take_rewind() {
+                tracing::info!(stream = %self.settings.stream, "a batch was lost; re-reading pending entries once the pipeline drains");
+                self.flow.drained().await;
+                position = Position::Pending(EntryId::ZERO);
+            }
+            let ticket = tokio::select! {
+                ticket = self.flow.admit() => ticket,
+                _ = self.stop.changed() => break,
+            };
+            let claim_due = last_claim.elapsed() >= claim_every;
+            let result = match position {
+                Position::Pending(after) => self.read(Some(after)).await,
+                Position::New if claim_due => {
+                    last_claim = Instant::now();
+                    self.claim().await
+                }
+                Position::New => self.read(None).await,
+            };
+            let entries = match result {
+                Ok(entries) => {
+                    if redis_down {
+                        tracing::info!(stream = %self.settings.stream, "redis reads work again");
+                        redis_down = false;
+                    }
+                    backoff.reset();
+                    entries
+                }
+                Err(error) => {
+                    ticket.settle();
+                    self.metrics.redis_errors.with_label_values(&["read"]).inc();
+                    if !redis_down {
+                        tracing::warn!(%error, stream = %self.settings.stream, "redis read failed, retrying");
+                        redis_down = true;
+                    }
+                    if error.code() == Some("NOGROUP") {
+                        let _ = streams::ensure_group(
+                            &mut self.conn,
+                            &self.settings.stream,
+                            &self.settings.group,
+                        )
+                        .await;
+                        position = Position::Pending(EntryId::ZERO);
+                    }
+                    backoff.wait().await;
+                    continue;
+                }
+            };
+            if entries.is_empty() {
+                ticket.settle();
+                if let Position::Pending(_) = position {
+                    position = Position::New;
+                }
+                continue;
+            }
+            if let Position::Pending(_) = position {
+                position = Position::Pending(entries.last().map_or(EntryId::ZERO, |e| e.id));
+            }
+            self.metrics
+                .messages_received
+                .with_label_values(&["stream"])
+                .inc_by(entries.len() as u64);
+            if self
+                .validator
+                .send(RawBatch { entries, ticket })
+                .await
+                .is_err()
+            {
+                tracing::warn!("validate stage is gone; its batch will be re-read");
+            }
+        }
+        self.running.store(false, Ordering::Release);
+    }
+
+    /// Reads pending entries after `pending_after`, or new entries (growing the batch for up to
+    /// `batch_delay` while it is not full).
+    async fn read(
+        &mut self,
+        pending_after: Option<EntryId>,
+    ) -> redis::RedisResult<Vec<StreamEntry>> {
+        let s = Arc::clone(&self.settings);
+        if let Some(after) = pending_after {
+            let start = after.to_string();
+            return streams::read_group(
+                &mut self.conn,
+                &s.stream,
+                &s.group,
+                &s.consumer,
+                s.batch_size,
+                None,
+                &start,
+            )
+            .await;
+        }
+        let mut entries = streams::read_group(
+            &mut self.conn,
+            &s.stream,
+            &s.group,
+            &s.consumer,
+            s.batch_size,
+            Some(READ_BLOCK),
+            ">",
+        )
+        .await?;
+        let deadline = Instant::now() + s.batch_delay;
+        while !entries.is_empty() && entries.len() < s.batch_size {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left < Duration::from_millis(1) {
+                break;
+            }
+            let more = streams::read_group(
+                &mut self.conn,
+                &s.stream,
+                &s.group,
+                &s.consumer,
+                s.batch_size - entries.len(),
+                Some(left),
+                ">",
+            )
+            .await?;
+            if more.is_empty() {
+                break;
+            }
+            entries.extend(more);
+        }
+        Ok(entries)
+    }
+
+    async fn claim(&mut self) -> redis::RedisResult<Vec<StreamEntry>> {
+        let s = Arc::clone(&self.settings);
+        let claimed = streams::claim_idle(
+            &mut self.conn,
+            &s.stream,
+            &s.group,
+            &s.consumer,
+            s.claim_idle,
+            s.batch_size,
+        )
+        .await?;
+        if !claimed.is_empty() {
+            tracing::info!(entries = claimed.len(), stream = %s.stream, "claimed entries left pending by an idle consumer");
+            self.metrics.entries_claimed.inc_by(claimed.len() as u64);
+        }
+        Ok(claimed)
+    }
+}

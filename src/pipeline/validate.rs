@@ -1,0 +1,159 @@
+//! Stage 2, validate: parses every entry of a batch into readings; every rejection goes to the
+//! dead-letter stream with its original bytes, reason and detail, before the batch moves on (so it
+//! is acknowledged only once it is kept).
+
+use crate::domain::{Limits, ParseContext, Reading, reading};
+use crate::pipeline::messages::{RawBatch, Readings};
+use crate::pipeline::window::Window;
+use crate::pipeline::{Backoff, Faults, count_restart, guarded};
+use crate::streams::{self, DeadLetter};
+use crate::telemetry::Metrics;
+use actix::prelude::*;
+use chrono::Utc;
+use redis::aio::ConnectionManager;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Dead-letter settings.
+#[derive(Clone, Debug)]
+pub struct DeadLetterSettings {
+    pub key: String,
+    pub maxlen: usize,
+}
+
+pub struct Validator {
+    limits: Arc<Limits>,
+    dead: Arc<DeadLetterSettings>,
+    /// Shared multiplexed connection for dead-letter writes.
+    conn: ConnectionManager,
+    window: Addr<Window>,
+    metrics: Arc<Metrics>,
+    faults: Arc<Faults>,
+}
+
+impl Validator {
+    pub fn new(
+        limits: Limits,
+        dead: DeadLetterSettings,
+        conn: ConnectionManager,
+        window: Addr<Window>,
+        metrics: Arc<Metrics>,
+        faults: Arc<Faults>,
+    ) -> Self {
+        Self {
+            limits: Arc::new(limits),
+            dead: Arc::new(dead),
+            conn,
+            window,
+            metrics,
+            faults,
+        }
+    }
+}
+
+impl Actor for Validator {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(1);
+    }
+}
+
+impl Supervised for Validator {
+    fn restarting(&mut self, _ctx: &mut Self::Context) {
+        count_restart(&self.metrics, "validate");
+    }
+}
+
+impl Handler<RawBatch> for Validator {
+    type Result = ();
+
+    fn handle(&mut self, batch: RawBatch, ctx: &mut Self::Context) {
+        let limits = Arc::clone(&self.limits);
+        let dead = Arc::clone(&self.dead);
+        let mut conn = self.conn.clone();
+        let window = self.window.clone();
+        let metrics = Arc::clone(&self.metrics);
+        let faults = Arc::clone(&self.faults);
+        let work = async move {
+            let (readings, letters) = parse_batch(&batch, &limits);
+            faults.check("validate", readings.iter());
+            if !letters.is_empty() {
+                keep_dead_letters(&mut conn, &dead, &letters, &metrics).await;
+            }
+            let entries = batch.entries.iter().map(|e| e.id).collect();
+            let message = Readings {
+                readings,
+                entries,
+                ticket: batch.ticket,
+            };
+            if window.send(message).await.is_err() {
+                tracing::warn!("window stage is gone; its batch will be re-read");
+            }
+        };
+        ctx.wait(guarded("validate", work));
+    }
+}
+
+/// Parses every entry; pure apart from reading the clock.
+pub fn parse_batch(batch: &RawBatch, limits: &Limits) -> (Vec<Reading>, Vec<DeadLetter>) {
+    let now = Utc::now();
+    let mut readings = Vec::with_capacity(batch.entries.len());
+    let mut letters = Vec::new();
+    for entry in &batch.entries {
+        let Some(fields) = &entry.fields else {
+            tracing::warn!(entry = %entry.id, "pending entry was deleted from the stream before it was processed");
+            continue;
+        };
+        let ctx = ParseContext {
+            limits,
+            now,
+            received_at: entry.id.time(),
+        };
+        for outcome in reading::parse_entry_fields(fields, &ctx) {
+            match outcome {
+                Ok(reading) => readings.push(reading),
+                Err(rejection) => letters.push(DeadLetter {
+                    entry: entry.id,
+                    rejection,
+                    original: fields.clone(),
+                }),
+            }
+        }
+    }
+    (readings, letters)
+}
+
+/// Writes dead letters, retrying until Redis takes them: the batch is not acknowledged before its
+/// rejections are kept.
+async fn keep_dead_letters(
+    conn: &mut ConnectionManager,
+    dead: &DeadLetterSettings,
+    letters: &[DeadLetter],
+    metrics: &Metrics,
+) {
+    let mut backoff = Backoff::new();
+    let mut failing = false;
+    while let Err(error) = streams::append_dead_letters(conn, &dead.key, dead.maxlen, letters).await
+    {
+        metrics.redis_errors.with_label_values(&["validate"]).inc();
+        if !failing {
+            tracing::warn!(%error, key = %dead.key, "dead-letter write failed, retrying");
+            failing = true;
+        }
+        backoff.wait().await;
+    }
+    let mut by_reason: BTreeMap<&str, u64> = BTreeMap::new();
+    for letter in letters {
+        *by_reason
+            .entry(letter.rejection.reason.as_str())
+            .or_default() += 1;
+    }
+    for (reason, count) in by_reason {
+        metrics
+            .readings_rejected
+            .with_label_values(&[reason])
+            .inc_by(count);
+    }
+    tracing::debug!(rejected = letters.len(), key = %dead.key, "rejections kept in the dead-letter stream");
+}

@@ -1,0 +1,80 @@
+//! Stage 3, window: drops readings repeated within the batch and folds the rest into partial
+//! aggregates per `(sensor, resolution, bucket)`, sorted by key for the writer.
+
+use crate::domain::{Resolution, Windows};
+use crate::pipeline::messages::{Readings, WriteBatch};
+use crate::pipeline::write::Writer;
+use crate::pipeline::{Faults, count_restart, guarded};
+use crate::telemetry::Metrics;
+use actix::prelude::*;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+pub struct Window {
+    resolutions: Arc<[Resolution]>,
+    writer: Addr<Writer>,
+    metrics: Arc<Metrics>,
+    faults: Arc<Faults>,
+}
+
+impl Window {
+    pub fn new(
+        resolutions: &[Resolution],
+        writer: Addr<Writer>,
+        metrics: Arc<Metrics>,
+        faults: Arc<Faults>,
+    ) -> Self {
+        Self {
+            resolutions: resolutions.into(),
+            writer,
+            metrics,
+            faults,
+        }
+    }
+}
+
+impl Actor for Window {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(1);
+    }
+}
+
+impl Supervised for Window {
+    fn restarting(&mut self, _ctx: &mut Self::Context) {
+        count_restart(&self.metrics, "window");
+    }
+}
+
+impl Handler<Readings> for Window {
+    type Result = ();
+
+    fn handle(&mut self, batch: Readings, ctx: &mut Self::Context) {
+        let resolutions = Arc::clone(&self.resolutions);
+        let writer = self.writer.clone();
+        let faults = Arc::clone(&self.faults);
+        let work = async move {
+            faults.check("window", batch.readings.iter());
+            let total = batch.readings.len();
+            let mut seen = HashSet::with_capacity(total);
+            let readings: Vec<_> = batch
+                .readings
+                .into_iter()
+                .filter(|r| seen.insert((r.sensor_id.clone(), r.ts)))
+                .collect();
+            let partials = Windows::fold(&resolutions, &readings);
+            let message = WriteBatch {
+                duplicates_in_batch: (total - readings.len()) as u64,
+                readings,
+                partials,
+                entries: batch.entries,
+                ticket: batch.ticket,
+            };
+            if writer.send(message).await.is_err() {
+                tracing::warn!("write stage is gone; its batch will be re-read");
+            }
+        };
+        ctx.wait(guarded("window", work));
+    }
+}

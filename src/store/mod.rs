@@ -1,0 +1,310 @@
+//! PostgreSQL: the pool, the migrations, and the one batch transaction.
+//!
+//! The batch transaction ([`write_batch`]) is the heart of the delivery guarantee: it inserts the
+//! raw readings skipping stored `(sensor_id, ts)`, and merges into the aggregates exactly the
+//! contribution of the rows that were new. A replayed or concurrently written reading therefore
+//! never counts twice.
+
+pub mod sql;
+
+use crate::domain::{AggKey, Aggregate, Reading, Resolution, Windows};
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+use tokio_postgres::NoTls;
+use tokio_postgres::error::SqlState;
+
+mod embedded {
+    refinery::embed_migrations!("sql");
+}
+
+/// How long a connection attempt may take before it counts as failed.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a caller waits for a free pooled connection.
+const POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors of the store, split by whether a retry can help.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no database connection: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("database error: {0}")]
+    Db(#[from] tokio_postgres::Error),
+}
+
+impl StoreError {
+    /// Connection loss, shutdown, overload, deadlock or serialization failure: retrying the whole
+    /// transaction is right. Anything else is a refusal of the data or a bug.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Pool(_) => true,
+            StoreError::Db(error) => match error.code() {
+                None => true,
+                Some(code) => {
+                    let class = &code.code()[..2];
+                    matches!(class, "08" | "53" | "57" | "58" | "40")
+                        || *code == SqlState::LOCK_NOT_AVAILABLE
+                        || *code == SqlState::QUERY_CANCELED
+                }
+            },
+        }
+    }
+}
+
+/// Parses the URL, creates the database if it is missing, and builds the pool.
+pub async fn connect(url: &str, pool_size: usize) -> anyhow::Result<Pool> {
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .context("SENSORHUB_DATABASE_URL is not a PostgreSQL URL")?;
+    config
+        .connect_timeout(CONNECT_TIMEOUT)
+        .application_name("sensorhub")
+        // The guarantee needs every acknowledged batch durable: never inherit an `off`.
+        .options("-c synchronous_commit=on");
+    ensure_database(&config).await?;
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(pool_size)
+        .wait_timeout(Some(POOL_WAIT_TIMEOUT))
+        .create_timeout(Some(CONNECT_TIMEOUT))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .context("building the PostgreSQL pool")
+}
+
+/// Creates the configured database when the server says it does not exist.
+async fn ensure_database(config: &tokio_postgres::Config) -> anyhow::Result<()> {
+    let error = match config.connect(NoTls).await {
+        Ok((_client, connection)) => {
+            drop(connection);
+            return Ok(());
+        }
+        Err(error) => error,
+    };
+    if error.code() != Some(&SqlState::INVALID_CATALOG_NAME) {
+        return Err(error).context("connecting to PostgreSQL");
+    }
+    let name = config.get_dbname().unwrap_or("postgres").to_owned();
+    let mut admin = config.clone();
+    admin.dbname("postgres");
+    let (client, connection) = admin
+        .connect(NoTls)
+        .await
+        .context("connecting to the 'postgres' database to create the configured one")?;
+    let driver = tokio::spawn(connection);
+    let created = client
+        .batch_execute(&format!(
+            "CREATE DATABASE \"{}\"",
+            name.replace('"', "\"\"")
+        ))
+        .await;
+    drop(client);
+    let _ = driver.await;
+    match created {
+        Ok(()) => {
+            tracing::info!(database = %name, "created database");
+            Ok(())
+        }
+        Err(error) if error.code() == Some(&SqlState::DUPLICATE_DATABASE) => Ok(()),
+        Err(error) => Err(error).with_context(|| format!("creating database {name:?}")),
+    }
+}
+
+/// Applies the migrations under `sql/`, one instance at a time.
+pub async fn migrate(pool: &Pool) -> anyhow::Result<()> {
+    let mut client = pool.get().await.context("connecting to PostgreSQL")?;
+    client.simple_query(sql::MIGRATION_LOCK).await?;
+    let report = embedded::migrations::runner()
+        .run_async(&mut **client)
+        .await
+        .context("applying migrations");
+    client.simple_query(sql::MIGRATION_UNLOCK).await?;
+    for migration in report?.applied_migrations() {
+        tracing::info!(migration = %migration, "applied migration");
+    }
+    Ok(())
+}
+
+/// What one committed batch did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// Readings newly stored.
+    pub inserted: u64,
+    /// Readings skipped because their `(sensor_id, ts)` was already stored.
+    pub duplicates: u64,
+    /// Aggregate rows inserted or merged into.
+    pub aggregate_rows: u64,
+}
+
+/// Writes one batch in one transaction. `readings` hold no two rows with the same
+/// `(sensor_id, ts)`; `partials` are their folded aggregates, sorted by key.
+///
+/// Fast path: insert without `RETURNING`; if every row was new, merge the pre-folded partials. If
+/// some rows were already stored, roll back and redo with `RETURNING`, folding only the new rows.
+pub async fn write_batch(
+    client: &mut deadpool_postgres::Client,
+    readings: &[Reading],
+    partials: &[(AggKey, Aggregate)],
+    resolutions: &[Resolution],
+) -> Result<BatchOutcome, StoreError> {
+    if readings.is_empty() {
+        return Ok(BatchOutcome::default());
+    }
+    let sensor_ids: Vec<&str> = readings.iter().map(|r| r.sensor_id.as_str()).collect();
+    let timestamps: Vec<DateTime<Utc>> = readings.iter().map(|r| r.ts).collect();
+    let values: Vec<f64> = readings.iter().map(|r| r.value).collect();
+
+    let tx = client.transaction().await?;
+    let insert = tx.prepare_cached(sql::INSERT_READINGS).await?;
+    let inserted = tx
+        .execute(&insert, &[&sensor_ids, &timestamps, &values])
+        .await?;
+    if inserted == readings.len() as u64 {
+        let aggregate_rows = upsert_aggregates(&tx, partials).await?;
+        upsert_sensors(&tx, readings.iter()).await?;
+        tx.commit().await?;
+        return Ok(BatchOutcome {
+            inserted,
+            duplicates: 0,
+            aggregate_rows,
+        });
+    }
+    tx.rollback().await?;
+
+    let tx = client.transaction().await?;
+    let insert = tx.prepare_cached(sql::INSERT_READINGS_RETURNING).await?;
+    let rows = tx
+        .query(&insert, &[&sensor_ids, &timestamps, &values])
+        .await?;
+    let new_keys: HashSet<(String, DateTime<Utc>)> = rows
+        .iter()
+        .map(|row| (row.get::<_, String>(0), row.get::<_, DateTime<Utc>>(1)))
+        .collect();
+    let new_readings: Vec<&Reading> = readings
+        .iter()
+        .filter(|r| new_keys.contains(&(r.sensor_id.clone(), r.ts)))
+        .collect();
+    let new_partials = Windows::fold(resolutions, new_readings.iter().copied());
+    let aggregate_rows = upsert_aggregates(&tx, &new_partials).await?;
+    upsert_sensors(&tx, new_readings.iter().copied()).await?;
+    tx.commit().await?;
+    let inserted = new_readings.len() as u64;
+    Ok(BatchOutcome {
+        inserted,
+        duplicates: readings.len() as u64 - inserted,
+        aggregate_rows,
+    })
+}
+
+async fn upsert_aggregates(
+    tx: &deadpool_postgres::Transaction<'_>,
+    partials: &[(AggKey, Aggregate)],
+) -> Result<u64, StoreError> {
+    if partials.is_empty() {
+        return Ok(0);
+    }
+    let n = partials.len();
+    let mut sensor_ids = Vec::with_capacity(n);
+    let mut resolutions = Vec::with_capacity(n);
+    let mut buckets = Vec::with_capacity(n);
+    let mut counts = Vec::with_capacity(n);
+    let mut sums = Vec::with_capacity(n);
+    let mut mins = Vec::with_capacity(n);
+    let mut maxs = Vec::with_capacity(n);
+    let mut first_ts = Vec::with_capacity(n);
+    let mut first_values = Vec::with_capacity(n);
+    let mut last_ts = Vec::with_capacity(n);
+    let mut last_values = Vec::with_capacity(n);
+    for (key, agg) in partials {
+        sensor_ids.push(key.sensor_id.as_str());
+        resolutions.push(key.resolution.to_string());
+        buckets.push(key.bucket);
+        counts.push(agg.count);
+        sums.push(agg.sum);
+        mins.push(agg.min);
+        maxs.push(agg.max);
+        first_ts.push(agg.first_ts);
+        first_values.push(agg.first_value);
+        last_ts.push(agg.last_ts);
+        last_values.push(agg.last_value);
+    }
+    let upsert = tx.prepare_cached(sql::UPSERT_AGGREGATES).await?;
+    let rows = tx
+        .execute(
+            &upsert,
+            &[
+                &sensor_ids,
+                &resolutions,
+                &buckets,
+                &counts,
+                &sums,
+                &mins,
+                &maxs,
+                &first_ts,
+                &first_values,
+                &last_ts,
+                &last_values,
+            ],
+        )
+        .await?;
+    Ok(rows)
+}
+
+/// The newest-reading summary of one sensor within a batch.
+struct SensorSummary<'a> {
+    unit: Option<&'a str>,
+    unit_ts: DateTime<Utc>,
+    first_seen: DateTime<Utc>,
+    last_seen: DateTime<Utc>,
+    last_value: f64,
+}
+
+async fn upsert_sensors<'a>(
+    tx: &deadpool_postgres::Transaction<'_>,
+    readings: impl Iterator<Item = &'a Reading>,
+) -> Result<(), StoreError> {
+    let mut sensors: HashMap<&str, SensorSummary> = HashMap::new();
+    for r in readings {
+        let summary = sensors.entry(&r.sensor_id).or_insert(SensorSummary {
+            unit: None,
+            unit_ts: r.ts,
+            first_seen: r.ts,
+            last_seen: r.ts,
+            last_value: r.value,
+        });
+        summary.first_seen = summary.first_seen.min(r.ts);
+        if r.ts >= summary.last_seen {
+            summary.last_seen = r.ts;
+            summary.last_value = r.value;
+        }
+        if r.unit.is_some() && (summary.unit.is_none() || r.ts >= summary.unit_ts) {
+            summary.unit = r.unit.as_deref();
+            summary.unit_ts = r.ts;
+        }
+    }
+    if sensors.is_empty() {
+        return Ok(());
+    }
+    let mut sorted: Vec<_> = sensors.into_iter().collect();
+    sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let ids: Vec<&str> = sorted.iter().map(|(id, _)| *id).collect();
+    let units: Vec<Option<&str>> = sorted.iter().map(|(_, s)| s.unit).collect();
+    let first_seen: Vec<DateTime<Utc>> = sorted.iter().map(|(_, s)| s.first_seen).collect();
+    let last_seen: Vec<DateTime<Utc>> = sorted.iter().map(|(_, s)| s.last_seen).collect();
+    let last_values: Vec<f64> = sorted.iter().map(|(_, s)| s.last_value).collect();
+    let upsert = tx.prepare_cached(sql::UPSERT_SENSORS).await?;
+    tx.execute(
+        &upsert,
+        &[&ids, &units, &first_seen, &last_seen, &last_values],
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,509 @@
+//! Redis streams: the commands the pipeline uses and the parsing of their replies.
+//!
+//! Replies are parsed from [`redis::Value`] by hand so that field order and raw bytes are kept
+//! exactly (a dead letter must carry the original bytes), and both RESP2 arrays and RESP3 maps work.
+
+use crate::domain::Rejection;
+use chrono::{DateTime, Utc};
+use redis::aio::ConnectionManager;
+use redis::{RedisResult, Value};
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A stream entry id, `<ms>-<seq>`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EntryId {
+    pub ms: u64,
+    pub seq: u64,
+}
+
+impl EntryId {
+    pub const ZERO: EntryId = EntryId { ms: 0, seq: 0 };
+
+    /// The next possible id: `XTRIM MINID` with it keeps everything after `self`.
+    pub fn successor(self) -> EntryId {
+        match self.seq.checked_add(1) {
+            Some(seq) => EntryId { ms: self.ms, seq },
+            None => EntryId {
+                ms: self.ms + 1,
+                seq: 0,
+            },
+        }
+    }
+
+    /// The entry's time: the timestamp of a reading that carries none. The sequence number is added
+    /// as microseconds (up to 999) so entries added in the same millisecond stay distinct, and the
+    /// result is the same on every delivery of the entry.
+    pub fn time(self) -> DateTime<Utc> {
+        let micros = (self.ms as i64).saturating_mul(1000) + self.seq.min(999) as i64;
+        DateTime::from_timestamp_micros(micros).unwrap_or_default()
+    }
+}
+
+impl fmt::Display for EntryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+impl FromStr for EntryId {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (ms, seq) = text.split_once('-').unwrap_or((text, "0"));
+        match (ms.parse(), seq.parse()) {
+            (Ok(ms), Ok(seq)) => Ok(EntryId { ms, seq }),
+            _ => Err(format!("{text:?} is not a stream entry id")),
+        }
+    }
+}
+
+impl redis::ToRedisArgs for EntryId {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        out.write_arg(self.to_string().as_bytes());
+    }
+}
+
+/// One entry read from the stream. `fields` is `None` when the entry was deleted (trimmed) after
+/// it was delivered: it is acknowledged and otherwise skipped.
+#[derive(Clone, Debug)]
+pub struct StreamEntry {
+    pub id: EntryId,
+    pub fields: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+}
+
+/// The dead-letter stream's key for a stream.
+pub fn dead_letter_key(stream: &str) -> String {
+    format!("{stream}:dead")
+}
+
+/// `XGROUP CREATE <stream> <group> 0 MKSTREAM`; an existing group is fine. Starting at `0` means
+/// entries added before the first start are processed too.
+pub async fn ensure_group(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    group: &str,
+) -> RedisResult<()> {
+    let created: RedisResult<Value> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(conn)
+        .await;
+    match created {
+        Err(error) if error.code() == Some("BUSYGROUP") => Ok(()),
+        other => other.map(drop),
+    }
+}
+
+/// `XREADGROUP`: `start` is `>` for new entries or an id to re-read this consumer's pending entries
+/// after it. `block` of `None` returns at once.
+pub async fn read_group(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    count: usize,
+    block: Option<Duration>,
+    start: &str,
+) -> RedisResult<Vec<StreamEntry>> {
+    let mut cmd = redis::cmd("XREADGROUP");
+    cmd.arg("GROUP")
+        .arg(group)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(count);
+    if let Some(block) = block {
+        cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
+    }
+    cmd.arg("STREAMS").arg(stream).arg(start);
+    let reply: Value = cmd.query_async(conn).await?;
+    // Reply: [[stream, [entry, ...]]] (RESP2) or {stream: [entry, ...]} (RESP3), or nil on timeout.
+    let per_stream = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(items) => items
+            .into_iter()
+            .filter_map(|item| match item {
+                Value::Array(mut pair) if pair.len() == 2 => pair.pop(),
+                _ => None,
+            })
+            .collect::<Vec<_>>(),
+        Value::Map(pairs) => pairs.into_iter().map(|(_, entries)| entries).collect(),
+        other => return Err(unexpected("XREADGROUP", &other)),
+    };
+    let mut entries = Vec::new();
+    for list in per_stream {
+        entries.extend(parse_entries(list)?);
+    }
+    Ok(entries)
+}
+
+/// Parses `[[id, [f, v, ...] | nil], ...]`.
+fn parse_entries(list: Value) -> RedisResult<Vec<StreamEntry>> {
+    let Value::Array(items) = list else {
+        return Ok(Vec::new());
+    };
+    items
+        .into_iter()
+        .filter(|item| *item != Value::Nil)
+        .map(|item| {
+            let Value::Array(mut parts) = item else {
+                return Err(unexpected("stream entry", &item));
+            };
+            if parts.is_empty() {
+                return Err(unexpected("stream entry", &Value::Array(parts)));
+            }
+            let fields = if parts.len() > 1 { parts.pop() } else { None };
+            let id = parse_id(&parts[0])?;
+            let fields = match fields {
+                Some(Value::Array(flat)) => Some(pair_up(flat)),
+                Some(Value::Map(map)) => Some(
+                    map.into_iter()
+                        .map(|(k, v)| (into_bytes(k), into_bytes(v)))
+                        .collect(),
+                ),
+                _ => None,
+            };
+            Ok(StreamEntry { id, fields })
+        })
+        .collect()
+}
+
+fn pair_up(flat: Vec<Value>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut fields = Vec::with_capacity(flat.len() / 2);
+    let mut iter = flat.into_iter();
+    while let (Some(name), Some(value)) = (iter.next(), iter.next()) {
+        fields.push((into_bytes(name), into_bytes(value)));
+    }
+    fields
+}
+
+fn into_bytes(value: Value) -> Vec<u8> {
+    match value {
+        Value::BulkString(bytes) => bytes,
+        Value::SimpleString(text) => text.into_bytes(),
+        Value::Int(n) => n.to_string().into_bytes(),
+        Value::VerbatimString { text, .. } => text.into_bytes(),
+        _ => Vec::new(),
+    }
+}
+
+fn parse_id(value: &Value) -> RedisResult<EntryId> {
+    let text = match value {
+        Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+        Value::SimpleString(text) => text.clone(),
+        other => return Err(unexpected("entry id", other)),
+    };
+    text.parse().map_err(|why: String| {
+        redis::RedisError::from((redis::ErrorKind::Parse, "bad entry id", why))
+    })
+}
+
+fn unexpected(what: &'static str, value: &Value) -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::Parse,
+        "unexpected reply",
+        format!("{what}: {value:?}"),
+    ))
+}
+
+/// `XACK` the given entries.
+pub async fn ack(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    group: &str,
+    ids: &[EntryId],
+) -> RedisResult<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    redis::cmd("XACK")
+        .arg(stream)
+        .arg(group)
+        .arg(ids)
+        .query_async::<Value>(conn)
+        .await
+        .map(drop)
+}
+
+/// Claims up to `count` entries idle for at least `min_idle` from *other* consumers of the group
+/// (`XPENDING ... IDLE`, then `XCLAIM`). This consumer's own pending entries are not claimed: they
+/// may still be in its pipeline; it re-reads them itself after a crash of a stage.
+pub async fn claim_idle(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    min_idle: Duration,
+    count: usize,
+) -> RedisResult<Vec<StreamEntry>> {
+    let min_idle_ms = min_idle.as_millis() as u64;
+    let pending: Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .arg("IDLE")
+        .arg(min_idle_ms)
+        .arg("-")
+        .arg("+")
+        .arg(count)
+        .query_async(conn)
+        .await?;
+    let Value::Array(rows) = pending else {
+        return Ok(Vec::new());
+    };
+    let mut ids = Vec::new();
+    for row in rows {
+        let Value::Array(parts) = row else { continue };
+        if parts.len() < 2 {
+            continue;
+        }
+        let owner = into_bytes(parts[1].clone());
+        if owner != consumer.as_bytes() {
+            ids.push(parse_id(&parts[0])?);
+        }
+    }
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let claimed: Value = redis::cmd("XCLAIM")
+        .arg(stream)
+        .arg(group)
+        .arg(consumer)
+        .arg(min_idle_ms)
+        .arg(&ids)
+        .query_async(conn)
+        .await?;
+    // Entries deleted from the stream meanwhile come back as nil (skipped by `parse_entries`);
+    // Redis 7 drops them from the pending list itself.
+    parse_entries(claimed)
+}
+
+/// The consumer group's state, for metrics and trimming.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupInfo {
+    pub name: String,
+    pub pending: u64,
+    pub last_delivered: EntryId,
+    /// Entries not yet delivered; `None` when Redis cannot tell (after deletions).
+    pub lag: Option<u64>,
+}
+
+/// `XINFO GROUPS <stream>`.
+pub async fn groups(conn: &mut ConnectionManager, stream: &str) -> RedisResult<Vec<GroupInfo>> {
+    let reply: Value = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async(conn)
+        .await?;
+    let Value::Array(groups) = reply else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for group in groups {
+        let pairs: Vec<(Vec<u8>, Value)> = match group {
+            Value::Array(flat) => {
+                let mut pairs = Vec::new();
+                let mut iter = flat.into_iter();
+                while let (Some(k), Some(v)) = (iter.next(), iter.next()) {
+                    pairs.push((into_bytes(k), v));
+                }
+                pairs
+            }
+            Value::Map(map) => map.into_iter().map(|(k, v)| (into_bytes(k), v)).collect(),
+            _ => continue,
+        };
+        let mut info = GroupInfo::default();
+        for (key, value) in pairs {
+            match key.as_slice() {
+                b"name" => info.name = String::from_utf8_lossy(&into_bytes(value)).into_owned(),
+                b"pending" => info.pending = as_u64(&value).unwrap_or(0),
+                b"last-delivered-id" => info.last_delivered = parse_id(&value)?,
+                b"lag" => info.lag = as_u64(&value),
+                _ => {}
+            }
+        }
+        out.push(info);
+    }
+    Ok(out)
+}
+
+fn as_u64(value: &Value) -> Option<u64> {
+    match value {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok()?.parse().ok(),
+        Value::SimpleString(text) => text.parse().ok(),
+        _ => None,
+    }
+}
+
+/// The oldest pending entry of a group (`XPENDING <stream> <group>` summary).
+async fn oldest_pending(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    group: &str,
+) -> RedisResult<Option<EntryId>> {
+    let reply: Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .query_async(conn)
+        .await?;
+    match reply {
+        Value::Array(parts) if parts.len() >= 2 && parts[1] != Value::Nil => {
+            parse_id(&parts[1]).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Trims entries that every group has had delivered and acknowledged, keeping at most `tail` of them
+/// for inspection. Entries pending or not yet delivered in any group are never trimmed.
+pub async fn trim_acknowledged(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    groups: &[GroupInfo],
+    tail: usize,
+) -> RedisResult<()> {
+    let mut safe: Option<EntryId> = None;
+    for group in groups {
+        let keep_from = match group.pending {
+            0 => group.last_delivered.successor(),
+            _ => match oldest_pending(conn, stream, &group.name).await? {
+                Some(id) => id,
+                None => group.last_delivered.successor(),
+            },
+        };
+        safe = Some(safe.map_or(keep_from, |s| s.min(keep_from)));
+    }
+    let Some(safe) = safe else { return Ok(()) };
+    let min_id = if tail == 0 {
+        safe
+    } else {
+        let kept: Value = redis::cmd("XREVRANGE")
+            .arg(stream)
+            .arg(format!("({safe}"))
+            .arg("-")
+            .arg("COUNT")
+            .arg(tail)
+            .query_async(conn)
+            .await?;
+        let kept = parse_entries(kept)?;
+        match kept.last() {
+            Some(oldest_kept) if kept.len() == tail => oldest_kept.id,
+            _ => return Ok(()),
+        }
+    };
+    redis::cmd("XTRIM")
+        .arg(stream)
+        .arg("MINID")
+        .arg(min_id)
+        .query_async::<Value>(conn)
+        .await
+        .map(drop)
+}
+
+/// A rejected message or reading, bound for the dead-letter stream.
+#[derive(Clone, Debug)]
+pub struct DeadLetter {
+    /// The stream entry it came from.
+    pub entry: EntryId,
+    pub rejection: Rejection,
+    /// The entry's original fields: a `data` field with the original bytes, or the reading's own
+    /// fields, copied as `field.<name>`.
+    pub original: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Appends dead letters in one round trip, capping the stream at about `maxlen` entries.
+pub async fn append_dead_letters(
+    conn: &mut ConnectionManager,
+    key: &str,
+    maxlen: usize,
+    letters: &[DeadLetter],
+) -> RedisResult<()> {
+    if letters.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    for letter in letters {
+        let cmd = pipe
+            .cmd("XADD")
+            .arg(key)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(maxlen)
+            .arg("*")
+            .arg("reason")
+            .arg(letter.rejection.reason.as_str())
+            .arg("detail")
+            .arg(&letter.rejection.detail)
+            .arg("entry")
+            .arg(letter.entry);
+        if let Some(index) = letter.rejection.index {
+            cmd.arg("index").arg(index);
+        }
+        for (name, value) in &letter.original {
+            if name == b"data" {
+                cmd.arg("data").arg(value.as_slice());
+            } else {
+                let mut field = b"field.".to_vec();
+                field.extend_from_slice(name);
+                cmd.arg(field).arg(value.as_slice());
+            }
+        }
+        cmd.ignore();
+    }
+    pipe.query_async::<()>(conn).await
+}
+
+/// Appends published payloads to the stream as `data` fields, in one round trip.
+pub async fn append_payloads(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    payloads: &[Vec<u8>],
+) -> RedisResult<()> {
+    let mut pipe = redis::pipe();
+    for payload in payloads {
+        pipe.cmd("XADD")
+            .arg(stream)
+            .arg("*")
+            .arg("data")
+            .arg(payload.as_slice())
+            .ignore();
+    }
+    pipe.query_async::<()>(conn).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_ids_parse_order_and_succeed() {
+        let id: EntryId = "1733054400000-7".parse().unwrap();
+        assert_eq!(
+            id,
+            EntryId {
+                ms: 1_733_054_400_000,
+                seq: 7
+            }
+        );
+        assert_eq!(id.to_string(), "1733054400000-7");
+        assert!(id < "1733054400001-0".parse().unwrap());
+        assert_eq!(id.successor().to_string(), "1733054400000-8");
+        assert!("x-1".parse::<EntryId>().is_err());
+    }
+
+    #[test]
+    fn entry_time_is_stable_and_distinct_within_a_millisecond() {
+        let a: EntryId = "1733054400000-0".parse().unwrap();
+        let b: EntryId = "1733054400000-1".parse().unwrap();
+        assert_eq!(
+            a.time(),
+            "2024-12-01T12:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        assert_ne!(a.time(), b.time());
+        assert_eq!(b.time(), b.time());
+    }
+}

@@ -1,0 +1,172 @@
+//! Starts the stages sink-first, each under an actix `Supervisor` on its own arbiter (thread), and
+//! stops them in flow order: reader first, then the batches in flight drain through commit and
+//! acknowledgement.
+//!
+//! A stage that panics is stopped by [`guarded`](crate::pipeline::guarded) and restarted by its
+//! `Supervisor` with the same mailbox; its restart is counted in `sensorhub_actor_restarts_total`.
+//! Giving each stage its own thread keeps a CPU-heavy batch in one stage (parsing, folding) from
+//! stalling the others, and lets the pipeline use both cores.
+
+use crate::config::Config;
+use crate::pipeline::ack::{AckSettings, Acker};
+use crate::pipeline::bridge::{Bridge, BridgeSettings};
+use crate::pipeline::read::{ReadSettings, Reader};
+use crate::pipeline::validate::{DeadLetterSettings, Validator};
+use crate::pipeline::window::Window;
+use crate::pipeline::write::Writer;
+use crate::pipeline::{Faults, Flow};
+use crate::telemetry::Metrics;
+use actix::{Arbiter, Supervisor};
+use deadpool_postgres::Pool;
+use redis::aio::ConnectionManager;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// What the stages are built from.
+pub struct PipelineParts {
+    pub pool: Pool,
+    pub client: redis::Client,
+    /// Shared multiplexed connection: acks, dead letters, bridge appends.
+    pub conn: ConnectionManager,
+    /// The reader's own connection for blocking reads.
+    pub read_conn: ConnectionManager,
+    pub metrics: Arc<Metrics>,
+    pub faults: Arc<Faults>,
+}
+
+/// The running pipeline.
+pub struct Pipeline {
+    arbiters: Vec<Arbiter>,
+    flow: Arc<Flow>,
+    stop: watch::Sender<bool>,
+    reader_running: Arc<AtomicBool>,
+}
+
+impl Pipeline {
+    pub fn start(config: &Config, parts: PipelineParts) -> Self {
+        let PipelineParts {
+            pool,
+            client,
+            conn,
+            read_conn,
+            metrics,
+            faults,
+        } = parts;
+        let (stop, stop_rx) = watch::channel(false);
+        let flow = Flow::new(config.max_in_flight, Arc::clone(&metrics));
+        let reader_running = Arc::new(AtomicBool::new(false));
+        let mut arbiters = Vec::new();
+        let mut arbiter = || {
+            let arbiter = Arbiter::new();
+            let handle = arbiter.handle();
+            arbiters.push(arbiter);
+            handle
+        };
+
+        let ack_settings = AckSettings {
+            stream: config.stream.clone(),
+            group: config.group.clone(),
+            tail: config.stream_tail,
+        };
+        let (c, m) = (conn.clone(), Arc::clone(&metrics));
+        let acker =
+            Supervisor::start_in_arbiter(&arbiter(), move |_| Acker::new(ack_settings, c, m));
+
+        let resolutions = config.resolutions.clone();
+        let (m, f) = (Arc::clone(&metrics), Arc::clone(&faults));
+        let writer = Supervisor::start_in_arbiter(&arbiter(), move |_| {
+            Writer::new(pool, &resolutions, acker, m, f)
+        });
+
+        let resolutions = config.resolutions.clone();
+        let (m, f) = (Arc::clone(&metrics), Arc::clone(&faults));
+        let window = Supervisor::start_in_arbiter(&arbiter(), move |_| {
+            Window::new(&resolutions, writer, m, f)
+        });
+
+        let limits = config.limits.clone();
+        let dead = DeadLetterSettings {
+            key: config.dead_letter_stream(),
+            maxlen: config.dead_letter_maxlen,
+        };
+        let (c, m, f) = (conn.clone(), Arc::clone(&metrics), Arc::clone(&faults));
+        let validator = Supervisor::start_in_arbiter(&arbiter(), move |_| {
+            Validator::new(limits, dead, c, window, m, f)
+        });
+
+        let read_settings = ReadSettings {
+            stream: config.stream.clone(),
+            group: config.group.clone(),
+            consumer: config.consumer.clone(),
+            batch_size: config.batch_size,
+            batch_delay: config.batch_delay,
+            claim_idle: config.claim_idle,
+        };
+        let (fl, m, rx, running) = (
+            Arc::clone(&flow),
+            Arc::clone(&metrics),
+            stop_rx.clone(),
+            Arc::clone(&reader_running),
+        );
+        let io = arbiter();
+        Supervisor::start_in_arbiter(&io, move |_| {
+            Reader::new(read_settings, read_conn, validator, fl, m, rx, running)
+        });
+
+        if let Some(channel) = &config.channel {
+            let settings = BridgeSettings {
+                channel: channel.clone(),
+                stream: config.stream.clone(),
+                consumer: config.consumer.clone(),
+                lease: config.bridge_lease,
+            };
+            let m = Arc::clone(&metrics);
+            Supervisor::start_in_arbiter(&io, move |_| {
+                Bridge::new(settings, client, conn, m, stop_rx)
+            });
+        }
+
+        Self {
+            arbiters,
+            flow,
+            stop,
+            reader_running,
+        }
+    }
+
+    /// The flag that is true while the reader's loop runs, for readiness.
+    pub fn running_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.reader_running)
+    }
+
+    /// True while the reader's loop runs.
+    pub fn is_running(&self) -> bool {
+        self.reader_running.load(Ordering::Acquire)
+    }
+
+    /// Batches read and not yet acknowledged.
+    pub fn in_flight(&self) -> usize {
+        self.flow.in_flight()
+    }
+
+    /// Stops reading, waits (up to `timeout`) for the batches in flight to commit and be
+    /// acknowledged, then stops the stages. Returns false if the timeout struck first; what was not
+    /// acknowledged stays pending in Redis and is re-read on the next start.
+    pub async fn shutdown(self, timeout: Duration) -> bool {
+        let _ = self.stop.send(true);
+        let deadline = Instant::now() + timeout;
+        while self.is_running() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let drained = tokio::time::timeout(left, self.flow.drained())
+            .await
+            .is_ok();
+        for arbiter in &self.arbiters {
+            arbiter.stop();
+        }
+        drained
+    }
+}

@@ -1,0 +1,229 @@
+//! Logging setup and the metrics, declared once.
+//!
+//! Each [`Application`](crate::app::Application) owns one [`Metrics`] with its own registry, so
+//! several applications in one process (the integration tests) keep separate counters. Stages
+//! update metrics once per batch, not once per record, except the latency histogram which observes
+//! each stream entry (a few atomic adds).
+
+use crate::domain::Reason;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global `tracing` subscriber (once per process).
+pub fn init_logging(filter: &str) {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
+}
+
+/// The pipeline stages, as they appear in `actor` labels.
+pub const ACTORS: [&str; 6] = ["read", "validate", "window", "write", "ack", "bridge"];
+
+/// Every metric sensorhub exports (prefix `sensorhub_`).
+pub struct Metrics {
+    registry: Registry,
+    /// Stream entries read, and messages bridged from Pub/Sub, by `source`.
+    pub messages_received: IntCounterVec,
+    /// Rejected messages or readings, by `reason`.
+    pub readings_rejected: IntCounterVec,
+    /// Readings newly stored in `readings`.
+    pub readings_written: IntCounter,
+    /// Readings skipped because `(sensor_id, ts)` was already stored or repeated in the batch.
+    pub readings_duplicate: IntCounter,
+    /// Aggregate rows inserted or merged into.
+    pub aggregate_rows_upserted: IntCounter,
+    /// Time of one batch transaction, retries included.
+    pub batch_write_duration: Histogram,
+    /// Stream entry time to commit.
+    pub end_to_end_latency: Histogram,
+    /// Restarts of supervised actors, by `actor`.
+    pub actor_restarts: IntCounterVec,
+    /// Batches read and not yet acknowledged.
+    pub batches_in_flight: IntGauge,
+    /// Entries delivered to the consumer group and not acknowledged (all consumers).
+    pub group_pending: IntGauge,
+    /// Entries in the stream not yet delivered to the consumer group.
+    pub group_lag: IntGauge,
+    /// Failed database operations, retried.
+    pub database_errors: IntCounter,
+    /// Failed Redis operations, retried.
+    pub redis_errors: IntCounterVec,
+    /// Batch transactions retried after an error.
+    pub write_retries: IntCounter,
+    /// Unix time of the last committed batch.
+    pub last_commit_time: IntGauge,
+    /// Entries acknowledged in the stream.
+    pub entries_acked: IntCounter,
+    /// Entries claimed from consumers that went idle.
+    pub entries_claimed: IntCounter,
+    /// 1 while this instance holds the Pub/Sub bridge lease.
+    pub bridge_leader: IntGauge,
+    /// Build information, value 1.
+    pub build_info: IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter_vec = |name: &str, help: &str, label: &str| {
+            let metric = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("unique metric");
+            metric
+        };
+        let counter = |name: &str, help: &str| {
+            let metric = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("unique metric");
+            metric
+        };
+        let gauge = |name: &str, help: &str| {
+            let metric = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("unique metric");
+            metric
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let metric = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("valid metric");
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("unique metric");
+            metric
+        };
+        let seconds_buckets = vec![
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            60.0,
+        ];
+        let metrics = Metrics {
+            messages_received: counter_vec(
+                "sensorhub_messages_received_total",
+                "Messages received, by source (stream entries read, Pub/Sub messages bridged).",
+                "source",
+            ),
+            readings_rejected: counter_vec(
+                "sensorhub_readings_rejected_total",
+                "Messages or readings rejected into the dead-letter stream, by reason.",
+                "reason",
+            ),
+            readings_written: counter("sensorhub_readings_written_total", "Readings newly stored."),
+            readings_duplicate: counter(
+                "sensorhub_readings_duplicate_total",
+                "Readings skipped as duplicates of a stored (sensor_id, ts).",
+            ),
+            aggregate_rows_upserted: counter(
+                "sensorhub_aggregate_rows_upserted_total",
+                "Aggregate rows inserted or merged into.",
+            ),
+            batch_write_duration: histogram(
+                "sensorhub_batch_write_duration_seconds",
+                "Duration of one batch transaction, retries included.",
+                seconds_buckets.clone(),
+            ),
+            end_to_end_latency: histogram(
+                "sensorhub_end_to_end_latency_seconds",
+                "Time from a stream entry's id time to the commit of its readings.",
+                seconds_buckets,
+            ),
+            actor_restarts: counter_vec(
+                "sensorhub_actor_restarts_total",
+                "Restarts of supervised actors after a crash, by actor.",
+                "actor",
+            ),
+            batches_in_flight: gauge(
+                "sensorhub_batches_in_flight",
+                "Batches read from the stream and not yet acknowledged.",
+            ),
+            group_pending: gauge(
+                "sensorhub_consumer_group_pending",
+                "Entries delivered to the consumer group and not yet acknowledged.",
+            ),
+            group_lag: gauge(
+                "sensorhub_consumer_group_lag",
+                "Entries in the stream not yet delivered to the consumer group.",
+            ),
+            database_errors: counter(
+                "sensorhub_database_errors_total",
+                "Failed PostgreSQL operations (each is retried).",
+            ),
+            redis_errors: counter_vec(
+                "sensorhub_redis_errors_total",
+                "Failed Redis operations (each is retried), by the actor that saw it.",
+                "actor",
+            ),
+            write_retries: counter(
+                "sensorhub_write_retries_total",
+                "Batch transactions retried after an error.",
+            ),
+            last_commit_time: gauge(
+                "sensorhub_last_commit_timestamp_seconds",
+                "Unix time of the last committed batch (0: none yet).",
+            ),
+            entries_acked: counter(
+                "sensorhub_entries_acked_total",
+                "Stream entries acknowledged after their readings were committed or dead-lettered.",
+            ),
+            entries_claimed: counter(
+                "sensorhub_entries_claimed_total",
+                "Pending entries claimed from consumers idle longer than the claim time.",
+            ),
+            bridge_leader: gauge(
+                "sensorhub_bridge_leader",
+                "1 while this instance holds the lease to bridge Pub/Sub into the stream.",
+            ),
+            build_info: {
+                let metric = IntGaugeVec::new(
+                    Opts::new("sensorhub_build_info", "Build information; the value is 1."),
+                    &["version"],
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(metric.clone()))
+                    .expect("unique metric");
+                metric
+            },
+            registry,
+        };
+        metrics
+            .build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        // Pre-register every label so dashboards see zeros rather than missing series.
+        for reason in Reason::ALL {
+            metrics
+                .readings_rejected
+                .with_label_values(&[reason.as_str()]);
+        }
+        for actor in ACTORS {
+            metrics.actor_restarts.with_label_values(&[actor]);
+            metrics.redis_errors.with_label_values(&[actor]);
+        }
+        for source in ["stream", "pubsub"] {
+            metrics.messages_received.with_label_values(&[source]);
+        }
+        metrics
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
