@@ -154,7 +154,7 @@ impl Pipeline {
     /// Stops reading, waits (up to `timeout`) for the batches in flight to commit and be
     /// acknowledged, then stops the stages. Returns false if the timeout struck first; what was not
     /// acknowledged stays pending in Redis and is re-read on the next start.
-    pub async fn shutdown(self, timeout: Duration) -> bool {
+    pub async fn shutdown(&self, timeout: Duration) -> bool {
         let _ = self.stop.send(true);
         let deadline = Instant::now() + timeout;
         while self.is_running() && Instant::now() < deadline {

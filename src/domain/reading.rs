@@ -224,6 +224,9 @@ pub fn parse_json(bytes: &[u8], ctx: &ParseContext) -> Outcomes {
             ))];
         }
     };
+    if let Err(rejection) = check_depth(text) {
+        return vec![Err(rejection)];
+    }
     match text.trim_start().as_bytes().first() {
         Some(b'{') => vec![parse_object(text, ctx)],
         Some(b'[') => parse_array(text, ctx),
@@ -238,6 +241,41 @@ pub fn parse_json(bytes: &[u8], ctx: &ParseContext) -> Outcomes {
             ))],
         },
     }
+}
+
+/// Deepest JSON nesting accepted. A reading is an object inside at most an array; unknown fields
+/// may nest a little. Deeper input is refused before parsing, whatever the field.
+pub const MAX_JSON_DEPTH: usize = 32;
+
+/// Rejects JSON nested deeper than [`MAX_JSON_DEPTH`], with one pass over the bytes.
+fn check_depth(text: &str) -> Result<(), Rejection> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for byte in text.bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return Err(Rejection::new(
+                        Reason::MalformedJson,
+                        format!("JSON nests deeper than {MAX_JSON_DEPTH} levels"),
+                    ));
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Parses a stream entry's fields: a `data` field holding JSON, or the reading's own fields.
@@ -783,19 +821,37 @@ mod tests {
     #[test]
     fn deeply_nested_json_is_rejected_not_a_stack_overflow() {
         let deep_array = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-        assert_eq!(reason(deep_array.as_bytes()), Reason::WrongShape);
         let deep_value = format!(
             r#"{{"sensor":"t","value":{}1{}}}"#,
-            "[".repeat(100_000),
-            "]".repeat(100_000)
+            "[".repeat(40),
+            "]".repeat(40)
         );
-        assert_eq!(reason(deep_value.as_bytes()), Reason::WrongType);
         let deep_unknown = format!(
-            r#"{{"sensor":"t","value":1,"x":{}{}}}"#,
-            "{\"a\":".repeat(100_000),
-            "}".repeat(100_000)
+            r#"{{"sensor":"t","value":1,"x":{}1{}}}"#,
+            "{\"a\":".repeat(5_000),
+            "}".repeat(5_000)
         );
-        assert_eq!(reason(deep_unknown.as_bytes()), Reason::MalformedJson);
+        for deep in [deep_array, deep_value, deep_unknown] {
+            let rejection = one(deep.as_bytes()).unwrap_err();
+            assert_eq!(rejection.reason, Reason::MalformedJson);
+            assert!(
+                rejection.detail.contains("deeper than 32"),
+                "{}",
+                rejection.detail
+            );
+        }
+        let brackets_in_strings = format!(
+            r#"{{"sensor":"t","value":1,"note":"{}\"{}"}}"#,
+            "[".repeat(100),
+            "{".repeat(100)
+        );
+        assert!(one(brackets_in_strings.as_bytes()).is_ok());
+        let nested_ok = format!(
+            r#"{{"sensor":"t","value":1,"x":{}1{}}}"#,
+            "[".repeat(30),
+            "]".repeat(30)
+        );
+        assert!(one(nested_ok.as_bytes()).is_ok());
     }
 
     #[test]

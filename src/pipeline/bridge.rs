@@ -103,8 +103,6 @@ impl BridgeLoop {
         while !*self.stop.borrow() {
             match self.acquire_lease().await {
                 Ok(true) => {
-                    self.metrics.bridge_leader.set(1);
-                    tracing::info!(channel = %self.settings.channel, stream = %self.settings.stream, "holding the bridge lease; bridging pub/sub into the stream");
                     let result = self.bridge().await;
                     self.metrics.bridge_leader.set(0);
                     match result {
@@ -175,6 +173,8 @@ impl BridgeLoop {
     async fn bridge(&mut self) -> redis::RedisResult<()> {
         let mut pubsub = self.client.get_async_pubsub().await?;
         pubsub.subscribe(&self.settings.channel).await?;
+        self.metrics.bridge_leader.set(1);
+        tracing::info!(channel = %self.settings.channel, stream = %self.settings.stream, "holding the bridge lease; bridging pub/sub into the stream");
         let mut messages = pubsub.on_message();
         let mut renew = tokio::time::interval(self.settings.lease / 3);
         let mut stop = self.stop.clone();

@@ -64,15 +64,15 @@ impl Flow {
             .acquire_owned()
             .await
             .expect("the flow semaphore is never closed");
-        self.metrics.batches_in_flight.inc();
         Ticket {
             _permit: permit,
             flow: Arc::clone(self),
             settled: false,
+            carrying: false,
         }
     }
 
-    /// Batches admitted and not yet settled.
+    /// Batches admitted and not yet settled, a read waiting for entries included.
     pub fn in_flight(&self) -> usize {
         self.max_in_flight - self.permits.available_permits()
     }
@@ -104,9 +104,18 @@ pub struct Ticket {
     _permit: OwnedSemaphorePermit,
     flow: Arc<Flow>,
     settled: bool,
+    /// True once the batch holds entries: only those count in `sensorhub_batches_in_flight`.
+    carrying: bool,
 }
 
 impl Ticket {
+    /// Marks the ticket as carrying entries into the pipeline.
+    pub fn carrying(mut self) -> Self {
+        self.carrying = true;
+        self.flow.metrics.batches_in_flight.inc();
+        self
+    }
+
     pub fn settle(mut self) {
         self.settled = true;
     }
@@ -114,7 +123,9 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.flow.metrics.batches_in_flight.dec();
+        if self.carrying {
+            self.flow.metrics.batches_in_flight.dec();
+        }
         if !self.settled {
             self.flow.request_rewind();
         }

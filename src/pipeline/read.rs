@@ -184,7 +184,10 @@ impl ReadLoop {
                 .inc_by(entries.len() as u64);
             if self
                 .validator
-                .send(RawBatch { entries, ticket })
+                .send(RawBatch {
+                    entries,
+                    ticket: ticket.carrying(),
+                })
                 .await
                 .is_err()
             {

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Brings Redis and PostgreSQL up on 127.0.0.1 (6379, 5432) when they do not answer, installing
+# Debian's packages when they are missing, and creates the `sensorhub` database.
+# Safe to run again: whatever already answers is left alone.
+#
+#   scripts/services.sh            # Redis + PostgreSQL
+#   scripts/services.sh --tools    # also the test tools (promtool from Debian's prometheus)
+set -euo pipefail
+
+REDIS_PORT=6379
+PG_PORT=5432
+DATABASE=sensorhub
+with_tools=no
+[ "${1:-}" = "--tools" ] && with_tools=yes
+
+log() { printf 'services: %s\n' "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+        log "need root to run: $*"; exit 1; fi
+}
+
+apt_updated=no
+apt_install() {
+    if [ "$apt_updated" = no ]; then
+        log "apt-get update"
+        as_root apt-get update -qq
+        apt_updated=yes
+    fi
+    log "installing $*"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+wait_for() { # wait_for DESCRIPTION COMMAND...
+    local what=$1; shift
+    for _ in $(seq 1 60); do
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        sleep 0.5
+    done
+    log "$what did not come up within 30 s"; exit 1
+}
+
+# --- Redis -------------------------------------------------------------------------------------
+redis_up() { [ "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ]; }
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+    apt_install redis-server redis-tools
+fi
+if ! redis_up; then
+    log "starting redis on 127.0.0.1:$REDIS_PORT"
+    mkdir -p /tmp/sensorhub-redis
+    redis-server --daemonize yes --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
+        --dir /tmp/sensorhub-redis --logfile /tmp/sensorhub-redis/redis.log
+    wait_for "redis" redis_up
+fi
+log "redis answers on 127.0.0.1:$REDIS_PORT"
+
+# --- PostgreSQL --------------------------------------------------------------------------------
+pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+if [ -z "$(pg_bin)" ] || ! command -v psql >/dev/null; then
+    apt_install postgresql postgresql-client
+fi
+pg_up() { "$(pg_bin)/pg_isready" -h 127.0.0.1 -p "$PG_PORT" -q; }
+if ! pg_up; then
+    version=$(basename "$(dirname "$(pg_bin)")")
+    if ! pg_lsclusters -h 2>/dev/null | awk '{print $1" "$2}' | grep -q "^$version main$"; then
+        log "creating PostgreSQL $version cluster 'main'"
+        as_root pg_createcluster "$version" main -p "$PG_PORT" >/dev/null
+    fi
+    log "starting PostgreSQL $version on 127.0.0.1:$PG_PORT"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start
+    wait_for "postgresql" pg_up
+fi
+psql_postgres() { psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -Atq "$@"; }
+if ! psql_postgres -c 'select 1' >/dev/null 2>&1; then
+    # A fresh Debian cluster asks for a password over TCP. For a local development and test
+    # database, let the postgres user in from loopback without one.
+    log "allowing the postgres user from 127.0.0.1 without a password (local development)"
+    hba=$(as_root su postgres -c "psql -Atc 'show hba_file'")
+    as_root sed -i '1i host all postgres 127.0.0.1/32 trust\nhost all postgres ::1/128 trust' "$hba"
+    as_root su postgres -c "psql -Atqc 'select pg_reload_conf()'" >/dev/null
+    wait_for "postgresql login" psql_postgres -c 'select 1'
+fi
+if [ "$(psql_postgres -c "select 1 from pg_database where datname = '$DATABASE'")" != 1 ]; then
+    log "creating database $DATABASE"
+    psql_postgres -c "create database $DATABASE"
+fi
+log "postgresql answers on 127.0.0.1:$PG_PORT (database $DATABASE)"
+
+# --- Test tools --------------------------------------------------------------------------------
+if [ "$with_tools" = yes ]; then
+    if ! command -v promtool >/dev/null; then apt_install prometheus; fi
+    log "promtool: $(command -v promtool)"
+fi

@@ -1,0 +1,235 @@
+//! Every input form of DESIGN.md, both ways (PUBLISH and XADD), and duplicates.
+
+use crate::helpers::*;
+
+/// The three input examples of DESIGN.md, exactly as an operator types them. They all describe
+/// the same reading, so together they store one row and count the rest as duplicates.
+#[actix_web::test]
+async fn design_examples_store_one_row() {
+    let mut t = spawn_app().await;
+    t.wait_for_bridge().await;
+    let example = br#"{"sensor": "temperature", "value": 14, "timestamp": "2024-12-01 12:00:00"}"#;
+    assert_eq!(t.publish(example).await, 1, "the bridge is subscribed");
+    t.xadd_data(example).await;
+    let last = t
+        .xadd_fields(&[
+            ("sensor", b"temperature"),
+            ("value", b"14"),
+            ("timestamp", b"2024-12-01T12:00:00Z"),
+        ])
+        .await;
+    t.wait_drained(&last).await;
+    let metrics = t.metrics();
+    wait_for(
+        "three messages processed",
+        std::time::Duration::from_secs(10),
+        || {
+            let done = metrics.readings_written.get() + metrics.readings_duplicate.get() == 3;
+            async move { done.then_some(()) }
+        },
+    )
+    .await;
+
+    let rows =
+        t.pg.query("SELECT sensor_id, ts::text, value FROM readings", &[])
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<_, String>(0), "temperature");
+    assert_eq!(rows[0].get::<_, String>(1), "2024-12-01 12:00:00+00");
+    assert_eq!(rows[0].get::<_, f64>(2), 14.0);
+    assert_eq!(metrics.readings_written.get(), 1);
+    assert_eq!(metrics.readings_duplicate.get(), 2);
+    assert_eq!(
+        metrics
+            .messages_received
+            .with_label_values(&["pubsub"])
+            .get(),
+        1
+    );
+    assert_eq!(
+        metrics
+            .messages_received
+            .with_label_values(&["stream"])
+            .get(),
+        3
+    );
+    t.assert_aggregates_exact().await;
+    let windows = t
+        .count("SELECT count(*) FROM aggregates WHERE sensor_id = 'temperature'")
+        .await;
+    assert_eq!(windows, 2, "one 1m and one 1h window");
+    let (status, body) = t.get("/healthcheck").await;
+    assert_eq!(status, 200, "{body}");
+    t.stop().await;
+}
+
+/// Each input form, with its own sensor, sent both ways: each sensor ends up with exactly one row.
+#[actix_web::test]
+async fn every_input_form_both_ways_is_one_row() {
+    let mut t = spawn_app().await;
+    t.wait_for_bridge().await;
+    let forms: Vec<(&str, Vec<u8>)> = vec![
+        ("naive", br#"{"sensor": "naive", "value": 14, "timestamp": "2024-12-01 12:00:00"}"#.to_vec()),
+        ("rfc3339", br#"{"sensor": "rfc3339", "value": 1.5, "timestamp": "2024-12-01T13:00:00+01:00"}"#.to_vec()),
+        ("epoch_s", br#"{"sensor": "epoch_s", "value": -3, "timestamp": 1733054400}"#.to_vec()),
+        ("epoch_ms", br#"{"sensor": "epoch_ms", "value": 7, "timestamp": 1733054400123}"#.to_vec()),
+        ("string_value", br#"{"sensor": "string_value", "value": "12.5", "timestamp": "2024-12-01T12:00:00Z"}"#.to_vec()),
+        ("with_unit", br#"{"sensor": "with_unit", "value": 3, "unit": "kWh", "timestamp": "2024-12-01T12:00:00Z", "extra": [1, 2]}"#.to_vec()),
+        ("array_a", br#"[{"sensor": "array_a", "value": 1, "timestamp": "2024-12-01T12:00:00Z"}, {"sensor": "array_b", "value": 2, "timestamp": "2024-12-01T12:00:00Z"}]"#.to_vec()),
+    ];
+    for (_, payload) in &forms {
+        assert_eq!(t.publish(payload).await, 1);
+        t.xadd_data(payload).await;
+    }
+    t.xadd_fields(&[
+        ("sensor", b"fields"),
+        ("value", b"14"),
+        ("timestamp", b"2024-12-01T12:00:00Z"),
+    ])
+    .await;
+    t.xadd_fields(&[
+        ("sensor", b"fields"),
+        ("value", b"14"),
+        ("timestamp", b"2024-12-01 12:00:00"),
+    ])
+    .await;
+    assert_eq!(
+        t.publish(br#"{"sensor":"fields","value":14,"timestamp":"2024-12-01T12:00:00Z"}"#)
+            .await,
+        1
+    );
+    // Without a timestamp, the stream entry's time is used: one row per entry.
+    t.xadd_data(br#"{"sensor": "no_ts", "value": 1}"#).await;
+    let last = t
+        .xadd_fields(&[("sensor", b"no_ts_fields"), ("value", b"2")])
+        .await;
+    t.wait_drained(&last).await;
+    let metrics = t.metrics();
+    wait_for(
+        "every message processed",
+        std::time::Duration::from_secs(10),
+        || {
+            let done =
+                metrics.readings_written.get() + metrics.readings_duplicate.get() == 2 * 8 + 3 + 2;
+            async move { done.then_some(()) }
+        },
+    )
+    .await;
+
+    let rows =
+        t.pg.query(
+            "SELECT sensor_id, count(*) FROM readings GROUP BY 1 ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let counts: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let mut expected: Vec<(String, i64)> = [
+        "naive",
+        "rfc3339",
+        "epoch_s",
+        "epoch_ms",
+        "string_value",
+        "with_unit",
+        "array_a",
+        "array_b",
+        "fields",
+        "no_ts",
+        "no_ts_fields",
+    ]
+    .iter()
+    .map(|s| (s.to_string(), 1))
+    .collect();
+    expected.sort();
+    assert_eq!(counts, expected);
+    assert_eq!(metrics.readings_written.get(), 11);
+    assert_eq!(metrics.readings_duplicate.get(), 10);
+    let value: f64 =
+        t.pg.query_one(
+            "SELECT value FROM readings WHERE sensor_id = 'string_value'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(value, 12.5);
+    let ts: String =
+        t.pg.query_one(
+            "SELECT ts::text FROM readings WHERE sensor_id = 'epoch_ms'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ts, "2024-12-01 12:00:00.123+00");
+    let unit: Option<String> =
+        t.pg.query_one(
+            "SELECT unit FROM sensors WHERE sensor_id = 'with_unit'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(unit.as_deref(), Some("kWh"));
+    t.assert_aggregates_exact().await;
+    t.stop().await;
+}
+
+/// Publishing the same batch twice changes nothing; the duplicate counter says how many.
+#[actix_web::test]
+async fn same_batch_twice_changes_nothing() {
+    let mut t = spawn_app().await;
+    let base: chrono::DateTime<chrono::Utc> = "2025-06-01T00:00:00Z".parse().unwrap();
+    let payloads: Vec<Vec<u8>> = (0..300)
+        .map(|i| {
+            reading_json(
+                &format!("dup-{}", i % 7),
+                f64::from(i) * 0.5,
+                base + chrono::Duration::seconds(i64::from(i) * 13),
+            )
+            .into_bytes()
+        })
+        .collect();
+    let last = t.xadd_many(&payloads).await;
+    t.wait_drained(&last).await;
+    let before: Vec<String> = snapshot(&t).await;
+    let written = t.metrics().readings_written.get();
+    assert_eq!(written, 300);
+
+    let last = t.xadd_many(&payloads).await;
+    t.wait_drained(&last).await;
+    let metrics = t.metrics();
+    wait_for(
+        "duplicates counted",
+        std::time::Duration::from_secs(10),
+        || {
+            let n = metrics.readings_duplicate.get();
+            async move { (n == 300).then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(
+        snapshot(&t).await,
+        before,
+        "a replayed batch changed stored data"
+    );
+    assert_eq!(metrics.readings_written.get(), 300);
+    t.assert_aggregates_exact().await;
+    t.stop().await;
+}
+
+/// Every stored row, as text, in key order.
+async fn snapshot(t: &TestApp) -> Vec<String> {
+    let mut rows = Vec::new();
+    for sql in [
+        "SELECT format('%s %s %s', sensor_id, ts, value) FROM readings ORDER BY sensor_id, ts",
+        "SELECT format('%s %s %s %s %s %s %s', sensor_id, resolution, bucket, count, sum, first_value, last_value) FROM aggregates ORDER BY 1",
+        "SELECT format('%s %s %s %s', sensor_id, first_seen, last_seen, last_value) FROM sensors ORDER BY 1",
+    ] {
+        for row in t.pg.query(sql, &[]).await.unwrap() {
+            rows.push(row.get(0));
+        }
+    }
+    rows
+}

@@ -1,0 +1,9 @@
+//! Integration tests: the real application against the real Redis and PostgreSQL on 127.0.0.1
+//! (`scripts/services.sh` brings them up). Each test has its own database and stream key.
+
+mod aggregates;
+mod helpers;
+mod ingest;
+mod operations;
+mod rejections;
+mod supervision;
