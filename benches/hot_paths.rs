@@ -1,1 +1,92 @@
-fn main() {}
+//! Criterion benchmarks of the pure hot paths: parsing and validating messages, folding readings
+//! into windows, and the window stage's batch building (in-batch dedup + fold).
+//!
+//!     cargo bench --bench hot_paths
+
+use chrono::{DateTime, Duration, Utc};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use sensorhub::domain::reading::{parse_entry_fields, parse_json};
+use sensorhub::domain::{Limits, ParseContext, Reading, Resolution, Windows};
+use std::collections::HashSet;
+use std::hint::black_box;
+
+fn context(limits: &Limits) -> ParseContext<'_> {
+    let now = Utc::now();
+    ParseContext {
+        limits,
+        now,
+        received_at: now,
+    }
+}
+
+fn readings(n: usize, sensors: usize) -> Vec<Reading> {
+    let base: DateTime<Utc> = "2025-01-01T00:00:00Z".parse().unwrap();
+    (0..n)
+        .map(|i| Reading {
+            sensor_id: format!("sensor-{}", i % sensors),
+            ts: base + Duration::milliseconds(i as i64 * 1000 / sensors as i64 * 1000),
+            value: i as f64 * 0.5,
+            unit: None,
+        })
+        .collect()
+}
+
+fn parse(c: &mut Criterion) {
+    let limits = Limits::default();
+    let object = br#"{"sensor": "temperature", "value": 14.25, "timestamp": "2024-12-01T12:00:00Z", "unit": "C"}"#;
+    let array = format!(
+        "[{}]",
+        (0..100)
+            .map(|i| format!(
+                r#"{{"sensor":"s{i}","value":"{i}.5","timestamp":"2024-12-01 12:00:{:02}"}}"#,
+                i % 60
+            ))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let fields: Vec<(Vec<u8>, Vec<u8>)> = vec![
+        (b"sensor".to_vec(), b"temperature".to_vec()),
+        (b"value".to_vec(), b"14.25".to_vec()),
+        (b"timestamp".to_vec(), b"2024-12-01T12:00:00Z".to_vec()),
+    ];
+    let mut group = c.benchmark_group("parse");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("object", |b| {
+        b.iter(|| parse_json(black_box(object), &context(&limits)))
+    });
+    group.bench_function("stream_fields", |b| {
+        b.iter(|| parse_entry_fields(black_box(&fields), &context(&limits)))
+    });
+    group.throughput(Throughput::Elements(100));
+    group.bench_function("array_of_100", |b| {
+        b.iter(|| parse_json(black_box(array.as_bytes()), &context(&limits)))
+    });
+    group.finish();
+}
+
+fn windows(c: &mut Criterion) {
+    let resolutions: Vec<Resolution> = vec!["1m".parse().unwrap(), "1h".parse().unwrap()];
+    let batch = readings(10_000, 1000);
+    let mut group = c.benchmark_group("window");
+    group.throughput(Throughput::Elements(batch.len() as u64));
+    group.bench_function("fold_10k_readings_1000_sensors_2_resolutions", |b| {
+        b.iter(|| Windows::fold(&resolutions, black_box(&batch)))
+    });
+    group.bench_function("build_write_batch_10k", |b| {
+        b.iter(|| {
+            let mut seen = HashSet::with_capacity(batch.len());
+            let unique: Vec<&Reading> = black_box(&batch)
+                .iter()
+                .filter(|r| seen.insert((r.sensor_id.as_str(), r.ts)))
+                .collect();
+            let partials = Windows::fold(&resolutions, unique.iter().copied());
+            let ids: Vec<&str> = unique.iter().map(|r| r.sensor_id.as_str()).collect();
+            let values: Vec<f64> = unique.iter().map(|r| r.value).collect();
+            (partials, ids, values)
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, parse, windows);
+criterion_main!(benches);
