@@ -19,7 +19,8 @@ pub struct Variable {
 }
 
 /// Every variable sensorhub reads. `DATABASE_URL` and `REDIS_URL` are honoured as fallbacks of the
-/// first two.
+/// first two. The secrets ([`SECRET_VARIABLES`]) can also be read from a file named by
+/// `<NAME>_FILE` (the Docker secrets convention), so they never sit in an image or a compose file.
 pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "SENSORHUB_REDIS_URL",
@@ -148,6 +149,26 @@ pub const VARIABLES: &[Variable] = &[
     },
 ];
 
+/// Variables whose value may come from the file named by `<NAME>_FILE`.
+pub const SECRET_VARIABLES: [&str; 3] = [
+    "SENSORHUB_REDIS_URL",
+    "SENSORHUB_DATABASE_URL",
+    "SENSORHUB_API_TOKEN",
+];
+
+/// The README's configuration table, generated from [`VARIABLES`] (a test checks the README holds
+/// exactly this text).
+pub fn markdown_table() -> String {
+    let mut table = String::from("| variable | meaning | default |\n| --- | --- | --- |\n");
+    for v in VARIABLES {
+        table.push_str(&format!(
+            "| `{}` | {} | `{}` |\n",
+            v.name, v.meaning, v.default
+        ));
+    }
+    table
+}
+
 /// An invalid configuration value.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid {var}={value:?}: expected {expected}")]
@@ -212,6 +233,25 @@ impl Config {
 
     /// Reads variables through `lookup`; unset variables take their documented default.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut from_files = Vec::new();
+        for name in SECRET_VARIABLES {
+            let file_var = format!("{name}_FILE");
+            if let Some(path) = lookup(&file_var).filter(|p| !p.is_empty()) {
+                let value = std::fs::read_to_string(&path).map_err(|error| ConfigError {
+                    var: name,
+                    value: format!("{file_var}={path}"),
+                    expected: format!("a readable file ({error})"),
+                })?;
+                from_files.push((name, value.trim_end_matches(['\r', '\n']).to_owned()));
+            }
+        }
+        let lookup = |name: &str| {
+            from_files
+                .iter()
+                .find(|(var, _)| *var == name)
+                .map(|(_, value)| value.clone())
+                .or_else(|| lookup(name))
+        };
         let env = Env { lookup: &lookup };
         let timezone_text = env.text("SENSORHUB_TIMEZONE");
         let timezone: Tz = timezone_text.parse().map_err(|_| ConfigError {
@@ -429,6 +469,39 @@ mod tests {
             );
             assert!(!error.contains('\n'));
         }
+    }
+
+    #[test]
+    fn readme_configuration_table_matches_the_code() {
+        let readme = include_str!("../README.md");
+        assert!(
+            readme.contains(&markdown_table()),
+            "README.md's configuration table is out of date; replace it with:\n{}",
+            markdown_table()
+        );
+    }
+
+    #[test]
+    fn every_documented_default_parses() {
+        for v in VARIABLES.iter().filter(|v| !v.default.starts_with('(')) {
+            let var = v.name;
+            assert!(
+                config(&[(var, v.default)]).is_ok(),
+                "{var} default {:?} does not parse",
+                v.default
+            );
+        }
+    }
+
+    #[test]
+    fn secrets_can_come_from_files() {
+        let path = std::env::temp_dir().join(format!("sensorhub-secret-{}", std::process::id()));
+        std::fs::write(&path, "postgres://u:pw@db/sensorhub\n").unwrap();
+        let c = config(&[("SENSORHUB_DATABASE_URL_FILE", path.to_str().unwrap())]).unwrap();
+        assert_eq!(c.database_url.expose(), "postgres://u:pw@db/sensorhub");
+        std::fs::remove_file(&path).unwrap();
+        let error = config(&[("SENSORHUB_API_TOKEN_FILE", "/nonexistent/token")]).unwrap_err();
+        assert!(error.to_string().contains("SENSORHUB_API_TOKEN"), "{error}");
     }
 
     #[test]
