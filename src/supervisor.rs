@@ -74,10 +74,14 @@ impl Pipeline {
         let acker =
             Supervisor::start_in_arbiter(&arbiter(), move |_| Acker::new(ack_settings, c, m));
 
+        let dead = DeadLetterSettings {
+            key: config.dead_letter_stream(),
+            maxlen: config.dead_letter_maxlen,
+        };
         let resolutions = config.resolutions.clone();
-        let (m, f) = (Arc::clone(&metrics), Arc::clone(&faults));
+        let (c, m, f) = (conn.clone(), Arc::clone(&metrics), Arc::clone(&faults));
         let writer = Supervisor::start_in_arbiter(&arbiter(), move |_| {
-            Writer::new(pool, &resolutions, acker, m, f)
+            Writer::new(pool, &resolutions, dead, c, acker, m, f)
         });
 
         let resolutions = config.resolutions.clone();

@@ -53,6 +53,8 @@ pub struct Metrics {
     pub database_errors: IntCounter,
     /// Failed Redis operations, retried.
     pub redis_errors: IntCounterVec,
+    /// Recoveries after an outage, by `target` (`redis`, `postgres`).
+    pub reconnects: IntCounterVec,
     /// Batch transactions retried after an error.
     pub write_retries: IntCounter,
     /// Unix time of the last committed batch.
@@ -159,6 +161,11 @@ impl Metrics {
                 "Failed Redis operations (each is retried), by the actor that saw it.",
                 "actor",
             ),
+            reconnects: counter_vec(
+                "sensorhub_reconnects_total",
+                "Recoveries after an outage: the first success after failures, by target.",
+                "target",
+            ),
             write_retries: counter(
                 "sensorhub_write_retries_total",
                 "Batch transactions retried after an error.",
@@ -205,6 +212,9 @@ impl Metrics {
         for actor in ACTORS {
             metrics.actor_restarts.with_label_values(&[actor]);
             metrics.redis_errors.with_label_values(&[actor]);
+        }
+        for target in ["redis", "postgres"] {
+            metrics.reconnects.with_label_values(&[target]);
         }
         for source in ["stream", "pubsub"] {
             metrics.messages_received.with_label_values(&[source]);

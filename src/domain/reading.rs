@@ -871,4 +871,100 @@ mod tests {
         let ok = format!(r#"{{"sensor":"{}","value":1}}"#, "a".repeat(128));
         assert!(one(ok.as_bytes()).is_ok());
     }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Arbitrary JSON values, nested a few levels, with the reading's field names likely.
+        fn json_value() -> impl Strategy<Value = serde_json::Value> {
+            let leaf = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::Bool),
+                any::<i64>().prop_map(serde_json::Value::from),
+                any::<f64>().prop_map(serde_json::Value::from),
+                "[ -~]{0,20}".prop_map(serde_json::Value::String),
+                prop_oneof![
+                    Just("NaN"),
+                    Just("inf"),
+                    Just("1e400"),
+                    Just("12.5"),
+                    Just("2024-12-01 12:00:00"),
+                    Just("99999-01-01T00:00:00Z")
+                ]
+                .prop_map(|s| serde_json::Value::String(s.into())),
+            ];
+            leaf.prop_recursive(4, 32, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::Array),
+                    prop::collection::vec(
+                        (
+                            prop_oneof![
+                                Just("sensor".to_string()),
+                                Just("value".to_string()),
+                                Just("timestamp".to_string()),
+                                Just("unit".to_string()),
+                                "[a-z]{1,6}"
+                            ],
+                            inner
+                        ),
+                        0..6
+                    )
+                    .prop_map(|fields| serde_json::Value::Object(fields.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn check_outcomes(outcomes: &Outcomes) -> Result<(), TestCaseError> {
+            prop_assert!(
+                !outcomes.is_empty(),
+                "every message gives at least one outcome"
+            );
+            for outcome in outcomes {
+                match outcome {
+                    Ok(reading) => {
+                        prop_assert!(reading.value.is_finite());
+                        prop_assert!(!reading.sensor_id.is_empty());
+                        prop_assert_eq!(reading.ts.timestamp_subsec_nanos() % 1000, 0);
+                    }
+                    Err(rejection) => prop_assert!(!rejection.detail.is_empty()),
+                }
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+                let limits = Limits::default();
+                check_outcomes(&parse_json(&bytes, &ctx(&limits)))?;
+                let fields = vec![(b"sensor".to_vec(), bytes.clone()), (b"value".to_vec(), bytes.clone()), (b"timestamp".to_vec(), bytes)];
+                check_outcomes(&parse_entry_fields(&fields, &ctx(&limits)))?;
+            }
+
+            #[test]
+            fn arbitrary_json_never_panics_nor_accepts_non_finite(value in json_value()) {
+                let limits = Limits::default();
+                let text = serde_json::to_vec(&value).unwrap();
+                check_outcomes(&parse_json(&text, &ctx(&limits)))?;
+            }
+
+            #[test]
+            fn arbitrary_readings_are_accepted_exactly_when_valid(
+                sensor in "[a-z0-9_.:-]{1,20}",
+                value in any::<f64>(),
+                seconds in 1_500_000_000i64..1_800_000_000,
+            ) {
+                let limits = Limits::default();
+                let text = format!(r#"{{"sensor":"{sensor}","value":{value:e},"timestamp":{seconds}}}"#);
+                let outcomes = parse_json(text.as_bytes(), &ctx(&limits));
+                check_outcomes(&outcomes)?;
+                let in_range = DateTime::from_timestamp(seconds, 0).unwrap() <= ctx(&limits).now + TimeDelta::minutes(5)
+                    && ctx(&limits).now.signed_duration_since(DateTime::from_timestamp(seconds, 0).unwrap()) <= TimeDelta::days(3650);
+                prop_assert_eq!(outcomes[0].is_ok(), value.is_finite() && in_range, "{}", text);
+            }
+        }
+    }
 }

@@ -32,6 +32,8 @@ pub struct Acker {
     metrics: Arc<Metrics>,
     /// True while a maintenance pass runs, so passes never overlap on a slow Redis.
     maintaining: Arc<AtomicBool>,
+    /// True while acknowledgements fail: one log line when they start failing, one when they work.
+    failing: Arc<AtomicBool>,
 }
 
 impl Acker {
@@ -41,6 +43,7 @@ impl Acker {
             conn,
             metrics,
             maintaining: Arc::new(AtomicBool::new(false)),
+            failing: Arc::new(AtomicBool::new(false)),
         }
     }
 }
@@ -83,20 +86,24 @@ impl Handler<Committed> for Acker {
         let settings = Arc::clone(&self.settings);
         let mut conn = self.conn.clone();
         let metrics = Arc::clone(&self.metrics);
+        let failing = Arc::clone(&self.failing);
         let work = async move {
             let mut backoff = Backoff::new();
-            for attempt in 1..=ACK_ATTEMPTS {
+            for _ in 0..ACK_ATTEMPTS {
                 match streams::ack(&mut conn, &settings.stream, &settings.group, &batch.entries)
                     .await
                 {
                     Ok(()) => {
+                        if failing.swap(false, Ordering::AcqRel) {
+                            tracing::info!("acknowledgements work again");
+                        }
                         metrics.entries_acked.inc_by(batch.entries.len() as u64);
                         batch.ticket.settle();
                         return;
                     }
                     Err(error) => {
                         metrics.redis_errors.with_label_values(&["ack"]).inc();
-                        if attempt == 1 {
+                        if !failing.swap(true, Ordering::AcqRel) {
                             tracing::warn!(%error, entries = batch.entries.len(), "XACK failed, retrying");
                         }
                         backoff.wait().await;

@@ -19,6 +19,8 @@ pub struct RawBatch {
 #[rtype(result = "()")]
 pub struct Readings {
     pub readings: Vec<Reading>,
+    /// The stream entry each reading came from (same index).
+    pub origins: Vec<EntryId>,
     /// Every entry of the batch, valid or not: all are acknowledged together after the commit.
     pub entries: Vec<EntryId>,
     pub ticket: Ticket,
@@ -30,6 +32,8 @@ pub struct Readings {
 pub struct WriteBatch {
     /// No two with the same `(sensor_id, ts)`.
     pub readings: Vec<Reading>,
+    /// The stream entry each reading came from (same index), for dead letters of poison data.
+    pub origins: Vec<EntryId>,
     pub partials: Vec<(AggKey, Aggregate)>,
     /// Readings dropped because the same `(sensor_id, ts)` came twice within the batch.
     pub duplicates_in_batch: u64,

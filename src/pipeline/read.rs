@@ -142,6 +142,7 @@ impl ReadLoop {
             let entries = match result {
                 Ok(entries) => {
                     if redis_down {
+                        self.metrics.reconnects.with_label_values(&["redis"]).inc();
                         tracing::info!(stream = %self.settings.stream, "redis reads work again");
                         redis_down = false;
                     }

@@ -6,7 +6,7 @@ use crate::domain::{Limits, ParseContext, Reading, reading};
 use crate::pipeline::messages::{RawBatch, Readings};
 use crate::pipeline::window::Window;
 use crate::pipeline::{Backoff, Faults, count_restart, guarded};
-use crate::streams::{self, DeadLetter};
+use crate::streams::{self, DeadLetter, EntryId};
 use crate::telemetry::Metrics;
 use actix::prelude::*;
 use chrono::Utc;
@@ -76,14 +76,15 @@ impl Handler<RawBatch> for Validator {
         let metrics = Arc::clone(&self.metrics);
         let faults = Arc::clone(&self.faults);
         let work = async move {
-            let (readings, letters) = parse_batch(&batch, &limits);
+            let (readings, origins, letters) = parse_batch(&batch, &limits);
             faults.check("validate", readings.iter());
             if !letters.is_empty() {
-                keep_dead_letters(&mut conn, &dead, &letters, &metrics).await;
+                keep_dead_letters(&mut conn, &dead, &letters, &metrics, "validate").await;
             }
             let entries = batch.entries.iter().map(|e| e.id).collect();
             let message = Readings {
                 readings,
+                origins,
                 entries,
                 ticket: batch.ticket,
             };
@@ -95,10 +96,15 @@ impl Handler<RawBatch> for Validator {
     }
 }
 
-/// Parses every entry; pure apart from reading the clock.
-pub fn parse_batch(batch: &RawBatch, limits: &Limits) -> (Vec<Reading>, Vec<DeadLetter>) {
+/// Parses every entry into readings (with the entry each came from) and dead letters; pure apart
+/// from reading the clock.
+pub fn parse_batch(
+    batch: &RawBatch,
+    limits: &Limits,
+) -> (Vec<Reading>, Vec<EntryId>, Vec<DeadLetter>) {
     let now = Utc::now();
     let mut readings = Vec::with_capacity(batch.entries.len());
+    let mut origins = Vec::with_capacity(batch.entries.len());
     let mut letters = Vec::new();
     for entry in &batch.entries {
         let Some(fields) = &entry.fields else {
@@ -112,7 +118,10 @@ pub fn parse_batch(batch: &RawBatch, limits: &Limits) -> (Vec<Reading>, Vec<Dead
         };
         for outcome in reading::parse_entry_fields(fields, &ctx) {
             match outcome {
-                Ok(reading) => readings.push(reading),
+                Ok(reading) => {
+                    readings.push(reading);
+                    origins.push(entry.id);
+                }
                 Err(rejection) => letters.push(DeadLetter {
                     entry: entry.id,
                     rejection,
@@ -121,22 +130,23 @@ pub fn parse_batch(batch: &RawBatch, limits: &Limits) -> (Vec<Reading>, Vec<Dead
             }
         }
     }
-    (readings, letters)
+    (readings, origins, letters)
 }
 
 /// Writes dead letters, retrying until Redis takes them: the batch is not acknowledged before its
-/// rejections are kept.
-async fn keep_dead_letters(
+/// rejections are kept. `actor` labels the Redis errors.
+pub async fn keep_dead_letters(
     conn: &mut ConnectionManager,
     dead: &DeadLetterSettings,
     letters: &[DeadLetter],
     metrics: &Metrics,
+    actor: &str,
 ) {
     let mut backoff = Backoff::new();
     let mut failing = false;
     while let Err(error) = streams::append_dead_letters(conn, &dead.key, dead.maxlen, letters).await
     {
-        metrics.redis_errors.with_label_values(&["validate"]).inc();
+        metrics.redis_errors.with_label_values(&[actor]).inc();
         if !failing {
             tracing::warn!(%error, key = %dead.key, "dead-letter write failed, retrying");
             failing = true;

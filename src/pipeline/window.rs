@@ -58,15 +58,17 @@ impl Handler<Readings> for Window {
             faults.check("window", batch.readings.iter());
             let total = batch.readings.len();
             let mut seen = HashSet::with_capacity(total);
-            let readings: Vec<_> = batch
+            let (readings, origins): (Vec<_>, Vec<_>) = batch
                 .readings
                 .into_iter()
-                .filter(|r| seen.insert((r.sensor_id.clone(), r.ts)))
-                .collect();
+                .zip(batch.origins)
+                .filter(|(r, _)| seen.insert((r.sensor_id.clone(), r.ts)))
+                .unzip();
             let partials = Windows::fold(&resolutions, &readings);
             let message = WriteBatch {
                 duplicates_in_batch: (total - readings.len()) as u64,
                 readings,
+                origins,
                 partials,
                 entries: batch.entries,
                 ticket: batch.ticket,

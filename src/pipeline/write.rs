@@ -1,22 +1,45 @@
-//! Stage 4, write: one transaction per batch (see [`store::write_batch`]), retried with capped
-//! backoff until it commits — a batch is never dropped — then reported for acknowledgement.
+//! Stage 4, write: one transaction per batch (see [`store::write_batch`]), then reported for
+//! acknowledgement.
+//!
+//! Transient errors (connection loss, deadlock, serialization failure) are retried with capped
+//! backoff until the batch commits: a batch is never dropped. An error that persists
+//! [`REFUSALS_BEFORE_ISOLATING`] times is PostgreSQL refusing the data itself (poison data): the
+//! batch is bisected into smaller transactions until the refused readings are isolated; those go to
+//! the dead-letter stream (`database_rejected`) and the rest of the batch is stored, so one bad row
+//! cannot block the stream forever.
 
-use crate::domain::Resolution;
+use crate::domain::{Reading, Reason, Rejection, Resolution, Windows};
 use crate::pipeline::ack::Acker;
 use crate::pipeline::messages::{Committed, WriteBatch};
+use crate::pipeline::validate::{DeadLetterSettings, keep_dead_letters};
 use crate::pipeline::{Backoff, Faults, count_restart, guarded};
 use crate::store::{self, BatchOutcome, StoreError};
+use crate::streams::{DeadLetter, EntryId};
 use crate::telemetry::Metrics;
 use actix::prelude::*;
 use deadpool_postgres::Pool;
+use redis::aio::ConnectionManager;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub struct Writer {
+/// Non-transient failures of one batch before it is bisected to isolate poison data. More than
+/// one, so that a passing oddity (a migration running, a constraint being validated) is retried.
+pub const REFUSALS_BEFORE_ISOLATING: u32 = 3;
+
+/// What the writer needs besides the batch.
+#[derive(Clone)]
+struct WriteContext {
     pool: Pool,
     resolutions: Arc<[Resolution]>,
-    acker: Addr<Acker>,
     metrics: Arc<Metrics>,
+    dead: Arc<DeadLetterSettings>,
+    /// For dead letters of poison data.
+    conn: ConnectionManager,
+}
+
+pub struct Writer {
+    context: WriteContext,
+    acker: Addr<Acker>,
     faults: Arc<Faults>,
 }
 
@@ -24,15 +47,21 @@ impl Writer {
     pub fn new(
         pool: Pool,
         resolutions: &[Resolution],
+        dead: DeadLetterSettings,
+        conn: ConnectionManager,
         acker: Addr<Acker>,
         metrics: Arc<Metrics>,
         faults: Arc<Faults>,
     ) -> Self {
         Self {
-            pool,
-            resolutions: resolutions.into(),
+            context: WriteContext {
+                pool,
+                resolutions: resolutions.into(),
+                metrics,
+                dead: Arc::new(dead),
+                conn,
+            },
             acker,
-            metrics,
             faults,
         }
     }
@@ -48,7 +77,7 @@ impl Actor for Writer {
 
 impl Supervised for Writer {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
-        count_restart(&self.metrics, "write");
+        count_restart(&self.context.metrics, "write");
     }
 }
 
@@ -56,15 +85,14 @@ impl Handler<WriteBatch> for Writer {
     type Result = ();
 
     fn handle(&mut self, batch: WriteBatch, ctx: &mut Self::Context) {
-        let pool = self.pool.clone();
-        let resolutions = Arc::clone(&self.resolutions);
+        let context = self.context.clone();
         let acker = self.acker.clone();
-        let metrics = Arc::clone(&self.metrics);
         let faults = Arc::clone(&self.faults);
         let work = async move {
             faults.check("write", batch.readings.iter());
+            let metrics = Arc::clone(&context.metrics);
             let started = Instant::now();
-            let outcome = write_until_committed(&pool, &batch, &resolutions, &metrics).await;
+            let outcome = write_until_committed(&context, &batch).await;
             metrics
                 .batch_write_duration
                 .observe(started.elapsed().as_secs_f64());
@@ -97,20 +125,28 @@ impl Handler<WriteBatch> for Writer {
     }
 }
 
-/// Retries the batch transaction until it commits, logging once when the database starts failing
-/// and once when it works again.
-async fn write_until_committed(
-    pool: &Pool,
-    batch: &WriteBatch,
-    resolutions: &[Resolution],
-    metrics: &Metrics,
-) -> BatchOutcome {
+/// Writes the batch, retrying transient errors until it commits and isolating poison data. Logs
+/// once when the database starts failing and once when it works again.
+async fn write_until_committed(context: &WriteContext, batch: &WriteBatch) -> BatchOutcome {
     let mut backoff = Backoff::new();
     let mut failing = false;
+    let mut refusals = 0;
     loop {
-        match try_write(pool, batch, resolutions).await {
+        let result = try_write(
+            &context.pool,
+            &batch.readings,
+            &batch.partials,
+            &context.resolutions,
+        )
+        .await;
+        match result {
             Ok(outcome) => {
                 if failing {
+                    context
+                        .metrics
+                        .reconnects
+                        .with_label_values(&["postgres"])
+                        .inc();
                     tracing::info!(
                         readings = batch.readings.len(),
                         "database writes work again"
@@ -119,15 +155,17 @@ async fn write_until_committed(
                 return outcome;
             }
             Err(error) => {
-                metrics.database_errors.inc();
-                metrics.write_retries.inc();
+                context.metrics.database_errors.inc();
+                context.metrics.write_retries.inc();
+                if !error.is_transient() {
+                    refusals += 1;
+                    if refusals >= REFUSALS_BEFORE_ISOLATING {
+                        tracing::warn!(%error, readings = batch.readings.len(), "PostgreSQL keeps refusing this batch; isolating the readings it refuses");
+                        return isolate_poison(context, batch).await;
+                    }
+                }
                 if !failing {
-                    let kind = if error.is_transient() {
-                        "transient"
-                    } else {
-                        "persistent"
-                    };
-                    tracing::warn!(%error, kind, readings = batch.readings.len(), "batch write failed, retrying");
+                    tracing::warn!(%error, transient = error.is_transient(), readings = batch.readings.len(), "batch write failed, retrying");
                     failing = true;
                 }
                 backoff.wait().await;
@@ -138,9 +176,88 @@ async fn write_until_committed(
 
 async fn try_write(
     pool: &Pool,
-    batch: &WriteBatch,
+    readings: &[Reading],
+    partials: &[(crate::domain::AggKey, crate::domain::Aggregate)],
     resolutions: &[Resolution],
 ) -> Result<BatchOutcome, StoreError> {
     let mut client = pool.get().await?;
-    store::write_batch(&mut client, &batch.readings, &batch.partials, resolutions).await
+    store::write_batch(&mut client, readings, partials, resolutions).await
+}
+
+/// Bisects the batch into smaller transactions until every reading PostgreSQL refuses stands
+/// alone; stores the rest and dead-letters the refused ones.
+async fn isolate_poison(context: &WriteContext, batch: &WriteBatch) -> BatchOutcome {
+    let mut total = BatchOutcome::default();
+    let mut poison: Vec<(usize, String)> = Vec::new();
+    let mut ranges = vec![(0, batch.readings.len())];
+    let mut backoff = Backoff::new();
+    while let Some((lo, hi)) = ranges.pop() {
+        let part = &batch.readings[lo..hi];
+        let partials = Windows::fold(&context.resolutions, part);
+        match try_write(&context.pool, part, &partials, &context.resolutions).await {
+            Ok(outcome) => {
+                total.inserted += outcome.inserted;
+                total.duplicates += outcome.duplicates;
+                total.aggregate_rows += outcome.aggregate_rows;
+                backoff.reset();
+            }
+            Err(error) if error.is_transient() => {
+                context.metrics.database_errors.inc();
+                ranges.push((lo, hi));
+                backoff.wait().await;
+            }
+            Err(error) if hi - lo == 1 => {
+                context.metrics.database_errors.inc();
+                poison.push((lo, error.to_string()));
+            }
+            Err(_) => {
+                context.metrics.database_errors.inc();
+                let mid = lo + (hi - lo) / 2;
+                ranges.push((mid, hi));
+                ranges.push((lo, mid));
+            }
+        }
+    }
+    if !poison.is_empty() {
+        let letters: Vec<DeadLetter> = poison
+            .iter()
+            .map(|(index, error)| {
+                poison_letter(&batch.readings[*index], batch.origins[*index], error)
+            })
+            .collect();
+        for letter in &letters {
+            tracing::error!(entry = %letter.entry, detail = %letter.rejection.detail, "reading refused by PostgreSQL, moved to the dead-letter stream");
+        }
+        let mut conn = context.conn.clone();
+        keep_dead_letters(
+            &mut conn,
+            &context.dead,
+            &letters,
+            &context.metrics,
+            "write",
+        )
+        .await;
+    }
+    total
+}
+
+fn poison_letter(reading: &Reading, entry: EntryId, error: &str) -> DeadLetter {
+    let original = serde_json::json!({
+        "sensor": reading.sensor_id,
+        "value": reading.value,
+        "timestamp": reading.ts.to_rfc3339(),
+        "unit": reading.unit,
+    });
+    DeadLetter {
+        entry,
+        rejection: Rejection {
+            reason: Reason::DatabaseRejected,
+            detail: format!(
+                "PostgreSQL refused reading of sensor {:?}: {error}",
+                reading.sensor_id
+            ),
+            index: None,
+        },
+        original: vec![(b"data".to_vec(), original.to_string().into_bytes())],
+    }
 }

@@ -30,8 +30,28 @@ const POOL_WAIT_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum StoreError {
     #[error("no database connection: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
-    #[error("database error: {0}")]
+    #[error("{}", describe(.0))]
     Db(#[from] tokio_postgres::Error),
+}
+
+/// The server's own message and SQLSTATE when there is one (`Display` of the driver's error
+/// says only "db error").
+fn describe(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => {
+            let mut text = format!(
+                "PostgreSQL {} {}: {}",
+                db.severity(),
+                db.code().code(),
+                db.message()
+            );
+            if let Some(detail) = db.detail() {
+                text.push_str(&format!(" ({detail})"));
+            }
+            text
+        }
+        None => format!("database error: {error}"),
+    }
 }
 
 impl StoreError {

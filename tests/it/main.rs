@@ -5,5 +5,6 @@ mod aggregates;
 mod helpers;
 mod ingest;
 mod operations;
+mod poison;
 mod rejections;
 mod supervision;
