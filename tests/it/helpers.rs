@@ -45,12 +45,64 @@ pub fn test_config(name: &str) -> Config {
     config
 }
 
+/// A test's own database and stream keys, removed on drop (also when the test fails).
+pub struct Resources {
+    pub name: String,
+    pub database_url: String,
+    pub stream: String,
+}
+
+impl Resources {
+    pub fn new() -> Self {
+        let name = unique_name("sh_test");
+        Self {
+            database_url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
+            stream: format!("test:{name}"),
+            name,
+        }
+    }
+}
+
+impl Drop for Resources {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let keys = vec![
+            self.stream.clone(),
+            format!("{}:dead", self.stream),
+            format!("{}:bridge-lease", self.stream),
+        ];
+        std::thread::spawn(move || {
+            // Let stopped stages' last commands land before the keys go.
+            std::thread::sleep(Duration::from_millis(300));
+            if let Ok(mut conn) = redis::Client::open(REDIS_URL).and_then(|c| c.get_connection()) {
+                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&keys).query(&mut conn);
+            }
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                if let Ok((client, connection)) = tokio_postgres::connect(PG_ADMIN_URL, NoTls).await
+                {
+                    tokio::spawn(connection);
+                    let _ = client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join()
+        .ok();
+    }
+}
+
 pub struct TestApp {
     pub app: Option<Application>,
     pub config: Config,
     pub redis: MultiplexedConnection,
     pub pg: tokio_postgres::Client,
-    name: String,
+    /// Declared last: dropped after the application has stopped.
+    _resources: Resources,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -58,8 +110,8 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config), faults: Arc<Faults>) -> TestApp {
-    let name = unique_name("sh_test");
-    let mut config = test_config(&name);
+    let resources = Resources::new();
+    let mut config = test_config(&resources.name);
     tweak(&mut config);
     let app = Application::build_with_faults(config.clone(), faults)
         .await
@@ -78,7 +130,7 @@ pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config), faults: Arc<Faults>
         config,
         redis,
         pg,
-        name,
+        _resources: resources,
     }
 }
 
@@ -176,19 +228,11 @@ impl TestApp {
 
     /// Waits until every entry up to `last_id` is delivered and acknowledged.
     pub async fn wait_drained(&self, last_id: &str) {
-        let last: sensorhub::streams::EntryId = last_id.parse().unwrap();
-        let (stream, group) = (self.config.stream.clone(), self.config.group.clone());
-        let redis = self.redis.clone();
-        wait_for(
-            "the stream to be processed",
-            Duration::from_secs(60),
-            || {
-                let (stream, group, mut redis) = (stream.clone(), group.clone(), redis.clone());
-                async move {
-                    let (pending, delivered) = group_state(&mut redis, &stream, &group).await;
-                    (pending == 0 && delivered >= last).then_some(())
-                }
-            },
+        wait_drained(
+            &self.redis,
+            &self.config.stream,
+            &self.config.group,
+            last_id,
         )
         .await;
     }
@@ -201,53 +245,9 @@ impl TestApp {
         self.count("SELECT count(*) FROM readings").await
     }
 
-    /// Asserts that every aggregate row equals the `GROUP BY` recomputation over `readings`,
-    /// and that no window is missing or extra.
+    /// Asserts that every aggregate row equals the `GROUP BY` recomputation over `readings`.
     pub async fn assert_aggregates_exact(&self) {
-        let resolutions: Vec<(String, i64)> = self
-            .config
-            .resolutions
-            .iter()
-            .map(|r| (r.to_string(), i64::from(r.seconds())))
-            .collect();
-        let values: Vec<String> = resolutions
-            .iter()
-            .map(|(label, secs)| format!("('{label}', {secs})"))
-            .collect();
-        let sql = format!(
-            "WITH expected AS (
-               SELECT sensor_id, r.label AS resolution,
-                      to_timestamp(floor(extract(epoch FROM ts) / r.secs) * r.secs) AS bucket,
-                      count(*) AS count, sum(value) AS sum, min(value) AS min, max(value) AS max,
-                      (array_agg(ts ORDER BY ts))[1] AS first_ts,
-                      (array_agg(value ORDER BY ts))[1] AS first_value,
-                      (array_agg(ts ORDER BY ts DESC))[1] AS last_ts,
-                      (array_agg(value ORDER BY ts DESC))[1] AS last_value
-               FROM readings CROSS JOIN (VALUES {}) AS r(label, secs)
-               GROUP BY 1, 2, 3)
-             SELECT coalesce(e.sensor_id, a.sensor_id) || ' ' || coalesce(e.resolution, a.resolution)
-                    || ' ' || coalesce(e.bucket, a.bucket)::text
-                    || ' expected ' || coalesce(e.count::text, 'none') || '/' || coalesce(e.sum::text, '-')
-                    || ' got ' || coalesce(a.count::text, 'none') || '/' || coalesce(a.sum::text, '-')
-             FROM expected e FULL OUTER JOIN aggregate_windows a USING (sensor_id, resolution, bucket)
-             WHERE a.count IS DISTINCT FROM e.count
-                OR abs(a.sum - e.sum) > 1e-9 * greatest(1, abs(e.sum))
-                OR a.min IS DISTINCT FROM e.min OR a.max IS DISTINCT FROM e.max
-                OR a.first_ts IS DISTINCT FROM e.first_ts OR a.first_value IS DISTINCT FROM e.first_value
-                OR a.last_ts IS DISTINCT FROM e.last_ts OR a.last_value IS DISTINCT FROM e.last_value
-                OR a.diff IS DISTINCT FROM e.last_value - e.first_value
-             LIMIT 10",
-            values.join(", ")
-        );
-        let rows = self.pg.query(&sql, &[]).await.expect("aggregate check");
-        let mismatches: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-        assert!(
-            mismatches.is_empty(),
-            "aggregates differ from GROUP BY over readings:\n{}",
-            mismatches.join("\n")
-        );
-        let windows = self.count("SELECT count(*) FROM aggregates").await;
-        assert!(windows > 0, "no aggregate rows at all");
+        assert_aggregates_exact(&self.pg, &self.config.resolutions).await;
     }
 
     /// `GET path` against the running application: (status, body).
@@ -270,6 +270,77 @@ impl TestApp {
             .expect("application restarts");
         self.app = Some(app);
     }
+}
+
+/// Waits until every entry up to `last_id` is delivered to the group and acknowledged.
+pub async fn wait_drained(redis: &MultiplexedConnection, stream: &str, group: &str, last_id: &str) {
+    let last: sensorhub::streams::EntryId = last_id.parse().unwrap();
+    wait_for(
+        "the stream to be processed",
+        Duration::from_secs(90),
+        || {
+            let mut redis = redis.clone();
+            async move {
+                let (pending, delivered) = group_state(&mut redis, stream, group).await;
+                (pending == 0 && delivered >= last).then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+/// Asserts that every aggregate row equals the `GROUP BY` recomputation over `readings`,
+/// and that no window is missing or extra.
+pub async fn assert_aggregates_exact(
+    pg: &tokio_postgres::Client,
+    resolutions: &[sensorhub::domain::Resolution],
+) {
+    let resolutions: Vec<(String, i64)> = resolutions
+        .iter()
+        .map(|r| (r.to_string(), i64::from(r.seconds())))
+        .collect();
+    let values: Vec<String> = resolutions
+        .iter()
+        .map(|(label, secs)| format!("('{label}', {secs})"))
+        .collect();
+    let sql = format!(
+        "WITH expected AS (
+           SELECT sensor_id, r.label AS resolution,
+                  to_timestamp(floor(extract(epoch FROM ts) / r.secs) * r.secs) AS bucket,
+                  count(*) AS count, sum(value) AS sum, min(value) AS min, max(value) AS max,
+                  (array_agg(ts ORDER BY ts))[1] AS first_ts,
+                  (array_agg(value ORDER BY ts))[1] AS first_value,
+                  (array_agg(ts ORDER BY ts DESC))[1] AS last_ts,
+                  (array_agg(value ORDER BY ts DESC))[1] AS last_value
+           FROM readings CROSS JOIN (VALUES {}) AS r(label, secs)
+           GROUP BY 1, 2, 3)
+         SELECT coalesce(e.sensor_id, a.sensor_id) || ' ' || coalesce(e.resolution, a.resolution)
+                || ' ' || coalesce(e.bucket, a.bucket)::text
+                || ' expected ' || coalesce(e.count::text, 'none') || '/' || coalesce(e.sum::text, '-')
+                || ' got ' || coalesce(a.count::text, 'none') || '/' || coalesce(a.sum::text, '-')
+         FROM expected e FULL OUTER JOIN aggregate_windows a USING (sensor_id, resolution, bucket)
+         WHERE a.count IS DISTINCT FROM e.count
+            OR abs(a.sum - e.sum) > 1e-9 * greatest(1, abs(e.sum))
+            OR a.min IS DISTINCT FROM e.min OR a.max IS DISTINCT FROM e.max
+            OR a.first_ts IS DISTINCT FROM e.first_ts OR a.first_value IS DISTINCT FROM e.first_value
+            OR a.last_ts IS DISTINCT FROM e.last_ts OR a.last_value IS DISTINCT FROM e.last_value
+            OR a.diff IS DISTINCT FROM e.last_value - e.first_value
+         LIMIT 10",
+        values.join(", ")
+    );
+    let rows = pg.query(&sql, &[]).await.expect("aggregate check");
+    let mismatches: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert!(
+        mismatches.is_empty(),
+        "aggregates differ from GROUP BY over readings:\n{}",
+        mismatches.join("\n")
+    );
+    let windows: i64 = pg
+        .query_one("SELECT count(*) FROM aggregates", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(windows > 0, "no aggregate rows at all");
 }
 
 /// (pending count, last delivered id) of a consumer group.
@@ -335,37 +406,9 @@ pub async fn http_get(port: u16, path: &str) -> (u16, String) {
 }
 
 impl Drop for TestApp {
-    /// Stops the application and removes the test's database and keys, even after a failure.
+    /// Stops the application before its resources go.
     fn drop(&mut self) {
         drop(self.app.take());
-        let name = self.name.clone();
-        let keys = vec![
-            self.config.stream.clone(),
-            self.config.dead_letter_stream(),
-            format!("{}:bridge-lease", self.config.stream),
-        ];
-        std::thread::spawn(move || {
-            // Let the stopped stages' last commands land before the keys go.
-            std::thread::sleep(Duration::from_millis(300));
-            if let Ok(mut conn) = redis::Client::open(REDIS_URL).and_then(|c| c.get_connection()) {
-                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&keys).query(&mut conn);
-            }
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                if let Ok((client, connection)) = tokio_postgres::connect(PG_ADMIN_URL, NoTls).await
-                {
-                    tokio::spawn(connection);
-                    let _ = client
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                        .await;
-                }
-            });
-        })
-        .join()
-        .ok();
     }
 }
 

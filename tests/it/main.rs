@@ -3,8 +3,10 @@
 
 mod aggregates;
 mod helpers;
+mod infra;
 mod ingest;
 mod operations;
 mod poison;
 mod rejections;
+mod resilience;
 mod supervision;

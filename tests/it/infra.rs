@@ -1,0 +1,369 @@
+//! Private servers and processes for failure tests: a PostgreSQL (`initdb` into a temp dir) or a
+//! Redis (`redis-server --port`) on a free port that a test may stop and restart without disturbing
+//! anything else, and sensorhub as a real child process that can be `kill -9`ed. Everything is
+//! torn down on drop, also when the test fails.
+
+use crate::helpers::{http_get, unique_name, wait_for};
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn running_as_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+/// A PostgreSQL server binary: Debian's newest `/usr/lib/postgresql/<v>/bin/<tool>`, else PATH.
+fn pg_tool(tool: &str) -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin").join(tool))
+        .filter(|p| p.exists())
+        .collect();
+    versions.sort_by_key(|p| {
+        p.components()
+            .nth(4)
+            .and_then(|c| c.as_os_str().to_str()?.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    versions.pop().unwrap_or_else(|| PathBuf::from(tool))
+}
+
+/// PostgreSQL refuses to run as root: run its tools as the `postgres` user then.
+fn pg_command(tool: &str) -> Command {
+    if running_as_root() {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"]).arg(pg_tool(tool));
+        cmd
+    } else {
+        Command::new(pg_tool(tool))
+    }
+}
+
+fn run(mut cmd: Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A PostgreSQL server of this test's own.
+pub struct PrivatePostgres {
+    dir: PathBuf,
+    pub port: u16,
+}
+
+impl PrivatePostgres {
+    pub fn start() -> Self {
+        let dir = std::env::temp_dir().join(unique_name("sensorhub-pg"));
+        std::fs::create_dir_all(&dir).unwrap();
+        if running_as_root() {
+            run(
+                {
+                    let mut c = Command::new("chown");
+                    c.args(["postgres:postgres"]).arg(&dir);
+                    c
+                },
+                "chown",
+            );
+        }
+        let mut initdb = pg_command("initdb");
+        initdb.arg("-D").arg(dir.join("data")).args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ]);
+        run(initdb, "initdb");
+        let pg = Self {
+            dir,
+            port: free_port(),
+        };
+        pg.start_server();
+        pg
+    }
+
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    pub fn start_server(&self) {
+        let mut ctl = pg_command("pg_ctl");
+        ctl.arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-l")
+            .arg(self.dir.join("log"))
+            .arg("-o")
+            .arg(format!(
+                "-p {} -c listen_addresses=127.0.0.1 -k {} -c shared_buffers=32MB -c max_connections=60",
+                self.port,
+                self.dir.display()
+            ))
+            .args(["-w", "-t", "60", "start"]);
+        run(ctl, "pg_ctl start");
+    }
+
+    /// Stops the server (fast shutdown: connections are closed, nothing is lost).
+    pub fn stop_server(&self) {
+        let mut ctl = pg_command("pg_ctl");
+        ctl.arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "fast", "-w", "stop"]);
+        run(ctl, "pg_ctl stop");
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = pg_command("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Redis server of this test's own, optionally persistent (AOF, fsync on every write).
+pub struct PrivateRedis {
+    dir: PathBuf,
+    pub port: u16,
+    persistent: bool,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    pub fn start(persistent: bool) -> Self {
+        let dir = std::env::temp_dir().join(unique_name("sensorhub-redis"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut redis = Self {
+            dir,
+            port: free_port(),
+            persistent,
+            child: None,
+        };
+        redis.start_server();
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn start_server(&mut self) {
+        let appendonly = if self.persistent { "yes" } else { "no" };
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", appendonly, "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/services.sh)");
+        self.child = Some(child);
+        let url = self.url();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let pong = redis::Client::open(url.as_str())
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+            if pong.is_ok() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "private redis did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Shuts the server down as an operator would (`SHUTDOWN`: the AOF is flushed).
+    pub fn stop_server(&mut self) {
+        if let Ok(mut conn) =
+            redis::Client::open(self.url().as_str()).and_then(|c| c.get_connection())
+        {
+            let _: redis::RedisResult<()> = redis::cmd("SHUTDOWN").query(&mut conn);
+        }
+        if let Some(mut child) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The sensorhub binary running as a child process, its output in a log file.
+pub struct Sensorhub {
+    child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Sensorhub {
+    /// Starts the binary with `env` (plus a free HTTP port) and waits until it answers `/healthz`.
+    pub async fn spawn(env: &[(&str, String)]) -> Self {
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("{}.log", unique_name("sensorhub")));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_sensorhub"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("SENSORHUB_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("SENSORHUB_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("sensorhub binary");
+        let mut hub = Self { child, port, log };
+        hub.wait_alive().await;
+        hub
+    }
+
+    async fn wait_alive(&mut self) {
+        let port = self.port;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("sensorhub exited at start ({status}):\n{}", self.logs());
+            }
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+                && http_get(port, "/healthz").await.0 == 200
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sensorhub did not come up:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits up to `timeout` for the exit.
+    pub async fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    /// Peak resident memory, in MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        proc_status_kib(self.pid(), "VmHWM:") / 1024.0
+    }
+
+    /// One metric's value from `/metrics` (the first line that starts with `name` then a space).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (_, body) = http_get(self.port, "/metrics").await;
+        metric_value(&body, name).unwrap_or_else(|| panic!("{name} missing from /metrics"))
+    }
+}
+
+impl Drop for Sensorhub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- sensorhub log {} ---\n{}",
+                self.log.display(),
+                self.logs()
+            );
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A metric's value from a Prometheus text exposition.
+pub fn metric_value(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Polls `/readyz` until its status is `want`; returns the body.
+pub async fn wait_ready_status(port: u16, want: u16, timeout: Duration) -> String {
+    wait_for(
+        &format!("/readyz to answer {want}"),
+        timeout,
+        || async move {
+            let (status, body) = http_get(port, "/readyz").await;
+            (status == want).then_some(body)
+        },
+    )
+    .await
+}
