@@ -345,7 +345,7 @@ async fn several_instances_share_the_stream_and_survive_one_killed_for_good() {
         env
     };
     let first = Sensorhub::spawn(&env("c1")).await; // migrates before the others start
-    let mut hubs = vec![
+    let mut hubs = [
         first,
         Sensorhub::spawn(&env("c2")).await,
         Sensorhub::spawn(&env("c3")).await,
@@ -535,7 +535,7 @@ async fn slow_database_keeps_the_in_flight_bound_and_memory() {
         "nothing committed while the aggregates were locked"
     );
     assert!(
-        peak_in_flight >= 1.0 && peak_in_flight <= 3.0,
+        (1.0..=3.0).contains(&peak_in_flight),
         "in-flight bound held ({peak_in_flight})"
     );
     assert!(lag > 10_000.0, "the backlog waited in Redis (lag {lag})");
