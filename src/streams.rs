@@ -229,9 +229,19 @@ pub async fn ack(
         .map(drop)
 }
 
+/// What a claim pass found.
+#[derive(Debug, Default)]
+pub struct Claim {
+    /// Entries claimed from other consumers.
+    pub entries: Vec<StreamEntry>,
+    /// True when this consumer itself has entries idle that long: deliveries it lost (a reply
+    /// lost with a connection), to be re-read once its pipeline has drained.
+    pub own_idle: bool,
+}
+
 /// Claims up to `count` entries idle for at least `min_idle` from *other* consumers of the group
-/// (`XPENDING ... IDLE`, then `XCLAIM`). This consumer's own pending entries are not claimed: they
-/// may still be in its pipeline; it re-reads them itself after a crash of a stage.
+/// (`XPENDING ... IDLE`, then `XCLAIM`). This consumer's own pending entries are not claimed (they
+/// may still be in its pipeline); their presence is reported in [`Claim::own_idle`].
 pub async fn claim_idle(
     conn: &mut ConnectionManager,
     stream: &str,
@@ -239,7 +249,7 @@ pub async fn claim_idle(
     consumer: &str,
     min_idle: Duration,
     count: usize,
-) -> RedisResult<Vec<StreamEntry>> {
+) -> RedisResult<Claim> {
     let min_idle_ms = min_idle.as_millis() as u64;
     let pending: Value = redis::cmd("XPENDING")
         .arg(stream)
@@ -252,21 +262,27 @@ pub async fn claim_idle(
         .query_async(conn)
         .await?;
     let Value::Array(rows) = pending else {
-        return Ok(Vec::new());
+        return Ok(Claim::default());
     };
     let mut ids = Vec::new();
+    let mut own_idle = false;
     for row in rows {
         let Value::Array(parts) = row else { continue };
         if parts.len() < 2 {
             continue;
         }
         let owner = into_bytes(parts[1].clone());
-        if owner != consumer.as_bytes() {
+        if owner == consumer.as_bytes() {
+            own_idle = true;
+        } else {
             ids.push(parse_id(&parts[0])?);
         }
     }
     if ids.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Claim {
+            entries: Vec::new(),
+            own_idle,
+        });
     }
     let claimed: Value = redis::cmd("XCLAIM")
         .arg(stream)
@@ -278,7 +294,10 @@ pub async fn claim_idle(
         .await?;
     // Entries deleted from the stream meanwhile come back as nil (skipped by `parse_entries`);
     // Redis 7 drops them from the pending list itself.
-    parse_entries(claimed)
+    Ok(Claim {
+        entries: parse_entries(claimed)?,
+        own_idle,
+    })
 }
 
 /// The consumer group's state, for metrics and trimming.

@@ -100,35 +100,37 @@ impl BridgeLoop {
     async fn run(mut self) {
         let mut backoff = Backoff::new();
         let retry_every = self.settings.lease / 3;
+        // One log line when the bridge starts failing, one when it works again.
+        let mut failing = false;
         while !*self.stop.borrow() {
-            match self.acquire_lease().await {
+            let failure = match self.acquire_lease().await {
                 Ok(true) => {
+                    if std::mem::take(&mut failing) {
+                        tracing::info!(channel = %self.settings.channel, "pub/sub bridge works again");
+                    }
                     let result = self.bridge().await;
                     self.metrics.bridge_leader.set(0);
-                    match result {
-                        Ok(()) => backoff.reset(),
-                        Err(error) => {
-                            self.metrics
-                                .redis_errors
-                                .with_label_values(&["bridge"])
-                                .inc();
-                            tracing::warn!(%error, channel = %self.settings.channel, "pub/sub bridge interrupted, retrying");
-                            backoff.wait().await;
-                        }
-                    }
+                    result.err()
                 }
                 Ok(false) => {
                     tokio::select! {
                         _ = tokio::time::sleep(retry_every) => {}
                         _ = self.stop.changed() => {}
                     }
+                    None
                 }
-                Err(error) => {
+                Err(error) => Some(error),
+            };
+            match failure {
+                None => backoff.reset(),
+                Some(error) => {
                     self.metrics
                         .redis_errors
                         .with_label_values(&["bridge"])
                         .inc();
-                    tracing::debug!(%error, "bridge lease attempt failed");
+                    if !std::mem::replace(&mut failing, true) {
+                        tracing::warn!(%error, channel = %self.settings.channel, "pub/sub bridge interrupted, retrying");
+                    }
                     backoff.wait().await;
                 }
             }

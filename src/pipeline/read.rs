@@ -122,7 +122,7 @@ impl ReadLoop {
         let mut last_claim = Instant::now();
         while !*self.stop.borrow() {
             if self.flow.take_rewind() {
-                tracing::info!(stream = %self.settings.stream, "a batch was lost; re-reading pending entries once the pipeline drains");
+                tracing::debug!(stream = %self.settings.stream, "re-reading pending entries once the pipeline drains");
                 self.flow.drained().await;
                 position = Position::Pending(EntryId::ZERO);
             }
@@ -150,7 +150,10 @@ impl ReadLoop {
                     entries
                 }
                 Err(error) => {
+                    // Redis may have delivered entries whose reply was lost with the connection:
+                    // they are pending for this consumer now. Re-read them once the pipeline drains.
                     ticket.settle();
+                    self.flow.request_rewind();
                     self.metrics.redis_errors.with_label_values(&["read"]).inc();
                     if !redis_down {
                         tracing::warn!(%error, stream = %self.settings.stream, "redis read failed, retrying");
@@ -254,7 +257,7 @@ impl ReadLoop {
 
     async fn claim(&mut self) -> redis::RedisResult<Vec<StreamEntry>> {
         let s = Arc::clone(&self.settings);
-        let claimed = streams::claim_idle(
+        let claim = streams::claim_idle(
             &mut self.conn,
             &s.stream,
             &s.group,
@@ -263,10 +266,16 @@ impl ReadLoop {
             s.batch_size,
         )
         .await?;
-        if !claimed.is_empty() {
-            tracing::info!(entries = claimed.len(), stream = %s.stream, "claimed entries left pending by an idle consumer");
-            self.metrics.entries_claimed.inc_by(claimed.len() as u64);
+        if claim.own_idle {
+            tracing::info!(stream = %s.stream, idle = ?s.claim_idle, "own deliveries left idle (lost in flight); re-reading pending entries once the pipeline drains");
+            self.flow.request_rewind();
         }
-        Ok(claimed)
+        if !claim.entries.is_empty() {
+            tracing::info!(entries = claim.entries.len(), stream = %s.stream, "claimed entries left pending by an idle consumer");
+            self.metrics
+                .entries_claimed
+                .inc_by(claim.entries.len() as u64);
+        }
+        Ok(claim.entries)
     }
 }

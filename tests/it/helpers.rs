@@ -110,7 +110,15 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Config), faults: Arc<Faults>) -> TestApp {
-    let resources = Resources::new();
+    spawn_app_on(Resources::new(), tweak, faults).await
+}
+
+/// Starts the application on resources the test has prepared.
+pub async fn spawn_app_on(
+    resources: Resources,
+    tweak: impl FnOnce(&mut Config),
+    faults: Arc<Faults>,
+) -> TestApp {
     let mut config = test_config(&resources.name);
     tweak(&mut config);
     let app = Application::build_with_faults(config.clone(), faults)

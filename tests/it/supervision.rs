@@ -64,3 +64,86 @@ async fn panic_in_window_is_restarted_without_loss() {
 async fn panic_in_write_is_restarted_without_loss() {
     panic_in_stage_loses_nothing("write").await;
 }
+
+/// A delivery lost in flight (Redis delivered the entries, the reply never arrived) leaves entries
+/// pending for this consumer that no stage holds. The claim pass notices them idle and the reader
+/// re-reads them: they are stored, not stranded until the next restart.
+#[actix_web::test]
+async fn deliveries_lost_in_flight_are_re_read() {
+    let resources = Resources::new();
+    let mut redis = redis::Client::open(REDIS_URL)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let lost: String = redis::cmd("XADD")
+        .arg(&resources.stream)
+        .arg("*")
+        .arg("data")
+        .arg(reading_json("lost", 7.0, chrono::Utc::now()))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    // The group starts after the entry, so a normal read never delivers it.
+    let () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&resources.stream)
+        .arg("sensorhub")
+        .arg("$")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let mut t = spawn_app_on(
+        resources,
+        |c| c.claim_idle = Duration::from_secs(1),
+        Default::default(),
+    )
+    .await;
+    let last = t
+        .xadd_data(reading_json("normal", 1.0, chrono::Utc::now()).as_bytes())
+        .await;
+    t.wait_drained(&last).await;
+    assert_eq!(
+        t.count("SELECT count(*) FROM readings WHERE sensor_id = 'lost'")
+            .await,
+        0
+    );
+
+    // Mid-run, the entry becomes pending for sensorhub's own consumer without being delivered to it.
+    let _: redis::Value = redis::cmd("XCLAIM")
+        .arg(&t.config.stream)
+        .arg("sensorhub")
+        .arg(&t.config.consumer)
+        .arg(0)
+        .arg(&lost)
+        .arg("FORCE")
+        .arg("JUSTID")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let (pending, _) = group_state(&mut redis, &t.config.stream, "sensorhub").await;
+    assert_eq!(pending, 1);
+    let pg = &t.pg;
+    wait_for(
+        "the lost delivery to be re-read and stored",
+        Duration::from_secs(15),
+        || async move {
+            let n: i64 = pg
+                .query_one(
+                    "SELECT count(*) FROM readings WHERE sensor_id = 'lost'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            (n == 1).then_some(())
+        },
+    )
+    .await;
+    wait_for("nothing pending", Duration::from_secs(10), || {
+        let mut redis = redis.clone();
+        let stream = t.config.stream.clone();
+        async move { (group_state(&mut redis, &stream, "sensorhub").await.0 == 0).then_some(()) }
+    })
+    .await;
+}
