@@ -2,6 +2,7 @@
 //! `main` and the integration tests start sensorhub exactly the same way.
 
 use crate::config::Config;
+use crate::http::api::ApiSettings;
 use crate::http::{self, HttpState};
 use crate::pipeline::Faults;
 use crate::store;
@@ -80,6 +81,13 @@ impl Application {
             pool,
             redis: conn,
             pipeline_running: pipeline.running_flag(),
+            api: Arc::new(ApiSettings {
+                token: config.api_token.clone(),
+                active_within: config.active_within,
+                resolutions: config.resolutions.clone(),
+                stream: config.stream.clone(),
+                limits: config.limits.clone(),
+            }),
         };
         let server = HttpServer::new(move || {
             App::new()

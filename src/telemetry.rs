@@ -108,7 +108,7 @@ impl Metrics {
         let metrics = Metrics {
             messages_received: counter_vec(
                 "sensorhub_messages_received_total",
-                "Messages received, by source (stream entries read, Pub/Sub messages bridged).",
+                "Messages received, by source (stream entries read, Pub/Sub messages bridged, HTTP ingest).",
                 "source",
             ),
             readings_rejected: counter_vec(
@@ -216,7 +216,7 @@ impl Metrics {
         for target in ["redis", "postgres"] {
             metrics.reconnects.with_label_values(&[target]);
         }
-        for source in ["stream", "pubsub"] {
+        for source in ["stream", "pubsub", "http"] {
             metrics.messages_received.with_label_values(&[source]);
         }
         metrics

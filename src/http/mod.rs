@@ -1,13 +1,18 @@
-//! HTTP: health for orchestrators, metrics for Prometheus (the read API comes with issue 5).
+//! HTTP: health for orchestrators, metrics for Prometheus, the read API and HTTP ingest
+//! ([`api`]), and a status page at `/`.
 //!
 //! | path | answer |
 //! | --- | --- |
+//! | `GET /` | status page: sensors with last value, chart of a sensor's aggregates |
 //! | `GET /healthz` | 200 while the process and its actors are alive |
 //! | `GET /readyz`, `GET /healthcheck` | 200 when Redis and PostgreSQL answer and the pipeline runs; 503 with a JSON body naming the failing checks |
 //! | `GET /metrics` | Prometheus text exposition |
 
+pub mod api;
+
 use crate::telemetry::Metrics;
 use actix_web::{HttpResponse, web};
+use api::ApiSettings;
 use deadpool_postgres::Pool;
 use redis::aio::ConnectionManager;
 use serde::Serialize;
@@ -27,10 +32,13 @@ pub struct HttpState {
     pub redis: ConnectionManager,
     /// True while the pipeline's reader runs.
     pub pipeline_running: Arc<AtomicBool>,
+    pub api: Arc<ApiSettings>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz))
+    cfg.configure(api::routes)
+        .route("/", web::get().to(status_page))
+        .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/healthcheck", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics));
@@ -42,6 +50,13 @@ struct Health {
     checks: BTreeMap<&'static str, String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     failing: Vec<&'static str>,
+}
+
+/// The status page: plain HTML and JavaScript on top of the read API, no build step.
+async fn status_page() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(include_str!("status.html"))
 }
 
 async fn healthz() -> HttpResponse {

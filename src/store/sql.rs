@@ -52,3 +52,33 @@ ON CONFLICT (sensor_id) DO UPDATE SET
 /// Serializes concurrent migration runs of several instances starting at once.
 pub const MIGRATION_LOCK: &str = "SELECT pg_advisory_lock(7358203915)";
 pub const MIGRATION_UNLOCK: &str = "SELECT pg_advisory_unlock(7358203915)";
+
+/// Sensors seen since `$2` (or all when `$1`), for the read API.
+pub const LIST_SENSORS: &str = "
+SELECT sensor_id, unit, first_seen, last_seen, last_value
+FROM sensors
+WHERE $1::bool OR last_seen >= $2
+ORDER BY sensor_id";
+
+/// One sensor's latest state.
+pub const GET_SENSOR: &str = "
+SELECT sensor_id, unit, first_seen, last_seen, last_value FROM sensors WHERE sensor_id = $1";
+
+/// Raw readings of a sensor, newest first, `from` and `to` inclusive (null: unbounded).
+pub const SENSOR_READINGS: &str = "
+SELECT ts, value FROM readings
+WHERE sensor_id = $1
+  AND ts >= coalesce($2::timestamptz, '-infinity')
+  AND ts <= coalesce($3::timestamptz, 'infinity')
+ORDER BY ts DESC
+LIMIT $4";
+
+/// Window aggregates of a sensor at one resolution, newest window first.
+pub const SENSOR_AGGREGATES: &str = "
+SELECT bucket, count, sum, min, max, mean, first_ts, first_value, last_ts, last_value, diff
+FROM aggregate_windows
+WHERE sensor_id = $1 AND resolution = $2
+  AND bucket >= coalesce($3::timestamptz, '-infinity')
+  AND bucket <= coalesce($4::timestamptz, 'infinity')
+ORDER BY bucket DESC
+LIMIT $5";

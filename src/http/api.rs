@@ -1,0 +1,619 @@
+//! The read API for dashboards and the HTTP ingest for devices that speak only HTTP.
+//!
+//! | route | answer |
+//! | --- | --- |
+//! | `GET /api/v1/sensors[?all=true]` | sensors seen within `SENSORHUB_ACTIVE_WITHIN` (all with `all=true`) |
+//! | `GET /api/v1/sensors/{id}` | the sensor's current value: the reading with the newest timestamp |
+//! | `GET /api/v1/sensors/{id}/readings?from=&to=&limit=` | raw readings, newest first (default limit 1440) |
+//! | `GET /api/v1/sensors/{id}/aggregates?resolution=&from=&to=&limit=` | window aggregates with mean and diff, newest first |
+//! | `POST /api/v1/readings` | a reading object or array, appended to the stream; 202 once Redis has it |
+//! | `GET /api/v1/openapi.json` | the OpenAPI document of these routes, generated from the handlers |
+//!
+//! Times are RFC 3339; `from` and `to` are inclusive. A bad parameter gets a 400 with a JSON
+//! `{"error": ...}` naming it, an unknown sensor a 404. With `SENSORHUB_API_TOKEN` set, every route
+//! here but the OpenAPI document needs `Authorization: Bearer <token>`.
+
+use crate::config::Secret;
+use crate::domain::reading::parse_json;
+use crate::domain::{Limits, ParseContext, Reason, Resolution};
+use crate::http::HttpState;
+use crate::store::sql;
+use actix_web::http::StatusCode;
+use actix_web::http::header;
+use actix_web::{FromRequest, HttpRequest, HttpResponse, ResponseError, web};
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt as _;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::future::{Ready, ready};
+use std::time::Duration;
+use subtle::ConstantTimeEq as _;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+/// Default and largest number of rows a list returns.
+const DEFAULT_LIMIT: u32 = 1440;
+const MAX_LIMIT: u32 = 100_000;
+
+/// What the API needs from the configuration.
+#[derive(Clone, Debug)]
+pub struct ApiSettings {
+    pub token: Option<Secret>,
+    pub active_within: Duration,
+    pub resolutions: Vec<Resolution>,
+    pub stream: String,
+    pub limits: Limits,
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/v1/openapi.json", web::get().to(openapi))
+        .route("/api/v1/sensors", web::get().to(list_sensors))
+        .route("/api/v1/sensors/{id}", web::get().to(get_sensor))
+        .route(
+            "/api/v1/sensors/{id}/readings",
+            web::get().to(sensor_readings),
+        )
+        .route(
+            "/api/v1/sensors/{id}/aggregates",
+            web::get().to(sensor_aggregates),
+        )
+        .route("/api/v1/readings", web::post().to(ingest));
+}
+
+/// An API error, answered as `{"error": "..."}`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// The body of every error answer.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What was wrong, naming the bad value.
+    pub error: String,
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        if let ApiError::Unauthorized(_) = self {
+            response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        response.json(ErrorBody {
+            error: self.to_string(),
+        })
+    }
+}
+
+fn unavailable(error: impl std::fmt::Display) -> ApiError {
+    ApiError::Unavailable(format!("database unavailable: {error}"))
+}
+
+/// Extractor that passes only when the request carries the configured bearer token (or none is
+/// configured). Compared in constant time.
+pub struct Authorized;
+
+impl FromRequest for Authorized {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let expected = req
+            .app_data::<web::Data<HttpState>>()
+            .and_then(|state| state.api.token.clone());
+        let Some(expected) = expected else {
+            return ready(Ok(Authorized));
+        };
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        ready(match given {
+            None => Err(ApiError::Unauthorized(
+                "this API needs an 'Authorization: Bearer <token>' header",
+            )),
+            Some(token) if bool::from(token.as_bytes().ct_eq(expected.expose().as_bytes())) => {
+                Ok(Authorized)
+            }
+            Some(_) => Err(ApiError::Unauthorized("wrong bearer token")),
+        })
+    }
+}
+
+/// Query parameters, checked one by one so that each error names its parameter.
+struct Params(HashMap<String, String>);
+
+impl Params {
+    fn new(query: &str, allowed: &[&str]) -> Result<Self, ApiError> {
+        let pairs: Vec<(String, String)> = serde_urlencoded_pairs(query)?;
+        let mut map = HashMap::new();
+        for (name, value) in pairs {
+            if !allowed.contains(&name.as_str()) {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown parameter {name:?}; this route takes: {}",
+                    allowed.join(", ")
+                )));
+            }
+            map.insert(name, value);
+        }
+        Ok(Self(map))
+    }
+
+    fn time(&self, name: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
+        self.0
+            .get(name)
+            .map(|value| {
+                DateTime::parse_from_rfc3339(value)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|_| {
+                        ApiError::BadRequest(format!(
+                            "{name}={value:?} is not an RFC 3339 time such as 2024-12-01T12:00:00Z"
+                        ))
+                    })
+            })
+            .transpose()
+    }
+
+    fn limit(&self) -> Result<i64, ApiError> {
+        match self.0.get("limit") {
+            None => Ok(i64::from(DEFAULT_LIMIT)),
+            Some(value) => match value.parse::<u32>() {
+                Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(i64::from(n)),
+                _ => Err(ApiError::BadRequest(format!(
+                    "limit={value:?} must be a whole number from 1 to {MAX_LIMIT}"
+                ))),
+            },
+        }
+    }
+
+    fn flag(&self, name: &str) -> Result<bool, ApiError> {
+        match self.0.get(name).map(String::as_str) {
+            None | Some("false") | Some("0") => Ok(false),
+            Some("true") | Some("1") | Some("") => Ok(true),
+            Some(other) => Err(ApiError::BadRequest(format!(
+                "{name}={other:?} must be true or false"
+            ))),
+        }
+    }
+
+    fn range(&self) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), ApiError> {
+        let (from, to) = (self.time("from")?, self.time("to")?);
+        if let (Some(from), Some(to)) = (from, to)
+            && from > to
+        {
+            return Err(ApiError::BadRequest(format!(
+                "from={} is after to={}",
+                from.to_rfc3339(),
+                to.to_rfc3339()
+            )));
+        }
+        Ok((from, to))
+    }
+}
+
+fn serde_urlencoded_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {
+    web::Query::<Vec<(String, String)>>::from_query(query)
+        .map(web::Query::into_inner)
+        .map_err(|e| ApiError::BadRequest(format!("query string is not valid: {e}")))
+}
+
+/// One sensor and its current value.
+#[derive(Serialize, ToSchema)]
+pub struct Sensor {
+    pub id: String,
+    pub unit: Option<String>,
+    /// Value of the reading with the newest timestamp.
+    pub last_value: f64,
+    /// Timestamp of the newest reading.
+    pub last_seen: DateTime<Utc>,
+    /// Timestamp of the oldest reading.
+    pub first_seen: DateTime<Utc>,
+}
+
+impl From<&tokio_postgres::Row> for Sensor {
+    fn from(row: &tokio_postgres::Row) -> Self {
+        Sensor {
+            id: row.get(0),
+            unit: row.get(1),
+            first_seen: row.get(2),
+            last_seen: row.get(3),
+            last_value: row.get(4),
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SensorList {
+    pub sensors: Vec<Sensor>,
+    /// The configured window resolutions, finest first.
+    pub resolutions: Vec<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ReadingPoint {
+    pub ts: DateTime<Utc>,
+    pub value: f64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ReadingList {
+    pub sensor: String,
+    /// Newest first.
+    pub readings: Vec<ReadingPoint>,
+}
+
+/// One window aggregate.
+#[derive(Serialize, ToSchema)]
+pub struct Window {
+    /// Start of the window (epoch-aligned).
+    pub bucket: DateTime<Utc>,
+    pub count: i64,
+    pub sum: f64,
+    pub min: f64,
+    pub max: f64,
+    /// `sum / count`.
+    pub mean: f64,
+    pub first_ts: DateTime<Utc>,
+    pub first_value: f64,
+    pub last_ts: DateTime<Utc>,
+    pub last_value: f64,
+    /// `last_value - first_value`: what a meter consumed over the window.
+    pub diff: f64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WindowList {
+    pub sensor: String,
+    pub resolution: String,
+    /// Newest window first.
+    pub aggregates: Vec<Window>,
+}
+
+/// A rejected reading of an accepted message.
+#[derive(Serialize, ToSchema)]
+pub struct RejectedReading {
+    /// Position in the array, when the message was an array.
+    pub index: Option<usize>,
+    pub reason: String,
+    pub detail: String,
+}
+
+/// The answer to an accepted ingest.
+#[derive(Serialize, ToSchema)]
+pub struct Accepted {
+    /// The stream entry the message was appended as.
+    pub entry: String,
+    /// Valid readings in the message.
+    pub readings: usize,
+    /// Readings that will go to the dead-letter stream instead.
+    pub rejected: Vec<RejectedReading>,
+}
+
+/// Sensors seen recently.
+#[utoipa::path(
+    get,
+    path = "/api/v1/sensors",
+    params(("all" = Option<bool>, Query, description = "list every sensor, not only those seen within SENSORHUB_ACTIVE_WITHIN")),
+    responses(
+        (status = 200, body = SensorList),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn list_sensors(
+    _: Authorized,
+    state: web::Data<HttpState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let params = Params::new(req.query_string(), &["all"])?;
+    let all = params.flag("all")?;
+    let since = Utc::now()
+        - chrono::TimeDelta::from_std(state.api.active_within).unwrap_or(chrono::TimeDelta::MAX);
+    let client = state.pool.get().await.map_err(unavailable)?;
+    let rows = client
+        .query(sql::LIST_SENSORS, &[&all, &since])
+        .await
+        .map_err(unavailable)?;
+    Ok(HttpResponse::Ok().json(SensorList {
+        sensors: rows.iter().map(Sensor::from).collect(),
+        resolutions: state
+            .api
+            .resolutions
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+    }))
+}
+
+async fn find_sensor(state: &HttpState, id: &str) -> Result<Sensor, ApiError> {
+    let client = state.pool.get().await.map_err(unavailable)?;
+    let row = client
+        .query_opt(sql::GET_SENSOR, &[&id])
+        .await
+        .map_err(unavailable)?;
+    row.as_ref()
+        .map(Sensor::from)
+        .ok_or_else(|| ApiError::NotFound(format!("unknown sensor {id:?}")))
+}
+
+/// A sensor's current value.
+#[utoipa::path(
+    get,
+    path = "/api/v1/sensors/{id}",
+    params(("id" = String, Path, description = "sensor id")),
+    responses((status = 200, body = Sensor), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+async fn get_sensor(
+    _: Authorized,
+    state: web::Data<HttpState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(find_sensor(&state, &id).await?))
+}
+
+/// Raw readings of a sensor, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/sensors/{id}/readings",
+    params(
+        ("id" = String, Path, description = "sensor id"),
+        ("from" = Option<String>, Query, description = "RFC 3339, inclusive"),
+        ("to" = Option<String>, Query, description = "RFC 3339, inclusive"),
+        ("limit" = Option<u32>, Query, description = "at most this many readings (default 1440, at most 100000)"),
+    ),
+    responses((status = 200, body = ReadingList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+async fn sensor_readings(
+    _: Authorized,
+    state: web::Data<HttpState>,
+    id: web::Path<String>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let params = Params::new(req.query_string(), &["from", "to", "limit"])?;
+    let (from, to) = params.range()?;
+    let limit = params.limit()?;
+    let sensor = find_sensor(&state, &id).await?;
+    let client = state.pool.get().await.map_err(unavailable)?;
+    let rows = client
+        .query(sql::SENSOR_READINGS, &[&sensor.id, &from, &to, &limit])
+        .await
+        .map_err(unavailable)?;
+    let readings = rows
+        .iter()
+        .map(|r| ReadingPoint {
+            ts: r.get(0),
+            value: r.get(1),
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(ReadingList {
+        sensor: sensor.id,
+        readings,
+    }))
+}
+
+/// Window aggregates of a sensor, newest window first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/sensors/{id}/aggregates",
+    params(
+        ("id" = String, Path, description = "sensor id"),
+        ("resolution" = Option<String>, Query, description = "one of the configured resolutions (default: the finest)"),
+        ("from" = Option<String>, Query, description = "RFC 3339, inclusive, on the window start"),
+        ("to" = Option<String>, Query, description = "RFC 3339, inclusive, on the window start"),
+        ("limit" = Option<u32>, Query, description = "at most this many windows (default 1440)"),
+    ),
+    responses((status = 200, body = WindowList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+async fn sensor_aggregates(
+    _: Authorized,
+    state: web::Data<HttpState>,
+    id: web::Path<String>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let params = Params::new(req.query_string(), &["resolution", "from", "to", "limit"])?;
+    let configured: Vec<String> = state
+        .api
+        .resolutions
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let resolution = match params.0.get("resolution") {
+        None => configured.first().cloned().unwrap_or_default(),
+        Some(text) => text
+            .parse::<Resolution>()
+            .ok()
+            .map(|r| r.to_string())
+            .filter(|label| configured.contains(label))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "resolution={text:?} is not one of the configured resolutions: {}",
+                    configured.join(", ")
+                ))
+            })?,
+    };
+    let (from, to) = params.range()?;
+    let limit = params.limit()?;
+    let sensor = find_sensor(&state, &id).await?;
+    let client = state.pool.get().await.map_err(unavailable)?;
+    let rows = client
+        .query(
+            sql::SENSOR_AGGREGATES,
+            &[&sensor.id, &resolution, &from, &to, &limit],
+        )
+        .await
+        .map_err(unavailable)?;
+    let aggregates = rows
+        .iter()
+        .map(|r| Window {
+            bucket: r.get(0),
+            count: r.get(1),
+            sum: r.get(2),
+            min: r.get(3),
+            max: r.get(4),
+            mean: r.get(5),
+            first_ts: r.get(6),
+            first_value: r.get(7),
+            last_ts: r.get(8),
+            last_value: r.get(9),
+            diff: r.get(10),
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(WindowList {
+        sensor: sensor.id,
+        resolution,
+        aggregates,
+    }))
+}
+
+/// Appends a reading object or an array of them to the stream, as `XADD <stream> * data <body>`
+/// does: 202 once Redis has the entry, so HTTP readings get the stream's delivery guarantee.
+#[utoipa::path(
+    post,
+    path = "/api/v1/readings",
+    request_body(content = String, content_type = "application/json", description = "one reading object or an array of them, as on the stream"),
+    responses(
+        (status = 202, body = Accepted),
+        (status = 400, body = ErrorBody, description = "the body cannot be a reading: not JSON, not an object or array, or no valid reading in it"),
+        (status = 401, body = ErrorBody),
+        (status = 413, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn ingest(
+    _: Authorized,
+    state: web::Data<HttpState>,
+    req: HttpRequest,
+    mut payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let max = state.api.limits.max_message_bytes;
+    let too_large = || {
+        ApiError::TooLarge(format!(
+            "body is larger than the limit of {max} bytes (SENSORHUB_MAX_MESSAGE_BYTES)"
+        ))
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+    let mut body = Vec::with_capacity(declared.unwrap_or(1024).min(max));
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::BadRequest(format!("reading the body failed: {e}")))?;
+        if body.len() + chunk.len() > max {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let now = Utc::now();
+    let ctx = ParseContext {
+        limits: &state.api.limits,
+        now,
+        received_at: now,
+    };
+    let outcomes = parse_json(&body, &ctx);
+    let valid = outcomes.iter().filter(|o| o.is_ok()).count();
+    let rejected: Vec<RejectedReading> = outcomes
+        .into_iter()
+        .filter_map(Result::err)
+        .map(|r| RejectedReading {
+            index: r.index,
+            reason: r.reason.as_str().to_owned(),
+            detail: r.detail,
+        })
+        .collect();
+    if valid == 0 {
+        let problems: Vec<String> = rejected
+            .iter()
+            .map(|r| match r.index {
+                Some(i) => format!("[{i}] {}: {}", r.reason, r.detail),
+                None => format!("{}: {}", r.reason, r.detail),
+            })
+            .collect();
+        let error = format!("no valid reading in the body: {}", problems.join("; "));
+        return Err(
+            if rejected
+                .iter()
+                .any(|r| r.reason == Reason::TooLarge.as_str())
+            {
+                ApiError::TooLarge(error)
+            } else {
+                ApiError::BadRequest(error)
+            },
+        );
+    }
+    let mut redis = state.redis.clone();
+    let entry: String = redis::cmd("XADD")
+        .arg(&state.api.stream)
+        .arg("*")
+        .arg("data")
+        .arg(body.as_slice())
+        .query_async(&mut redis)
+        .await
+        .map_err(|e| {
+            ApiError::Unavailable(format!("redis unavailable, nothing was stored: {e}"))
+        })?;
+    state
+        .metrics
+        .messages_received
+        .with_label_values(&["http"])
+        .inc();
+    Ok(HttpResponse::Accepted().json(Accepted {
+        entry,
+        readings: valid,
+        rejected,
+    }))
+}
+
+/// The OpenAPI document of the API.
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok().json(ApiDoc::openapi())
+}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "sensorhub", description = "Read API and HTTP ingest of sensorhub. The bearer token is required only when SENSORHUB_API_TOKEN is set."),
+    paths(list_sensors, get_sensor, sensor_readings, sensor_aggregates, ingest),
+    components(schemas(Sensor, SensorList, ReadingPoint, ReadingList, Window, WindowList, Accepted, RejectedReading, ErrorBody)),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
