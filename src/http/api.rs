@@ -140,6 +140,9 @@ impl FromRequest for Authorized {
     }
 }
 
+/// `from` and `to`, each optional (unbounded).
+type TimeRange = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 /// Query parameters, checked one by one so that each error names its parameter.
 struct Params(HashMap<String, String>);
 
@@ -196,7 +199,7 @@ impl Params {
         }
     }
 
-    fn range(&self) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), ApiError> {
+    fn range(&self) -> Result<TimeRange, ApiError> {
         let (from, to) = (self.time("from")?, self.time("to")?);
         if let (Some(from), Some(to)) = (from, to)
             && from > to
