@@ -2,6 +2,7 @@
 //! (`scripts/services.sh` brings them up). Each test has its own database and stream key.
 
 mod aggregates;
+mod api;
 mod helpers;
 mod infra;
 mod ingest;
