@@ -20,12 +20,14 @@
 //! - [`store`]: the PostgreSQL pool, migrations and the batch transaction.
 //! - [`http`]: health, readiness and metrics endpoints.
 //! - [`telemetry`]: logging setup and every metric, declared once.
+//! - [`simulate`]: demo sensors for first runs and load tests (`sensorhub simulate`).
 
 pub mod app;
 pub mod config;
 pub mod domain;
 pub mod http;
 pub mod pipeline;
+pub mod simulate;
 pub mod store;
 pub mod streams;
 pub mod supervisor;

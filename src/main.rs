@@ -1,16 +1,55 @@
-//! The `sensorhub` binary: `sensorhub [serve]` runs the service; `sensorhub healthcheck` exits 0
-//! when the local instance is ready (for a container `HEALTHCHECK`, no curl needed).
+//! The `sensorhub` binary: `serve` (the default) runs the service; `healthcheck` exits 0 when the
+//! local instance is ready (for a container `HEALTHCHECK`, no curl needed); `simulate` publishes
+//! demo sensor readings. Configuration comes from `SENSORHUB_*` variables (see the README).
 
+use clap::{Parser, Subcommand};
+use sensorhub::simulate::{self, Simulation, Via};
 use sensorhub::{Application, Config, telemetry};
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::process::ExitCode;
 use std::time::Duration;
 
-const USAGE: &str = "usage: sensorhub [serve | healthcheck]\n\nConfiguration comes from SENSORHUB_* environment variables; see the README.";
+#[derive(Parser)]
+#[command(
+    name = "sensorhub",
+    version,
+    about = "Sensor readings from Redis into PostgreSQL, exactly once",
+    after_help = "Configuration: SENSORHUB_* environment variables (see the README)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (the default).
+    Serve,
+    /// Exit 0 when the local instance answers /readyz with 200.
+    Healthcheck,
+    /// Publish demo sensor readings (thermometers, hygrometers, energy meters).
+    Simulate {
+        /// Number of simulated sensors.
+        #[arg(long, default_value_t = 10)]
+        sensors: u32,
+        /// Readings per second, over all sensors.
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        /// Stop after this many readings (default: run until Ctrl-C).
+        #[arg(long)]
+        count: Option<u64>,
+        /// XADD to SENSORHUB_STREAM or PUBLISH to SENSORHUB_CHANNEL.
+        #[arg(long, value_enum, default_value_t = Via::Xadd)]
+        via: Via,
+        /// Sensor ids are <prefix>-<kind>-<n>.
+        #[arg(long, default_value = "sim")]
+        prefix: String,
+    },
+}
 
 fn main() -> ExitCode {
-    let command = std::env::args().nth(1);
+    let cli = Cli::parse();
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(error) => {
@@ -18,16 +57,34 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match command.as_deref() {
-        None | Some("serve") => serve(config),
-        Some("healthcheck") => healthcheck(config.http_addr),
-        Some("-h" | "--help" | "help") => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        Some(other) => {
-            eprintln!("sensorhub: unknown command {other:?}\n{USAGE}");
-            ExitCode::from(2)
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(config),
+        Command::Healthcheck => healthcheck(config.http_addr),
+        Command::Simulate {
+            sensors,
+            rate,
+            count,
+            via,
+            prefix,
+        } => {
+            let sim = Simulation {
+                sensors,
+                rate,
+                count,
+                via,
+                prefix,
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime");
+            match runtime.block_on(simulate::run(&config, &sim)) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("sensorhub: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }

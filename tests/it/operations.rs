@@ -254,3 +254,100 @@ async fn healthcheck_command_exits_zero_only_when_ready() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no answer"));
 }
+
+#[actix_web::test]
+async fn simulate_feeds_a_running_instance_both_ways() {
+    let t = spawn_app().await;
+    t.wait_for_bridge().await;
+    let simulate = |args: &'static [&'static str]| {
+        let (stream, channel) = (t.config.stream.clone(), t.config.channel.clone().unwrap());
+        async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_sensorhub"))
+                .arg("simulate")
+                .args(args)
+                .env("SENSORHUB_STREAM", stream)
+                .env("SENSORHUB_CHANNEL", channel)
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let out = simulate(&["--sensors", "6", "--rate", "3000", "--count", "600"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("done, 600 readings sent"),
+        "progress and summary lines: {stderr}"
+    );
+    let out = simulate(&[
+        "--sensors",
+        "3",
+        "--rate",
+        "1000",
+        "--count",
+        "90",
+        "--via",
+        "publish",
+        "--prefix",
+        "pub",
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let pg = &t.pg;
+    wait_for(
+        "the simulated readings stored",
+        Duration::from_secs(20),
+        || async move {
+            let sim: i64 = pg
+                .query_one(
+                    "SELECT count(*) FROM readings WHERE sensor_id LIKE 'sim-%'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            let published: i64 = pg
+                .query_one(
+                    "SELECT count(*) FROM readings WHERE sensor_id LIKE 'pub-%'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            (sim == 600 && published == 90).then_some(())
+        },
+    )
+    .await;
+    let units: Vec<(String, Option<String>)> =
+        t.pg.query(
+            "SELECT sensor_id, unit FROM sensors WHERE sensor_id LIKE 'sim-%' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(units.len(), 6);
+    assert!(
+        units
+            .iter()
+            .any(|(id, unit)| id.contains("energy") && unit.as_deref() == Some("kWh"))
+    );
+    let decreasing = t
+        .count(
+            "SELECT count(*) FROM (SELECT value < lag(value) OVER (PARTITION BY sensor_id ORDER BY ts) AS down
+             FROM readings WHERE sensor_id LIKE 'sim-energy-%') m WHERE down",
+        )
+        .await;
+    assert_eq!(decreasing, 0, "energy meters only increase");
+    t.assert_aggregates_exact().await;
+
+    let bad = simulate(&["--rate", "0"]).await;
+    assert!(!bad.status.success());
+}

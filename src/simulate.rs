@@ -1,0 +1,225 @@
+//! `sensorhub simulate`: demo sensors for a first run and for load tests.
+//!
+//! Sensors take turns being a thermometer (a daily sine with noise), a hygrometer and an energy
+//! meter (a monotonically increasing kWh counter). Readings go to the stream with `XADD` or to the
+//! channel with `PUBLISH`, at a steady rate, with a progress line every second.
+
+use crate::config::Config;
+use anyhow::{Context as _, bail};
+use chrono::{DateTime, TimeDelta, Utc};
+use redis::aio::ConnectionManager;
+use std::f64::consts::TAU;
+use std::time::{Duration, Instant};
+
+/// How readings reach Redis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Via {
+    /// `XADD <stream> * data <json>`
+    Xadd,
+    /// `PUBLISH <channel> <json>` (bridged into the stream by sensorhub)
+    Publish,
+}
+
+/// What to simulate.
+#[derive(Clone, Debug)]
+pub struct Simulation {
+    pub sensors: u32,
+    /// Readings per second, over all sensors.
+    pub rate: f64,
+    /// Stop after this many readings (`None`: until Ctrl-C).
+    pub count: Option<u64>,
+    pub via: Via,
+    /// Sensor ids are `<prefix>-<kind>-<n>`.
+    pub prefix: String,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Temperature,
+    Humidity,
+    Energy,
+}
+
+/// One simulated device and its state.
+struct Device {
+    id: String,
+    kind: Kind,
+    /// The energy meter's counter, kWh.
+    counter: f64,
+    /// Last timestamp used, so a sensor's timestamps strictly increase.
+    last_ts: DateTime<Utc>,
+    phase: f64,
+}
+
+impl Device {
+    fn new(prefix: &str, n: u32) -> Self {
+        let kind = [Kind::Temperature, Kind::Humidity, Kind::Energy][n as usize % 3];
+        let name = match kind {
+            Kind::Temperature => "temperature",
+            Kind::Humidity => "humidity",
+            Kind::Energy => "energy",
+        };
+        Self {
+            id: format!("{prefix}-{name}-{n}"),
+            kind,
+            counter: 1000.0 + f64::from(n) * 37.0,
+            last_ts: DateTime::<Utc>::MIN_UTC,
+            phase: f64::from(n) * 0.7,
+        }
+    }
+
+    /// The next reading as JSON.
+    fn reading(&mut self, now: DateTime<Utc>, noise: f64) -> String {
+        let ts = now.max(self.last_ts + TimeDelta::microseconds(1));
+        self.last_ts = ts;
+        let day = (ts.timestamp() % 86_400) as f64 / 86_400.0;
+        let (value, unit) = match self.kind {
+            Kind::Temperature => (
+                15.0 + 8.0 * (TAU * day + self.phase).sin() + 0.3 * noise,
+                "C",
+            ),
+            Kind::Humidity => (55.0 + 15.0 * (TAU * day + self.phase).cos() + noise, "%"),
+            Kind::Energy => {
+                self.counter += 0.001 + 0.002 * noise.abs();
+                (self.counter, "kWh")
+            }
+        };
+        format!(
+            r#"{{"sensor":"{}","value":{:.4},"unit":"{unit}","timestamp":"{}"}}"#,
+            self.id,
+            value,
+            ts.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        )
+    }
+}
+
+/// A small deterministic noise source in [-1, 1) (xorshift64*).
+struct Noise(u64);
+
+impl Noise {
+    fn next(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let bits = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11;
+        bits as f64 / (1u64 << 52) as f64 - 1.0
+    }
+}
+
+/// How often readings are sent, in pipelined round trips.
+const TICK: Duration = Duration::from_millis(10);
+
+/// Runs the simulation until `count` readings are sent or Ctrl-C.
+pub async fn run(config: &Config, sim: &Simulation) -> anyhow::Result<u64> {
+    if sim.sensors == 0 || !(sim.rate > 0.0) {
+        bail!("--sensors and --rate must be greater than zero");
+    }
+    let target = match sim.via {
+        Via::Xadd => config.stream.clone(),
+        Via::Publish => match &config.channel {
+            Some(channel) => channel.clone(),
+            None => bail!("--via publish needs SENSORHUB_CHANNEL (it is empty)"),
+        },
+    };
+    let client = redis::Client::open(config.redis_url.expose())
+        .context("SENSORHUB_REDIS_URL is not a Redis URL")?;
+    let mut conn = ConnectionManager::new(client)
+        .await
+        .context("connecting to Redis")?;
+    let mut devices: Vec<Device> = (0..sim.sensors)
+        .map(|n| Device::new(&sim.prefix, n))
+        .collect();
+    let mut noise = Noise(0x5eed_1234_abcd_0001);
+    let verb = match sim.via {
+        Via::Xadd => "XADD",
+        Via::Publish => "PUBLISH",
+    };
+    eprintln!(
+        "simulate: {} sensors, {} readings/s, {verb} to {target}",
+        sim.sensors, sim.rate
+    );
+
+    let started = Instant::now();
+    let mut sent: u64 = 0;
+    let mut next_device = 0usize;
+    let mut last_progress = Instant::now();
+    let mut ticker = tokio::time::interval(TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = &mut ctrl_c => break,
+        }
+        let due = (started.elapsed().as_secs_f64() * sim.rate) as u64;
+        let due = sim.count.map_or(due, |count| due.min(count));
+        if due > sent {
+            let now = Utc::now();
+            let mut pipe = redis::pipe();
+            for _ in sent..due {
+                let reading = devices[next_device].reading(now, noise.next());
+                next_device = (next_device + 1) % devices.len();
+                match sim.via {
+                    Via::Xadd => pipe
+                        .cmd("XADD")
+                        .arg(&target)
+                        .arg("*")
+                        .arg("data")
+                        .arg(reading)
+                        .ignore(),
+                    Via::Publish => pipe.cmd("PUBLISH").arg(&target).arg(reading).ignore(),
+                };
+            }
+            pipe.query_async::<()>(&mut conn)
+                .await
+                .with_context(|| format!("{verb} to {target}"))?;
+            sent = due;
+        }
+        if last_progress.elapsed() >= Duration::from_secs(1) {
+            eprintln!(
+                "simulate: {sent} readings sent ({:.0}/s)",
+                sent as f64 / started.elapsed().as_secs_f64()
+            );
+            last_progress = Instant::now();
+        }
+        if sim.count.is_some_and(|count| sent >= count) {
+            break;
+        }
+    }
+    eprintln!(
+        "simulate: done, {sent} readings sent in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meters_increase_and_timestamps_strictly_increase() {
+        let mut meter = Device::new("sim", 2);
+        assert!(meter.id.contains("energy"));
+        let now = Utc::now();
+        let mut noise = Noise(7);
+        let readings: Vec<serde_json::Value> = (0..50)
+            .map(|_| serde_json::from_str(&meter.reading(now, noise.next())).unwrap())
+            .collect();
+        for pair in readings.windows(2) {
+            assert!(pair[1]["value"].as_f64() > pair[0]["value"].as_f64());
+            assert!(pair[1]["timestamp"].as_str() > pair[0]["timestamp"].as_str());
+        }
+    }
+
+    #[test]
+    fn noise_stays_in_range() {
+        let mut noise = Noise(42);
+        assert!(
+            (0..10_000)
+                .map(|_| noise.next())
+                .all(|n| (-1.0..1.0).contains(&n))
+        );
+    }
+}
