@@ -88,6 +88,8 @@ log "postgresql answers on 127.0.0.1:$PG_PORT (database $DATABASE)"
 
 # --- Test tools --------------------------------------------------------------------------------
 if [ "$with_tools" = yes ]; then
-    if ! command -v promtool >/dev/null; then apt_install prometheus; fi
-    log "promtool: $(command -v promtool)"
+    if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then apt_install prometheus; fi
+    log "prometheus: $(command -v prometheus), promtool: $(command -v promtool)"
+    if ! command -v chromium >/dev/null; then apt_install chromium; fi
+    log "chromium: $(command -v chromium)"
 fi

@@ -111,7 +111,7 @@ const TICK: Duration = Duration::from_millis(10);
 
 /// Runs the simulation until `count` readings are sent or Ctrl-C.
 pub async fn run(config: &Config, sim: &Simulation) -> anyhow::Result<u64> {
-    if sim.sensors == 0 || !(sim.rate > 0.0) {
+    if sim.sensors == 0 || !sim.rate.is_finite() || sim.rate <= 0.0 {
         bail!("--sensors and --rate must be greater than zero");
     }
     let target = match sim.via {
