@@ -3,6 +3,7 @@
 
 mod aggregates;
 mod api;
+mod dashboard;
 mod helpers;
 mod infra;
 mod ingest;
