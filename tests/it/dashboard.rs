@@ -168,3 +168,38 @@ async fn prometheus_scrapes_sensorhub_with_the_shipped_config() {
     assert_eq!(answer["data"]["result"][0]["value"][1], "1", "{body}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The provisioned Grafana dashboard parses and uses only the provisioned datasources.
+#[test]
+fn grafana_dashboard_uses_the_provisioned_datasources() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{root}/docker/grafana/dashboards/sensorhub.json"))
+            .unwrap(),
+    )
+    .expect("the dashboard is JSON");
+    let datasources = std::fs::read_to_string(format!(
+        "{root}/docker/grafana/provisioning/datasources/datasources.yaml"
+    ))
+    .unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 6);
+    for panel in panels {
+        let uid = panel["datasource"]["uid"].as_str().unwrap();
+        assert!(
+            datasources.contains(&format!("uid: {uid}")),
+            "panel {} uses unprovisioned datasource {uid}",
+            panel["title"]
+        );
+        for target in panel["targets"].as_array().unwrap() {
+            let query = target["rawSql"]
+                .as_str()
+                .or(target["expr"].as_str())
+                .unwrap();
+            assert!(
+                query.contains("aggregate_windows") || query.contains("sensorhub_"),
+                "{query}"
+            );
+        }
+    }
+}
