@@ -123,9 +123,14 @@ pub const VARIABLES: &[Variable] = &[
         meaning: "lease of the instance bridging Pub/Sub; another takes over within this time",
     },
     Variable {
+        name: "SENSORHUB_WRITE_CONNECTIONS",
+        default: "2",
+        meaning: "concurrent transactions per batch, each writing a disjoint set of sensors",
+    },
+    Variable {
         name: "SENSORHUB_DB_POOL_SIZE",
         default: "4",
-        meaning: "PostgreSQL connections",
+        meaning: "PostgreSQL connections (at least the write connections plus one for the API)",
     },
     Variable {
         name: "SENSORHUB_SHUTDOWN_TIMEOUT",
@@ -218,6 +223,7 @@ pub struct Config {
     pub dead_letter_maxlen: usize,
     pub claim_idle: Duration,
     pub bridge_lease: Duration,
+    pub write_connections: usize,
     pub db_pool_size: usize,
     pub shutdown_timeout: Duration,
     pub api_token: Option<Secret>,
@@ -291,6 +297,7 @@ impl Config {
             dead_letter_maxlen: env.number("SENSORHUB_DEAD_LETTER_MAXLEN", 1, 100_000_000)?,
             claim_idle: env.duration("SENSORHUB_CLAIM_IDLE")?,
             bridge_lease: env.duration("SENSORHUB_BRIDGE_LEASE")?,
+            write_connections: env.number("SENSORHUB_WRITE_CONNECTIONS", 1, 32)?,
             db_pool_size: env.number("SENSORHUB_DB_POOL_SIZE", 1, 256)?,
             shutdown_timeout: env.duration("SENSORHUB_SHUTDOWN_TIMEOUT")?,
             api_token: lookup("SENSORHUB_API_TOKEN")

@@ -79,9 +79,10 @@ impl Pipeline {
             maxlen: config.dead_letter_maxlen,
         };
         let resolutions = config.resolutions.clone();
+        let write_connections = config.write_connections;
         let (c, m, f) = (conn.clone(), Arc::clone(&metrics), Arc::clone(&faults));
         let writer = Supervisor::start_in_arbiter(&arbiter(), move |_| {
-            Writer::new(pool, &resolutions, dead, c, acker, m, f)
+            Writer::new(pool, &resolutions, write_connections, dead, c, acker, m, f)
         });
 
         let resolutions = config.resolutions.clone();

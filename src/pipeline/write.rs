@@ -1,5 +1,7 @@
-//! Stage 4, write: one transaction per batch (see [`store::write_batch`]), then reported for
-//! acknowledgement.
+//! Stage 4, write: each batch is split by sensor into `SENSORHUB_WRITE_CONNECTIONS` shards written
+//! concurrently, one transaction per shard on its own connection (see [`store::write_batch`]); once
+//! every shard has committed, the batch is reported for acknowledgement. Shards hold disjoint
+//! sensors, so they never upsert the same aggregate rows and never wait on each other's locks.
 //!
 //! Transient errors (connection loss, deadlock, serialization failure) are retried with capped
 //! backoff until the batch commits: a batch is never dropped. An error that persists
@@ -8,7 +10,7 @@
 //! the dead-letter stream (`database_rejected`) and the rest of the batch is stored, so one bad row
 //! cannot block the stream forever.
 
-use crate::domain::{Reading, Reason, Rejection, Resolution, Windows};
+use crate::domain::{AggKey, Aggregate, Reading, Reason, Rejection, Resolution, Windows};
 use crate::pipeline::ack::Acker;
 use crate::pipeline::messages::{Committed, WriteBatch};
 use crate::pipeline::validate::{DeadLetterSettings, keep_dead_letters};
@@ -35,6 +37,51 @@ struct WriteContext {
     dead: Arc<DeadLetterSettings>,
     /// For dead letters of poison data.
     conn: ConnectionManager,
+    /// Concurrent transactions per batch.
+    shards: usize,
+}
+
+/// The part of a batch one connection writes.
+struct Shard {
+    readings: Vec<Reading>,
+    origins: Vec<EntryId>,
+    partials: Vec<(AggKey, Aggregate)>,
+}
+
+/// A stable shard for a sensor (FNV-1a), so one sensor's rows always go to one transaction.
+fn shard_of(sensor_id: &str, shards: usize) -> usize {
+    let hash = sensor_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    (hash % shards as u64) as usize
+}
+
+/// Splits a batch's readings and partials by sensor.
+fn split(
+    readings: Vec<Reading>,
+    origins: Vec<EntryId>,
+    partials: Vec<(AggKey, Aggregate)>,
+    shards: usize,
+) -> Vec<Shard> {
+    let mut out: Vec<Shard> = (0..shards)
+        .map(|_| Shard {
+            readings: Vec::new(),
+            origins: Vec::new(),
+            partials: Vec::new(),
+        })
+        .collect();
+    for (reading, origin) in readings.into_iter().zip(origins) {
+        let shard = &mut out[shard_of(&reading.sensor_id, shards)];
+        shard.readings.push(reading);
+        shard.origins.push(origin);
+    }
+    for partial in partials {
+        out[shard_of(&partial.0.sensor_id, shards)]
+            .partials
+            .push(partial);
+    }
+    out.retain(|shard| !shard.readings.is_empty());
+    out
 }
 
 pub struct Writer {
@@ -44,9 +91,11 @@ pub struct Writer {
 }
 
 impl Writer {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         pool: Pool,
         resolutions: &[Resolution],
+        shards: usize,
         dead: DeadLetterSettings,
         conn: ConnectionManager,
         acker: Addr<Acker>,
@@ -60,6 +109,7 @@ impl Writer {
                 metrics,
                 dead: Arc::new(dead),
                 conn,
+                shards: shards.max(1),
             },
             acker,
             faults,
@@ -92,29 +142,41 @@ impl Handler<WriteBatch> for Writer {
             faults.check("write", batch.readings.iter());
             let metrics = Arc::clone(&context.metrics);
             let started = Instant::now();
-            let outcome = write_until_committed(&context, &batch).await;
+            let WriteBatch {
+                readings,
+                origins,
+                partials,
+                duplicates_in_batch,
+                entries,
+                ticket,
+            } = batch;
+            let shards = split(readings, origins, partials, context.shards);
+            let outcomes = futures_util::future::join_all(
+                shards
+                    .iter()
+                    .map(|shard| write_until_committed(&context, shard)),
+            )
+            .await;
             metrics
                 .batch_write_duration
                 .observe(started.elapsed().as_secs_f64());
-            metrics.readings_written.inc_by(outcome.inserted);
-            metrics
-                .readings_duplicate
-                .inc_by(outcome.duplicates + batch.duplicates_in_batch);
-            metrics
-                .aggregate_rows_upserted
-                .inc_by(outcome.aggregate_rows);
+            for outcome in outcomes {
+                metrics.readings_written.inc_by(outcome.inserted);
+                metrics.readings_duplicate.inc_by(outcome.duplicates);
+                metrics
+                    .aggregate_rows_upserted
+                    .inc_by(outcome.aggregate_rows);
+            }
+            metrics.readings_duplicate.inc_by(duplicates_in_batch);
             let now = chrono::Utc::now();
             metrics.last_commit_time.set(now.timestamp());
-            for entry in &batch.entries {
+            for entry in &entries {
                 let latency = now.signed_duration_since(entry.time());
                 metrics
                     .end_to_end_latency
                     .observe(latency.as_seconds_f64().max(0.0));
             }
-            let committed = Committed {
-                entries: batch.entries,
-                ticket: batch.ticket,
-            };
+            let committed = Committed { entries, ticket };
             if acker.send(committed).await.is_err() {
                 tracing::warn!(
                     "ack stage is gone; the committed batch will be re-read and skipped as duplicates"
@@ -127,7 +189,7 @@ impl Handler<WriteBatch> for Writer {
 
 /// Writes the batch, retrying transient errors until it commits and isolating poison data. Logs
 /// once when the database starts failing and once when it works again.
-async fn write_until_committed(context: &WriteContext, batch: &WriteBatch) -> BatchOutcome {
+async fn write_until_committed(context: &WriteContext, batch: &Shard) -> BatchOutcome {
     let mut backoff = Backoff::new();
     let mut failing = false;
     let mut refusals = 0;
@@ -177,7 +239,7 @@ async fn write_until_committed(context: &WriteContext, batch: &WriteBatch) -> Ba
 async fn try_write(
     pool: &Pool,
     readings: &[Reading],
-    partials: &[(crate::domain::AggKey, crate::domain::Aggregate)],
+    partials: &[(AggKey, Aggregate)],
     resolutions: &[Resolution],
 ) -> Result<BatchOutcome, StoreError> {
     let mut client = pool.get().await?;
@@ -186,7 +248,7 @@ async fn try_write(
 
 /// Bisects the batch into smaller transactions until every reading PostgreSQL refuses stands
 /// alone; stores the rest and dead-letters the refused ones.
-async fn isolate_poison(context: &WriteContext, batch: &WriteBatch) -> BatchOutcome {
+async fn isolate_poison(context: &WriteContext, batch: &Shard) -> BatchOutcome {
     let mut total = BatchOutcome::default();
     let mut poison: Vec<(usize, String)> = Vec::new();
     let mut ranges = vec![(0, batch.readings.len())];
@@ -259,5 +321,54 @@ fn poison_letter(reading: &Reading, entry: EntryId, error: &str) -> DeadLetter {
             index: None,
         },
         original: vec![(b"data".to_vec(), original.to_string().into_bytes())],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_keep_each_sensor_whole_and_partials_sorted() {
+        let ts = chrono::Utc::now();
+        let readings: Vec<Reading> = (0..100)
+            .map(|i| Reading {
+                sensor_id: format!("s{}", i % 13),
+                ts: ts + chrono::TimeDelta::seconds(i),
+                value: 1.0,
+                unit: None,
+            })
+            .collect();
+        let origins = vec![EntryId::ZERO; readings.len()];
+        let resolutions: Vec<Resolution> = vec!["1m".parse().unwrap()];
+        let partials = Windows::fold(&resolutions, &readings);
+        let shards = split(readings, origins, partials, 3);
+        assert_eq!(shards.iter().map(|s| s.readings.len()).sum::<usize>(), 100);
+        for (i, shard) in shards.iter().enumerate() {
+            let sensors: std::collections::HashSet<&str> = shard
+                .readings
+                .iter()
+                .map(|r| r.sensor_id.as_str())
+                .collect();
+            for other in shards.iter().skip(i + 1) {
+                assert!(
+                    other
+                        .readings
+                        .iter()
+                        .all(|r| !sensors.contains(r.sensor_id.as_str())),
+                    "a sensor is split over shards"
+                );
+            }
+            assert!(
+                shard
+                    .partials
+                    .iter()
+                    .all(|(k, _)| sensors.contains(k.sensor_id.as_str()))
+            );
+            assert!(
+                shard.partials.windows(2).all(|w| w[0].0 < w[1].0),
+                "partials stay in key order"
+            );
+        }
     }
 }

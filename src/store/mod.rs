@@ -14,7 +14,9 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio_postgres::NoTls;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
 
 mod embedded {
     refinery::embed_migrations!("sql");
@@ -167,8 +169,9 @@ pub struct BatchOutcome {
 /// Writes one batch in one transaction. `readings` hold no two rows with the same
 /// `(sensor_id, ts)`; `partials` are their folded aggregates, sorted by key.
 ///
-/// Fast path: insert without `RETURNING`; if every row was new, merge the pre-folded partials. If
-/// some rows were already stored, roll back and redo with `RETURNING`, folding only the new rows.
+/// Fast path: binary `COPY` of the raw rows, then the pre-folded partials merged into the
+/// aggregates. A reading already stored aborts the COPY (unique violation); the batch is then redone
+/// with `INSERT ... ON CONFLICT DO NOTHING RETURNING`, folding only the rows that were new.
 pub async fn write_batch(
     client: &mut deadpool_postgres::Client,
     readings: &[Reading],
@@ -178,27 +181,47 @@ pub async fn write_batch(
     if readings.is_empty() {
         return Ok(BatchOutcome::default());
     }
+    match copy_batch(client, readings, partials).await {
+        Err(StoreError::Db(error)) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {}
+        other => return other,
+    }
+    insert_new_only(client, readings, resolutions).await
+}
+
+async fn copy_batch(
+    client: &mut deadpool_postgres::Client,
+    readings: &[Reading],
+    partials: &[(AggKey, Aggregate)],
+) -> Result<BatchOutcome, StoreError> {
+    let tx = client.transaction().await?;
+    let sink = tx.copy_in::<_, bytes::Bytes>(sql::COPY_READINGS).await?;
+    let writer = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::TIMESTAMPTZ, Type::FLOAT8]);
+    let mut writer = std::pin::pin!(writer);
+    for r in readings {
+        writer
+            .as_mut()
+            .write(&[&r.sensor_id, &r.ts, &r.value])
+            .await?;
+    }
+    let inserted = writer.finish().await?;
+    let aggregate_rows = upsert_aggregates(&tx, partials).await?;
+    upsert_sensors(&tx, readings.iter()).await?;
+    tx.commit().await?;
+    Ok(BatchOutcome {
+        inserted,
+        duplicates: 0,
+        aggregate_rows,
+    })
+}
+
+async fn insert_new_only(
+    client: &mut deadpool_postgres::Client,
+    readings: &[Reading],
+    resolutions: &[Resolution],
+) -> Result<BatchOutcome, StoreError> {
     let sensor_ids: Vec<&str> = readings.iter().map(|r| r.sensor_id.as_str()).collect();
     let timestamps: Vec<DateTime<Utc>> = readings.iter().map(|r| r.ts).collect();
     let values: Vec<f64> = readings.iter().map(|r| r.value).collect();
-
-    let tx = client.transaction().await?;
-    let insert = tx.prepare_cached(sql::INSERT_READINGS).await?;
-    let inserted = tx
-        .execute(&insert, &[&sensor_ids, &timestamps, &values])
-        .await?;
-    if inserted == readings.len() as u64 {
-        let aggregate_rows = upsert_aggregates(&tx, partials).await?;
-        upsert_sensors(&tx, readings.iter()).await?;
-        tx.commit().await?;
-        return Ok(BatchOutcome {
-            inserted,
-            duplicates: 0,
-            aggregate_rows,
-        });
-    }
-    tx.rollback().await?;
-
     let tx = client.transaction().await?;
     let insert = tx.prepare_cached(sql::INSERT_READINGS_RETURNING).await?;
     let rows = tx

@@ -1,14 +1,12 @@
 //! Runtime SQL, as named constants. Migrations live in `sql/`.
 
-/// Inserts a batch of raw readings, skipping `(sensor_id, ts)` already stored. The affected-row
-/// count tells whether every row was new.
-pub const INSERT_READINGS: &str = "
-INSERT INTO readings (sensor_id, ts, value)
-SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::float8[])
-ON CONFLICT DO NOTHING";
+/// The fast path for raw readings: a binary COPY. A reading already stored makes it fail with a
+/// unique violation (SQLSTATE 23505), and the batch is redone with [`INSERT_READINGS_RETURNING`].
+pub const COPY_READINGS: &str = "COPY readings (sensor_id, ts, value) FROM STDIN (FORMAT binary)";
 
-/// The same, returning the rows that were new: used only when a batch held duplicates, so that only
-/// new rows contribute to the aggregates.
+/// Inserts a batch of raw readings skipping `(sensor_id, ts)` already stored, returning the rows
+/// that were new: used when a batch held duplicates, so that only new rows contribute to the
+/// aggregates.
 pub const INSERT_READINGS_RETURNING: &str = "
 INSERT INTO readings (sensor_id, ts, value)
 SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::float8[])
