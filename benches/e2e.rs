@@ -1,13 +1,26 @@
 //! End-to-end load run against the real local Redis and PostgreSQL.
 //!
 //!     cargo bench --bench e2e -- [--readings N] [--sensors N] [--batch-size N]
+//!                                [--steady-rate R] [--steady-seconds S] [--env SENSORHUB_X=V ...]
 //!
-//! Preloads N readings (default 1,000,000 over 1,000 sensors, each reporting once a second) into a
-//! fresh stream, starts the `sensorhub` binary as its own process on a fresh database, and reports
-//! readings/s from start to the last commit, sensorhub's peak RSS, and the CPU seconds of
-//! sensorhub, Redis and PostgreSQL. It ends by checking the result is exact (row count and
-//! aggregate equality with a GROUP BY), so a fast wrong run cannot pass for a fast run.
+//! Phases, each on fresh databases and a fresh stream:
+//! 1. **reference**: the same rows written straight to PostgreSQL by the same write path
+//!    (`store::write_batch`, sharded over the same number of connections), no Redis, no actors;
+//! 2. **throughput**: N readings (default 1,000,000 over 1,000 sensors, each reporting once a
+//!    second) preloaded into the stream, then the `sensorhub` binary started as its own process:
+//!    readings/s from start to the last commit, peak RSS, CPU seconds of sensorhub, Redis and
+//!    PostgreSQL;
+//! 3. **startup**: sensorhub restarted on the now up-to-date schema, time to `/readyz` 200;
+//! 4. **latency**: a steady producer at R readings/s (default 20,000) for S seconds; p50/p99 of
+//!    `sensorhub_end_to_end_latency_seconds` (stream entry time to commit), read from the histogram
+//!    as the upper bound of the bucket holding the quantile.
+//!
+//! It ends by checking the result is exact (row count and aggregate equality with a GROUP BY), so a
+//! fast wrong run cannot pass for a fast run.
 
+use sensorhub::domain::{Reading, Resolution, Windows};
+use sensorhub::pipeline::write::split;
+use sensorhub::streams::EntryId;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio_postgres::NoTls;
@@ -16,13 +29,20 @@ struct Args {
     readings: u64,
     sensors: u64,
     batch_size: u64,
+    steady_rate: u64,
+    steady_seconds: u64,
+    /// Extra `SENSORHUB_*` settings for the run (`--env NAME=VALUE`).
+    env: Vec<(String, String)>,
 }
 
 fn args() -> Args {
     let mut args = Args {
         readings: 1_000_000,
         sensors: 1_000,
-        batch_size: 5_000,
+        batch_size: 20_000,
+        steady_rate: 20_000,
+        steady_seconds: 10,
+        env: Vec::new(),
     };
     let mut iter = std::env::args().skip(1);
     while let Some(arg) = iter.next() {
@@ -35,6 +55,13 @@ fn args() -> Args {
             "--readings" => args.readings = value("--readings"),
             "--sensors" => args.sensors = value("--sensors"),
             "--batch-size" => args.batch_size = value("--batch-size"),
+            "--steady-rate" => args.steady_rate = value("--steady-rate"),
+            "--steady-seconds" => args.steady_seconds = value("--steady-seconds"),
+            "--env" => {
+                let pair = iter.next().expect("--env needs NAME=VALUE");
+                let (name, value) = pair.split_once('=').expect("--env needs NAME=VALUE");
+                args.env.push((name.to_owned(), value.to_owned()));
+            }
             _ => {} // cargo bench passes --bench
         }
     }
@@ -77,6 +104,65 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A plain HTTP/1.0 GET: (status, body).
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, response.split_once("\r\n\r\n")?.1.to_owned()))
+}
+
+/// The cumulative latency histogram: (upper bound, count) per bucket.
+fn latency_buckets(port: u16) -> Vec<(f64, f64)> {
+    let (_, body) = http_get(port, "/metrics").unwrap_or_default();
+    body.lines()
+        .filter_map(|l| l.strip_prefix("sensorhub_end_to_end_latency_seconds_bucket{le=\""))
+        .filter_map(|rest| {
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The bucket bound holding quantile `q` of the observations between two snapshots.
+fn quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
+    let deltas: Vec<(f64, f64)> = after
+        .iter()
+        .map(|(le, n)| {
+            (
+                *le,
+                n - before
+                    .iter()
+                    .find(|(b, _)| b == le)
+                    .map_or(0.0, |(_, m)| *m),
+            )
+        })
+        .collect();
+    let total = deltas.last().map_or(0.0, |(_, n)| *n);
+    deltas
+        .iter()
+        .find(|(_, n)| *n >= q * total)
+        .map_or(f64::NAN, |(le, _)| *le)
+}
+
 struct Guard(Child);
 
 impl Drop for Guard {
@@ -86,75 +172,92 @@ impl Drop for Guard {
     }
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() {
-    let args = args();
-    let name = format!("sensorhub_bench_{}", std::process::id());
-    let stream = format!("bench:{name}");
-    let db_url = format!("postgres://postgres@127.0.0.1:5432/{name}");
-    let (admin, conn) =
-        tokio_postgres::connect("postgres://postgres@127.0.0.1:5432/postgres", NoTls)
-            .await
-            .expect("PostgreSQL on 127.0.0.1:5432 (scripts/services.sh)");
-    tokio::spawn(conn);
-    let mut redis = redis::Client::open("redis://127.0.0.1:6379")
-        .unwrap()
-        .get_multiplexed_async_connection()
+/// The synthetic readings: sensor `n % sensors`, one per sensor per second.
+fn synthetic(
+    n: u64,
+    sensors: u64,
+    base: chrono::DateTime<chrono::Utc>,
+) -> (String, chrono::DateTime<chrono::Utc>, f64) {
+    (
+        format!("meter-{}", n % sensors),
+        base + chrono::Duration::seconds((n / sensors) as i64),
+        (n % 9973) as f64 * 0.25,
+    )
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
         .await
-        .expect("Redis on 127.0.0.1:6379 (scripts/services.sh)");
+        .expect("PostgreSQL on 127.0.0.1:5432 (scripts/services.sh)");
+    tokio::spawn(conn);
+    client
+}
 
-    println!(
-        "preloading {} readings over {} sensors into {stream}",
-        args.readings, args.sensors
-    );
-    let base =
-        chrono::Utc::now() - chrono::Duration::seconds((args.readings / args.sensors) as i64 + 60);
-    let mut i = 0;
-    while i < args.readings {
-        let mut pipe = redis::pipe();
-        for n in i..(i + 10_000).min(args.readings) {
-            let ts = base + chrono::Duration::seconds((n / args.sensors) as i64);
-            let payload = format!(
-                r#"{{"sensor":"meter-{}","value":{},"timestamp":"{}"}}"#,
-                n % args.sensors,
-                (n % 9973) as f64 * 0.25,
-                ts.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            );
-            pipe.cmd("XADD")
-                .arg(&stream)
-                .arg("*")
-                .arg("data")
-                .arg(payload)
-                .ignore();
-        }
-        let () = pipe.query_async(&mut redis).await.unwrap();
-        i += 10_000;
-    }
-
-    let redis_cpu = cpu_of("redis-server");
-    let pg_cpu = cpu_of("postgres");
+/// Phase 1: the write path alone, straight into PostgreSQL. Returns rows/s.
+async fn reference(
+    args: &Args,
+    db_url: &str,
+    base: chrono::DateTime<chrono::Utc>,
+    connections: usize,
+) -> f64 {
+    let pool = sensorhub::store::connect(db_url, connections + 1)
+        .await
+        .unwrap();
+    sensorhub::store::migrate(&pool).await.unwrap();
+    let resolutions: Vec<Resolution> = vec!["1m".parse().unwrap(), "1h".parse().unwrap()];
     let started = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_sensorhub"))
-        .env("SENSORHUB_DATABASE_URL", &db_url)
-        .env("SENSORHUB_STREAM", &stream)
-        .env("SENSORHUB_CHANNEL", "")
-        .env("SENSORHUB_HTTP_ADDR", "127.0.0.1:0")
-        .env("SENSORHUB_BATCH_SIZE", args.batch_size.to_string())
-        .env("SENSORHUB_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("sensorhub binary");
-    let child = Guard(child);
-    let pid = child.0.id();
+    let mut n = 0;
+    while n < args.readings {
+        let end = (n + args.batch_size).min(args.readings);
+        let readings: Vec<Reading> = (n..end)
+            .map(|i| {
+                let (sensor_id, ts, value) = synthetic(i, args.sensors, base);
+                Reading {
+                    sensor_id,
+                    ts,
+                    value,
+                    unit: None,
+                }
+            })
+            .collect();
+        let partials = Windows::fold(&resolutions, &readings);
+        let origins = vec![EntryId::ZERO; readings.len()];
+        let shards = split(readings, origins, partials, connections);
+        let writes = shards.iter().map(|shard| {
+            let pool = pool.clone();
+            let resolutions = resolutions.clone();
+            async move {
+                let mut client = pool.get().await.unwrap();
+                sensorhub::store::write_batch(
+                    &mut client,
+                    &shard.readings,
+                    &shard.partials,
+                    &resolutions,
+                )
+                .await
+                .unwrap()
+            }
+        });
+        futures_util::future::join_all(writes).await;
+        n = end;
+    }
+    args.readings as f64 / started.elapsed().as_secs_f64()
+}
 
-    // Drained: every entry delivered and acknowledged.
+/// Waits until the group has read `at_least` entries and nothing is pending or undelivered.
+async fn wait_drained(
+    redis: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+    at_least: u64,
+    started: Instant,
+) {
     let mut last_report = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let info: redis::RedisResult<redis::Value> = redis::cmd("XINFO")
             .arg("GROUPS")
-            .arg(&stream)
-            .query_async(&mut redis)
+            .arg(stream)
+            .query_async(redis)
             .await;
         let Ok(redis::Value::Array(groups)) = info else {
             continue;
@@ -173,8 +276,8 @@ async fn main() {
                 .unwrap_or(-1)
         };
         let (read, pending, lag) = (field("entries-read"), field("pending"), field("lag"));
-        if read as u64 >= args.readings && pending == 0 && lag == 0 {
-            break;
+        if read as u64 >= at_least && pending == 0 && lag == 0 {
+            return;
         }
         if last_report.elapsed() > Duration::from_secs(2) {
             println!(
@@ -188,15 +291,149 @@ async fn main() {
             "load run did not finish in 30 min"
         );
     }
+}
+
+fn spawn_sensorhub(args: &Args, db_url: &str, stream: &str, port: u16) -> Guard {
+    let child = Command::new(env!("CARGO_BIN_EXE_sensorhub"))
+        .env("SENSORHUB_DATABASE_URL", db_url)
+        .env("SENSORHUB_STREAM", stream)
+        .env("SENSORHUB_CHANNEL", "")
+        .env("SENSORHUB_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("SENSORHUB_BATCH_SIZE", args.batch_size.to_string())
+        .env("SENSORHUB_LOG", "warn")
+        .envs(args.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("sensorhub binary");
+    Guard(child)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let args = args();
+    let name = format!("sensorhub_bench_{}", std::process::id());
+    let stream = format!("bench:{name}");
+    let db_url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+    let ref_url = format!("postgres://postgres@127.0.0.1:5432/{name}_ref");
+    let admin = connect("postgres://postgres@127.0.0.1:5432/postgres").await;
+    let mut redis = redis::Client::open("redis://127.0.0.1:6379")
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis on 127.0.0.1:6379 (scripts/services.sh)");
+    let base =
+        chrono::Utc::now() - chrono::Duration::seconds((args.readings / args.sensors) as i64 + 60);
+    let connections: usize = args
+        .env
+        .iter()
+        .find(|(k, _)| k == "SENSORHUB_WRITE_CONNECTIONS")
+        .map_or(2, |(_, v)| v.parse().unwrap());
+
+    println!(
+        "reference: {} rows straight into PostgreSQL, batches of {}, {connections} connections",
+        args.readings, args.batch_size
+    );
+    let reference_rate = reference(&args, &ref_url, base, connections).await;
+    let _ = admin
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS \"{name}_ref\" WITH (FORCE)"
+        ))
+        .await;
+
+    println!(
+        "preloading {} readings over {} sensors into {stream}",
+        args.readings, args.sensors
+    );
+    let mut i = 0;
+    while i < args.readings {
+        let mut pipe = redis::pipe();
+        for n in i..(i + 10_000).min(args.readings) {
+            let (sensor, ts, value) = synthetic(n, args.sensors, base);
+            let payload = format!(
+                r#"{{"sensor":"{sensor}","value":{value},"timestamp":"{}"}}"#,
+                ts.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            );
+            pipe.cmd("XADD")
+                .arg(&stream)
+                .arg("*")
+                .arg("data")
+                .arg(payload)
+                .ignore();
+        }
+        let () = pipe.query_async(&mut redis).await.unwrap();
+        i += 10_000;
+    }
+
+    let redis_cpu = cpu_of("redis-server");
+    let pg_cpu = cpu_of("postgres");
+    let started = Instant::now();
+    let port = free_port();
+    let hub = spawn_sensorhub(&args, &db_url, &stream, port);
+    let pid = hub.0.id();
+    wait_drained(&mut redis, &stream, args.readings, started).await;
     let elapsed = started.elapsed().as_secs_f64();
     let rss = peak_rss_mib(pid);
     let sensorhub_cpu = cpu_seconds(pid);
     let redis_cpu = cpu_of("redis-server") - redis_cpu;
     let pg_cpu = cpu_of("postgres") - pg_cpu;
-    drop(child);
+    let rate = args.readings as f64 / elapsed;
+    drop(hub);
 
-    let (db, conn) = tokio_postgres::connect(&db_url, NoTls).await.unwrap();
-    tokio::spawn(conn);
+    // Startup on an up-to-date schema.
+    let port = free_port();
+    let restarted = Instant::now();
+    let hub = spawn_sensorhub(&args, &db_url, &stream, port);
+    while http_get(port, "/readyz").map(|(s, _)| s) != Some(200) {
+        assert!(
+            restarted.elapsed() < Duration::from_secs(30),
+            "sensorhub did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let startup = restarted.elapsed().as_secs_f64();
+
+    // Latency under a steady producer.
+    println!(
+        "steady producer: {} readings/s for {} s",
+        args.steady_rate, args.steady_seconds
+    );
+    let before = latency_buckets(port);
+    let steady_base = chrono::Utc::now();
+    let steady_total = args.steady_rate * args.steady_seconds;
+    let tick = Duration::from_millis(10);
+    let per_tick = (args.steady_rate / 100).max(1);
+    let mut sent = 0;
+    let mut next = tokio::time::interval(tick);
+    while sent < steady_total {
+        next.tick().await;
+        let mut pipe = redis::pipe();
+        for k in sent..(sent + per_tick).min(steady_total) {
+            let payload = format!(
+                r#"{{"sensor":"meter-{}","value":{},"timestamp":"{}"}}"#,
+                k % args.sensors,
+                k % 100,
+                (steady_base + chrono::Duration::milliseconds((k / args.sensors) as i64))
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            );
+            pipe.cmd("XADD")
+                .arg(&stream)
+                .arg("*")
+                .arg("data")
+                .arg(payload)
+                .ignore();
+        }
+        let () = pipe.query_async(&mut redis).await.unwrap();
+        sent = (sent + per_tick).min(steady_total);
+    }
+    wait_drained(&mut redis, &stream, args.readings + steady_total, restarted).await;
+    let after = latency_buckets(port);
+    let (p50, p99) = (
+        quantile(&before, &after, 0.5),
+        quantile(&before, &after, 0.99),
+    );
+    drop(hub);
+
+    let db = connect(&db_url).await;
     let rows: i64 = db
         .query_one("SELECT count(*) FROM readings", &[])
         .await
@@ -230,22 +467,26 @@ async fn main() {
         .arg(format!("{stream}:dead"))
         .query_async(&mut redis)
         .await;
+    let exact = rows as u64 == args.readings + steady_total && mismatches == 0;
 
     println!();
     println!(
-        "| readings | sensors | batch | wall s | readings/s | peak RSS MiB | CPU s sensorhub | CPU s redis | CPU s postgres | exact |"
+        "| readings | batch | readings/s | reference rows/s | ratio | p50 / p99 latency at {}/s | startup to ready | peak RSS | CPU s sensorhub / redis / postgres | exact |",
+        args.steady_rate
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     println!(
-        "| {} | {} | {} | {elapsed:.2} | {:.0} | {rss:.1} | {sensorhub_cpu:.2} | {redis_cpu:.2} | {pg_cpu:.2} | {} |",
+        "| {} | {} | {rate:.0} | {reference_rate:.0} | {:.2} | ≤ {:.0} ms / ≤ {:.0} ms | {:.0} ms | {rss:.1} MiB | {sensorhub_cpu:.2} / {redis_cpu:.2} / {pg_cpu:.2} | {exact} |",
         args.readings,
-        args.sensors,
         args.batch_size,
-        args.readings as f64 / elapsed,
-        rows as u64 == args.readings && mismatches == 0
+        rate / reference_rate,
+        p50 * 1000.0,
+        p99 * 1000.0,
+        startup * 1000.0,
     );
     assert_eq!(
-        rows as u64, args.readings,
+        rows as u64,
+        args.readings + steady_total,
         "row count differs from readings published"
     );
     assert_eq!(

@@ -59,7 +59,7 @@ pub const VARIABLES: &[Variable] = &[
     },
     Variable {
         name: "SENSORHUB_BATCH_SIZE",
-        default: "5000",
+        default: "20000",
         meaning: "most stream entries read and written in one batch (one transaction)",
     },
     Variable {
@@ -69,7 +69,7 @@ pub const VARIABLES: &[Variable] = &[
     },
     Variable {
         name: "SENSORHUB_MAX_IN_FLIGHT",
-        default: "4",
+        default: "3",
         meaning: "batches read but not yet acknowledged; reading pauses at this bound",
     },
     Variable {

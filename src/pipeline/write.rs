@@ -42,10 +42,10 @@ struct WriteContext {
 }
 
 /// The part of a batch one connection writes.
-struct Shard {
-    readings: Vec<Reading>,
-    origins: Vec<EntryId>,
-    partials: Vec<(AggKey, Aggregate)>,
+pub struct Shard {
+    pub readings: Vec<Reading>,
+    pub origins: Vec<EntryId>,
+    pub partials: Vec<(AggKey, Aggregate)>,
 }
 
 /// A stable shard for a sensor (FNV-1a), so one sensor's rows always go to one transaction.
@@ -57,7 +57,7 @@ fn shard_of(sensor_id: &str, shards: usize) -> usize {
 }
 
 /// Splits a batch's readings and partials by sensor.
-fn split(
+pub fn split(
     readings: Vec<Reading>,
     origins: Vec<EntryId>,
     partials: Vec<(AggKey, Aggregate)>,
