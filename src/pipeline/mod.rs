@@ -36,7 +36,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -45,8 +45,6 @@ pub struct Flow {
     permits: Arc<Semaphore>,
     max_in_flight: usize,
     rewind: AtomicBool,
-    /// Batches carrying entries downstream and not yet settled.
-    carrying: AtomicUsize,
     metrics: Arc<Metrics>,
 }
 
@@ -56,7 +54,6 @@ impl Flow {
             permits: Arc::new(Semaphore::new(max_in_flight)),
             max_in_flight,
             rewind: AtomicBool::new(false),
-            carrying: AtomicUsize::new(0),
             metrics,
         })
     }
@@ -78,11 +75,6 @@ impl Flow {
     /// Batches admitted and not yet settled, a read waiting for entries included.
     pub fn in_flight(&self) -> usize {
         self.max_in_flight - self.permits.available_permits()
-    }
-
-    /// Batches carrying entries downstream (being validated, folded, written or acknowledged).
-    pub fn carrying(&self) -> usize {
-        self.carrying.load(Ordering::Acquire)
     }
 
     /// Waits until every admitted batch is settled.
@@ -120,7 +112,6 @@ impl Ticket {
     /// Marks the ticket as carrying entries into the pipeline.
     pub fn carrying(mut self) -> Self {
         self.carrying = true;
-        self.flow.carrying.fetch_add(1, Ordering::AcqRel);
         self.flow.metrics.batches_in_flight.inc();
         self
     }
@@ -133,7 +124,6 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         if self.carrying {
-            self.flow.carrying.fetch_sub(1, Ordering::AcqRel);
             self.flow.metrics.batches_in_flight.dec();
         }
         if !self.settled {

@@ -19,12 +19,6 @@ use tokio::sync::watch;
 /// Longest a blocking read waits for new entries; also bounds how long a stop request waits.
 pub const READ_BLOCK: Duration = Duration::from_millis(500);
 
-/// Batches downstream at which the reader keeps growing its batch instead of sending it: one being
-/// written and one queued behind it.
-const QUEUED_AHEAD: usize = 2;
-/// How long each read waits while growing a batch behind a busy writer.
-const GROW_POLL: Duration = Duration::from_millis(2);
-
 /// What the reader needs to know about the stream.
 #[derive(Clone, Debug)]
 pub struct ReadSettings {
@@ -237,28 +231,23 @@ impl ReadLoop {
             ">",
         )
         .await?;
-        // Grow the batch for up to `batch_delay`; and for as long as a batch is already queued
-        // behind the one being written: then a larger batch costs the writer less per reading than
-        // one more small one would, so batch size follows the load.
         let deadline = Instant::now() + s.batch_delay;
-        while !entries.is_empty() && entries.len() < s.batch_size && !*self.stop.borrow() {
-            let queued = self.flow.carrying() >= QUEUED_AHEAD;
+        while !entries.is_empty() && entries.len() < s.batch_size {
             let left = deadline.saturating_duration_since(Instant::now());
-            if !queued && left < Duration::from_millis(1) {
+            if left < Duration::from_millis(1) {
                 break;
             }
-            let block = if queued { GROW_POLL } else { left };
             let more = streams::read_group(
                 &mut self.conn,
                 &s.stream,
                 &s.group,
                 &s.consumer,
                 s.batch_size - entries.len(),
-                Some(block),
+                Some(left),
                 ">",
             )
             .await?;
-            if more.is_empty() && !queued {
+            if more.is_empty() {
                 break;
             }
             entries.extend(more);
