@@ -60,7 +60,7 @@ impl Application {
             REDIS_RESPONSE_TIMEOUT + crate::pipeline::read::READ_BLOCK,
         )
         .await?;
-        streams::ensure_group(&mut conn.clone(), &config.stream, &config.group)
+        streams::ensure_group(&mut conn.clone(), &config.stream, &config.group, true)
             .await
             .context("creating the consumer group")?;
 

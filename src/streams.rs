@@ -78,22 +78,22 @@ pub fn dead_letter_key(stream: &str) -> String {
     format!("{stream}:dead")
 }
 
-/// `XGROUP CREATE <stream> <group> 0 MKSTREAM`; an existing group is fine. Starting at `0` means
-/// entries added before the first start are processed too.
+/// `XGROUP CREATE <stream> <group> 0 [MKSTREAM]`; an existing group is fine. Starting at `0` means
+/// entries added before the group existed are processed too. Without `create_stream` a missing
+/// stream is an error: the group is created once a producer writes to the stream again, and a
+/// stream an operator deleted is not resurrected empty.
 pub async fn ensure_group(
     conn: &mut ConnectionManager,
     stream: &str,
     group: &str,
+    create_stream: bool,
 ) -> RedisResult<()> {
-    let created: RedisResult<Value> = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(stream)
-        .arg(group)
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(conn)
-        .await;
-    match created {
+    let mut cmd = redis::cmd("XGROUP");
+    cmd.arg("CREATE").arg(stream).arg(group).arg("0");
+    if create_stream {
+        cmd.arg("MKSTREAM");
+    }
+    match cmd.query_async::<Value>(conn).await {
         Err(error) if error.code() == Some("BUSYGROUP") => Ok(()),
         other => other.map(drop),
     }

@@ -7,7 +7,7 @@
 //! when the holder dies, another takes over within about 4/3 of the lease time. Messages published
 //! while no instance holds the lease are not bridged.
 
-use crate::pipeline::{Backoff, count_restart, guarded};
+use crate::pipeline::{Backoff, count_restart, guarded, stop_requested};
 use crate::streams;
 use crate::telemetry::Metrics;
 use actix::prelude::*;
@@ -102,7 +102,7 @@ impl BridgeLoop {
         let retry_every = self.settings.lease / 3;
         // One log line when the bridge starts failing, one when it works again.
         let mut failing = false;
-        while !*self.stop.borrow() {
+        while !stop_requested(&self.stop) {
             let failure = match self.acquire_lease().await {
                 Ok(true) => {
                     if std::mem::take(&mut failing) {

@@ -221,6 +221,12 @@ impl Faults {
     }
 }
 
+/// True once the application asked its loops to stop, or dropped the sender (a closed channel
+/// must stop a loop too, or `changed()` returning at once would make it spin).
+pub fn stop_requested(stop: &tokio::sync::watch::Receiver<bool>) -> bool {
+    *stop.borrow() || stop.has_changed().is_err()
+}
+
 /// Counts a restart when the supervisor restarts an actor.
 pub fn count_restart(metrics: &Metrics, actor: &str) {
     metrics.actor_restarts.with_label_values(&[actor]).inc();

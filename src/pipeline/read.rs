@@ -6,7 +6,7 @@
 
 use crate::pipeline::messages::RawBatch;
 use crate::pipeline::validate::Validator;
-use crate::pipeline::{Backoff, Flow, count_restart, guarded};
+use crate::pipeline::{Backoff, Flow, count_restart, guarded, stop_requested};
 use crate::streams::{self, EntryId, StreamEntry};
 use crate::telemetry::Metrics;
 use actix::prelude::*;
@@ -120,7 +120,7 @@ impl ReadLoop {
         let mut redis_down = false;
         let claim_every = (self.settings.claim_idle / 2).max(Duration::from_millis(100));
         let mut last_claim = Instant::now();
-        while !*self.stop.borrow() {
+        while !stop_requested(&self.stop) {
             if self.flow.take_rewind() {
                 tracing::debug!(stream = %self.settings.stream, "re-reading pending entries once the pipeline drains");
                 self.flow.drained().await;
@@ -160,10 +160,13 @@ impl ReadLoop {
                         redis_down = true;
                     }
                     if error.code() == Some("NOGROUP") {
+                        // The stream or group is gone (deleted, or Redis restarted without
+                        // persistence): recreate the group once the stream exists again.
                         let _ = streams::ensure_group(
                             &mut self.conn,
                             &self.settings.stream,
                             &self.settings.group,
+                            false,
                         )
                         .await;
                         position = Position::Pending(EntryId::ZERO);

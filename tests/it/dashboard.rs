@@ -49,8 +49,9 @@ async fn status_page_renders_the_table_and_the_chart_in_chromium() {
         "http://127.0.0.1:{}/?sensor=page-1&resolution=1m",
         t.app().port()
     );
-    let profile = std::env::temp_dir().join(unique_name("sensorhub-chromium"));
-    let out = chromium(&profile)
+    let profile = TempDir(std::env::temp_dir().join(unique_name("sensorhub-chromium")));
+    let profile = profile.0.as_path();
+    let out = chromium(profile)
         .arg("--dump-dom")
         .arg(&url)
         .output()
@@ -88,7 +89,7 @@ async fn status_page_renders_the_table_and_the_chart_in_chromium() {
     );
 
     let shot: PathBuf = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
-    let out = chromium(&profile)
+    let out = chromium(profile)
         .arg(format!("--screenshot={}", shot.display()))
         .arg(&url)
         .output()
@@ -102,7 +103,15 @@ async fn status_page_renders_the_table_and_the_chart_in_chromium() {
     let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
     assert!(size > 10_000, "a screenshot of the page was taken");
     eprintln!("status page screenshot: {}", shot.display());
-    let _ = std::fs::remove_dir_all(&profile);
+}
+
+/// A directory removed when the test ends, however it ends.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Kills the child process when the test ends, however it ends.
@@ -125,8 +134,9 @@ async fn prometheus_scrapes_sensorhub_with_the_shipped_config() {
     .unwrap();
     let config = shipped.replace("sensorhub:8080", &format!("127.0.0.1:{}", t.app().port()));
     assert_ne!(config, shipped, "the shipped config targets sensorhub:8080");
-    let dir = std::env::temp_dir().join(unique_name("sensorhub-prometheus"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir(std::env::temp_dir().join(unique_name("sensorhub-prometheus")));
+    let dir = dir.0.as_path();
+    std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("prometheus.yml"), config).unwrap();
     let port = free_port();
     let child = std::process::Command::new("prometheus")
@@ -166,7 +176,6 @@ async fn prometheus_scrapes_sensorhub_with_the_shipped_config() {
     let (_, body) = http_get(port, "/api/v1/query?query=sensorhub_build_info").await;
     let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(answer["data"]["result"][0]["value"][1], "1", "{body}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The provisioned Grafana dashboard parses and uses only the provisioned datasources.

@@ -72,10 +72,13 @@ impl Drop for Resources {
             format!("{}:bridge-lease", self.stream),
         ];
         std::thread::spawn(move || {
-            // Let stopped stages' last commands land before the keys go.
-            std::thread::sleep(Duration::from_millis(300));
+            // A stage of a just-stopped application may still land a last command (re-creating
+            // the group recreates the stream): delete, let stragglers land, delete again.
             if let Ok(mut conn) = redis::Client::open(REDIS_URL).and_then(|c| c.get_connection()) {
-                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&keys).query(&mut conn);
+                for pause in [300, 700] {
+                    std::thread::sleep(Duration::from_millis(pause));
+                    let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&keys).query(&mut conn);
+                }
             }
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
