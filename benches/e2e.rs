@@ -185,6 +185,24 @@ fn synthetic(
     )
 }
 
+/// Appends payloads to the stream as `data` fields, in one pipelined round trip.
+async fn xadd_all(
+    redis: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+    payloads: impl Iterator<Item = String>,
+) {
+    let mut pipe = redis::pipe();
+    for payload in payloads {
+        pipe.cmd("XADD")
+            .arg(stream)
+            .arg("*")
+            .arg("data")
+            .arg(payload)
+            .ignore();
+    }
+    let () = pipe.query_async(redis).await.unwrap();
+}
+
 async fn connect(url: &str) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(url, NoTls)
         .await
@@ -346,21 +364,14 @@ async fn main() {
     );
     let mut i = 0;
     while i < args.readings {
-        let mut pipe = redis::pipe();
-        for n in i..(i + 10_000).min(args.readings) {
+        let payloads = (i..(i + 10_000).min(args.readings)).map(|n| {
             let (sensor, ts, value) = synthetic(n, args.sensors, base);
-            let payload = format!(
+            format!(
                 r#"{{"sensor":"{sensor}","value":{value},"timestamp":"{}"}}"#,
                 ts.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            );
-            pipe.cmd("XADD")
-                .arg(&stream)
-                .arg("*")
-                .arg("data")
-                .arg(payload)
-                .ignore();
-        }
-        let () = pipe.query_async(&mut redis).await.unwrap();
+            )
+        });
+        xadd_all(&mut redis, &stream, payloads).await;
         i += 10_000;
     }
 
@@ -406,23 +417,16 @@ async fn main() {
     let mut next = tokio::time::interval(tick);
     while sent < steady_total {
         next.tick().await;
-        let mut pipe = redis::pipe();
-        for k in sent..(sent + per_tick).min(steady_total) {
-            let payload = format!(
+        let payloads = (sent..(sent + per_tick).min(steady_total)).map(|k| {
+            format!(
                 r#"{{"sensor":"meter-{}","value":{},"timestamp":"{}"}}"#,
                 k % args.sensors,
                 k % 100,
                 (steady_base + chrono::Duration::milliseconds((k / args.sensors) as i64))
                     .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-            );
-            pipe.cmd("XADD")
-                .arg(&stream)
-                .arg("*")
-                .arg("data")
-                .arg(payload)
-                .ignore();
-        }
-        let () = pipe.query_async(&mut redis).await.unwrap();
+            )
+        });
+        xadd_all(&mut redis, &stream, payloads).await;
         sent = (sent + per_tick).min(steady_total);
     }
     wait_drained(&mut redis, &stream, args.readings + steady_total, restarted).await;

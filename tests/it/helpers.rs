@@ -248,6 +248,17 @@ impl TestApp {
         .await;
     }
 
+    /// Every entry of the dead-letter stream.
+    pub async fn dead_letters(&mut self) -> redis::streams::StreamRangeReply {
+        redis::cmd("XRANGE")
+            .arg(self.dead_stream())
+            .arg("-")
+            .arg("+")
+            .query_async(&mut self.redis)
+            .await
+            .unwrap()
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         self.pg.query_one(sql, &[]).await.expect(sql).get(0)
     }

@@ -46,13 +46,7 @@ async fn readings_the_database_refuses_are_dead_lettered_and_the_rest_stored() {
     );
     t.assert_aggregates_exact().await;
 
-    let dead: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(t.dead_stream())
-        .arg("-")
-        .arg("+")
-        .query_async(&mut t.redis)
-        .await
-        .unwrap();
+    let dead = t.dead_letters().await;
     let mut letters: Vec<(String, String)> = dead
         .ids
         .iter()

@@ -156,13 +156,7 @@ async fn bad_messages_are_dead_lettered_with_reasons_and_valid_ones_around_them_
     valid += 3;
     t.wait_drained(&last).await;
 
-    let dead: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(t.dead_stream())
-        .arg("-")
-        .arg("+")
-        .query_async(&mut t.redis)
-        .await
-        .unwrap();
+    let dead = t.dead_letters().await;
     let mut seen = HashMap::new();
     for letter in &dead.ids {
         let field = |name: &str| -> Vec<u8> {
