@@ -185,24 +185,6 @@ fn synthetic(
     )
 }
 
-/// Appends payloads to the stream as `data` fields, in one pipelined round trip.
-async fn xadd_all(
-    redis: &mut redis::aio::MultiplexedConnection,
-    stream: &str,
-    payloads: impl Iterator<Item = String>,
-) {
-    let mut pipe = redis::pipe();
-    for payload in payloads {
-        pipe.cmd("XADD")
-            .arg(stream)
-            .arg("*")
-            .arg("data")
-            .arg(payload)
-            .ignore();
-    }
-    let () = pipe.query_async(redis).await.unwrap();
-}
-
 async fn connect(url: &str) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(url, NoTls)
         .await
@@ -371,7 +353,9 @@ async fn main() {
                 ts.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             )
         });
-        xadd_all(&mut redis, &stream, payloads).await;
+        sensorhub::streams::append_payloads(&mut redis, &stream, payloads)
+            .await
+            .unwrap();
         i += 10_000;
     }
 
@@ -426,7 +410,9 @@ async fn main() {
                     .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
             )
         });
-        xadd_all(&mut redis, &stream, payloads).await;
+        sensorhub::streams::append_payloads(&mut redis, &stream, payloads)
+            .await
+            .unwrap();
         sent = (sent + per_tick).min(steady_total);
     }
     wait_drained(&mut redis, &stream, args.readings + steady_total, restarted).await;

@@ -476,11 +476,11 @@ pub async fn append_dead_letters(
     pipe.query_async::<()>(conn).await
 }
 
-/// Appends published payloads to the stream as `data` fields, in one round trip.
-pub async fn append_payloads(
-    conn: &mut ConnectionManager,
+/// Appends payloads to the stream as `data` fields, in one round trip.
+pub async fn append_payloads<P: redis::ToRedisArgs>(
+    conn: &mut impl redis::aio::ConnectionLike,
     stream: &str,
-    payloads: &[Vec<u8>],
+    payloads: impl IntoIterator<Item = P>,
 ) -> RedisResult<()> {
     let mut pipe = redis::pipe();
     for payload in payloads {
@@ -488,7 +488,7 @@ pub async fn append_payloads(
             .arg(stream)
             .arg("*")
             .arg("data")
-            .arg(payload.as_slice())
+            .arg(payload)
             .ignore();
     }
     pipe.query_async::<()>(conn).await

@@ -211,7 +211,13 @@ impl BridgeLoop {
         let mut backoff = Backoff::new();
         let mut attempts = 0;
         loop {
-            match streams::append_payloads(&mut self.conn, &self.settings.stream, payloads).await {
+            match streams::append_payloads(
+                &mut self.conn,
+                &self.settings.stream,
+                payloads.iter().map(Vec::as_slice),
+            )
+            .await
+            {
                 Ok(()) => {
                     self.metrics
                         .messages_received

@@ -365,6 +365,20 @@ pub async fn assert_aggregates_exact(
     assert!(windows > 0, "no aggregate rows at all");
 }
 
+/// Waits until the single-number query `sql` answers `expected`.
+pub async fn wait_for_count(
+    pg: &tokio_postgres::Client,
+    sql: &str,
+    expected: i64,
+    timeout: Duration,
+) {
+    wait_for(&format!("{sql} = {expected}"), timeout, || async move {
+        let n: i64 = pg.query_one(sql, &[]).await.unwrap().get(0);
+        (n == expected).then_some(())
+    })
+    .await;
+}
+
 /// (pending count, last delivered id) of a consumer group.
 pub async fn group_state(
     redis: &mut MultiplexedConnection,

@@ -308,24 +308,12 @@ async fn redis_restart_with_persistence_resumes_by_itself() {
         }
     })
     .await;
-    let pg = pg_conn(&res.database_url).await;
-    wait_for(
-        "the published reading stored",
+    let pg = &pg_conn(&res.database_url).await;
+    wait_for_count(
+        pg,
+        "SELECT count(*) FROM readings WHERE sensor_id = 'after-restart'",
+        1,
         Duration::from_secs(10),
-        || {
-            let pg = &pg;
-            async move {
-                let n: i64 = pg
-                    .query_one(
-                        "SELECT count(*) FROM readings WHERE sensor_id = 'after-restart'",
-                        &[],
-                    )
-                    .await
-                    .unwrap()
-                    .get(0);
-                (n == 1).then_some(())
-            }
-        },
     )
     .await;
 }

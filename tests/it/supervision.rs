@@ -124,20 +124,11 @@ async fn deliveries_lost_in_flight_are_re_read() {
     let (pending, _) = group_state(&mut redis, &t.config.stream, "sensorhub").await;
     assert_eq!(pending, 1);
     let pg = &t.pg;
-    wait_for(
-        "the lost delivery to be re-read and stored",
+    wait_for_count(
+        pg,
+        "SELECT count(*) FROM readings WHERE sensor_id = 'lost'",
+        1,
         Duration::from_secs(15),
-        || async move {
-            let n: i64 = pg
-                .query_one(
-                    "SELECT count(*) FROM readings WHERE sensor_id = 'lost'",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            (n == 1).then_some(())
-        },
     )
     .await;
     wait_for("nothing pending", Duration::from_secs(10), || {
