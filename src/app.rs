@@ -135,11 +135,6 @@ impl Application {
         Arc::clone(&self.metrics)
     }
 
-    /// Batches read and not yet acknowledged.
-    pub fn in_flight(&self) -> usize {
-        self.pipeline.in_flight()
-    }
-
     /// Runs until SIGTERM or Ctrl-C, then stops gracefully.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         wait_for_signal().await?;

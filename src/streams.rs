@@ -73,11 +73,6 @@ pub struct StreamEntry {
     pub fields: Option<Vec<(Vec<u8>, Vec<u8>)>>,
 }
 
-/// The dead-letter stream's key for a stream.
-pub fn dead_letter_key(stream: &str) -> String {
-    format!("{stream}:dead")
-}
-
 /// `XGROUP CREATE <stream> <group> 0 [MKSTREAM]`; an existing group is fine. Starting at `0` means
 /// entries added before the group existed are processed too. Without `create_stream` a missing
 /// stream is an error: the group is created once a producer writes to the stream again, and a

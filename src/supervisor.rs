@@ -151,11 +151,6 @@ impl Pipeline {
         self.reader_running.load(Ordering::Acquire)
     }
 
-    /// Batches read and not yet acknowledged.
-    pub fn in_flight(&self) -> usize {
-        self.flow.in_flight()
-    }
-
     /// Stops reading, waits (up to `timeout`) for the batches in flight to commit and be
     /// acknowledged, then stops the stages. Returns false if the timeout struck first; what was not
     /// acknowledged stays pending in Redis and is re-read on the next start.

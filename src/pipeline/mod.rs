@@ -72,11 +72,6 @@ impl Flow {
         }
     }
 
-    /// Batches admitted and not yet settled, a read waiting for entries included.
-    pub fn in_flight(&self) -> usize {
-        self.max_in_flight - self.permits.available_permits()
-    }
-
     /// Waits until every admitted batch is settled.
     pub async fn drained(&self) {
         let all = self
