@@ -8,4 +8,4 @@ pub mod reading;
 pub mod window;
 
 pub use reading::{Limits, ParseContext, Reading, Reason, Rejection};
-pub use window::{AggKey, Aggregate, Resolution, Windows};
+pub use window::{AggKey, Aggregate, FastState, Resolution, Windows};

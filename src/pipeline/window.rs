@@ -1,12 +1,13 @@
 //! Stage 3, window: drops readings repeated within the batch and folds the rest into partial
 //! aggregates per `(sensor, resolution, bucket)`, sorted by key for the writer.
 
-use crate::domain::{Resolution, Windows};
+use crate::domain::{FastState, Reading, Resolution, Windows};
 use crate::pipeline::messages::{Readings, WriteBatch};
 use crate::pipeline::write::Writer;
 use crate::pipeline::{Faults, count_restart, guarded};
 use crate::telemetry::Metrics;
 use actix::prelude::*;
+use chrono::{DateTime, Utc};
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -57,12 +58,13 @@ impl Handler<Readings> for Window {
         let work = async move {
             faults.check("window", batch.readings.iter());
             let total = batch.readings.len();
-            let mut seen = HashSet::with_capacity(total);
+            let keep = first_of_each_key(&batch.readings);
             let (readings, origins): (Vec<_>, Vec<_>) = batch
                 .readings
                 .into_iter()
                 .zip(batch.origins)
-                .filter(|(r, _)| seen.insert((r.sensor_id.clone(), r.ts)))
+                .zip(keep)
+                .filter_map(|(pair, keep)| keep.then_some(pair))
                 .unzip();
             let partials = Windows::fold(&resolutions, &readings);
             let message = WriteBatch {
@@ -79,4 +81,14 @@ impl Handler<Readings> for Window {
         };
         ctx.wait(guarded("window", work));
     }
+}
+
+/// For each reading, whether it is the first of its `(sensor_id, ts)` in the batch.
+fn first_of_each_key(readings: &[Reading]) -> Vec<bool> {
+    let mut seen: HashSet<(&str, DateTime<Utc>), FastState> =
+        HashSet::with_capacity_and_hasher(readings.len(), FastState::default());
+    readings
+        .iter()
+        .map(|r| seen.insert((r.sensor_id.as_str(), r.ts)))
+        .collect()
 }

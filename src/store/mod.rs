@@ -7,7 +7,7 @@
 
 pub mod sql;
 
-use crate::domain::{AggKey, Aggregate, Reading, Resolution, Windows};
+use crate::domain::{AggKey, Aggregate, FastState, Reading, Resolution, Windows};
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -227,13 +227,13 @@ async fn insert_new_only(
     let rows = tx
         .query(&insert, &[&sensor_ids, &timestamps, &values])
         .await?;
-    let new_keys: HashSet<(String, DateTime<Utc>)> = rows
+    let new_keys: HashSet<(&str, DateTime<Utc>), FastState> = rows
         .iter()
-        .map(|row| (row.get::<_, String>(0), row.get::<_, DateTime<Utc>>(1)))
+        .map(|row| (row.get::<_, &str>(0), row.get::<_, DateTime<Utc>>(1)))
         .collect();
     let new_readings: Vec<&Reading> = readings
         .iter()
-        .filter(|r| new_keys.contains(&(r.sensor_id.clone(), r.ts)))
+        .filter(|r| new_keys.contains(&(r.sensor_id.as_str(), r.ts)))
         .collect();
     let new_partials = Windows::fold(resolutions, new_readings.iter().copied());
     let aggregate_rows = upsert_aggregates(&tx, &new_partials).await?;
@@ -314,7 +314,7 @@ async fn upsert_sensors<'a>(
     tx: &deadpool_postgres::Transaction<'_>,
     readings: impl Iterator<Item = &'a Reading>,
 ) -> Result<(), StoreError> {
-    let mut sensors: HashMap<&str, SensorSummary> = HashMap::new();
+    let mut sensors: HashMap<&str, SensorSummary, FastState> = HashMap::default();
     for r in readings {
         let summary = sensors.entry(&r.sensor_id).or_insert(SensorSummary {
             unit: None,
