@@ -2,10 +2,12 @@
 //!
 //!     cargo bench --bench e2e -- [--readings N] [--sensors N] [--batch-size N]
 //!                                [--steady-rate R] [--steady-seconds S] [--env SENSORHUB_X=V ...]
+//!                                [--plot PATH]
 //!
 //! Phases, each on fresh databases and a fresh stream:
 //! 1. **reference**: the same rows written straight to PostgreSQL by the same write path
 //!    (`store::write_batch`, sharded over the same number of connections), no Redis, no actors;
+//!    the batches are built before the clock starts, so it measures what PostgreSQL absorbs;
 //! 2. **throughput**: N readings (default 1,000,000 over 1,000 sensors, each reporting once a
 //!    second) preloaded into the stream, then the `sensorhub` binary started as its own process:
 //!    readings/s from start to the last commit, peak RSS, CPU seconds of sensorhub, Redis and
@@ -14,6 +16,9 @@
 //! 4. **latency**: a steady producer at R readings/s (default 20,000) for S seconds; p50/p99 of
 //!    `sensorhub_end_to_end_latency_seconds` (stream entry time to commit), read from the histogram
 //!    as the upper bound of the bucket holding the quantile.
+//!
+//! While sensorhub runs, a thread samples `/metrics` every 250 ms; the run ends by drawing
+//! throughput and latency over time into a PNG (`--plot PATH`, default `docs/e2e-load-run.png`).
 //!
 //! It ends by checking the result is exact (row count and aggregate equality with a GROUP BY), so a
 //! fast wrong run cannot pass for a fast run.
@@ -33,6 +38,8 @@ struct Args {
     steady_seconds: u64,
     /// Extra `SENSORHUB_*` settings for the run (`--env NAME=VALUE`).
     env: Vec<(String, String)>,
+    /// Where the plot of the run goes (`--plot PATH`).
+    plot: String,
 }
 
 fn args() -> Args {
@@ -43,6 +50,7 @@ fn args() -> Args {
         steady_rate: 20_000,
         steady_seconds: 10,
         env: Vec::new(),
+        plot: "docs/e2e-load-run.png".into(),
     };
     let mut iter = std::env::args().skip(1);
     while let Some(arg) = iter.next() {
@@ -62,6 +70,7 @@ fn args() -> Args {
                 let (name, value) = pair.split_once('=').expect("--env needs NAME=VALUE");
                 args.env.push((name.to_owned(), value.to_owned()));
             }
+            "--plot" => args.plot = iter.next().expect("--plot needs a path"),
             _ => {} // cargo bench passes --bench
         }
     }
@@ -128,6 +137,10 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 /// The cumulative latency histogram: (upper bound, count) per bucket.
 fn latency_buckets(port: u16) -> Vec<(f64, f64)> {
     let (_, body) = http_get(port, "/metrics").unwrap_or_default();
+    latency_buckets_of(&body)
+}
+
+fn latency_buckets_of(body: &str) -> Vec<(f64, f64)> {
     body.lines()
         .filter_map(|l| l.strip_prefix("sensorhub_end_to_end_latency_seconds_bucket{le=\""))
         .filter_map(|rest| {
@@ -142,20 +155,235 @@ fn latency_buckets(port: u16) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// The bucket bound holding quantile `q` of the observations between two snapshots.
-fn quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
-    let deltas: Vec<(f64, f64)> = after
+/// Readings committed so far, from `/metrics`.
+fn readings_written(body: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix("sensorhub_readings_written_total "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// One look at a running sensorhub: seconds since the phase began, readings committed, latency
+/// histogram.
+struct Sample {
+    at: f64,
+    written: f64,
+    buckets: Vec<(f64, f64)>,
+}
+
+/// Samples `/metrics` every `SAMPLE_EVERY` on its own thread until stopped, for the plot.
+struct Sampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Sample>>,
+}
+
+const SAMPLE_EVERY: Duration = Duration::from_millis(250);
+
+impl Sampler {
+    fn start(port: u16, started: Instant) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            let mut next = Instant::now();
+            while !flag.load(std::sync::atomic::Ordering::Acquire) {
+                if let Some((200, body)) = http_get(port, "/metrics") {
+                    samples.push(Sample {
+                        at: started.elapsed().as_secs_f64(),
+                        written: readings_written(&body).unwrap_or(0.0),
+                        buckets: latency_buckets_of(&body),
+                    });
+                }
+                next += SAMPLE_EVERY;
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+            samples
+        });
+        Self { stop, thread }
+    }
+
+    fn finish(self) -> Vec<Sample> {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        self.thread.join().expect("sampler thread")
+    }
+}
+
+/// Per interval of `span` samples, sliding by one: (midpoint seconds, readings/s, p50 ms, p99 ms); the quantiles
+/// interpolated within the histogram bucket as Prometheus' `histogram_quantile` does, `None` for
+/// an interval without commits.
+fn series(samples: &[Sample], span: usize) -> Vec<(f64, f64, Option<f64>, Option<f64>)> {
+    samples
+        .windows(span + 1)
+        .map(|w| {
+            let (a, b) = (&w[0], &w[span]);
+            let dt = b.at - a.at;
+            let rate = (b.written - a.written) / dt;
+            let q = |q| interpolated_quantile(&a.buckets, &b.buckets, q).map(|s| s * 1000.0);
+            ((a.at + b.at) / 2.0, rate, q(0.5), q(0.99))
+        })
+        .collect()
+}
+
+/// `histogram_quantile` over the observations between two snapshots.
+fn interpolated_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Option<f64> {
+    let deltas = bucket_deltas(before, after);
+    let total = deltas.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let mut lower = (0.0, 0.0);
+    for &(le, n) in &deltas {
+        if n >= rank {
+            if le.is_infinite() {
+                return Some(lower.0);
+            }
+            let within = if n > lower.1 {
+                (rank - lower.1) / (n - lower.1)
+            } else {
+                1.0
+            };
+            return Some(lower.0 + (le - lower.0) * within);
+        }
+        lower = (le, n);
+    }
+    None
+}
+
+fn bucket_deltas(before: &[(f64, f64)], after: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    after
         .iter()
         .map(|(le, n)| {
-            (
-                *le,
-                n - before
-                    .iter()
-                    .find(|(b, _)| b == le)
-                    .map_or(0.0, |(_, m)| *m),
-            )
+            let earlier = before
+                .iter()
+                .find(|(b, _)| b == le)
+                .map_or(0.0, |(_, m)| *m);
+            (*le, n - earlier)
         })
-        .collect();
+        .collect()
+}
+
+/// Draws the run: throughput of the load phase, and latency and throughput of the steady phase.
+fn plot(
+    path: &str,
+    load: &[Sample],
+    steady: &[Sample],
+    reference_rate: f64,
+    steady_rate: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+    const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+    let font = std::fs::read(FONT)
+        .map_err(|e| format!("{FONT}: {e} (Debian package fonts-dejavu-core)"))?;
+    plotters::style::register_font(
+        "sans-serif",
+        FontStyle::Normal,
+        Box::leak(font.into_boxed_slice()),
+    )
+    .map_err(|_| format!("{FONT} is not a usable font"))?;
+    if let Some(dir) = std::path::Path::new(path).parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let root = BitMapBackend::new(path, (1200, 900)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (top, bottom) = root.split_vertically(450);
+
+    let load = series(load, 4);
+    let x_max = load.last().map_or(1.0, |p| p.0).max(1.0);
+    let y_max = load.iter().map(|p| p.1).fold(reference_rate, f64::max) * 1.1 / 1000.0;
+    let mut chart = ChartBuilder::on(&top)
+        .caption(
+            "load run: backlog drained, committed readings/s (thousands)",
+            ("sans-serif", 22),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds since start")
+        .y_desc("k readings/s")
+        .draw()?;
+    chart
+        .draw_series(LineSeries::new(
+            load.iter().map(|p| (p.0, p.1 / 1000.0)),
+            BLUE.stroke_width(2),
+        ))?
+        .label("sensorhub, over the last second")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
+    chart
+        .draw_series(LineSeries::new(
+            [
+                (0.0, reference_rate / 1000.0),
+                (x_max, reference_rate / 1000.0),
+            ],
+            BLACK.stroke_width(1),
+        ))?
+        .label("reference: write path alone")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
+    chart
+        .draw_series(LineSeries::new(
+            [(0.0, 150.0), (x_max, 150.0)],
+            RED.stroke_width(1),
+        ))?
+        .label("target 150k/s")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+
+    let steady = series(steady, 2);
+    let x_max = steady.last().map_or(1.0, |p| p.0).max(1.0);
+    let y_max = steady.iter().filter_map(|p| p.3).fold(100.0, f64::max) * 1.1;
+    let mut chart = ChartBuilder::on(&bottom)
+        .caption(
+            format!("steady producer at {steady_rate} readings/s: latency stream entry → commit, over the last 0.5 s (interpolated in histogram buckets)"),
+            ("sans-serif", 22),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
+    chart
+        .configure_mesh()
+        .x_desc("seconds since start")
+        .y_desc("ms")
+        .draw()?;
+    for (label, color, pick) in [("p50", GREEN, 2usize), ("p99", MAGENTA, 3usize)] {
+        let points: Vec<(f64, f64)> = steady
+            .iter()
+            .filter_map(|p| if pick == 2 { p.2 } else { p.3 }.map(|v| (p.0, v)))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))?
+            .label(label)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .draw_series(LineSeries::new(
+            [(0.0, 100.0), (x_max, 100.0)],
+            RED.stroke_width(1),
+        ))?
+        .label("target p99 100 ms")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// The bucket bound holding quantile `q` of the observations between two snapshots.
+fn quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> f64 {
+    let deltas = bucket_deltas(before, after);
     let total = deltas.last().map_or(0.0, |(_, n)| *n);
     deltas
         .iter()
@@ -205,7 +433,9 @@ async fn reference(
         .unwrap();
     sensorhub::store::migrate(&pool).await.unwrap();
     let resolutions: Vec<Resolution> = vec!["1m".parse().unwrap(), "1h".parse().unwrap()];
-    let started = Instant::now();
+    // Batches are built (folded, split) before the clock starts: the reference is what
+    // PostgreSQL absorbs through the write path, not the client's preparation.
+    let mut batches = Vec::new();
     let mut n = 0;
     while n < args.readings {
         let end = (n + args.batch_size).min(args.readings);
@@ -222,7 +452,11 @@ async fn reference(
             .collect();
         let partials = Windows::fold(&resolutions, &readings);
         let origins = vec![EntryId::ZERO; readings.len()];
-        let shards = split(readings, origins, partials, connections);
+        batches.push(split(readings, origins, partials, connections));
+        n = end;
+    }
+    let started = Instant::now();
+    for shards in batches {
         let writes = shards.iter().map(|shard| {
             let pool = pool.clone();
             let resolutions = resolutions.clone();
@@ -239,7 +473,6 @@ async fn reference(
             }
         });
         futures_util::future::join_all(writes).await;
-        n = end;
     }
     args.readings as f64 / started.elapsed().as_secs_f64()
 }
@@ -365,7 +598,9 @@ async fn main() {
     let port = free_port();
     let hub = spawn_sensorhub(&args, &db_url, &stream, port);
     let pid = hub.0.id();
+    let sampler = Sampler::start(port, started);
     wait_drained(&mut redis, &stream, args.readings, started).await;
+    let load_samples = sampler.finish();
     let elapsed = started.elapsed().as_secs_f64();
     let rss = peak_rss_mib(pid);
     let sensorhub_cpu = cpu_seconds(pid);
@@ -393,6 +628,7 @@ async fn main() {
         args.steady_rate, args.steady_seconds
     );
     let before = latency_buckets(port);
+    let sampler = Sampler::start(port, Instant::now());
     let steady_base = chrono::Utc::now();
     let steady_total = args.steady_rate * args.steady_seconds;
     let tick = Duration::from_millis(10);
@@ -417,6 +653,7 @@ async fn main() {
     }
     wait_drained(&mut redis, &stream, args.readings + steady_total, restarted).await;
     let after = latency_buckets(port);
+    let steady_samples = sampler.finish();
     let (p50, p99) = (
         quantile(&before, &after, 0.5),
         quantile(&before, &after, 0.99),
@@ -474,6 +711,16 @@ async fn main() {
         p99 * 1000.0,
         startup * 1000.0,
     );
+    match plot(
+        &args.plot,
+        &load_samples,
+        &steady_samples,
+        reference_rate,
+        args.steady_rate,
+    ) {
+        Ok(()) => println!("\nplot: {}", args.plot),
+        Err(error) => println!("\nno plot: {error}"),
+    }
     assert_eq!(
         rows as u64,
         args.readings + steady_total,
