@@ -172,7 +172,7 @@ struct Sample {
 
 /// Samples `/metrics` every `SAMPLE_EVERY` on its own thread until stopped, for the plot.
 struct Sampler {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::mpsc::Sender<()>,
     thread: std::thread::JoinHandle<Vec<Sample>>,
 }
 
@@ -180,12 +180,11 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 
 impl Sampler {
     fn start(port: u16, started: Instant) -> Self {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = std::sync::Arc::clone(&stop);
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
             let mut samples = Vec::new();
             let mut next = Instant::now();
-            while !flag.load(std::sync::atomic::Ordering::Acquire) {
+            loop {
                 if let Some((200, body)) = http_get(port, "/metrics") {
                     samples.push(Sample {
                         at: started.elapsed().as_secs_f64(),
@@ -194,15 +193,18 @@ impl Sampler {
                     });
                 }
                 next += SAMPLE_EVERY;
-                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                let wait = next.saturating_duration_since(Instant::now());
+                if stopped.recv_timeout(wait) != Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                    return samples;
+                }
             }
-            samples
         });
         Self { stop, thread }
     }
 
+    /// Stops sampling at once and returns the samples.
     fn finish(self) -> Vec<Sample> {
-        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        let _ = self.stop.send(());
         self.thread.join().expect("sampler thread")
     }
 }
@@ -600,13 +602,24 @@ async fn main() {
     let pid = hub.0.id();
     let sampler = Sampler::start(port, started);
     wait_drained(&mut redis, &stream, args.readings, started).await;
-    let load_samples = sampler.finish();
     let elapsed = started.elapsed().as_secs_f64();
+    let load_samples = sampler.finish();
+    let writer_busy = http_get(port, "/metrics")
+        .and_then(|(_, body)| {
+            body.lines()
+                .find_map(|l| l.strip_prefix("sensorhub_batch_write_duration_seconds_sum "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
+        .unwrap_or(f64::NAN);
     let rss = peak_rss_mib(pid);
     let sensorhub_cpu = cpu_seconds(pid);
     let redis_cpu = cpu_of("redis-server") - redis_cpu;
     let pg_cpu = cpu_of("postgres") - pg_cpu;
     let rate = args.readings as f64 / elapsed;
+    println!(
+        "  drained in {elapsed:.2} s; the writer spent {writer_busy:.2} s in batch transactions ({:.0}% busy)",
+        100.0 * writer_busy / elapsed
+    );
     drop(hub);
 
     // Startup on an up-to-date schema.
