@@ -129,8 +129,8 @@ pub const VARIABLES: &[Variable] = &[
     },
     Variable {
         name: "SENSORHUB_DB_POOL_SIZE",
-        default: "6",
-        meaning: "PostgreSQL connections (at least twice the write connections, two batches are written at once, plus one for the API)",
+        default: "4",
+        meaning: "PostgreSQL connections (at least the write connections plus one for the API)",
     },
     Variable {
         name: "SENSORHUB_SHUTDOWN_TIMEOUT",

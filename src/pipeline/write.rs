@@ -1,7 +1,6 @@
 //! Stage 4, write: each batch is split by sensor into `SENSORHUB_WRITE_CONNECTIONS` shards written
 //! concurrently, one transaction per shard on its own connection (see [`store::write_batch`]); once
-//! every shard has committed, the batch is reported for acknowledgement. Up to
-//! [`CONCURRENT_BATCHES`] batches are written at once. Shards hold disjoint
+//! every shard has committed, the batch is reported for acknowledgement. Shards hold disjoint
 //! sensors, so they never upsert the same aggregate rows and never wait on each other's locks.
 //!
 //! Transient errors (connection loss, deadlock, serialization failure) are retried with capped
@@ -25,7 +24,6 @@ use redis::aio::ConnectionManager;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Non-transient failures of one batch before it is bisected to isolate poison data. More than
 /// one, so that a passing oddity (a migration running, a constraint being validated) is retried.
@@ -87,35 +85,13 @@ pub fn split(
             .push(partial);
     }
     out.retain(|shard| !shard.readings.is_empty());
-    for shard in &mut out {
-        sort_by_key(shard);
-    }
     out
 }
-
-/// Puts a shard's readings (and their origins) in key order. Two batches in flight at once then
-/// insert any readings they share in the same order, so one can wait for the other's commit but
-/// never both for each other (no deadlock), and the inserts walk the primary-key index in order.
-fn sort_by_key(shard: &mut Shard) {
-    let mut pairs: Vec<(Reading, EntryId)> = std::mem::take(&mut shard.readings)
-        .into_iter()
-        .zip(std::mem::take(&mut shard.origins))
-        .collect();
-    pairs.sort_unstable_by(|a, b| (&a.0.sensor_id, a.0.ts).cmp(&(&b.0.sensor_id, b.0.ts)));
-    (shard.readings, shard.origins) = pairs.into_iter().unzip();
-}
-
-/// Batches written at once. While one batch waits for its commit (WAL flush) or for the slower of
-/// its shards, the next one already copies its rows; rows both touch are serialized by
-/// PostgreSQL's row locks, taken by both in key order.
-pub const CONCURRENT_BATCHES: usize = 2;
 
 pub struct Writer {
     context: WriteContext,
     acker: Addr<Acker>,
     faults: Arc<Faults>,
-    /// One permit per batch being written.
-    slots: Arc<Semaphore>,
 }
 
 impl Writer {
@@ -142,12 +118,6 @@ impl Writer {
             },
             acker,
             faults,
-            slots: Arc::new(Semaphore::new(
-                std::env::var("EXP_CB")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(CONCURRENT_BATCHES),
-            )),
         }
     }
 }
@@ -167,17 +137,13 @@ impl Supervised for Writer {
 }
 
 impl Handler<WriteBatch> for Writer {
-    /// Resolves once the batch has a slot and is being written: the window stage, which awaits
-    /// it, is held back while every slot is taken.
-    type Result = ResponseActFuture<Self, ()>;
+    type Result = ();
 
-    fn handle(&mut self, batch: WriteBatch, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, batch: WriteBatch, ctx: &mut Self::Context) {
         let context = self.context.clone();
         let acker = self.acker.clone();
         let faults = Arc::clone(&self.faults);
-        let slots = Arc::clone(&self.slots);
-        let work = async move |slot: OwnedSemaphorePermit| {
-            let _slot = slot;
+        let work = async move {
             faults.check("write", batch.readings.iter());
             let metrics = Arc::clone(&context.metrics);
             let started = Instant::now();
@@ -222,19 +188,7 @@ impl Handler<WriteBatch> for Writer {
                 );
             }
         };
-        // Not `ctx.wait`: that would stop the context from polling the batches being written,
-        // which hold the slots it waits for.
-        let slot = async move {
-            slots
-                .acquire_owned()
-                .await
-                .expect("the writer's semaphore is never closed")
-        };
-        Box::pin(actix::fut::wrap_future::<_, Self>(slot).map(
-            move |slot, _writer, ctx: &mut Context<Self>| {
-                ctx.spawn(guarded("write", work(slot)));
-            },
-        ))
+        ctx.wait(guarded("write", work));
     }
 }
 
