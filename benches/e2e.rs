@@ -209,10 +209,13 @@ impl Sampler {
     }
 }
 
-/// Per interval of `span` samples, sliding by one: (midpoint seconds, readings/s, p50 ms, p99 ms); the quantiles
-/// interpolated within the histogram bucket as Prometheus' `histogram_quantile` does, `None` for
-/// an interval without commits.
-fn series(samples: &[Sample], span: usize) -> Vec<(f64, f64, Option<f64>, Option<f64>)> {
+/// (midpoint seconds, readings/s, p50 ms, p99 ms) of one interval.
+type Interval = (f64, f64, Option<f64>, Option<f64>);
+
+/// Per interval of `span` samples, sliding by one, an [`Interval`]; the quantiles interpolated
+/// within the histogram bucket as Prometheus' `histogram_quantile` does, `None` for an interval
+/// without commits.
+fn series(samples: &[Sample], span: usize) -> Vec<Interval> {
     samples
         .windows(span + 1)
         .map(|w| {
@@ -292,59 +295,98 @@ fn plot(
     let load = series(load, 4);
     let x_max = load.last().map_or(1.0, |p| p.0).max(1.0);
     let y_max = load.iter().map(|p| p.1).fold(reference_rate, f64::max) * 1.1 / 1000.0;
-    let mut chart = ChartBuilder::on(&top)
-        .caption(
-            "load run: backlog drained, committed readings/s (thousands)",
-            ("sans-serif", 22),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds since start")
-        .y_desc("k readings/s")
-        .draw()?;
-    chart
-        .draw_series(LineSeries::new(
-            load.iter().map(|p| (p.0, p.1 / 1000.0)),
-            BLUE.stroke_width(2),
-        ))?
-        .label("sensorhub, over the last second")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
-    chart
-        .draw_series(LineSeries::new(
-            [
-                (0.0, reference_rate / 1000.0),
-                (x_max, reference_rate / 1000.0),
-            ],
-            BLACK.stroke_width(1),
-        ))?
-        .label("reference: write path alone")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
-    chart
-        .draw_series(LineSeries::new(
-            [(0.0, 150.0), (x_max, 150.0)],
-            RED.stroke_width(1),
-        ))?
-        .label("target 150k/s")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
+    panel(
+        &top,
+        "load run: backlog drained, committed readings/s (thousands)".into(),
+        (x_max, y_max, "k readings/s"),
+        vec![
+            Line::measured(
+                "sensorhub, over the last second",
+                BLUE,
+                load.iter().map(|p| (p.0, p.1 / 1000.0)).collect(),
+            ),
+            Line::level(
+                "reference: write path alone",
+                BLACK,
+                reference_rate / 1000.0,
+                x_max,
+            ),
+            Line::level("target 150k/s", RED, 150.0, x_max),
+        ],
+    )?;
 
     let steady = series(steady, 2);
     let x_max = steady.last().map_or(1.0, |p| p.0).max(1.0);
     let y_max = steady.iter().filter_map(|p| p.3).fold(100.0, f64::max) * 1.1;
-    let mut chart = ChartBuilder::on(&bottom)
-        .caption(
-            format!("steady producer at {steady_rate} readings/s: latency stream entry → commit, over the last 0.5 s (interpolated in histogram buckets)"),
-            ("sans-serif", 22),
-        )
+    let quantile_line = |label, color, pick: fn(&Interval) -> Option<f64>| {
+        let points = steady
+            .iter()
+            .filter_map(|p| pick(p).map(|v| (p.0, v)))
+            .collect();
+        Line::measured(label, color, points)
+    };
+    panel(
+        &bottom,
+        format!(
+            "steady producer at {steady_rate} readings/s: latency stream entry → commit, over the last 0.5 s (interpolated in histogram buckets)"
+        ),
+        (x_max, y_max, "ms"),
+        vec![
+            quantile_line("p50", GREEN, |p| p.2),
+            quantile_line("p99", MAGENTA, |p| p.3),
+            Line::level("target p99 100 ms", RED, 100.0, x_max),
+        ],
+    )?;
+    root.present()?;
+    Ok(())
+}
+
+/// One line of a plot panel.
+struct Line {
+    label: &'static str,
+    color: plotters::style::RGBColor,
+    width: u32,
+    points: Vec<(f64, f64)>,
+}
+
+impl Line {
+    fn measured(
+        label: &'static str,
+        color: plotters::style::RGBColor,
+        points: Vec<(f64, f64)>,
+    ) -> Self {
+        Self {
+            label,
+            color,
+            width: 2,
+            points,
+        }
+    }
+
+    /// A horizontal line: a target or the reference.
+    fn level(label: &'static str, color: plotters::style::RGBColor, y: f64, x_max: f64) -> Self {
+        Self {
+            label,
+            color,
+            width: 1,
+            points: vec![(0.0, y), (x_max, y)],
+        }
+    }
+}
+
+/// Draws one panel: axes from 0 to `(x_max, y_max)`, time on x, the lines with a legend.
+fn panel<DB: plotters::prelude::DrawingBackend>(
+    area: &plotters::prelude::DrawingArea<DB, plotters::coord::Shift>,
+    caption: String,
+    (x_max, y_max, y_desc): (f64, f64, &str),
+    lines: Vec<Line>,
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    DB::ErrorType: 'static,
+{
+    use plotters::prelude::*;
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
@@ -352,34 +394,21 @@ fn plot(
     chart
         .configure_mesh()
         .x_desc("seconds since start")
-        .y_desc("ms")
+        .y_desc(y_desc)
         .draw()?;
-    for (label, color, pick) in [("p50", GREEN, 2usize), ("p99", MAGENTA, 3usize)] {
-        let points: Vec<(f64, f64)> = steady
-            .iter()
-            .filter_map(|p| if pick == 2 { p.2 } else { p.3 }.map(|v| (p.0, v)))
-            .collect();
+    for line in lines {
+        let style = line.color.stroke_width(line.width);
         chart
-            .draw_series(LineSeries::new(points, color.stroke_width(2)))?
-            .label(label)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
+            .draw_series(LineSeries::new(line.points, style))?
+            .label(line.label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
     }
-    chart
-        .draw_series(LineSeries::new(
-            [(0.0, 100.0), (x_max, 100.0)],
-            RED.stroke_width(1),
-        ))?
-        .label("target p99 100 ms")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::LowerRight)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()?;
-    root.present()?;
     Ok(())
 }
 
