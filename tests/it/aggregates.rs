@@ -71,3 +71,46 @@ async fn aggregates_equal_group_by_with_out_of_order_and_late_readings() {
     );
     t.stop().await;
 }
+
+/// Every batch rewrites the "latest" row of each of its sensors. Those updates must stay HOT
+/// (heap-only: no index entry, no dead version left for vacuum), or a busy table grows by megabytes
+/// a minute and each update costs twice as much.
+#[actix_web::test]
+async fn latest_rows_of_sensors_are_updated_in_place() {
+    let mut t = spawn_app_with(|c| c.batch_size = 20, Default::default()).await;
+    let base: DateTime<Utc> = "2025-03-01T10:00:00Z".parse().unwrap();
+    for round in 0..30i64 {
+        let payloads: Vec<Vec<u8>> = (0..20)
+            .map(|s| {
+                reading_json(
+                    &format!("hot-{s}"),
+                    round as f64,
+                    base + Duration::seconds(round),
+                )
+                .into_bytes()
+            })
+            .collect();
+        let last = t.xadd_many(&payloads).await;
+        t.wait_drained(&last).await;
+    }
+    assert_eq!(t.readings().await, 600);
+    // Table statistics reach pg_stat_user_tables within a second or so of each transaction.
+    let pg = &t.pg;
+    let (updated, hot) = wait_for("sensors update statistics", Duration::seconds(30).to_std().unwrap(), || async {
+        let row = pg
+            .query_one(
+                "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'sensors'",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (updated, hot): (i64, i64) = (row.get(0), row.get(1));
+        (updated >= 20 * 29).then_some((updated, hot))
+    })
+    .await;
+    assert!(
+        hot * 10 >= updated * 9,
+        "only {hot} of {updated} updates of sensors were HOT"
+    );
+    t.stop().await;
+}
