@@ -36,8 +36,12 @@ impl EntryId {
     /// as microseconds (up to 999) so entries added in the same millisecond stay distinct, and the
     /// result is the same on every delivery of the entry.
     pub fn time(self) -> DateTime<Utc> {
-        let micros = (self.ms as i64).saturating_mul(1000) + self.seq.min(999) as i64;
-        DateTime::from_timestamp_micros(micros).unwrap_or_default()
+        DateTime::from_timestamp_micros(self.time_micros()).unwrap_or_default()
+    }
+
+    /// [`EntryId::time`] in microseconds since the epoch.
+    pub fn time_micros(self) -> i64 {
+        (self.ms.min(i64::MAX as u64 / 1000) as i64) * 1000 + self.seq.min(999) as i64
     }
 }
 
@@ -60,8 +64,14 @@ impl FromStr for EntryId {
 }
 
 impl redis::ToRedisArgs for EntryId {
+    /// Formatted on the stack: `XACK` sends one per reading.
     fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
-        out.write_arg(self.to_string().as_bytes());
+        use std::io::Write as _;
+        let mut buf = [0u8; 41]; // two u64 of at most 20 digits and the dash
+        let mut cursor = std::io::Cursor::new(&mut buf[..]);
+        write!(cursor, "{}-{}", self.ms, self.seq).expect("41 bytes hold any entry id");
+        let len = cursor.position() as usize;
+        out.write_arg(&buf[..len]);
     }
 }
 
@@ -188,8 +198,8 @@ fn into_bytes(value: Value) -> Vec<u8> {
 
 fn parse_id(value: &Value) -> RedisResult<EntryId> {
     let text = match value {
-        Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
-        Value::SimpleString(text) => text.clone(),
+        Value::BulkString(bytes) => String::from_utf8_lossy(bytes),
+        Value::SimpleString(text) => text.as_str().into(),
         other => return Err(unexpected("entry id", other)),
     };
     text.parse().map_err(|why: String| {
@@ -510,6 +520,21 @@ mod tests {
     }
 
     #[test]
+    fn entry_ids_go_to_redis_as_their_text() {
+        use redis::ToRedisArgs as _;
+        for id in [
+            EntryId::ZERO,
+            "1733054400000-7".parse().unwrap(),
+            EntryId {
+                ms: u64::MAX,
+                seq: u64::MAX,
+            },
+        ] {
+            assert_eq!(id.to_redis_args(), vec![id.to_string().into_bytes()]);
+        }
+    }
+
+    #[test]
     fn entry_time_is_stable_and_distinct_within_a_millisecond() {
         let a: EntryId = "1733054400000-0".parse().unwrap();
         let b: EntryId = "1733054400000-1".parse().unwrap();
@@ -519,5 +544,6 @@ mod tests {
         );
         assert_ne!(a.time(), b.time());
         assert_eq!(b.time(), b.time());
+        assert_eq!(b.time_micros(), b.time().timestamp_micros());
     }
 }

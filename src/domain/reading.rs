@@ -165,6 +165,29 @@ pub struct ParseContext<'a> {
     /// Timestamp of a reading that has none. It must be the same on every delivery of the same
     /// stream entry (it is derived from the entry id), or a redelivery would store a second row.
     pub received_at: DateTime<Utc>,
+    /// Newest accepted timestamp: `now` + `max_future_skew`.
+    latest: DateTime<Utc>,
+    /// Oldest accepted timestamp: `now` − `max_age`.
+    earliest: DateTime<Utc>,
+}
+
+impl<'a> ParseContext<'a> {
+    /// The accepted time range is worked out here, once, rather than for every reading.
+    pub fn new(limits: &'a Limits, now: DateTime<Utc>, received_at: DateTime<Utc>) -> Self {
+        let skew = TimeDelta::from_std(limits.max_future_skew).unwrap_or(TimeDelta::MAX);
+        let age = TimeDelta::from_std(limits.max_age).unwrap_or(TimeDelta::MAX);
+        Self {
+            limits,
+            now,
+            received_at,
+            latest: now
+                .checked_add_signed(skew)
+                .unwrap_or(DateTime::<Utc>::MAX_UTC),
+            earliest: now
+                .checked_sub_signed(age)
+                .unwrap_or(DateTime::<Utc>::MIN_UTC),
+        }
+    }
 }
 
 /// One field of a reading as it arrived: JSON text, or plain text from a stream entry field.
@@ -517,8 +540,7 @@ fn check_timestamp(field: FieldValue, ctx: &ParseContext) -> Result<DateTime<Utc
             }
         }
     };
-    let skew = TimeDelta::from_std(ctx.limits.max_future_skew).unwrap_or(TimeDelta::MAX);
-    if ts > ctx.now + skew {
+    if ts > ctx.latest {
         return Err(Rejection::new(
             Reason::FutureTimestamp,
             format!(
@@ -529,8 +551,7 @@ fn check_timestamp(field: FieldValue, ctx: &ParseContext) -> Result<DateTime<Utc
             ),
         ));
     }
-    let age = TimeDelta::from_std(ctx.limits.max_age).unwrap_or(TimeDelta::MAX);
-    if ctx.now.signed_duration_since(ts) > age {
+    if ts < ctx.earliest {
         return Err(Rejection::new(
             Reason::TooOld,
             format!(
@@ -628,11 +649,11 @@ mod tests {
     use super::*;
 
     fn ctx(limits: &Limits) -> ParseContext<'_> {
-        ParseContext {
+        ParseContext::new(
             limits,
-            now: "2026-01-01T00:00:00Z".parse().unwrap(),
-            received_at: "2025-12-31T23:59:59.123Z".parse().unwrap(),
-        }
+            "2026-01-01T00:00:00Z".parse().unwrap(),
+            "2025-12-31T23:59:59.123Z".parse().unwrap(),
+        )
     }
 
     fn one(bytes: &[u8]) -> Result<Reading, Rejection> {

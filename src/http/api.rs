@@ -536,11 +536,7 @@ async fn ingest(
         body.extend_from_slice(&chunk);
     }
     let now = Utc::now();
-    let ctx = ParseContext {
-        limits: &state.api.limits,
-        now,
-        received_at: now,
-    };
+    let ctx = ParseContext::new(&state.api.limits, now, now);
     let outcomes = parse_json(&body, &ctx);
     let valid = outcomes.iter().filter(|o| o.is_ok()).count();
     let rejected: Vec<RejectedReading> = outcomes

@@ -102,7 +102,7 @@ pub fn parse_batch(
     batch: &RawBatch,
     limits: &Limits,
 ) -> (Vec<Reading>, Vec<EntryId>, Vec<DeadLetter>) {
-    let now = Utc::now();
+    let mut ctx = ParseContext::new(limits, Utc::now(), Utc::now());
     let mut readings = Vec::with_capacity(batch.entries.len());
     let mut origins = Vec::with_capacity(batch.entries.len());
     let mut letters = Vec::new();
@@ -111,11 +111,7 @@ pub fn parse_batch(
             tracing::warn!(entry = %entry.id, "pending entry was deleted from the stream before it was processed");
             continue;
         };
-        let ctx = ParseContext {
-            limits,
-            now,
-            received_at: entry.id.time(),
-        };
+        ctx.received_at = entry.id.time();
         for outcome in reading::parse_entry_fields(fields, &ctx) {
             match outcome {
                 Ok(reading) => {

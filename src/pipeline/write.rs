@@ -175,11 +175,10 @@ impl Handler<WriteBatch> for Writer {
             metrics.readings_duplicate.inc_by(duplicates_in_batch);
             let now = chrono::Utc::now();
             metrics.last_commit_time.set(now.timestamp());
+            let now_micros = now.timestamp_micros();
             for entry in &entries {
-                let latency = now.signed_duration_since(entry.time());
-                metrics
-                    .end_to_end_latency
-                    .observe(latency.as_seconds_f64().max(0.0));
+                let micros = now_micros.saturating_sub(entry.time_micros()).max(0);
+                metrics.end_to_end_latency.observe(micros as f64 / 1e6);
             }
             let committed = Committed { entries, ticket };
             if acker.send(committed).await.is_err() {
