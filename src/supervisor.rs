@@ -82,13 +82,13 @@ impl Pipeline {
         let write_connections = config.write_connections;
         let (c, m, f) = (conn.clone(), Arc::clone(&metrics), Arc::clone(&faults));
         let writer = Supervisor::start_in_arbiter(&arbiter(), move |_| {
-            Writer::new(pool, &resolutions, write_connections, dead, c, acker, m, f)
+            Writer::new(pool, &resolutions, dead, c, acker, m, f)
         });
 
         let resolutions = config.resolutions.clone();
         let (m, f) = (Arc::clone(&metrics), Arc::clone(&faults));
         let window = Supervisor::start_in_arbiter(&arbiter(), move |_| {
-            Window::new(&resolutions, writer, m, f)
+            Window::new(&resolutions, write_connections, writer, m, f)
         });
 
         let limits = config.limits.clone();

@@ -1,8 +1,9 @@
 //! The typed messages between stages, in flow order. Every batch carries its [`Ticket`], the
 //! in-flight permit that is returned when the batch is acknowledged (or lost).
 
-use crate::domain::{AggKey, Aggregate, Reading};
+use crate::domain::Reading;
 use crate::pipeline::Ticket;
+use crate::pipeline::write::Shard;
 use crate::streams::{EntryId, StreamEntry};
 use actix::Message;
 
@@ -26,15 +27,13 @@ pub struct Readings {
     pub ticket: Ticket,
 }
 
-/// window → write: unique readings and their partial aggregates, sorted by key.
+/// window → write: unique readings and their partial aggregates, split by sensor into one shard
+/// per write connection, each in key order.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct WriteBatch {
-    /// No two with the same `(sensor_id, ts)`.
-    pub readings: Vec<Reading>,
-    /// The stream entry each reading came from (same index), for dead letters of poison data.
-    pub origins: Vec<EntryId>,
-    pub partials: Vec<(AggKey, Aggregate)>,
+    /// Disjoint sets of sensors; no two readings with the same `(sensor_id, ts)`.
+    pub shards: Vec<Shard>,
     /// Readings dropped because the same `(sensor_id, ts)` came twice within the batch.
     pub duplicates_in_batch: u64,
     pub entries: Vec<EntryId>,

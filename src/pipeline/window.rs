@@ -1,9 +1,11 @@
-//! Stage 3, window: drops readings repeated within the batch and folds the rest into partial
-//! aggregates per `(sensor, resolution, bucket)`, sorted by key for the writer.
+//! Stage 3, window: drops readings repeated within the batch, folds the rest into partial
+//! aggregates per `(sensor, resolution, bucket)`, and splits both by sensor into one shard per
+//! write connection, in key order: the writer's connections only have to stream them to
+//! PostgreSQL, and this work overlaps the previous batch's transactions.
 
 use crate::domain::{FastState, Reading, Resolution, Windows};
 use crate::pipeline::messages::{Readings, WriteBatch};
-use crate::pipeline::write::Writer;
+use crate::pipeline::write::{Writer, split};
 use crate::pipeline::{Faults, count_restart, guarded};
 use crate::telemetry::Metrics;
 use actix::prelude::*;
@@ -13,6 +15,8 @@ use std::sync::Arc;
 
 pub struct Window {
     resolutions: Arc<[Resolution]>,
+    /// Write connections: shards per batch.
+    shards: usize,
     writer: Addr<Writer>,
     metrics: Arc<Metrics>,
     faults: Arc<Faults>,
@@ -21,12 +25,14 @@ pub struct Window {
 impl Window {
     pub fn new(
         resolutions: &[Resolution],
+        shards: usize,
         writer: Addr<Writer>,
         metrics: Arc<Metrics>,
         faults: Arc<Faults>,
     ) -> Self {
         Self {
             resolutions: resolutions.into(),
+            shards: shards.max(1),
             writer,
             metrics,
             faults,
@@ -53,6 +59,7 @@ impl Handler<Readings> for Window {
 
     fn handle(&mut self, batch: Readings, ctx: &mut Self::Context) {
         let resolutions = Arc::clone(&self.resolutions);
+        let shards = self.shards;
         let writer = self.writer.clone();
         let faults = Arc::clone(&self.faults);
         let work = async move {
@@ -69,9 +76,7 @@ impl Handler<Readings> for Window {
             let partials = Windows::fold(&resolutions, &readings);
             let message = WriteBatch {
                 duplicates_in_batch: (total - readings.len()) as u64,
-                readings,
-                origins,
-                partials,
+                shards: split(readings, origins, partials, shards),
                 entries: batch.entries,
                 ticket: batch.ticket,
             };

@@ -1,5 +1,6 @@
-//! Stage 4, write: each batch is split by sensor into `SENSORHUB_WRITE_CONNECTIONS` shards written
-//! concurrently, one transaction per shard on its own connection (see [`store::write_batch`]); once
+//! Stage 4, write: a batch's shards (split by sensor in the window stage, one per
+//! `SENSORHUB_WRITE_CONNECTIONS`) are written concurrently, one transaction per shard on its own
+//! connection (see [`store::write_batch`]); once
 //! every shard has committed, the batch is reported for acknowledgement. Shards hold disjoint
 //! sensors, so they never upsert the same aggregate rows and never wait on each other's locks.
 //!
@@ -38,8 +39,6 @@ struct WriteContext {
     dead: Arc<DeadLetterSettings>,
     /// For dead letters of poison data.
     conn: ConnectionManager,
-    /// Concurrent transactions per batch.
-    shards: usize,
     /// True while writes fail: shared by every transaction in progress, so that an outage logs
     /// once when it starts and once when it ends, however many batches and shards retry.
     failing: Arc<AtomicBool>,
@@ -107,11 +106,9 @@ pub struct Writer {
 }
 
 impl Writer {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         pool: Pool,
         resolutions: &[Resolution],
-        shards: usize,
         dead: DeadLetterSettings,
         conn: ConnectionManager,
         acker: Addr<Acker>,
@@ -125,7 +122,6 @@ impl Writer {
                 metrics,
                 dead: Arc::new(dead),
                 conn,
-                shards: shards.max(1),
                 failing: Arc::new(AtomicBool::new(false)),
             },
             acker,
@@ -156,18 +152,18 @@ impl Handler<WriteBatch> for Writer {
         let acker = self.acker.clone();
         let faults = Arc::clone(&self.faults);
         let work = async move {
-            faults.check("write", batch.readings.iter());
+            faults.check(
+                "write",
+                batch.shards.iter().flat_map(|shard| shard.readings.iter()),
+            );
             let metrics = Arc::clone(&context.metrics);
             let started = Instant::now();
             let WriteBatch {
-                readings,
-                origins,
-                partials,
+                shards,
                 duplicates_in_batch,
                 entries,
                 ticket,
             } = batch;
-            let shards = split(readings, origins, partials, context.shards);
             let outcomes = futures_util::future::join_all(
                 shards
                     .iter()
