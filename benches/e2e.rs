@@ -557,6 +557,17 @@ async fn wait_drained(
     }
 }
 
+/// One unlabelled sample of sensorhub's `/metrics` (NaN when absent).
+fn metric(port: u16, name: &str) -> f64 {
+    http_get(port, "/metrics")
+        .and_then(|(_, body)| {
+            body.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
+        .unwrap_or(f64::NAN)
+}
+
 fn spawn_sensorhub(args: &Args, db_url: &str, stream: &str, port: u16) -> Guard {
     let child = Command::new(env!("CARGO_BIN_EXE_sensorhub"))
         .env("SENSORHUB_DATABASE_URL", db_url)
@@ -633,13 +644,7 @@ async fn main() {
     wait_drained(&mut redis, &stream, args.readings, started).await;
     let elapsed = started.elapsed().as_secs_f64();
     let load_samples = sampler.finish();
-    let writer_busy = http_get(port, "/metrics")
-        .and_then(|(_, body)| {
-            body.lines()
-                .find_map(|l| l.strip_prefix("sensorhub_batch_write_duration_seconds_sum "))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-        })
-        .unwrap_or(f64::NAN);
+    let writer_busy = metric(port, "sensorhub_batch_write_duration_seconds_sum");
     let rss = peak_rss_mib(pid);
     let sensorhub_cpu = cpu_seconds(pid);
     let redis_cpu = cpu_of("redis-server") - redis_cpu;
@@ -670,6 +675,11 @@ async fn main() {
         args.steady_rate, args.steady_seconds
     );
     let before = latency_buckets(port);
+    let writes_before = (
+        metric(port, "sensorhub_batch_write_duration_seconds_sum"),
+        metric(port, "sensorhub_batch_write_duration_seconds_count"),
+    );
+    let steady_started = Instant::now();
     let sampler = Sampler::start(port, Instant::now());
     let steady_base = chrono::Utc::now();
     let steady_total = args.steady_rate * args.steady_seconds;
@@ -695,6 +705,15 @@ async fn main() {
     }
     wait_drained(&mut redis, &stream, args.readings + steady_total, restarted).await;
     let after = latency_buckets(port);
+    let steady_elapsed = steady_started.elapsed().as_secs_f64();
+    let busy = metric(port, "sensorhub_batch_write_duration_seconds_sum") - writes_before.0;
+    let batches = metric(port, "sensorhub_batch_write_duration_seconds_count") - writes_before.1;
+    println!(
+        "  {batches} batches of {:.0} readings on average, {:.1} ms per batch transaction; writer {:.0}% busy",
+        steady_total as f64 / batches,
+        1000.0 * busy / batches,
+        100.0 * busy / steady_elapsed
+    );
     let steady_samples = sampler.finish();
     let (p50, p99) = (
         quantile(&before, &after, 0.5),
