@@ -1,5 +1,6 @@
 //! Criterion benchmarks of the pure hot paths: parsing and validating messages, folding readings
-//! into windows, and the window stage's batch building (in-batch dedup + fold).
+//! into windows, and the window stage's batch building (in-batch dedup, fold, split into write
+//! shards in key order).
 //!
 //!     cargo bench --bench hot_paths
 
@@ -7,7 +8,8 @@ use chrono::{DateTime, Duration, Utc};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sensorhub::domain::reading::{parse_entry_fields, parse_json};
 use sensorhub::domain::{Limits, ParseContext, Reading, Resolution, Windows};
-use std::collections::HashSet;
+use sensorhub::pipeline::window::prepare;
+use sensorhub::streams::EntryId;
 use std::hint::black_box;
 
 fn context(limits: &Limits) -> ParseContext<'_> {
@@ -69,18 +71,16 @@ fn windows(c: &mut Criterion) {
     group.bench_function("fold_10k_readings_1000_sensors_2_resolutions", |b| {
         b.iter(|| Windows::fold(&resolutions, black_box(&batch)))
     });
+    // What the window stage does: in-batch dedup, fold, split into 2 write shards in key order.
+    let origins: Vec<EntryId> = (0..batch.len() as u64)
+        .map(|seq| EntryId { ms: 1, seq })
+        .collect();
     group.bench_function("build_write_batch_10k", |b| {
-        b.iter(|| {
-            let mut seen = HashSet::with_capacity(batch.len());
-            let unique: Vec<&Reading> = black_box(&batch)
-                .iter()
-                .filter(|r| seen.insert((r.sensor_id.as_str(), r.ts)))
-                .collect();
-            let partials = Windows::fold(&resolutions, unique.iter().copied());
-            let ids: Vec<&str> = unique.iter().map(|r| r.sensor_id.as_str()).collect();
-            let values: Vec<f64> = unique.iter().map(|r| r.value).collect();
-            (partials, ids, values)
-        })
+        b.iter_batched(
+            || (batch.clone(), origins.clone()),
+            |(readings, origins)| prepare(readings, origins, &resolutions, 2),
+            criterion::BatchSize::LargeInput,
+        )
     });
     group.finish();
 }

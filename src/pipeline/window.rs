@@ -5,8 +5,9 @@
 
 use crate::domain::{FastState, Reading, Resolution, Windows};
 use crate::pipeline::messages::{Readings, WriteBatch};
-use crate::pipeline::write::{Writer, split};
+use crate::pipeline::write::{Shard, Writer, split};
 use crate::pipeline::{Faults, count_restart, guarded};
+use crate::streams::EntryId;
 use crate::telemetry::Metrics;
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
@@ -64,19 +65,11 @@ impl Handler<Readings> for Window {
         let faults = Arc::clone(&self.faults);
         let work = async move {
             faults.check("window", batch.readings.iter());
-            let total = batch.readings.len();
-            let keep = first_of_each_key(&batch.readings);
-            let (readings, origins): (Vec<_>, Vec<_>) = batch
-                .readings
-                .into_iter()
-                .zip(batch.origins)
-                .zip(keep)
-                .filter_map(|(pair, keep)| keep.then_some(pair))
-                .unzip();
-            let partials = Windows::fold(&resolutions, &readings);
+            let (shards, duplicates_in_batch) =
+                prepare(batch.readings, batch.origins, &resolutions, shards);
             let message = WriteBatch {
-                duplicates_in_batch: (total - readings.len()) as u64,
-                shards: split(readings, origins, partials, shards),
+                duplicates_in_batch,
+                shards,
                 entries: batch.entries,
                 ticket: batch.ticket,
             };
@@ -86,6 +79,27 @@ impl Handler<Readings> for Window {
         };
         ctx.wait(guarded("window", work));
     }
+}
+
+/// What this stage does to a batch: drops readings repeated within it (returning how many), folds
+/// the rest into partials and splits both into `shards` write shards.
+pub fn prepare(
+    readings: Vec<Reading>,
+    origins: Vec<EntryId>,
+    resolutions: &[Resolution],
+    shards: usize,
+) -> (Vec<Shard>, u64) {
+    let total = readings.len();
+    let keep = first_of_each_key(&readings);
+    let (readings, origins): (Vec<_>, Vec<_>) = readings
+        .into_iter()
+        .zip(origins)
+        .zip(keep)
+        .filter_map(|(pair, keep)| keep.then_some(pair))
+        .unzip();
+    let partials = Windows::fold(resolutions, &readings);
+    let duplicates = (total - readings.len()) as u64;
+    (split(readings, origins, partials, shards), duplicates)
 }
 
 /// For each reading, whether it is the first of its `(sensor_id, ts)` in the batch.
