@@ -29,6 +29,7 @@ pub mod http;
 pub mod pipeline;
 pub mod simulate;
 pub mod store;
+pub mod stream_reader;
 pub mod streams;
 pub mod supervisor;
 pub mod telemetry;

@@ -2,6 +2,7 @@
 //!
 //! Replies are parsed from [`redis::Value`] by hand so that field order and raw bytes are kept
 //! exactly (a dead letter must carry the original bytes), and both RESP2 arrays and RESP3 maps work.
+//! `XREADGROUP`, the one reply as large as a batch, is read by [`crate::stream_reader`] instead.
 
 use crate::domain::Rejection;
 use chrono::{DateTime, Utc};
@@ -104,28 +105,10 @@ pub async fn ensure_group(
     }
 }
 
-/// `XREADGROUP`: `start` is `>` for new entries or an id to re-read this consumer's pending entries
-/// after it. `block` of `None` returns at once.
-pub async fn read_group(
-    conn: &mut ConnectionManager,
-    stream: &str,
-    group: &str,
-    consumer: &str,
-    count: usize,
-    block: Option<Duration>,
-    start: &str,
-) -> RedisResult<Vec<StreamEntry>> {
-    let mut cmd = redis::cmd("XREADGROUP");
-    cmd.arg("GROUP")
-        .arg(group)
-        .arg(consumer)
-        .arg("COUNT")
-        .arg(count);
-    if let Some(block) = block {
-        cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
-    }
-    cmd.arg("STREAMS").arg(stream).arg(start);
-    let reply: Value = cmd.query_async(conn).await?;
+/// The entries of an `XREADGROUP` reply as parsed by the `redis` crate: what the stream reader's
+/// own parser ([`crate::stream_reader`]) is tested against.
+#[cfg(test)]
+pub(crate) fn read_group_reply(reply: Value) -> RedisResult<Vec<StreamEntry>> {
     // Reply: [[stream, [entry, ...]]] (RESP2) or {stream: [entry, ...]} (RESP3), or nil on timeout.
     let per_stream = match reply {
         Value::Nil => return Ok(Vec::new()),

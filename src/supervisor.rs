@@ -102,6 +102,7 @@ impl Pipeline {
         });
 
         let read_settings = ReadSettings {
+            redis: client.get_connection_info().clone(),
             stream: config.stream.clone(),
             group: config.group.clone(),
             consumer: config.consumer.clone(),

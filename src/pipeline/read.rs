@@ -7,6 +7,7 @@
 use crate::pipeline::messages::RawBatch;
 use crate::pipeline::validate::Validator;
 use crate::pipeline::{Backoff, Flow, count_restart, guarded, stop_requested};
+use crate::stream_reader::StreamReader;
 use crate::streams::{self, EntryId, StreamEntry};
 use crate::telemetry::Metrics;
 use actix::prelude::*;
@@ -20,8 +21,10 @@ use tokio::sync::watch;
 pub const READ_BLOCK: Duration = Duration::from_millis(500);
 
 /// What the reader needs to know about the stream.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ReadSettings {
+    /// Where Redis is: entries are read on a connection of the reader's own ([`StreamReader`]).
+    pub redis: redis::ConnectionInfo,
     pub stream: String,
     pub group: String,
     pub consumer: String,
@@ -43,7 +46,8 @@ enum Position {
 
 pub struct Reader {
     settings: Arc<ReadSettings>,
-    /// Its own connection: a blocking `XREADGROUP` holds the connection it runs on.
+    /// For claims and group re-creation. Entries are read on the read loop's own
+    /// [`StreamReader`]: a blocking `XREADGROUP` holds the connection it runs on.
     conn: ConnectionManager,
     validator: Addr<Validator>,
     flow: Arc<Flow>,
@@ -83,6 +87,7 @@ impl Actor for Reader {
         let lp = ReadLoop {
             settings: Arc::clone(&self.settings),
             conn: self.conn.clone(),
+            entries: StreamReader::new(self.settings.redis.clone()),
             validator: self.validator.clone(),
             flow: Arc::clone(&self.flow),
             metrics: Arc::clone(&self.metrics),
@@ -105,6 +110,7 @@ impl Supervised for Reader {
 struct ReadLoop {
     settings: Arc<ReadSettings>,
     conn: ConnectionManager,
+    entries: StreamReader,
     validator: Addr<Validator>,
     flow: Arc<Flow>,
     metrics: Arc<Metrics>,
@@ -213,43 +219,39 @@ impl ReadLoop {
         let s = Arc::clone(&self.settings);
         if let Some(after) = pending_after {
             let start = after.to_string();
-            return streams::read_group(
-                &mut self.conn,
+            return self
+                .entries
+                .read_group(&s.stream, &s.group, &s.consumer, s.batch_size, None, &start)
+                .await;
+        }
+        let mut entries = self
+            .entries
+            .read_group(
                 &s.stream,
                 &s.group,
                 &s.consumer,
                 s.batch_size,
-                None,
-                &start,
+                Some(READ_BLOCK),
+                ">",
             )
-            .await;
-        }
-        let mut entries = streams::read_group(
-            &mut self.conn,
-            &s.stream,
-            &s.group,
-            &s.consumer,
-            s.batch_size,
-            Some(READ_BLOCK),
-            ">",
-        )
-        .await?;
+            .await?;
         let deadline = Instant::now() + s.batch_delay;
         while !entries.is_empty() && entries.len() < s.batch_size {
             let left = deadline.saturating_duration_since(Instant::now());
             if left < Duration::from_millis(1) {
                 break;
             }
-            let more = streams::read_group(
-                &mut self.conn,
-                &s.stream,
-                &s.group,
-                &s.consumer,
-                s.batch_size - entries.len(),
-                Some(left),
-                ">",
-            )
-            .await?;
+            let more = self
+                .entries
+                .read_group(
+                    &s.stream,
+                    &s.group,
+                    &s.consumer,
+                    s.batch_size - entries.len(),
+                    Some(left),
+                    ">",
+                )
+                .await?;
             if more.is_empty() {
                 break;
             }

@@ -233,3 +233,104 @@ async fn snapshot(t: &TestApp) -> Vec<String> {
     }
     rows
 }
+
+/// Removes a test's ACL user and its keys in another database, also when the test fails.
+struct AclUser {
+    user: String,
+    url: String,
+    keys: Vec<String>,
+}
+
+impl Drop for AclUser {
+    fn drop(&mut self) {
+        if let Ok(mut conn) =
+            redis::Client::open(self.url.as_str()).and_then(|c| c.get_connection())
+        {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&self.keys).query(&mut conn);
+        }
+        if let Ok(mut conn) = redis::Client::open(REDIS_URL).and_then(|c| c.get_connection()) {
+            let _: redis::RedisResult<()> = redis::cmd("ACL")
+                .arg("DELUSER")
+                .arg(&self.user)
+                .query(&mut conn);
+        }
+    }
+}
+
+/// Entries are read on a connection of the reader's own: it authenticates and selects the
+/// database the URL names like every other connection (an ACL user with a password, database 3).
+#[actix_web::test]
+async fn reads_with_a_user_a_password_and_a_database_number() {
+    let user = unique_name("sh_user");
+    let password = "s3cret-pass";
+    let url = format!("redis://{user}:{password}@127.0.0.1:6379/3");
+    let mut admin = redis::Client::open(REDIS_URL)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(&user)
+        .arg("on")
+        .arg(format!(">{password}"))
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let mut t = spawn_app_with(
+        |c| {
+            c.redis_url = sensorhub::config::Secret::new(url.clone());
+            c.channel = None;
+        },
+        Default::default(),
+    )
+    .await;
+    let _cleanup = AclUser {
+        user: user.clone(),
+        url: url.clone(),
+        keys: vec![t.stream().to_owned(), t.dead_stream()],
+    };
+    let mut db3 = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let base: chrono::DateTime<chrono::Utc> = "2025-03-01T10:00:00Z".parse().unwrap();
+    let payloads: Vec<String> = (0..50)
+        .map(|i| {
+            reading_json(
+                "auth-s",
+                f64::from(i),
+                base + chrono::Duration::seconds(i.into()),
+            )
+        })
+        .collect();
+    sensorhub::streams::append_payloads(&mut db3, t.stream(), payloads)
+        .await
+        .unwrap();
+    let pg = &t.pg;
+    wait_for(
+        "50 readings from database 3",
+        std::time::Duration::from_secs(30),
+        || async {
+            let n: i64 = pg
+                .query_one("SELECT count(*) FROM readings", &[])
+                .await
+                .unwrap()
+                .get(0);
+            (n == 50).then_some(())
+        },
+    )
+    .await;
+    let in_db0: i64 = redis::cmd("EXISTS")
+        .arg(t.stream())
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(in_db0, 0, "nothing went to database 0");
+    t.stop().await;
+}
