@@ -15,6 +15,7 @@
 //! - [`app`]: `Application::build(config)`, used by `main` and the tests alike.
 //! - [`domain`]: pure parsing/validation of readings and window arithmetic.
 //! - [`streams`]: the Redis stream commands and reply parsing.
+//! - [`stream_reader`]: the reader's own `XREADGROUP` connection, with a parser for that reply.
 //! - [`pipeline`]: the actors, one file per stage, and the in-flight tickets that bound them.
 //! - [`supervisor`]: starts the stages sink-first under supervision, stops them in flow order.
 //! - [`store`]: the PostgreSQL pool, migrations and the batch transaction.
