@@ -328,7 +328,8 @@ fn parse_read_reply(buf: &[u8]) -> RedisResult<Vec<StreamEntry>> {
         let Some(count) = reply.array()? else {
             continue;
         };
-        entries.reserve(count);
+        // An entry takes more than 8 bytes: a length beyond that is not trusted with memory.
+        entries.reserve(count.min(buf.len() / 8));
         for _ in 0..count {
             let Some(parts) = reply.array()? else {
                 continue;
@@ -349,7 +350,7 @@ fn parse_read_reply(buf: &[u8]) -> RedisResult<Vec<StreamEntry>> {
                 match reply.array()? {
                     None => None,
                     Some(n) => {
-                        let mut fields = Vec::with_capacity(n / 2);
+                        let mut fields = Vec::with_capacity((n / 2).min(buf.len() / 8));
                         for _ in 0..n / 2 {
                             let name = reply.bytes()?.unwrap_or_default().to_vec();
                             let value = reply.bytes()?.unwrap_or_default().to_vec();
@@ -460,6 +461,83 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Any entries (binary values, CRLF inside, deleted entries), the reply cut anywhere:
+        /// the end is found exactly there and the entries equal the redis crate's.
+        #[test]
+        fn any_reply_parses_like_the_redis_crate(
+            entries in proptest::collection::vec(
+                proptest::option::of(proptest::collection::vec(
+                    (proptest::collection::vec(proptest::num::u8::ANY, 0..12),
+                     proptest::collection::vec(proptest::num::u8::ANY, 0..200)),
+                    0..4,
+                )),
+                0..40,
+            ),
+            step in 1usize..4096,
+        ) {
+            let mut bytes = format!("*1\r\n*2\r\n$1\r\ns\r\n*{}\r\n", entries.len()).into_bytes();
+            for (i, fields) in entries.iter().enumerate() {
+                let id = format!("{i}-{}", i * 7);
+                bytes.extend_from_slice(format!("*2\r\n${}\r\n{id}\r\n", id.len()).as_bytes());
+                match fields {
+                    None => bytes.extend_from_slice(b"*-1\r\n"),
+                    Some(fields) => {
+                        bytes.extend_from_slice(format!("*{}\r\n", fields.len() * 2).as_bytes());
+                        for (k, v) in fields {
+                            for part in [k, v] {
+                                bytes.extend_from_slice(format!("${}\r\n", part.len()).as_bytes());
+                                bytes.extend_from_slice(part);
+                                bytes.extend_from_slice(b"\r\n");
+                            }
+                        }
+                    }
+                }
+            }
+            let mut scan = Scan::default();
+            let mut seen = 0;
+            let end = loop {
+                seen = (seen + step).min(bytes.len());
+                if let Some(end) = scan.advance(&bytes[..seen]).unwrap() {
+                    break end;
+                }
+                proptest::prop_assert!(seen < bytes.len());
+            };
+            proptest::prop_assert_eq!(end, bytes.len());
+            let ours = parse_read_reply(&bytes).unwrap();
+            let theirs = crate::streams::read_group_reply(redis::parse_redis_value(&bytes).unwrap()).unwrap();
+            proptest::prop_assert_eq!(ours.len(), theirs.len());
+            for (a, b) in ours.iter().zip(&theirs) {
+                proptest::prop_assert_eq!(a.id, b.id);
+                proptest::prop_assert_eq!(&a.fields, &b.fields);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Arbitrary bytes, RESP-looking or not, never panic the scanner or the parser.
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            parts in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just(b"*2\r\n".to_vec()),
+                    proptest::strategy::Just(b"*-1\r\n".to_vec()),
+                    proptest::strategy::Just(b"$3\r\nabc\r\n".to_vec()),
+                    proptest::strategy::Just(b"$-1\r\n".to_vec()),
+                    proptest::strategy::Just(b"$99\r\n".to_vec()),
+                    proptest::strategy::Just(b"+OK\r\n".to_vec()),
+                    proptest::strategy::Just(b"\r\n".to_vec()),
+                    proptest::collection::vec(proptest::num::u8::ANY, 0..8),
+                ],
+                0..24,
+            ),
+        ) {
+            let bytes = parts.concat();
+            let _ = Scan::default().advance(&bytes);
+            let _ = parse_read_reply(&bytes);
+        }
+    }
+
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         for bad in [
@@ -474,5 +552,10 @@ mod tests {
         assert!(
             parse_read_reply(b"*1\r\n*2\r\n$1\r\ns\r\n*1\r\n*2\r\n$3\r\nxyz\r\n*0\r\n").is_err()
         );
+        // Lengths far beyond the bytes at hand: an error, not an allocation of that size.
+        let huge_entries = b"*1\r\n*2\r\n$1\r\ns\r\n*999999999999999999\r\n";
+        let huge_fields = b"*1\r\n*2\r\n$1\r\ns\r\n*1\r\n*2\r\n$1\r\n1\r\n*999999999999999998\r\n";
+        assert!(parse_read_reply(huge_entries).is_err());
+        assert!(parse_read_reply(huge_fields).is_err());
     }
 }
