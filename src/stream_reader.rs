@@ -38,7 +38,6 @@ impl StreamReader {
     }
 
     /// `XREADGROUP GROUP <group> <consumer> COUNT <count> [BLOCK <ms>] STREAMS <stream> <start>`.
-    #[allow(clippy::too_many_arguments)]
     pub async fn read_group(
         &mut self,
         stream: &str,
@@ -209,14 +208,11 @@ impl Scan {
     }
 }
 
+/// The `\r` ending the header line that starts at `from`, once its `\n` has arrived too.
 fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
-    let at = memchr_cr(&buf[from.min(buf.len())..])?;
+    let at = buf.get(from..)?.iter().position(|&b| b == b'\r')?;
     let cr = from + at;
     (cr + 1 < buf.len()).then_some(cr)
-}
-
-fn memchr_cr(bytes: &[u8]) -> Option<usize> {
-    bytes.iter().position(|&b| b == b'\r')
 }
 
 /// A length or count: optional minus sign, then decimal digits.
@@ -245,8 +241,9 @@ struct Reply<'a> {
     pos: usize,
 }
 
-/// One element's header: its type byte and the number on its line (lengths; 0 for +, -, :).
 impl<'a> Reply<'a> {
+    /// One element's header: its type byte, the number on its line (0 for `+`, `-`, `:`) and
+    /// the line's text.
     fn header(&mut self) -> RedisResult<(u8, i64, &'a [u8])> {
         let line = find_crlf(self.buf, self.pos)
             .ok_or_else(|| protocol_error("truncated reply".into()))?;
