@@ -391,6 +391,20 @@ fn io_error(detail: String) -> RedisError {
 mod tests {
     use super::*;
 
+    /// Feeds `bytes` to one scanner `step` bytes more at a time, as network reads would; where
+    /// it says the reply ends (`None`: never complete).
+    fn scan_in_steps(bytes: &[u8], step: usize) -> Option<usize> {
+        let mut scan = Scan::default();
+        let mut seen = 0;
+        while seen < bytes.len() {
+            seen = (seen + step).min(bytes.len());
+            if let Some(end) = scan.advance(&bytes[..seen]).unwrap() {
+                return Some(end);
+            }
+        }
+        None
+    }
+
     fn entry(id: &str, fields: &[(&str, &str)]) -> String {
         let mut out = format!("*2\r\n${}\r\n{id}\r\n*{}\r\n", id.len(), fields.len() * 2);
         for (k, v) in fields {
@@ -445,16 +459,8 @@ mod tests {
         let mut tail = bytes.clone();
         tail.extend_from_slice(b"+OK\r\n"); // the next reply must not count
         for step in [1, 2, 3, 7, 64, tail.len()] {
-            let mut scan = Scan::default();
-            let mut seen = 0;
-            let end = loop {
-                seen = (seen + step).min(tail.len());
-                if let Some(end) = scan.advance(&tail[..seen]).unwrap() {
-                    break end;
-                }
-                assert!(seen < tail.len(), "never complete with step {step}");
-            };
-            assert_eq!(end, bytes.len(), "step {step}");
+            let end = scan_in_steps(&tail, step);
+            assert_eq!(end, Some(bytes.len()), "step {step}");
         }
     }
 
@@ -491,16 +497,7 @@ mod tests {
                     }
                 }
             }
-            let mut scan = Scan::default();
-            let mut seen = 0;
-            let end = loop {
-                seen = (seen + step).min(bytes.len());
-                if let Some(end) = scan.advance(&bytes[..seen]).unwrap() {
-                    break end;
-                }
-                proptest::prop_assert!(seen < bytes.len());
-            };
-            proptest::prop_assert_eq!(end, bytes.len());
+            proptest::prop_assert_eq!(scan_in_steps(&bytes, step), Some(bytes.len()));
             let ours = parse_read_reply(&bytes).unwrap();
             let theirs = crate::streams::read_group_reply(redis::parse_redis_value(&bytes).unwrap()).unwrap();
             proptest::prop_assert_eq!(ours.len(), theirs.len());
