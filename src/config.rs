@@ -60,7 +60,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "SENSORHUB_BATCH_SIZE",
         default: "20000",
-        meaning: "most stream entries read and written in one batch (one transaction)",
+        meaning: "most readings in one batch (one transaction); a gateway array counts each of its readings",
     },
     Variable {
         name: "SENSORHUB_BATCH_DELAY",

@@ -36,7 +36,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -45,8 +45,14 @@ pub struct Flow {
     permits: Arc<Semaphore>,
     max_in_flight: usize,
     rewind: AtomicBool,
+    /// Readings per stream entry in the last validated batch, as `f64` bits; 0 before the first.
+    readings_per_entry: AtomicU64,
     metrics: Arc<Metrics>,
 }
+
+/// Entries per read while no batch has been validated yet: the reader cannot tell a backlog of
+/// single readings from one of large gateway arrays before the validate stage has seen some.
+pub const PROBE_ENTRIES: usize = 100;
 
 impl Flow {
     pub fn new(max_in_flight: usize, metrics: Arc<Metrics>) -> Arc<Self> {
@@ -54,6 +60,7 @@ impl Flow {
             permits: Arc::new(Semaphore::new(max_in_flight)),
             max_in_flight,
             rewind: AtomicBool::new(false),
+            readings_per_entry: AtomicU64::new(0),
             metrics,
         })
     }
@@ -91,6 +98,28 @@ impl Flow {
     pub fn request_rewind(&self) {
         self.rewind.store(true, Ordering::Release);
     }
+
+    /// How many stream entries hold about `readings` readings, by the shape of the last
+    /// validated batch (at least one entry, at most `readings`): the batch size counts readings,
+    /// so a backlog of gateway arrays makes batches of as many readings as one of single
+    /// readings, not a hundred times more. [`PROBE_ENTRIES`] at most before any batch was seen.
+    pub fn entries_for(&self, readings: usize) -> usize {
+        let per_entry = f64::from_bits(self.readings_per_entry.load(Ordering::Relaxed));
+        if per_entry == 0.0 {
+            return readings.min(PROBE_ENTRIES);
+        }
+        ((readings as f64 / per_entry) as usize).clamp(1, readings.max(1))
+    }
+
+    /// Records how many readings (valid or rejected) the validate stage found in a batch of
+    /// `entries` stream entries.
+    pub fn record_shape(&self, entries: usize, readings: usize) {
+        if entries > 0 {
+            let per_entry = readings.max(entries) as f64 / entries as f64;
+            self.readings_per_entry
+                .store(per_entry.to_bits(), Ordering::Relaxed);
+        }
+    }
 }
 
 /// The in-flight permit of one batch. Settle it when the batch's entries are acknowledged (or
@@ -109,6 +138,11 @@ impl Ticket {
         self.carrying = true;
         self.flow.metrics.batches_in_flight.inc();
         self
+    }
+
+    /// See [`Flow::record_shape`].
+    pub fn record_shape(&self, entries: usize, readings: usize) {
+        self.flow.record_shape(entries, readings);
     }
 
     pub fn settle(mut self) {
@@ -225,4 +259,31 @@ pub fn stop_requested(stop: &tokio::sync::watch::Receiver<bool>) -> bool {
 /// Counts a restart when the supervisor restarts an actor.
 pub fn count_restart(metrics: &Metrics, actor: &str) {
     metrics.actor_restarts.with_label_values(&[actor]).inc();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_are_sized_in_readings_by_the_last_validated_batch() {
+        let flow = Flow::new(3, Arc::new(Metrics::new()));
+        // Nothing validated yet: a probe read, whatever the batch size.
+        assert_eq!(flow.entries_for(20_000), PROBE_ENTRIES);
+        assert_eq!(flow.entries_for(20), 20);
+
+        // Gateway arrays of 100 readings: a batch of 20,000 readings is 200 entries.
+        flow.record_shape(100, 10_000);
+        assert_eq!(flow.entries_for(20_000), 200);
+        // Never less than one entry, however large the arrays.
+        flow.record_shape(2, 30_000);
+        assert_eq!(flow.entries_for(20_000), 1);
+
+        // Back to single readings; entries whose message was rejected whole still count as one.
+        flow.record_shape(500, 480);
+        assert_eq!(flow.entries_for(20_000), 20_000);
+        // An empty batch tells nothing and changes nothing.
+        flow.record_shape(0, 0);
+        assert_eq!(flow.entries_for(20_000), 20_000);
+    }
 }

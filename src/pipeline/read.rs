@@ -28,6 +28,8 @@ pub struct ReadSettings {
     pub stream: String,
     pub group: String,
     pub consumer: String,
+    /// Most readings in a batch: reads ask for as many entries as hold about that many
+    /// ([`Flow::entries_for`]).
     pub batch_size: usize,
     /// Longest wait for a partly filled batch to grow.
     pub batch_delay: Duration,
@@ -217,11 +219,19 @@ impl ReadLoop {
         pending_after: Option<EntryId>,
     ) -> redis::RedisResult<Vec<StreamEntry>> {
         let s = Arc::clone(&self.settings);
+        let batch_entries = self.flow.entries_for(s.batch_size);
         if let Some(after) = pending_after {
             let start = after.to_string();
             return self
                 .entries
-                .read_group(&s.stream, &s.group, &s.consumer, s.batch_size, None, &start)
+                .read_group(
+                    &s.stream,
+                    &s.group,
+                    &s.consumer,
+                    batch_entries,
+                    None,
+                    &start,
+                )
                 .await;
         }
         let mut entries = self
@@ -230,13 +240,13 @@ impl ReadLoop {
                 &s.stream,
                 &s.group,
                 &s.consumer,
-                s.batch_size,
+                batch_entries,
                 Some(READ_BLOCK),
                 ">",
             )
             .await?;
         let deadline = Instant::now() + s.batch_delay;
-        while !entries.is_empty() && entries.len() < s.batch_size {
+        while !entries.is_empty() && entries.len() < batch_entries {
             let left = deadline.saturating_duration_since(Instant::now());
             if left < Duration::from_millis(1) {
                 break;
@@ -247,7 +257,7 @@ impl ReadLoop {
                     &s.stream,
                     &s.group,
                     &s.consumer,
-                    s.batch_size - entries.len(),
+                    batch_entries - entries.len(),
                     Some(left),
                     ">",
                 )
@@ -268,7 +278,7 @@ impl ReadLoop {
             &s.group,
             &s.consumer,
             s.claim_idle,
-            s.batch_size,
+            self.flow.entries_for(s.batch_size),
         )
         .await?;
         if claim.own_idle {

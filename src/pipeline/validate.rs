@@ -77,6 +77,9 @@ impl Handler<RawBatch> for Validator {
         let faults = Arc::clone(&self.faults);
         let work = async move {
             let (readings, origins, letters) = parse_batch(&batch, &limits);
+            batch
+                .ticket
+                .record_shape(batch.entries.len(), readings.len() + letters.len());
             faults.check("validate", readings.iter());
             if !letters.is_empty() {
                 keep_dead_letters(&mut conn, &dead, &letters, &metrics, "validate").await;

@@ -219,6 +219,51 @@ async fn same_batch_twice_changes_nothing() {
     t.stop().await;
 }
 
+/// The batch size counts readings: a backlog of gateway arrays is written in batches of about that
+/// many readings, not `batch size` entries of 50 readings each (which would be one transaction of
+/// 20,000 readings here, and a batch a hundred times the size in memory with larger arrays).
+#[actix_web::test]
+async fn gateway_arrays_are_batched_by_their_readings() {
+    let mut in_flight = 0;
+    let mut t = spawn_app_with(
+        |c| {
+            c.batch_size = 500;
+            in_flight = c.max_in_flight as u64;
+        },
+        Default::default(),
+    )
+    .await;
+    let base: chrono::DateTime<chrono::Utc> = "2025-06-01T00:00:00Z".parse().unwrap();
+    let payloads: Vec<Vec<u8>> = (0..400)
+        .map(|entry| {
+            let readings: Vec<String> = (0..50)
+                .map(|device| {
+                    reading_json(
+                        &format!("gw-{device}"),
+                        f64::from(entry),
+                        base + chrono::Duration::seconds(i64::from(entry)),
+                    )
+                })
+                .collect();
+            format!("[{}]", readings.join(",")).into_bytes()
+        })
+        .collect();
+    let last = t.xadd_many(&payloads).await;
+    t.wait_drained(&last).await;
+    assert_eq!(t.readings().await, 20_000);
+    t.assert_aggregates_exact().await;
+    // Until a batch has been validated the reader cannot know the shape and reads probes of
+    // `PROBE_ENTRIES` entries (5,000 readings here), at most `max_in_flight` of them; every
+    // later batch holds 10 entries, 500 readings.
+    let probes = in_flight * sensorhub::pipeline::PROBE_ENTRIES as u64 * 50;
+    let batches = t.metrics().batch_write_duration.get_sample_count();
+    assert!(
+        batches >= in_flight + (20_000 - probes.min(20_000)) / 500,
+        "20,000 readings in arrays of 50 went in {batches} batches"
+    );
+    t.stop().await;
+}
+
 /// Every stored row, as text, in key order.
 async fn snapshot(t: &TestApp) -> Vec<String> {
     let mut rows = Vec::new();
