@@ -10,9 +10,9 @@
 //!    the batches are built before the clock starts, so it measures what PostgreSQL absorbs;
 //! 2. **throughput**: N readings (default 1,000,000 over 1,000 sensors, each reporting once a
 //!    second; one reading per stream entry, or `--per-entry N` readings as one JSON array, as a
-//!    gateway sends them) preloaded into the stream, then the `sensorhub` binary started as its own process:
-//!    readings/s from start to the last commit, peak RSS, CPU seconds of sensorhub, Redis and
-//!    PostgreSQL;
+//!    gateway sends them) preloaded into the stream, then the `sensorhub` binary started as its
+//!    own process: readings/s from start to the last commit, peak RSS, CPU seconds of sensorhub,
+//!    Redis and PostgreSQL, and the ratio the machine's cores allow at all;
 //! 3. **startup**: sensorhub restarted on the now up-to-date schema, time to `/readyz` 200;
 //! 4. **latency**: a steady producer at R readings/s (default 20,000) for S seconds; p50/p99 of
 //!    `sensorhub_end_to_end_latency_seconds` (stream entry time to commit), read from the histogram
