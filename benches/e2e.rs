@@ -29,8 +29,8 @@
 //! It ends by checking the result is exact (row count and aggregate equality with a GROUP BY), so a
 //! fast wrong run cannot pass for a fast run.
 
-use sensorhub::domain::{Reading, Resolution, Windows};
-use sensorhub::pipeline::write::split;
+use sensorhub::domain::{Reading, Resolution};
+use sensorhub::pipeline::window::prepare;
 use sensorhub::streams::EntryId;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -604,9 +604,8 @@ async fn reference(
                 }
             })
             .collect();
-        let partials = Windows::fold(&resolutions, &readings);
         let origins = vec![EntryId::ZERO; readings.len()];
-        batches.push(split(readings, origins, partials, connections));
+        batches.push(prepare(readings, origins, &resolutions, connections).0);
         n = end;
     }
     let started = Instant::now();

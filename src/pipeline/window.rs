@@ -3,15 +3,13 @@
 //! write connection, in key order: the writer's connections only have to stream them to
 //! PostgreSQL, and this work overlaps the previous batch's transactions.
 
-use crate::domain::{FastState, Reading, Resolution, Windows};
+use crate::domain::{Reading, Resolution, Windows};
 use crate::pipeline::messages::{Readings, WriteBatch};
 use crate::pipeline::write::{Shard, Writer, split};
 use crate::pipeline::{Faults, count_restart, guarded};
 use crate::streams::EntryId;
 use crate::telemetry::Metrics;
 use actix::prelude::*;
-use chrono::{DateTime, Utc};
-use std::collections::HashSet;
 use std::sync::Arc;
 
 pub struct Window {
@@ -82,32 +80,91 @@ impl Handler<Readings> for Window {
 }
 
 /// What this stage does to a batch: drops readings repeated within it (returning how many), folds
-/// the rest into partials and splits both into `shards` write shards.
+/// the rest into partials and splits both into `shards` write shards. One sort into key order
+/// serves all three: repeated keys are neighbours, each sensor's windows are consecutive runs,
+/// and every shard receives its rows already in order.
 pub fn prepare(
     readings: Vec<Reading>,
     origins: Vec<EntryId>,
     resolutions: &[Resolution],
     shards: usize,
 ) -> (Vec<Shard>, u64) {
-    let total = readings.len();
-    let keep = first_of_each_key(&readings);
-    let (readings, origins): (Vec<_>, Vec<_>) = readings
-        .into_iter()
-        .zip(origins)
-        .zip(keep)
-        .filter_map(|(pair, keep)| keep.then_some(pair))
-        .unzip();
-    let partials = Windows::fold(resolutions, &readings);
-    let duplicates = (total - readings.len()) as u64;
-    (split(readings, origins, partials, shards), duplicates)
+    let mut kept: Vec<u32> = Vec::with_capacity(readings.len());
+    for position in Windows::key_order(&readings) {
+        let reading = &readings[position as usize];
+        // Equal keys are in arrival order: the first one stays.
+        let repeated = kept.last().is_some_and(|&last| {
+            let last = &readings[last as usize];
+            last.ts == reading.ts && last.sensor_id == reading.sensor_id
+        });
+        if !repeated {
+            kept.push(position);
+        }
+    }
+    let duplicates = (readings.len() - kept.len()) as u64;
+    let partials = Windows::fold_sorted(resolutions, kept.iter().map(|&i| &readings[i as usize]));
+    (
+        split(readings, origins, &kept, partials, shards),
+        duplicates,
+    )
 }
 
-/// For each reading, whether it is the first of its `(sensor_id, ts)` in the batch.
-fn first_of_each_key(readings: &[Reading]) -> Vec<bool> {
-    let mut seen: HashSet<(&str, DateTime<Utc>), FastState> =
-        HashSet::with_capacity_and_hasher(readings.len(), FastState::default());
-    readings
-        .iter()
-        .map(|r| seen.insert((r.sensor_id.as_str(), r.ts)))
-        .collect()
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{DateTime, Utc};
+    use proptest::prelude::*;
+    use std::collections::{BTreeMap, HashMap};
+
+    proptest! {
+        /// Whatever the arrival order and repeats: the first reading of each key is kept with its
+        /// origin, each shard holds whole sensors in key order, and the shards' partials are the
+        /// fold of exactly the kept readings.
+        #[test]
+        fn prepare_keeps_the_first_of_each_key_in_key_order(
+            values in prop::collection::vec((0usize..5, 0i64..300, -100i32..100), 0..200),
+            shards in 1usize..4,
+        ) {
+            let base = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+            let readings: Vec<Reading> = values.iter()
+                .map(|&(sensor, s, v)| Reading {
+                    sensor_id: format!("s{sensor}"),
+                    ts: base + chrono::TimeDelta::seconds(s),
+                    value: f64::from(v),
+                    unit: None,
+                })
+                .collect();
+            let origins: Vec<EntryId> =
+                (0..readings.len() as u64).map(|seq| EntryId { ms: 1, seq }).collect();
+            let mut first: BTreeMap<(String, DateTime<Utc>), (f64, EntryId)> = BTreeMap::new();
+            for (r, &origin) in readings.iter().zip(&origins) {
+                first.entry((r.sensor_id.clone(), r.ts)).or_insert((r.value, origin));
+            }
+            let kept: Vec<Reading> = readings.iter()
+                .zip(&origins)
+                .filter(|(r, origin)| first[&(r.sensor_id.clone(), r.ts)].1 == **origin)
+                .map(|(r, _)| r.clone())
+                .collect();
+            let resolutions: Vec<Resolution> = vec!["1m".parse().unwrap(), "1h".parse().unwrap()];
+            let expected_partials = Windows::fold(&resolutions, &kept);
+
+            let (out, duplicates) = prepare(readings.clone(), origins, &resolutions, shards);
+            prop_assert_eq!(duplicates as usize, readings.len() - first.len());
+            let mut seen: HashMap<String, usize> = HashMap::new();
+            let mut stored = BTreeMap::new();
+            let mut partials = Vec::new();
+            for (i, shard) in out.iter().enumerate() {
+                prop_assert!(shard.readings.windows(2)
+                    .all(|w| (&w[0].sensor_id, w[0].ts) < (&w[1].sensor_id, w[1].ts)));
+                for (r, origin) in shard.readings.iter().zip(&shard.origins) {
+                    prop_assert_eq!(*seen.entry(r.sensor_id.clone()).or_insert(i), i);
+                    stored.insert((r.sensor_id.clone(), r.ts), (r.value, *origin));
+                }
+                partials.extend(shard.partials.iter().cloned());
+            }
+            prop_assert_eq!(stored, first);
+            partials.sort_by(|a, b| a.0.cmp(&b.0));
+            prop_assert_eq!(partials, expected_partials);
+        }
+    }
 }

@@ -59,8 +59,9 @@ fn shard_of(sensor_id: &str, shards: usize) -> usize {
     (hash % shards as u64) as usize
 }
 
-/// Splits a batch's readings and partials by sensor, each shard's readings in key order
-/// `(sensor_id, ts)`.
+/// Splits a batch's readings and partials by sensor into `shards`: the readings at the positions
+/// `order` (key order `(sensor_id, ts)`, from [`Windows::key_order`]), so every shard's readings
+/// are in key order, and `partials`, already in key order.
 ///
 /// The order is for PostgreSQL: rows inserted in primary-key order land one after another on the
 /// same B-tree leaf page, where in arrival order (sensors interleaved) each insert descends to
@@ -69,27 +70,36 @@ fn shard_of(sensor_id: &str, shards: usize) -> usize {
 pub fn split(
     readings: Vec<Reading>,
     origins: Vec<EntryId>,
+    order: &[u32],
     partials: Vec<(AggKey, Aggregate)>,
     shards: usize,
 ) -> Vec<Shard> {
-    let mut rows: Vec<Vec<(Reading, EntryId)>> = (0..shards).map(|_| Vec::new()).collect();
-    for (reading, origin) in readings.into_iter().zip(origins) {
-        rows[shard_of(&reading.sensor_id, shards)].push((reading, origin));
-    }
-    let mut out: Vec<Shard> = rows
-        .into_iter()
-        .map(|mut rows| {
-            rows.sort_unstable_by(|(a, _), (b, _)| {
-                (a.sensor_id.as_str(), a.ts).cmp(&(b.sensor_id.as_str(), b.ts))
-            });
-            let (readings, origins) = rows.into_iter().unzip();
-            Shard {
-                readings,
-                origins,
-                partials: Vec::new(),
-            }
+    let mut slots: Vec<Option<(Reading, EntryId)>> =
+        readings.into_iter().zip(origins).map(Some).collect();
+    let mut out: Vec<Shard> = (0..shards)
+        .map(|_| Shard {
+            readings: Vec::with_capacity(order.len() / shards + 1),
+            origins: Vec::with_capacity(order.len() / shards + 1),
+            partials: Vec::new(),
         })
         .collect();
+    let mut current = 0;
+    for &position in order {
+        let Some((reading, origin)) = slots.get_mut(position as usize).and_then(Option::take)
+        else {
+            continue; // not a position of `readings`, or taken twice: `order` is ours, never so
+        };
+        // A sensor's readings are consecutive: its shard is hashed once per sensor.
+        let same_sensor = out[current]
+            .readings
+            .last()
+            .is_some_and(|last| last.sensor_id == reading.sensor_id);
+        if !same_sensor {
+            current = shard_of(&reading.sensor_id, shards);
+        }
+        out[current].readings.push(reading);
+        out[current].origins.push(origin);
+    }
     for partial in partials {
         out[shard_of(&partial.0.sensor_id, shards)]
             .partials
@@ -357,8 +367,9 @@ mod tests {
             .map(|seq| EntryId { ms: 1, seq })
             .collect();
         let resolutions: Vec<Resolution> = vec!["1m".parse().unwrap()];
-        let partials = Windows::fold(&resolutions, &readings);
-        let shards = split(readings, origins, partials, 3);
+        let (shards, duplicates) =
+            crate::pipeline::window::prepare(readings, origins, &resolutions, 3);
+        assert_eq!(duplicates, 0);
         assert_eq!(shards.iter().map(|s| s.readings.len()).sum::<usize>(), 100);
         for (i, shard) in shards.iter().enumerate() {
             let sensors: std::collections::HashSet<&str> = shard
