@@ -323,15 +323,28 @@ async fn upsert_sensors<'a>(
     tx: &deadpool_postgres::Transaction<'_>,
     readings: impl Iterator<Item = &'a Reading>,
 ) -> Result<(), StoreError> {
-    let mut sensors: HashMap<&str, SensorSummary, FastState> = HashMap::default();
+    // Summaries in order of first appearance, found by id; a reading of the same sensor as the one
+    // before (batches arrive in key order) skips the lookup.
+    let mut sensors: Vec<(&str, SensorSummary)> = Vec::new();
+    let mut index: HashMap<&str, usize, FastState> = HashMap::default();
     for r in readings {
-        let summary = sensors.entry(&r.sensor_id).or_insert(SensorSummary {
-            unit: None,
-            unit_ts: r.ts,
-            first_seen: r.ts,
-            last_seen: r.ts,
-            last_value: r.value,
-        });
+        let at = match sensors.last() {
+            Some((id, _)) if *id == r.sensor_id => sensors.len() - 1,
+            _ => *index.entry(&r.sensor_id).or_insert_with(|| {
+                sensors.push((
+                    &r.sensor_id,
+                    SensorSummary {
+                        unit: None,
+                        unit_ts: r.ts,
+                        first_seen: r.ts,
+                        last_seen: r.ts,
+                        last_value: r.value,
+                    },
+                ));
+                sensors.len() - 1
+            }),
+        };
+        let summary = &mut sensors[at].1;
         summary.first_seen = summary.first_seen.min(r.ts);
         if r.ts >= summary.last_seen {
             summary.last_seen = r.ts;
@@ -345,7 +358,7 @@ async fn upsert_sensors<'a>(
     if sensors.is_empty() {
         return Ok(());
     }
-    let mut sorted: Vec<_> = sensors.into_iter().collect();
+    let mut sorted = sensors;
     sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
     let ids: Vec<&str> = sorted.iter().map(|(id, _)| *id).collect();
     let units: Vec<Option<&str>> = sorted.iter().map(|(_, s)| s.unit).collect();
