@@ -25,6 +25,8 @@ pub struct StreamReader {
     info: ConnectionInfo,
     io: Option<Box<dyn Io>>,
     buf: BytesMut,
+    /// Bytes of the last whole reply.
+    last_reply: usize,
 }
 
 impl StreamReader {
@@ -34,7 +36,13 @@ impl StreamReader {
             info,
             io: None,
             buf: BytesMut::with_capacity(64 * 1024),
+            last_reply: 0,
         }
+    }
+
+    /// Bytes of the last whole reply `read_group` received.
+    pub fn last_reply_bytes(&self) -> usize {
+        self.last_reply
     }
 
     /// `XREADGROUP GROUP <group> <consumer> COUNT <count> [BLOCK <ms>] STREAMS <stream> <start>`.
@@ -61,6 +69,7 @@ impl StreamReader {
         let outcome =
             match tokio::time::timeout(limit, self.request(&cmd.get_packed_command())).await {
                 Ok(Ok(end)) => {
+                    self.last_reply = end;
                     let parsed = parse_read_reply(&self.buf[..end]);
                     self.buf.advance(end);
                     parsed

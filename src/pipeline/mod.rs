@@ -47,12 +47,23 @@ pub struct Flow {
     rewind: AtomicBool,
     /// Readings per stream entry in the last validated batch, as `f64` bits; 0 before the first.
     readings_per_entry: AtomicU64,
+    /// Reply bytes per stream entry in the last read, as `f64` bits; 0 before the first.
+    bytes_per_entry: AtomicU64,
     metrics: Arc<Metrics>,
 }
 
 /// Entries per read while no batch has been validated yet: the reader cannot tell a backlog of
 /// single readings from one of large gateway arrays before the validate stage has seen some.
 pub const PROBE_ENTRIES: usize = 100;
+
+/// Entries in the first read, before the reader has seen how large the stream's entries are.
+pub const FIRST_READ_ENTRIES: usize = 10;
+
+/// Most bytes one read brings in (its `XREADGROUP` reply), judged by the size of the entries read
+/// last. Entries of a few hundred bytes, even gateway arrays of hundreds of readings, never reach
+/// it; a backlog of megabyte-sized messages, valid or not, is read a few entries at a time instead
+/// of a batch size's worth at once, which would take gigabytes.
+pub const READ_BYTES: usize = 8 * 1024 * 1024;
 
 impl Flow {
     pub fn new(max_in_flight: usize, metrics: Arc<Metrics>) -> Arc<Self> {
@@ -61,6 +72,7 @@ impl Flow {
             max_in_flight,
             rewind: AtomicBool::new(false),
             readings_per_entry: AtomicU64::new(0),
+            bytes_per_entry: AtomicU64::new(0),
             metrics,
         })
     }
@@ -103,12 +115,31 @@ impl Flow {
     /// validated batch (at least one entry, at most `readings`): the batch size counts readings,
     /// so a backlog of gateway arrays makes batches of as many readings as one of single
     /// readings, not a hundred times more. [`PROBE_ENTRIES`] at most before any batch was seen.
+    /// Never more than [`READ_BYTES`] of entries as large as the last read's, and
+    /// [`FIRST_READ_ENTRIES`] before any read.
     pub fn entries_for(&self, readings: usize) -> usize {
         let per_entry = f64::from_bits(self.readings_per_entry.load(Ordering::Relaxed));
-        if per_entry == 0.0 {
-            return readings.min(PROBE_ENTRIES);
+        let by_readings = if per_entry == 0.0 {
+            readings.min(PROBE_ENTRIES)
+        } else {
+            ((readings as f64 / per_entry) as usize).clamp(1, readings.max(1))
+        };
+        let bytes = f64::from_bits(self.bytes_per_entry.load(Ordering::Relaxed));
+        let by_bytes = if bytes == 0.0 {
+            FIRST_READ_ENTRIES
+        } else {
+            ((READ_BYTES as f64 / bytes) as usize).max(1)
+        };
+        by_readings.min(by_bytes)
+    }
+
+    /// Records the size of a read: `bytes` of reply for `entries` stream entries.
+    pub fn record_read(&self, entries: usize, bytes: usize) {
+        if entries > 0 {
+            let per_entry = bytes as f64 / entries as f64;
+            self.bytes_per_entry
+                .store(per_entry.to_bits(), Ordering::Relaxed);
         }
-        ((readings as f64 / per_entry) as usize).clamp(1, readings.max(1))
     }
 
     /// Records how many readings (valid or rejected) the validate stage found in a batch of
@@ -268,6 +299,8 @@ mod tests {
     #[test]
     fn reads_are_sized_in_readings_by_the_last_validated_batch() {
         let flow = Flow::new(3, Arc::new(Metrics::new()));
+        // Entries of about 100 bytes, so the byte bound is far (83,886 entries).
+        flow.record_read(1_000, 100_000);
         // Nothing validated yet: a probe read, whatever the batch size.
         assert_eq!(flow.entries_for(20_000), PROBE_ENTRIES);
         assert_eq!(flow.entries_for(20), 20);
@@ -284,6 +317,27 @@ mod tests {
         assert_eq!(flow.entries_for(20_000), 20_000);
         // An empty batch tells nothing and changes nothing.
         flow.record_shape(0, 0);
+        assert_eq!(flow.entries_for(20_000), 20_000);
+    }
+
+    #[test]
+    fn reads_are_bounded_in_bytes_by_the_last_read() {
+        let flow = Flow::new(3, Arc::new(Metrics::new()));
+        // Nothing read yet: a first read of a few entries, however small the batch looks.
+        assert_eq!(flow.entries_for(20_000), FIRST_READ_ENTRIES);
+        assert_eq!(flow.entries_for(3), 3);
+        flow.record_shape(100, 100);
+
+        // Entries of 1 MiB: 8 a read, not 20,000 (20 GiB).
+        flow.record_read(10, 10 << 20);
+        assert_eq!(flow.entries_for(20_000), READ_BYTES >> 20);
+        // Larger than the whole budget: still one entry a read.
+        flow.record_read(1, 2 * READ_BYTES);
+        assert_eq!(flow.entries_for(20_000), 1);
+        // Small entries again: the readings bound the read, and an empty read changes nothing.
+        flow.record_read(20_000, 2_400_000);
+        assert_eq!(flow.entries_for(20_000), 20_000);
+        flow.record_read(0, 17);
         assert_eq!(flow.entries_for(20_000), 20_000);
     }
 }

@@ -221,52 +221,45 @@ impl ReadLoop {
         let s = Arc::clone(&self.settings);
         let batch_entries = self.flow.entries_for(s.batch_size);
         if let Some(after) = pending_after {
-            let start = after.to_string();
             return self
-                .entries
-                .read_group(
-                    &s.stream,
-                    &s.group,
-                    &s.consumer,
-                    batch_entries,
-                    None,
-                    &start,
-                )
+                .read_group(batch_entries, None, &after.to_string())
                 .await;
         }
         let mut entries = self
-            .entries
-            .read_group(
-                &s.stream,
-                &s.group,
-                &s.consumer,
-                batch_entries,
-                Some(READ_BLOCK),
-                ">",
-            )
+            .read_group(batch_entries, Some(READ_BLOCK), ">")
             .await?;
         let deadline = Instant::now() + s.batch_delay;
-        while !entries.is_empty() && entries.len() < batch_entries {
+        // Sized anew after each read: a read of large entries makes the batch end sooner.
+        while !entries.is_empty() && entries.len() < self.flow.entries_for(s.batch_size) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left < Duration::from_millis(1) {
                 break;
             }
-            let more = self
-                .entries
-                .read_group(
-                    &s.stream,
-                    &s.group,
-                    &s.consumer,
-                    batch_entries - entries.len(),
-                    Some(left),
-                    ">",
-                )
-                .await?;
+            let wanted = self.flow.entries_for(s.batch_size) - entries.len();
+            let more = self.read_group(wanted, Some(left), ">").await?;
             if more.is_empty() {
                 break;
             }
             entries.extend(more);
         }
+        Ok(entries)
+    }
+
+    /// One `XREADGROUP` on the reader's own connection; its reply's size bounds the next reads
+    /// ([`Flow::entries_for`]).
+    async fn read_group(
+        &mut self,
+        count: usize,
+        block: Option<Duration>,
+        start: &str,
+    ) -> redis::RedisResult<Vec<StreamEntry>> {
+        let s = Arc::clone(&self.settings);
+        let entries = self
+            .entries
+            .read_group(&s.stream, &s.group, &s.consumer, count, block, start)
+            .await?;
+        self.flow
+            .record_read(entries.len(), self.entries.last_reply_bytes());
         Ok(entries)
     }
 

@@ -264,6 +264,49 @@ async fn gateway_arrays_are_batched_by_their_readings() {
     t.stop().await;
 }
 
+/// A backlog of large messages is read a few entries at a time, by the size of the entries read
+/// before: a batch size's worth of megabyte messages at once would take gigabytes.
+#[actix_web::test]
+async fn large_messages_are_read_a_few_at_a_time() {
+    let base: chrono::DateTime<chrono::Utc> = "2025-06-01T00:00:00Z".parse().unwrap();
+    // 80 valid readings of 300 KiB each (trailing whitespace is valid JSON): 24 MiB in all,
+    // waiting in the stream before sensorhub starts.
+    let padding = " ".repeat(300 * 1024);
+    let resources = Resources::new();
+    let mut redis = redis::Client::open(REDIS_URL)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut total_bytes = 0;
+    let mut last = String::new();
+    for i in 0..80 {
+        let ts = base + chrono::Duration::seconds(i64::from(i));
+        let payload = format!("{}{padding}", reading_json("big", f64::from(i), ts));
+        total_bytes += payload.len();
+        last = redis::cmd("XADD")
+            .arg(&resources.stream)
+            .arg("*")
+            .arg("data")
+            .arg(payload)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+    }
+    let mut t = spawn_app_on(resources, |c| c.batch_size = 20_000, Default::default()).await;
+    t.wait_drained(&last).await;
+    assert_eq!(t.readings().await, 80);
+    t.assert_aggregates_exact().await;
+    // The first read takes FIRST_READ_ENTRIES, every later one at most READ_BYTES; by readings
+    // alone the 80 entries would be one batch.
+    let batches = t.metrics().batch_write_duration.get_sample_count() as usize;
+    assert!(
+        batches >= total_bytes / sensorhub::pipeline::READ_BYTES,
+        "{total_bytes} bytes of entries went in {batches} batches"
+    );
+    t.stop().await;
+}
+
 /// Every stored row, as text, in key order.
 async fn snapshot(t: &TestApp) -> Vec<String> {
     let mut rows = Vec::new();
