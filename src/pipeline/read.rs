@@ -229,13 +229,17 @@ impl ReadLoop {
             .read_group(batch_entries, Some(READ_BLOCK), ">")
             .await?;
         let deadline = Instant::now() + s.batch_delay;
-        // Sized anew after each read: a read of large entries makes the batch end sooner.
-        while !entries.is_empty() && entries.len() < self.flow.entries_for(s.batch_size) {
+        loop {
+            // Sized anew after each read (a read of large entries makes the batch end sooner),
+            // once: the validate stage may change the shape between two calls.
+            let wanted = self
+                .flow
+                .entries_for(s.batch_size)
+                .saturating_sub(entries.len());
             let left = deadline.saturating_duration_since(Instant::now());
-            if left < Duration::from_millis(1) {
+            if entries.is_empty() || wanted == 0 || left < Duration::from_millis(1) {
                 break;
             }
-            let wanted = self.flow.entries_for(s.batch_size) - entries.len();
             let more = self.read_group(wanted, Some(left), ">").await?;
             if more.is_empty() {
                 break;
