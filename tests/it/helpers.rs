@@ -127,11 +127,7 @@ pub async fn spawn_app_on(
     let app = Application::build_with_faults(config.clone(), faults)
         .await
         .expect("application starts");
-    let redis = redis::Client::open(REDIS_URL)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis connection");
+    let redis = redis_conn(REDIS_URL).await;
     let (pg, connection) = tokio_postgres::connect(config.database_url.expose(), NoTls)
         .await
         .expect("postgres connection");
@@ -494,6 +490,15 @@ impl Rng {
 }
 
 /// A reading as JSON, with an RFC 3339 timestamp.
+/// A Redis connection for a test's own commands (producing, inspecting).
+pub async fn redis_conn(url: &str) -> MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis answers (scripts/services.sh)")
+}
+
 pub fn reading_json(sensor: &str, value: f64, ts: chrono::DateTime<chrono::Utc>) -> String {
     format!(
         r#"{{"sensor":"{sensor}","value":{value},"timestamp":"{}"}}"#,

@@ -273,11 +273,7 @@ async fn large_messages_are_read_a_few_at_a_time() {
     // waiting in the stream before sensorhub starts.
     let padding = " ".repeat(300 * 1024);
     let resources = Resources::new();
-    let mut redis = redis::Client::open(REDIS_URL)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut redis = redis_conn(REDIS_URL).await;
     let mut total_bytes = 0;
     let mut last = String::new();
     for i in 0..80 {
@@ -353,11 +349,7 @@ async fn reads_with_a_user_a_password_and_a_database_number() {
     let user = unique_name("sh_user");
     let password = "s3cret-pass";
     let url = format!("redis://{user}:{password}@127.0.0.1:6379/3");
-    let mut admin = redis::Client::open(REDIS_URL)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut admin = redis_conn(REDIS_URL).await;
     let () = redis::cmd("ACL")
         .arg("SETUSER")
         .arg(&user)
@@ -382,11 +374,7 @@ async fn reads_with_a_user_a_password_and_a_database_number() {
         url: url.clone(),
         keys: vec![t.stream().to_owned(), t.dead_stream()],
     };
-    let mut db3 = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut db3 = redis_conn(&url).await;
     let base: chrono::DateTime<chrono::Utc> = "2025-03-01T10:00:00Z".parse().unwrap();
     let payloads: Vec<String> = (0..50)
         .map(|i| {

@@ -99,11 +99,7 @@ async fn graceful_stop_under_load_loses_nothing() {
     let mut t = spawn_app_with(|c| c.batch_size = 300, Default::default()).await;
     let stream = t.stream().to_owned();
     let producer = tokio::spawn(async move {
-        let mut redis = redis::Client::open(REDIS_URL)
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
+        let mut redis = redis_conn(REDIS_URL).await;
         let base: chrono::DateTime<chrono::Utc> = "2025-04-01T00:00:00Z".parse().unwrap();
         let mut last = String::new();
         for chunk in 0..40 {

@@ -71,11 +71,7 @@ async fn panic_in_write_is_restarted_without_loss() {
 #[actix_web::test]
 async fn deliveries_lost_in_flight_are_re_read() {
     let resources = Resources::new();
-    let mut redis = redis::Client::open(REDIS_URL)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut redis = redis_conn(REDIS_URL).await;
     let lost: String = redis::cmd("XADD")
         .arg(&resources.stream)
         .arg("*")
