@@ -146,14 +146,19 @@ fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 }
 
 /// The cumulative latency histogram: (upper bound, count) per bucket.
+const LATENCY: &str = "sensorhub_end_to_end_latency_seconds";
+const TRANSACTION: &str = "sensorhub_batch_write_duration_seconds";
+
 fn latency_buckets(port: u16) -> Vec<(f64, f64)> {
     let (_, body) = http_get(port, "/metrics").unwrap_or_default();
-    latency_buckets_of(&body)
+    buckets_of(&body, LATENCY)
 }
 
-fn latency_buckets_of(body: &str) -> Vec<(f64, f64)> {
+/// The cumulative buckets `(le, count)` of the histogram `name` in a `/metrics` body.
+fn buckets_of(body: &str, name: &str) -> Vec<(f64, f64)> {
+    let prefix = format!("{name}_bucket{{le=\"");
     body.lines()
-        .filter_map(|l| l.strip_prefix("sensorhub_end_to_end_latency_seconds_bucket{le=\""))
+        .filter_map(|l| l.strip_prefix(prefix.as_str()))
         .filter_map(|rest| {
             let (le, count) = rest.split_once("\"} ")?;
             let le = if le == "+Inf" {
@@ -167,17 +172,20 @@ fn latency_buckets_of(body: &str) -> Vec<(f64, f64)> {
 }
 
 /// Readings committed so far, from `/metrics`.
-fn readings_written(body: &str) -> Option<f64> {
+/// One unlabelled sample in a `/metrics` body.
+fn value_of(body: &str, name: &str) -> Option<f64> {
     body.lines()
-        .find_map(|l| l.strip_prefix("sensorhub_readings_written_total "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// One look at a running sensorhub: seconds since the phase began, readings committed, latency
-/// histogram.
+/// One look at a running sensorhub: seconds since the phase began, readings committed, batch
+/// transactions (seconds in them, how many, their histogram), latency histogram.
 struct Sample {
     at: f64,
     written: f64,
+    transactions: (f64, f64),
+    transaction_buckets: Vec<(f64, f64)>,
     buckets: Vec<(f64, f64)>,
 }
 
@@ -197,10 +205,16 @@ impl Sampler {
             let mut next = Instant::now();
             loop {
                 if let Some((200, body)) = http_get(port, "/metrics") {
+                    let value = |name: &str| value_of(&body, name).unwrap_or(0.0);
                     samples.push(Sample {
                         at: started.elapsed().as_secs_f64(),
-                        written: readings_written(&body).unwrap_or(0.0),
-                        buckets: latency_buckets_of(&body),
+                        written: value("sensorhub_readings_written_total"),
+                        transactions: (
+                            value(&format!("{TRANSACTION}_sum")),
+                            value(&format!("{TRANSACTION}_count")),
+                        ),
+                        transaction_buckets: buckets_of(&body, TRANSACTION),
+                        buckets: buckets_of(&body, LATENCY),
                     });
                 }
                 next += SAMPLE_EVERY;
@@ -220,8 +234,9 @@ impl Sampler {
     }
 }
 
-/// (midpoint seconds, readings/s, p50 ms, p99 ms) of one interval.
-type Interval = (f64, f64, Option<f64>, Option<f64>);
+/// Midpoint seconds, readings/s, p50 ms, p99 ms, mean batch transaction ms, slowest batch
+/// transaction ms (the upper bound of its histogram bucket) of one interval.
+type Interval = (f64, f64, Option<f64>, Option<f64>, Option<f64>, Option<f64>);
 
 /// Per interval of `span` samples, sliding by one, an [`Interval`]; the quantiles interpolated
 /// within the histogram bucket as Prometheus' `histogram_quantile` does, `None` for an interval
@@ -234,7 +249,12 @@ fn series(samples: &[Sample], span: usize) -> Vec<Interval> {
             let dt = b.at - a.at;
             let rate = (b.written - a.written) / dt;
             let q = |q| interpolated_quantile(&a.buckets, &b.buckets, q).map(|s| s * 1000.0);
-            ((a.at + b.at) / 2.0, rate, q(0.5), q(0.99))
+            let batches = b.transactions.1 - a.transactions.1;
+            let mean =
+                (batches > 0.0).then(|| 1000.0 * (b.transactions.0 - a.transactions.0) / batches);
+            let slowest = (batches > 0.0)
+                .then(|| 1000.0 * quantile(&a.transaction_buckets, &b.transaction_buckets, 1.0));
+            ((a.at + b.at) / 2.0, rate, q(0.5), q(0.99), mean, slowest)
         })
         .collect()
 }
@@ -329,7 +349,7 @@ fn plot(
     let steady = series(steady, 2);
     let x_max = steady.last().map_or(1.0, |p| p.0).max(1.0);
     let y_max = steady.iter().filter_map(|p| p.3).fold(100.0, f64::max) * 1.1;
-    let quantile_line = |label, color, pick: fn(&Interval) -> Option<f64>| {
+    let steady_line = |label, color, pick: fn(&Interval) -> Option<f64>| {
         let points = steady
             .iter()
             .filter_map(|p| pick(p).map(|v| (p.0, v)))
@@ -339,12 +359,14 @@ fn plot(
     panel(
         &bottom,
         format!(
-            "steady producer at {steady_rate} readings/s: latency stream entry → commit, over the last 0.5 s (interpolated in histogram buckets)"
+            "steady producer at {steady_rate} readings/s: latency stream entry → commit and batch transaction time, over the last 0.5 s"
         ),
         (x_max, y_max, "ms"),
         vec![
-            quantile_line("p50", GREEN, |p| p.2),
-            quantile_line("p99", MAGENTA, |p| p.3),
+            steady_line("p50", GREEN, |p| p.2),
+            steady_line("p99", MAGENTA, |p| p.3),
+            steady_line("batch transaction, mean", BLUE, |p| p.4),
+            steady_line("batch transaction, slowest (bucket bound)", CYAN, |p| p.5),
             Line::level("target p99 100 ms", RED, 100.0, x_max),
         ],
     )?;
@@ -682,11 +704,7 @@ async fn wait_drained(
 /// One unlabelled sample of sensorhub's `/metrics` (NaN when absent).
 fn metric(port: u16, name: &str) -> f64 {
     http_get(port, "/metrics")
-        .and_then(|(_, body)| {
-            body.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-        })
+        .and_then(|(_, body)| value_of(&body, name))
         .unwrap_or(f64::NAN)
 }
 
