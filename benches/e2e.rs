@@ -652,7 +652,8 @@ async fn reference(
     args.readings as f64 / started.elapsed().as_secs_f64()
 }
 
-/// Waits until the group has read `at_least` entries and nothing is pending or undelivered.
+/// Waits until the group has read `at_least` entries, nothing is undelivered and sensorhub's
+/// ledger shows every delivered entry committed.
 async fn wait_drained(
     redis: &mut redis::aio::MultiplexedConnection,
     stream: &str,
@@ -683,13 +684,26 @@ async fn wait_drained(
                 })
                 .unwrap_or(-1)
         };
-        let (read, pending, lag) = (field("entries-read"), field("pending"), field("lag"));
-        if read as u64 >= at_least && pending == 0 && lag == 0 {
+        let (read, lag) = (field("entries-read"), field("lag"));
+        let last_delivered = group
+            .chunks(2)
+            .find(|kv| matches!(&kv[0], redis::Value::BulkString(k) if k == b"last-delivered-id"))
+            .and_then(|kv| match &kv[1] {
+                redis::Value::BulkString(id) => {
+                    std::str::from_utf8(id).ok()?.parse::<EntryId>().ok()
+                }
+                _ => None,
+            })
+            .unwrap_or_default();
+        let Ok(through) = sensorhub::ledger::through(redis, stream, "sensorhub").await else {
+            continue;
+        };
+        if read as u64 >= at_least && lag == 0 && through >= last_delivered {
             return;
         }
         if last_report.elapsed() > Duration::from_secs(2) {
             println!(
-                "  read {read}, pending {pending}, {:.1}s",
+                "  read {read}, committed through {through}, {:.1}s",
                 started.elapsed().as_secs_f64()
             );
             last_report = Instant::now();
@@ -921,6 +935,8 @@ async fn main() {
     let _: redis::RedisResult<()> = redis::cmd("DEL")
         .arg(&stream)
         .arg(format!("{stream}:dead"))
+        .arg(sensorhub::ledger::ranges_key(&stream, "sensorhub"))
+        .arg(sensorhub::ledger::through_key(&stream, "sensorhub"))
         .query_async(&mut redis)
         .await;
     let exact = rows as u64 == args.readings + steady_total && mismatches == 0;

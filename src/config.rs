@@ -115,7 +115,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "SENSORHUB_CLAIM_IDLE",
         default: "30s",
-        meaning: "idle time after which another consumer's pending entries are claimed",
+        meaning: "time after which delivered entries that no live instance holds and no commit covers (left by a stopped instance) are re-read",
     },
     Variable {
         name: "SENSORHUB_BRIDGE_LEASE",

@@ -7,7 +7,7 @@
 //!  PUBLISH sensor_stream '{...}' ─────┘   (XREADGROUP)          │ rejects           (partial               (one transaction
 //!    (bridge: XADD at once)                 ▲                   ▼                    aggregates)             per batch)
 //!                                           │          sensor_stream:dead                                        │
-//!                                           └──────────── ack: XACK after commit, XTRIM ◄──────── Committed ─────┘
+//!                                           └─── ack: ranges into the ledger, XTRIM ◄──────────── Committed ─────┘
 //! ```
 //!
 //! Modules, in the order data meets them:
@@ -16,6 +16,8 @@
 //! - [`domain`]: pure parsing/validation of readings and window arithmetic.
 //! - [`streams`]: the Redis stream commands and reply parsing.
 //! - [`stream_reader`]: the reader's own `XREADGROUP` connection, with a parser for that reply.
+//! - [`ledger`]: which delivered entries are committed, kept in Redis per read range (reads are
+//!   `NOACK`), and the re-reads of those that are not.
 //! - [`pipeline`]: the actors, one file per stage, and the in-flight tickets that bound them.
 //! - [`supervisor`]: starts the stages sink-first under supervision, stops them in flow order.
 //! - [`store`]: the PostgreSQL pool, migrations and the batch transaction.
@@ -27,6 +29,7 @@ pub mod app;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod ledger;
 pub mod pipeline;
 pub mod simulate;
 pub mod store;

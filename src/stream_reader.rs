@@ -45,7 +45,8 @@ impl StreamReader {
         self.last_reply
     }
 
-    /// `XREADGROUP GROUP <group> <consumer> COUNT <count> [BLOCK <ms>] STREAMS <stream> <start>`.
+    /// `XREADGROUP GROUP <group> <consumer> COUNT <count> [BLOCK <ms>] NOACK STREAMS <stream> >`:
+    /// new entries, left out of the pending-entries list ([`crate::ledger`] records them instead).
     pub async fn read_group(
         &mut self,
         stream: &str,
@@ -53,7 +54,6 @@ impl StreamReader {
         consumer: &str,
         count: usize,
         block: Option<Duration>,
-        start: &str,
     ) -> RedisResult<Vec<StreamEntry>> {
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
@@ -64,7 +64,7 @@ impl StreamReader {
         if let Some(block) = block {
             cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
         }
-        cmd.arg("STREAMS").arg(stream).arg(start);
+        cmd.arg("NOACK").arg("STREAMS").arg(stream).arg(">");
         let limit = block.unwrap_or_default() + GRACE;
         let outcome =
             match tokio::time::timeout(limit, self.request(&cmd.get_packed_command())).await {

@@ -10,7 +10,6 @@ use redis::aio::ConnectionManager;
 use redis::{RedisResult, Value};
 use std::fmt;
 use std::str::FromStr;
-use std::time::Duration;
 
 /// A stream entry id, `<ms>-<seq>`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -135,7 +134,7 @@ pub(crate) fn read_group_reply(reply: Value) -> RedisResult<Vec<StreamEntry>> {
 }
 
 /// Parses `[[id, [f, v, ...] | nil], ...]`.
-fn parse_entries(list: Value) -> RedisResult<Vec<StreamEntry>> {
+pub(crate) fn parse_entries(list: Value) -> RedisResult<Vec<StreamEntry>> {
     let Value::Array(items) = list else {
         return Ok(Vec::new());
     };
@@ -184,7 +183,7 @@ fn into_bytes(value: Value) -> Vec<u8> {
     }
 }
 
-fn parse_id(value: &Value) -> RedisResult<EntryId> {
+pub(crate) fn parse_id(value: &Value) -> RedisResult<EntryId> {
     let text = match value {
         Value::BulkString(bytes) => String::from_utf8_lossy(bytes),
         Value::SimpleString(text) => text.as_str().into(),
@@ -195,102 +194,12 @@ fn parse_id(value: &Value) -> RedisResult<EntryId> {
     })
 }
 
-fn unexpected(what: &'static str, value: &Value) -> redis::RedisError {
+pub(crate) fn unexpected(what: &'static str, value: &Value) -> redis::RedisError {
     redis::RedisError::from((
         redis::ErrorKind::Parse,
         "unexpected reply",
         format!("{what}: {value:?}"),
     ))
-}
-
-/// `XACK` the given entries.
-pub async fn ack(
-    conn: &mut ConnectionManager,
-    stream: &str,
-    group: &str,
-    ids: &[EntryId],
-) -> RedisResult<()> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    redis::cmd("XACK")
-        .arg(stream)
-        .arg(group)
-        .arg(ids)
-        .query_async::<Value>(conn)
-        .await
-        .map(drop)
-}
-
-/// What a claim pass found.
-#[derive(Debug, Default)]
-pub struct Claim {
-    /// Entries claimed from other consumers.
-    pub entries: Vec<StreamEntry>,
-    /// True when this consumer itself has entries idle that long: deliveries it lost (a reply
-    /// lost with a connection), to be re-read once its pipeline has drained.
-    pub own_idle: bool,
-}
-
-/// Claims up to `count` entries idle for at least `min_idle` from *other* consumers of the group
-/// (`XPENDING ... IDLE`, then `XCLAIM`). This consumer's own pending entries are not claimed (they
-/// may still be in its pipeline); their presence is reported in [`Claim::own_idle`].
-pub async fn claim_idle(
-    conn: &mut ConnectionManager,
-    stream: &str,
-    group: &str,
-    consumer: &str,
-    min_idle: Duration,
-    count: usize,
-) -> RedisResult<Claim> {
-    let min_idle_ms = min_idle.as_millis() as u64;
-    let pending: Value = redis::cmd("XPENDING")
-        .arg(stream)
-        .arg(group)
-        .arg("IDLE")
-        .arg(min_idle_ms)
-        .arg("-")
-        .arg("+")
-        .arg(count)
-        .query_async(conn)
-        .await?;
-    let Value::Array(rows) = pending else {
-        return Ok(Claim::default());
-    };
-    let mut ids = Vec::new();
-    let mut own_idle = false;
-    for row in rows {
-        let Value::Array(parts) = row else { continue };
-        if parts.len() < 2 {
-            continue;
-        }
-        let owner = into_bytes(parts[1].clone());
-        if owner == consumer.as_bytes() {
-            own_idle = true;
-        } else {
-            ids.push(parse_id(&parts[0])?);
-        }
-    }
-    if ids.is_empty() {
-        return Ok(Claim {
-            entries: Vec::new(),
-            own_idle,
-        });
-    }
-    let claimed: Value = redis::cmd("XCLAIM")
-        .arg(stream)
-        .arg(group)
-        .arg(consumer)
-        .arg(min_idle_ms)
-        .arg(&ids)
-        .query_async(conn)
-        .await?;
-    // Entries deleted from the stream meanwhile come back as nil (skipped by `parse_entries`);
-    // Redis 7 drops them from the pending list itself.
-    Ok(Claim {
-        entries: parse_entries(claimed)?,
-        own_idle,
-    })
 }
 
 /// The consumer group's state, for metrics and trimming.
@@ -370,17 +279,21 @@ async fn oldest_pending(
     }
 }
 
-/// Trims entries that every group has had delivered and acknowledged, keeping at most `tail` of them
-/// for inspection. Entries pending or not yet delivered in any group are never trimmed.
+/// Trims entries that every group has done with, keeping at most `tail` of them for inspection:
+/// for sensorhub's own group (`ours`: its name and committed watermark, [`crate::ledger`]) the
+/// entries up to the watermark; for any other group the entries it had delivered and acknowledged.
+/// Entries not committed, pending or not yet delivered in any group are never trimmed.
 pub async fn trim_acknowledged(
     conn: &mut ConnectionManager,
     stream: &str,
     groups: &[GroupInfo],
+    ours: (&str, EntryId),
     tail: usize,
 ) -> RedisResult<()> {
     let mut safe: Option<EntryId> = None;
     for group in groups {
         let keep_from = match group.pending {
+            _ if group.name == ours.0 => ours.1.successor(),
             0 => group.last_delivered.successor(),
             _ => match oldest_pending(conn, stream, &group.name).await? {
                 Some(id) => id,

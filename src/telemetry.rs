@@ -43,9 +43,10 @@ pub struct Metrics {
     pub end_to_end_latency: Histogram,
     /// Restarts of supervised actors, by `actor`.
     pub actor_restarts: IntCounterVec,
-    /// Batches read and not yet acknowledged.
+    /// Batches read and not yet committed.
     pub batches_in_flight: IntGauge,
-    /// Entries delivered to the consumer group and not acknowledged (all consumers).
+    /// Entries this instance read and has not yet committed (reads are `NOACK`: Redis keeps no
+    /// pending list to count).
     pub group_pending: IntGauge,
     /// Entries in the stream not yet delivered to the consumer group.
     pub group_lag: IntGauge,
@@ -59,10 +60,10 @@ pub struct Metrics {
     pub write_retries: IntCounter,
     /// Unix time of the last committed batch.
     pub last_commit_time: IntGauge,
-    /// Entries acknowledged in the stream.
+    /// Entries whose commit is recorded in the ledger.
     pub entries_acked: IntCounter,
-    /// Entries claimed from consumers that went idle.
-    pub entries_claimed: IntCounter,
+    /// Delivered entries re-read because no commit covered them.
+    pub entries_reread: IntCounter,
     /// 1 while this instance holds the Pub/Sub bridge lease.
     pub bridge_leader: IntGauge,
     /// Build information, value 1.
@@ -144,11 +145,11 @@ impl Metrics {
             ),
             batches_in_flight: gauge(
                 "sensorhub_batches_in_flight",
-                "Batches read from the stream and not yet acknowledged.",
+                "Batches read from the stream and not yet committed.",
             ),
             group_pending: gauge(
                 "sensorhub_consumer_group_pending",
-                "Entries delivered to the consumer group and not yet acknowledged.",
+                "Stream entries this instance has read and not yet committed.",
             ),
             group_lag: gauge(
                 "sensorhub_consumer_group_lag",
@@ -178,11 +179,11 @@ impl Metrics {
             ),
             entries_acked: counter(
                 "sensorhub_entries_acked_total",
-                "Stream entries acknowledged after their readings were committed or dead-lettered.",
+                "Stream entries recorded as done after their readings were committed or dead-lettered.",
             ),
-            entries_claimed: counter(
-                "sensorhub_entries_claimed_total",
-                "Pending entries claimed from consumers idle longer than the claim time.",
+            entries_reread: counter(
+                "sensorhub_entries_reread_total",
+                "Delivered stream entries re-read because no commit covered them (lost in flight, or left by a stopped instance).",
             ),
             bridge_leader: gauge(
                 "sensorhub_bridge_leader",

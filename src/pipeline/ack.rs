@@ -1,10 +1,13 @@
-//! Stage 5, ack: `XACK`s the entries of committed batches and settles their tickets; once a second
-//! it trims what every group has acknowledged (keeping the configured tail) and refreshes the
-//! consumer-group metrics.
+//! Stage 5, ack: records the stream ranges of committed batches in the [`ledger`] and settles their
+//! tickets; once a second it merges the ledger into its watermark, trims the stream up to it
+//! (keeping the configured tail) and refreshes the consumer-group metrics.
 
+use crate::ledger;
+use crate::pipeline::Carried;
 use crate::pipeline::messages::Committed;
 use crate::pipeline::{Backoff, count_restart, guarded};
 use crate::streams;
+use crate::streams::EntryId;
 use crate::telemetry::Metrics;
 use actix::prelude::*;
 use redis::aio::ConnectionManager;
@@ -14,15 +17,15 @@ use std::time::Duration;
 
 /// How often the stream is trimmed and the group metrics refreshed.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
-/// Attempts to acknowledge a batch before leaving it to be re-read (it is committed, so a re-read
-/// only skips duplicates).
+/// Attempts to record a batch's commit before leaving it to be re-read (it is committed, so a
+/// re-read only skips duplicates).
 const ACK_ATTEMPTS: u32 = 8;
 
 #[derive(Clone, Debug)]
 pub struct AckSettings {
     pub stream: String,
     pub group: String,
-    /// Acknowledged entries kept in the stream for inspection.
+    /// Committed entries kept in the stream for inspection.
     pub tail: usize,
 }
 
@@ -32,7 +35,7 @@ pub struct Acker {
     metrics: Arc<Metrics>,
     /// True while a maintenance pass runs, so passes never overlap on a slow Redis.
     maintaining: Arc<AtomicBool>,
-    /// True while acknowledgements fail: one log line when they start failing, one when they work.
+    /// True while recording commits fails: one log line when it starts failing, one when it works.
     failing: Arc<AtomicBool>,
 }
 
@@ -89,34 +92,62 @@ impl Handler<Committed> for Acker {
         let failing = Arc::clone(&self.failing);
         let work = async move {
             let mut backoff = Backoff::new();
+            let Some(carried) = batch.ticket.carried().cloned() else {
+                batch.ticket.settle();
+                return;
+            };
             for _ in 0..ACK_ATTEMPTS {
-                match streams::ack(&mut conn, &settings.stream, &settings.group, &batch.entries)
-                    .await
-                {
+                match record(&mut conn, &settings, &carried, &batch.entries).await {
                     Ok(()) => {
                         if failing.swap(false, Ordering::AcqRel) {
-                            tracing::info!("acknowledgements work again");
+                            tracing::info!("recording commits works again");
                         }
-                        metrics.entries_acked.inc_by(batch.entries.len() as u64);
+                        metrics.entries_acked.inc_by(carried.entries as u64);
                         batch.ticket.settle();
                         return;
                     }
                     Err(error) => {
                         metrics.redis_errors.with_label_values(&["ack"]).inc();
                         if !failing.swap(true, Ordering::AcqRel) {
-                            tracing::warn!(%error, entries = batch.entries.len(), "XACK failed, retrying");
+                            tracing::warn!(%error, entries = carried.entries, "recording a commit failed, retrying");
                         }
                         backoff.wait().await;
                     }
                 }
             }
             tracing::warn!(
-                entries = batch.entries.len(),
-                "XACK kept failing; the committed batch will be re-read and skipped as duplicates"
+                entries = carried.entries,
+                "recording the commit kept failing; the committed batch will be re-read and skipped as duplicates"
             );
         };
         ctx.wait(guarded("ack", work));
     }
+}
+
+/// Records a committed batch in the ledger and merges it. A re-read batch is also `XACK`ed: its entries may sit
+/// in the group's pending-entries list, left there by a version of sensorhub that acknowledged
+/// entry by entry (acknowledging an entry that is not pending does nothing).
+async fn record(
+    conn: &mut ConnectionManager,
+    settings: &AckSettings,
+    carried: &Carried,
+    entries: &[EntryId],
+) -> redis::RedisResult<()> {
+    if carried.re_read && !entries.is_empty() {
+        redis::cmd("XACK")
+            .arg(&settings.stream)
+            .arg(&settings.group)
+            .arg(entries)
+            .query_async::<redis::Value>(conn)
+            .await?;
+    }
+    ledger::record(conn, &settings.stream, &settings.group, &carried.ranges).await?;
+    // Merged at once, so the watermark follows the commits (in order, a batch's ranges continue
+    // it): the sorted set stays a handful of ranges, and what waits on the watermark (trimming,
+    // an operator's check) sees the commit now rather than at the next maintenance pass.
+    ledger::compact(conn, &settings.stream, &settings.group)
+        .await
+        .map(drop)
 }
 
 async fn maintain(
@@ -124,12 +155,19 @@ async fn maintain(
     settings: &AckSettings,
     metrics: &Metrics,
 ) -> redis::RedisResult<()> {
+    let progress = ledger::compact(conn, &settings.stream, &settings.group).await?;
     let groups = streams::groups(conn, &settings.stream).await?;
-    if let Some(ours) = groups.iter().find(|g| g.name == settings.group) {
-        metrics.group_pending.set(ours.pending as i64);
-        if let Some(lag) = ours.lag {
-            metrics.group_lag.set(lag as i64);
-        }
+    if let Some(ours) = groups.iter().find(|g| g.name == settings.group)
+        && let Some(lag) = ours.lag
+    {
+        metrics.group_lag.set(lag as i64);
     }
-    streams::trim_acknowledged(conn, &settings.stream, &groups, settings.tail).await
+    streams::trim_acknowledged(
+        conn,
+        &settings.stream,
+        &groups,
+        (&settings.group, progress.through),
+        settings.tail,
+    )
+    .await
 }

@@ -4,8 +4,8 @@
 //!  bridge: SUBSCRIBE channel ──XADD──► stream      (only the instance holding the lease)
 //!
 //!  read ──RawBatch──► validate ──Readings──► window ──WriteBatch──► write ──Committed──► ack
-//!   ▲  XREADGROUP        │ rejects             fold into               one transaction      XACK, XTRIM
-//!   │  XCLAIM            ▼                     partial aggregates      per batch
+//!   ▲  XREADGROUP NOACK  │ rejects             fold into               one transaction      ledger, XTRIM
+//!   │  XRANGE (re-read)  ▼                     partial aggregates      per batch
 //!   │              <stream>:dead
 //!   └──────────── Ticket returned (permit back) when the batch is acknowledged ◄──────────────┘
 //! ```
@@ -13,9 +13,10 @@
 //! - Every hop is bounded: each stage's mailbox holds one message and upstream waits with
 //!   `send().await`; the reader admits at most `max_in_flight` batches ([`Flow`]), so a slow
 //!   database leaves the backlog in Redis.
-//! - Every batch carries a [`Ticket`]. If a batch is lost (a stage panicked, a mailbox closed, an
-//!   acknowledgement failed), dropping its ticket raises the *rewind* flag: the reader waits for the
-//!   pipeline to drain, then re-reads its own pending entries, which are exactly the lost ones.
+//! - Every batch carries a [`Ticket`], which holds the stream ranges it was read as. If a batch is
+//!   lost (a stage panicked, a mailbox closed, recording its commit failed), dropping its ticket
+//!   raises the *rewind* flag: the reader waits for the pipeline to drain, then re-reads every
+//!   delivered entry the [`crate::ledger`] does not show committed, the lost ones among them.
 //!   Duplicates cannot arise from that: the store skips stored `(sensor_id, ts)`.
 //! - Each stage runs its work inside [`guarded`], which turns a panic into a counted stop; the
 //!   actix `Supervisor` then restarts the actor with the same mailbox.
@@ -29,6 +30,8 @@ pub mod window;
 pub mod write;
 
 use crate::domain::Reading;
+use crate::ledger::EntryRange;
+use crate::streams::EntryId;
 use crate::telemetry::Metrics;
 use actix::prelude::*;
 use futures_util::FutureExt as _;
@@ -43,6 +46,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// The in-flight bound and the rewind flag, shared by the reader and every ticket.
 pub struct Flow {
     permits: Arc<Semaphore>,
+    /// The stream ranges of every batch in flight, by ticket number.
+    in_flight: Mutex<Vec<(u64, Vec<EntryRange>)>>,
+    next_ticket: AtomicU64,
     max_in_flight: usize,
     rewind: AtomicBool,
     /// Readings per stream entry in the last validated batch, as `f64` bits; 0 before the first.
@@ -69,6 +75,8 @@ impl Flow {
     pub fn new(max_in_flight: usize, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Self {
             permits: Arc::new(Semaphore::new(max_in_flight)),
+            in_flight: Mutex::new(Vec::new()),
+            next_ticket: AtomicU64::new(0),
             max_in_flight,
             rewind: AtomicBool::new(false),
             readings_per_entry: AtomicU64::new(0),
@@ -86,9 +94,19 @@ impl Flow {
         Ticket {
             _permit: permit,
             flow: Arc::clone(self),
+            number: self.next_ticket.fetch_add(1, Ordering::Relaxed),
             settled: false,
-            carrying: false,
+            carrying: None,
         }
+    }
+
+    /// True when a batch in flight holds the entry `id`: a gap there is this instance's own work
+    /// in progress, not a lost delivery.
+    pub fn holds(&self, id: EntryId) -> bool {
+        let in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        in_flight
+            .iter()
+            .any(|(_, ranges)| ranges.iter().any(|r| r.contains(id)))
     }
 
     /// Waits until every admitted batch is settled.
@@ -106,7 +124,7 @@ impl Flow {
         self.rewind.swap(false, Ordering::AcqRel)
     }
 
-    /// Asks the reader to re-read its pending entries once the pipeline has drained.
+    /// Asks the reader to re-read delivered entries not committed once the pipeline has drained.
     pub fn request_rewind(&self) {
         self.rewind.store(true, Ordering::Release);
     }
@@ -153,22 +171,45 @@ impl Flow {
     }
 }
 
-/// The in-flight permit of one batch. Settle it when the batch's entries are acknowledged (or
-/// when an empty read needs no acknowledgement); dropping it unsettled means the batch was lost.
+/// The in-flight permit of one batch. Settle it when the batch's commit is recorded (or when an
+/// empty read needs no record); dropping it unsettled means the batch was lost.
 pub struct Ticket {
     _permit: OwnedSemaphorePermit,
     flow: Arc<Flow>,
+    number: u64,
     settled: bool,
-    /// True once the batch holds entries: only those count in `sensorhub_batches_in_flight`.
-    carrying: bool,
+    /// What the batch carries, once it carries entries: only those batches count in
+    /// `sensorhub_batches_in_flight`.
+    carrying: Option<Carried>,
+}
+
+/// The stream entries a ticket's batch was read as.
+#[derive(Clone, Debug)]
+pub struct Carried {
+    /// One range per read.
+    pub ranges: Vec<EntryRange>,
+    pub entries: usize,
+    /// Re-read with `XRANGE` rather than delivered by `XREADGROUP`.
+    pub re_read: bool,
 }
 
 impl Ticket {
-    /// Marks the ticket as carrying entries into the pipeline.
-    pub fn carrying(mut self) -> Self {
-        self.carrying = true;
+    /// Marks the ticket as carrying entries into the pipeline: the batch read as `carried`.
+    pub fn carrying(mut self, carried: Carried) -> Self {
         self.flow.metrics.batches_in_flight.inc();
+        self.flow.metrics.group_pending.add(carried.entries as i64);
+        self.flow
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((self.number, carried.ranges.clone()));
+        self.carrying = Some(carried);
         self
+    }
+
+    /// What the batch was read as; `None` for a ticket that carries nothing.
+    pub fn carried(&self) -> Option<&Carried> {
+        self.carrying.as_ref()
     }
 
     /// See [`Flow::record_shape`].
@@ -183,8 +224,14 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        if self.carrying {
+        if let Some(carried) = &self.carrying {
             self.flow.metrics.batches_in_flight.dec();
+            self.flow.metrics.group_pending.sub(carried.entries as i64);
+            self.flow
+                .in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|(number, _)| *number != self.number);
         }
         if !self.settled {
             self.flow.request_rewind();

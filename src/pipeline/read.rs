@@ -1,12 +1,16 @@
 //! Stage 1, read: `XREADGROUP` batches from the stream into the pipeline.
 //!
-//! On start (and after a lost batch) it first re-reads this consumer's own pending entries, then
-//! reads new ones; now and then it claims entries left pending by consumers that went idle. It
-//! admits at most `max_in_flight` batches, so it stops reading while the pipeline is full.
+//! Reads are `NOACK`: the [`ledger`] records which delivered entries are committed. On start (and
+//! after a lost batch, once the pipeline has drained) it first re-reads every delivered entry the
+//! ledger does not show committed, then reads new ones; now and then it checks the ledger for a
+//! gap that stayed open for the claim idle time without being its own work in flight (entries
+//! delivered to an instance that died) and re-reads that. It admits at most `max_in_flight`
+//! batches, so it stops reading while the pipeline is full.
 
+use crate::ledger::{self, EntryRange, Upto};
 use crate::pipeline::messages::RawBatch;
 use crate::pipeline::validate::Validator;
-use crate::pipeline::{Backoff, Flow, count_restart, guarded, stop_requested};
+use crate::pipeline::{Backoff, Carried, Flow, count_restart, guarded, stop_requested};
 use crate::stream_reader::StreamReader;
 use crate::streams::{self, EntryId, StreamEntry};
 use crate::telemetry::Metrics;
@@ -33,22 +37,30 @@ pub struct ReadSettings {
     pub batch_size: usize,
     /// Longest wait for a partly filled batch to grow.
     pub batch_delay: Duration,
-    /// Idle time after which another consumer's pending entries are claimed.
+    /// How long a gap in the ledger that is not this instance's own work stays open before it
+    /// is re-read (entries delivered to an instance that died).
     pub claim_idle: Duration,
 }
 
-/// Where the next read starts.
+/// Where the next read comes from.
 #[derive(Clone, Copy, Debug)]
 enum Position {
-    /// Re-reading this consumer's pending entries after this id.
-    Pending(EntryId),
-    /// Reading new entries (`>`).
+    /// Re-reading delivered entries after `after`, up to `upto` (`XRANGE`).
+    ReRead { after: EntryId, upto: Upto },
+    /// Reading new entries (`XREADGROUP ... NOACK ... >`).
     New,
+}
+
+/// A gap in the ledger seen by the idle check: its first entry, and since when.
+#[derive(Clone, Copy, Debug)]
+struct Gap {
+    next: EntryId,
+    since: Instant,
 }
 
 pub struct Reader {
     settings: Arc<ReadSettings>,
-    /// For claims and group re-creation. Entries are read on the read loop's own
+    /// For the ledger, re-reads and group re-creation. Entries are read on the read loop's own
     /// [`StreamReader`]: a blocking `XREADGROUP` holds the connection it runs on.
     conn: ConnectionManager,
     validator: Addr<Validator>,
@@ -123,43 +135,57 @@ struct ReadLoop {
 impl ReadLoop {
     async fn run(mut self) {
         self.running.store(true, Ordering::Release);
-        let mut position = Position::Pending(EntryId::ZERO);
+        // Whatever was delivered and not committed before this start may be this consumer's own
+        // lost work: re-read it first.
+        self.flow.request_rewind();
+        let mut position = Position::New;
         let mut backoff = Backoff::new();
         let mut redis_down = false;
-        let claim_every = (self.settings.claim_idle / 2).max(Duration::from_millis(100));
-        let mut last_claim = Instant::now();
+        let check_every = (self.settings.claim_idle / 2).max(Duration::from_millis(100));
+        let mut last_check = Instant::now();
+        let mut gap: Option<Gap> = None;
         while !stop_requested(&self.stop) {
-            if self.flow.take_rewind() {
-                tracing::debug!(stream = %self.settings.stream, "re-reading pending entries once the pipeline drains");
+            let rewind = self.flow.take_rewind();
+            if rewind {
+                tracing::debug!(stream = %self.settings.stream, "re-reading uncommitted entries once the pipeline drains");
                 self.flow.drained().await;
-                position = Position::Pending(EntryId::ZERO);
             }
+            let check_due =
+                matches!(position, Position::New) && last_check.elapsed() >= check_every;
+            let result = if rewind || check_due {
+                last_check = Instant::now();
+                self.check_ledger(rewind, &mut gap).await.map(|found| {
+                    if let Some(re_read) = found {
+                        position = re_read;
+                    }
+                })
+            } else {
+                Ok(())
+            };
             let ticket = tokio::select! {
                 ticket = self.flow.admit() => ticket,
                 _ = self.stop.changed() => break,
             };
-            let claim_due = last_claim.elapsed() >= claim_every;
-            let result = match position {
-                Position::Pending(after) => self.read(Some(after)).await,
-                Position::New if claim_due => {
-                    last_claim = Instant::now();
-                    self.claim().await
-                }
-                Position::New => self.read(None).await,
+            let result = match result {
+                Ok(()) => match position {
+                    Position::ReRead { after, upto } => self.re_read(after, upto).await,
+                    Position::New => self.read().await,
+                },
+                Err(error) => Err(error),
             };
-            let entries = match result {
-                Ok(entries) => {
+            let (entries, ranges) = match result {
+                Ok(read) => {
                     if redis_down {
                         self.metrics.reconnects.with_label_values(&["redis"]).inc();
                         tracing::info!(stream = %self.settings.stream, "redis reads work again");
                         redis_down = false;
                     }
                     backoff.reset();
-                    entries
+                    read
                 }
                 Err(error) => {
                     // Redis may have delivered entries whose reply was lost with the connection:
-                    // they are pending for this consumer now. Re-read them once the pipeline drains.
+                    // re-read what is not committed once the pipeline drains.
                     ticket.settle();
                     self.flow.request_rewind();
                     self.metrics.redis_errors.with_label_values(&["read"]).inc();
@@ -177,31 +203,44 @@ impl ReadLoop {
                             false,
                         )
                         .await;
-                        position = Position::Pending(EntryId::ZERO);
                     }
+                    position = Position::New;
                     backoff.wait().await;
                     continue;
                 }
             };
+            let re_read = matches!(position, Position::ReRead { .. });
+            if let Position::ReRead { upto, .. } = position {
+                position = match entries.last() {
+                    Some(last) => Position::ReRead {
+                        after: last.id,
+                        upto,
+                    },
+                    None => Position::New,
+                };
+            }
             if entries.is_empty() {
                 ticket.settle();
-                if let Position::Pending(_) = position {
-                    position = Position::New;
-                }
                 continue;
             }
-            if let Position::Pending(_) = position {
-                position = Position::Pending(entries.last().map_or(EntryId::ZERO, |e| e.id));
+            if re_read {
+                tracing::info!(entries = entries.len(), stream = %self.settings.stream, "re-reading delivered entries that no commit covers");
+                self.metrics.entries_reread.inc_by(entries.len() as u64);
             }
             self.metrics
                 .messages_received
                 .with_label_values(&["stream"])
                 .inc_by(entries.len() as u64);
+            let carried = Carried {
+                ranges,
+                entries: entries.len(),
+                re_read,
+            };
             if self
                 .validator
                 .send(RawBatch {
                     entries,
-                    ticket: ticket.carrying(),
+                    ticket: ticket.carrying(carried),
                 })
                 .await
                 .is_err()
@@ -212,21 +251,86 @@ impl ReadLoop {
         self.running.store(false, Ordering::Release);
     }
 
-    /// Reads pending entries after `pending_after`, or new entries (growing the batch for up to
-    /// `batch_delay` while it is not full).
-    async fn read(
+    /// Merges the ledger and looks for delivered entries it does not show committed. After a
+    /// rewind (`all`), everything delivered above the watermark is re-read at once: this
+    /// instance's own lost work is among it, and whatever else is only skipped as duplicates.
+    /// Otherwise only the first gap is, once it has stayed the same for the claim idle time and is
+    /// not a batch of this instance's own in flight.
+    async fn check_ledger(
         &mut self,
-        pending_after: Option<EntryId>,
-    ) -> redis::RedisResult<Vec<StreamEntry>> {
+        all: bool,
+        seen: &mut Option<Gap>,
+    ) -> redis::RedisResult<Option<Position>> {
         let s = Arc::clone(&self.settings);
-        let batch_entries = self.flow.entries_for(s.batch_size);
-        if let Some(after) = pending_after {
-            return self
-                .read_group(batch_entries, None, &after.to_string())
-                .await;
+        let progress = ledger::compact(&mut self.conn, &s.stream, &s.group).await?;
+        let groups = streams::groups(&mut self.conn, &s.stream).await?;
+        let Some(ours) = groups.iter().find(|g| g.name == s.group) else {
+            // The group is gone (Redis restarted without persistence): recreated, it delivers
+            // the stream from its start, so there is nothing to re-read.
+            streams::ensure_group(&mut self.conn, &s.stream, &s.group, false).await?;
+            *seen = None;
+            return Ok(None);
+        };
+        let last_delivered = ours.last_delivered;
+        if all {
+            *seen = None;
+            return Ok(
+                (progress.through < last_delivered).then_some(Position::ReRead {
+                    after: progress.through,
+                    upto: Upto::Through(last_delivered),
+                }),
+            );
         }
+        let (Some((after, upto)), Some(next)) = (progress.gap(last_delivered), progress.next)
+        else {
+            *seen = None;
+            return Ok(None);
+        };
+        if self.flow.holds(next) {
+            *seen = None;
+            return Ok(None);
+        }
+        match *seen {
+            Some(gap) if gap.next == next && gap.since.elapsed() >= s.claim_idle => {
+                *seen = None;
+                tracing::info!(stream = %s.stream, from = %next, idle = ?s.claim_idle, "delivered entries stayed uncommitted (an instance stopped with them); re-reading them");
+                Ok(Some(Position::ReRead { after, upto }))
+            }
+            Some(gap) if gap.next == next => Ok(None),
+            _ => {
+                *seen = Some(Gap {
+                    next,
+                    since: Instant::now(),
+                });
+                Ok(None)
+            }
+        }
+    }
+
+    /// Re-reads a batch of delivered entries after `after`, up to `upto`.
+    async fn re_read(
+        &mut self,
+        after: EntryId,
+        upto: Upto,
+    ) -> redis::RedisResult<(Vec<StreamEntry>, Vec<EntryRange>)> {
+        let s = Arc::clone(&self.settings);
+        let count = self.flow.entries_for(s.batch_size);
+        let entries = ledger::read_range(&mut self.conn, &s.stream, after, upto, count).await?;
+        let ranges = EntryRange::of(&entries).into_iter().collect();
+        Ok((entries, ranges))
+    }
+
+    /// Reads new entries, growing the batch for up to `batch_delay` while it is not full. Each
+    /// `XREADGROUP` reply is one range of the stream.
+    async fn read(&mut self) -> redis::RedisResult<(Vec<StreamEntry>, Vec<EntryRange>)> {
+        let s = Arc::clone(&self.settings);
+        let mut ranges = Vec::new();
         let mut entries = self
-            .read_group(batch_entries, Some(READ_BLOCK), ">")
+            .read_group(
+                self.flow.entries_for(s.batch_size),
+                Some(READ_BLOCK),
+                &mut ranges,
+            )
             .await?;
         let deadline = Instant::now() + s.batch_delay;
         loop {
@@ -240,54 +344,31 @@ impl ReadLoop {
             if entries.is_empty() || wanted == 0 || left < Duration::from_millis(1) {
                 break;
             }
-            let more = self.read_group(wanted, Some(left), ">").await?;
+            let more = self.read_group(wanted, Some(left), &mut ranges).await?;
             if more.is_empty() {
                 break;
             }
             entries.extend(more);
         }
-        Ok(entries)
+        Ok((entries, ranges))
     }
 
     /// One `XREADGROUP` on the reader's own connection; its reply's size bounds the next reads
-    /// ([`Flow::entries_for`]).
+    /// ([`Flow::entries_for`]), and its range is added to `ranges`.
     async fn read_group(
         &mut self,
         count: usize,
         block: Option<Duration>,
-        start: &str,
+        ranges: &mut Vec<EntryRange>,
     ) -> redis::RedisResult<Vec<StreamEntry>> {
         let s = Arc::clone(&self.settings);
         let entries = self
             .entries
-            .read_group(&s.stream, &s.group, &s.consumer, count, block, start)
+            .read_group(&s.stream, &s.group, &s.consumer, count, block)
             .await?;
         self.flow
             .record_read(entries.len(), self.entries.last_reply_bytes());
+        ranges.extend(EntryRange::of(&entries));
         Ok(entries)
-    }
-
-    async fn claim(&mut self) -> redis::RedisResult<Vec<StreamEntry>> {
-        let s = Arc::clone(&self.settings);
-        let claim = streams::claim_idle(
-            &mut self.conn,
-            &s.stream,
-            &s.group,
-            &s.consumer,
-            s.claim_idle,
-            self.flow.entries_for(s.batch_size),
-        )
-        .await?;
-        if claim.own_idle {
-            tracing::info!(stream = %s.stream, idle = ?s.claim_idle, "own deliveries left idle (lost in flight); re-reading pending entries once the pipeline drains");
-            self.flow.request_rewind();
-        }
-        if !claim.entries.is_empty() {
-            tracing::info!(entries = claim.entries.len(), stream = %s.stream, "claimed entries left pending by an idle consumer");
-            self.metrics
-                .entries_claimed
-                .inc_by(claim.entries.len() as u64);
-        }
-        Ok(claim.entries)
     }
 }

@@ -7,6 +7,7 @@ mod dashboard;
 mod helpers;
 mod infra;
 mod ingest;
+mod ledger;
 mod operations;
 mod poison;
 mod rejections;

@@ -1,0 +1,282 @@
+//! The group's ledger of committed stream entries, kept in Redis beside the stream.
+//!
+//! sensorhub reads with `XREADGROUP ... NOACK`, so Redis keeps no pending-entries list: inserting
+//! every delivered entry into that list and acknowledging it again was most of Redis's CPU, more
+//! than half as much as PostgreSQL's own work (see the README's load run). What the list gave, a
+//! record of which delivered entries are stored, is kept here instead, per batch rather than per
+//! entry:
+//!
+//! - Each read (one `XREADGROUP`, or one `XRANGE` when re-reading) returns a contiguous run of the
+//!   stream, an [`EntryRange`]. Once every transaction holding a batch's readings has committed
+//!   (and its rejections are dead-lettered), the batch's ranges are added to a sorted set
+//!   ([`record`]).
+//! - Once a second, ranges that continue the committed prefix of the stream are merged into its
+//!   watermark, `through`: every entry up to it is stored ([`compact`], one Lua script, so
+//!   instances sharing the group never merge the same range twice or lose one). The stream is
+//!   trimmed up to the watermark.
+//! - A delivered entry (at or below the group's last-delivered id) above the watermark that no
+//!   committed range covers is in flight, or was lost: with a crashed instance, or with a reply
+//!   that never arrived. [`Progress::gap`] finds the first such run; the reader re-reads it with
+//!   `XRANGE` ([`read_range`]) after a restart or a lost batch at once, and otherwise once it has
+//!   stayed uncovered for the claim idle time and no batch of its own holds it.
+//!
+//! A re-read can only repeat work: the store skips readings it already holds, so nothing is stored
+//! twice. A range is recorded only after its commit, so nothing is marked stored that is not.
+
+use crate::streams::{self, EntryId, StreamEntry};
+use redis::aio::ConnectionManager;
+use redis::{RedisResult, Value};
+
+/// A contiguous run of stream entries, `first..=last`: no entry of the stream lies between two of
+/// its entries that is not in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryRange {
+    pub first: EntryId,
+    pub last: EntryId,
+}
+
+impl EntryRange {
+    /// The range of entries read by one command, in stream order; `None` for no entries.
+    pub fn of(entries: &[StreamEntry]) -> Option<EntryRange> {
+        Some(EntryRange {
+            first: entries.first()?.id,
+            last: entries.last()?.id,
+        })
+    }
+
+    pub fn contains(&self, id: EntryId) -> bool {
+        self.first <= id && id <= self.last
+    }
+}
+
+/// The sorted set of committed ranges above the watermark.
+pub fn ranges_key(stream: &str, group: &str) -> String {
+    format!("{stream}:committed:{group}")
+}
+
+/// The watermark: every entry up to it is committed. Missing means `0-0`, nothing yet.
+pub fn through_key(stream: &str, group: &str) -> String {
+    format!("{stream}:committed-through:{group}")
+}
+
+/// An id in fixed width, so that the sorted set's byte order is stream order.
+fn padded(id: EntryId) -> String {
+    format!("{:020}-{:020}", id.ms, id.seq)
+}
+
+/// Records the ranges of a committed batch.
+pub async fn record(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    group: &str,
+    ranges: &[EntryRange],
+) -> RedisResult<()> {
+    if ranges.is_empty() {
+        return Ok(());
+    }
+    let mut cmd = redis::cmd("ZADD");
+    cmd.arg(ranges_key(stream, group));
+    for range in ranges {
+        cmd.arg(0)
+            .arg(format!("{} {}", padded(range.first), padded(range.last)));
+    }
+    cmd.query_async::<Value>(conn).await.map(drop)
+}
+
+/// Merges the committed ranges that continue the watermark into it, and reports where the
+/// committed prefix ends. Ids are compared in their padded form; a range is merged when it starts
+/// at or before the first entry after the watermark (entries deleted from the stream leave no gap).
+const COMPACT: &str = r#"
+local function pad(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return string.rep('0', 20 - #ms) .. ms .. '-' .. string.rep('0', 20 - #seq) .. seq
+end
+local function raw(p)
+  local ms, seq = string.match(p, '^(%d+)-(%d+)$')
+  return (string.gsub(ms, '^0+(%d)', '%1')) .. '-' .. (string.gsub(seq, '^0+(%d)', '%1'))
+end
+local through = redis.call('GET', KEYS[3]) or pad('0-0')
+local after = redis.call('XRANGE', KEYS[1], '(' .. raw(through), '+', 'COUNT', 1)[1]
+local merged = 0
+while merged < tonumber(ARGV[1]) do
+  local low = redis.call('ZRANGE', KEYS[2], 0, 0)[1]
+  if not low then break end
+  local first, last = string.match(low, '^(%S+) (%S+)$')
+  if first > through and after and first > pad(after[1]) then break end
+  redis.call('ZREM', KEYS[2], low)
+  merged = merged + 1
+  if last > through then
+    through = last
+    after = redis.call('XRANGE', KEYS[1], '(' .. raw(through), '+', 'COUNT', 1)[1]
+  end
+end
+if merged > 0 then redis.call('SET', KEYS[3], through) end
+local low = redis.call('ZRANGE', KEYS[2], 0, 0)[1]
+return {raw(through), after and after[1] or false, low and raw(string.match(low, '^(%S+)')) or false}
+"#;
+
+/// Most ranges one [`compact`] call merges: it runs inside Redis, which serves nothing else meanwhile.
+const MERGE_AT_MOST: usize = 1000;
+
+/// Where the committed prefix of the stream ends, after a [`compact`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Every entry up to this one is committed.
+    pub through: EntryId,
+    /// The first entry of the stream after `through`, if any: the first one not known committed.
+    pub next: Option<EntryId>,
+    /// The start of the first committed range above the watermark, if any.
+    pub next_committed: Option<EntryId>,
+}
+
+/// Where a re-read ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Upto {
+    /// Up to and including this entry.
+    Through(EntryId),
+    /// Up to this entry, not including it.
+    Before(EntryId),
+}
+
+impl Progress {
+    /// The first run of entries that were delivered to the group (up to `last_delivered`) and are
+    /// not known committed: `(after, upto)` for [`read_range`]. `None` when every delivered entry
+    /// is committed.
+    pub fn gap(&self, last_delivered: EntryId) -> Option<(EntryId, Upto)> {
+        let next = self.next?;
+        if next > last_delivered {
+            return None;
+        }
+        let upto = match self.next_committed {
+            Some(start) if start <= last_delivered => Upto::Before(start),
+            _ => Upto::Through(last_delivered),
+        };
+        Some((self.through, upto))
+    }
+}
+
+/// Runs the merge ([`COMPACT`]) and returns the progress it leaves.
+pub async fn compact(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    group: &str,
+) -> RedisResult<Progress> {
+    let reply: Value = redis::cmd("EVAL")
+        .arg(COMPACT)
+        .arg(3)
+        .arg(stream)
+        .arg(ranges_key(stream, group))
+        .arg(through_key(stream, group))
+        .arg(MERGE_AT_MOST)
+        .query_async(conn)
+        .await?;
+    let Value::Array(parts) = reply else {
+        return Err(streams::unexpected("ledger compaction", &reply));
+    };
+    let id = |value: Option<&Value>| -> RedisResult<Option<EntryId>> {
+        match value {
+            None | Some(Value::Nil) | Some(Value::Boolean(false)) => Ok(None),
+            Some(value) => streams::parse_id(value).map(Some),
+        }
+    };
+    Ok(Progress {
+        through: id(parts.first())?.unwrap_or(EntryId::ZERO),
+        next: id(parts.get(1))?,
+        next_committed: id(parts.get(2))?,
+    })
+}
+
+/// The watermark as it stands, without merging.
+pub async fn through(
+    conn: &mut impl redis::aio::ConnectionLike,
+    stream: &str,
+    group: &str,
+) -> RedisResult<EntryId> {
+    let value: Option<String> = redis::cmd("GET")
+        .arg(through_key(stream, group))
+        .query_async(conn)
+        .await?;
+    match value {
+        None => Ok(EntryId::ZERO),
+        Some(text) => text.parse().map_err(|why: String| {
+            redis::RedisError::from((redis::ErrorKind::Parse, "bad watermark", why))
+        }),
+    }
+}
+
+/// Re-reads up to `count` entries after `after`, up to `upto` (`XRANGE`).
+pub async fn read_range(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    after: EntryId,
+    upto: Upto,
+    count: usize,
+) -> RedisResult<Vec<StreamEntry>> {
+    let end = match upto {
+        Upto::Through(id) => id.to_string(),
+        Upto::Before(id) => format!("({id}"),
+    };
+    if matches!(upto, Upto::Before(id) | Upto::Through(id) if id <= after) {
+        return Ok(Vec::new());
+    }
+    let reply: Value = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg(format!("({after}"))
+        .arg(end)
+        .arg("COUNT")
+        .arg(count.max(1))
+        .query_async(conn)
+        .await?;
+    streams::parse_entries(reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(ms: u64, seq: u64) -> EntryId {
+        EntryId { ms, seq }
+    }
+
+    #[test]
+    fn padded_ids_sort_in_stream_order_and_parse_back() {
+        let ids = [
+            id(9, 10),
+            id(10, 9),
+            id(10, 10),
+            id(1_700_000_000_000, 0),
+            id(u64::MAX, u64::MAX),
+        ];
+        let mut texts: Vec<String> = ids.iter().map(|&i| padded(i)).collect();
+        texts.sort();
+        let back: Vec<EntryId> = texts.iter().map(|t| t.parse().unwrap()).collect();
+        assert_eq!(back, ids);
+    }
+
+    #[test]
+    fn the_gap_is_what_was_delivered_and_not_committed() {
+        let progress = Progress {
+            through: id(5, 0),
+            next: Some(id(6, 0)),
+            next_committed: Some(id(9, 0)),
+        };
+        // Delivered beyond the next committed range: re-read up to that range.
+        assert_eq!(
+            progress.gap(id(20, 0)),
+            Some((id(5, 0), Upto::Before(id(9, 0))))
+        );
+        // Delivered up to before it: re-read what was delivered.
+        assert_eq!(
+            progress.gap(id(7, 0)),
+            Some((id(5, 0), Upto::Through(id(7, 0))))
+        );
+        // Nothing delivered after the watermark: no gap, whatever the stream holds.
+        assert_eq!(progress.gap(id(5, 0)), None);
+        // Nothing in the stream after the watermark: no gap.
+        let done = Progress {
+            next: None,
+            ..progress
+        };
+        assert_eq!(done.gap(id(20, 0)), None);
+    }
+}
