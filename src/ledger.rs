@@ -186,22 +186,47 @@ pub async fn compact(
     })
 }
 
-/// The watermark as it stands, without merging.
+/// Opens the group's ledger, if it has none yet, with nothing committed: done with the group's
+/// creation, before the first read, so that a group with a ledger can be told from one without
+/// (another program's, which acknowledges with `XACK`) when the stream is trimmed.
+pub async fn open(conn: &mut ConnectionManager, stream: &str, group: &str) -> RedisResult<()> {
+    redis::cmd("SET")
+        .arg(through_key(stream, group))
+        .arg(padded(EntryId::ZERO))
+        .arg("NX")
+        .query_async::<Value>(conn)
+        .await
+        .map(drop)
+}
+
+/// The watermark as it stands, without merging; `None` when the group has no ledger.
+pub async fn watermark(
+    conn: &mut impl redis::aio::ConnectionLike,
+    stream: &str,
+    group: &str,
+) -> RedisResult<Option<EntryId>> {
+    let value: Option<String> = redis::cmd("GET")
+        .arg(through_key(stream, group))
+        .query_async(conn)
+        .await?;
+    value
+        .map(|text| {
+            text.parse().map_err(|why: String| {
+                redis::RedisError::from((redis::ErrorKind::Parse, "bad watermark", why))
+            })
+        })
+        .transpose()
+}
+
+/// The watermark as it stands, `0-0` when there is no ledger yet.
 pub async fn through(
     conn: &mut impl redis::aio::ConnectionLike,
     stream: &str,
     group: &str,
 ) -> RedisResult<EntryId> {
-    let value: Option<String> = redis::cmd("GET")
-        .arg(through_key(stream, group))
-        .query_async(conn)
-        .await?;
-    match value {
-        None => Ok(EntryId::ZERO),
-        Some(text) => text.parse().map_err(|why: String| {
-            redis::RedisError::from((redis::ErrorKind::Parse, "bad watermark", why))
-        }),
-    }
+    Ok(watermark(conn, stream, group)
+        .await?
+        .unwrap_or(EntryId::ZERO))
 }
 
 /// Re-reads up to `count` entries after `after`, up to `upto` (`XRANGE`).

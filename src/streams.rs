@@ -88,7 +88,8 @@ pub struct StreamEntry {
     pub fields: Option<Vec<(Vec<u8>, Vec<u8>)>>,
 }
 
-/// `XGROUP CREATE <stream> <group> 0 [MKSTREAM]`; an existing group is fine. Starting at `0` means
+/// `XGROUP CREATE <stream> <group> 0 [MKSTREAM]`, and the group's ledger opened
+/// ([`crate::ledger::open`]); an existing group is fine. Starting at `0` means
 /// entries added before the group existed are processed too. Without `create_stream` a missing
 /// stream is an error: the group is created once a producer writes to the stream again, and a
 /// stream an operator deleted is not resurrected empty.
@@ -104,9 +105,10 @@ pub async fn ensure_group(
         cmd.arg("MKSTREAM");
     }
     match cmd.query_async::<Value>(conn).await {
-        Err(error) if error.code() == Some("BUSYGROUP") => Ok(()),
-        other => other.map(drop),
+        Err(error) if error.code() == Some("BUSYGROUP") => {}
+        other => other.map(drop)?,
     }
+    crate::ledger::open(conn, stream, group).await
 }
 
 /// The entries of an `XREADGROUP` reply as parsed by the `redis` crate: what the stream reader's
@@ -280,22 +282,22 @@ async fn oldest_pending(
 }
 
 /// Trims entries that every group has done with, keeping at most `tail` of them for inspection:
-/// for sensorhub's own group (`ours`: its name and committed watermark, [`crate::ledger`]) the
-/// entries up to the watermark; for any other group the entries it had delivered and acknowledged.
-/// Entries not committed, pending or not yet delivered in any group are never trimmed.
+/// for a group with a ledger (sensorhub's, [`crate::ledger`]) the entries up to its watermark; for
+/// any other group the entries it had delivered and acknowledged. Entries not committed, pending
+/// or not yet delivered in any group are never trimmed.
 pub async fn trim_acknowledged(
     conn: &mut ConnectionManager,
     stream: &str,
     groups: &[GroupInfo],
-    ours: (&str, EntryId),
     tail: usize,
 ) -> RedisResult<()> {
     let mut safe: Option<EntryId> = None;
     for group in groups {
-        let keep_from = match group.pending {
-            _ if group.name == ours.0 => ours.1.successor(),
-            0 => group.last_delivered.successor(),
-            _ => match oldest_pending(conn, stream, &group.name).await? {
+        let watermark = crate::ledger::watermark(conn, stream, &group.name).await?;
+        let keep_from = match (watermark, group.pending) {
+            (Some(through), _) => through.successor(),
+            (None, 0) => group.last_delivered.successor(),
+            (None, _) => match oldest_pending(conn, stream, &group.name).await? {
                 Some(id) => id,
                 None => group.last_delivered.successor(),
             },

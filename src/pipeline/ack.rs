@@ -155,19 +155,12 @@ async fn maintain(
     settings: &AckSettings,
     metrics: &Metrics,
 ) -> redis::RedisResult<()> {
-    let progress = ledger::compact(conn, &settings.stream, &settings.group).await?;
+    ledger::compact(conn, &settings.stream, &settings.group).await?;
     let groups = streams::groups(conn, &settings.stream).await?;
     if let Some(ours) = groups.iter().find(|g| g.name == settings.group)
         && let Some(lag) = ours.lag
     {
         metrics.group_lag.set(lag as i64);
     }
-    streams::trim_acknowledged(
-        conn,
-        &settings.stream,
-        &groups,
-        (&settings.group, progress.through),
-        settings.tail,
-    )
-    .await
+    streams::trim_acknowledged(conn, &settings.stream, &groups, settings.tail).await
 }

@@ -100,3 +100,127 @@ async fn committed_ranges_merge_into_the_watermark_only_without_gaps() {
         .unwrap();
     assert_eq!(left, 0);
 }
+
+/// Several groups on one stream: trimming keeps what any of them has not done with, reading a
+/// group's ledger when it has one (its `NOACK` reads leave no pending entries to go by) and its
+/// pending entries otherwise.
+#[actix_web::test]
+async fn trimming_keeps_what_any_group_has_not_committed() {
+    let resources = Resources::new();
+    let stream = resources.stream.clone();
+    let mut conn = redis::Client::open(REDIS_URL)
+        .unwrap()
+        .get_connection_manager()
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let id: String = redis::cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg("data")
+            .arg(i)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        ids.push(id.parse::<EntryId>().unwrap());
+    }
+    let shared = conn.clone();
+    let read = |group: &'static str, count: usize, noack: bool| {
+        let (mut conn, stream) = (shared.clone(), stream.clone());
+        async move {
+            let mut cmd = redis::cmd("XREADGROUP");
+            cmd.arg("GROUP").arg(group).arg("c").arg("COUNT").arg(count);
+            if noack {
+                cmd.arg("NOACK");
+            }
+            let _: redis::Value = cmd
+                .arg("STREAMS")
+                .arg(&stream)
+                .arg(">")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    };
+    let ack = |group: &'static str, from: usize, to: usize| {
+        let (mut conn, stream) = (shared.clone(), stream.clone());
+        let acked: Vec<EntryId> = ids[from..=to].to_vec();
+        async move {
+            let _: i64 = redis::cmd("XACK")
+                .arg(&stream)
+                .arg(group)
+                .arg(&acked)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    };
+    let trim_and_count = || {
+        let (mut conn, stream) = (shared.clone(), stream.clone());
+        async move {
+            let groups = sensorhub::streams::groups(&mut conn, &stream)
+                .await
+                .unwrap();
+            sensorhub::streams::trim_acknowledged(&mut conn, &stream, &groups, 0)
+                .await
+                .unwrap();
+            let len: i64 = redis::cmd("XLEN")
+                .arg(&stream)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            len
+        }
+    };
+    // sensorhub's group: everything delivered and committed.
+    for group in [GROUP, "other", "plain"] {
+        sensorhub::streams::ensure_group(&mut conn, &stream, group, false)
+            .await
+            .unwrap();
+    }
+    let _: () = redis::cmd("DEL")
+        .arg(ledger::through_key(&stream, "plain"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    read(GROUP, 20, true).await;
+    let all = EntryRange {
+        first: ids[0],
+        last: ids[19],
+    };
+    ledger::record(&mut conn, &stream, GROUP, &[all])
+        .await
+        .unwrap();
+    ledger::compact(&mut conn, &stream, GROUP).await.unwrap();
+    // Another sensorhub deployment's group: everything delivered, 0..=4 committed.
+    read("other", 20, true).await;
+    let first_five = EntryRange {
+        first: ids[0],
+        last: ids[4],
+    };
+    ledger::record(&mut conn, &stream, "other", &[first_five])
+        .await
+        .unwrap();
+    ledger::compact(&mut conn, &stream, "other").await.unwrap();
+    // A group without a ledger: 0..=9 delivered, 0..=2 acknowledged.
+    read("plain", 10, false).await;
+    ack("plain", 0, 2).await;
+    assert_eq!(
+        trim_and_count().await,
+        17,
+        "kept from plain's oldest pending entry"
+    );
+
+    ack("plain", 3, 9).await;
+    read("plain", 10, false).await;
+    ack("plain", 10, 19).await;
+    assert_eq!(trim_and_count().await, 15, "kept after other's watermark");
+
+    let _: () = redis::cmd("DEL")
+        .arg(ledger::through_key(&stream, "other"))
+        .arg(ledger::ranges_key(&stream, "other"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
