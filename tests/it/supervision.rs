@@ -6,7 +6,15 @@ use std::time::Duration;
 
 async fn panic_in_stage_loses_nothing(stage: &str) {
     let faults = Faults::panic_in(stage, "poison", 2);
-    let mut t = spawn_app_with(|c| c.batch_size = 50, faults).await;
+    // The lost batch is re-read once the pipeline drains, not after the claim idle time.
+    let mut t = spawn_app_with(
+        |c| {
+            c.batch_size = 50;
+            c.claim_idle = Duration::from_secs(3600);
+        },
+        faults,
+    )
+    .await;
     let base: chrono::DateTime<chrono::Utc> = "2025-01-01T00:00:00Z".parse().unwrap();
     let mut payloads: Vec<Vec<u8>> = (0..2000)
         .map(|i| {
@@ -129,5 +137,58 @@ async fn deliveries_lost_in_flight_are_re_read() {
     t.wait_drained(&after).await;
     assert_eq!(t.readings().await, 3);
     assert!(t.metrics().entries_reread.get() >= 1);
+    t.stop().await;
+}
+
+/// A crash after Redis delivered entries (`NOACK`) and before they were committed leaves them
+/// in no pending list: on start, sensorhub re-reads what was delivered above the ledger's
+/// watermark at once, without waiting for the claim idle time.
+#[actix_web::test]
+async fn entries_delivered_before_a_crash_are_re_read_on_start() {
+    let resources = Resources::new();
+    let stream = resources.stream.clone();
+    let mut conn = redis::Client::open(REDIS_URL)
+        .unwrap()
+        .get_connection_manager()
+        .await
+        .unwrap();
+    let id: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("data")
+        .arg(reading_json("in-flight", 3.0, chrono::Utc::now()))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    sensorhub::streams::ensure_group(&mut conn, &stream, "sensorhub", true)
+        .await
+        .unwrap();
+    // The previous life of this consumer read it, then died.
+    let delivered: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("sensorhub")
+        .arg("test-consumer")
+        .arg("NOACK")
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(format!("{delivered:?}").contains(&id));
+
+    let mut t = spawn_app_on(
+        resources,
+        |c| c.claim_idle = Duration::from_secs(3600),
+        Default::default(),
+    )
+    .await;
+    t.wait_drained(&id).await;
+    assert_eq!(
+        t.count("SELECT count(*) FROM readings WHERE sensor_id = 'in-flight'")
+            .await,
+        1
+    );
+    assert_eq!(t.metrics().entries_reread.get(), 1);
     t.stop().await;
 }
