@@ -51,6 +51,13 @@ enum Position {
     New,
 }
 
+/// Where the read loop stands: what it reads next, the gap it watches, when it last checked.
+struct Cursor {
+    position: Position,
+    gap: Option<Gap>,
+    last_check: Instant,
+}
+
 /// A gap in the ledger seen by the idle check: its first entry, and since when.
 #[derive(Clone, Copy, Debug)]
 struct Gap {
@@ -138,42 +145,25 @@ impl ReadLoop {
         // Whatever was delivered and not committed before this start may be this consumer's own
         // lost work: re-read it first.
         self.flow.request_rewind();
-        let mut position = Position::New;
+        let mut cursor = Cursor {
+            position: Position::New,
+            gap: None,
+            last_check: Instant::now(),
+        };
         let mut backoff = Backoff::new();
         let mut redis_down = false;
-        let check_every = (self.settings.claim_idle / 2).max(Duration::from_millis(100));
-        let mut last_check = Instant::now();
-        let mut gap: Option<Gap> = None;
         while !stop_requested(&self.stop) {
             let rewind = self.flow.take_rewind();
             if rewind {
                 tracing::debug!(stream = %self.settings.stream, "re-reading uncommitted entries once the pipeline drains");
                 self.flow.drained().await;
             }
-            let check_due =
-                matches!(position, Position::New) && last_check.elapsed() >= check_every;
-            let result = if rewind || check_due {
-                last_check = Instant::now();
-                self.check_ledger(rewind, &mut gap).await.map(|found| {
-                    if let Some(re_read) = found {
-                        position = re_read;
-                    }
-                })
-            } else {
-                Ok(())
-            };
             let ticket = tokio::select! {
                 ticket = self.flow.admit() => ticket,
                 _ = self.stop.changed() => break,
             };
-            let result = match result {
-                Ok(()) => match position {
-                    Position::ReRead { after, upto } => self.re_read(after, upto).await,
-                    Position::New => self.read().await,
-                },
-                Err(error) => Err(error),
-            };
-            let (entries, ranges) = match result {
+            let result = self.next_batch(&mut cursor, rewind).await;
+            let (entries, ranges, re_read) = match result {
                 Ok(read) => {
                     if redis_down {
                         self.metrics.reconnects.with_label_values(&["redis"]).inc();
@@ -204,21 +194,11 @@ impl ReadLoop {
                         )
                         .await;
                     }
-                    position = Position::New;
+                    cursor.position = Position::New;
                     backoff.wait().await;
                     continue;
                 }
             };
-            let re_read = matches!(position, Position::ReRead { .. });
-            if let Position::ReRead { upto, .. } = position {
-                position = match entries.last() {
-                    Some(last) => Position::ReRead {
-                        after: last.id,
-                        upto,
-                    },
-                    None => Position::New,
-                };
-            }
             if entries.is_empty() {
                 ticket.settle();
                 continue;
@@ -249,6 +229,38 @@ impl ReadLoop {
             }
         }
         self.running.store(false, Ordering::Release);
+    }
+
+    /// Reads the next batch: after a rewind, or when the periodic ledger check is due, it first
+    /// checks the ledger for entries to re-read ([`ReadLoop::check_ledger`]); then it re-reads,
+    /// or reads new entries (the flag: re-read). Moves the cursor past what it read.
+    async fn next_batch(
+        &mut self,
+        cursor: &mut Cursor,
+        rewind: bool,
+    ) -> redis::RedisResult<(Vec<StreamEntry>, Vec<EntryRange>, bool)> {
+        let check_every = (self.settings.claim_idle / 2).max(Duration::from_millis(100));
+        let check_due = matches!(cursor.position, Position::New)
+            && cursor.last_check.elapsed() >= check_every;
+        if rewind || check_due {
+            cursor.last_check = Instant::now();
+            if let Some(re_read) = self.check_ledger(rewind, &mut cursor.gap).await? {
+                cursor.position = re_read;
+            }
+        }
+        let Position::ReRead { after, upto } = cursor.position else {
+            let (entries, ranges) = self.read().await?;
+            return Ok((entries, ranges, false));
+        };
+        let (entries, ranges) = self.re_read(after, upto).await?;
+        cursor.position = match entries.last() {
+            Some(last) => Position::ReRead {
+                after: last.id,
+                upto,
+            },
+            None => Position::New,
+        };
+        Ok((entries, ranges, true))
     }
 
     /// Merges the ledger and looks for delivered entries it does not show committed. After a
