@@ -112,10 +112,12 @@ while merged < tonumber(ARGV[1]) do
 end
 if merged > 0 then redis.call('SET', KEYS[3], through) end
 local low = redis.call('ZRANGE', KEYS[2], 0, 0)[1]
-return {raw(through), after and after[1] or false, low and raw(string.match(low, '^(%S+)')) or false}
+local low_first = low and raw(string.match(low, '^(%S+)')) or false
+return {raw(through), after and after[1] or false, low_first}
 "#;
 
-/// Most ranges one [`compact`] call merges: it runs inside Redis, which serves nothing else meanwhile.
+/// Most ranges one [`compact`] call merges: it runs inside Redis, which serves nothing else
+/// meanwhile.
 const MERGE_AT_MOST: usize = 1000;
 
 /// Where the committed prefix of the stream ends, after a [`compact`].

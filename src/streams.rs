@@ -65,7 +65,7 @@ impl FromStr for EntryId {
 
 impl redis::ToRedisArgs for EntryId {
     /// Formatted on the stack with `itoa` (`core::fmt` was a few percent of the pipeline's CPU):
-    /// `XACK` sends one id per entry.
+    /// `XACK` (of a re-read batch) sends one id per entry.
     fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
         let mut buf = [0u8; 41]; // two u64 of at most 20 digits and the dash
         let mut digits = itoa::Buffer::new();

@@ -124,9 +124,9 @@ impl Handler<Committed> for Acker {
     }
 }
 
-/// Records a committed batch in the ledger and merges it. A re-read batch is also `XACK`ed: its entries may sit
-/// in the group's pending-entries list, left there by a version of sensorhub that acknowledged
-/// entry by entry (acknowledging an entry that is not pending does nothing).
+/// Records a committed batch in the ledger and merges it. A re-read batch is also `XACK`ed: its
+/// entries may sit in the group's pending-entries list, left there by a version of sensorhub that
+/// acknowledged entry by entry (acknowledging an entry that is not pending does nothing).
 async fn record(
     conn: &mut ConnectionManager,
     settings: &AckSettings,

@@ -240,8 +240,8 @@ impl ReadLoop {
         rewind: bool,
     ) -> redis::RedisResult<(Vec<StreamEntry>, Vec<EntryRange>, bool)> {
         let check_every = (self.settings.claim_idle / 2).max(Duration::from_millis(100));
-        let check_due = matches!(cursor.position, Position::New)
-            && cursor.last_check.elapsed() >= check_every;
+        let check_due =
+            matches!(cursor.position, Position::New) && cursor.last_check.elapsed() >= check_every;
         if rewind || check_due {
             cursor.last_check = Instant::now();
             if let Some(re_read) = self.check_ledger(rewind, &mut cursor.gap).await? {
