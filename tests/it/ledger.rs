@@ -224,3 +224,100 @@ async fn trimming_keeps_what_any_group_has_not_committed() {
         .await
         .unwrap();
 }
+
+/// Random histories against the script: a stream cut into reads of 1–8 entries, some entries
+/// deleted, most reads recorded in random order with merges in between. After the last merge the
+/// watermark is the end of the committed prefix (the reads before the first live entry no recorded
+/// read covers), `next` that entry, and `next_committed` the first recorded read after it.
+#[actix_web::test]
+async fn the_watermark_is_the_committed_prefix_whatever_the_order() {
+    let resources = Resources::new();
+    let mut conn = redis::Client::open(REDIS_URL)
+        .unwrap()
+        .get_connection_manager()
+        .await
+        .unwrap();
+    for seed in 1..=25u64 {
+        let stream = format!("{}:{seed}", resources.stream);
+        let mut rng = Rng::new(seed);
+        let mut ids = Vec::new();
+        for i in 0..60 {
+            let id: String = redis::cmd("XADD")
+                .arg(&stream)
+                .arg("*")
+                .arg("data")
+                .arg(i)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            ids.push(id.parse::<EntryId>().unwrap());
+        }
+        let mut reads = Vec::new();
+        let mut start = 0;
+        while start < ids.len() {
+            let end = (start + 1 + rng.below(8) as usize).min(ids.len());
+            reads.push((start, end - 1));
+            start = end;
+        }
+        let deleted: Vec<bool> = ids.iter().map(|_| rng.below(10) == 0).collect();
+        for (i, id) in ids.iter().enumerate() {
+            if deleted[i] {
+                let _: i64 = redis::cmd("XDEL")
+                    .arg(&stream)
+                    .arg(id.to_string())
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+            }
+        }
+        let mut recorded: Vec<(usize, usize)> = reads
+            .iter()
+            .copied()
+            .filter(|_| rng.below(5) != 0)
+            .collect();
+        for i in (1..recorded.len()).rev() {
+            recorded.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        for read in &recorded {
+            let range = EntryRange {
+                first: ids[read.0],
+                last: ids[read.1],
+            };
+            ledger::record(&mut conn, &stream, GROUP, &[range])
+                .await
+                .unwrap();
+            if rng.below(3) == 0 {
+                ledger::compact(&mut conn, &stream, GROUP).await.unwrap();
+            }
+        }
+        let progress = ledger::compact(&mut conn, &stream, GROUP).await.unwrap();
+
+        let covered = |i: usize| recorded.iter().any(|r| r.0 <= i && i <= r.1);
+        let first_uncovered = (0..ids.len()).find(|&i| !deleted[i] && !covered(i));
+        let limit = first_uncovered.unwrap_or(ids.len());
+        let through = recorded
+            .iter()
+            .filter(|r| r.0 < limit)
+            .map(|r| ids[r.1])
+            .max()
+            .unwrap_or(EntryId::ZERO);
+        let next_committed = first_uncovered
+            .and_then(|k| recorded.iter().filter(|r| r.0 > k).map(|r| ids[r.0]).min());
+        let expected = Progress {
+            through,
+            next: first_uncovered.map(|k| ids[k]),
+            next_committed,
+        };
+        assert_eq!(
+            progress, expected,
+            "seed {seed}: reads {reads:?}, recorded {recorded:?}, deleted {deleted:?}"
+        );
+        let _: () = redis::cmd("DEL")
+            .arg(&stream)
+            .arg(ledger::ranges_key(&stream, GROUP))
+            .arg(ledger::through_key(&stream, GROUP))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}
