@@ -528,6 +528,36 @@ pub async fn redis_conn(url: &str) -> MultiplexedConnection {
         .expect("Redis answers (scripts/services.sh)")
 }
 
+/// A connection manager to the shared Redis, as the application's own Redis code takes.
+pub async fn redis_manager() -> redis::aio::ConnectionManager {
+    redis::Client::open(REDIS_URL)
+        .unwrap()
+        .get_connection_manager()
+        .await
+        .expect("Redis answers (scripts/services.sh)")
+}
+
+/// Appends `n` entries (`data` = 0, 1, ...) to `stream` and returns their ids.
+pub async fn xadd_numbered(
+    conn: &mut redis::aio::ConnectionManager,
+    stream: &str,
+    n: usize,
+) -> Vec<sensorhub::streams::EntryId> {
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let id: String = redis::cmd("XADD")
+            .arg(stream)
+            .arg("*")
+            .arg("data")
+            .arg(i)
+            .query_async(conn)
+            .await
+            .unwrap();
+        ids.push(id.parse().unwrap());
+    }
+    ids
+}
+
 pub fn reading_json(sensor: &str, value: f64, ts: chrono::DateTime<chrono::Utc>) -> String {
     format!(
         r#"{{"sensor":"{sensor}","value":{value},"timestamp":"{}"}}"#,

@@ -12,23 +12,8 @@ const GROUP: &str = "sensorhub";
 async fn committed_ranges_merge_into_the_watermark_only_without_gaps() {
     let resources = Resources::new();
     let stream = resources.stream.clone();
-    let mut conn = redis::Client::open(REDIS_URL)
-        .unwrap()
-        .get_connection_manager()
-        .await
-        .unwrap();
-    let mut ids = Vec::new();
-    for i in 0..10 {
-        let id: String = redis::cmd("XADD")
-            .arg(&stream)
-            .arg("*")
-            .arg("data")
-            .arg(i)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        ids.push(id.parse::<EntryId>().unwrap());
-    }
+    let mut conn = redis_manager().await;
+    let ids = xadd_numbered(&mut conn, &stream, 10).await;
     let range = |a: usize, b: usize| EntryRange {
         first: ids[a],
         last: ids[b],
@@ -108,23 +93,8 @@ async fn committed_ranges_merge_into_the_watermark_only_without_gaps() {
 async fn trimming_keeps_what_any_group_has_not_committed() {
     let resources = Resources::new();
     let stream = resources.stream.clone();
-    let mut conn = redis::Client::open(REDIS_URL)
-        .unwrap()
-        .get_connection_manager()
-        .await
-        .unwrap();
-    let mut ids = Vec::new();
-    for i in 0..20 {
-        let id: String = redis::cmd("XADD")
-            .arg(&stream)
-            .arg("*")
-            .arg("data")
-            .arg(i)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        ids.push(id.parse::<EntryId>().unwrap());
-    }
+    let mut conn = redis_manager().await;
+    let ids = xadd_numbered(&mut conn, &stream, 20).await;
     let shared = conn.clone();
     let read = |group: &'static str, count: usize, noack: bool| {
         let (mut conn, stream) = (shared.clone(), stream.clone());
@@ -232,26 +202,11 @@ async fn trimming_keeps_what_any_group_has_not_committed() {
 #[actix_web::test]
 async fn the_watermark_is_the_committed_prefix_whatever_the_order() {
     let resources = Resources::new();
-    let mut conn = redis::Client::open(REDIS_URL)
-        .unwrap()
-        .get_connection_manager()
-        .await
-        .unwrap();
+    let mut conn = redis_manager().await;
     for seed in 1..=25u64 {
         let stream = format!("{}:{seed}", resources.stream);
         let mut rng = Rng::new(seed);
-        let mut ids = Vec::new();
-        for i in 0..60 {
-            let id: String = redis::cmd("XADD")
-                .arg(&stream)
-                .arg("*")
-                .arg("data")
-                .arg(i)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            ids.push(id.parse::<EntryId>().unwrap());
-        }
+        let ids = xadd_numbered(&mut conn, &stream, 60).await;
         let mut reads = Vec::new();
         let mut start = 0;
         while start < ids.len() {

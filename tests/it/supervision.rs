@@ -147,11 +147,7 @@ async fn deliveries_lost_in_flight_are_re_read() {
 async fn entries_delivered_before_a_crash_are_re_read_on_start() {
     let resources = Resources::new();
     let stream = resources.stream.clone();
-    let mut conn = redis::Client::open(REDIS_URL)
-        .unwrap()
-        .get_connection_manager()
-        .await
-        .unwrap();
+    let mut conn = redis_manager().await;
     let id: String = redis::cmd("XADD")
         .arg(&stream)
         .arg("*")
