@@ -537,6 +537,32 @@ pub async fn redis_manager() -> redis::aio::ConnectionManager {
         .expect("Redis answers (scripts/services.sh)")
 }
 
+/// `XREADGROUP GROUP <group> <consumer> COUNT <count> [NOACK] STREAMS <stream> >`: a read by a
+/// consumer other than the application under test (or by its previous life).
+pub async fn read_as(
+    conn: &mut redis::aio::ConnectionManager,
+    stream: &str,
+    (group, consumer): (&str, &str),
+    count: usize,
+    noack: bool,
+) -> redis::Value {
+    let mut cmd = redis::cmd("XREADGROUP");
+    cmd.arg("GROUP")
+        .arg(group)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(count);
+    if noack {
+        cmd.arg("NOACK");
+    }
+    cmd.arg("STREAMS")
+        .arg(stream)
+        .arg(">")
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
 /// Appends `n` entries (`data` = 0, 1, ...) to `stream` and returns their ids.
 pub async fn xadd_numbered(
     conn: &mut redis::aio::ConnectionManager,

@@ -99,18 +99,7 @@ async fn trimming_keeps_what_any_group_has_not_committed() {
     let read = |group: &'static str, count: usize, noack: bool| {
         let (mut conn, stream) = (shared.clone(), stream.clone());
         async move {
-            let mut cmd = redis::cmd("XREADGROUP");
-            cmd.arg("GROUP").arg(group).arg("c").arg("COUNT").arg(count);
-            if noack {
-                cmd.arg("NOACK");
-            }
-            let _: redis::Value = cmd
-                .arg("STREAMS")
-                .arg(&stream)
-                .arg(">")
-                .query_async(&mut conn)
-                .await
-                .unwrap();
+            read_as(&mut conn, &stream, (group, "c"), count, noack).await;
         }
     };
     let ack = |group: &'static str, from: usize, to: usize| {

@@ -160,17 +160,7 @@ async fn entries_delivered_before_a_crash_are_re_read_on_start() {
         .await
         .unwrap();
     // The previous life of this consumer read it, then died.
-    let delivered: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("sensorhub")
-        .arg("test-consumer")
-        .arg("NOACK")
-        .arg("STREAMS")
-        .arg(&stream)
-        .arg(">")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let delivered = read_as(&mut conn, &stream, ("sensorhub", "test-consumer"), 10, true).await;
     assert!(format!("{delivered:?}").contains(&id));
 
     let mut t = spawn_app_on(
