@@ -13,6 +13,7 @@ use chrono::{DateTime, LocalResult, NaiveDateTime, SubsecRound, TimeDelta, TimeZ
 use chrono_tz::Tz;
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
@@ -308,17 +309,24 @@ fn check_depth(text: &str) -> Result<(), Rejection> {
 }
 
 /// Parses a stream entry's fields: a `data` field holding JSON, or the reading's own fields.
-pub fn parse_entry_fields(fields: &[(Vec<u8>, Vec<u8>)], ctx: &ParseContext) -> Outcomes {
-    if let Some((_, data)) = fields.iter().find(|(name, _)| name == b"data") {
-        return parse_json(data, ctx);
+pub fn parse_entry_fields<N: AsRef<[u8]>, V: AsRef<[u8]>>(
+    fields: &[(N, V)],
+    ctx: &ParseContext,
+) -> Outcomes {
+    if let Some((_, data)) = fields.iter().find(|(name, _)| name.as_ref() == b"data") {
+        return parse_json(data.as_ref(), ctx);
     }
-    let size: usize = fields.iter().map(|(k, v)| k.len() + v.len()).sum();
+    let size: usize = fields
+        .iter()
+        .map(|(k, v)| k.as_ref().len() + v.as_ref().len())
+        .sum();
     if size > ctx.limits.max_message_bytes {
         return vec![Err(too_large(size, ctx.limits))];
     }
     let mut reading = Fields::default();
     for (name, value) in fields {
-        let slot = match name.as_slice() {
+        let (name, value) = (name.as_ref(), value.as_ref());
+        let slot = match name {
             b"sensor" => &mut reading.sensor,
             b"value" => &mut reading.value,
             b"timestamp" => &mut reading.timestamp,
@@ -341,7 +349,7 @@ pub fn parse_entry_fields(fields: &[(Vec<u8>, Vec<u8>)], ctx: &ParseContext) -> 
     if reading.sensor.is_none() && reading.value.is_none() {
         let names: Vec<String> = fields
             .iter()
-            .map(|(name, _)| String::from_utf8_lossy(name).into_owned())
+            .map(|(name, _)| String::from_utf8_lossy(name.as_ref()).into_owned())
             .collect();
         return vec![Err(Rejection::new(
             Reason::MissingField,
@@ -420,12 +428,22 @@ fn check(fields: Fields, ctx: &ParseContext) -> Result<Reading, Rejection> {
 fn text_field(name: &str, field: FieldValue) -> Result<String, Rejection> {
     match field {
         FieldValue::Text(text) => Ok(text.to_owned()),
-        FieldValue::Json(raw) => serde_json::from_str::<String>(raw.get()).map_err(|_| {
+        FieldValue::Json(raw) => json_string(raw.get()).map(Cow::into_owned).map_err(|_| {
             Rejection::new(
                 Reason::WrongType,
                 format!("'{name}' must be a string, got {}", excerpt(raw.get())),
             )
         }),
+    }
+}
+
+/// The text of a JSON string. Most have no escapes: then it is the text between the quotes,
+/// borrowed (the parser has already checked the string: no raw control characters, valid UTF-8),
+/// and only strings with escapes are unescaped into a new one.
+fn json_string(raw: &str) -> Result<Cow<'_, str>, serde_json::Error> {
+    match raw.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+        Some(inner) if !inner.contains('\\') => Ok(Cow::Borrowed(inner)),
+        _ => serde_json::from_str::<String>(raw).map(Cow::Owned),
     }
 }
 
@@ -462,15 +480,12 @@ fn check_sensor_id(id: String, limits: &Limits) -> Result<String, Rejection> {
 
 fn check_value(field: FieldValue) -> Result<f64, Rejection> {
     let (text, quoted) = match field {
-        FieldValue::Text(text) => (text.to_owned(), true),
+        FieldValue::Text(text) => (Cow::Borrowed(text), true),
         FieldValue::Json(raw) => {
             let raw = raw.get();
             match raw.as_bytes().first() {
-                Some(b'"') => (
-                    serde_json::from_str::<String>(raw).map_err(|e| malformed(&e))?,
-                    true,
-                ),
-                Some(b'-' | b'0'..=b'9') => (raw.to_owned(), false),
+                Some(b'"') => (json_string(raw).map_err(|e| malformed(&e))?, true),
+                Some(b'-' | b'0'..=b'9') => (Cow::Borrowed(raw), false),
                 _ => {
                     return Err(Rejection::new(
                         Reason::WrongType,
@@ -503,7 +518,7 @@ fn check_value(field: FieldValue) -> Result<f64, Rejection> {
 fn check_unit(field: FieldValue, limits: &Limits) -> Result<String, Rejection> {
     let unit = match field {
         FieldValue::Text(text) => text.to_owned(),
-        FieldValue::Json(raw) => serde_json::from_str::<String>(raw.get()).map_err(|_| {
+        FieldValue::Json(raw) => json_string(raw.get()).map(Cow::into_owned).map_err(|_| {
             Rejection::new(
                 Reason::BadUnit,
                 format!("'unit' must be a string, got {}", excerpt(raw.get())),
@@ -530,7 +545,7 @@ fn check_timestamp(field: FieldValue, ctx: &ParseContext) -> Result<DateTime<Utc
             let raw = raw.get();
             match raw.as_bytes().first() {
                 Some(b'"') => {
-                    let text: String = serde_json::from_str(raw).map_err(|e| malformed(&e))?;
+                    let text = json_string(raw).map_err(|e| malformed(&e))?;
                     parse_timestamp_text(&text, ctx.limits.timezone)?
                 }
                 Some(b'-' | b'0'..=b'9') => parse_epoch(raw)?,
@@ -745,6 +760,34 @@ mod tests {
         assert_eq!(
             one(br#"{"sensor":"t","value":" -3 "}"#).unwrap().value,
             -3.0
+        );
+    }
+
+    #[test]
+    fn escaped_strings_are_unescaped_plain_ones_taken_as_they_are() {
+        let r = one(
+            br#"{"sensor":"me\u0074er-1","value":"\u0031.5","timestamp":"2024-12-01T12:00:00\u005a","unit":"k\u0057h"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.sensor_id, "meter-1");
+        assert_eq!(r.value, 1.5);
+        assert_eq!(r.ts.to_rfc3339(), "2024-12-01T12:00:00+00:00");
+        assert_eq!(r.unit.as_deref(), Some("kWh"));
+        // An escaped quote or control character is unescaped, then judged by the rules.
+        assert_eq!(
+            reason(br#"{"sensor":"a\"b","value":1}"#),
+            Reason::BadSensorId
+        );
+        assert_eq!(
+            reason(br#"{"sensor":"a","value":1,"unit":"\u0007"}"#),
+            Reason::BadUnit
+        );
+        assert_eq!(
+            one(br#"{"sensor":"a","value":1,"unit":"\"C\""}"#)
+                .unwrap()
+                .unit
+                .as_deref(),
+            Some("\"C\"")
         );
     }
 
