@@ -9,11 +9,16 @@
 //! same errors (`NOGROUP`, ...). The connection speaks RESP2; it is dropped on any error and
 //! opened again (with `AUTH` and `SELECT` as the URL says) by the next read.
 
+use crate::pipeline::off_thread;
 use crate::streams::{EntryId, StreamEntry};
-use bytes::{Buf, BytesMut};
+use bytes::{Bytes, BytesMut};
 use redis::{ConnectionAddr, ConnectionInfo, ErrorKind, RedisError, RedisResult};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Replies from this size on are parsed off the actor thread ([`off_thread`]): a batch's worth
+/// takes milliseconds, during which the writer's connections would not be served.
+const OFF_THREAD_BYTES: usize = 64 * 1024;
 
 /// Longest a connection attempt or a reply may take beyond the command's own `BLOCK` time.
 const GRACE: Duration = Duration::from_secs(5);
@@ -70,9 +75,14 @@ impl StreamReader {
             match tokio::time::timeout(limit, self.request(&cmd.get_packed_command())).await {
                 Ok(Ok(end)) => {
                     self.last_reply = end;
-                    let parsed = parse_read_reply(&self.buf[..end]);
-                    self.buf.advance(end);
-                    parsed
+                    // The entries' fields are slices of the reply, which they keep alive; the
+                    // buffer's room for the next reply is allocated anew.
+                    let reply = self.buf.split_to(end).freeze();
+                    if reply.len() < OFF_THREAD_BYTES {
+                        parse_read_reply(&reply)
+                    } else {
+                        off_thread(move || parse_read_reply(&reply)).await
+                    }
                 }
                 Ok(Err(error)) => Err(error),
                 Err(_) => Err(io_error(format!("no reply within {limit:?}"))),
@@ -96,6 +106,8 @@ impl StreamReader {
         }
         let io = self.io.as_mut().expect("connected above");
         io.write_all(packed).await?;
+        // Room for a reply as large as the last one, so that it arrives without regrowing.
+        self.buf.reserve(self.last_reply + 16 * 1024);
         read_reply(io, &mut self.buf).await
     }
 }
@@ -137,7 +149,7 @@ async fn connect(info: &ConnectionInfo) -> RedisResult<Box<dyn Io>> {
         if buf.first() == Some(&b'-') {
             return Err(server_error(&buf[..end]));
         }
-        buf.advance(end);
+        bytes::Buf::advance(&mut buf, end);
     }
     Ok(io)
 }
@@ -315,7 +327,8 @@ impl<'a> Reply<'a> {
 }
 
 /// `[[stream, [[id, [field, value, ...] | nil], ...]], ...]`, nil on timeout, or an error.
-fn parse_read_reply(buf: &[u8]) -> RedisResult<Vec<StreamEntry>> {
+fn parse_read_reply(bytes: &Bytes) -> RedisResult<Vec<StreamEntry>> {
+    let buf: &[u8] = bytes;
     if buf.first() == Some(&b'-') {
         return Err(server_error(buf));
     }
@@ -358,8 +371,8 @@ fn parse_read_reply(buf: &[u8]) -> RedisResult<Vec<StreamEntry>> {
                     Some(n) => {
                         let mut fields = Vec::with_capacity((n / 2).min(buf.len() / 8));
                         for _ in 0..n / 2 {
-                            let name = reply.bytes()?.unwrap_or_default().to_vec();
-                            let value = reply.bytes()?.unwrap_or_default().to_vec();
+                            let name = bytes.slice_ref(reply.bytes()?.unwrap_or_default());
+                            let value = bytes.slice_ref(reply.bytes()?.unwrap_or_default());
                             fields.push((name, value));
                         }
                         if n % 2 == 1 {
@@ -400,6 +413,10 @@ fn io_error(detail: String) -> RedisError {
 mod tests {
     use super::*;
 
+    fn parse(bytes: &[u8]) -> RedisResult<Vec<StreamEntry>> {
+        parse_read_reply(&Bytes::copy_from_slice(bytes))
+    }
+
     /// Feeds `bytes` to one scanner `step` bytes more at a time, as network reads would; where
     /// it says the reply ends (`None`: never complete).
     fn scan_in_steps(bytes: &[u8], step: usize) -> Option<usize> {
@@ -439,7 +456,7 @@ mod tests {
             entry("3-1", &[("sensor", "b"), ("value", "2.5"), ("unit", "")]),
             entry("4-0", &[("data", "binary \r\n inside")]),
         ]);
-        let ours = parse_read_reply(&bytes).unwrap();
+        let ours = parse(&bytes).unwrap();
         let theirs =
             crate::streams::read_group_reply(redis::parse_redis_value(&bytes).unwrap()).unwrap();
         assert_eq!(ours.len(), 4);
@@ -448,14 +465,16 @@ mod tests {
             assert_eq!(a.fields, b.fields);
         }
         assert!(ours[1].fields.is_none());
-        assert_eq!(ours[3].fields.as_ref().unwrap()[0].1, b"binary \r\n inside");
+        assert_eq!(
+            ours[3].fields.as_ref().unwrap()[0].1,
+            &b"binary \r\n inside"[..]
+        );
     }
 
     #[test]
     fn nil_reply_is_no_entries_and_errors_keep_their_code() {
-        assert!(parse_read_reply(b"*-1\r\n").unwrap().is_empty());
-        let error =
-            parse_read_reply(b"-NOGROUP No such key 's' or consumer group 'g'\r\n").unwrap_err();
+        assert!(parse(b"*-1\r\n").unwrap().is_empty());
+        let error = parse(b"-NOGROUP No such key 's' or consumer group 'g'\r\n").unwrap_err();
         assert_eq!(error.code(), Some("NOGROUP"));
     }
 
@@ -507,7 +526,7 @@ mod tests {
                 }
             }
             proptest::prop_assert_eq!(scan_in_steps(&bytes, step), Some(bytes.len()));
-            let ours = parse_read_reply(&bytes).unwrap();
+            let ours = parse(&bytes).unwrap();
             let theirs = crate::streams::read_group_reply(redis::parse_redis_value(&bytes).unwrap()).unwrap();
             proptest::prop_assert_eq!(ours.len(), theirs.len());
             for (a, b) in ours.iter().zip(&theirs) {
@@ -537,7 +556,7 @@ mod tests {
         ) {
             let bytes = parts.concat();
             let _ = Scan::default().advance(&bytes);
-            let _ = parse_read_reply(&bytes);
+            let _ = parse(&bytes);
         }
     }
 
@@ -549,16 +568,14 @@ mod tests {
             b"*1\r\n$-5\r\n",
             b"*2\r\n$1\r\na\r\n",
         ] {
-            let _ = parse_read_reply(bad);
+            let _ = parse(bad);
             let _ = Scan::default().advance(bad);
         }
-        assert!(
-            parse_read_reply(b"*1\r\n*2\r\n$1\r\ns\r\n*1\r\n*2\r\n$3\r\nxyz\r\n*0\r\n").is_err()
-        );
+        assert!(parse(b"*1\r\n*2\r\n$1\r\ns\r\n*1\r\n*2\r\n$3\r\nxyz\r\n*0\r\n").is_err());
         // Lengths far beyond the bytes at hand: an error, not an allocation of that size.
         let huge_entries = b"*1\r\n*2\r\n$1\r\ns\r\n*999999999999999999\r\n";
         let huge_fields = b"*1\r\n*2\r\n$1\r\ns\r\n*1\r\n*2\r\n$1\r\n1\r\n*999999999999999998\r\n";
-        assert!(parse_read_reply(huge_entries).is_err());
-        assert!(parse_read_reply(huge_fields).is_err());
+        assert!(parse(huge_entries).is_err());
+        assert!(parse(huge_fields).is_err());
     }
 }

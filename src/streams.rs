@@ -5,6 +5,7 @@
 //! `XREADGROUP`, the one reply as large as a batch, is read by [`crate::stream_reader`] instead.
 
 use crate::domain::Rejection;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use redis::aio::ConnectionManager;
 use redis::{RedisResult, Value};
@@ -85,8 +86,12 @@ impl redis::ToRedisArgs for EntryId {
 #[derive(Clone, Debug)]
 pub struct StreamEntry {
     pub id: EntryId,
-    pub fields: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+    pub fields: Option<Vec<Field>>,
 }
+
+/// One field of a stream entry, name and value. [`Bytes`]: the stream reader hands out slices of
+/// the reply it read, with no copy and no allocation per field.
+pub type Field = (Bytes, Bytes);
 
 /// `XGROUP CREATE <stream> <group> 0 [MKSTREAM]`, and the group's ledger opened
 /// ([`crate::ledger::open`]); an existing group is fine. Starting at `0` means
@@ -166,7 +171,7 @@ pub(crate) fn parse_entries(list: Value) -> RedisResult<Vec<StreamEntry>> {
         .collect()
 }
 
-fn pair_up(flat: Vec<Value>) -> Vec<(Vec<u8>, Vec<u8>)> {
+fn pair_up(flat: Vec<Value>) -> Vec<Field> {
     let mut fields = Vec::with_capacity(flat.len() / 2);
     let mut iter = flat.into_iter();
     while let (Some(name), Some(value)) = (iter.next(), iter.next()) {
@@ -175,13 +180,13 @@ fn pair_up(flat: Vec<Value>) -> Vec<(Vec<u8>, Vec<u8>)> {
     fields
 }
 
-fn into_bytes(value: Value) -> Vec<u8> {
+fn into_bytes(value: Value) -> Bytes {
     match value {
-        Value::BulkString(bytes) => bytes,
-        Value::SimpleString(text) => text.into_bytes(),
-        Value::Int(n) => n.to_string().into_bytes(),
-        Value::VerbatimString { text, .. } => text.into_bytes(),
-        _ => Vec::new(),
+        Value::BulkString(bytes) => bytes.into(),
+        Value::SimpleString(text) => text.into(),
+        Value::Int(n) => n.to_string().into(),
+        Value::VerbatimString { text, .. } => text.into(),
+        _ => Bytes::new(),
     }
 }
 
@@ -226,7 +231,7 @@ pub async fn groups(conn: &mut ConnectionManager, stream: &str) -> RedisResult<V
     };
     let mut out = Vec::new();
     for group in groups {
-        let pairs: Vec<(Vec<u8>, Value)> = match group {
+        let pairs: Vec<(Bytes, Value)> = match group {
             Value::Array(flat) => {
                 let mut pairs = Vec::new();
                 let mut iter = flat.into_iter();
@@ -240,7 +245,7 @@ pub async fn groups(conn: &mut ConnectionManager, stream: &str) -> RedisResult<V
         };
         let mut info = GroupInfo::default();
         for (key, value) in pairs {
-            match key.as_slice() {
+            match key.as_ref() {
                 b"name" => info.name = String::from_utf8_lossy(&into_bytes(value)).into_owned(),
                 b"pending" => info.pending = as_u64(&value).unwrap_or(0),
                 b"last-delivered-id" => info.last_delivered = parse_id(&value)?,
@@ -339,7 +344,7 @@ pub struct DeadLetter {
     pub rejection: Rejection,
     /// The entry's original fields: a `data` field with the original bytes, or the reading's own
     /// fields, copied as `field.<name>`.
-    pub original: Vec<(Vec<u8>, Vec<u8>)>,
+    pub original: Vec<Field>,
 }
 
 /// Appends dead letters in one round trip, capping the stream at about `maxlen` entries.
@@ -371,12 +376,12 @@ pub async fn append_dead_letters(
             cmd.arg("index").arg(index);
         }
         for (name, value) in &letter.original {
-            if name == b"data" {
-                cmd.arg("data").arg(value.as_slice());
+            if name == "data" {
+                cmd.arg("data").arg(value.as_ref());
             } else {
                 let mut field = b"field.".to_vec();
                 field.extend_from_slice(name);
-                cmd.arg(field).arg(value.as_slice());
+                cmd.arg(field).arg(value.as_ref());
             }
         }
         cmd.ignore();

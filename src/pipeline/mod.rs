@@ -18,6 +18,9 @@
 //!   raises the *rewind* flag: the reader waits for the pipeline to drain, then re-reads every
 //!   delivered entry the [`crate::ledger`] does not show committed, the lost ones among them.
 //!   Duplicates cannot arise from that: the store skips stored `(sensor_id, ts)`.
+//! - The pure, CPU-heavy parts of a batch (parsing a large read reply, parsing its entries, sorting
+//!   it into write shards) run on tokio's blocking pool ([`off_thread`]), so the actor thread, which
+//!   serves the reader's and the writer's sockets, is never busy for milliseconds at a time.
 //! - Each stage runs its work inside [`guarded`], which turns a panic into a counted stop; the
 //!   actix `Supervisor` then restarts the actor with the same mailbox.
 
@@ -239,6 +242,22 @@ impl Drop for Ticket {
     }
 }
 
+/// Runs a stage's pure, CPU-heavy part (parsing a batch, sorting it into write shards) on tokio's
+/// blocking pool instead of the actor thread. The reader, the writer's PostgreSQL connections and
+/// every actor share that one thread: a batch of 20,000 readings parsed there held up every socket
+/// for its duration, and PostgreSQL waited on a client busy parsing. A panic in `work` is resumed
+/// here, so [`guarded`] counts and restarts as before.
+pub async fn off_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        Err(error) => match error.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            // Only a runtime shutting down cancels a blocking task, and then nothing awaits this.
+            Err(error) => panic!("blocking work was cancelled: {error}"),
+        },
+    }
+}
+
 /// Runs a stage's work so that a panic stops the actor (counted, logged) instead of killing its
 /// thread; the `Supervisor` restarts it. actix does not catch panics by itself.
 pub fn guarded<A>(
@@ -342,6 +361,20 @@ pub fn count_restart(metrics: &Metrics, actor: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[actix::test]
+    async fn work_off_the_actor_thread_returns_its_value_and_its_panic() {
+        let actor_thread = std::thread::current().id();
+        let (value, thread) = off_thread(|| (6 * 7, std::thread::current().id())).await;
+        assert_eq!(value, 42);
+        assert_ne!(thread, actor_thread);
+        // A panic comes back to the awaiting stage, where `guarded` turns it into a restart.
+        let panic = AssertUnwindSafe(off_thread(|| -> u32 { panic!("bad batch") }))
+            .catch_unwind()
+            .await
+            .unwrap_err();
+        assert_eq!(panic.downcast_ref::<&str>(), Some(&"bad batch"));
+    }
 
     #[test]
     fn reads_are_sized_in_readings_by_the_last_validated_batch() {

@@ -5,8 +5,8 @@
 use crate::domain::{Limits, ParseContext, Reading, reading};
 use crate::pipeline::messages::{RawBatch, Readings};
 use crate::pipeline::window::Window;
-use crate::pipeline::{Backoff, Faults, count_restart, guarded};
-use crate::streams::{self, DeadLetter, EntryId};
+use crate::pipeline::{Backoff, Faults, count_restart, guarded, off_thread};
+use crate::streams::{self, DeadLetter, EntryId, StreamEntry};
 use crate::telemetry::Metrics;
 use actix::prelude::*;
 use chrono::Utc;
@@ -76,20 +76,23 @@ impl Handler<RawBatch> for Validator {
         let metrics = Arc::clone(&self.metrics);
         let faults = Arc::clone(&self.faults);
         let work = async move {
-            let (readings, origins, letters) = parse_batch(&batch, &limits);
-            batch
-                .ticket
-                .record_shape(batch.entries.len(), readings.len() + letters.len());
+            let RawBatch { entries, ticket } = batch;
+            // The entries' ids are taken there too, so their bytes are freed off the actor thread.
+            let (entries, (readings, origins, letters)) = off_thread(move || {
+                let parsed = parse_batch(&entries, &limits);
+                (entries.iter().map(|e| e.id).collect::<Vec<_>>(), parsed)
+            })
+            .await;
+            ticket.record_shape(entries.len(), readings.len() + letters.len());
             faults.check("validate", readings.iter());
             if !letters.is_empty() {
                 keep_dead_letters(&mut conn, &dead, &letters, &metrics, "validate").await;
             }
-            let entries = batch.entries.iter().map(|e| e.id).collect();
             let message = Readings {
                 readings,
                 origins,
                 entries,
-                ticket: batch.ticket,
+                ticket,
             };
             if window.send(message).await.is_err() {
                 tracing::warn!("window stage is gone; its batch will be re-read");
@@ -102,14 +105,14 @@ impl Handler<RawBatch> for Validator {
 /// Parses every entry into readings (with the entry each came from) and dead letters; pure apart
 /// from reading the clock.
 pub fn parse_batch(
-    batch: &RawBatch,
+    entries: &[StreamEntry],
     limits: &Limits,
 ) -> (Vec<Reading>, Vec<EntryId>, Vec<DeadLetter>) {
     let mut ctx = ParseContext::new(limits, Utc::now(), Utc::now());
-    let mut readings = Vec::with_capacity(batch.entries.len());
-    let mut origins = Vec::with_capacity(batch.entries.len());
+    let mut readings = Vec::with_capacity(entries.len());
+    let mut origins = Vec::with_capacity(entries.len());
     let mut letters = Vec::new();
-    for entry in &batch.entries {
+    for entry in entries {
         let Some(fields) = &entry.fields else {
             tracing::warn!(entry = %entry.id, "pending entry was deleted from the stream before it was processed");
             continue;

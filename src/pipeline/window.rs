@@ -6,7 +6,7 @@
 use crate::domain::{Reading, Resolution, Windows};
 use crate::pipeline::messages::{Readings, WriteBatch};
 use crate::pipeline::write::{Shard, Writer, split};
-use crate::pipeline::{Faults, count_restart, guarded};
+use crate::pipeline::{Faults, count_restart, guarded, off_thread};
 use crate::streams::EntryId;
 use crate::telemetry::Metrics;
 use actix::prelude::*;
@@ -63,13 +63,19 @@ impl Handler<Readings> for Window {
         let faults = Arc::clone(&self.faults);
         let work = async move {
             faults.check("window", batch.readings.iter());
+            let Readings {
+                readings,
+                origins,
+                entries,
+                ticket,
+            } = batch;
             let (shards, duplicates_in_batch) =
-                prepare(batch.readings, batch.origins, &resolutions, shards);
+                off_thread(move || prepare(readings, origins, &resolutions, shards)).await;
             let message = WriteBatch {
                 duplicates_in_batch,
                 shards,
-                entries: batch.entries,
-                ticket: batch.ticket,
+                entries,
+                ticket,
             };
             if writer.send(message).await.is_err() {
                 tracing::warn!("write stage is gone; its batch will be re-read");

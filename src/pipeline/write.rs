@@ -347,7 +347,10 @@ fn poison_letter(reading: &Reading, entry: EntryId, error: &str) -> DeadLetter {
             ),
             index: None,
         },
-        original: vec![(b"data".to_vec(), original.to_string().into_bytes())],
+        original: vec![(
+            bytes::Bytes::from_static(b"data"),
+            original.to_string().into(),
+        )],
     }
 }
 
