@@ -359,12 +359,9 @@ fn parse_read_reply(bytes: &Bytes) -> RedisResult<Vec<StreamEntry>> {
             let id = reply
                 .bytes()?
                 .ok_or_else(|| protocol_error("nil entry id".into()))?;
-            let id: EntryId = std::str::from_utf8(id)
-                .ok()
-                .and_then(|text| text.parse().ok())
-                .ok_or_else(|| {
-                    protocol_error(format!("bad entry id {:?}", String::from_utf8_lossy(id)))
-                })?;
+            let id = EntryId::parse_ascii(id).ok_or_else(|| {
+                protocol_error(format!("bad entry id {:?}", String::from_utf8_lossy(id)))
+            })?;
             let fields = if parts > 1 {
                 match reply.array()? {
                     None => None,

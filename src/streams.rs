@@ -56,11 +56,34 @@ impl FromStr for EntryId {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let (ms, seq) = text.split_once('-').unwrap_or((text, "0"));
-        match (ms.parse(), seq.parse()) {
-            (Ok(ms), Ok(seq)) => Ok(EntryId { ms, seq }),
-            _ => Err(format!("{text:?} is not a stream entry id")),
+        EntryId::parse_ascii(text.as_bytes())
+            .ok_or_else(|| format!("{text:?} is not a stream entry id"))
+    }
+}
+
+impl EntryId {
+    /// `<ms>-<seq>` or `<ms>` (sequence 0), as Redis writes ids: one pass over the bytes, with no
+    /// UTF-8 check and no search for the dash first (the reader parses one id per entry).
+    pub fn parse_ascii(bytes: &[u8]) -> Option<EntryId> {
+        fn number(digits: &[u8]) -> Option<u64> {
+            if digits.is_empty() {
+                return None;
+            }
+            digits.iter().try_fold(0u64, |n, &d| {
+                let digit = d.wrapping_sub(b'0');
+                (digit < 10).then_some(())?;
+                n.checked_mul(10)?.checked_add(u64::from(digit))
+            })
         }
+        let dash = bytes.iter().position(|&b| b == b'-');
+        let (ms, seq) = match dash {
+            Some(at) => (&bytes[..at], &bytes[at + 1..]),
+            None => (bytes, &b"0"[..]),
+        };
+        Some(EntryId {
+            ms: number(ms)?,
+            seq: number(seq)?,
+        })
     }
 }
 
@@ -425,6 +448,37 @@ mod tests {
         assert!(id < "1733054400001-0".parse().unwrap());
         assert_eq!(id.successor().to_string(), "1733054400000-8");
         assert!("x-1".parse::<EntryId>().is_err());
+        assert_eq!("5".parse::<EntryId>().unwrap(), EntryId { ms: 5, seq: 0 });
+        let max = format!("{}-{}", u64::MAX, u64::MAX);
+        assert_eq!(
+            max.parse::<EntryId>().unwrap(),
+            EntryId {
+                ms: u64::MAX,
+                seq: u64::MAX
+            }
+        );
+        for bad in [
+            "",
+            "-",
+            "1-",
+            "-1",
+            "1-2-3",
+            "1-x",
+            "+1-2",
+            "1 -2",
+            "18446744073709551616-0",
+            "0-18446744073709551616",
+        ] {
+            assert!(bad.parse::<EntryId>().is_err(), "{bad:?} parsed");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn entry_ids_parse_back_from_their_text(ms: u64, seq: u64) {
+            let id = EntryId { ms, seq };
+            proptest::prop_assert_eq!(id.to_string().parse::<EntryId>(), Ok(id));
+        }
     }
 
     #[test]
