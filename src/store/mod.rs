@@ -9,14 +9,14 @@ pub mod sql;
 
 use crate::domain::{AggKey, Aggregate, FastState, Reading, Resolution, Windows};
 use anyhow::Context as _;
+use bytes::{BufMut as _, Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use futures_util::SinkExt as _;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio_postgres::NoTls;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::Type;
 
 mod embedded {
     refinery::embed_migrations!("sql");
@@ -194,21 +194,24 @@ async fn copy_batch(
     partials: &[(AggKey, Aggregate)],
 ) -> Result<BatchOutcome, StoreError> {
     let tx = client.transaction().await?;
-    let sink = tx.copy_in::<_, bytes::Bytes>(sql::COPY_READINGS).await?;
-    let writer = BinaryCopyInWriter::new(sink, &[Type::TEXT, Type::TIMESTAMPTZ, Type::FLOAT8]);
-    let mut writer = std::pin::pin!(writer);
+    let sink = tx.copy_in::<_, Bytes>(sql::COPY_READINGS).await?;
+    let mut sink = std::pin::pin!(sink);
+    let mut buf = BytesMut::with_capacity(COPY_CHUNK_BYTES + 256);
+    buf.extend_from_slice(COPY_HEADER);
     for r in readings {
-        writer
-            .as_mut()
-            .write(&[&r.sensor_id, &r.ts, &r.value])
-            .await?;
+        encode_copy_row(r, &mut buf);
+        if buf.len() >= COPY_CHUNK_BYTES {
+            sink.send(buf.split().freeze()).await?;
+        }
     }
+    buf.put_i16(-1); // the trailer
+    sink.send(buf.split().freeze()).await?;
     // The end of the COPY and both upserts go out back to back: one round trip instead of three.
     // The connection sends requests in order, so PostgreSQL runs them in this order; after a
     // failed COPY the upserts fail too ("transaction aborted") and the COPY's error is the one
     // returned.
     let (inserted, aggregate_rows, sensors) = futures_util::join!(
-        writer.finish(),
+        sink.as_mut().finish(),
         upsert_aggregates(&tx, partials),
         upsert_sensors(&tx, readings.iter()),
     );
@@ -221,6 +224,34 @@ async fn copy_batch(
         duplicates: 0,
         aggregate_rows,
     })
+}
+
+/// The start of a binary COPY stream: signature, flags (no OIDs), no header extension. The
+/// format is PostgreSQL's own ("COPY", "Binary Format"); `tokio_postgres`'s `BinaryCopyInWriter`
+/// writes the same bytes, but through a type check and a future per value, which cost more than
+/// half of the write stage's own CPU at full speed.
+const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+
+/// Bytes of COPY data per message to the connection.
+const COPY_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Microseconds from the Unix epoch to PostgreSQL's, 2000-01-01 00:00:00 UTC.
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+/// One row of `readings (sensor_id text, ts timestamptz, value float8)` in binary COPY format:
+/// the field count, then each field's length and bytes (text as UTF-8, timestamptz as
+/// microseconds since 2000 and float8 as IEEE 754 bits, both big-endian).
+fn encode_copy_row(reading: &Reading, buf: &mut BytesMut) {
+    let id = reading.sensor_id.as_bytes();
+    buf.reserve(2 + 4 + id.len() + 4 + 8 + 4 + 8);
+    buf.put_i16(3);
+    // Sensor ids are at most a few hundred bytes (`Limits::max_sensor_id_len`).
+    buf.put_i32(id.len() as i32);
+    buf.put_slice(id);
+    buf.put_i32(8);
+    buf.put_i64(reading.ts.timestamp_micros() - PG_EPOCH_MICROS);
+    buf.put_i32(8);
+    buf.put_f64(reading.value);
 }
 
 async fn insert_new_only(
@@ -372,4 +403,29 @@ async fn upsert_sensors<'a>(
     )
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_rows_are_postgres_binary_format() {
+        assert_eq!(COPY_HEADER.len(), 19);
+        assert!(COPY_HEADER.starts_with(b"PGCOPY\n\xff\r\n\0"));
+        let reading = Reading {
+            sensor_id: "s-1".into(),
+            // One second and one microsecond before PostgreSQL's epoch: a negative count.
+            ts: "1999-12-31T23:59:58.999999Z".parse().unwrap(),
+            value: -1.5,
+            unit: None,
+        };
+        let mut buf = BytesMut::new();
+        encode_copy_row(&reading, &mut buf);
+        let mut expected = vec![0, 3, 0, 0, 0, 3, b's', b'-', b'1', 0, 0, 0, 8];
+        expected.extend_from_slice(&(-1_000_001i64).to_be_bytes());
+        expected.extend_from_slice(&[0, 0, 0, 8]);
+        expected.extend_from_slice(&(-1.5f64).to_be_bytes());
+        assert_eq!(&buf[..], &expected[..]);
+    }
 }
