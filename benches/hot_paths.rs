@@ -1,6 +1,6 @@
 //! Criterion benchmarks of the pure hot paths: parsing and validating messages, folding readings
 //! into windows, and the window stage's batch building (in-batch dedup, fold, split into write
-//! shards in key order).
+//! shards in key order), and the reader's finding and parsing of an `XREADGROUP` reply.
 //!
 //!     cargo bench --bench hot_paths
 
@@ -9,6 +9,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sensorhub::domain::reading::{parse_entry_fields, parse_json};
 use sensorhub::domain::{Limits, ParseContext, Reading, Resolution, Windows};
 use sensorhub::pipeline::window::prepare;
+use sensorhub::stream_reader::{parse_read_reply, reply_len};
 use sensorhub::streams::EntryId;
 use std::hint::black_box;
 
@@ -85,5 +86,36 @@ fn windows(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parse, windows);
+/// The reader's share of a batch: finding where a 20,000-entry `XREADGROUP` reply ends, and
+/// parsing it into entries, with payloads like the load run's.
+fn reply(c: &mut Criterion) {
+    let entries = 20_000;
+    let mut reply = format!("*1\r\n*2\r\n$6\r\nstream\r\n*{entries}\r\n");
+    for n in 0..entries {
+        let id = format!("1764547200000-{n}");
+        let payload = format!(
+            r#"{{"sensor":"meter-{}","value":{},"timestamp":"2025-12-01T00:00:{:02}Z"}}"#,
+            n % 1000,
+            n as f64 * 0.25,
+            n / 1000
+        );
+        reply.push_str(&format!(
+            "*2\r\n${}\r\n{id}\r\n*2\r\n$4\r\ndata\r\n${}\r\n{payload}\r\n",
+            id.len(),
+            payload.len()
+        ));
+    }
+    let reply = bytes::Bytes::from(reply);
+    let mut group = c.benchmark_group("reply");
+    group.throughput(Throughput::Elements(entries as u64));
+    group.bench_function("scan_20k_entries", |b| {
+        b.iter(|| reply_len(black_box(&reply)).unwrap().unwrap())
+    });
+    group.bench_function("parse_20k_entries", |b| {
+        b.iter(|| parse_read_reply(black_box(&reply)).unwrap())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, parse, windows, reply);
 criterion_main!(benches);

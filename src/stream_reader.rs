@@ -10,7 +10,7 @@
 //! opened again (with `AUTH` and `SELECT` as the URL says) by the next read.
 
 use crate::pipeline::off_thread;
-use crate::streams::{EntryId, StreamEntry};
+use crate::streams::{EntryId, Fields, StreamEntry};
 use bytes::{Bytes, BytesMut};
 use redis::{ConnectionAddr, ConnectionInfo, ErrorKind, RedisError, RedisResult};
 use std::time::Duration;
@@ -326,8 +326,15 @@ impl<'a> Reply<'a> {
     }
 }
 
-/// `[[stream, [[id, [field, value, ...] | nil], ...]], ...]`, nil on timeout, or an error.
-fn parse_read_reply(bytes: &Bytes) -> RedisResult<Vec<StreamEntry>> {
+/// Where the RESP2 reply at the start of `buf` ends, `None` while it is incomplete: what the
+/// reader's scan finds as the reply arrives (public for the benchmarks).
+pub fn reply_len(buf: &[u8]) -> RedisResult<Option<usize>> {
+    Scan::default().advance(buf)
+}
+
+/// `[[stream, [[id, [field, value, ...] | nil], ...]], ...]`, nil on timeout, or an error. The
+/// entries' fields are slices of `bytes` (public for the benchmarks).
+pub fn parse_read_reply(bytes: &Bytes) -> RedisResult<Vec<StreamEntry>> {
     let buf: &[u8] = bytes;
     if buf.first() == Some(&b'-') {
         return Err(server_error(buf));
@@ -366,9 +373,13 @@ fn parse_read_reply(bytes: &Bytes) -> RedisResult<Vec<StreamEntry>> {
                 match reply.array()? {
                     None => None,
                     Some(n) => {
-                        let mut fields = Vec::with_capacity((n / 2).min(buf.len() / 8));
+                        let mut fields = Fields::with_capacity((n / 2).min(buf.len() / 8));
                         for _ in 0..n / 2 {
-                            let name = bytes.slice_ref(reply.bytes()?.unwrap_or_default());
+                            let name = match reply.bytes()?.unwrap_or_default() {
+                                // The usual name, without a reference to count on the reply.
+                                b"data" => Bytes::from_static(b"data"),
+                                name => bytes.slice_ref(name),
+                            };
                             let value = bytes.slice_ref(reply.bytes()?.unwrap_or_default());
                             fields.push((name, value));
                         }

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use redis::aio::ConnectionManager;
 use redis::{RedisResult, Value};
+use smallvec::SmallVec;
 use std::fmt;
 use std::str::FromStr;
 
@@ -109,8 +110,11 @@ impl redis::ToRedisArgs for EntryId {
 #[derive(Clone, Debug)]
 pub struct StreamEntry {
     pub id: EntryId,
-    pub fields: Option<Vec<Field>>,
+    pub fields: Option<Fields>,
 }
+
+/// An entry's fields. Most entries have one (`data`), kept inline: no allocation per entry.
+pub type Fields = SmallVec<[Field; 1]>;
 
 /// One field of a stream entry, name and value. [`Bytes`]: the stream reader hands out slices of
 /// the reply it read, with no copy and no allocation per field.
@@ -194,8 +198,8 @@ pub(crate) fn parse_entries(list: Value) -> RedisResult<Vec<StreamEntry>> {
         .collect()
 }
 
-fn pair_up(flat: Vec<Value>) -> Vec<Field> {
-    let mut fields = Vec::with_capacity(flat.len() / 2);
+fn pair_up(flat: Vec<Value>) -> Fields {
+    let mut fields = Fields::with_capacity(flat.len() / 2);
     let mut iter = flat.into_iter();
     while let (Some(name), Some(value)) = (iter.next(), iter.next()) {
         fields.push((into_bytes(name), into_bytes(value)));

@@ -127,7 +127,7 @@ pub fn parse_batch(
                 Err(rejection) => letters.push(DeadLetter {
                     entry: entry.id,
                     rejection,
-                    original: fields.clone(),
+                    original: fields.to_vec(),
                 }),
             }
         }
