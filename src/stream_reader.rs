@@ -183,13 +183,22 @@ impl Scan {
     /// `Some(length)` once `buf` holds the whole reply.
     fn advance(&mut self, buf: &[u8]) -> RedisResult<Option<usize>> {
         loop {
-            let Some(line) = find_crlf(buf, self.pos) else {
-                return Ok(None);
+            let (kind, n, next) = match length_line(buf, self.pos) {
+                Some(header) => header,
+                None => {
+                    let Some(line) = find_crlf(buf, self.pos) else {
+                        return Ok(None);
+                    };
+                    let kind = buf[self.pos];
+                    let n = match kind {
+                        b'*' | b'$' => parse_int(&buf[self.pos + 1..line])?,
+                        _ => 0,
+                    };
+                    (kind, n, line + 2)
+                }
             };
-            let next = line + 2;
-            match buf[self.pos] {
+            match kind {
                 b'*' => {
-                    let n = parse_int(&buf[self.pos + 1..line])?;
                     if n > 0 {
                         self.open.push(n);
                         self.pos = next;
@@ -198,7 +207,6 @@ impl Scan {
                     self.pos = next;
                 }
                 b'$' => {
-                    let n = parse_int(&buf[self.pos + 1..line])?;
                     let end = if n < 0 { next } else { next + n as usize + 2 };
                     if end > buf.len() {
                         return Ok(None);
@@ -227,6 +235,38 @@ impl Scan {
             }
         }
     }
+}
+
+/// A `*<n>` or `$<n>` header line (nearly every line of a reply) read in one pass: its type byte,
+/// its number and where the next element starts, once the line's `\r\n` has arrived. `None` for
+/// anything else (another type, a malformed or incomplete line), which the general path handles.
+#[inline]
+fn length_line(buf: &[u8], pos: usize) -> Option<(u8, i64, usize)> {
+    let kind = *buf.get(pos)?;
+    if kind != b'*' && kind != b'$' {
+        return None;
+    }
+    let mut at = pos + 1;
+    let negative = buf.get(at) == Some(&b'-');
+    if negative {
+        at += 1;
+    }
+    let first = at;
+    let mut n: i64 = 0;
+    while let Some(&byte) = buf.get(at) {
+        let digit = byte.wrapping_sub(b'0');
+        if digit > 9 {
+            break;
+        }
+        // Wrapping: a line of more than 18 digits is refused below, on the general path.
+        n = n.wrapping_mul(10).wrapping_add(i64::from(digit));
+        at += 1;
+    }
+    let digits = at - first;
+    if digits == 0 || digits > 18 || buf.get(at) != Some(&b'\r') || at + 1 >= buf.len() {
+        return None;
+    }
+    Some((kind, if negative { -n } else { n }, at + 2))
 }
 
 /// The `\r` ending the header line that starts at `from`, once its `\n` has arrived too.
@@ -266,6 +306,11 @@ impl<'a> Reply<'a> {
     /// One element's header: its type byte, the number on its line (0 for `+`, `-`, `:`) and
     /// the line's text.
     fn header(&mut self) -> RedisResult<(u8, i64, &'a [u8])> {
+        if let Some((kind, n, next)) = length_line(self.buf, self.pos) {
+            let text = &self.buf[self.pos + 1..next - 2];
+            self.pos = next;
+            return Ok((kind, n, text));
+        }
         let line = find_crlf(self.buf, self.pos)
             .ok_or_else(|| protocol_error("truncated reply".into()))?;
         if line == self.pos {
