@@ -218,34 +218,6 @@ impl Windows {
         order
     }
 
-    /// [`Windows::key_order`] by one comparison sort of the whole batch: what it replaced, kept
-    /// to check it against.
-    #[cfg(test)]
-    fn key_order_by_sorting<R: std::borrow::Borrow<Reading>>(readings: &[R]) -> Vec<u32> {
-        let mut ids: HashMap<&str, u32, FastState> = HashMap::default();
-        let first_rank: Vec<u32> = readings
-            .iter()
-            .map(|r| {
-                let next = ids.len() as u32;
-                *ids.entry(r.borrow().sensor_id.as_str()).or_insert(next)
-            })
-            .collect();
-        let mut names: Vec<(&str, u32)> = ids.into_iter().collect();
-        names.sort_unstable();
-        let mut rank = vec![0u32; names.len()];
-        for (position, (_, id)) in names.iter().enumerate() {
-            rank[*id as usize] = position as u32;
-        }
-        let mut keys: Vec<(u32, DateTime<Utc>, u32)> = readings
-            .iter()
-            .zip(first_rank)
-            .enumerate()
-            .map(|(i, (r, id))| (rank[id as usize], r.borrow().ts, i as u32))
-            .collect();
-        keys.sort_unstable();
-        keys.into_iter().map(|(_, _, i)| i).collect()
-    }
-
     /// [`Windows::fold`] of readings already in key order `(sensor_id, ts)`: each sensor's windows
     /// are consecutive runs, so partials are built in key order with no map and no sort.
     pub fn fold_sorted<'a>(
@@ -419,10 +391,14 @@ mod tests {
                     unit: None,
                 })
                 .collect();
-            prop_assert_eq!(
-                Windows::key_order(&readings),
-                Windows::key_order_by_sorting(&readings)
-            );
+            // The order by definition: one comparison sort of the positions by
+            // `(sensor_id, ts, arrival)`.
+            let mut sorted: Vec<u32> = (0..readings.len() as u32).collect();
+            sorted.sort_by_key(|&i| {
+                let r = &readings[i as usize];
+                (r.sensor_id.clone(), r.ts, i)
+            });
+            prop_assert_eq!(Windows::key_order(&readings), sorted);
         }
 
         /// Adding a reading is merging its one-reading aggregate.
