@@ -43,11 +43,18 @@ impl Application {
         let started = Instant::now();
         let metrics = Arc::new(Metrics::new());
 
+        // SENSORHUB_DB_POOL_SIZE counts every connection: the writer's own, and the rest shared
+        // by the API, readiness and migrations.
+        let shared = config
+            .db_pool_size
+            .saturating_sub(config.write_connections)
+            .max(1);
         let pool = retry_startup("PostgreSQL", || {
-            store::connect(config.database_url.expose(), config.db_pool_size)
+            store::connect(config.database_url.expose(), shared)
         })
         .await?;
         store::migrate(&pool).await?;
+        let write_pool = store::lazy_pool(config.database_url.expose(), config.write_connections)?;
 
         let client = redis::Client::open(config.redis_url.expose())
             .context("SENSORHUB_REDIS_URL is not a Redis URL")?;
@@ -67,7 +74,7 @@ impl Application {
         let pipeline = Pipeline::start(
             &config,
             PipelineParts {
-                pool: pool.clone(),
+                write_pool,
                 client,
                 conn: conn.clone(),
                 read_conn,

@@ -26,7 +26,9 @@ use tokio::sync::watch;
 
 /// What the stages are built from.
 pub struct PipelineParts {
-    pub pool: Pool,
+    /// The writer's own connections ([`crate::store::lazy_pool`], not yet opened): opened on the
+    /// writer's thread, so their I/O runs there.
+    pub write_pool: Pool,
     pub client: redis::Client,
     /// Shared multiplexed connection: acks, dead letters, bridge appends.
     pub conn: ConnectionManager,
@@ -47,7 +49,7 @@ pub struct Pipeline {
 impl Pipeline {
     pub fn start(config: &Config, parts: PipelineParts) -> Self {
         let PipelineParts {
-            pool,
+            write_pool,
             client,
             conn,
             read_conn,
@@ -82,7 +84,7 @@ impl Pipeline {
         let write_connections = config.write_connections;
         let (c, m, f) = (conn.clone(), Arc::clone(&metrics), Arc::clone(&faults));
         let writer = Supervisor::start_in_arbiter(&arbiter(), move |_| {
-            Writer::new(pool, &resolutions, dead, c, acker, m, f)
+            Writer::new(write_pool, &resolutions, dead, c, acker, m, f)
         });
 
         let resolutions = config.resolutions.clone();

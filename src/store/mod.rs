@@ -77,6 +77,20 @@ impl StoreError {
 
 /// Parses the URL, creates the database if it is missing, and builds the pool.
 pub async fn connect(url: &str, pool_size: usize) -> anyhow::Result<Pool> {
+    let config = connection_config(url)?;
+    ensure_database(&config).await?;
+    build_pool(config, pool_size)
+}
+
+/// Builds a pool for a database [`connect`] has already checked, without connecting: each
+/// connection is opened by the first `get` that needs it, and its I/O task runs on that caller's
+/// thread. The writer builds its own this way, so that its connections' socket reads and writes
+/// run on the writer's thread rather than hopping to another thread and back for every message.
+pub fn lazy_pool(url: &str, pool_size: usize) -> anyhow::Result<Pool> {
+    build_pool(connection_config(url)?, pool_size)
+}
+
+fn connection_config(url: &str) -> anyhow::Result<tokio_postgres::Config> {
     let mut config: tokio_postgres::Config = url
         .parse()
         .context("SENSORHUB_DATABASE_URL is not a PostgreSQL URL")?;
@@ -85,7 +99,10 @@ pub async fn connect(url: &str, pool_size: usize) -> anyhow::Result<Pool> {
         .application_name("sensorhub")
         // The guarantee needs every acknowledged batch durable: never inherit an `off`.
         .options("-c synchronous_commit=on");
-    ensure_database(&config).await?;
+    Ok(config)
+}
+
+fn build_pool(config: tokio_postgres::Config, pool_size: usize) -> anyhow::Result<Pool> {
     let manager = Manager::from_config(
         config,
         NoTls,
