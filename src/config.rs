@@ -125,12 +125,12 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "SENSORHUB_WRITE_CONNECTIONS",
         default: "2",
-        meaning: "concurrent transactions per batch, each writing a disjoint set of sensors",
+        meaning: "write lanes: connections each writing its own sensors' part of every batch, in order",
     },
     Variable {
         name: "SENSORHUB_DB_POOL_SIZE",
         default: "4",
-        meaning: "PostgreSQL connections (at least the write connections plus one for the API)",
+        meaning: "PostgreSQL connections: the write connections, the rest (at least one) for the API",
     },
     Variable {
         name: "SENSORHUB_SHUTDOWN_TIMEOUT",

@@ -130,7 +130,7 @@ impl Metrics {
             ),
             batch_write_duration: histogram(
                 "sensorhub_batch_write_duration_seconds",
-                "Duration of one batch transaction, retries included.",
+                "Duration of one batch's write, from handing its shards to the write lanes to the last commit, retries included.",
                 seconds_buckets.clone(),
             ),
             end_to_end_latency: histogram(

@@ -1,17 +1,22 @@
 //! Stage 4, write: a batch's shards (split by sensor in the window stage, one per
-//! `SENSORHUB_WRITE_CONNECTIONS`) are written concurrently, one transaction per shard on its own
-//! connection (see [`store::write_batch`]); once
-//! every shard has committed, the batch is reported for acknowledgement. Shards hold disjoint
-//! sensors, so they never upsert the same aggregate rows and never wait on each other's locks.
+//! `SENSORHUB_WRITE_CONNECTIONS`) are written by one lane each: a task per write connection that
+//! writes its shards one after another, one transaction per shard (see [`store::write_batch`]).
+//! A sensor always falls in the same lane, so lanes hold disjoint sensors: they never upsert the
+//! same aggregate rows and never wait on each other's locks. A lane does not wait for the other
+//! lanes to finish a batch before it starts its part of the next one, so a lane that finishes
+//! early (a smaller shard, or its transaction ran while the other was off the CPU) keeps its
+//! connection busy instead of idle. Batches still complete in order: once every shard of a batch
+//! has committed, the batch is reported for acknowledgement, after the batches before it.
 //!
 //! Transient errors (connection loss, deadlock, serialization failure) are retried with capped
-//! backoff until the batch commits: a batch is never dropped. An error that persists
+//! backoff until the shard commits: a batch is never dropped. An error that persists
 //! [`REFUSALS_BEFORE_ISOLATING`] times is PostgreSQL refusing the data itself (poison data): the
-//! batch is bisected into smaller transactions until the refused readings are isolated; those go to
-//! the dead-letter stream (`database_rejected`) and the rest of the batch is stored, so one bad row
-//! cannot block the stream forever.
+//! shard is bisected into smaller transactions until the refused readings are isolated; those go
+//! to the dead-letter stream (`database_rejected`) and the rest of the shard is stored, so one bad
+//! row cannot block the stream forever.
 
 use crate::domain::{AggKey, Aggregate, Reading, Reason, Rejection, Resolution, Windows};
+use crate::pipeline::Ticket;
 use crate::pipeline::ack::Acker;
 use crate::pipeline::messages::{Committed, WriteBatch};
 use crate::pipeline::validate::{DeadLetterSettings, keep_dead_letters};
@@ -21,10 +26,13 @@ use crate::streams::{DeadLetter, EntryId};
 use crate::telemetry::Metrics;
 use actix::prelude::*;
 use deadpool_postgres::Pool;
+use futures_util::FutureExt as _;
 use redis::aio::ConnectionManager;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
 
 /// Non-transient failures of one batch before it is bisected to isolate poison data. More than
 /// one, so that a passing oddity (a migration running, a constraint being validated) is retried.
@@ -46,13 +54,16 @@ struct WriteContext {
 
 /// The part of a batch one connection writes.
 pub struct Shard {
+    /// The write lane (connection) of this shard's sensors: the same for a sensor in every batch.
+    pub lane: usize,
     pub readings: Vec<Reading>,
     pub origins: Vec<EntryId>,
     pub partials: Vec<(AggKey, Aggregate)>,
 }
 
-/// A stable shard for a sensor (FNV-1a), so one sensor's rows always go to one transaction.
-fn shard_of(sensor_id: &str, shards: usize) -> usize {
+/// A sensor's lane among `shards` (FNV-1a of its id): stable, so one sensor's rows always go to
+/// one lane.
+pub fn lane_of(sensor_id: &str, shards: usize) -> usize {
     let hash = sensor_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     });
@@ -61,7 +72,8 @@ fn shard_of(sensor_id: &str, shards: usize) -> usize {
 
 /// Splits a batch's readings and partials by sensor into `shards`: the readings at the positions
 /// `order` (key order `(sensor_id, ts)`, from [`Windows::key_order`]), so every shard's readings
-/// are in key order, and `partials`, already in key order.
+/// are in key order, and `partials`, already in key order. Empty shards are left out; each shard
+/// keeps its lane.
 ///
 /// The order is for PostgreSQL: rows inserted in primary-key order land one after another on the
 /// same B-tree leaf page, where in arrival order (sensors interleaved) each insert descends to
@@ -77,7 +89,8 @@ pub fn split(
     let mut slots: Vec<Option<(Reading, EntryId)>> =
         readings.into_iter().zip(origins).map(Some).collect();
     let mut out: Vec<Shard> = (0..shards)
-        .map(|_| Shard {
+        .map(|lane| Shard {
+            lane,
             readings: Vec::with_capacity(order.len() / shards + 1),
             origins: Vec::with_capacity(order.len() / shards + 1),
             partials: Vec::new(),
@@ -89,19 +102,19 @@ pub fn split(
         else {
             continue; // not a position of `readings`, or taken twice: `order` is ours, never so
         };
-        // A sensor's readings are consecutive: its shard is hashed once per sensor.
+        // A sensor's readings are consecutive: its lane is hashed once per sensor.
         let same_sensor = out[current]
             .readings
             .last()
             .is_some_and(|last| last.sensor_id == reading.sensor_id);
         if !same_sensor {
-            current = shard_of(&reading.sensor_id, shards);
+            current = lane_of(&reading.sensor_id, shards);
         }
         out[current].readings.push(reading);
         out[current].origins.push(origin);
     }
     for partial in partials {
-        out[shard_of(&partial.0.sensor_id, shards)]
+        out[lane_of(&partial.0.sensor_id, shards)]
             .partials
             .push(partial);
     }
@@ -109,13 +122,37 @@ pub fn split(
     out
 }
 
+/// One shard handed to its lane, and where its outcome goes.
+struct LaneJob {
+    shard: Shard,
+    done: oneshot::Sender<BatchOutcome>,
+}
+
+/// A batch whose shards are in the lanes: what completing it takes.
+struct Dispatched {
+    started: Instant,
+    outcomes: Vec<oneshot::Receiver<BatchOutcome>>,
+    duplicates_in_batch: u64,
+    entries: Vec<EntryId>,
+    ticket: Ticket,
+}
+
+/// The lanes' and the completion task's ends, made on the writer's own thread when it starts.
+struct Lanes {
+    jobs: Vec<mpsc::Sender<LaneJob>>,
+    dispatched: mpsc::UnboundedSender<Dispatched>,
+}
+
 pub struct Writer {
     context: WriteContext,
+    lanes: usize,
     acker: Addr<Acker>,
     faults: Arc<Faults>,
+    running: Option<Lanes>,
 }
 
 impl Writer {
+    /// `pool` is the writer's own: one lane per connection it may open.
     pub fn new(
         pool: Pool,
         resolutions: &[Resolution],
@@ -126,6 +163,7 @@ impl Writer {
         faults: Arc<Faults>,
     ) -> Self {
         Self {
+            lanes: pool.status().max_size.max(1),
             context: WriteContext {
                 pool,
                 resolutions: resolutions.into(),
@@ -136,6 +174,7 @@ impl Writer {
             },
             acker,
             faults,
+            running: None,
         }
     }
 }
@@ -145,6 +184,26 @@ impl Actor for Writer {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(1);
+        // The lanes are plain tasks on this arbiter, not futures of the actor's context: the
+        // handler waits (`ctx.wait`) for room in a lane, which pauses the context's own futures.
+        // They outlive a restart of the actor (a panic in the handler) and keep the batches they
+        // hold; they end when the writer is dropped and their queues close.
+        if self.running.is_none() {
+            let jobs = (0..self.lanes)
+                .map(|_| {
+                    let (tx, rx) = mpsc::channel(1);
+                    actix::spawn(lane(self.context.clone(), rx));
+                    tx
+                })
+                .collect();
+            let (dispatched, rx) = mpsc::unbounded_channel();
+            actix::spawn(complete(
+                Arc::clone(&self.context.metrics),
+                self.acker.clone(),
+                rx,
+            ));
+            self.running = Some(Lanes { jobs, dispatched });
+        }
     }
 }
 
@@ -158,58 +217,116 @@ impl Handler<WriteBatch> for Writer {
     type Result = ();
 
     fn handle(&mut self, batch: WriteBatch, ctx: &mut Self::Context) {
-        let context = self.context.clone();
-        let acker = self.acker.clone();
+        let Some(Lanes { jobs, dispatched }) = self.running.as_ref() else {
+            return; // `started` always runs first
+        };
+        let (jobs, dispatched) = (jobs.clone(), dispatched.clone());
         let faults = Arc::clone(&self.faults);
         let work = async move {
             faults.check(
                 "write",
                 batch.shards.iter().flat_map(|shard| shard.readings.iter()),
             );
-            let metrics = Arc::clone(&context.metrics);
-            let started = Instant::now();
             let WriteBatch {
                 shards,
                 duplicates_in_batch,
                 entries,
                 ticket,
             } = batch;
-            let outcomes = futures_util::future::join_all(
-                shards
-                    .iter()
-                    .map(|shard| write_until_committed(&context, shard)),
-            )
-            .await;
-            metrics
-                .batch_write_duration
-                .observe(started.elapsed().as_secs_f64());
-            for outcome in outcomes {
-                metrics.readings_written.inc_by(outcome.inserted);
-                metrics.readings_duplicate.inc_by(outcome.duplicates);
-                metrics
-                    .aggregate_rows_upserted
-                    .inc_by(outcome.aggregate_rows);
+            let started = Instant::now();
+            let mut outcomes = Vec::with_capacity(shards.len());
+            for shard in shards {
+                let (done, outcome) = oneshot::channel();
+                let lane = &jobs[shard.lane % jobs.len()];
+                if lane.send(LaneJob { shard, done }).await.is_err() {
+                    // Only a writer being dropped closes a lane; the batch is re-read.
+                    return;
+                }
+                outcomes.push(outcome);
             }
-            metrics.readings_duplicate.inc_by(duplicates_in_batch);
-            let now = chrono::Utc::now();
-            metrics.last_commit_time.set(now.timestamp());
-            let now_micros = now.timestamp_micros();
-            // Counted locally and added to the shared histogram once: an observation each entry
-            // would be three atomic updates each.
-            let latency = metrics.end_to_end_latency.local();
-            for entry in &entries {
-                let micros = now_micros.saturating_sub(entry.time_micros()).max(0);
-                latency.observe(micros as f64 / 1e6);
-            }
-            latency.flush();
-            let committed = Committed { entries, ticket };
-            if acker.send(committed).await.is_err() {
-                tracing::warn!(
-                    "ack stage is gone; the committed batch will be re-read and skipped as duplicates"
-                );
-            }
+            let _ = dispatched.send(Dispatched {
+                started,
+                outcomes,
+                duplicates_in_batch,
+                entries,
+                ticket,
+            });
         };
+        // Waiting for room in the lanes keeps batches in order and holds the window stage back.
         ctx.wait(guarded("write", work));
+    }
+}
+
+/// One write connection's lane: writes its shards in the order they come. A panic while writing
+/// one (a bug) loses that batch, which is re-read, not the lane.
+async fn lane(context: WriteContext, mut jobs: mpsc::Receiver<LaneJob>) {
+    while let Some(LaneJob { shard, done }) = jobs.recv().await {
+        match AssertUnwindSafe(write_until_committed(&context, &shard))
+            .catch_unwind()
+            .await
+        {
+            Ok(outcome) => {
+                let _ = done.send(outcome);
+            }
+            Err(_) => {
+                tracing::error!(
+                    readings = shard.readings.len(),
+                    "writing a shard panicked; its batch will be re-read"
+                );
+                count_restart(&context.metrics, "write");
+            }
+        }
+    }
+}
+
+/// Completes batches in the order they were dispatched: waits for each shard's commit, counts
+/// the batch and reports it for acknowledgement.
+async fn complete(
+    metrics: Arc<Metrics>,
+    acker: Addr<Acker>,
+    mut batches: mpsc::UnboundedReceiver<Dispatched>,
+) {
+    while let Some(batch) = batches.recv().await {
+        let mut outcomes = Vec::with_capacity(batch.outcomes.len());
+        for outcome in batch.outcomes {
+            outcomes.push(outcome.await);
+        }
+        metrics
+            .batch_write_duration
+            .observe(batch.started.elapsed().as_secs_f64());
+        for outcome in outcomes.iter().flatten() {
+            metrics.readings_written.inc_by(outcome.inserted);
+            metrics.readings_duplicate.inc_by(outcome.duplicates);
+            metrics
+                .aggregate_rows_upserted
+                .inc_by(outcome.aggregate_rows);
+        }
+        if outcomes.iter().any(Result::is_err) {
+            // A lane lost its shard (see `lane`): the ticket is dropped unsettled, and the reader
+            // re-reads the batch; what did commit is skipped as duplicates.
+            continue;
+        }
+        metrics.readings_duplicate.inc_by(batch.duplicates_in_batch);
+        let now = chrono::Utc::now();
+        metrics.last_commit_time.set(now.timestamp());
+        let now_micros = now.timestamp_micros();
+        // Counted locally and added to the shared histogram once: an observation each entry
+        // would be three atomic updates each.
+        let latency = metrics.end_to_end_latency.local();
+        for entry in &batch.entries {
+            let micros = now_micros.saturating_sub(entry.time_micros()).max(0);
+            latency.observe(micros as f64 / 1e6);
+        }
+        latency.flush();
+        let committed = Committed {
+            entries: batch.entries,
+            ticket: batch.ticket,
+        };
+        if acker.send(committed).await.is_err() {
+            tracing::warn!(
+                "ack stage is gone; the committed batch will be re-read and skipped as duplicates"
+            );
+        }
     }
 }
 

@@ -303,6 +303,80 @@ async fn large_messages_are_read_a_few_at_a_time() {
     t.stop().await;
 }
 
+/// A write lane that cannot commit (another session holds a row of one of its sensors) holds back
+/// the acknowledgement of its batch and of every later one, but not the other lane: that one goes
+/// on writing its part of the next batches. Once the lock is gone, every reading is stored once.
+#[actix_web::test]
+async fn a_blocked_write_lane_holds_back_acks_not_the_other_lane() {
+    use sensorhub::pipeline::write::lane_of;
+    let sensor_in = |lane: usize| {
+        (0..)
+            .map(|i| format!("lane{lane}-{i}"))
+            .find(|s| lane_of(s, 2) == lane)
+            .unwrap()
+    };
+    let (blocked, free) = (sensor_in(0), sensor_in(1));
+    let base: chrono::DateTime<chrono::Utc> = "2025-06-01T00:00:00Z".parse().unwrap();
+    let at = |s: i64| base + chrono::Duration::seconds(s);
+    let mut t = spawn_app_with(
+        |c| {
+            c.write_connections = 2;
+            c.batch_size = 2;
+        },
+        Default::default(),
+    )
+    .await;
+    // The blocked sensor's row in `sensors`, written by sensorhub, then locked by another session.
+    let first = t
+        .xadd_data(reading_json(&blocked, 0.0, at(0)).as_bytes())
+        .await;
+    t.wait_drained(&first).await;
+    let (locker, connection) =
+        tokio_postgres::connect(t.config.database_url.expose(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    locker
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM sensors WHERE sensor_id = '{blocked}' FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+
+    // Batches of two entries: the first has a reading of each lane, the next two only the free
+    // lane's.
+    let mut payloads = vec![reading_json(&blocked, 1.0, at(1)).into_bytes()];
+    payloads.extend((1..=5).map(|i| reading_json(&free, f64::from(i), at(i.into())).into_bytes()));
+    let last = t.xadd_many(&payloads).await;
+    let free_rows = format!("SELECT count(*) FROM readings WHERE sensor_id = '{free}'");
+    wait_for(
+        "the free lane to write its part of the later batches",
+        std::time::Duration::from_secs(20),
+        || {
+            let pg = &t.pg;
+            let sql = free_rows.clone();
+            async move { (pg.query_one(&sql, &[]).await.unwrap().get::<_, i64>(0) == 5).then_some(()) }
+        },
+    )
+    .await;
+    // Committed but not acknowledged: the first batch is not complete, and batches complete in
+    // order.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        t.metrics().entries_acked.get(),
+        1,
+        "only the entry before the lock"
+    );
+    assert_eq!(t.readings().await, 6, "the blocked reading waits");
+
+    locker.batch_execute("COMMIT").await.unwrap();
+    t.wait_drained(&last).await;
+    assert_eq!(t.readings().await, 7);
+    assert_eq!(t.metrics().entries_acked.get(), 7);
+    t.assert_aggregates_exact().await;
+    t.stop().await;
+}
+
 /// Every stored row, as text, in key order.
 async fn snapshot(t: &TestApp) -> Vec<String> {
     let mut rows = Vec::new();
