@@ -5,7 +5,7 @@
 //!                                [--env SENSORHUB_X=V ...] [--plot PATH] [--rounds N]
 //!
 //! Phases, each on fresh databases and a fresh stream; phases 1 and 2 are run `--rounds` times
-//! (default 3), alternating, and the round with the median ratio is reported (with the range of
+//! (default 5), alternating, and the round with the median ratio is reported (with the range of
 //! all rounds): on a shared machine, one pair of 2-second measurements moves by a fifth from one
 //! minute to the next. Every round is checked exact.
 //! 1. **reference**: the same rows written straight to PostgreSQL by the same write path
@@ -39,7 +39,7 @@ use sensorhub::domain::{Reading, Resolution};
 use sensorhub::pipeline::window::prepare;
 use sensorhub::streams::EntryId;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_postgres::NoTls;
 
 struct Args {
@@ -69,7 +69,7 @@ fn args() -> Args {
         per_entry: 1,
         env: Vec::new(),
         plot: "docs/e2e-load-run.png".into(),
-        rounds: 3,
+        rounds: 5,
     };
     let mut iter = std::env::args().skip(1);
     while let Some(arg) = iter.next() {
@@ -670,6 +670,58 @@ async fn reference(
     args.readings as f64 / started.elapsed().as_secs_f64()
 }
 
+/// What `XINFO GROUPS` says of the stream's first group: entries read, lag and last-delivered id.
+async fn group_info(
+    redis: &mut redis::aio::MultiplexedConnection,
+    stream: &str,
+) -> Option<(i64, i64, EntryId)> {
+    let info: redis::Value = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async(redis)
+        .await
+        .ok()?;
+    let redis::Value::Array(groups) = info else {
+        return None;
+    };
+    let Some(redis::Value::Array(group)) = groups.into_iter().next() else {
+        return None;
+    };
+    let field = |name: &str| {
+        group
+            .chunks(2)
+            .find(|kv| matches!(&kv[0], redis::Value::BulkString(k) if k == name.as_bytes()))
+            .map(|kv| &kv[1])
+    };
+    let int = |name: &str| match field(name) {
+        Some(redis::Value::Int(n)) => *n,
+        _ => -1,
+    };
+    let last_delivered = match field("last-delivered-id") {
+        Some(redis::Value::BulkString(id)) => std::str::from_utf8(id).ok()?.parse().ok()?,
+        _ => EntryId::default(),
+    };
+    Some((int("entries-read"), int("lag"), last_delivered))
+}
+
+/// Waits for sensorhub's first read of the stream (the group has read an entry); returns when
+/// it was seen, polled every millisecond.
+async fn first_read(redis: &mut redis::aio::MultiplexedConnection, stream: &str) -> SystemTime {
+    let started = Instant::now();
+    loop {
+        if let Some((read, _, _)) = group_info(redis, stream).await
+            && read > 0
+        {
+            return SystemTime::now();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "sensorhub did not read the stream within a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// Waits until the group has read `at_least` entries, nothing is undelivered and sensorhub's
 /// ledger shows every delivered entry committed.
 async fn wait_drained(
@@ -681,38 +733,9 @@ async fn wait_drained(
     let mut last_report = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let info: redis::RedisResult<redis::Value> = redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(stream)
-            .query_async(redis)
-            .await;
-        let Ok(redis::Value::Array(groups)) = info else {
+        let Some((read, lag, last_delivered)) = group_info(redis, stream).await else {
             continue;
         };
-        let Some(redis::Value::Array(group)) = groups.into_iter().next() else {
-            continue;
-        };
-        let field = |name: &str| -> i64 {
-            group
-                .chunks(2)
-                .find(|kv| matches!(&kv[0], redis::Value::BulkString(k) if k == name.as_bytes()))
-                .and_then(|kv| match &kv[1] {
-                    redis::Value::Int(n) => Some(*n),
-                    _ => None,
-                })
-                .unwrap_or(-1)
-        };
-        let (read, lag) = (field("entries-read"), field("lag"));
-        let last_delivered = group
-            .chunks(2)
-            .find(|kv| matches!(&kv[0], redis::Value::BulkString(k) if k == b"last-delivered-id"))
-            .and_then(|kv| match &kv[1] {
-                redis::Value::BulkString(id) => {
-                    std::str::from_utf8(id).ok()?.parse::<EntryId>().ok()
-                }
-                _ => None,
-            })
-            .unwrap_or_default();
         let Ok(through) = sensorhub::ledger::through(redis, stream, "sensorhub").await else {
             continue;
         };
@@ -825,9 +848,10 @@ async fn throughput_round(
     );
     let entries = preload(redis, &stream, args, base).await;
 
-    // sensorhub's database is created and migrated before the clock, as the reference's is: the
-    // throughput is timed from the binary's start on a ready schema (its startup, 15-30 ms, stays
-    // in; a first start's migrations are not what a load run measures).
+    // sensorhub's database is created and migrated before the clock, as the reference's is, and
+    // the throughput is timed as the issue defines it: from sensorhub's first read of the stream to
+    // its last commit (`sensorhub_last_commit_timestamp_seconds`). Its startup, 15-30 ms, is
+    // measured on its own in phase 3; the time from spawning it is printed too.
     let pool = sensorhub::store::connect(&db_url, 1).await.unwrap();
     sensorhub::store::migrate(&pool).await.unwrap();
     drop(pool);
@@ -838,10 +862,20 @@ async fn throughput_round(
     let port = free_port();
     let hub = spawn_sensorhub(args, &db_url, &stream, port);
     let pid = hub.0.id();
+    let spawned = SystemTime::now();
     let sampler = Sampler::start(port, started);
+    let first = first_read(redis, &stream).await;
     wait_drained(redis, &stream, entries, started).await;
-    let elapsed = started.elapsed().as_secs_f64();
+    let from_spawn = started.elapsed().as_secs_f64();
     let samples = sampler.finish();
+    let last_commit = metric(port, "sensorhub_last_commit_timestamp_seconds");
+    let since_epoch = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+    let elapsed = last_commit - since_epoch(first);
+    assert!(
+        elapsed > 0.0 && last_commit <= since_epoch(SystemTime::now()),
+        "last commit at {last_commit}, first read at {}",
+        since_epoch(first)
+    );
     let writer_busy = metric(port, "sensorhub_batch_write_duration_seconds_sum");
     let batches = metric(port, "sensorhub_batch_write_duration_seconds_count");
     let rss = peak_rss_mib(pid);
@@ -851,8 +885,13 @@ async fn throughput_round(
     drop(hub);
     let rate = args.readings as f64 / elapsed;
     println!(
-        "  drained in {elapsed:.2} s ({rate:.0} readings/s, ratio {:.2}); {batches} batches of {:.0} readings, {:.1} ms each from hand-off to the write lanes to the last commit (batches overlap in the lanes)",
+        "  drained in {elapsed:.2} s from the first read to the last commit ({rate:.0} readings/s, ratio {:.2}; the first read {:.0} ms after spawning sensorhub, the drain seen {from_spawn:.2} s after); {batches} batches of {:.0} readings, {:.1} ms each from hand-off to the write lanes to the last commit (batches overlap in the lanes)",
         rate / reference_rate,
+        1000.0
+            * first
+                .duration_since(spawned)
+                .unwrap_or_default()
+                .as_secs_f64(),
         args.readings as f64 / batches.max(1.0),
         1000.0 * writer_busy / batches.max(1.0),
     );

@@ -7,8 +7,8 @@
 
 use crate::domain::Reason;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -59,7 +59,7 @@ pub struct Metrics {
     /// Batch transactions retried after an error.
     pub write_retries: IntCounter,
     /// Unix time of the last committed batch.
-    pub last_commit_time: IntGauge,
+    pub last_commit_time: Gauge,
     /// Entries whose commit is recorded in the ledger.
     pub entries_acked: IntCounter,
     /// Delivered entries re-read because no commit covered them.
@@ -73,33 +73,33 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
+        let register = |metric: Box<dyn prometheus::core::Collector>| {
+            registry.register(metric).expect("unique metric");
+        };
         let counter_vec = |name: &str, help: &str, label: &str| {
             let metric = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
-            registry
-                .register(Box::new(metric.clone()))
-                .expect("unique metric");
+            register(Box::new(metric.clone()));
             metric
         };
         let counter = |name: &str, help: &str| {
             let metric = IntCounter::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(metric.clone()))
-                .expect("unique metric");
+            register(Box::new(metric.clone()));
             metric
         };
         let gauge = |name: &str, help: &str| {
             let metric = IntGauge::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(metric.clone()))
-                .expect("unique metric");
+            register(Box::new(metric.clone()));
+            metric
+        };
+        let float_gauge = |name: &str, help: &str| {
+            let metric = Gauge::new(name, help).expect("valid metric");
+            register(Box::new(metric.clone()));
             metric
         };
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
             let metric = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
                 .expect("valid metric");
-            registry
-                .register(Box::new(metric.clone()))
-                .expect("unique metric");
+            register(Box::new(metric.clone()));
             metric
         };
         // Finer between 10 and 150 ms, where a healthy pipeline commits: a p99 read off the
@@ -173,9 +173,9 @@ impl Metrics {
                 "sensorhub_write_retries_total",
                 "Batch transactions retried after an error.",
             ),
-            last_commit_time: gauge(
+            last_commit_time: float_gauge(
                 "sensorhub_last_commit_timestamp_seconds",
-                "Unix time of the last committed batch (0: none yet).",
+                "Unix time of the last committed batch, to the microsecond (0: none yet).",
             ),
             entries_acked: counter(
                 "sensorhub_entries_acked_total",

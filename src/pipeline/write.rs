@@ -308,8 +308,8 @@ async fn complete(
         }
         metrics.readings_duplicate.inc_by(batch.duplicates_in_batch);
         let now = chrono::Utc::now();
-        metrics.last_commit_time.set(now.timestamp());
         let now_micros = now.timestamp_micros();
+        metrics.last_commit_time.set(now_micros as f64 / 1e6);
         // Counted locally and added to the shared histogram once: an observation each entry
         // would be three atomic updates each.
         let latency = metrics.end_to_end_latency.local();
