@@ -5,7 +5,7 @@
 //!  XADD sensor_stream * data '{...}' ─┐
 //!                                     ├─► read ──RawBatch──► validate ──Readings──► window ──WriteBatch──► write ──► PostgreSQL
 //!  PUBLISH sensor_stream '{...}' ─────┘   (XREADGROUP)          │ rejects           (partial               (one transaction
-//!    (bridge: XADD at once)                 ▲                   ▼                    aggregates)             per batch)
+//!    (bridge: XADD at once)                 ▲                   ▼                    aggregates)             per shard)
 //!                                           │          sensor_stream:dead                                        │
 //!                                           └─── ack: ranges into the ledger, XTRIM ◄──────────── Committed ─────┘
 //! ```

@@ -5,7 +5,7 @@
 //!
 //!  read ──RawBatch──► validate ──Readings──► window ──WriteBatch──► write ──Committed──► ack
 //!   ▲  XREADGROUP NOACK  │ rejects             fold into               one transaction      ledger, XTRIM
-//!   │  XRANGE (re-read)  ▼                     partial aggregates      per batch
+//!   │  XRANGE (re-read)  ▼                     partial aggregates      per shard
 //!   │              <stream>:dead
 //!   └──────────── Ticket returned (permit back) when the batch is acknowledged ◄──────────────┘
 //! ```
