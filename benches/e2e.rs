@@ -16,7 +16,7 @@
 //!    second; one reading per stream entry, or `--per-entry N` readings as one JSON array, as a
 //!    gateway sends them) preloaded into the stream, then the `sensorhub` binary started as its
 //!    own process on a database already migrated (as the reference's is): readings/s from its
-//!    start to the last commit, peak RSS, CPU seconds of sensorhub,
+//!    first read of the stream to its last commit, peak RSS, CPU seconds of sensorhub,
 //!    Redis and PostgreSQL, and the ratio the machine's cores allow at all;
 //! 3. **startup**: sensorhub restarted on the now up-to-date schema, time to `/readyz` 200;
 //! 4. **latency**: a steady producer at R readings/s (default 20,000) for S seconds; p50/p99 of
@@ -849,9 +849,9 @@ async fn throughput_round(
     let entries = preload(redis, &stream, args, base).await;
 
     // sensorhub's database is created and migrated before the clock, as the reference's is, and
-    // the throughput is timed as the issue defines it: from sensorhub's first read of the stream to
-    // its last commit (`sensorhub_last_commit_timestamp_seconds`). Its startup, 15-30 ms, is
-    // measured on its own in phase 3; the time from spawning it is printed too.
+    // the throughput is timed as the load run is specified: from sensorhub's first read of the
+    // stream to its last commit (`sensorhub_last_commit_timestamp_seconds`). Its startup, 15-30
+    // ms, is measured on its own in phase 3; the time from spawning it is printed too.
     let pool = sensorhub::store::connect(&db_url, 1).await.unwrap();
     sensorhub::store::migrate(&pool).await.unwrap();
     drop(pool);
