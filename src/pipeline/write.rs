@@ -192,7 +192,7 @@ impl Actor for Writer {
             let jobs = (0..self.lanes)
                 .map(|_| {
                     let (tx, rx) = mpsc::channel(1);
-                    actix::spawn(lane(self.context.clone(), rx));
+                    actix::spawn(lane(self.context.clone(), Arc::clone(&self.faults), rx));
                     tx
                 })
                 .collect();
@@ -258,13 +258,15 @@ impl Handler<WriteBatch> for Writer {
 }
 
 /// One write connection's lane: writes its shards in the order they come. A panic while writing
-/// one (a bug) loses that batch, which is re-read, not the lane.
-async fn lane(context: WriteContext, mut jobs: mpsc::Receiver<LaneJob>) {
+/// one (a bug) loses that batch, which is re-read, not the lane; it counts as a restart of the
+/// write stage.
+async fn lane(context: WriteContext, faults: Arc<Faults>, mut jobs: mpsc::Receiver<LaneJob>) {
     while let Some(LaneJob { shard, done }) = jobs.recv().await {
-        match AssertUnwindSafe(write_until_committed(&context, &shard))
-            .catch_unwind()
-            .await
-        {
+        let write = async {
+            faults.check("write lane", shard.readings.iter());
+            write_until_committed(&context, &shard).await
+        };
+        match AssertUnwindSafe(write).catch_unwind().await {
             Ok(outcome) => {
                 let _ = done.send(outcome);
             }
