@@ -886,6 +886,7 @@ async fn throughput_round(
     );
     let writer_busy = metric(port, "sensorhub_batch_write_duration_seconds_sum");
     let batches = metric(port, "sensorhub_batch_write_duration_seconds_count");
+    let reread = metric(port, "sensorhub_entries_reread_total");
     let rss = peak_rss_mib(pid);
     let sensorhub_cpu = cpu_seconds(pid);
     let redis_cpu = cpu_of("redis-server") - redis_cpu;
@@ -903,6 +904,9 @@ async fn throughput_round(
         args.readings as f64 / batches.max(1.0),
         1000.0 * writer_busy / batches.max(1.0),
     );
+    if reread > 0.0 {
+        println!("  {reread} entries re-read (delivered, then found uncovered by any commit)");
+    }
     // What the machine's cores allow: the three processes' CPU time spread over every core, set
     // against the reference's time. Below 1, the ratio cannot reach 1 however well they overlap.
     let cpu_total = sensorhub_cpu + redis_cpu + pg_cpu;

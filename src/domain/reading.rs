@@ -18,6 +18,8 @@ use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
+mod common;
+
 /// One valid sensor reading, ready to be stored.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Reading {
@@ -195,7 +197,8 @@ impl<'a> ParseContext<'a> {
 /// One field of a reading as it arrived: JSON text, or plain text from a stream entry field.
 #[derive(Clone, Copy, Debug)]
 enum FieldValue<'a> {
-    Json(&'a RawValue),
+    /// The raw JSON text of the value (a string still in its quotes).
+    Json(&'a str),
     Text(&'a str),
 }
 
@@ -224,10 +227,10 @@ struct WireReading<'a> {
 impl<'a> From<WireReading<'a>> for Fields<'a> {
     fn from(wire: WireReading<'a>) -> Self {
         Fields {
-            sensor: wire.sensor.map(FieldValue::Json),
-            value: wire.value.map(FieldValue::Json),
-            timestamp: wire.timestamp.map(FieldValue::Json),
-            unit: wire.unit.map(FieldValue::Json),
+            sensor: wire.sensor.map(|raw| FieldValue::Json(raw.get())),
+            value: wire.value.map(|raw| FieldValue::Json(raw.get())),
+            timestamp: wire.timestamp.map(|raw| FieldValue::Json(raw.get())),
+            unit: wire.unit.map(|raw| FieldValue::Json(raw.get())),
         }
     }
 }
@@ -250,6 +253,23 @@ pub fn parse_json(bytes: &[u8], ctx: &ParseContext) -> Outcomes {
             ))];
         }
     };
+    // Nearly every message has the common shape, read in one pass; anything else goes to
+    // serde_json, which reads it or names what is wrong with it.
+    if let Some(fields) = common::object(text) {
+        return smallvec![check(fields, ctx)];
+    }
+    if let Some(items) = common::array(text) {
+        return items
+            .into_iter()
+            .enumerate()
+            .map(|(index, fields)| in_array(index, check(fields, ctx)))
+            .collect();
+    }
+    parse_json_text(text, ctx)
+}
+
+/// Parses any JSON text with serde_json, whatever its shape.
+fn parse_json_text(text: &str, ctx: &ParseContext) -> Outcomes {
     if let Err(rejection) = check_depth(text) {
         return smallvec![Err(rejection)];
     }
@@ -392,12 +412,17 @@ fn parse_array(text: &str, ctx: &ParseContext) -> Outcomes {
                     format!("array element is not an object: {}", excerpt(item.get())),
                 ))
             };
-            outcome.map_err(|rejection| Rejection {
-                index: Some(index),
-                ..rejection
-            })
+            in_array(index, outcome)
         })
         .collect()
+}
+
+/// The outcome of an array's element, a rejection naming the element's index.
+fn in_array(index: usize, outcome: Result<Reading, Rejection>) -> Result<Reading, Rejection> {
+    outcome.map_err(|rejection| Rejection {
+        index: Some(index),
+        ..rejection
+    })
 }
 
 /// The one place every rule of a reading is checked.
@@ -430,10 +455,10 @@ fn check(fields: Fields, ctx: &ParseContext) -> Result<Reading, Rejection> {
 fn text_field(name: &str, field: FieldValue) -> Result<String, Rejection> {
     match field {
         FieldValue::Text(text) => Ok(text.to_owned()),
-        FieldValue::Json(raw) => json_string(raw.get()).map(Cow::into_owned).map_err(|_| {
+        FieldValue::Json(raw) => json_string(raw).map(Cow::into_owned).map_err(|_| {
             Rejection::new(
                 Reason::WrongType,
-                format!("'{name}' must be a string, got {}", excerpt(raw.get())),
+                format!("'{name}' must be a string, got {}", excerpt(raw)),
             )
         }),
     }
@@ -483,19 +508,16 @@ fn check_sensor_id(id: String, limits: &Limits) -> Result<String, Rejection> {
 fn check_value(field: FieldValue) -> Result<f64, Rejection> {
     let (text, quoted) = match field {
         FieldValue::Text(text) => (Cow::Borrowed(text), true),
-        FieldValue::Json(raw) => {
-            let raw = raw.get();
-            match raw.as_bytes().first() {
-                Some(b'"') => (json_string(raw).map_err(|e| malformed(&e))?, true),
-                Some(b'-' | b'0'..=b'9') => (Cow::Borrowed(raw), false),
-                _ => {
-                    return Err(Rejection::new(
-                        Reason::WrongType,
-                        format!("'value' must be a number, got {}", excerpt(raw)),
-                    ));
-                }
+        FieldValue::Json(raw) => match raw.as_bytes().first() {
+            Some(b'"') => (json_string(raw).map_err(|e| malformed(&e))?, true),
+            Some(b'-' | b'0'..=b'9') => (Cow::Borrowed(raw), false),
+            _ => {
+                return Err(Rejection::new(
+                    Reason::WrongType,
+                    format!("'value' must be a number, got {}", excerpt(raw)),
+                ));
             }
-        }
+        },
     };
     let trimmed = text.trim();
     let value: f64 = trimmed.parse().map_err(|_| {
@@ -520,10 +542,10 @@ fn check_value(field: FieldValue) -> Result<f64, Rejection> {
 fn check_unit(field: FieldValue, limits: &Limits) -> Result<String, Rejection> {
     let unit = match field {
         FieldValue::Text(text) => text.to_owned(),
-        FieldValue::Json(raw) => json_string(raw.get()).map(Cow::into_owned).map_err(|_| {
+        FieldValue::Json(raw) => json_string(raw).map(Cow::into_owned).map_err(|_| {
             Rejection::new(
                 Reason::BadUnit,
-                format!("'unit' must be a string, got {}", excerpt(raw.get())),
+                format!("'unit' must be a string, got {}", excerpt(raw)),
             )
         })?,
     };
@@ -543,25 +565,22 @@ fn check_unit(field: FieldValue, limits: &Limits) -> Result<String, Rejection> {
 fn check_timestamp(field: FieldValue, ctx: &ParseContext) -> Result<DateTime<Utc>, Rejection> {
     let ts = match field {
         FieldValue::Text(text) => parse_timestamp_text(text, ctx.limits.timezone)?,
-        FieldValue::Json(raw) => {
-            let raw = raw.get();
-            match raw.as_bytes().first() {
-                Some(b'"') => {
-                    let text = json_string(raw).map_err(|e| malformed(&e))?;
-                    parse_timestamp_text(&text, ctx.limits.timezone)?
-                }
-                Some(b'-' | b'0'..=b'9') => parse_epoch(raw)?,
-                _ => {
-                    return Err(Rejection::new(
-                        Reason::WrongType,
-                        format!(
-                            "'timestamp' must be a string or a number, got {}",
-                            excerpt(raw)
-                        ),
-                    ));
-                }
+        FieldValue::Json(raw) => match raw.as_bytes().first() {
+            Some(b'"') => {
+                let text = json_string(raw).map_err(|e| malformed(&e))?;
+                parse_timestamp_text(&text, ctx.limits.timezone)?
             }
-        }
+            Some(b'-' | b'0'..=b'9') => parse_epoch(raw)?,
+            _ => {
+                return Err(Rejection::new(
+                    Reason::WrongType,
+                    format!(
+                        "'timestamp' must be a string or a number, got {}",
+                        excerpt(raw)
+                    ),
+                ));
+            }
+        },
     };
     if ts > ctx.latest {
         return Err(Rejection::new(
@@ -1048,6 +1067,38 @@ mod tests {
     }
 
     #[test]
+    fn the_common_shape_is_read_in_one_pass() {
+        for text in [
+            r#"{"sensor":"t","value":14,"timestamp":"2024-12-01 12:00:00"}"#,
+            r#" { "sensor" : "t" , "value" : "12.5" , "unit": null, "x": [] } "#,
+            "{\"sensor\":\"t\",\n\t\"value\":-1.5e3,\"ok\":true,\"no\":false}\r\n",
+            r#"{}"#,
+        ] {
+            let via_serde = text.contains('[');
+            assert_eq!(common::object(text).is_some(), !via_serde, "{text}");
+        }
+        let array =
+            r#"[{"sensor":"a","value":1}, {"sensor":"b","value":2,"timestamp":1700000000}]"#;
+        assert_eq!(common::array(array).map(|items| items.len()), Some(2));
+        // Left to serde_json: escapes, repeated fields, bad numbers, trailing text, empty arrays.
+        for text in [
+            r#"{"sensor":"t\u00e9","value":1}"#,
+            r#"{"sensor":"t","sensor":"u","value":1}"#,
+            r#"{"sensor":"t","value":01}"#,
+            r#"{"sensor":"t","value":1.}"#,
+            r#"{"sensor":"t","value":1}x"#,
+            r#"{"sensor":"t","value":1,}"#,
+            "[]",
+            r#"[{"sensor":"t","value":1},]"#,
+        ] {
+            assert!(
+                common::object(text).is_none() && common::array(text).is_none(),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
     fn sensor_id_length_limit() {
         let long = format!(r#"{{"sensor":"{}","value":1}}"#, "a".repeat(129));
         assert_eq!(reason(long.as_bytes()), Reason::BadSensorId);
@@ -1096,6 +1147,34 @@ mod tests {
                     .prop_map(|fields| serde_json::Value::Object(fields.into_iter().collect())),
                 ]
             })
+        }
+
+        /// Messages of the common shape: flat objects of scalars with the reading's field names
+        /// likely, alone or in arrays.
+        fn flat_message() -> impl Strategy<Value = serde_json::Value> {
+            let scalar = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::Bool),
+                any::<i64>().prop_map(serde_json::Value::from),
+                any::<f64>().prop_map(serde_json::Value::from),
+                "[ -~]{0,12}".prop_map(serde_json::Value::String),
+                "[a-z]{1,8}".prop_map(serde_json::Value::String),
+                Just(serde_json::Value::String("2024-12-01T12:00:00Z".into())),
+                (1_500_000_000i64..1_800_000_000).prop_map(serde_json::Value::from),
+            ];
+            let key = prop_oneof![
+                Just("sensor".to_string()),
+                Just("value".to_string()),
+                Just("timestamp".to_string()),
+                Just("unit".to_string()),
+                "[a-z]{1,6}"
+            ];
+            let object = prop::collection::vec((key, scalar), 0..6)
+                .prop_map(|fields| serde_json::Value::Object(fields.into_iter().collect()));
+            prop_oneof![
+                object.clone(),
+                prop::collection::vec(object, 1..4).prop_map(serde_json::Value::Array),
+            ]
         }
 
         fn check_outcomes(outcomes: &Outcomes) -> Result<(), TestCaseError> {
@@ -1160,6 +1239,33 @@ mod tests {
                     && (offset.is_some() || !lowercase_z);
                 if common_shape && chrono.is_ok() {
                     prop_assert_eq!(fast, chrono.ok(), "{}", text);
+                }
+            }
+
+            /// The one-pass reader of the common shape gives serde_json's outcome whenever it
+            /// answers: on arbitrary JSON, laid out compactly or with whitespace, and on that JSON
+            /// with a character of JSON's syntax put in, taken out or replaced.
+            #[test]
+            fn common_shape_reader_agrees_with_serde_json(
+                value in prop_oneof![flat_message(), json_value()],
+                pretty in any::<bool>(),
+                edits in prop::collection::vec((any::<prop::sample::Index>(), 0u8..3, prop::sample::select(b"{}[],:\" \\\t\n0123456789-+.eEnulltruefalse\x01\xc3\xa9".to_vec())), 0..3),
+            ) {
+                let limits = Limits::default();
+                let text = if pretty { serde_json::to_string_pretty(&value) } else { serde_json::to_string(&value) }.unwrap();
+                let mut bytes = text.into_bytes();
+                for (at, edit, byte) in edits {
+                    let at = at.index(bytes.len() + 1);
+                    match edit {
+                        0 => bytes.insert(at, byte),
+                        1 if at < bytes.len() => { bytes.remove(at); }
+                        _ if at < bytes.len() => bytes[at] = byte,
+                        _ => {}
+                    }
+                }
+                let Ok(text) = std::str::from_utf8(&bytes) else { return Ok(()) };
+                if common::object(text).is_some() || common::array(text).is_some() {
+                    prop_assert_eq!(parse_json(&bytes, &ctx(&limits)), parse_json_text(text, &ctx(&limits)), "{}", text);
                 }
             }
 
