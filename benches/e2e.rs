@@ -637,7 +637,7 @@ async fn reference(
             .map(|i| {
                 let (sensor_id, ts, value) = synthetic(i, args.sensors, base);
                 Reading {
-                    sensor_id,
+                    sensor_id: sensor_id.into(),
                     ts,
                     value,
                     unit: None,

@@ -18,11 +18,14 @@ fn context(limits: &Limits) -> ParseContext<'_> {
     ParseContext::new(limits, now, now)
 }
 
+/// Readings as a batch's parse gives them: each sensor's id shared by its readings.
 fn readings(n: usize, sensors: usize) -> Vec<Reading> {
     let base: DateTime<Utc> = "2025-01-01T00:00:00Z".parse().unwrap();
+    let ids: Vec<std::sync::Arc<str>> =
+        (0..sensors).map(|s| format!("sensor-{s}").into()).collect();
     (0..n)
         .map(|i| Reading {
-            sensor_id: format!("sensor-{}", i % sensors),
+            sensor_id: ids[i % sensors].clone(),
             // Every sensor reports once a second, as in the load run.
             ts: base + Duration::seconds((i / sensors) as i64),
             value: i as f64 * 0.5,

@@ -183,7 +183,7 @@ impl Windows {
             .iter()
             .map(|r| {
                 let next = ids.len() as u32;
-                *ids.entry(r.borrow().sensor_id.as_str()).or_insert(next)
+                *ids.entry(&*r.borrow().sensor_id).or_insert(next)
             })
             .collect();
         let mut names: Vec<(&str, u32)> = ids.into_iter().collect();
@@ -440,7 +440,7 @@ mod tests {
             for r in &readings {
                 for &resolution in &resolutions {
                     let key = AggKey {
-                        sensor_id: r.sensor_id.clone(),
+                        sensor_id: r.sensor_id.to_string(),
                         resolution,
                         bucket: resolution.bucket(r.ts),
                     };

@@ -333,7 +333,7 @@ impl Faults {
             let mut armed = self.armed.lock().unwrap_or_else(|p| p.into_inner());
             match armed.as_mut() {
                 Some((s, sensor, times))
-                    if s == stage && *times > 0 && readings.any(|r| &r.sensor_id == sensor) =>
+                    if s == stage && *times > 0 && readings.any(|r| *r.sensor_id == **sensor) =>
                 {
                     *times -= 1;
                     true

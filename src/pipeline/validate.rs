@@ -2,6 +2,7 @@
 //! dead-letter stream with its original bytes, reason and detail, before the batch moves on (so it
 //! is acknowledged only once it is kept).
 
+use crate::domain::reading::SensorIds;
 use crate::domain::{Limits, ParseContext, Reading, reading};
 use crate::pipeline::messages::{RawBatch, Readings};
 use crate::pipeline::window::Window;
@@ -108,7 +109,8 @@ pub fn parse_batch(
     entries: &[StreamEntry],
     limits: &Limits,
 ) -> (Vec<Reading>, Vec<EntryId>, Vec<DeadLetter>) {
-    let mut ctx = ParseContext::new(limits, Utc::now(), Utc::now());
+    let ids = SensorIds::default();
+    let mut ctx = ParseContext::new(limits, Utc::now(), Utc::now()).with_ids(&ids);
     let mut readings = Vec::with_capacity(entries.len());
     let mut origins = Vec::with_capacity(entries.len());
     let mut letters = Vec::new();

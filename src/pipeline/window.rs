@@ -134,7 +134,7 @@ mod tests {
             let base = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
             let readings: Vec<Reading> = values.iter()
                 .map(|&(sensor, s, v)| Reading {
-                    sensor_id: format!("s{sensor}"),
+                    sensor_id: format!("s{sensor}").into(),
                     ts: base + chrono::TimeDelta::seconds(s),
                     value: f64::from(v),
                     unit: None,
@@ -142,7 +142,7 @@ mod tests {
                 .collect();
             let origins: Vec<EntryId> =
                 (0..readings.len() as u64).map(|seq| EntryId { ms: 1, seq }).collect();
-            let mut first: BTreeMap<(String, DateTime<Utc>), (f64, EntryId)> = BTreeMap::new();
+            let mut first: BTreeMap<(Arc<str>, DateTime<Utc>), (f64, EntryId)> = BTreeMap::new();
             for (r, &origin) in readings.iter().zip(&origins) {
                 first.entry((r.sensor_id.clone(), r.ts)).or_insert((r.value, origin));
             }
@@ -156,7 +156,7 @@ mod tests {
 
             let (out, duplicates) = prepare(readings.clone(), origins, &resolutions, shards);
             prop_assert_eq!(duplicates as usize, readings.len() - first.len());
-            let mut seen: HashMap<String, usize> = HashMap::new();
+            let mut seen: HashMap<Arc<str>, usize> = HashMap::new();
             let mut stored = BTreeMap::new();
             let mut partials = Vec::new();
             for (i, shard) in out.iter().enumerate() {

@@ -451,7 +451,7 @@ async fn isolate_poison(context: &WriteContext, batch: &Shard) -> BatchOutcome {
 
 fn poison_letter(reading: &Reading, entry: EntryId, error: &str) -> DeadLetter {
     let original = serde_json::json!({
-        "sensor": reading.sensor_id,
+        "sensor": &*reading.sensor_id,
         "value": reading.value,
         "timestamp": reading.ts.to_rfc3339(),
         "unit": reading.unit,
@@ -483,7 +483,7 @@ mod tests {
         // Sensors interleaved and each sensor's timestamps out of order, as they may arrive.
         let readings: Vec<Reading> = (0..100)
             .map(|i| Reading {
-                sensor_id: format!("s{}", i % 13),
+                sensor_id: format!("s{}", i % 13).into(),
                 ts: ts + chrono::TimeDelta::seconds((i * 37) % 100),
                 value: i as f64,
                 unit: None,
@@ -498,17 +498,14 @@ mod tests {
         assert_eq!(duplicates, 0);
         assert_eq!(shards.iter().map(|s| s.readings.len()).sum::<usize>(), 100);
         for (i, shard) in shards.iter().enumerate() {
-            let sensors: std::collections::HashSet<&str> = shard
-                .readings
-                .iter()
-                .map(|r| r.sensor_id.as_str())
-                .collect();
+            let sensors: std::collections::HashSet<&str> =
+                shard.readings.iter().map(|r| &*r.sensor_id).collect();
             for other in shards.iter().skip(i + 1) {
                 assert!(
                     other
                         .readings
                         .iter()
-                        .all(|r| !sensors.contains(r.sensor_id.as_str())),
+                        .all(|r| !sensors.contains(&*r.sensor_id)),
                     "a sensor is split over shards"
                 );
             }

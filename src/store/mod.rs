@@ -276,7 +276,7 @@ async fn insert_new_only(
     readings: &[Reading],
     resolutions: &[Resolution],
 ) -> Result<BatchOutcome, StoreError> {
-    let sensor_ids: Vec<&str> = readings.iter().map(|r| r.sensor_id.as_str()).collect();
+    let sensor_ids: Vec<&str> = readings.iter().map(|r| &*r.sensor_id).collect();
     let timestamps: Vec<DateTime<Utc>> = readings.iter().map(|r| r.ts).collect();
     let values: Vec<f64> = readings.iter().map(|r| r.value).collect();
     let tx = client.transaction().await?;
@@ -290,7 +290,7 @@ async fn insert_new_only(
         .collect();
     let new_readings: Vec<&Reading> = readings
         .iter()
-        .filter(|r| new_keys.contains(&(r.sensor_id.as_str(), r.ts)))
+        .filter(|r| new_keys.contains(&(&*r.sensor_id, r.ts)))
         .collect();
     let new_partials = Windows::fold(resolutions, new_readings.iter().copied());
     let aggregate_rows = upsert_aggregates(&tx, &new_partials).await?;
@@ -377,7 +377,7 @@ async fn upsert_sensors<'a>(
     let mut index: HashMap<&str, usize, FastState> = HashMap::default();
     for r in readings {
         let at = match sensors.last() {
-            Some((id, _)) if *id == r.sensor_id => sensors.len() - 1,
+            Some((id, _)) if *id == &*r.sensor_id => sensors.len() - 1,
             _ => *index.entry(&r.sensor_id).or_insert_with(|| {
                 sensors.push((
                     &r.sensor_id,
