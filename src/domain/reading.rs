@@ -529,10 +529,13 @@ fn check_sensor_id<'a>(id: Cow<'a, str>, limits: &Limits) -> Result<Cow<'a, str>
             ),
         ));
     }
-    if let Some((at, bad)) = id
-        .char_indices()
-        .find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')))
+    // Byte by byte: every allowed character is ASCII, so the first byte refused starts a
+    // character.
+    if let Some(at) = id
+        .bytes()
+        .position(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':')))
     {
+        let bad = id[at..].chars().next().unwrap_or_default();
         return Err(Rejection::new(
             Reason::BadSensorId,
             format!(
@@ -1158,6 +1161,19 @@ mod tests {
         let alone = parse_json(br#"{"sensor":"t","value":1}"#, &ctx(&limits));
         assert!(!Arc::ptr_eq(&id(&first[0]), &id(&alone[0])));
         assert_eq!(id(&first[0]), id(&alone[0]));
+    }
+
+    #[test]
+    fn a_refused_sensor_id_names_the_character_and_where() {
+        for (text, names) in [
+            (r#"{"sensor":"café-1","value":1}"#, "'é' at byte 3"),
+            (r#"{"sensor":"a b","value":1}"#, "' ' at byte 1"),
+            (r#"{"sensor":"x;DROP","value":1}"#, "';' at byte 1"),
+        ] {
+            let rejection = one(text.as_bytes()).unwrap_err();
+            assert_eq!(rejection.reason, Reason::BadSensorId);
+            assert!(rejection.detail.contains(names), "{}", rejection.detail);
+        }
     }
 
     #[test]
