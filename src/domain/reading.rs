@@ -10,9 +10,7 @@
 //! a panic or an error log line.
 
 use crate::domain::window::FastState;
-use chrono::{
-    DateTime, LocalResult, NaiveDate, NaiveDateTime, SubsecRound, TimeDelta, TimeZone as _, Utc,
-};
+use chrono::{DateTime, LocalResult, NaiveDate, NaiveDateTime, TimeDelta, TimeZone as _, Utc};
 use chrono_tz::Tz;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -173,9 +171,11 @@ pub struct ParseContext<'a> {
     pub limits: &'a Limits,
     /// Wall-clock now, for the future-skew and age checks.
     pub now: DateTime<Utc>,
-    /// Timestamp of a reading that has none. It must be the same on every delivery of the same
-    /// stream entry (it is derived from the entry id), or a redelivery would store a second row.
-    pub received_at: DateTime<Utc>,
+    /// Timestamp of a reading that has none, in microseconds since the epoch. It must be the same
+    /// on every delivery of the same stream entry (it is derived from the entry id), or a
+    /// redelivery would store a second row. Kept as a number: only a reading without a timestamp
+    /// makes it a `DateTime`, a calendar conversion most entries never need.
+    received_micros: i64,
     /// Newest accepted timestamp: `now` + `max_future_skew`.
     latest: DateTime<Utc>,
     /// Oldest accepted timestamp: `now` − `max_age`.
@@ -212,7 +212,7 @@ impl<'a> ParseContext<'a> {
         Self {
             limits,
             now,
-            received_at,
+            received_micros: received_at.timestamp_micros(),
             latest: now
                 .checked_add_signed(skew)
                 .unwrap_or(DateTime::<Utc>::MAX_UTC),
@@ -221,6 +221,11 @@ impl<'a> ParseContext<'a> {
                 .unwrap_or(DateTime::<Utc>::MIN_UTC),
             ids: None,
         }
+    }
+
+    /// Sets the timestamp of a reading that has none, in microseconds since the epoch.
+    pub fn set_received_micros(&mut self, micros: i64) {
+        self.received_micros = micros;
     }
 
     /// The same context, keeping the sensor ids it meets in `ids`.
@@ -478,7 +483,7 @@ fn check(fields: Fields, ctx: &ParseContext) -> Result<Reading, Rejection> {
         .ok_or_else(|| Rejection::new(Reason::MissingField, "missing field 'value'"))?;
     let value = check_value(value)?;
     let ts = match fields.timestamp {
-        None => ctx.received_at,
+        None => DateTime::from_timestamp_micros(ctx.received_micros).unwrap_or_default(),
         Some(raw) => check_timestamp(raw, ctx)?,
     };
     let unit = fields
@@ -487,10 +492,19 @@ fn check(fields: Fields, ctx: &ParseContext) -> Result<Reading, Rejection> {
         .transpose()?;
     Ok(Reading {
         sensor_id,
-        ts: ts.trunc_subsecs(6),
+        ts: truncated_to_micros(ts),
         value,
         unit,
     })
+}
+
+/// `ts` without its nanoseconds below the microsecond (chrono's `trunc_subsecs(6)`, which
+/// converts to local time and back, a third of the timestamp's cost).
+fn truncated_to_micros(ts: DateTime<Utc>) -> DateTime<Utc> {
+    match ts.timestamp_subsec_nanos() % 1000 {
+        0 => ts,
+        below => ts - TimeDelta::nanoseconds(i64::from(below)),
+    }
 }
 
 /// A field that must be a string: JSON strings are unescaped, plain text is taken as it is.

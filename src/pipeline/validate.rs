@@ -119,7 +119,7 @@ pub fn parse_batch(
             tracing::warn!(entry = %entry.id, "pending entry was deleted from the stream before it was processed");
             continue;
         };
-        ctx.received_at = entry.id.time();
+        ctx.set_received_micros(entry.id.time_micros());
         for outcome in reading::parse_entry_fields(fields, &ctx) {
             match outcome {
                 Ok(reading) => {
