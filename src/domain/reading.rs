@@ -237,11 +237,13 @@ impl<'a> ParseContext<'a> {
     }
 }
 
-/// One field of a reading as it arrived: JSON text, or plain text from a stream entry field.
+/// One field of a reading as it arrived: JSON text, or plain text.
 #[derive(Clone, Copy, Debug)]
 enum FieldValue<'a> {
     /// The raw JSON text of the value (a string still in its quotes).
     Json(&'a str),
+    /// Text as it is: a stream entry's field, or a JSON string without escapes, between its
+    /// quotes. A JSON string is checked as the same text would be in an entry's field.
     Text(&'a str),
 }
 

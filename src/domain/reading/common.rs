@@ -101,9 +101,7 @@ impl<'a> Cursor<'a> {
                     return None;
                 }
                 seen |= bit;
-                if value != "null" {
-                    *slot = Some(FieldValue::Json(value));
-                }
+                *slot = value;
             }
             self.whitespace();
             match self.next()? {
@@ -135,21 +133,24 @@ impl<'a> Cursor<'a> {
         Some((start, self.at))
     }
 
-    /// The raw text of a string, number, `true`, `false` or `null`; gives up on anything else.
-    fn scalar(&mut self) -> Option<&'a str> {
+    /// A string, number, `true`, `false` or `null` (`Some(None)`, an absent field, as serde_json
+    /// reads an `Option`); gives up on anything else. A string, having no escapes, is its text,
+    /// as a stream entry's field is: the checks treat the two alike, and need not look for
+    /// escapes again.
+    fn scalar(&mut self) -> Option<Option<FieldValue<'a>>> {
         let start = self.at;
         match self.peek()? {
-            b'"' => {
-                let (start, end) = self.string_bounds()?;
-                return Some(&self.text[start..end]);
-            }
+            b'"' => return Some(Some(FieldValue::Text(self.string()?))),
             b'-' | b'0'..=b'9' => self.number()?,
             b't' => self.literal("true")?,
             b'f' => self.literal("false")?,
-            b'n' => self.literal("null")?,
+            b'n' => {
+                self.literal("null")?;
+                return Some(None);
+            }
             _ => return None,
         }
-        Some(&self.text[start..self.at])
+        Some(Some(FieldValue::Json(&self.text[start..self.at])))
     }
 
     fn literal(&mut self, word: &str) -> Option<()> {
