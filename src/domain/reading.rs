@@ -1204,6 +1204,17 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
 
+        /// An object's field name: one of a reading's, or another.
+        fn field_name() -> impl Strategy<Value = String> + Clone {
+            prop_oneof![
+                Just("sensor".to_string()),
+                Just("value".to_string()),
+                Just("timestamp".to_string()),
+                Just("unit".to_string()),
+                "[a-z]{1,6}"
+            ]
+        }
+
         /// Arbitrary JSON values, nested a few levels, with the reading's field names likely.
         fn json_value() -> impl Strategy<Value = serde_json::Value> {
             let leaf = prop_oneof![
@@ -1225,20 +1236,8 @@ mod tests {
             leaf.prop_recursive(4, 32, 6, |inner| {
                 prop_oneof![
                     prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::Array),
-                    prop::collection::vec(
-                        (
-                            prop_oneof![
-                                Just("sensor".to_string()),
-                                Just("value".to_string()),
-                                Just("timestamp".to_string()),
-                                Just("unit".to_string()),
-                                "[a-z]{1,6}"
-                            ],
-                            inner
-                        ),
-                        0..6
-                    )
-                    .prop_map(|fields| serde_json::Value::Object(fields.into_iter().collect())),
+                    prop::collection::vec((field_name(), inner), 0..6)
+                        .prop_map(|fields| serde_json::Value::Object(fields.into_iter().collect())),
                 ]
             })
         }
@@ -1256,14 +1255,7 @@ mod tests {
                 Just(serde_json::Value::String("2024-12-01T12:00:00Z".into())),
                 (1_500_000_000i64..1_800_000_000).prop_map(serde_json::Value::from),
             ];
-            let key = prop_oneof![
-                Just("sensor".to_string()),
-                Just("value".to_string()),
-                Just("timestamp".to_string()),
-                Just("unit".to_string()),
-                "[a-z]{1,6}"
-            ];
-            let object = prop::collection::vec((key, scalar), 0..6)
+            let object = prop::collection::vec((field_name(), scalar), 0..6)
                 .prop_map(|fields| serde_json::Value::Object(fields.into_iter().collect()));
             prop_oneof![
                 object.clone(),
