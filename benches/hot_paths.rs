@@ -9,7 +9,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sensorhub::domain::reading::{parse_entry_fields, parse_json};
 use sensorhub::domain::{Limits, ParseContext, Reading, Resolution, Windows};
 use sensorhub::pipeline::window::prepare;
-use sensorhub::stream_reader::{parse_read_reply, reply_len};
+use sensorhub::stream_reader::{ReplyParser, parse_read_reply};
 use sensorhub::streams::EntryId;
 use std::hint::black_box;
 
@@ -89,8 +89,8 @@ fn windows(c: &mut Criterion) {
     group.finish();
 }
 
-/// The reader's share of a batch: finding where a 20,000-entry `XREADGROUP` reply ends, and
-/// parsing it into entries, with payloads like the load run's.
+/// The reader's share of a batch: parsing a 20,000-entry `XREADGROUP` reply into entries, with
+/// payloads like the load run's, whole and as the reader does, as it arrives in 64 KiB reads.
 fn reply(c: &mut Criterion) {
     let entries = 20_000;
     let mut reply = format!("*1\r\n*2\r\n$6\r\nstream\r\n*{entries}\r\n");
@@ -111,11 +111,21 @@ fn reply(c: &mut Criterion) {
     let reply = bytes::Bytes::from(reply);
     let mut group = c.benchmark_group("reply");
     group.throughput(Throughput::Elements(entries as u64));
-    group.bench_function("scan_20k_entries", |b| {
-        b.iter(|| reply_len(black_box(&reply)).unwrap().unwrap())
-    });
     group.bench_function("parse_20k_entries", |b| {
         b.iter(|| parse_read_reply(black_box(&reply)).unwrap())
+    });
+    group.bench_function("parse_20k_entries_in_64k_reads", |b| {
+        b.iter(|| {
+            let mut parser = ReplyParser::default();
+            let mut buf = bytes::BytesMut::with_capacity(reply.len() + 16 * 1024);
+            for read in reply.chunks(64 * 1024) {
+                buf.extend_from_slice(black_box(read));
+                if let Some(entries) = parser.advance(&mut buf).unwrap() {
+                    return entries;
+                }
+            }
+            unreachable!("the reply is whole")
+        })
     });
     group.finish();
 }

@@ -2,26 +2,27 @@
 //!
 //! The `redis` crate parses every reply into a generic [`redis::Value`] tree with a combinator
 //! parser: about 1 µs per stream entry (five values) for a 20,000-entry reply, a quarter of
-//! sensorhub's CPU at full speed. Here the reply is first scanned, as it arrives, only to find where
-//! it ends (resumable, so a reply of several megabytes is not rescanned per network read), then
-//! parsed once straight into [`StreamEntry`]s. Commands are still encoded by the `redis` crate, and
-//! error replies are turned into its [`redis::RedisError`] by its own parser, so callers see the
-//! same errors (`NOGROUP`, ...). The connection speaks RESP2; it is dropped on any error and
-//! opened again (with `AUTH` and `SELECT` as the URL says) by the next read.
+//! sensorhub's CPU at full speed. Here the reply is parsed as it arrives, straight into
+//! [`StreamEntry`]s ([`ReplyParser`]): after each network read the whole entries at the front of the
+//! buffer are cut off and parsed, so every byte is read once, while it is still in cache, and the
+//! work is spread over the reads instead of one pass of milliseconds at the end. Commands are still
+//! encoded by the `redis` crate, and error replies are turned into its [`redis::RedisError`] by its
+//! own parser, so callers see the same errors (`NOGROUP`, ...). The connection speaks RESP2; it is
+//! dropped on any error and opened again (with `AUTH` and `SELECT` as the URL says) by the next
+//! read.
 
-use crate::pipeline::off_thread;
 use crate::streams::{EntryId, Fields, StreamEntry};
 use bytes::{Bytes, BytesMut};
 use redis::{ConnectionAddr, ConnectionInfo, ErrorKind, RedisError, RedisResult};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Replies from this size on are parsed off the actor thread ([`off_thread`]): a batch's worth
-/// takes milliseconds, during which the writer's connections would not be served.
-const OFF_THREAD_BYTES: usize = 64 * 1024;
-
 /// Longest a connection attempt or a reply may take beyond the command's own `BLOCK` time.
 const GRACE: Duration = Duration::from_secs(5);
+
+/// Entries reserved for at once on a reply's word: its count is not trusted with memory beyond
+/// this (the vector grows past it as entries actually arrive).
+const TRUSTED_COUNT: usize = 64 * 1024;
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -71,18 +72,14 @@ impl StreamReader {
         }
         cmd.arg("NOACK").arg("STREAMS").arg(stream).arg(">");
         let limit = block.unwrap_or_default() + GRACE;
+        let mut parser = ReplyParser::default();
         let outcome =
-            match tokio::time::timeout(limit, self.request(&cmd.get_packed_command())).await {
-                Ok(Ok(end)) => {
-                    self.last_reply = end;
-                    // The entries' fields are slices of the reply, which they keep alive; the
-                    // buffer's room for the next reply is allocated anew.
-                    let reply = self.buf.split_to(end).freeze();
-                    if reply.len() < OFF_THREAD_BYTES {
-                        parse_read_reply(&reply)
-                    } else {
-                        off_thread(move || parse_read_reply(&reply)).await
-                    }
+            match tokio::time::timeout(limit, self.request(&cmd.get_packed_command(), &mut parser))
+                .await
+            {
+                Ok(Ok(entries)) => {
+                    self.last_reply = parser.consumed;
+                    Ok(entries)
                 }
                 Ok(Err(error)) => Err(error),
                 Err(_) => Err(io_error(format!("no reply within {limit:?}"))),
@@ -95,8 +92,12 @@ impl StreamReader {
         outcome
     }
 
-    /// Sends one packed command and reads until one whole reply is buffered; returns its length.
-    async fn request(&mut self, packed: &[u8]) -> RedisResult<usize> {
+    /// Sends one packed command and parses its reply as it arrives.
+    async fn request(
+        &mut self,
+        packed: &[u8],
+        parser: &mut ReplyParser,
+    ) -> RedisResult<Vec<StreamEntry>> {
         if self.io.is_none() {
             let io = tokio::time::timeout(GRACE, connect(&self.info))
                 .await
@@ -108,7 +109,14 @@ impl StreamReader {
         io.write_all(packed).await?;
         // Room for a reply as large as the last one, so that it arrives without regrowing.
         self.buf.reserve(self.last_reply + 16 * 1024);
-        read_reply(io, &mut self.buf).await
+        loop {
+            if let Some(entries) = parser.advance(&mut self.buf)? {
+                return Ok(entries);
+            }
+            // Growing by what arrived so far, at most what the last reply suggests is to come.
+            let room = self.last_reply.saturating_sub(parser.consumed);
+            read_more(io, &mut self.buf, room.max(parser.consumed)).await?;
+        }
     }
 }
 
@@ -154,6 +162,18 @@ async fn connect(info: &ConnectionInfo) -> RedisResult<Box<dyn Io>> {
     Ok(io)
 }
 
+/// One network read into `buf`, with at least 16 KiB of room made first (`room` when it has to
+/// grow).
+async fn read_more(io: &mut Box<dyn Io>, buf: &mut BytesMut, room: usize) -> RedisResult<()> {
+    if buf.capacity() - buf.len() < 16 * 1024 {
+        buf.reserve(room.max(64 * 1024));
+    }
+    if io.read_buf(buf).await? == 0 {
+        return Err(io_error("Redis closed the connection".into()));
+    }
+    Ok(())
+}
+
 /// Reads into `buf` until it holds one whole reply; returns the reply's length.
 async fn read_reply(io: &mut Box<dyn Io>, buf: &mut BytesMut) -> RedisResult<usize> {
     let mut scan = Scan::default();
@@ -161,13 +181,223 @@ async fn read_reply(io: &mut Box<dyn Io>, buf: &mut BytesMut) -> RedisResult<usi
         if let Some(end) = scan.advance(buf)? {
             return Ok(end);
         }
-        if buf.capacity() - buf.len() < 16 * 1024 {
-            buf.reserve(buf.capacity().max(64 * 1024));
+        read_more(io, buf, buf.capacity()).await?;
+    }
+}
+
+/// An `XREADGROUP` reply, `[[stream, [[id, [field, value, ...] | nil], ...]], ...]` (nil on
+/// timeout, or an error), parsed as it arrives. Each [`advance`](Self::advance) cuts the whole
+/// entries off the front of the buffer, parses them into entries whose fields are slices of the
+/// cut, and leaves the incomplete rest for the next read.
+#[derive(Default)]
+pub struct ReplyParser {
+    at: At,
+    /// Streams of the reply not begun yet.
+    streams_left: usize,
+    /// Entries of the current stream not parsed yet.
+    entries_left: usize,
+    entries: Vec<StreamEntry>,
+    /// Looking for the end of the entry at the buffer's front, which has not all arrived: it is
+    /// parsed once whole, so an entry of megabytes arriving in many reads is not parsed again
+    /// after each.
+    partial: Option<Scan>,
+    /// Bytes of the reply parsed so far.
+    consumed: usize,
+}
+
+/// What comes next in the reply.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum At {
+    /// The reply's first header: an array of streams, nil, or an error.
+    #[default]
+    Top,
+    /// A stream's `[name, entries]`, up to its entries' count.
+    Stream,
+    /// One whole entry.
+    Entry,
+    /// Nothing: the reply is whole.
+    Done,
+}
+
+/// Why a step of the parse stopped.
+enum Halt {
+    /// Its bytes have not all arrived.
+    More,
+    Bad(RedisError),
+}
+
+impl From<RedisError> for Halt {
+    fn from(error: RedisError) -> Self {
+        Halt::Bad(error)
+    }
+}
+
+impl ReplyParser {
+    /// Parses what `buf` holds of the reply and removes it, leaving an incomplete step's bytes;
+    /// `Some(entries)` once the reply is whole.
+    pub fn advance(&mut self, buf: &mut BytesMut) -> RedisResult<Option<Vec<StreamEntry>>> {
+        if let Some(scan) = &mut self.partial {
+            if scan.advance(buf)?.is_none() {
+                return Ok(None);
+            }
+            self.partial = None;
         }
-        if io.read_buf(buf).await? == 0 {
-            return Err(io_error("Redis closed the connection".into()));
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        // The fields are slices of this cut, which they keep alive.
+        let cut = buf.split().freeze();
+        let parsed = self.parse(&cut)?;
+        // The incomplete step (or, once the reply is whole, whatever followed it) goes back.
+        buf.extend_from_slice(&cut[parsed..]);
+        match self.at {
+            At::Done => Ok(Some(std::mem::take(&mut self.entries))),
+            At::Entry if !buf.is_empty() => {
+                self.partial = Some(Scan::default());
+                Ok(None)
+            }
+            _ => Ok(None),
         }
     }
+
+    /// Parses the steps `cut` holds whole; returns how many of its bytes they took.
+    fn parse(&mut self, cut: &Bytes) -> RedisResult<usize> {
+        let mut reply = Reply { buf: cut, pos: 0 };
+        while self.at != At::Done {
+            let start = reply.pos;
+            match self.step(&mut reply, cut) {
+                Ok(()) => {}
+                Err(Halt::More) => {
+                    reply.pos = start;
+                    break;
+                }
+                Err(Halt::Bad(error)) => return Err(error),
+            }
+        }
+        self.consumed += reply.pos;
+        Ok(reply.pos)
+    }
+
+    /// Parses one step at `reply`'s position, all of it or nothing.
+    fn step(&mut self, reply: &mut Reply<'_>, bytes: &Bytes) -> Result<(), Halt> {
+        match self.at {
+            At::Top => {
+                if reply.buf.first() == Some(&b'-') {
+                    reply.header()?;
+                    return Err(Halt::Bad(server_error(&reply.buf[..reply.pos])));
+                }
+                self.streams_left = reply.array()?.unwrap_or(0);
+            }
+            At::Stream => {
+                if reply.array()? != Some(2) {
+                    return Err(Halt::Bad(protocol_error(
+                        "a stream's reply is not [name, entries]".into(),
+                    )));
+                }
+                reply.skip()?; // the stream's name
+                let count = reply.array()?.unwrap_or(0);
+                self.entries.reserve(count.min(TRUSTED_COUNT));
+                self.entries_left = count;
+                self.streams_left -= 1;
+            }
+            At::Entry => {
+                if let Some((entry, next)) = common_entry(reply.buf, reply.pos, bytes) {
+                    reply.pos = next;
+                    self.entries.push(entry);
+                } else if let Some(entry) = entry(reply, bytes)? {
+                    self.entries.push(entry);
+                }
+                self.entries_left -= 1;
+            }
+            At::Done => return Ok(()),
+        }
+        self.at = if self.entries_left > 0 {
+            At::Entry
+        } else if self.streams_left > 0 {
+            At::Stream
+        } else {
+            At::Done
+        };
+        Ok(())
+    }
+}
+
+/// The usual entry, `[id, [data, value]]`, whole: read in one pass, its fixed parts compared as
+/// they are, instead of header by header (five headers of about 90 instructions each). `None`
+/// for any other shape, or an entry not all arrived, which [`entry`] then reads.
+#[inline]
+fn common_entry(buf: &[u8], pos: usize, bytes: &Bytes) -> Option<(StreamEntry, usize)> {
+    let rest = buf.get(pos..)?.strip_prefix(b"*2\r\n$")?;
+    let (id_len, rest) = length_then_crlf(rest)?;
+    let (id, rest) = rest.split_at_checked(id_len)?;
+    let rest = rest.strip_prefix(b"\r\n*2\r\n$4\r\ndata\r\n$")?;
+    let (value_len, rest) = length_then_crlf(rest)?;
+    let (value, rest) = rest.split_at_checked(value_len)?;
+    let rest = rest.strip_prefix(b"\r\n")?;
+    let id = EntryId::parse_ascii(id)?;
+    let field = (Bytes::from_static(b"data"), bytes.slice_ref(value));
+    let entry = StreamEntry {
+        id,
+        fields: Some(Fields::from_buf([field])),
+    };
+    Some((entry, buf.len() - rest.len()))
+}
+
+/// One to nine digits and `\r\n`: their number and what follows.
+#[inline]
+fn length_then_crlf(text: &[u8]) -> Option<(usize, &[u8])> {
+    let mut n = 0;
+    for (at, &byte) in text.iter().enumerate().take(10) {
+        match byte {
+            b'0'..=b'9' => n = n * 10 + usize::from(byte - b'0'),
+            b'\r' if at > 0 => return Some((n, text[at + 1..].strip_prefix(b"\n")?)),
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// One entry, `[id, [field, value, ...] | nil]` (`None` for a nil entry: deleted).
+fn entry(reply: &mut Reply<'_>, bytes: &Bytes) -> Result<Option<StreamEntry>, Halt> {
+    let Some(parts) = reply.array()? else {
+        return Ok(None);
+    };
+    if parts == 0 {
+        return Err(Halt::Bad(protocol_error("empty stream entry".into())));
+    }
+    let id = reply
+        .bytes()?
+        .ok_or_else(|| protocol_error("nil entry id".into()))?;
+    let id = EntryId::parse_ascii(id)
+        .ok_or_else(|| protocol_error(format!("bad entry id {:?}", String::from_utf8_lossy(id))))?;
+    let fields = if parts > 1 {
+        match reply.array()? {
+            None => None,
+            Some(n) => {
+                // Every field takes more than 8 bytes: a count beyond that waits for them.
+                let mut fields = Fields::with_capacity((n / 2).min(reply.buf.len() / 8));
+                for _ in 0..n / 2 {
+                    let name = match reply.bytes()?.unwrap_or_default() {
+                        // The usual name, without a reference to count on the reply.
+                        b"data" => Bytes::from_static(b"data"),
+                        name => bytes.slice_ref(name),
+                    };
+                    let value = bytes.slice_ref(reply.bytes()?.unwrap_or_default());
+                    fields.push((name, value));
+                }
+                if n % 2 == 1 {
+                    reply.skip()?;
+                }
+                Some(fields)
+            }
+        }
+    } else {
+        None
+    };
+    for _ in 2..parts {
+        reply.skip()?;
+    }
+    Ok(Some(StreamEntry { id, fields }))
 }
 
 /// Where a RESP2 reply ends, found incrementally: `advance` resumes where the last call stopped.
@@ -305,16 +535,15 @@ struct Reply<'a> {
 impl<'a> Reply<'a> {
     /// One element's header: its type byte, the number on its line (0 for `+`, `-`, `:`) and
     /// the line's text.
-    fn header(&mut self) -> RedisResult<(u8, i64, &'a [u8])> {
+    fn header(&mut self) -> Result<(u8, i64, &'a [u8]), Halt> {
         if let Some((kind, n, next)) = length_line(self.buf, self.pos) {
             let text = &self.buf[self.pos + 1..next - 2];
             self.pos = next;
             return Ok((kind, n, text));
         }
-        let line = find_crlf(self.buf, self.pos)
-            .ok_or_else(|| protocol_error("truncated reply".into()))?;
+        let line = find_crlf(self.buf, self.pos).ok_or(Halt::More)?;
         if line == self.pos {
-            return Err(protocol_error("empty header line".into()));
+            return Err(protocol_error("empty header line".into()).into());
         }
         let kind = self.buf[self.pos];
         let text = &self.buf[self.pos + 1..line];
@@ -327,123 +556,55 @@ impl<'a> Reply<'a> {
     }
 
     /// An array's length (`None` for a nil array).
-    fn array(&mut self) -> RedisResult<Option<usize>> {
+    fn array(&mut self) -> Result<Option<usize>, Halt> {
         match self.header()? {
             (b'*', n, _) if n >= 0 => Ok(Some(n as usize)),
             (b'*', _, _) => Ok(None),
-            (kind, _, _) => Err(protocol_error(format!(
-                "expected an array, got {:?}",
-                kind as char
-            ))),
+            (kind, _, _) => {
+                Err(protocol_error(format!("expected an array, got {:?}", kind as char)).into())
+            }
         }
     }
 
     /// A bulk or simple string's bytes (`None` for nil).
-    fn bytes(&mut self) -> RedisResult<Option<&'a [u8]>> {
+    fn bytes(&mut self) -> Result<Option<&'a [u8]>, Halt> {
         match self.header()? {
             (b'$', n, _) if n >= 0 => {
                 let (start, end) = (self.pos, self.pos + n as usize);
                 if end + 2 > self.buf.len() {
-                    return Err(protocol_error("truncated reply".into()));
+                    return Err(Halt::More);
                 }
                 self.pos = end + 2;
                 Ok(Some(&self.buf[start..end]))
             }
             (b'$', _, _) | (b'*', -1, _) => Ok(None),
             (b'+' | b':', _, text) => Ok(Some(text)),
-            (kind, _, _) => Err(protocol_error(format!(
-                "expected a string, got {:?}",
-                kind as char
-            ))),
+            (kind, _, _) => {
+                Err(protocol_error(format!("expected a string, got {:?}", kind as char)).into())
+            }
         }
     }
 
     /// Skips one whole element, whatever it is.
-    fn skip(&mut self) -> RedisResult<()> {
+    fn skip(&mut self) -> Result<(), Halt> {
         let mut scan = Scan {
             pos: self.pos,
             open: Vec::new(),
         };
-        self.pos = scan
-            .advance(self.buf)?
-            .ok_or_else(|| protocol_error("truncated reply".into()))?;
+        self.pos = scan.advance(self.buf)?.ok_or(Halt::More)?;
         Ok(())
     }
 }
 
-/// Where the RESP2 reply at the start of `buf` ends, `None` while it is incomplete: what the
-/// reader's scan finds as the reply arrives (public for the benchmarks).
-pub fn reply_len(buf: &[u8]) -> RedisResult<Option<usize>> {
-    Scan::default().advance(buf)
-}
-
-/// `[[stream, [[id, [field, value, ...] | nil], ...]], ...]`, nil on timeout, or an error. The
-/// entries' fields are slices of `bytes` (public for the benchmarks).
+/// A whole `XREADGROUP` reply parsed at once (public for the benchmarks; the reader parses it as
+/// it arrives, [`ReplyParser::advance`]). The entries' fields are slices of `bytes`.
 pub fn parse_read_reply(bytes: &Bytes) -> RedisResult<Vec<StreamEntry>> {
-    let buf: &[u8] = bytes;
-    if buf.first() == Some(&b'-') {
-        return Err(server_error(buf));
+    let mut parser = ReplyParser::default();
+    parser.parse(bytes)?;
+    if parser.at != At::Done {
+        return Err(protocol_error("truncated reply".into()));
     }
-    let mut reply = Reply { buf, pos: 0 };
-    let mut entries = Vec::new();
-    let Some(streams) = reply.array()? else {
-        return Ok(entries);
-    };
-    for _ in 0..streams {
-        if reply.array()? != Some(2) {
-            return Err(protocol_error(
-                "a stream's reply is not [name, entries]".into(),
-            ));
-        }
-        reply.skip()?; // the stream's name
-        let Some(count) = reply.array()? else {
-            continue;
-        };
-        // An entry takes more than 8 bytes: a length beyond that is not trusted with memory.
-        entries.reserve(count.min(buf.len() / 8));
-        for _ in 0..count {
-            let Some(parts) = reply.array()? else {
-                continue;
-            }; // deleted entry
-            if parts == 0 {
-                return Err(protocol_error("empty stream entry".into()));
-            }
-            let id = reply
-                .bytes()?
-                .ok_or_else(|| protocol_error("nil entry id".into()))?;
-            let id = EntryId::parse_ascii(id).ok_or_else(|| {
-                protocol_error(format!("bad entry id {:?}", String::from_utf8_lossy(id)))
-            })?;
-            let fields = if parts > 1 {
-                match reply.array()? {
-                    None => None,
-                    Some(n) => {
-                        let mut fields = Fields::with_capacity((n / 2).min(buf.len() / 8));
-                        for _ in 0..n / 2 {
-                            let name = match reply.bytes()?.unwrap_or_default() {
-                                // The usual name, without a reference to count on the reply.
-                                b"data" => Bytes::from_static(b"data"),
-                                name => bytes.slice_ref(name),
-                            };
-                            let value = bytes.slice_ref(reply.bytes()?.unwrap_or_default());
-                            fields.push((name, value));
-                        }
-                        if n % 2 == 1 {
-                            reply.skip()?;
-                        }
-                        Some(fields)
-                    }
-                }
-            } else {
-                None
-            };
-            for _ in 2..parts {
-                reply.skip()?;
-            }
-            entries.push(StreamEntry { id, fields });
-        }
-    }
-    Ok(entries)
+    Ok(parser.entries)
 }
 
 /// An error reply, as the `redis` crate would report it (so `code()` gives `NOGROUP`, ...).
@@ -468,6 +629,32 @@ mod tests {
 
     fn parse(bytes: &[u8]) -> RedisResult<Vec<StreamEntry>> {
         parse_read_reply(&Bytes::copy_from_slice(bytes))
+    }
+
+    /// Feeds `bytes` to the reader's parser `step` bytes more at a time, as network reads would:
+    /// the entries once it says the reply is whole, and what it left in the buffer (`None`: never
+    /// whole).
+    fn parse_in_steps(
+        bytes: &[u8],
+        step: usize,
+    ) -> RedisResult<Option<(Vec<StreamEntry>, BytesMut)>> {
+        let mut parser = ReplyParser::default();
+        let mut buf = BytesMut::new();
+        for piece in bytes.chunks(step) {
+            buf.extend_from_slice(piece);
+            if let Some(entries) = parser.advance(&mut buf)? {
+                return Ok(Some((entries, buf)));
+            }
+        }
+        Ok(None)
+    }
+
+    fn assert_same_entries(ours: &[StreamEntry], theirs: &[StreamEntry]) {
+        assert_eq!(ours.len(), theirs.len());
+        for (a, b) in ours.iter().zip(theirs) {
+            assert_eq!(a.id, b.id);
+            assert_eq!(a.fields, b.fields);
+        }
     }
 
     /// Feeds `bytes` to one scanner `step` bytes more at a time, as network reads would; where
@@ -513,9 +700,11 @@ mod tests {
         let theirs =
             crate::streams::read_group_reply(redis::parse_redis_value(&bytes).unwrap()).unwrap();
         assert_eq!(ours.len(), 4);
-        for (a, b) in ours.iter().zip(&theirs) {
-            assert_eq!(a.id, b.id);
-            assert_eq!(a.fields, b.fields);
+        assert_same_entries(&ours, &theirs);
+        for step in [1, 2, 5, 17, bytes.len()] {
+            let (in_steps, rest) = parse_in_steps(&bytes, step).unwrap().unwrap();
+            assert_same_entries(&in_steps, &theirs);
+            assert!(rest.is_empty(), "step {step}");
         }
         assert!(ours[1].fields.is_none());
         assert_eq!(
@@ -529,6 +718,63 @@ mod tests {
         assert!(parse(b"*-1\r\n").unwrap().is_empty());
         let error = parse(b"-NOGROUP No such key 's' or consumer group 'g'\r\n").unwrap_err();
         assert_eq!(error.code(), Some("NOGROUP"));
+        for step in [1, 3, 100] {
+            let (entries, _) = parse_in_steps(b"*-1\r\n", step).unwrap().unwrap();
+            assert!(entries.is_empty());
+            let error = parse_in_steps(b"-NOGROUP No such key 's'\r\n", step).unwrap_err();
+            assert_eq!(error.code(), Some("NOGROUP"), "step {step}");
+        }
+    }
+
+    #[test]
+    fn a_reply_read_piece_by_piece_leaves_what_follows_it() {
+        let bytes = reply(&[
+            entry("1-0", &[("data", "x".repeat(300).as_str())]),
+            entry("2-0", &[("data", "")]),
+        ]);
+        let mut tail = bytes.clone();
+        tail.extend_from_slice(b"+OK\r\n");
+        for step in [1, 2, 3, 7, 64, tail.len()] {
+            let Some((entries, rest)) = parse_in_steps(&tail, step).unwrap() else {
+                panic!("step {step}: the reply was never whole");
+            };
+            assert_eq!(entries.len(), 2);
+            // Read to the end of the reply, and no further than the read that ended it.
+            assert!(b"+OK\r\n".starts_with(&rest), "step {step}: {rest:?}");
+        }
+        // One byte short: never whole.
+        assert!(
+            parse_in_steps(&bytes[..bytes.len() - 1], 7)
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn an_entry_of_megabytes_arriving_in_many_reads_is_parsed_once_whole() {
+        let big = "y".repeat(4 << 20);
+        let bytes = reply(&[
+            entry("1-0", &[("data", "small")]),
+            entry("2-0", &[("data", big.as_str()), ("unit", "kWh")]),
+            entry("3-0", &[("data", "after")]),
+        ]);
+        let mut parser = ReplyParser::default();
+        let mut buf = BytesMut::new();
+        let mut whole = None;
+        for piece in bytes.chunks(64 * 1024) {
+            buf.extend_from_slice(piece);
+            whole = parser.advance(&mut buf).unwrap();
+            if whole.is_none() && parser.entries.len() == 1 {
+                // The big entry waits, whole in the buffer, its end looked for by the scan.
+                assert!(parser.partial.is_some());
+            }
+        }
+        let entries = whole.expect("the reply is whole");
+        assert_eq!(entries.len(), 3);
+        let fields = entries[1].fields.as_ref().unwrap();
+        assert_eq!(fields[0].1.len(), 4 << 20);
+        assert_eq!(&fields[1].1[..], b"kWh");
+        assert_eq!(parser.consumed, bytes.len());
     }
 
     #[test]
@@ -546,13 +792,17 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// Any entries (binary values, CRLF inside, deleted entries), the reply cut anywhere:
-        /// the end is found exactly there and the entries equal the redis crate's.
+        /// Any entries (binary values, CRLF inside, deleted entries, the usual one `data` field
+        /// among them), the reply cut anywhere: the end is found exactly there and the entries
+        /// equal the redis crate's.
         #[test]
         fn any_reply_parses_like_the_redis_crate(
             entries in proptest::collection::vec(
                 proptest::option::of(proptest::collection::vec(
-                    (proptest::collection::vec(proptest::num::u8::ANY, 0..12),
+                    (proptest::prop_oneof![
+                        proptest::strategy::Just(b"data".to_vec()),
+                        proptest::collection::vec(proptest::num::u8::ANY, 0..12),
+                     ],
                      proptest::collection::vec(proptest::num::u8::ANY, 0..200)),
                     0..4,
                 )),
@@ -579,13 +829,11 @@ mod tests {
                 }
             }
             proptest::prop_assert_eq!(scan_in_steps(&bytes, step), Some(bytes.len()));
-            let ours = parse(&bytes).unwrap();
             let theirs = crate::streams::read_group_reply(redis::parse_redis_value(&bytes).unwrap()).unwrap();
-            proptest::prop_assert_eq!(ours.len(), theirs.len());
-            for (a, b) in ours.iter().zip(&theirs) {
-                proptest::prop_assert_eq!(a.id, b.id);
-                proptest::prop_assert_eq!(&a.fields, &b.fields);
-            }
+            assert_same_entries(&parse(&bytes).unwrap(), &theirs);
+            let (in_steps, rest) = parse_in_steps(&bytes, step).unwrap().unwrap();
+            assert_same_entries(&in_steps, &theirs);
+            proptest::prop_assert!(rest.is_empty());
         }
     }
 
@@ -610,6 +858,7 @@ mod tests {
             let bytes = parts.concat();
             let _ = Scan::default().advance(&bytes);
             let _ = parse(&bytes);
+            let _ = parse_in_steps(&bytes, 3);
         }
     }
 
@@ -623,12 +872,16 @@ mod tests {
         ] {
             let _ = parse(bad);
             let _ = Scan::default().advance(bad);
+            let _ = parse_in_steps(bad, 2);
         }
+        assert!(parse_in_steps(b"?what\r\n", 2).is_err());
         assert!(parse(b"*1\r\n*2\r\n$1\r\ns\r\n*1\r\n*2\r\n$3\r\nxyz\r\n*0\r\n").is_err());
         // Lengths far beyond the bytes at hand: an error, not an allocation of that size.
         let huge_entries = b"*1\r\n*2\r\n$1\r\ns\r\n*999999999999999999\r\n";
         let huge_fields = b"*1\r\n*2\r\n$1\r\ns\r\n*1\r\n*2\r\n$1\r\n1\r\n*999999999999999998\r\n";
         assert!(parse(huge_entries).is_err());
         assert!(parse(huge_fields).is_err());
+        assert!(parse_in_steps(huge_entries, 5).unwrap().is_none());
+        assert!(parse_in_steps(huge_fields, 5).unwrap().is_none());
     }
 }

@@ -18,9 +18,10 @@
 //!   raises the *rewind* flag: the reader waits for the pipeline to drain, then re-reads every
 //!   delivered entry the [`crate::ledger`] does not show committed, the lost ones among them.
 //!   Duplicates cannot arise from that: the store skips stored `(sensor_id, ts)`.
-//! - The pure, CPU-heavy parts of a batch (parsing a large read reply, parsing its entries, sorting
-//!   it into write shards) run on tokio's blocking pool ([`off_thread`]), so the actor thread, which
-//!   serves the reader's and the writer's sockets, is never busy for milliseconds at a time.
+//! - The pure, CPU-heavy parts of a batch (parsing its entries, sorting it into write shards) run
+//!   on tokio's blocking pool ([`off_thread`]), so the actor thread, which serves the reader's and
+//!   the writer's sockets, is never busy for milliseconds at a time. The read reply is parsed on
+//!   that thread, but piece by piece as it arrives ([`crate::stream_reader`]).
 //! - Each stage runs its work inside [`guarded`], which turns a panic into a counted stop; the
 //!   actix `Supervisor` then restarts the actor with the same mailbox.
 
