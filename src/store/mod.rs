@@ -17,6 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{IsNull, ToSql, Type, accepts, to_sql_checked};
 
 mod embedded {
     refinery::embed_migrations!("sql");
@@ -271,6 +272,33 @@ fn encode_copy_row(reading: &Reading, buf: &mut BytesMut) {
     buf.put_f64(reading.value);
 }
 
+/// A `timestamptz` as PostgreSQL sends it in binary: microseconds since 2000-01-01 UTC. chrono's
+/// own `ToSql` works that out per value from a calendar date it builds each time, most of the cost
+/// of the aggregate and sensor upserts' arrays (about 120 instructions a value, against a
+/// subtraction here).
+#[derive(Clone, Copy, Debug)]
+struct PgTimestamp(i64);
+
+impl From<DateTime<Utc>> for PgTimestamp {
+    fn from(ts: DateTime<Utc>) -> Self {
+        PgTimestamp(ts.timestamp_micros() - PG_EPOCH_MICROS)
+    }
+}
+
+impl ToSql for PgTimestamp {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.put_i64(self.0);
+        Ok(IsNull::No)
+    }
+
+    accepts!(TIMESTAMPTZ);
+    to_sql_checked!();
+}
+
 async fn insert_new_only(
     client: &mut deadpool_postgres::Client,
     readings: &[Reading],
@@ -312,6 +340,22 @@ async fn upsert_aggregates(
         return Ok(0);
     }
     let n = partials.len();
+    // Each resolution's label made once, not once per row.
+    let mut labels: Vec<(Resolution, String)> = Vec::new();
+    for (key, _) in partials {
+        if !labels
+            .iter()
+            .any(|(resolution, _)| *resolution == key.resolution)
+        {
+            labels.push((key.resolution, key.resolution.to_string()));
+        }
+    }
+    let label = |resolution: Resolution| -> &str {
+        labels
+            .iter()
+            .find(|(known, _)| *known == resolution)
+            .map_or("", |(_, label)| label.as_str())
+    };
     let mut sensor_ids = Vec::with_capacity(n);
     let mut resolutions = Vec::with_capacity(n);
     let mut buckets = Vec::with_capacity(n);
@@ -325,15 +369,15 @@ async fn upsert_aggregates(
     let mut last_values = Vec::with_capacity(n);
     for (key, agg) in partials {
         sensor_ids.push(key.sensor_id.as_str());
-        resolutions.push(key.resolution.to_string());
-        buckets.push(key.bucket);
+        resolutions.push(label(key.resolution));
+        buckets.push(PgTimestamp::from(key.bucket));
         counts.push(agg.count);
         sums.push(agg.sum);
         mins.push(agg.min);
         maxs.push(agg.max);
-        first_ts.push(agg.first_ts);
+        first_ts.push(PgTimestamp::from(agg.first_ts));
         first_values.push(agg.first_value);
-        last_ts.push(agg.last_ts);
+        last_ts.push(PgTimestamp::from(agg.last_ts));
         last_values.push(agg.last_value);
     }
     let upsert = tx.prepare_cached(sql::UPSERT_AGGREGATES).await?;
@@ -410,8 +454,8 @@ async fn upsert_sensors<'a>(
     sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
     let ids: Vec<&str> = sorted.iter().map(|(id, _)| *id).collect();
     let units: Vec<Option<&str>> = sorted.iter().map(|(_, s)| s.unit).collect();
-    let first_seen: Vec<DateTime<Utc>> = sorted.iter().map(|(_, s)| s.first_seen).collect();
-    let last_seen: Vec<DateTime<Utc>> = sorted.iter().map(|(_, s)| s.last_seen).collect();
+    let first_seen: Vec<PgTimestamp> = sorted.iter().map(|(_, s)| s.first_seen.into()).collect();
+    let last_seen: Vec<PgTimestamp> = sorted.iter().map(|(_, s)| s.last_seen.into()).collect();
     let last_values: Vec<f64> = sorted.iter().map(|(_, s)| s.last_value).collect();
     let upsert = tx.prepare_cached(sql::UPSERT_SENSORS).await?;
     tx.execute(
@@ -444,5 +488,20 @@ mod tests {
         expected.extend_from_slice(&[0, 0, 0, 8]);
         expected.extend_from_slice(&(-1.5f64).to_be_bytes());
         assert_eq!(&buf[..], &expected[..]);
+    }
+
+    proptest::proptest! {
+        /// Any timestamp a reading may carry (microseconds, years 1 to 9999, before and after
+        /// PostgreSQL's epoch) is sent as the same bytes as chrono's own encoding would send.
+        #[test]
+        fn timestamps_are_encoded_as_chrono_encodes_them(
+            micros in -62_135_596_800_000_000i64..253_402_300_799_999_999,
+        ) {
+            let ts = DateTime::from_timestamp_micros(micros).unwrap();
+            let (mut ours, mut chronos) = (BytesMut::new(), BytesMut::new());
+            PgTimestamp::from(ts).to_sql(&Type::TIMESTAMPTZ, &mut ours).unwrap();
+            ts.to_sql(&Type::TIMESTAMPTZ, &mut chronos).unwrap();
+            proptest::prop_assert_eq!(&ours[..], &chronos[..]);
+        }
     }
 }
