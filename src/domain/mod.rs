@@ -7,5 +7,5 @@
 pub mod reading;
 pub mod window;
 
-pub use reading::{Limits, ParseContext, Reading, Reason, Rejection};
+pub use reading::{Limits, ParseContext, Reading, Reason, Rejection, same_id};
 pub use window::{AggKey, Aggregate, FastState, Resolution, Windows};

@@ -40,6 +40,19 @@ pub struct Reading {
     pub unit: Option<String>,
 }
 
+impl Reading {
+    /// Whether `other` is of the same sensor: readings parsed together share their id's
+    /// allocation, so the comparison of the text is rarely needed.
+    pub fn same_sensor(&self, other: &Reading) -> bool {
+        same_id(&self.sensor_id, &other.sensor_id)
+    }
+}
+
+/// Whether two sensor ids are equal, the same allocation answering without a comparison.
+pub fn same_id(a: &str, b: &str) -> bool {
+    std::ptr::eq(a, b) || a == b
+}
+
 /// Why a message or one reading of it was rejected. The set is closed so that the
 /// `sensorhub_readings_rejected_total{reason}` label stays low-cardinality.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

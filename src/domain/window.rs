@@ -274,7 +274,7 @@ impl Windows {
                     (&last.sensor_id, last.ts) <= (&reading.sensor_id, reading.ts),
                     "fold_sorted needs readings in key order"
                 );
-                if last.sensor_id != reading.sensor_id {
+                if !last.same_sensor(reading) {
                     flush(&mut run, &mut rows);
                 }
             }

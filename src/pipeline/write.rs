@@ -106,7 +106,7 @@ pub fn split(
         let same_sensor = out[current]
             .readings
             .last()
-            .is_some_and(|last| last.sensor_id == reading.sensor_id);
+            .is_some_and(|last| last.same_sensor(&reading));
         if !same_sensor {
             current = lane_of(&reading.sensor_id, shards);
         }

@@ -7,7 +7,7 @@
 
 pub mod sql;
 
-use crate::domain::{AggKey, Aggregate, FastState, Reading, Resolution, Windows};
+use crate::domain::{AggKey, Aggregate, FastState, Reading, Resolution, Windows, same_id};
 use anyhow::Context as _;
 use bytes::{BufMut as _, Bytes, BytesMut};
 use chrono::{DateTime, Utc};
@@ -421,7 +421,7 @@ async fn upsert_sensors<'a>(
     let mut index: HashMap<&str, usize, FastState> = HashMap::default();
     for r in readings {
         let at = match sensors.last() {
-            Some((id, _)) if *id == &*r.sensor_id => sensors.len() - 1,
+            Some((id, _)) if same_id(id, &r.sensor_id) => sensors.len() - 1,
             _ => *index.entry(&r.sensor_id).or_insert_with(|| {
                 sensors.push((
                     &r.sensor_id,

@@ -113,12 +113,16 @@ impl<'a> Cursor<'a> {
     }
 
     /// The text of a string between its quotes; gives up on an escape or a control character.
+    /// Inlined, as the two functions below: called five times a reading, the calls' register
+    /// saving was a fifth of their cost.
+    #[inline(always)]
     fn string(&mut self) -> Option<&'a str> {
         let (start, end) = self.string_bounds()?;
         Some(&self.text[start + 1..end - 1])
     }
 
     /// Where the string at the cursor starts and ends (its quotes included); moves past it.
+    #[inline(always)]
     fn string_bounds(&mut self) -> Option<(usize, usize)> {
         let start = self.at;
         if self.peek()? != b'"' {
@@ -199,6 +203,7 @@ impl<'a> Cursor<'a> {
 /// Eight bytes are looked at a time (the usual bit tricks on a `u64`: a byte is flagged when it
 /// equals `"` or `\\`, or is below 0x20); a flag can be spurious only above a byte truly flagged,
 /// so the lowest one is always right.
+#[inline(always)]
 fn string_stop(bytes: &[u8]) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
