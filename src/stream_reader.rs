@@ -727,30 +727,6 @@ mod tests {
     }
 
     #[test]
-    fn a_reply_read_piece_by_piece_leaves_what_follows_it() {
-        let bytes = reply(&[
-            entry("1-0", &[("data", "x".repeat(300).as_str())]),
-            entry("2-0", &[("data", "")]),
-        ]);
-        let mut tail = bytes.clone();
-        tail.extend_from_slice(b"+OK\r\n");
-        for step in [1, 2, 3, 7, 64, tail.len()] {
-            let Some((entries, rest)) = parse_in_steps(&tail, step).unwrap() else {
-                panic!("step {step}: the reply was never whole");
-            };
-            assert_eq!(entries.len(), 2);
-            // Read to the end of the reply, and no further than the read that ended it.
-            assert!(b"+OK\r\n".starts_with(&rest), "step {step}: {rest:?}");
-        }
-        // One byte short: never whole.
-        assert!(
-            parse_in_steps(&bytes[..bytes.len() - 1], 7)
-                .unwrap()
-                .is_none()
-        );
-    }
-
-    #[test]
     fn an_entry_of_megabytes_arriving_in_many_reads_is_parsed_once_whole() {
         let big = "y".repeat(4 << 20);
         let bytes = reply(&[
@@ -777,8 +753,10 @@ mod tests {
         assert_eq!(parser.consumed, bytes.len());
     }
 
+    /// The scan and the reader's parser both stop at the reply's end, however it arrives; the
+    /// parser leaves what followed in the buffer (no further than the read that ended the reply).
     #[test]
-    fn scan_finds_the_end_however_the_reply_is_cut() {
+    fn the_end_is_found_however_the_reply_is_cut() {
         let bytes = reply(&[
             entry("1-0", &[("data", "x".repeat(300).as_str())]),
             entry("2-0", &[("data", "")]),
@@ -788,7 +766,18 @@ mod tests {
         for step in [1, 2, 3, 7, 64, tail.len()] {
             let end = scan_in_steps(&tail, step);
             assert_eq!(end, Some(bytes.len()), "step {step}");
+            let Some((entries, rest)) = parse_in_steps(&tail, step).unwrap() else {
+                panic!("step {step}: the reply was never whole");
+            };
+            assert_eq!(entries.len(), 2);
+            assert!(b"+OK\r\n".starts_with(&rest), "step {step}: {rest:?}");
         }
+        // One byte short: never whole.
+        assert!(
+            parse_in_steps(&bytes[..bytes.len() - 1], 7)
+                .unwrap()
+                .is_none()
+        );
     }
 
     proptest::proptest! {
