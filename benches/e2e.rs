@@ -37,7 +37,7 @@
 
 use sensorhub::domain::{Reading, Resolution};
 use sensorhub::pipeline::window::prepare;
-use sensorhub::streams::EntryId;
+use sensorhub::redis::entry::EntryId;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_postgres::NoTls;
@@ -526,7 +526,7 @@ async fn preload(
         });
         let payloads = grouped(payloads, args.per_entry);
         entries += payloads.len() as u64;
-        sensorhub::streams::append_payloads(redis, stream, payloads)
+        sensorhub::redis::entry::append_payloads(redis, stream, payloads)
             .await
             .unwrap();
         i += 10_000;
@@ -650,7 +650,7 @@ async fn reference(
     }
     // One lane per connection, as sensorhub's writer: each writes its shards of every batch in
     // order, without waiting for the other lanes to finish a batch.
-    let mut lanes: Vec<Vec<sensorhub::pipeline::write::Shard>> =
+    let mut lanes: Vec<Vec<sensorhub::pipeline::shard::Shard>> =
         (0..connections).map(|_| Vec::new()).collect();
     for shard in batches.into_iter().flatten() {
         let lane = shard.lane % connections;
@@ -744,7 +744,8 @@ async fn wait_drained(
         let Some((read, lag, last_delivered)) = group_info(redis, stream).await else {
             continue;
         };
-        let Ok(through) = sensorhub::ledger::through(redis, stream, "sensorhub").await else {
+        let Ok(through) = sensorhub::redis::ledger::through(redis, stream, "sensorhub").await
+        else {
             continue;
         };
         if read as u64 >= at_least && lag == 0 && through >= last_delivered {
@@ -976,8 +977,8 @@ async fn drop_run(
     let _: redis::RedisResult<()> = redis::cmd("DEL")
         .arg(&stream)
         .arg(format!("{stream}:dead"))
-        .arg(sensorhub::ledger::ranges_key(&stream, "sensorhub"))
-        .arg(sensorhub::ledger::through_key(&stream, "sensorhub"))
+        .arg(sensorhub::redis::ledger::ranges_key(&stream, "sensorhub"))
+        .arg(sensorhub::redis::ledger::through_key(&stream, "sensorhub"))
         .query_async(redis)
         .await;
 }
@@ -1091,7 +1092,7 @@ async fn main() {
         });
         let payloads = grouped(payloads, args.per_entry);
         entries += payloads.len() as u64;
-        sensorhub::streams::append_payloads(&mut redis, &stream, payloads)
+        sensorhub::redis::entry::append_payloads(&mut redis, &stream, payloads)
             .await
             .unwrap();
         sent = (sent + per_tick).min(steady_total);

@@ -9,8 +9,8 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sensorhub::domain::reading::{parse_entry_fields, parse_json};
 use sensorhub::domain::{Limits, ParseContext, Reading, Resolution, Windows};
 use sensorhub::pipeline::window::prepare;
-use sensorhub::stream_reader::{ReplyParser, parse_read_reply};
-use sensorhub::streams::EntryId;
+use sensorhub::redis::entry::EntryId;
+use sensorhub::redis::resp::{ReplyParser, parse_read_reply};
 use std::hint::black_box;
 
 fn context(limits: &Limits) -> ParseContext<'_> {

@@ -2,11 +2,11 @@
 //! `main` and the integration tests start sensorhub exactly the same way.
 
 use crate::config::Config;
-use crate::http::api::ApiSettings;
-use crate::http::{self, HttpState};
-use crate::pipeline::Faults;
+use crate::http::{self, ApiSettings, HttpState};
+use crate::pipeline::faults::Faults;
+use crate::pipeline::read::READ_BLOCK;
+use crate::redis::group;
 use crate::store;
-use crate::streams;
 use crate::supervisor::{Pipeline, PipelineParts};
 use crate::telemetry::Metrics;
 use actix_web::dev::ServerHandle;
@@ -35,11 +35,16 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        Self::build_with_faults(config, Arc::new(Faults::default())).await
+        Self::start(config, Arc::new(Faults::default())).await
     }
 
-    /// As [`build`](Self::build), with a test-only fault switch armed.
+    /// As [`build`](Self::build), with a fault switch armed (the tests of supervision).
+    #[cfg(feature = "fault-injection")]
     pub async fn build_with_faults(config: Config, faults: Arc<Faults>) -> anyhow::Result<Self> {
+        Self::start(config, faults).await
+    }
+
+    async fn start(config: Config, faults: Arc<Faults>) -> anyhow::Result<Self> {
         let started = Instant::now();
         let metrics = Arc::new(Metrics::new());
 
@@ -62,12 +67,8 @@ impl Application {
             redis_connection(&client, REDIS_RESPONSE_TIMEOUT)
         })
         .await?;
-        let read_conn = redis_connection(
-            &client,
-            REDIS_RESPONSE_TIMEOUT + crate::pipeline::read::READ_BLOCK,
-        )
-        .await?;
-        streams::ensure_group(&mut conn.clone(), &config.stream, &config.group, true)
+        let read_conn = redis_connection(&client, REDIS_RESPONSE_TIMEOUT + READ_BLOCK).await?;
+        group::ensure_group(&mut conn.clone(), &config.stream, &config.group, true)
             .await
             .context("creating the consumer group")?;
 

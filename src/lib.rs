@@ -13,28 +13,29 @@
 //! Modules, in the order data meets them:
 //! - [`config`]: typed settings from `SENSORHUB_*` variables, validated at start.
 //! - [`app`]: `Application::build(config)`, used by `main` and the tests alike.
-//! - [`domain`]: pure parsing/validation of readings and window arithmetic.
-//! - [`streams`]: the Redis stream commands and reply parsing.
-//! - [`stream_reader`]: the reader's own `XREADGROUP` connection, with a parser for that reply.
-//! - [`ledger`]: which delivered entries are committed, kept in Redis per read range (reads are
-//!   `NOACK`), and the re-reads of those that are not.
+//! - [`domain`]: pure parsing and validation of readings, and window arithmetic.
+//! - [`sources`]: what brings readings into the stream besides producers' own `XADD`: the Pub/Sub
+//!   bridge.
+//! - [`redis`]: everything that speaks to Redis: entries, the read connection and its reply
+//!   parser, the consumer group and trim, the ledger of committed entries, dead letters, leases.
 //! - [`pipeline`]: the actors, one file per stage, and the in-flight tickets that bound them.
 //! - [`supervisor`]: starts the stages sink-first under supervision, stops them in flow order.
 //! - [`store`]: the PostgreSQL pool, migrations and the batch transaction.
-//! - [`http`]: health, readiness and metrics endpoints.
+//! - [`http`]: health, readiness, metrics, the read API, HTTP ingest and the status page.
 //! - [`telemetry`]: logging setup and every metric, declared once.
+//! - [`retry`]: the backoff every retry loop shares.
 //! - [`simulate`]: demo sensors for first runs and load tests (`sensorhub simulate`).
 
 pub mod app;
 pub mod config;
 pub mod domain;
 pub mod http;
-pub mod ledger;
 pub mod pipeline;
+pub mod redis;
+pub mod retry;
 pub mod simulate;
+pub mod sources;
 pub mod store;
-pub mod stream_reader;
-pub mod streams;
 pub mod supervisor;
 pub mod telemetry;
 

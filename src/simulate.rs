@@ -5,6 +5,8 @@
 //! channel with `PUBLISH`, at a steady rate, with a progress line every second.
 
 use crate::config::Config;
+use crate::redis::channel::publish_payloads;
+use crate::redis::entry::append_payloads;
 use anyhow::{Context as _, bail};
 use chrono::{DateTime, TimeDelta, Utc};
 use redis::aio::ConnectionManager;
@@ -156,24 +158,20 @@ pub async fn run(config: &Config, sim: &Simulation) -> anyhow::Result<u64> {
         let due = sim.count.map_or(due, |count| due.min(count));
         if due > sent {
             let now = Utc::now();
-            let mut pipe = redis::pipe();
-            for _ in sent..due {
-                let reading = devices[next_device].reading(now, noise.next());
-                next_device = (next_device + 1) % devices.len();
-                match sim.via {
-                    Via::Xadd => pipe
-                        .cmd("XADD")
-                        .arg(&target)
-                        .arg("*")
-                        .arg("data")
-                        .arg(reading)
-                        .ignore(),
-                    Via::Publish => pipe.cmd("PUBLISH").arg(&target).arg(reading).ignore(),
-                };
-            }
-            pipe.query_async::<()>(&mut conn)
-                .await
-                .with_context(|| format!("{verb} to {target}"))?;
+            let readings: Vec<String> = (sent..due)
+                .map(|_| {
+                    let reading = devices[next_device].reading(now, noise.next());
+                    next_device = (next_device + 1) % devices.len();
+                    reading
+                })
+                .collect();
+            let result = match sim.via {
+                Via::Xadd => append_payloads(&mut conn, &target, readings)
+                    .await
+                    .map(drop),
+                Via::Publish => publish_payloads(&mut conn, &target, readings).await,
+            };
+            result.with_context(|| format!("{verb} to {target}"))?;
             sent = due;
         }
         if last_progress.elapsed() >= Duration::from_secs(1) {

@@ -2,19 +2,21 @@
 //! stops them in flow order: reader first, then the batches in flight drain through commit and
 //! acknowledgement.
 //!
-//! A stage that panics is stopped by [`guarded`](crate::pipeline::guarded) and restarted by its
+//! A stage that panics is stopped by [`guarded`](crate::pipeline::stage::guarded) and restarted by its
 //! `Supervisor` with the same mailbox; its restart is counted in `sensorhub_actor_restarts_total`.
 //! Giving each stage its own thread keeps a CPU-heavy batch in one stage (parsing, folding) from
 //! stalling the others, and lets the pipeline use both cores.
 
 use crate::config::Config;
 use crate::pipeline::ack::{AckSettings, Acker};
-use crate::pipeline::bridge::{Bridge, BridgeSettings};
+use crate::pipeline::faults::Faults;
+use crate::pipeline::flow::Flow;
 use crate::pipeline::read::{ReadSettings, Reader};
-use crate::pipeline::validate::{DeadLetterSettings, Validator};
-use crate::pipeline::window::Window;
+use crate::pipeline::validate::Validator;
+use crate::pipeline::window::Aggregator;
 use crate::pipeline::write::Writer;
-use crate::pipeline::{Faults, Flow};
+use crate::redis::dead_letter::DeadLetters;
+use crate::sources::pubsub::{Bridge, BridgeSettings};
 use crate::telemetry::Metrics;
 use actix::{Arbiter, Supervisor};
 use deadpool_postgres::Pool;
@@ -67,41 +69,65 @@ impl Pipeline {
             handle
         };
 
+        // Sink first: each stage is started with the address of the one after it.
         let ack_settings = AckSettings {
             stream: config.stream.clone(),
             group: config.group.clone(),
             tail: config.stream_tail,
         };
-        let (c, m) = (conn.clone(), Arc::clone(&metrics));
-        let acker =
-            Supervisor::start_in_arbiter(&arbiter(), move |_| Acker::new(ack_settings, c, m));
+        let acker = {
+            let (conn, metrics) = (conn.clone(), Arc::clone(&metrics));
+            Supervisor::start_in_arbiter(&arbiter(), move |_| {
+                Acker::new(ack_settings, conn, metrics)
+            })
+        };
 
-        let dead = DeadLetterSettings {
+        let dead_letters = DeadLetters {
             key: config.dead_letter_stream(),
             maxlen: config.dead_letter_maxlen,
         };
-        let resolutions = config.resolutions.clone();
-        let write_connections = config.write_connections;
-        let (c, m, f) = (conn.clone(), Arc::clone(&metrics), Arc::clone(&faults));
-        let writer = Supervisor::start_in_arbiter(&arbiter(), move |_| {
-            Writer::new(write_pool, &resolutions, dead, c, acker, m, f)
-        });
-
-        let resolutions = config.resolutions.clone();
-        let (m, f) = (Arc::clone(&metrics), Arc::clone(&faults));
-        let window = Supervisor::start_in_arbiter(&arbiter(), move |_| {
-            Window::new(&resolutions, write_connections, writer, m, f)
-        });
-
-        let limits = config.limits.clone();
-        let dead = DeadLetterSettings {
-            key: config.dead_letter_stream(),
-            maxlen: config.dead_letter_maxlen,
+        let writer = {
+            let resolutions = config.resolutions.clone();
+            let dead_letters = dead_letters.clone();
+            let (conn, metrics, faults) = (conn.clone(), Arc::clone(&metrics), Arc::clone(&faults));
+            let committed = acker.recipient();
+            Supervisor::start_in_arbiter(&arbiter(), move |_| {
+                Writer::new(
+                    write_pool,
+                    &resolutions,
+                    dead_letters,
+                    conn,
+                    committed,
+                    metrics,
+                    faults,
+                )
+            })
         };
-        let (c, m, f) = (conn.clone(), Arc::clone(&metrics), Arc::clone(&faults));
-        let validator = Supervisor::start_in_arbiter(&arbiter(), move |_| {
-            Validator::new(limits, dead, c, window, m, f)
-        });
+
+        let aggregator = {
+            let resolutions = config.resolutions.clone();
+            let write_connections = config.write_connections;
+            let (metrics, faults) = (Arc::clone(&metrics), Arc::clone(&faults));
+            let write_batches = writer.recipient();
+            Supervisor::start_in_arbiter(&arbiter(), move |_| {
+                Aggregator::new(
+                    &resolutions,
+                    write_connections,
+                    write_batches,
+                    metrics,
+                    faults,
+                )
+            })
+        };
+
+        let validator = {
+            let limits = config.limits.clone();
+            let (conn, metrics, faults) = (conn.clone(), Arc::clone(&metrics), Arc::clone(&faults));
+            let readings = aggregator.recipient();
+            Supervisor::start_in_arbiter(&arbiter(), move |_| {
+                Validator::new(limits, dead_letters, conn, readings, metrics, faults)
+            })
+        };
 
         let read_settings = ReadSettings {
             redis: client.get_connection_info().clone(),
@@ -112,27 +138,39 @@ impl Pipeline {
             batch_delay: config.batch_delay,
             claim_idle: config.claim_idle,
         };
-        let (fl, m, rx, running) = (
-            Arc::clone(&flow),
-            Arc::clone(&metrics),
-            stop_rx.clone(),
-            Arc::clone(&reader_running),
-        );
+        // The reader and the bridge spend their time waiting on Redis: they share a thread.
         let io = arbiter();
-        Supervisor::start_in_arbiter(&io, move |_| {
-            Reader::new(read_settings, read_conn, validator, fl, m, rx, running)
-        });
+        {
+            let (flow, metrics, stop, running) = (
+                Arc::clone(&flow),
+                Arc::clone(&metrics),
+                stop_rx.clone(),
+                Arc::clone(&reader_running),
+            );
+            let raw_batches = validator.recipient();
+            Supervisor::start_in_arbiter(&io, move |_| {
+                Reader::new(
+                    read_settings,
+                    read_conn,
+                    raw_batches,
+                    flow,
+                    metrics,
+                    stop,
+                    running,
+                )
+            });
+        }
 
         if let Some(channel) = &config.channel {
             let settings = BridgeSettings {
                 channel: channel.clone(),
                 stream: config.stream.clone(),
                 consumer: config.consumer.clone(),
-                lease: config.bridge_lease,
+                lease_ttl: config.bridge_lease,
             };
-            let m = Arc::clone(&metrics);
+            let metrics = Arc::clone(&metrics);
             Supervisor::start_in_arbiter(&io, move |_| {
-                Bridge::new(settings, client, conn, m, stop_rx)
+                Bridge::new(settings, client, conn, metrics, stop_rx)
             });
         }
 

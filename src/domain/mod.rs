@@ -8,4 +8,8 @@ pub mod reading;
 pub mod window;
 
 pub use reading::{Limits, ParseContext, Reading, Reason, Rejection, same_id};
-pub use window::{AggKey, Aggregate, FastState, Resolution, Windows};
+pub use window::{AggKey, Aggregate, Resolution, Windows};
+
+/// A fast hasher seeded per map, for maps keyed by sensor ids: ids come from devices, so a
+/// fixed-seed hash would let one flood a bucket, and SipHash costs more for nothing more here.
+pub type FastState = foldhash::fast::RandomState;

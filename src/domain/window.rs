@@ -5,7 +5,7 @@
 //! (count + count, least of mins, earlier first, later last), so a window built from any split of
 //! its readings into batches, in any order, equals the one a `GROUP BY` over the raw rows gives.
 
-use crate::domain::Reading;
+use crate::domain::{FastState, Reading};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::fmt;
@@ -149,10 +149,6 @@ pub struct AggKey {
     pub resolution: Resolution,
     pub bucket: DateTime<Utc>,
 }
-
-/// A fast hasher seeded per map: sensor ids come from devices, so a fixed-seed hash would let one
-/// flood a bucket; SipHash costs several percent of the whole pipeline for nothing more.
-pub type FastState = foldhash::fast::RandomState;
 
 /// Folds readings into partial aggregates at every configured resolution.
 pub struct Windows;

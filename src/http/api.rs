@@ -1,4 +1,4 @@
-//! The read API for dashboards and the HTTP ingest for devices that speak only HTTP.
+//! The read API for dashboards.
 //!
 //! | route | answer |
 //! | --- | --- |
@@ -6,48 +6,27 @@
 //! | `GET /api/v1/sensors/{id}` | the sensor's current value: the reading with the newest timestamp |
 //! | `GET /api/v1/sensors/{id}/readings?from=&to=&limit=` | raw readings, newest first (default limit 1440) |
 //! | `GET /api/v1/sensors/{id}/aggregates?resolution=&from=&to=&limit=` | window aggregates with mean and diff, newest first |
-//! | `POST /api/v1/readings` | a reading object or array, appended to the stream; 202 once Redis has it |
-//! | `GET /api/v1/openapi.json` | the OpenAPI document of these routes, generated from the handlers |
 //!
 //! Times are RFC 3339; `from` and `to` are inclusive. A bad parameter gets a 400 with a JSON
 //! `{"error": ...}` naming it, an unknown sensor a 404. With `SENSORHUB_API_TOKEN` set, every route
-//! here but the OpenAPI document needs `Authorization: Bearer <token>`.
+//! here needs `Authorization: Bearer <token>` ([`Authorized`]).
 
-use crate::config::Secret;
-use crate::domain::reading::parse_json;
-use crate::domain::{Limits, ParseContext, Reason, Resolution};
+use crate::domain::Resolution;
 use crate::http::HttpState;
+use crate::http::auth::Authorized;
+use crate::http::error::{ApiError, ErrorBody, unavailable};
 use crate::store::sql;
-use actix_web::http::StatusCode;
-use actix_web::http::header;
-use actix_web::{FromRequest, HttpRequest, HttpResponse, ResponseError, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
-use futures_util::StreamExt as _;
 use serde::Serialize;
 use std::collections::HashMap;
-use std::future::{Ready, ready};
-use std::time::Duration;
-use subtle::ConstantTimeEq as _;
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::ToSchema;
 
-/// Default and largest number of rows a list returns.
 const DEFAULT_LIMIT: u32 = 1440;
 const MAX_LIMIT: u32 = 100_000;
 
-/// What the API needs from the configuration.
-#[derive(Clone, Debug)]
-pub struct ApiSettings {
-    pub token: Option<Secret>,
-    pub active_within: Duration,
-    pub resolutions: Vec<Resolution>,
-    pub stream: String,
-    pub limits: Limits,
-}
-
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/v1/openapi.json", web::get().to(openapi))
-        .route("/api/v1/sensors", web::get().to(list_sensors))
+    cfg.route("/api/v1/sensors", web::get().to(list_sensors))
         .route("/api/v1/sensors/{id}", web::get().to(get_sensor))
         .route(
             "/api/v1/sensors/{id}/readings",
@@ -56,88 +35,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route(
             "/api/v1/sensors/{id}/aggregates",
             web::get().to(sensor_aggregates),
-        )
-        .route("/api/v1/readings", web::post().to(ingest));
-}
-
-/// An API error, answered as `{"error": "..."}`.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Unauthorized(&'static str),
-    #[error("{0}")]
-    TooLarge(String),
-    #[error("{0}")]
-    Unavailable(String),
-}
-
-/// The body of every error answer.
-#[derive(Serialize, ToSchema)]
-pub struct ErrorBody {
-    /// What was wrong, naming the bad value.
-    pub error: String,
-}
-
-impl ResponseError for ApiError {
-    fn status_code(&self) -> StatusCode {
-        match self {
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        }
-    }
-
-    fn error_response(&self) -> HttpResponse {
-        let mut response = HttpResponse::build(self.status_code());
-        if let ApiError::Unauthorized(_) = self {
-            response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
-        }
-        response.json(ErrorBody {
-            error: self.to_string(),
-        })
-    }
-}
-
-fn unavailable(error: impl std::fmt::Display) -> ApiError {
-    ApiError::Unavailable(format!("database unavailable: {error}"))
-}
-
-/// Extractor that passes only when the request carries the configured bearer token (or none is
-/// configured). Compared in constant time.
-pub struct Authorized;
-
-impl FromRequest for Authorized {
-    type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
-
-    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        let expected = req
-            .app_data::<web::Data<HttpState>>()
-            .and_then(|state| state.api.token.clone());
-        let Some(expected) = expected else {
-            return ready(Ok(Authorized));
-        };
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        ready(match given {
-            None => Err(ApiError::Unauthorized(
-                "this API needs an 'Authorization: Bearer <token>' header",
-            )),
-            Some(token) if bool::from(token.as_bytes().ct_eq(expected.expose().as_bytes())) => {
-                Ok(Authorized)
-            }
-            Some(_) => Err(ApiError::Unauthorized("wrong bearer token")),
-        })
-    }
+        );
 }
 
 /// `from` and `to`, each optional (unbounded).
@@ -265,9 +163,10 @@ pub struct ReadingList {
     pub readings: Vec<ReadingPoint>,
 }
 
-/// One window aggregate.
+/// One window aggregate (named `Window` in the OpenAPI document).
 #[derive(Serialize, ToSchema)]
-pub struct Window {
+#[schema(as = Window)]
+pub struct AggregateWindow {
     /// Start of the window (epoch-aligned).
     pub bucket: DateTime<Utc>,
     pub count: i64,
@@ -289,27 +188,7 @@ pub struct WindowList {
     pub sensor: String,
     pub resolution: String,
     /// Newest window first.
-    pub aggregates: Vec<Window>,
-}
-
-/// A rejected reading of an accepted message.
-#[derive(Serialize, ToSchema)]
-pub struct RejectedReading {
-    /// Position in the array, when the message was an array.
-    pub index: Option<usize>,
-    pub reason: String,
-    pub detail: String,
-}
-
-/// The answer to an accepted ingest.
-#[derive(Serialize, ToSchema)]
-pub struct Accepted {
-    /// The stream entry the message was appended as.
-    pub entry: String,
-    /// Valid readings in the message.
-    pub readings: usize,
-    /// Readings that will go to the dead-letter stream instead.
-    pub rejected: Vec<RejectedReading>,
+    pub aggregates: Vec<AggregateWindow>,
 }
 
 /// Sensors seen recently.
@@ -324,7 +203,7 @@ pub struct Accepted {
     ),
     security(("bearer" = []))
 )]
-async fn list_sensors(
+pub(crate) async fn list_sensors(
     _: Authorized,
     state: web::Data<HttpState>,
     req: HttpRequest,
@@ -368,7 +247,7 @@ async fn find_sensor(state: &HttpState, id: &str) -> Result<Sensor, ApiError> {
     responses((status = 200, body = Sensor), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = []))
 )]
-async fn get_sensor(
+pub(crate) async fn get_sensor(
     _: Authorized,
     state: web::Data<HttpState>,
     id: web::Path<String>,
@@ -389,7 +268,7 @@ async fn get_sensor(
     responses((status = 200, body = ReadingList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = []))
 )]
-async fn sensor_readings(
+pub(crate) async fn sensor_readings(
     _: Authorized,
     state: web::Data<HttpState>,
     id: web::Path<String>,
@@ -431,7 +310,7 @@ async fn sensor_readings(
     responses((status = 200, body = WindowList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = []))
 )]
-async fn sensor_aggregates(
+pub(crate) async fn sensor_aggregates(
     _: Authorized,
     state: web::Data<HttpState>,
     id: web::Path<String>,
@@ -471,7 +350,7 @@ async fn sensor_aggregates(
         .map_err(unavailable)?;
     let aggregates = rows
         .iter()
-        .map(|r| Window {
+        .map(|r| AggregateWindow {
             bucket: r.get(0),
             count: r.get(1),
             sum: r.get(2),
@@ -491,128 +370,3 @@ async fn sensor_aggregates(
         aggregates,
     }))
 }
-
-/// Appends a reading object or an array of them to the stream, as `XADD <stream> * data <body>`
-/// does: 202 once Redis has the entry, so HTTP readings get the stream's delivery guarantee.
-#[utoipa::path(
-    post,
-    path = "/api/v1/readings",
-    request_body(content = String, content_type = "application/json", description = "one reading object or an array of them, as on the stream"),
-    responses(
-        (status = 202, body = Accepted),
-        (status = 400, body = ErrorBody, description = "the body cannot be a reading: not JSON, not an object or array, or no valid reading in it"),
-        (status = 401, body = ErrorBody),
-        (status = 413, body = ErrorBody),
-        (status = 503, body = ErrorBody),
-    ),
-    security(("bearer" = []))
-)]
-async fn ingest(
-    _: Authorized,
-    state: web::Data<HttpState>,
-    req: HttpRequest,
-    mut payload: web::Payload,
-) -> Result<HttpResponse, ApiError> {
-    let max = state.api.limits.max_message_bytes;
-    let too_large = || {
-        ApiError::TooLarge(format!(
-            "body is larger than the limit of {max} bytes (SENSORHUB_MAX_MESSAGE_BYTES)"
-        ))
-    };
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > max) {
-        return Err(too_large());
-    }
-    let mut body = Vec::with_capacity(declared.unwrap_or(1024).min(max));
-    while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::BadRequest(format!("reading the body failed: {e}")))?;
-        if body.len() + chunk.len() > max {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    let now = Utc::now();
-    let ctx = ParseContext::new(&state.api.limits, now, now);
-    let outcomes = parse_json(&body, &ctx);
-    let valid = outcomes.iter().filter(|o| o.is_ok()).count();
-    let rejected: Vec<RejectedReading> = outcomes
-        .into_iter()
-        .filter_map(Result::err)
-        .map(|r| RejectedReading {
-            index: r.index,
-            reason: r.reason.as_str().to_owned(),
-            detail: r.detail,
-        })
-        .collect();
-    if valid == 0 {
-        let problems: Vec<String> = rejected
-            .iter()
-            .map(|r| match r.index {
-                Some(i) => format!("[{i}] {}: {}", r.reason, r.detail),
-                None => format!("{}: {}", r.reason, r.detail),
-            })
-            .collect();
-        let error = format!("no valid reading in the body: {}", problems.join("; "));
-        return Err(
-            if rejected
-                .iter()
-                .any(|r| r.reason == Reason::TooLarge.as_str())
-            {
-                ApiError::TooLarge(error)
-            } else {
-                ApiError::BadRequest(error)
-            },
-        );
-    }
-    let mut redis = state.redis.clone();
-    let entry: String = redis::cmd("XADD")
-        .arg(&state.api.stream)
-        .arg("*")
-        .arg("data")
-        .arg(body.as_slice())
-        .query_async(&mut redis)
-        .await
-        .map_err(|e| {
-            ApiError::Unavailable(format!("redis unavailable, nothing was stored: {e}"))
-        })?;
-    state
-        .metrics
-        .messages_received
-        .with_label_values(&["http"])
-        .inc();
-    Ok(HttpResponse::Accepted().json(Accepted {
-        entry,
-        readings: valid,
-        rejected,
-    }))
-}
-
-/// The OpenAPI document of the API.
-async fn openapi() -> HttpResponse {
-    HttpResponse::Ok().json(ApiDoc::openapi())
-}
-
-struct BearerAuth;
-
-impl Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
-        );
-    }
-}
-
-#[derive(OpenApi)]
-#[openapi(
-    info(title = "sensorhub", description = "Read API and HTTP ingest of sensorhub. The bearer token is required only when SENSORHUB_API_TOKEN is set."),
-    paths(list_sensors, get_sensor, sensor_readings, sensor_aggregates, ingest),
-    components(schemas(Sensor, SensorList, ReadingPoint, ReadingList, Window, WindowList, Accepted, RejectedReading, ErrorBody)),
-    modifiers(&BearerAuth)
-)]
-pub struct ApiDoc;

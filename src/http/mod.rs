@@ -1,5 +1,5 @@
-//! HTTP: health for orchestrators, metrics for Prometheus, the read API and HTTP ingest
-//! ([`api`]), and a status page at `/`.
+//! HTTP: health for orchestrators, metrics for Prometheus, the read API ([`api`]), HTTP ingest
+//! ([`ingest`]), the OpenAPI document ([`openapi`]) and a status page at `/`.
 //!
 //! | path | answer |
 //! | --- | --- |
@@ -9,10 +9,15 @@
 //! | `GET /metrics` | Prometheus text exposition |
 
 pub mod api;
+pub mod auth;
+pub mod error;
+pub mod ingest;
+pub mod openapi;
 
+use crate::config::Secret;
+use crate::domain::{Limits, Resolution};
 use crate::telemetry::Metrics;
 use actix_web::{HttpResponse, web};
-use api::ApiSettings;
 use deadpool_postgres::Pool;
 use redis::aio::ConnectionManager;
 use serde::Serialize;
@@ -23,6 +28,16 @@ use std::time::Duration;
 
 /// How long one readiness check may take before it counts as failed.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What the API needs from the configuration.
+#[derive(Clone, Debug)]
+pub struct ApiSettings {
+    pub token: Option<Secret>,
+    pub active_within: Duration,
+    pub resolutions: Vec<Resolution>,
+    pub stream: String,
+    pub limits: Limits,
+}
 
 /// What the handlers need.
 #[derive(Clone)]
@@ -37,6 +52,8 @@ pub struct HttpState {
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.configure(api::routes)
+        .configure(ingest::routes)
+        .configure(openapi::routes)
         .route("/", web::get().to(status_page))
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))

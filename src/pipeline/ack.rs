@@ -2,12 +2,12 @@
 //! tickets; once a second it merges the ledger into its watermark, trims the stream up to it
 //! (keeping the configured tail) and refreshes the consumer-group metrics.
 
-use crate::ledger;
-use crate::pipeline::Carried;
+use crate::pipeline::flow::Carried;
 use crate::pipeline::messages::Committed;
-use crate::pipeline::{Backoff, count_restart, guarded};
-use crate::streams;
-use crate::streams::EntryId;
+use crate::pipeline::stage::{count_restart, guarded};
+use crate::redis::entry::EntryId;
+use crate::redis::{group, ledger};
+use crate::retry::Backoff;
 use crate::telemetry::Metrics;
 use actix::prelude::*;
 use redis::aio::ConnectionManager;
@@ -124,22 +124,16 @@ impl Handler<Committed> for Acker {
     }
 }
 
-/// Records a committed batch in the ledger and merges it. A re-read batch is also `XACK`ed: its
-/// entries may sit in the group's pending-entries list, left there by a version of sensorhub that
-/// acknowledged entry by entry (acknowledging an entry that is not pending does nothing).
+/// Records a committed batch in the ledger and merges it. A re-read batch is also `XACK`ed
+/// ([`group::acknowledge`]).
 async fn record(
     conn: &mut ConnectionManager,
     settings: &AckSettings,
     carried: &Carried,
     entries: &[EntryId],
 ) -> redis::RedisResult<()> {
-    if carried.re_read && !entries.is_empty() {
-        redis::cmd("XACK")
-            .arg(&settings.stream)
-            .arg(&settings.group)
-            .arg(entries)
-            .query_async::<redis::Value>(conn)
-            .await?;
+    if carried.re_read {
+        group::acknowledge(conn, &settings.stream, &settings.group, entries).await?;
     }
     ledger::record(conn, &settings.stream, &settings.group, &carried.ranges).await?;
     // Merged at once, so the watermark follows the commits (in order, a batch's ranges continue
@@ -156,11 +150,11 @@ async fn maintain(
     metrics: &Metrics,
 ) -> redis::RedisResult<()> {
     ledger::compact(conn, &settings.stream, &settings.group).await?;
-    let groups = streams::groups(conn, &settings.stream).await?;
+    let groups = group::groups(conn, &settings.stream).await?;
     if let Some(ours) = groups.iter().find(|g| g.name == settings.group)
         && let Some(lag) = ours.lag
     {
         metrics.group_lag.set(lag as i64);
     }
-    streams::trim_acknowledged(conn, &settings.stream, &groups, settings.tail).await
+    group::trim_acknowledged(conn, &settings.stream, &groups, settings.tail).await
 }

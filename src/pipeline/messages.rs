@@ -2,9 +2,9 @@
 //! in-flight permit that is returned when the batch is acknowledged (or lost).
 
 use crate::domain::Reading;
-use crate::pipeline::Ticket;
-use crate::pipeline::write::Shard;
-use crate::streams::{EntryId, StreamEntry};
+use crate::pipeline::flow::Ticket;
+use crate::pipeline::shard::Shard;
+use crate::redis::entry::{EntryId, StreamEntry};
 use actix::Message;
 
 /// read → validate: stream entries as read.

@@ -7,12 +7,14 @@
 //! delivered to an instance that died) and re-reads that. It admits at most `max_in_flight`
 //! batches, so it stops reading while the pipeline is full.
 
-use crate::ledger::{self, EntryRange, Upto};
+use crate::pipeline::flow::{Carried, Flow};
 use crate::pipeline::messages::RawBatch;
-use crate::pipeline::validate::Validator;
-use crate::pipeline::{Backoff, Carried, Flow, count_restart, guarded, stop_requested};
-use crate::stream_reader::StreamReader;
-use crate::streams::{self, EntryId, StreamEntry};
+use crate::pipeline::stage::{count_restart, guarded, stop_requested};
+use crate::redis::entry::{EntryId, StreamEntry};
+use crate::redis::group;
+use crate::redis::ledger::{self, EntryRange, Upto};
+use crate::redis::reader::StreamReader;
+use crate::retry::Backoff;
 use crate::telemetry::Metrics;
 use actix::prelude::*;
 use redis::aio::ConnectionManager;
@@ -58,6 +60,15 @@ struct Cursor {
     last_check: Instant,
 }
 
+/// What one pass of the read loop read.
+struct Batch {
+    entries: Vec<StreamEntry>,
+    /// One range per read command.
+    ranges: Vec<EntryRange>,
+    /// Re-read with `XRANGE` (delivered before, not known committed), not delivered now.
+    re_read: bool,
+}
+
 /// A gap in the ledger seen by the idle check: its first entry, and since when.
 #[derive(Clone, Copy, Debug)]
 struct Gap {
@@ -70,7 +81,7 @@ pub struct Reader {
     /// For the ledger, re-reads and group re-creation. Entries are read on the read loop's own
     /// [`StreamReader`]: a blocking `XREADGROUP` holds the connection it runs on.
     conn: ConnectionManager,
-    validator: Addr<Validator>,
+    validator: Recipient<RawBatch>,
     flow: Arc<Flow>,
     metrics: Arc<Metrics>,
     /// Becomes true when the application stops: the reader stops admitting batches.
@@ -83,7 +94,7 @@ impl Reader {
     pub fn new(
         settings: ReadSettings,
         conn: ConnectionManager,
-        validator: Addr<Validator>,
+        validator: Recipient<RawBatch>,
         flow: Arc<Flow>,
         metrics: Arc<Metrics>,
         stop: watch::Receiver<bool>,
@@ -132,7 +143,7 @@ struct ReadLoop {
     settings: Arc<ReadSettings>,
     conn: ConnectionManager,
     entries: StreamReader,
-    validator: Addr<Validator>,
+    validator: Recipient<RawBatch>,
     flow: Arc<Flow>,
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
@@ -163,7 +174,11 @@ impl ReadLoop {
                 _ = self.stop.changed() => break,
             };
             let result = self.next_batch(&mut cursor, rewind).await;
-            let (entries, ranges, re_read) = match result {
+            let Batch {
+                entries,
+                ranges,
+                re_read,
+            } = match result {
                 Ok(read) => {
                     if redis_down {
                         self.metrics.reconnects.with_label_values(&["redis"]).inc();
@@ -186,7 +201,7 @@ impl ReadLoop {
                     if error.code() == Some("NOGROUP") {
                         // The stream or group is gone (deleted, or Redis restarted without
                         // persistence): recreate the group once the stream exists again.
-                        let _ = streams::ensure_group(
+                        let _ = group::ensure_group(
                             &mut self.conn,
                             &self.settings.stream,
                             &self.settings.group,
@@ -233,12 +248,8 @@ impl ReadLoop {
 
     /// Reads the next batch: after a rewind, or when the periodic ledger check is due, it first
     /// checks the ledger for entries to re-read ([`ReadLoop::check_ledger`]); then it re-reads,
-    /// or reads new entries (the flag: re-read). Moves the cursor past what it read.
-    async fn next_batch(
-        &mut self,
-        cursor: &mut Cursor,
-        rewind: bool,
-    ) -> redis::RedisResult<(Vec<StreamEntry>, Vec<EntryRange>, bool)> {
+    /// or reads new entries. Moves the cursor past what it read.
+    async fn next_batch(&mut self, cursor: &mut Cursor, rewind: bool) -> redis::RedisResult<Batch> {
         let check_every = (self.settings.claim_idle / 2).max(Duration::from_millis(100));
         let check_due =
             matches!(cursor.position, Position::New) && cursor.last_check.elapsed() >= check_every;
@@ -250,7 +261,11 @@ impl ReadLoop {
         }
         let Position::ReRead { after, upto } = cursor.position else {
             let (entries, ranges) = self.read().await?;
-            return Ok((entries, ranges, false));
+            return Ok(Batch {
+                entries,
+                ranges,
+                re_read: false,
+            });
         };
         let (entries, ranges) = self.re_read(after, upto).await?;
         cursor.position = match entries.last() {
@@ -260,7 +275,11 @@ impl ReadLoop {
             },
             None => Position::New,
         };
-        Ok((entries, ranges, true))
+        Ok(Batch {
+            entries,
+            ranges,
+            re_read: true,
+        })
     }
 
     /// Merges the ledger and looks for delivered entries it does not show committed. After a
@@ -275,11 +294,11 @@ impl ReadLoop {
     ) -> redis::RedisResult<Option<Position>> {
         let s = Arc::clone(&self.settings);
         let progress = ledger::compact(&mut self.conn, &s.stream, &s.group).await?;
-        let groups = streams::groups(&mut self.conn, &s.stream).await?;
+        let groups = group::groups(&mut self.conn, &s.stream).await?;
         let Some(ours) = groups.iter().find(|g| g.name == s.group) else {
             // The group is gone (Redis restarted without persistence): recreated, it delivers
             // the stream from its start, so there is nothing to re-read.
-            streams::ensure_group(&mut self.conn, &s.stream, &s.group, false).await?;
+            group::ensure_group(&mut self.conn, &s.stream, &s.group, false).await?;
             *seen = None;
             return Ok(None);
         };

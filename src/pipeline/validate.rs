@@ -4,30 +4,23 @@
 
 use crate::domain::reading::SensorIds;
 use crate::domain::{Limits, ParseContext, Reading, reading};
+use crate::pipeline::faults::Faults;
 use crate::pipeline::messages::{RawBatch, Readings};
-use crate::pipeline::window::Window;
-use crate::pipeline::{Backoff, Faults, count_restart, guarded, off_thread};
-use crate::streams::{self, DeadLetter, EntryId, StreamEntry};
+use crate::pipeline::stage::{count_restart, guarded, off_thread};
+use crate::redis::dead_letter::{DeadLetter, DeadLetters};
+use crate::redis::entry::{EntryId, StreamEntry};
 use crate::telemetry::Metrics;
 use actix::prelude::*;
 use chrono::Utc;
 use redis::aio::ConnectionManager;
-use std::collections::BTreeMap;
 use std::sync::Arc;
-
-/// Dead-letter settings.
-#[derive(Clone, Debug)]
-pub struct DeadLetterSettings {
-    pub key: String,
-    pub maxlen: usize,
-}
 
 pub struct Validator {
     limits: Arc<Limits>,
-    dead: Arc<DeadLetterSettings>,
+    dead: Arc<DeadLetters>,
     /// Shared multiplexed connection for dead-letter writes.
     conn: ConnectionManager,
-    window: Addr<Window>,
+    window: Recipient<Readings>,
     metrics: Arc<Metrics>,
     faults: Arc<Faults>,
 }
@@ -35,9 +28,9 @@ pub struct Validator {
 impl Validator {
     pub fn new(
         limits: Limits,
-        dead: DeadLetterSettings,
+        dead: DeadLetters,
         conn: ConnectionManager,
-        window: Addr<Window>,
+        window: Recipient<Readings>,
         metrics: Arc<Metrics>,
         faults: Arc<Faults>,
     ) -> Self {
@@ -87,7 +80,7 @@ impl Handler<RawBatch> for Validator {
             ticket.record_shape(entries.len(), readings.len() + letters.len());
             faults.check("validate", readings.iter());
             if !letters.is_empty() {
-                keep_dead_letters(&mut conn, &dead, &letters, &metrics, "validate").await;
+                dead.keep(&mut conn, &letters, &metrics, "validate").await;
             }
             let message = Readings {
                 readings,
@@ -135,39 +128,4 @@ pub fn parse_batch(
         }
     }
     (readings, origins, letters)
-}
-
-/// Writes dead letters, retrying until Redis takes them: the batch is not acknowledged before its
-/// rejections are kept. `actor` labels the Redis errors.
-pub async fn keep_dead_letters(
-    conn: &mut ConnectionManager,
-    dead: &DeadLetterSettings,
-    letters: &[DeadLetter],
-    metrics: &Metrics,
-    actor: &str,
-) {
-    let mut backoff = Backoff::new();
-    let mut failing = false;
-    while let Err(error) = streams::append_dead_letters(conn, &dead.key, dead.maxlen, letters).await
-    {
-        metrics.redis_errors.with_label_values(&[actor]).inc();
-        if !failing {
-            tracing::warn!(%error, key = %dead.key, "dead-letter write failed, retrying");
-            failing = true;
-        }
-        backoff.wait().await;
-    }
-    let mut by_reason: BTreeMap<&str, u64> = BTreeMap::new();
-    for letter in letters {
-        *by_reason
-            .entry(letter.rejection.reason.as_str())
-            .or_default() += 1;
-    }
-    for (reason, count) in by_reason {
-        metrics
-            .readings_rejected
-            .with_label_values(&[reason])
-            .inc_by(count);
-    }
-    tracing::debug!(rejected = letters.len(), key = %dead.key, "rejections kept in the dead-letter stream");
 }

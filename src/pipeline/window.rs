@@ -4,28 +4,29 @@
 //! PostgreSQL, and this work overlaps the previous batch's transactions.
 
 use crate::domain::{Reading, Resolution, Windows};
+use crate::pipeline::faults::Faults;
 use crate::pipeline::messages::{Readings, WriteBatch};
-use crate::pipeline::write::{Shard, Writer, split};
-use crate::pipeline::{Faults, count_restart, guarded, off_thread};
-use crate::streams::EntryId;
+use crate::pipeline::shard::{Shard, split};
+use crate::pipeline::stage::{count_restart, guarded, off_thread};
+use crate::redis::entry::EntryId;
 use crate::telemetry::Metrics;
 use actix::prelude::*;
 use std::sync::Arc;
 
-pub struct Window {
+pub struct Aggregator {
     resolutions: Arc<[Resolution]>,
     /// Write connections: shards per batch.
     shards: usize,
-    writer: Addr<Writer>,
+    writer: Recipient<WriteBatch>,
     metrics: Arc<Metrics>,
     faults: Arc<Faults>,
 }
 
-impl Window {
+impl Aggregator {
     pub fn new(
         resolutions: &[Resolution],
         shards: usize,
-        writer: Addr<Writer>,
+        writer: Recipient<WriteBatch>,
         metrics: Arc<Metrics>,
         faults: Arc<Faults>,
     ) -> Self {
@@ -39,7 +40,7 @@ impl Window {
     }
 }
 
-impl Actor for Window {
+impl Actor for Aggregator {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
@@ -47,13 +48,13 @@ impl Actor for Window {
     }
 }
 
-impl Supervised for Window {
+impl Supervised for Aggregator {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
         count_restart(&self.metrics, "window");
     }
 }
 
-impl Handler<Readings> for Window {
+impl Handler<Readings> for Aggregator {
     type Result = ();
 
     fn handle(&mut self, batch: Readings, ctx: &mut Self::Context) {
@@ -171,6 +172,63 @@ mod tests {
             prop_assert_eq!(stored, first);
             partials.sort_by(|a, b| a.0.cmp(&b.0));
             prop_assert_eq!(partials, expected_partials);
+        }
+    }
+
+    #[test]
+    fn shards_keep_each_sensor_whole_and_rows_in_key_order() {
+        let ts = chrono::Utc::now();
+        // Sensors interleaved and each sensor's timestamps out of order, as they may arrive.
+        let readings: Vec<Reading> = (0..100)
+            .map(|i| Reading {
+                sensor_id: format!("s{}", i % 13).into(),
+                ts: ts + chrono::TimeDelta::seconds((i * 37) % 100),
+                value: i as f64,
+                unit: None,
+            })
+            .collect();
+        let origins: Vec<EntryId> = (0..readings.len() as u64)
+            .map(|seq| EntryId { ms: 1, seq })
+            .collect();
+        let resolutions: Vec<Resolution> = vec!["1m".parse().unwrap()];
+        let (shards, duplicates) = prepare(readings, origins, &resolutions, 3);
+        assert_eq!(duplicates, 0);
+        assert_eq!(shards.iter().map(|s| s.readings.len()).sum::<usize>(), 100);
+        for (i, shard) in shards.iter().enumerate() {
+            let sensors: std::collections::HashSet<&str> =
+                shard.readings.iter().map(|r| &*r.sensor_id).collect();
+            for other in shards.iter().skip(i + 1) {
+                assert!(
+                    other
+                        .readings
+                        .iter()
+                        .all(|r| !sensors.contains(&*r.sensor_id)),
+                    "a sensor is split over shards"
+                );
+            }
+            assert!(
+                shard
+                    .partials
+                    .iter()
+                    .all(|(k, _)| sensors.contains(k.sensor_id.as_str()))
+            );
+            assert!(
+                shard.partials.windows(2).all(|w| w[0].0 < w[1].0),
+                "partials stay in key order"
+            );
+            assert!(
+                shard
+                    .readings
+                    .windows(2)
+                    .all(|w| (&w[0].sensor_id, w[0].ts) < (&w[1].sensor_id, w[1].ts)),
+                "readings in key order"
+            );
+            for (reading, origin) in shard.readings.iter().zip(&shard.origins) {
+                assert_eq!(
+                    origin.seq, reading.value as u64,
+                    "origin moved with its reading"
+                );
+            }
         }
     }
 }

@@ -16,13 +16,15 @@
 //! row cannot block the stream forever.
 
 use crate::domain::{AggKey, Aggregate, Reading, Reason, Rejection, Resolution, Windows};
-use crate::pipeline::Ticket;
-use crate::pipeline::ack::Acker;
+use crate::pipeline::faults::Faults;
+use crate::pipeline::flow::Ticket;
 use crate::pipeline::messages::{Committed, WriteBatch};
-use crate::pipeline::validate::{DeadLetterSettings, keep_dead_letters};
-use crate::pipeline::{Backoff, Faults, count_restart, guarded};
+use crate::pipeline::shard::Shard;
+use crate::pipeline::stage::{count_restart, guarded};
+use crate::redis::dead_letter::{DeadLetter, DeadLetters};
+use crate::redis::entry::EntryId;
+use crate::retry::Backoff;
 use crate::store::{self, BatchOutcome, StoreError};
-use crate::streams::{DeadLetter, EntryId};
 use crate::telemetry::Metrics;
 use actix::prelude::*;
 use deadpool_postgres::Pool;
@@ -44,82 +46,12 @@ struct WriteContext {
     pool: Pool,
     resolutions: Arc<[Resolution]>,
     metrics: Arc<Metrics>,
-    dead: Arc<DeadLetterSettings>,
+    dead: Arc<DeadLetters>,
     /// For dead letters of poison data.
     conn: ConnectionManager,
     /// True while writes fail: shared by every transaction in progress, so that an outage logs
     /// once when it starts and once when it ends, however many batches and shards retry.
     failing: Arc<AtomicBool>,
-}
-
-/// The part of a batch one connection writes.
-pub struct Shard {
-    /// The write lane (connection) of this shard's sensors: the same for a sensor in every batch.
-    pub lane: usize,
-    pub readings: Vec<Reading>,
-    pub origins: Vec<EntryId>,
-    pub partials: Vec<(AggKey, Aggregate)>,
-}
-
-/// A sensor's lane among `shards` (FNV-1a of its id): stable, so one sensor's rows always go to
-/// one lane.
-pub fn lane_of(sensor_id: &str, shards: usize) -> usize {
-    let hash = sensor_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
-    (hash % shards as u64) as usize
-}
-
-/// Splits a batch's readings and partials by sensor into `shards`: the readings at the positions
-/// `order` (key order `(sensor_id, ts)`, from [`Windows::key_order`]), so every shard's readings
-/// are in key order, and `partials`, already in key order. Empty shards are left out; each shard
-/// keeps its lane.
-///
-/// The order is for PostgreSQL: rows inserted in primary-key order land one after another on the
-/// same B-tree leaf page, where in arrival order (sensors interleaved) each insert descends to
-/// another leaf. Measured with 20,000 rows into a table of 1,000,000 (1,000 sensors, pgbench):
-/// the insert took 175–195 ms in arrival order and 80–105 ms in key order.
-pub fn split(
-    readings: Vec<Reading>,
-    origins: Vec<EntryId>,
-    order: &[u32],
-    partials: Vec<(AggKey, Aggregate)>,
-    shards: usize,
-) -> Vec<Shard> {
-    let mut slots: Vec<Option<(Reading, EntryId)>> =
-        readings.into_iter().zip(origins).map(Some).collect();
-    let mut out: Vec<Shard> = (0..shards)
-        .map(|lane| Shard {
-            lane,
-            readings: Vec::with_capacity(order.len() / shards + 1),
-            origins: Vec::with_capacity(order.len() / shards + 1),
-            partials: Vec::new(),
-        })
-        .collect();
-    let mut current = 0;
-    for &position in order {
-        let Some((reading, origin)) = slots.get_mut(position as usize).and_then(Option::take)
-        else {
-            continue; // not a position of `readings`, or taken twice: `order` is ours, never so
-        };
-        // A sensor's readings are consecutive: its lane is hashed once per sensor.
-        let same_sensor = out[current]
-            .readings
-            .last()
-            .is_some_and(|last| last.same_sensor(&reading));
-        if !same_sensor {
-            current = lane_of(&reading.sensor_id, shards);
-        }
-        out[current].readings.push(reading);
-        out[current].origins.push(origin);
-    }
-    for partial in partials {
-        out[lane_of(&partial.0.sensor_id, shards)]
-            .partials
-            .push(partial);
-    }
-    out.retain(|shard| !shard.readings.is_empty());
-    out
 }
 
 /// One shard handed to its lane, and where its outcome goes.
@@ -146,7 +78,7 @@ struct Lanes {
 pub struct Writer {
     context: WriteContext,
     lanes: usize,
-    acker: Addr<Acker>,
+    acker: Recipient<Committed>,
     faults: Arc<Faults>,
     running: Option<Lanes>,
 }
@@ -156,9 +88,9 @@ impl Writer {
     pub fn new(
         pool: Pool,
         resolutions: &[Resolution],
-        dead: DeadLetterSettings,
+        dead: DeadLetters,
         conn: ConnectionManager,
-        acker: Addr<Acker>,
+        acker: Recipient<Committed>,
         metrics: Arc<Metrics>,
         faults: Arc<Faults>,
     ) -> Self {
@@ -285,7 +217,7 @@ async fn lane(context: WriteContext, faults: Arc<Faults>, mut jobs: mpsc::Receiv
 /// the batch and reports it for acknowledgement.
 async fn complete(
     metrics: Arc<Metrics>,
-    acker: Addr<Acker>,
+    acker: Recipient<Committed>,
     mut batches: mpsc::UnboundedReceiver<Dispatched>,
 ) {
     while let Some(batch) = batches.recv().await {
@@ -437,14 +369,10 @@ async fn isolate_poison(context: &WriteContext, batch: &Shard) -> BatchOutcome {
             tracing::error!(entry = %letter.entry, detail = %letter.rejection.detail, "reading refused by PostgreSQL, moved to the dead-letter stream");
         }
         let mut conn = context.conn.clone();
-        keep_dead_letters(
-            &mut conn,
-            &context.dead,
-            &letters,
-            &context.metrics,
-            "write",
-        )
-        .await;
+        context
+            .dead
+            .keep(&mut conn, &letters, &context.metrics, "write")
+            .await;
     }
     total
 }
@@ -470,68 +398,5 @@ fn poison_letter(reading: &Reading, entry: EntryId, error: &str) -> DeadLetter {
             bytes::Bytes::from_static(b"data"),
             original.to_string().into(),
         )],
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shards_keep_each_sensor_whole_and_rows_in_key_order() {
-        let ts = chrono::Utc::now();
-        // Sensors interleaved and each sensor's timestamps out of order, as they may arrive.
-        let readings: Vec<Reading> = (0..100)
-            .map(|i| Reading {
-                sensor_id: format!("s{}", i % 13).into(),
-                ts: ts + chrono::TimeDelta::seconds((i * 37) % 100),
-                value: i as f64,
-                unit: None,
-            })
-            .collect();
-        let origins: Vec<EntryId> = (0..readings.len() as u64)
-            .map(|seq| EntryId { ms: 1, seq })
-            .collect();
-        let resolutions: Vec<Resolution> = vec!["1m".parse().unwrap()];
-        let (shards, duplicates) =
-            crate::pipeline::window::prepare(readings, origins, &resolutions, 3);
-        assert_eq!(duplicates, 0);
-        assert_eq!(shards.iter().map(|s| s.readings.len()).sum::<usize>(), 100);
-        for (i, shard) in shards.iter().enumerate() {
-            let sensors: std::collections::HashSet<&str> =
-                shard.readings.iter().map(|r| &*r.sensor_id).collect();
-            for other in shards.iter().skip(i + 1) {
-                assert!(
-                    other
-                        .readings
-                        .iter()
-                        .all(|r| !sensors.contains(&*r.sensor_id)),
-                    "a sensor is split over shards"
-                );
-            }
-            assert!(
-                shard
-                    .partials
-                    .iter()
-                    .all(|(k, _)| sensors.contains(k.sensor_id.as_str()))
-            );
-            assert!(
-                shard.partials.windows(2).all(|w| w[0].0 < w[1].0),
-                "partials stay in key order"
-            );
-            assert!(
-                shard
-                    .readings
-                    .windows(2)
-                    .all(|w| (&w[0].sensor_id, w[0].ts) < (&w[1].sensor_id, w[1].ts)),
-                "readings in key order"
-            );
-            for (reading, origin) in shard.readings.iter().zip(&shard.origins) {
-                assert_eq!(
-                    origin.seq, reading.value as u64,
-                    "origin moved with its reading"
-                );
-            }
-        }
     }
 }

@@ -3,7 +3,7 @@
 //! fails: `Drop`).
 
 use redis::aio::MultiplexedConnection;
-use sensorhub::pipeline::Faults;
+use sensorhub::pipeline::faults::Faults;
 use sensorhub::telemetry::Metrics;
 use sensorhub::{Application, Config};
 use std::future::Future;
@@ -70,8 +70,8 @@ impl Drop for Resources {
             self.stream.clone(),
             format!("{}:dead", self.stream),
             format!("{}:bridge-lease", self.stream),
-            sensorhub::ledger::ranges_key(&self.stream, "sensorhub"),
-            sensorhub::ledger::through_key(&self.stream, "sensorhub"),
+            sensorhub::redis::ledger::ranges_key(&self.stream, "sensorhub"),
+            sensorhub::redis::ledger::through_key(&self.stream, "sensorhub"),
         ];
         std::thread::spawn(move || {
             // A stage of a just-stopped application may still land a last command (re-creating
@@ -294,7 +294,7 @@ impl TestApp {
 
 /// Waits until every entry up to `last_id` is delivered to the group and its commit recorded.
 pub async fn wait_drained(redis: &MultiplexedConnection, stream: &str, group: &str, last_id: &str) {
-    let last: sensorhub::streams::EntryId = last_id.parse().unwrap();
+    let last: sensorhub::redis::entry::EntryId = last_id.parse().unwrap();
     wait_for(
         "the stream to be processed",
         Duration::from_secs(90),
@@ -387,9 +387,9 @@ pub async fn group_state(
     redis: &mut MultiplexedConnection,
     stream: &str,
     group: &str,
-) -> (u64, sensorhub::streams::EntryId) {
+) -> (u64, sensorhub::redis::entry::EntryId) {
     let last_delivered = last_delivered(redis, stream, group).await;
-    let through = sensorhub::ledger::through(redis, stream, group)
+    let through = sensorhub::redis::ledger::through(redis, stream, group)
         .await
         .expect("the ledger's watermark");
     if last_delivered <= through {
@@ -412,7 +412,7 @@ async fn last_delivered(
     redis: &mut MultiplexedConnection,
     stream: &str,
     group: &str,
-) -> sensorhub::streams::EntryId {
+) -> sensorhub::redis::entry::EntryId {
     let reply: redis::Value = redis::cmd("XINFO")
         .arg("GROUPS")
         .arg(stream)
@@ -568,7 +568,7 @@ pub async fn xadd_numbered(
     conn: &mut redis::aio::ConnectionManager,
     stream: &str,
     n: usize,
-) -> Vec<sensorhub::streams::EntryId> {
+) -> Vec<sensorhub::redis::entry::EntryId> {
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
         let id: String = redis::cmd("XADD")

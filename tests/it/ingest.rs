@@ -255,7 +255,7 @@ async fn gateway_arrays_are_batched_by_their_readings() {
     // Until a batch has been validated the reader cannot know the shape and reads probes of
     // `PROBE_ENTRIES` entries (5,000 readings here), at most `max_in_flight` of them; every
     // later batch holds 10 entries, 500 readings.
-    let probes = in_flight * sensorhub::pipeline::PROBE_ENTRIES as u64 * 50;
+    let probes = in_flight * sensorhub::pipeline::flow::PROBE_ENTRIES as u64 * 50;
     let batches = t.metrics().batch_write_duration.get_sample_count();
     assert!(
         batches >= in_flight + (20_000 - probes.min(20_000)) / 500,
@@ -297,7 +297,7 @@ async fn large_messages_are_read_a_few_at_a_time() {
     // alone the 80 entries would be one batch.
     let batches = t.metrics().batch_write_duration.get_sample_count() as usize;
     assert!(
-        batches >= total_bytes / sensorhub::pipeline::READ_BYTES,
+        batches >= total_bytes / sensorhub::pipeline::flow::READ_BYTES,
         "{total_bytes} bytes of entries went in {batches} batches"
     );
     t.stop().await;
@@ -308,7 +308,7 @@ async fn large_messages_are_read_a_few_at_a_time() {
 /// on writing its part of the next batches. Once the lock is gone, every reading is stored once.
 #[actix_web::test]
 async fn a_blocked_write_lane_holds_back_acks_not_the_other_lane() {
-    use sensorhub::pipeline::write::lane_of;
+    use sensorhub::pipeline::shard::lane_of;
     let sensor_in = |lane: usize| {
         (0..)
             .map(|i| format!("lane{lane}-{i}"))
@@ -459,7 +459,7 @@ async fn reads_with_a_user_a_password_and_a_database_number() {
             )
         })
         .collect();
-    sensorhub::streams::append_payloads(&mut db3, t.stream(), payloads)
+    sensorhub::redis::entry::append_payloads(&mut db3, t.stream(), payloads)
         .await
         .unwrap();
     let pg = &t.pg;

@@ -3,8 +3,8 @@
 //! re-read would fetch.
 
 use crate::helpers::*;
-use sensorhub::ledger::{self, EntryRange, Progress, Upto};
-use sensorhub::streams::EntryId;
+use sensorhub::redis::entry::EntryId;
+use sensorhub::redis::ledger::{self, EntryRange, Progress, Upto};
 
 const GROUP: &str = "sensorhub";
 
@@ -118,10 +118,10 @@ async fn trimming_keeps_what_any_group_has_not_committed() {
     let trim_and_count = || {
         let (mut conn, stream) = (shared.clone(), stream.clone());
         async move {
-            let groups = sensorhub::streams::groups(&mut conn, &stream)
+            let groups = sensorhub::redis::group::groups(&mut conn, &stream)
                 .await
                 .unwrap();
-            sensorhub::streams::trim_acknowledged(&mut conn, &stream, &groups, 0)
+            sensorhub::redis::group::trim_acknowledged(&mut conn, &stream, &groups, 0)
                 .await
                 .unwrap();
             let len: i64 = redis::cmd("XLEN")
@@ -134,7 +134,7 @@ async fn trimming_keeps_what_any_group_has_not_committed() {
     };
     // sensorhub's group: everything delivered and committed.
     for group in [GROUP, "other", "plain"] {
-        sensorhub::streams::ensure_group(&mut conn, &stream, group, false)
+        sensorhub::redis::group::ensure_group(&mut conn, &stream, group, false)
             .await
             .unwrap();
     }

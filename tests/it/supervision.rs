@@ -1,7 +1,7 @@
 //! A stage that panics mid-stream is restarted by its supervisor, and no reading is lost or doubled.
 
 use crate::helpers::*;
-use sensorhub::pipeline::Faults;
+use sensorhub::pipeline::faults::Faults;
 use std::time::Duration;
 
 /// `stage` panics on the first two batches holding the sensor `poison`; `actor` is the stage whose
@@ -165,7 +165,7 @@ async fn entries_delivered_before_a_crash_are_re_read_on_start() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    sensorhub::streams::ensure_group(&mut conn, &stream, "sensorhub", true)
+    sensorhub::redis::group::ensure_group(&mut conn, &stream, "sensorhub", true)
         .await
         .unwrap();
     // The previous life of this consumer read it, then died.

@@ -1,189 +1,21 @@
-//! The reader's own connection for `XREADGROUP`, with a reply parser made for that one reply.
+//! RESP2, as the `XREADGROUP` reply arrives: parsed straight into [`StreamEntry`]s.
 //!
 //! The `redis` crate parses every reply into a generic [`redis::Value`] tree with a combinator
-//! parser: about 1 µs per stream entry (five values) for a 20,000-entry reply, a quarter of
-//! sensorhub's CPU at full speed. Here the reply is parsed as it arrives, straight into
-//! [`StreamEntry`]s ([`ReplyParser`]): after each network read the whole entries at the front of the
-//! buffer are cut off and parsed, so every byte is read once, while it is still in cache, and the
-//! work is spread over the reads instead of one pass of milliseconds at the end. Commands are still
-//! encoded by the `redis` crate, and error replies are turned into its [`redis::RedisError`] by its
-//! own parser, so callers see the same errors (`NOGROUP`, ...). The connection speaks RESP2; it is
-//! dropped on any error and opened again (with `AUTH` and `SELECT` as the URL says) by the next
-//! read.
+//! parser, several values per stream entry, and on the reply as large as a batch that was a large
+//! share of sensorhub's CPU. Here the reply is parsed as it arrives ([`ReplyParser`]): after each
+//! network read the whole entries at the front of the buffer are cut off and parsed, so every byte
+//! is read once, while it is still in cache, and the work is spread over the reads instead of one
+//! pass at the end. Error replies are turned into the `redis` crate's [`RedisError`] by its own
+//! parser, so callers see the same errors (`NOGROUP`, ...). The connection that feeds it is
+//! [`super::reader`].
 
-use crate::streams::{EntryId, Fields, StreamEntry};
+use crate::redis::entry::{EntryId, Fields, StreamEntry};
 use bytes::{Bytes, BytesMut};
-use redis::{ConnectionAddr, ConnectionInfo, ErrorKind, RedisError, RedisResult};
-use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-
-/// Longest a connection attempt or a reply may take beyond the command's own `BLOCK` time.
-const GRACE: Duration = Duration::from_secs(5);
+use redis::{ErrorKind, RedisError, RedisResult};
 
 /// Entries reserved for at once on a reply's word: its count is not trusted with memory beyond
 /// this (the vector grows past it as entries actually arrive).
 const TRUSTED_COUNT: usize = 64 * 1024;
-
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
-pub struct StreamReader {
-    info: ConnectionInfo,
-    io: Option<Box<dyn Io>>,
-    buf: BytesMut,
-    /// Bytes of the last whole reply.
-    last_reply: usize,
-}
-
-impl StreamReader {
-    /// Connects lazily, on the first read.
-    pub fn new(info: ConnectionInfo) -> Self {
-        Self {
-            info,
-            io: None,
-            buf: BytesMut::with_capacity(64 * 1024),
-            last_reply: 0,
-        }
-    }
-
-    /// Bytes of the last whole reply `read_group` received.
-    pub fn last_reply_bytes(&self) -> usize {
-        self.last_reply
-    }
-
-    /// `XREADGROUP GROUP <group> <consumer> COUNT <count> [BLOCK <ms>] NOACK STREAMS <stream> >`:
-    /// new entries, left out of the pending-entries list ([`crate::ledger`] records them instead).
-    pub async fn read_group(
-        &mut self,
-        stream: &str,
-        group: &str,
-        consumer: &str,
-        count: usize,
-        block: Option<Duration>,
-    ) -> RedisResult<Vec<StreamEntry>> {
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(group)
-            .arg(consumer)
-            .arg("COUNT")
-            .arg(count);
-        if let Some(block) = block {
-            cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
-        }
-        cmd.arg("NOACK").arg("STREAMS").arg(stream).arg(">");
-        let limit = block.unwrap_or_default() + GRACE;
-        let mut parser = ReplyParser::default();
-        let outcome =
-            match tokio::time::timeout(limit, self.request(&cmd.get_packed_command(), &mut parser))
-                .await
-            {
-                Ok(Ok(entries)) => {
-                    self.last_reply = parser.consumed;
-                    Ok(entries)
-                }
-                Ok(Err(error)) => Err(error),
-                Err(_) => Err(io_error(format!("no reply within {limit:?}"))),
-            };
-        if outcome.is_err() {
-            // A server error leaves the connection usable, but starting afresh is simpler and rare.
-            self.io = None;
-            self.buf.clear();
-        }
-        outcome
-    }
-
-    /// Sends one packed command and parses its reply as it arrives.
-    async fn request(
-        &mut self,
-        packed: &[u8],
-        parser: &mut ReplyParser,
-    ) -> RedisResult<Vec<StreamEntry>> {
-        if self.io.is_none() {
-            let io = tokio::time::timeout(GRACE, connect(&self.info))
-                .await
-                .map_err(|_| io_error(format!("connecting took over {GRACE:?}")))??;
-            self.io = Some(io);
-            self.buf.clear();
-        }
-        let io = self.io.as_mut().expect("connected above");
-        io.write_all(packed).await?;
-        // Room for a reply as large as the last one, so that it arrives without regrowing.
-        self.buf.reserve(self.last_reply + 16 * 1024);
-        loop {
-            if let Some(entries) = parser.advance(&mut self.buf)? {
-                return Ok(entries);
-            }
-            // Growing by what arrived so far, at most what the last reply suggests is to come.
-            let room = self.last_reply.saturating_sub(parser.consumed);
-            read_more(io, &mut self.buf, room.max(parser.consumed)).await?;
-        }
-    }
-}
-
-/// Opens the connection and authenticates / selects the database as the URL says.
-async fn connect(info: &ConnectionInfo) -> RedisResult<Box<dyn Io>> {
-    let mut io: Box<dyn Io> = match info.addr() {
-        ConnectionAddr::Tcp(host, port) => {
-            let tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
-            tcp.set_nodelay(true)?;
-            Box::new(tcp)
-        }
-        #[cfg(unix)]
-        ConnectionAddr::Unix(path) => Box::new(tokio::net::UnixStream::connect(path).await?),
-        other => {
-            return Err(RedisError::from((
-                ErrorKind::InvalidClientConfig,
-                "unsupported Redis address for the stream reader",
-                format!("{other:?}"),
-            )));
-        }
-    };
-    let settings = info.redis_settings();
-    let mut handshake = Vec::new();
-    if let Some(password) = settings.password() {
-        let mut auth = redis::cmd("AUTH");
-        if let Some(username) = settings.username() {
-            auth.arg(username);
-        }
-        handshake.push(auth.arg(password).get_packed_command());
-    }
-    if settings.db() != 0 {
-        handshake.push(redis::cmd("SELECT").arg(settings.db()).get_packed_command());
-    }
-    let mut buf = BytesMut::new();
-    for packed in handshake {
-        io.write_all(&packed).await?;
-        let end = read_reply(&mut io, &mut buf).await?;
-        if buf.first() == Some(&b'-') {
-            return Err(server_error(&buf[..end]));
-        }
-        bytes::Buf::advance(&mut buf, end);
-    }
-    Ok(io)
-}
-
-/// One network read into `buf`, with at least 16 KiB of room made first (`room` when it has to
-/// grow).
-async fn read_more(io: &mut Box<dyn Io>, buf: &mut BytesMut, room: usize) -> RedisResult<()> {
-    if buf.capacity() - buf.len() < 16 * 1024 {
-        buf.reserve(room.max(64 * 1024));
-    }
-    if io.read_buf(buf).await? == 0 {
-        return Err(io_error("Redis closed the connection".into()));
-    }
-    Ok(())
-}
-
-/// Reads into `buf` until it holds one whole reply; returns the reply's length.
-async fn read_reply(io: &mut Box<dyn Io>, buf: &mut BytesMut) -> RedisResult<usize> {
-    let mut scan = Scan::default();
-    loop {
-        if let Some(end) = scan.advance(buf)? {
-            return Ok(end);
-        }
-        read_more(io, buf, buf.capacity()).await?;
-    }
-}
 
 /// An `XREADGROUP` reply, `[[stream, [[id, [field, value, ...] | nil], ...]], ...]` (nil on
 /// timeout, or an error), parsed as it arrives. Each [`advance`](Self::advance) cuts the whole
@@ -202,7 +34,7 @@ pub struct ReplyParser {
     /// after each.
     partial: Option<Scan>,
     /// Bytes of the reply parsed so far.
-    consumed: usize,
+    pub(super) consumed: usize,
 }
 
 /// What comes next in the reply.
@@ -301,7 +133,7 @@ impl ReplyParser {
                 self.streams_left -= 1;
             }
             At::Entry => {
-                if let Some((entry, next)) = common_entry(reply.buf, reply.pos, bytes) {
+                if let Some((entry, next)) = usual_entry(reply.buf, reply.pos, bytes) {
                     reply.pos = next;
                     self.entries.push(entry);
                 } else if let Some(entry) = entry(reply, bytes)? {
@@ -326,7 +158,7 @@ impl ReplyParser {
 /// they are, instead of header by header (five headers of about 90 instructions each). `None`
 /// for any other shape, or an entry not all arrived, which [`entry`] then reads.
 #[inline]
-fn common_entry(buf: &[u8], pos: usize, bytes: &Bytes) -> Option<(StreamEntry, usize)> {
+fn usual_entry(buf: &[u8], pos: usize, bytes: &Bytes) -> Option<(StreamEntry, usize)> {
     let rest = buf.get(pos..)?.strip_prefix(b"*2\r\n$")?;
     let (id_len, rest) = length_then_crlf(rest)?;
     let (id, rest) = rest.split_at_checked(id_len)?;
@@ -402,7 +234,7 @@ fn entry(reply: &mut Reply<'_>, bytes: &Bytes) -> Result<Option<StreamEntry>, Ha
 
 /// Where a RESP2 reply ends, found incrementally: `advance` resumes where the last call stopped.
 #[derive(Default)]
-struct Scan {
+pub(super) struct Scan {
     /// Start of the next element header.
     pos: usize,
     /// Elements still to come in each enclosing array, innermost last.
@@ -411,7 +243,7 @@ struct Scan {
 
 impl Scan {
     /// `Some(length)` once `buf` holds the whole reply.
-    fn advance(&mut self, buf: &[u8]) -> RedisResult<Option<usize>> {
+    pub(super) fn advance(&mut self, buf: &[u8]) -> RedisResult<Option<usize>> {
         loop {
             let (kind, n, next) = match length_line(buf, self.pos) {
                 Some(header) => header,
@@ -608,18 +440,18 @@ pub fn parse_read_reply(bytes: &Bytes) -> RedisResult<Vec<StreamEntry>> {
 }
 
 /// An error reply, as the `redis` crate would report it (so `code()` gives `NOGROUP`, ...).
-fn server_error(reply: &[u8]) -> RedisError {
+pub(super) fn server_error(reply: &[u8]) -> RedisError {
     match redis::parse_redis_value(reply).and_then(|value| value.extract_error()) {
         Err(error) => error,
         Ok(value) => protocol_error(format!("expected an error reply, got {value:?}")),
     }
 }
 
-fn protocol_error(detail: String) -> RedisError {
+pub(super) fn protocol_error(detail: String) -> RedisError {
     RedisError::from((ErrorKind::Parse, "unexpected XREADGROUP reply", detail))
 }
 
-fn io_error(detail: String) -> RedisError {
+pub(super) fn io_error(detail: String) -> RedisError {
     RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, detail))
 }
 
@@ -698,7 +530,8 @@ mod tests {
         ]);
         let ours = parse(&bytes).unwrap();
         let theirs =
-            crate::streams::read_group_reply(redis::parse_redis_value(&bytes).unwrap()).unwrap();
+            crate::redis::reply::read_group_reply(redis::parse_redis_value(&bytes).unwrap())
+                .unwrap();
         assert_eq!(ours.len(), 4);
         assert_same_entries(&ours, &theirs);
         for step in [1, 2, 5, 17, bytes.len()] {
@@ -818,7 +651,7 @@ mod tests {
                 }
             }
             proptest::prop_assert_eq!(scan_in_steps(&bytes, step), Some(bytes.len()));
-            let theirs = crate::streams::read_group_reply(redis::parse_redis_value(&bytes).unwrap()).unwrap();
+            let theirs = crate::redis::reply::read_group_reply(redis::parse_redis_value(&bytes).unwrap()).unwrap();
             assert_same_entries(&parse(&bytes).unwrap(), &theirs);
             let (in_steps, rest) = parse_in_steps(&bytes, step).unwrap().unwrap();
             assert_same_entries(&in_steps, &theirs);

@@ -1,4 +1,4 @@
-//! The common shape of a message, read in one pass: a reading object, or an array of them, whose
+//! The usual shape of a message, read in one pass: a reading object, or an array of them, whose
 //! values are all plain JSON scalars.
 //!
 //! serde_json, asked for the four fields as raw values, spent about 1,500 instructions on a
@@ -11,7 +11,7 @@
 
 use super::{FieldValue, Fields};
 
-/// The fields of a message that is one reading object of the common shape.
+/// The fields of a message that is one reading object of the usual shape.
 pub(super) fn object(text: &str) -> Option<Fields<'_>> {
     let mut cursor = Cursor { text, at: 0 };
     cursor.whitespace();
@@ -21,7 +21,7 @@ pub(super) fn object(text: &str) -> Option<Fields<'_>> {
 }
 
 /// The fields of each reading of a message that is a non-empty array of reading objects of the
-/// common shape.
+/// usual shape.
 pub(super) fn array(text: &str) -> Option<Vec<Fields<'_>>> {
     let mut cursor = Cursor { text, at: 0 };
     cursor.whitespace();

@@ -1,10 +1,9 @@
 //! The group's ledger of committed stream entries, kept in Redis beside the stream.
 //!
 //! sensorhub reads with `XREADGROUP ... NOACK`, so Redis keeps no pending-entries list: inserting
-//! every delivered entry into that list and acknowledging it again was most of Redis's CPU, more
-//! than half as much as PostgreSQL's own work (see the README's load run). What the list gave, a
-//! record of which delivered entries are stored, is kept here instead, per batch rather than per
-//! entry:
+//! every delivered entry into that list and acknowledging it again was most of Redis's CPU in the
+//! load run. What the list gave, a record of which delivered entries are stored, is kept here
+//! instead, per batch rather than per entry (the design in full: `docs/delivery.md`):
 //!
 //! - Each read (one `XREADGROUP`, or one `XRANGE` when re-reading) returns a contiguous run of the
 //!   stream, an [`EntryRange`]. Once every transaction holding a batch's readings has committed
@@ -23,7 +22,8 @@
 //! A re-read can only repeat work: the store skips readings it already holds, so nothing is stored
 //! twice. A range is recorded only after its commit, so nothing is marked stored that is not.
 
-use crate::streams::{self, EntryId, StreamEntry};
+use crate::redis::entry::{EntryId, StreamEntry};
+use crate::redis::reply::{parse_entries, parse_id, unexpected};
 use redis::aio::ConnectionManager;
 use redis::{RedisResult, Value};
 
@@ -173,12 +173,12 @@ pub async fn compact(
         .query_async(conn)
         .await?;
     let Value::Array(parts) = reply else {
-        return Err(streams::unexpected("ledger compaction", &reply));
+        return Err(unexpected("ledger compaction", &reply));
     };
     let id = |value: Option<&Value>| -> RedisResult<Option<EntryId>> {
         match value {
             None | Some(Value::Nil) | Some(Value::Boolean(false)) => Ok(None),
-            Some(value) => streams::parse_id(value).map(Some),
+            Some(value) => parse_id(value).map(Some),
         }
     };
     Ok(Progress {
@@ -254,7 +254,7 @@ pub async fn read_range(
         .arg(count.max(1))
         .query_async(conn)
         .await?;
-    streams::parse_entries(reply)
+    parse_entries(reply)
 }
 
 #[cfg(test)]

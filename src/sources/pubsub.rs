@@ -7,8 +7,11 @@
 //! when the holder dies, another takes over within about 4/3 of the lease time. Messages published
 //! while no instance holds the lease are not bridged.
 
-use crate::pipeline::{Backoff, count_restart, guarded, stop_requested};
-use crate::streams;
+use crate::pipeline::stage::{count_restart, guarded, stop_requested};
+use crate::redis::channel;
+use crate::redis::entry::append_payloads;
+use crate::redis::lease::Lease;
+use crate::retry::Backoff;
 use crate::telemetry::Metrics;
 use actix::prelude::*;
 use futures_util::{FutureExt as _, StreamExt as _};
@@ -20,23 +23,25 @@ use tokio::sync::watch;
 /// Most messages appended in one pipelined round trip.
 const MAX_APPEND: usize = 1000;
 
-/// Renews the lease only if this instance still holds it.
-const RENEW_LEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
-/// Releases the lease only if this instance holds it.
-const RELEASE_LEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
-
 #[derive(Clone, Debug)]
 pub struct BridgeSettings {
     pub channel: String,
     pub stream: String,
     /// This instance's name, the lease's value.
     pub consumer: String,
-    pub lease: Duration,
+    /// How long the lease lasts without a renewal.
+    pub lease_ttl: Duration,
 }
 
 impl BridgeSettings {
-    fn lease_key(&self) -> String {
-        format!("{}:bridge-lease", self.stream)
+    /// The lease that lets one instance bridge: `<stream>:bridge-lease`, held in this instance's
+    /// name.
+    fn lease(&self) -> Lease {
+        Lease {
+            key: format!("{}:bridge-lease", self.stream),
+            holder: self.consumer.clone(),
+            ttl: self.lease_ttl,
+        }
     }
 }
 
@@ -71,6 +76,7 @@ impl Actor for Bridge {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let lp = BridgeLoop {
+            lease: self.settings.lease(),
             settings: Arc::clone(&self.settings),
             client: self.client.clone(),
             conn: self.conn.clone(),
@@ -90,6 +96,7 @@ impl Supervised for Bridge {
 
 struct BridgeLoop {
     settings: Arc<BridgeSettings>,
+    lease: Lease,
     client: redis::Client,
     conn: ConnectionManager,
     metrics: Arc<Metrics>,
@@ -99,11 +106,11 @@ struct BridgeLoop {
 impl BridgeLoop {
     async fn run(mut self) {
         let mut backoff = Backoff::new();
-        let retry_every = self.settings.lease / 3;
+        let retry_every = self.settings.lease_ttl / 3;
         // One log line when the bridge starts failing, one when it works again.
         let mut failing = false;
         while !stop_requested(&self.stop) {
-            let failure = match self.acquire_lease().await {
+            let failure = match self.lease.acquire(&mut self.conn).await {
                 Ok(true) => {
                     if std::mem::take(&mut failing) {
                         tracing::info!(channel = %self.settings.channel, "pub/sub bridge works again");
@@ -135,50 +142,16 @@ impl BridgeLoop {
                 }
             }
         }
-        let _: redis::RedisResult<i64> = redis::cmd("EVAL")
-            .arg(RELEASE_LEASE)
-            .arg(1)
-            .arg(self.settings.lease_key())
-            .arg(&self.settings.consumer)
-            .query_async(&mut self.conn)
-            .await;
-    }
-
-    async fn acquire_lease(&mut self) -> redis::RedisResult<bool> {
-        if self.renew_lease().await? {
-            return Ok(true);
-        }
-        let set: Option<String> = redis::cmd("SET")
-            .arg(self.settings.lease_key())
-            .arg(&self.settings.consumer)
-            .arg("NX")
-            .arg("PX")
-            .arg(self.settings.lease.as_millis() as u64)
-            .query_async(&mut self.conn)
-            .await?;
-        Ok(set.is_some())
-    }
-
-    async fn renew_lease(&mut self) -> redis::RedisResult<bool> {
-        let renewed: i64 = redis::cmd("EVAL")
-            .arg(RENEW_LEASE)
-            .arg(1)
-            .arg(self.settings.lease_key())
-            .arg(&self.settings.consumer)
-            .arg(self.settings.lease.as_millis() as u64)
-            .query_async(&mut self.conn)
-            .await?;
-        Ok(renewed == 1)
+        let _ = self.lease.release(&mut self.conn).await;
     }
 
     /// Bridges while this instance holds the lease; returns when it is lost or on stop.
     async fn bridge(&mut self) -> redis::RedisResult<()> {
-        let mut pubsub = self.client.get_async_pubsub().await?;
-        pubsub.subscribe(&self.settings.channel).await?;
+        let mut pubsub = channel::subscribe(&self.client, &self.settings.channel).await?;
         self.metrics.bridge_leader.set(1);
         tracing::info!(channel = %self.settings.channel, stream = %self.settings.stream, "holding the bridge lease; bridging pub/sub into the stream");
         let mut messages = pubsub.on_message();
-        let mut renew = tokio::time::interval(self.settings.lease / 3);
+        let mut renew = tokio::time::interval(self.settings.lease_ttl / 3);
         let mut stop = self.stop.clone();
         loop {
             tokio::select! {
@@ -196,7 +169,7 @@ impl BridgeLoop {
                     self.append(&payloads).await?;
                 }
                 _ = renew.tick() => {
-                    if !self.renew_lease().await? {
+                    if !self.lease.renew(&mut self.conn).await? {
                         tracing::info!(channel = %self.settings.channel, "bridge lease lost to another instance");
                         return Ok(());
                     }
@@ -211,14 +184,14 @@ impl BridgeLoop {
         let mut backoff = Backoff::new();
         let mut attempts = 0;
         loop {
-            match streams::append_payloads(
+            match append_payloads(
                 &mut self.conn,
                 &self.settings.stream,
                 payloads.iter().map(Vec::as_slice),
             )
             .await
             {
-                Ok(()) => {
+                Ok(_) => {
                     self.metrics
                         .messages_received
                         .with_label_values(&["pubsub"])

@@ -1,0 +1,393 @@
+//! Parse, don't validate: the bytes of one stream entry become valid [`Reading`]s or [`Rejection`]s.
+//!
+//! Two input shapes reach the parser (DESIGN.md, "Input"):
+//! - a JSON payload (the `data` field of an entry, or a published message): one reading object or an
+//!   array of them;
+//! - an entry whose fields are the reading itself: `sensor temperature value 14 timestamp ...`.
+//!
+//! Both are reduced to the same [`Fields`] and checked by one function, so the rules cannot drift
+//! apart. A rejection is an expected outcome with a reason code from a closed set ([`Reason`]), never
+//! a panic or an error log line.
+
+use crate::domain::FastState;
+use chrono::{DateTime, TimeDelta, Utc};
+use chrono_tz::Tz;
+use smallvec::{SmallVec, smallvec};
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+mod fast_json;
+mod json;
+mod text;
+mod timestamp;
+mod value;
+
+#[cfg(test)]
+mod tests;
+
+use text::{check_sensor_id, check_unit, text_field};
+use timestamp::{check_timestamp, truncated_to_micros};
+use value::check_value;
+
+pub use json::{MAX_JSON_DEPTH, parse_json};
+pub use timestamp::parse_timestamp_text;
+
+/// One valid sensor reading, ready to be stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reading {
+    /// The sensor's id: non-empty, at most [`Limits::max_sensor_id_len`] bytes of
+    /// `[A-Za-z0-9_.:-]`. Shared: the readings of one sensor parsed together hold one copy
+    /// ([`SensorIds`]).
+    pub sensor_id: Arc<str>,
+    /// Event time, truncated to microseconds (PostgreSQL's `timestamptz` precision) so that the raw
+    /// key `(sensor_id, ts)` is the same in memory and in the database.
+    pub ts: DateTime<Utc>,
+    /// A finite number.
+    pub value: f64,
+    /// Optional unit, kept in the `sensors` table.
+    pub unit: Option<String>,
+}
+
+impl Reading {
+    /// Whether `other` is of the same sensor: readings parsed together share their id's
+    /// allocation, so the comparison of the text is rarely needed.
+    pub fn same_sensor(&self, other: &Reading) -> bool {
+        same_id(&self.sensor_id, &other.sensor_id)
+    }
+}
+
+/// Whether two sensor ids are equal, the same allocation answering without a comparison.
+pub fn same_id(a: &str, b: &str) -> bool {
+    std::ptr::eq(a, b) || a == b
+}
+
+/// Why a message or one reading of it was rejected. The set is closed so that the
+/// `sensorhub_readings_rejected_total{reason}` label stays low-cardinality.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// The message is larger than [`Limits::max_message_bytes`].
+    TooLarge,
+    /// The message bytes are not UTF-8.
+    InvalidUtf8,
+    /// The message is not JSON (or nests deeper than the parser allows).
+    MalformedJson,
+    /// Valid JSON, but neither a reading object nor an array of them (or an empty array).
+    WrongShape,
+    /// `sensor` or `value` is missing (or null).
+    MissingField,
+    /// A field has a JSON type that cannot hold it (an object as `value`, a number as `sensor`, ...).
+    WrongType,
+    /// `value` is a string that is not a decimal number.
+    NotANumber,
+    /// `value` is NaN, infinite, or out of the range of a double (`1e400`).
+    NotFinite,
+    /// The sensor id is empty, too long, or has characters outside `[A-Za-z0-9_.:-]`.
+    BadSensorId,
+    /// `unit` is not a short printable string.
+    BadUnit,
+    /// `timestamp` has none of the accepted forms, or names a time that does not exist.
+    BadTimestamp,
+    /// `timestamp` is further in the future than [`Limits::max_future_skew`].
+    FutureTimestamp,
+    /// `timestamp` is older than [`Limits::max_age`].
+    TooOld,
+    /// PostgreSQL refused the reading itself (poison data), after bounded retries.
+    DatabaseRejected,
+}
+
+impl Reason {
+    /// Every reason, for tests and for pre-registering metric labels.
+    pub const ALL: [Reason; 14] = [
+        Reason::TooLarge,
+        Reason::InvalidUtf8,
+        Reason::MalformedJson,
+        Reason::WrongShape,
+        Reason::MissingField,
+        Reason::WrongType,
+        Reason::NotANumber,
+        Reason::NotFinite,
+        Reason::BadSensorId,
+        Reason::BadUnit,
+        Reason::BadTimestamp,
+        Reason::FutureTimestamp,
+        Reason::TooOld,
+        Reason::DatabaseRejected,
+    ];
+
+    /// The reason code as it appears in metrics and dead letters.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::TooLarge => "too_large",
+            Reason::InvalidUtf8 => "invalid_utf8",
+            Reason::MalformedJson => "malformed_json",
+            Reason::WrongShape => "wrong_shape",
+            Reason::MissingField => "missing_field",
+            Reason::WrongType => "wrong_type",
+            Reason::NotANumber => "not_a_number",
+            Reason::NotFinite => "not_finite",
+            Reason::BadSensorId => "bad_sensor_id",
+            Reason::BadUnit => "bad_unit",
+            Reason::BadTimestamp => "bad_timestamp",
+            Reason::FutureTimestamp => "future_timestamp",
+            Reason::TooOld => "too_old",
+            Reason::DatabaseRejected => "database_rejected",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A rejected message, or one rejected reading of an array.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rejection {
+    pub reason: Reason,
+    /// Human-readable detail naming the bad value.
+    pub detail: String,
+    /// Position in the array when one element of an array was rejected; `None` for the whole message.
+    pub index: Option<usize>,
+}
+
+impl Rejection {
+    fn new(reason: Reason, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+            index: None,
+        }
+    }
+}
+
+/// Validation limits; see `config.rs` for the variables that set them and why the defaults.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    pub max_sensor_id_len: usize,
+    pub max_unit_len: usize,
+    pub max_future_skew: Duration,
+    pub max_age: Duration,
+    /// Zone of naive `YYYY-MM-DD HH:MM:SS` timestamps.
+    pub timezone: Tz,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 1024 * 1024,
+            max_sensor_id_len: 128,
+            max_unit_len: 32,
+            max_future_skew: Duration::from_secs(5 * 60),
+            max_age: Duration::from_secs(10 * 365 * 24 * 3600),
+            timezone: Tz::UTC,
+        }
+    }
+}
+
+/// What a parse needs besides the bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct ParseContext<'a> {
+    pub limits: &'a Limits,
+    /// Wall-clock now, for the future-skew and age checks.
+    pub now: DateTime<Utc>,
+    /// Timestamp of a reading that has none, in microseconds since the epoch. It must be the same
+    /// on every delivery of the same stream entry (it is derived from the entry id), or a
+    /// redelivery would store a second row. Kept as a number: only a reading without a timestamp
+    /// makes it a `DateTime`, a calendar conversion most entries never need.
+    received_micros: i64,
+    /// Newest accepted timestamp: `now` + `max_future_skew`.
+    latest: DateTime<Utc>,
+    /// Oldest accepted timestamp: `now` − `max_age`.
+    earliest: DateTime<Utc>,
+    /// Where the sensor ids of the readings parsed with this context are kept once each.
+    ids: Option<&'a SensorIds>,
+}
+
+/// The sensor ids of readings parsed together (a batch), each kept once: a reading holds a shared
+/// reference rather than its own copy. A batch names each sensor many times; with one copy each,
+/// the later stages compare, hash and copy ids that sit together in the cache, where a copy per
+/// reading was an allocation and, by the time the write stage encoded the rows, cache misses
+/// (a tenth of sensorhub's CPU time in comparing and copying ids).
+#[derive(Debug, Default)]
+pub struct SensorIds(RefCell<HashSet<Arc<str>, FastState>>);
+
+impl SensorIds {
+    fn get(&self, id: &str) -> Arc<str> {
+        let mut ids = self.0.borrow_mut();
+        if let Some(known) = ids.get(id) {
+            return Arc::clone(known);
+        }
+        let id: Arc<str> = Arc::from(id);
+        ids.insert(Arc::clone(&id));
+        id
+    }
+}
+
+impl<'a> ParseContext<'a> {
+    /// The accepted time range is worked out here, once, rather than for every reading.
+    pub fn new(limits: &'a Limits, now: DateTime<Utc>, received_at: DateTime<Utc>) -> Self {
+        let skew = TimeDelta::from_std(limits.max_future_skew).unwrap_or(TimeDelta::MAX);
+        let age = TimeDelta::from_std(limits.max_age).unwrap_or(TimeDelta::MAX);
+        Self {
+            limits,
+            now,
+            received_micros: received_at.timestamp_micros(),
+            latest: now
+                .checked_add_signed(skew)
+                .unwrap_or(DateTime::<Utc>::MAX_UTC),
+            earliest: now
+                .checked_sub_signed(age)
+                .unwrap_or(DateTime::<Utc>::MIN_UTC),
+            ids: None,
+        }
+    }
+
+    /// Sets the timestamp of a reading that has none, in microseconds since the epoch.
+    pub fn set_received_micros(&mut self, micros: i64) {
+        self.received_micros = micros;
+    }
+
+    /// The same context, keeping the sensor ids it meets in `ids`.
+    pub fn with_ids(self, ids: &'a SensorIds) -> Self {
+        Self {
+            ids: Some(ids),
+            ..self
+        }
+    }
+}
+
+/// One field of a reading as it arrived: JSON text, or plain text.
+#[derive(Clone, Copy, Debug)]
+enum FieldValue<'a> {
+    /// The raw JSON text of the value (a string still in its quotes).
+    Json(&'a str),
+    /// Text as it is: a stream entry's field, or a JSON string without escapes, between its
+    /// quotes. A JSON string is checked as the same text would be in an entry's field.
+    Text(&'a str),
+}
+
+/// The fields of one reading, not yet checked.
+#[derive(Default)]
+struct Fields<'a> {
+    sensor: Option<FieldValue<'a>>,
+    value: Option<FieldValue<'a>>,
+    timestamp: Option<FieldValue<'a>>,
+    unit: Option<FieldValue<'a>>,
+}
+
+/// One outcome per reading of the message (or one rejection for the whole message). Most
+/// messages hold one reading: its outcome is kept inline, with no allocation per message.
+pub type Outcomes = SmallVec<[Result<Reading, Rejection>; 1]>;
+
+/// Parses a stream entry's fields: a `data` field holding JSON, or the reading's own fields.
+pub fn parse_entry_fields<N: AsRef<[u8]>, V: AsRef<[u8]>>(
+    fields: &[(N, V)],
+    ctx: &ParseContext,
+) -> Outcomes {
+    if let Some((_, data)) = fields.iter().find(|(name, _)| name.as_ref() == b"data") {
+        return parse_json(data.as_ref(), ctx);
+    }
+    let size: usize = fields
+        .iter()
+        .map(|(k, v)| k.as_ref().len() + v.as_ref().len())
+        .sum();
+    if size > ctx.limits.max_message_bytes {
+        return smallvec![Err(too_large(size, ctx.limits))];
+    }
+    let mut reading = Fields::default();
+    for (name, value) in fields {
+        let (name, value) = (name.as_ref(), value.as_ref());
+        let slot = match name {
+            b"sensor" => &mut reading.sensor,
+            b"value" => &mut reading.value,
+            b"timestamp" => &mut reading.timestamp,
+            b"unit" => &mut reading.unit,
+            _ => continue,
+        };
+        match std::str::from_utf8(value) {
+            Ok(text) => *slot = Some(FieldValue::Text(text)),
+            Err(error) => {
+                return smallvec![Err(Rejection::new(
+                    Reason::InvalidUtf8,
+                    format!(
+                        "field {:?} is not UTF-8: {error}",
+                        String::from_utf8_lossy(name)
+                    ),
+                ))];
+            }
+        }
+    }
+    if reading.sensor.is_none() && reading.value.is_none() {
+        let names: Vec<String> = fields
+            .iter()
+            .map(|(name, _)| String::from_utf8_lossy(name.as_ref()).into_owned())
+            .collect();
+        return smallvec![Err(Rejection::new(
+            Reason::MissingField,
+            format!(
+                "entry has neither a 'data' field nor 'sensor'/'value' fields (fields: {})",
+                names.join(", ")
+            ),
+        ))];
+    }
+    smallvec![check(reading, ctx)]
+}
+
+/// The one place every rule of a reading is checked.
+fn check(fields: Fields, ctx: &ParseContext) -> Result<Reading, Rejection> {
+    let sensor = fields
+        .sensor
+        .ok_or_else(|| Rejection::new(Reason::MissingField, "missing field 'sensor'"))?;
+    let sensor_id = check_sensor_id(text_field("sensor", sensor)?, ctx.limits)?;
+    let sensor_id = match ctx.ids {
+        Some(ids) => ids.get(&sensor_id),
+        None => Arc::from(sensor_id),
+    };
+    let value = fields
+        .value
+        .ok_or_else(|| Rejection::new(Reason::MissingField, "missing field 'value'"))?;
+    let value = check_value(value)?;
+    let ts = match fields.timestamp {
+        None => DateTime::from_timestamp_micros(ctx.received_micros).unwrap_or_default(),
+        Some(raw) => check_timestamp(raw, ctx)?,
+    };
+    let unit = fields
+        .unit
+        .map(|unit| check_unit(unit, ctx.limits))
+        .transpose()?;
+    Ok(Reading {
+        sensor_id,
+        ts: truncated_to_micros(ts),
+        value,
+        unit,
+    })
+}
+
+fn too_large(size: usize, limits: &Limits) -> Rejection {
+    Rejection::new(
+        Reason::TooLarge,
+        format!(
+            "message is {size} bytes, more than the limit of {} bytes",
+            limits.max_message_bytes
+        ),
+    )
+}
+
+fn malformed(error: &serde_json::Error) -> Rejection {
+    Rejection::new(Reason::MalformedJson, format!("malformed JSON: {error}"))
+}
+
+/// A bounded, printable excerpt of a bad value for a rejection's detail.
+fn excerpt(text: &str) -> String {
+    const MAX_CHARS: usize = 64;
+    let mut out: String = text.chars().take(MAX_CHARS).collect();
+    if text.chars().count() > MAX_CHARS {
+        out.push('…');
+    }
+    format!("{out:?}")
+}

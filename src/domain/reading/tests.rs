@@ -1,0 +1,570 @@
+//! Tests of parsing and checking readings, through the module's public functions.
+
+use super::json::parse_json_text;
+use super::timestamp::fast_rfc3339;
+use super::value::plain_decimal;
+use super::*;
+
+fn ctx(limits: &Limits) -> ParseContext<'_> {
+    ParseContext::new(
+        limits,
+        "2026-01-01T00:00:00Z".parse().unwrap(),
+        "2025-12-31T23:59:59.123Z".parse().unwrap(),
+    )
+}
+
+fn one(bytes: &[u8]) -> Result<Reading, Rejection> {
+    let limits = Limits::default();
+    let mut outcomes = parse_json(bytes, &ctx(&limits));
+    assert_eq!(outcomes.len(), 1, "{outcomes:?}");
+    outcomes.pop().unwrap()
+}
+
+fn reason(bytes: &[u8]) -> Reason {
+    one(bytes).expect_err("should be rejected").reason
+}
+
+#[test]
+fn design_example_naive_timestamp_is_utc_by_default() {
+    let r = one(br#"{"sensor": "temperature", "value": 14, "timestamp": "2024-12-01 12:00:00"}"#)
+        .unwrap();
+    assert_eq!(&*r.sensor_id, "temperature");
+    assert_eq!(r.value, 14.0);
+    assert_eq!(
+        r.ts,
+        "2024-12-01T12:00:00Z".parse::<DateTime<Utc>>().unwrap()
+    );
+}
+
+#[test]
+fn naive_timestamp_in_configured_zone() {
+    let limits = Limits {
+        timezone: "Europe/Berlin".parse().unwrap(),
+        ..Limits::default()
+    };
+    let out = parse_json(
+        br#"{"sensor":"t","value":1,"timestamp":"2024-12-01 12:00:00.5"}"#,
+        &ctx(&limits),
+    );
+    let r = out[0].as_ref().unwrap();
+    assert_eq!(
+        r.ts,
+        "2024-12-01T11:00:00.5Z".parse::<DateTime<Utc>>().unwrap()
+    );
+}
+
+#[test]
+fn timestamp_forms() {
+    let expected: DateTime<Utc> = "2024-12-01T12:00:00Z".parse().unwrap();
+    for ts in [
+        r#""2024-12-01T12:00:00Z""#,
+        r#""2024-12-01T13:00:00+01:00""#,
+        r#""2024-12-01T12:00:00""#,
+        "1733054400",
+        "1733054400000",
+        r#""1733054400""#,
+        "1733054400.0",
+    ] {
+        let msg = format!(r#"{{"sensor":"t","value":1,"timestamp":{ts}}}"#);
+        assert_eq!(one(msg.as_bytes()).unwrap().ts, expected, "{ts}");
+    }
+}
+
+#[test]
+fn missing_timestamp_is_the_receive_time() {
+    let r = one(br#"{"sensor":"t","value":1}"#).unwrap();
+    assert_eq!(
+        r.ts,
+        "2025-12-31T23:59:59.123Z".parse::<DateTime<Utc>>().unwrap()
+    );
+}
+
+#[test]
+fn timestamps_are_truncated_to_microseconds() {
+    let r =
+        one(br#"{"sensor":"t","value":1,"timestamp":"2024-12-01T12:00:00.123456789Z"}"#).unwrap();
+    assert_eq!(r.ts.timestamp_subsec_nanos(), 123_456_000);
+}
+
+#[test]
+fn numeric_strings_are_numbers() {
+    assert_eq!(
+        one(br#"{"sensor":"t","value":"12.5"}"#).unwrap().value,
+        12.5
+    );
+    assert_eq!(
+        one(br#"{"sensor":"t","value":" -3 "}"#).unwrap().value,
+        -3.0
+    );
+}
+
+#[test]
+fn escaped_strings_are_unescaped_plain_ones_taken_as_they_are() {
+    let r = one(
+        br#"{"sensor":"me\u0074er-1","value":"\u0031.5","timestamp":"2024-12-01T12:00:00\u005a","unit":"k\u0057h"}"#,
+    )
+    .unwrap();
+    assert_eq!(&*r.sensor_id, "meter-1");
+    assert_eq!(r.value, 1.5);
+    assert_eq!(r.ts.to_rfc3339(), "2024-12-01T12:00:00+00:00");
+    assert_eq!(r.unit.as_deref(), Some("kWh"));
+    // An escaped quote or control character is unescaped, then judged by the rules.
+    assert_eq!(
+        reason(br#"{"sensor":"a\"b","value":1}"#),
+        Reason::BadSensorId
+    );
+    assert_eq!(
+        reason(br#"{"sensor":"a","value":1,"unit":"\u0007"}"#),
+        Reason::BadUnit
+    );
+    assert_eq!(
+        one(br#"{"sensor":"a","value":1,"unit":"\"C\""}"#)
+            .unwrap()
+            .unit
+            .as_deref(),
+        Some("\"C\"")
+    );
+}
+
+#[test]
+fn arrays_give_one_outcome_per_element() {
+    let limits = Limits::default();
+    let out = parse_json(
+        br#"[{"sensor":"a","value":1},{"sensor":"","value":2},7,{"sensor":"c","value":3,"unit":"kWh"}]"#,
+        &ctx(&limits),
+    );
+    assert_eq!(out.len(), 4);
+    assert!(out[0].is_ok());
+    assert_eq!(out[1].as_ref().unwrap_err().reason, Reason::BadSensorId);
+    assert_eq!(out[1].as_ref().unwrap_err().index, Some(1));
+    assert_eq!(out[2].as_ref().unwrap_err().reason, Reason::WrongShape);
+    assert_eq!(out[3].as_ref().unwrap().unit.as_deref(), Some("kWh"));
+}
+
+#[test]
+fn stream_fields_form() {
+    let limits = Limits::default();
+    let fields = vec![
+        (b"sensor".to_vec(), b"temperature".to_vec()),
+        (b"value".to_vec(), b"14".to_vec()),
+        (b"timestamp".to_vec(), b"2024-12-01T12:00:00Z".to_vec()),
+    ];
+    let out = parse_entry_fields(&fields, &ctx(&limits));
+    let r = out[0].as_ref().unwrap();
+    assert_eq!((&*r.sensor_id, r.value), ("temperature", 14.0));
+    let data = vec![(b"data".to_vec(), br#"{"sensor":"x","value":1}"#.to_vec())];
+    assert!(parse_entry_fields(&data, &ctx(&limits))[0].is_ok());
+    let none = vec![(b"foo".to_vec(), b"bar".to_vec())];
+    assert_eq!(
+        parse_entry_fields(&none, &ctx(&limits))[0]
+            .as_ref()
+            .unwrap_err()
+            .reason,
+        Reason::MissingField
+    );
+}
+
+#[test]
+fn rejection_reasons() {
+    let cases: &[(&[u8], Reason)] = &[
+        (b"\xff\xfe", Reason::InvalidUtf8),
+        (b"{\"sensor\": ", Reason::MalformedJson),
+        (b"42", Reason::WrongShape),
+        (b"[]", Reason::WrongShape),
+        (br#"{"value":1}"#, Reason::MissingField),
+        (br#"{"sensor":"t"}"#, Reason::MissingField),
+        (br#"{"sensor":"t","value":null}"#, Reason::MissingField),
+        (br#"{"sensor":1,"value":1}"#, Reason::WrongType),
+        (br#"{"sensor":"t","value":{}}"#, Reason::WrongType),
+        (br#"{"sensor":"t","value":true}"#, Reason::WrongType),
+        (br#"{"sensor":"t","value":"abc"}"#, Reason::NotANumber),
+        (br#"{"sensor":"t","value":1e400}"#, Reason::NotFinite),
+        (br#"{"sensor":"t","value":"NaN"}"#, Reason::NotFinite),
+        (br#"{"sensor":"t","value":"-inf"}"#, Reason::NotFinite),
+        (br#"{"sensor":"","value":1}"#, Reason::BadSensorId),
+        (br#"{"sensor":"a\u0000b","value":1}"#, Reason::BadSensorId),
+        (
+            br#"{"sensor":"x'; DROP TABLE readings;--","value":1}"#,
+            Reason::BadSensorId,
+        ),
+        (br#"{"sensor":"t","value":1,"unit":5}"#, Reason::BadUnit),
+        (
+            br#"{"sensor":"t","value":1,"timestamp":"99999-01-01T00:00:00Z"}"#,
+            Reason::BadTimestamp,
+        ),
+        (
+            br#"{"sensor":"t","value":1,"timestamp":"yesterday"}"#,
+            Reason::BadTimestamp,
+        ),
+        (
+            br#"{"sensor":"t","value":1,"timestamp":true}"#,
+            Reason::WrongType,
+        ),
+        (
+            br#"{"sensor":"t","value":1,"timestamp":"2026-01-03T00:00:00Z"}"#,
+            Reason::FutureTimestamp,
+        ),
+        (
+            br#"{"sensor":"t","value":1,"timestamp":"1990-01-01T00:00:00Z"}"#,
+            Reason::TooOld,
+        ),
+        (
+            br#"{"sensor":"t","value":1,"timestamp":1e300}"#,
+            Reason::BadTimestamp,
+        ),
+    ];
+    for (bytes, expected) in cases {
+        assert_eq!(
+            reason(bytes),
+            *expected,
+            "{}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+}
+
+#[test]
+fn deeply_nested_json_is_rejected_not_a_stack_overflow() {
+    let deep_array = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let deep_value = format!(
+        r#"{{"sensor":"t","value":{}1{}}}"#,
+        "[".repeat(40),
+        "]".repeat(40)
+    );
+    let deep_unknown = format!(
+        r#"{{"sensor":"t","value":1,"x":{}1{}}}"#,
+        "{\"a\":".repeat(5_000),
+        "}".repeat(5_000)
+    );
+    for deep in [deep_array, deep_value, deep_unknown] {
+        let rejection = one(deep.as_bytes()).unwrap_err();
+        assert_eq!(rejection.reason, Reason::MalformedJson);
+        assert!(
+            rejection.detail.contains("deeper than 32"),
+            "{}",
+            rejection.detail
+        );
+    }
+    let brackets_in_strings = format!(
+        r#"{{"sensor":"t","value":1,"note":"{}\"{}"}}"#,
+        "[".repeat(100),
+        "{".repeat(100)
+    );
+    assert!(one(brackets_in_strings.as_bytes()).is_ok());
+    // The object is one level: 31 arrays inside it make 32 (accepted), 32 make 33.
+    let nested = |levels: usize| {
+        format!(
+            r#"{{"sensor":"t","value":1,"x":{}1{}}}"#,
+            "[".repeat(levels),
+            "]".repeat(levels)
+        )
+    };
+    assert!(one(nested(30).as_bytes()).is_ok());
+    assert!(one(nested(31).as_bytes()).is_ok());
+    assert_eq!(
+        one(nested(32).as_bytes()).unwrap_err().reason,
+        Reason::MalformedJson
+    );
+}
+
+#[test]
+fn oversize_is_rejected_before_parsing() {
+    let limits = Limits {
+        max_message_bytes: 16,
+        ..Limits::default()
+    };
+    let out = parse_json(br#"{"sensor":"t","value":1}"#, &ctx(&limits));
+    assert_eq!(out[0].as_ref().unwrap_err().reason, Reason::TooLarge);
+}
+
+#[test]
+fn the_usual_shape_is_read_in_one_pass() {
+    for text in [
+        r#"{"sensor":"t","value":14,"timestamp":"2024-12-01 12:00:00"}"#,
+        r#" { "sensor" : "t" , "value" : "12.5" , "unit": null, "x": [] } "#,
+        "{\"sensor\":\"t\",\n\t\"value\":-1.5e3,\"ok\":true,\"no\":false}\r\n",
+        r#"{}"#,
+    ] {
+        let via_serde = text.contains('[');
+        assert_eq!(fast_json::object(text).is_some(), !via_serde, "{text}");
+    }
+    let array = r#"[{"sensor":"a","value":1}, {"sensor":"b","value":2,"timestamp":1700000000}]"#;
+    assert_eq!(fast_json::array(array).map(|items| items.len()), Some(2));
+    // Left to serde_json: escapes, repeated fields, bad numbers, trailing text, empty arrays.
+    for text in [
+        r#"{"sensor":"t\u00e9","value":1}"#,
+        r#"{"sensor":"t","sensor":"u","value":1}"#,
+        r#"{"sensor":"t","value":01}"#,
+        r#"{"sensor":"t","value":1.}"#,
+        r#"{"sensor":"t","value":1}x"#,
+        r#"{"sensor":"t","value":1,}"#,
+        "[]",
+        r#"[{"sensor":"t","value":1},]"#,
+    ] {
+        assert!(
+            fast_json::object(text).is_none() && fast_json::array(text).is_none(),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn readings_parsed_together_share_their_sensor_id() {
+    let limits = Limits::default();
+    let ids = SensorIds::default();
+    let shared = ctx(&limits).with_ids(&ids);
+    let first = parse_json(br#"{"sensor":"t","value":1}"#, &shared);
+    let more = parse_entry_fields(
+        &[(
+            "data",
+            r#"[{"sensor":"t","value":2},{"sensor":"u","value":3}]"#,
+        )],
+        &shared,
+    );
+    let id = |outcome: &Result<Reading, Rejection>| outcome.as_ref().unwrap().sensor_id.clone();
+    assert!(Arc::ptr_eq(&id(&first[0]), &id(&more[0])));
+    assert_eq!(&*id(&more[1]), "u");
+    // Without a shared set each reading has its own.
+    let alone = parse_json(br#"{"sensor":"t","value":1}"#, &ctx(&limits));
+    assert!(!Arc::ptr_eq(&id(&first[0]), &id(&alone[0])));
+    assert_eq!(id(&first[0]), id(&alone[0]));
+}
+
+#[test]
+fn a_refused_sensor_id_names_the_character_and_where() {
+    for (text, names) in [
+        (r#"{"sensor":"café-1","value":1}"#, "'é' at byte 3"),
+        (r#"{"sensor":"a b","value":1}"#, "' ' at byte 1"),
+        (r#"{"sensor":"x;DROP","value":1}"#, "';' at byte 1"),
+    ] {
+        let rejection = one(text.as_bytes()).unwrap_err();
+        assert_eq!(rejection.reason, Reason::BadSensorId);
+        assert!(rejection.detail.contains(names), "{}", rejection.detail);
+    }
+}
+
+#[test]
+fn sensor_id_length_limit() {
+    let long = format!(r#"{{"sensor":"{}","value":1}}"#, "a".repeat(129));
+    assert_eq!(reason(long.as_bytes()), Reason::BadSensorId);
+    let ok = format!(r#"{{"sensor":"{}","value":1}}"#, "a".repeat(128));
+    assert!(one(ok.as_bytes()).is_ok());
+}
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// An object's field name: one of a reading's, or another.
+    fn field_name() -> impl Strategy<Value = String> + Clone {
+        prop_oneof![
+            Just("sensor".to_string()),
+            Just("value".to_string()),
+            Just("timestamp".to_string()),
+            Just("unit".to_string()),
+            "[a-z]{1,6}"
+        ]
+    }
+
+    /// A JSON scalar of any kind: null, a boolean, an integer, a double, printable text.
+    fn plain_scalar() -> impl Strategy<Value = serde_json::Value> {
+        prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::Bool),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(serde_json::Value::from),
+            "[ -~]{0,20}".prop_map(serde_json::Value::String),
+        ]
+    }
+
+    /// Arbitrary JSON values, nested a few levels, with the reading's field names likely.
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            5 => plain_scalar(),
+            1 => prop_oneof![
+                Just("NaN"),
+                Just("inf"),
+                Just("1e400"),
+                Just("12.5"),
+                Just("2024-12-01 12:00:00"),
+                Just("99999-01-01T00:00:00Z")
+            ]
+            .prop_map(|s| serde_json::Value::String(s.into())),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::Array),
+                prop::collection::vec((field_name(), inner), 0..6)
+                    .prop_map(|fields| serde_json::Value::Object(fields.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Messages of the usual shape: flat objects of scalars with the reading's field names
+    /// likely, alone or in arrays.
+    fn flat_message() -> impl Strategy<Value = serde_json::Value> {
+        let scalar = prop_oneof![
+            5 => plain_scalar(),
+            1 => "[a-z]{1,8}".prop_map(serde_json::Value::String),
+            1 => Just(serde_json::Value::String("2024-12-01T12:00:00Z".into())),
+            1 => (1_500_000_000i64..1_800_000_000).prop_map(serde_json::Value::from),
+        ];
+        let object = prop::collection::vec((field_name(), scalar), 0..6)
+            .prop_map(|fields| serde_json::Value::Object(fields.into_iter().collect()));
+        prop_oneof![
+            object.clone(),
+            prop::collection::vec(object, 1..4).prop_map(serde_json::Value::Array),
+        ]
+    }
+
+    fn check_outcomes(outcomes: &Outcomes) -> Result<(), TestCaseError> {
+        prop_assert!(
+            !outcomes.is_empty(),
+            "every message gives at least one outcome"
+        );
+        for outcome in outcomes {
+            match outcome {
+                Ok(reading) => {
+                    prop_assert!(reading.value.is_finite());
+                    prop_assert!(!reading.sensor_id.is_empty());
+                    prop_assert_eq!(reading.ts.timestamp_subsec_nanos() % 1000, 0);
+                }
+                Err(rejection) => prop_assert!(!rejection.detail.is_empty()),
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// The plain-decimal reader gives the standard parser's double, to the bit, whenever it
+        /// answers, and answers for every plain decimal of up to 15 digits; anything else
+        /// (exponents, signs, spaces, more digits, `inf`) is left to the standard parser.
+        #[test]
+        fn plain_decimal_agrees_with_the_standard_parser(
+            text in prop_oneof![
+                "-?[0-9]{1,15}",
+                "-?[0-9]{0,8}\\.[0-9]{0,8}",
+                "-?[0-9]{1,20}(\\.[0-9]{1,20})?",
+                "[-+0-9.eE ]{0,20}",
+                any::<f64>().prop_map(|x| x.to_string()),
+                prop::sample::select(vec!["inf", "-NaN", "1e5", "+1", ".", "-", "-.5", "5."])
+                    .prop_map(str::to_owned),
+            ],
+        ) {
+            let ours = plain_decimal(&text);
+            let standard = text.trim().parse::<f64>().ok();
+            if let Some(ours) = ours {
+                prop_assert_eq!(Some(ours.to_bits()), standard.map(f64::to_bits), "{}", text);
+            }
+            let digits = text.bytes().filter(u8::is_ascii_digit).count();
+            let plain = text.trim_start_matches('-').bytes().all(|b| b.is_ascii_digit() || b == b'.')
+                && text.matches('.').count() <= 1
+                && text.matches('-').count() <= 1
+                && (1..=15).contains(&digits);
+            prop_assert_eq!(ours.is_some(), plain, "{}", text);
+        }
+
+        /// The one-pass reader of the usual RFC 3339 shape gives chrono's instant whenever it
+        /// answers, and answers for every date chrono accepts in that shape; impossible dates,
+        /// leap seconds, other separators and long fractions are left to chrono.
+        #[test]
+        fn fast_rfc3339_agrees_with_chrono(
+            // Month ends and February often: where calendars go wrong.
+            (year, month, day) in (
+                0u32..=9999,
+                prop_oneof![0u32..=13, Just(2)],
+                prop_oneof![0u32..=32, 28u32..=31],
+            ),
+            (hour, minute, second) in (0u32..=24, 0u32..=60, 0u32..=60),
+            fraction in prop::collection::vec(0u8..10, 0..=11),
+            separator in prop::sample::select(vec!['T', 'T', 'T', 't', ' ']),
+            offset in prop::option::of((any::<bool>(), 0u32..=24, 0u32..=60)),
+            lowercase_z in any::<bool>(),
+        ) {
+            let mut text = format!(
+                "{year:04}-{month:02}-{day:02}{separator}{hour:02}:{minute:02}:{second:02}"
+            );
+            if !fraction.is_empty() {
+                text.push('.');
+                text.extend(fraction.iter().map(|d| char::from(b'0' + d)));
+            }
+            match offset {
+                None => text.push(if lowercase_z { 'z' } else { 'Z' }),
+                Some((east, h, m)) => {
+                    text.push_str(&format!("{}{h:02}:{m:02}", if east { '+' } else { '-' }))
+                }
+            }
+            let fast = fast_rfc3339(text.as_bytes());
+            let chrono = DateTime::parse_from_rfc3339(&text).map(|ts| ts.with_timezone(&Utc));
+            if let Some(fast) = fast {
+                prop_assert_eq!(Ok(fast), chrono, "{}", text);
+            }
+            let usual_shape = separator == 'T'
+                && second < 60
+                && fraction.len() <= 9
+                && (offset.is_some() || !lowercase_z);
+            if usual_shape && chrono.is_ok() {
+                prop_assert_eq!(fast, chrono.ok(), "{}", text);
+            }
+        }
+
+        /// The one-pass reader of the usual shape gives serde_json's outcome whenever it
+        /// answers: on arbitrary JSON, laid out compactly or with whitespace, and on that JSON
+        /// with a character of JSON's syntax put in, taken out or replaced.
+        #[test]
+        fn usual_shape_reader_agrees_with_serde_json(
+            value in prop_oneof![flat_message(), json_value()],
+            pretty in any::<bool>(),
+            edits in prop::collection::vec((any::<prop::sample::Index>(), 0u8..3, prop::sample::select(b"{}[],:\" \\\t\n0123456789-+.eEnulltruefalse\x01\xc3\xa9".to_vec())), 0..3),
+        ) {
+            let limits = Limits::default();
+            let text = if pretty { serde_json::to_string_pretty(&value) } else { serde_json::to_string(&value) }.unwrap();
+            let mut bytes = text.into_bytes();
+            for (at, edit, byte) in edits {
+                let at = at.index(bytes.len() + 1);
+                match edit {
+                    0 => bytes.insert(at, byte),
+                    1 if at < bytes.len() => { bytes.remove(at); }
+                    _ if at < bytes.len() => bytes[at] = byte,
+                    _ => {}
+                }
+            }
+            let Ok(text) = std::str::from_utf8(&bytes) else { return Ok(()) };
+            if fast_json::object(text).is_some() || fast_json::array(text).is_some() {
+                prop_assert_eq!(parse_json(&bytes, &ctx(&limits)), parse_json_text(text, &ctx(&limits)), "{}", text);
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let limits = Limits::default();
+            check_outcomes(&parse_json(&bytes, &ctx(&limits)))?;
+            let fields = vec![(b"sensor".to_vec(), bytes.clone()), (b"value".to_vec(), bytes.clone()), (b"timestamp".to_vec(), bytes)];
+            check_outcomes(&parse_entry_fields(&fields, &ctx(&limits)))?;
+        }
+
+        #[test]
+        fn arbitrary_json_never_panics_nor_accepts_non_finite(value in json_value()) {
+            let limits = Limits::default();
+            let text = serde_json::to_vec(&value).unwrap();
+            check_outcomes(&parse_json(&text, &ctx(&limits)))?;
+        }
+
+        #[test]
+        fn arbitrary_readings_are_accepted_exactly_when_valid(
+            sensor in "[a-z0-9_.:-]{1,20}",
+            value in any::<f64>(),
+            seconds in 1_500_000_000i64..1_800_000_000,
+        ) {
+            let limits = Limits::default();
+            let text = format!(r#"{{"sensor":"{sensor}","value":{value:e},"timestamp":{seconds}}}"#);
+            let outcomes = parse_json(text.as_bytes(), &ctx(&limits));
+            check_outcomes(&outcomes)?;
+            let in_range = DateTime::from_timestamp(seconds, 0).unwrap() <= ctx(&limits).now + TimeDelta::minutes(5)
+                && ctx(&limits).now.signed_duration_since(DateTime::from_timestamp(seconds, 0).unwrap()) <= TimeDelta::days(3650);
+            prop_assert_eq!(outcomes[0].is_ok(), value.is_finite() && in_range, "{}", text);
+        }
+    }
+}

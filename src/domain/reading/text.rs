@@ -1,0 +1,87 @@
+//! The text fields of a reading: the sensor id and the unit.
+
+use super::{FieldValue, Limits, Reason, Rejection, excerpt};
+use std::borrow::Cow;
+
+/// A field that must be a string: JSON strings are unescaped, plain text is taken as it is.
+pub(super) fn text_field<'a>(name: &str, field: FieldValue<'a>) -> Result<Cow<'a, str>, Rejection> {
+    match field {
+        FieldValue::Text(text) => Ok(Cow::Borrowed(text)),
+        FieldValue::Json(raw) => json_string(raw).map_err(|_| {
+            Rejection::new(
+                Reason::WrongType,
+                format!("'{name}' must be a string, got {}", excerpt(raw)),
+            )
+        }),
+    }
+}
+
+/// The text of a JSON string. Most have no escapes: then it is the text between the quotes,
+/// borrowed (the parser has already checked the string: no raw control characters, valid UTF-8),
+/// and only strings with escapes are unescaped into a new one.
+pub(super) fn json_string(raw: &str) -> Result<Cow<'_, str>, serde_json::Error> {
+    match raw.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+        Some(inner) if !inner.contains('\\') => Ok(Cow::Borrowed(inner)),
+        _ => serde_json::from_str::<String>(raw).map(Cow::Owned),
+    }
+}
+
+pub(super) fn check_sensor_id<'a>(
+    id: Cow<'a, str>,
+    limits: &Limits,
+) -> Result<Cow<'a, str>, Rejection> {
+    if id.is_empty() {
+        return Err(Rejection::new(Reason::BadSensorId, "sensor id is empty"));
+    }
+    if id.len() > limits.max_sensor_id_len {
+        return Err(Rejection::new(
+            Reason::BadSensorId,
+            format!(
+                "sensor id is {} bytes long, more than the limit of {} ({})",
+                id.len(),
+                limits.max_sensor_id_len,
+                excerpt(&id)
+            ),
+        ));
+    }
+    // Byte by byte: every allowed character is ASCII, so the first byte refused starts a
+    // character.
+    if let Some(at) = id
+        .bytes()
+        .position(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':')))
+    {
+        let bad = id[at..].chars().next().unwrap_or_default();
+        return Err(Rejection::new(
+            Reason::BadSensorId,
+            format!(
+                "sensor id {} has {:?} at byte {at}; allowed are letters, digits, '_', '-', '.', ':'",
+                excerpt(&id),
+                bad
+            ),
+        ));
+    }
+    Ok(id)
+}
+
+pub(super) fn check_unit(field: FieldValue, limits: &Limits) -> Result<String, Rejection> {
+    let unit = match field {
+        FieldValue::Text(text) => text.to_owned(),
+        FieldValue::Json(raw) => json_string(raw).map(Cow::into_owned).map_err(|_| {
+            Rejection::new(
+                Reason::BadUnit,
+                format!("'unit' must be a string, got {}", excerpt(raw)),
+            )
+        })?,
+    };
+    if unit.len() > limits.max_unit_len || unit.chars().any(char::is_control) {
+        return Err(Rejection::new(
+            Reason::BadUnit,
+            format!(
+                "'unit' {} must be at most {} bytes of printable text",
+                excerpt(&unit),
+                limits.max_unit_len
+            ),
+        ));
+    }
+    Ok(unit)
+}

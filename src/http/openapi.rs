@@ -1,0 +1,41 @@
+//! `GET /api/v1/openapi.json`: the OpenAPI document of the read API and ingest, generated from
+//! the handlers' annotations.
+
+use crate::http::api::{
+    self, AggregateWindow, ReadingList, ReadingPoint, Sensor, SensorList, WindowList,
+};
+use crate::http::error::ErrorBody;
+use crate::http::ingest::{self, Accepted, RejectedReading};
+use actix_web::{HttpResponse, web};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/v1/openapi.json", web::get().to(openapi));
+}
+
+/// The OpenAPI document of the API.
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok().json(ApiDoc::openapi())
+}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "sensorhub", description = "Read API and HTTP ingest of sensorhub. The bearer token is required only when SENSORHUB_API_TOKEN is set."),
+    paths(api::list_sensors, api::get_sensor, api::sensor_readings, api::sensor_aggregates, ingest::ingest),
+    components(schemas(Sensor, SensorList, ReadingPoint, ReadingList, AggregateWindow, WindowList, Accepted, RejectedReading, ErrorBody)),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;

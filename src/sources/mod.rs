@@ -1,0 +1,9 @@
+//! Sources that bring readings into the stream from elsewhere. Each only appends to the stream
+//! ([`crate::redis::entry::append_payloads`]); from there every reading takes the same path
+//! through the pipeline, with the same guarantee.
+//!
+//! - [`pubsub`]: the Pub/Sub bridge, `PUBLISH sensor_stream '{...}'` appended at once.
+//!
+//! HTTP ingest (`POST /api/v1/readings`) appends the same way, from [`crate::http::ingest`].
+
+pub mod pubsub;
