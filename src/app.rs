@@ -152,7 +152,7 @@ impl Application {
     }
 
     /// Stops reading, lets the batches in flight commit and be acknowledged, then stops HTTP.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         let drained = self.pipeline.shutdown(self.shutdown_timeout).await;
         if drained {
             tracing::info!("all batches in flight committed and acknowledged");

@@ -11,8 +11,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 /// jemalloc instead of glibc's malloc: the pipeline makes many small short-lived allocations
-/// (reply values, strings, batch vectors freed on other threads), where glibc's malloc and free
-/// took about a fifth of sensorhub's CPU time in a profile of the load run.
+/// (reply values, strings, batch vectors freed on other threads), the pattern where glibc's
+/// malloc and free are slowest (`docs/performance.md`).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

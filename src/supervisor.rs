@@ -193,9 +193,10 @@ impl Pipeline {
     }
 
     /// Stops reading, waits (up to `timeout`) for the batches in flight to commit and be
-    /// acknowledged, then stops the stages. Returns false if the timeout struck first; what was not
-    /// acknowledged stays pending in Redis and is re-read on the next start.
-    pub async fn shutdown(&self, timeout: Duration) -> bool {
+    /// acknowledged, then stops the stages and waits for their threads to end, so that nothing of
+    /// the pipeline runs once it returns. Returns false if the timeout struck first; what was not
+    /// acknowledged is re-read on the next start.
+    pub async fn shutdown(&mut self, timeout: Duration) -> bool {
         let _ = self.stop.send(true);
         let deadline = Instant::now() + timeout;
         while self.is_running() && Instant::now() < deadline {
@@ -205,9 +206,28 @@ impl Pipeline {
         let drained = tokio::time::timeout(left, self.flow.drained())
             .await
             .is_ok();
-        for arbiter in &self.arbiters {
-            arbiter.stop();
-        }
+        let arbiters = std::mem::take(&mut self.arbiters);
+        let _ = tokio::task::spawn_blocking(move || stop_and_join(arbiters)).await;
         drained
+    }
+}
+
+impl Drop for Pipeline {
+    /// A pipeline dropped without [`Pipeline::shutdown`] (a test that failed, a start-up that
+    /// failed half way) stops its stages too, rather than leaving their threads running.
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        stop_and_join(std::mem::take(&mut self.arbiters));
+    }
+}
+
+/// Stops every stage's thread and waits for it to end: each ends at its next await, dropping the
+/// futures it was running.
+fn stop_and_join(arbiters: Vec<Arbiter>) {
+    for arbiter in &arbiters {
+        arbiter.stop();
+    }
+    for arbiter in arbiters {
+        let _ = arbiter.join();
     }
 }

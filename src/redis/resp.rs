@@ -155,7 +155,7 @@ impl ReplyParser {
 }
 
 /// The usual entry, `[id, [data, value]]`, whole: read in one pass, its fixed parts compared as
-/// they are, instead of header by header (five headers of about 90 instructions each). `None`
+/// they are, instead of header by header (five headers, each a general parse). `None`
 /// for any other shape, or an entry not all arrived, which [`entry`] then reads.
 #[inline]
 fn usual_entry(buf: &[u8], pos: usize, bytes: &Bytes) -> Option<(StreamEntry, usize)> {

@@ -1,0 +1,23 @@
+//! The test harness, by job: every test boots the real application against the real Redis and
+//! PostgreSQL on 127.0.0.1, on its own database and stream key.
+//!
+//! - [`app`]: a test's own resources and the running application.
+//! - [`stream`]: Redis connections and the group's state as a test inspects them.
+//! - [`db`]: the aggregates checked against the raw rows; counts awaited.
+//! - [`http`]: a minimal HTTP client.
+//! - [`data`]: reproducible random data and readings as JSON.
+
+mod app;
+mod data;
+mod db;
+mod http;
+mod stream;
+
+pub use app::*;
+pub use data::*;
+pub use db::*;
+pub use http::*;
+pub use stream::*;
+
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
