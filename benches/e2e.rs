@@ -3,6 +3,10 @@
 //!     cargo bench --bench e2e -- [--readings N] [--sensors N] [--batch-size N]
 //!                                [--steady-rate R] [--steady-seconds S] [--per-entry N]
 //!                                [--env SENSORHUB_X=V ...] [--plot PATH] [--rounds N]
+//!                                [--binary PATH]
+//!
+//! The binary measured is the release build as users build it (`cargo build --release`, run by the
+//! benchmark), or `--binary PATH` (another build, to compare two).
 //!
 //! Phases, each on fresh databases and a fresh stream; phases 1 and 2 are run `--rounds` times
 //! (default 5), alternating, and the round with the median ratio is reported (with the range of
@@ -57,6 +61,9 @@ struct Args {
     plot: String,
     /// Rounds of reference and throughput (`--rounds N`); the median round's ratio is reported.
     rounds: u64,
+    /// The sensorhub binary to run (`--binary PATH`): by default the release build as users build
+    /// it, without the test-only features `cargo bench` turns on for this crate.
+    binary: Option<String>,
 }
 
 fn args() -> Args {
@@ -70,6 +77,7 @@ fn args() -> Args {
         env: Vec::new(),
         plot: "docs/e2e-load-run.png".into(),
         rounds: 5,
+        binary: None,
     };
     let mut iter = std::env::args().skip(1);
     while let Some(arg) = iter.next() {
@@ -92,10 +100,38 @@ fn args() -> Args {
                 args.env.push((name.to_owned(), value.to_owned()));
             }
             "--plot" => args.plot = iter.next().expect("--plot needs a path"),
+            "--binary" => args.binary = Some(iter.next().expect("--binary needs a path")),
             _ => {} // cargo bench passes --bench
         }
     }
     args
+}
+
+/// The release binary as `cargo build --release` makes it. The binary `cargo bench` builds beside
+/// this benchmark links the library with the dev-dependencies' features (fault injection), so it
+/// is not the one measured.
+fn production_binary() -> String {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--bin",
+            "sensorhub",
+            "--message-format=json-render-diagnostics",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("cargo build --release");
+    assert!(output.status.success(), "cargo build --release failed");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .rev()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find_map(|message| message["executable"].as_str().map(str::to_owned))
+        .expect("cargo reported the sensorhub executable")
 }
 
 /// CPU seconds (user + system) of a process, from /proc.
@@ -773,7 +809,7 @@ fn metric(port: u16, name: &str) -> f64 {
 }
 
 fn spawn_sensorhub(args: &Args, db_url: &str, stream: &str, port: u16) -> Guard {
-    let child = Command::new(env!("CARGO_BIN_EXE_sensorhub"))
+    let child = Command::new(args.binary.as_deref().expect("binary resolved in main"))
         .env("SENSORHUB_DATABASE_URL", db_url)
         .env("SENSORHUB_STREAM", stream)
         .env("SENSORHUB_CHANNEL", "")
@@ -985,7 +1021,14 @@ async fn drop_run(
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let args = args();
+    let mut args = args();
+    if args.binary.is_none() {
+        args.binary = Some(production_binary());
+    }
+    eprintln!(
+        "sensorhub binary: {}",
+        args.binary.as_deref().unwrap_or_default()
+    );
     let name = format!("sensorhub_bench_{}", std::process::id());
     let admin = connect("postgres://postgres@127.0.0.1:5432/postgres").await;
     let mut redis = redis::Client::open("redis://127.0.0.1:6379")
