@@ -681,7 +681,7 @@ async fn reference(
             })
             .collect();
         let origins = vec![EntryId::ZERO; readings.len()];
-        batches.push(prepare(readings, origins, &resolutions, connections).0);
+        batches.push(prepare(readings, origins, &resolutions, connections).shards);
         n = end;
     }
     // One lane per connection, as sensorhub's writer: each writes its shards of every batch in

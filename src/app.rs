@@ -6,6 +6,7 @@ use crate::http::{self, ApiSettings, HttpState};
 use crate::pipeline::faults::Faults;
 use crate::pipeline::read::READ_BLOCK;
 use crate::redis::group;
+use crate::sources::pubsub::BridgeHealth;
 use crate::store;
 use crate::supervisor::{Pipeline, PipelineParts};
 use crate::telemetry::Metrics;
@@ -72,6 +73,7 @@ impl Application {
             .await
             .context("creating the consumer group")?;
 
+        let bridge_health = Arc::new(BridgeHealth::default());
         let pipeline = Pipeline::start(
             &config,
             PipelineParts {
@@ -80,6 +82,7 @@ impl Application {
                 conn: conn.clone(),
                 read_conn,
                 metrics: Arc::clone(&metrics),
+                bridge_health: Arc::clone(&bridge_health),
                 faults,
             },
         );
@@ -89,6 +92,7 @@ impl Application {
             pool,
             redis: conn,
             pipeline_running: pipeline.running_flag(),
+            bridge: config.channel.is_some().then_some(bridge_health),
             api: Arc::new(ApiSettings {
                 token: config.api_token.clone(),
                 active_within: config.active_within,

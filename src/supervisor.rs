@@ -16,7 +16,8 @@ use crate::pipeline::validate::Validator;
 use crate::pipeline::window::Aggregator;
 use crate::pipeline::write::Writer;
 use crate::redis::dead_letter::DeadLetters;
-use crate::sources::pubsub::{Bridge, BridgeSettings};
+use crate::redis::lease::unique_token;
+use crate::sources::pubsub::{Bridge, BridgeHealth, BridgeSettings};
 use crate::telemetry::Metrics;
 use actix::{Arbiter, Supervisor};
 use deadpool_postgres::Pool;
@@ -37,6 +38,8 @@ pub struct PipelineParts {
     /// The reader's own connection for blocking reads.
     pub read_conn: ConnectionManager,
     pub metrics: Arc<Metrics>,
+    /// Whether the bridge can append, shared with `/readyz`.
+    pub bridge_health: Arc<BridgeHealth>,
     pub faults: Arc<Faults>,
 }
 
@@ -56,6 +59,7 @@ impl Pipeline {
             conn,
             read_conn,
             metrics,
+            bridge_health,
             faults,
         } = parts;
         let (stop, stop_rx) = watch::channel(false);
@@ -73,6 +77,7 @@ impl Pipeline {
         let ack_settings = AckSettings {
             stream: config.stream.clone(),
             group: config.group.clone(),
+            instance: unique_token(&config.consumer),
             tail: config.stream_tail,
         };
         let acker = {
@@ -170,7 +175,7 @@ impl Pipeline {
             };
             let metrics = Arc::clone(&metrics);
             Supervisor::start_in_arbiter(&io, move |_| {
-                Bridge::new(settings, client, conn, metrics, stop_rx)
+                Bridge::new(settings, client, conn, metrics, bridge_health, stop_rx)
             });
         }
 

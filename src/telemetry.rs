@@ -33,8 +33,13 @@ pub struct Metrics {
     pub readings_rejected: IntCounterVec,
     /// Readings newly stored in `readings`.
     pub readings_written: IntCounter,
+    /// Messages received and not appended to the stream, by `source` (the bridge's lease lost
+    /// before the append, or Redis refusing it past the retries).
+    pub messages_dropped: IntCounterVec,
     /// Readings skipped because `(sensor_id, ts)` was already stored or repeated in the batch.
     pub readings_duplicate: IntCounter,
+    /// Readings whose `(sensor_id, ts)` is stored with another value: dead-lettered.
+    pub readings_conflicting: IntCounter,
     /// Aggregate rows inserted or merged into.
     pub aggregate_rows_upserted: IntCounter,
     /// Time of one batch transaction, retries included.
@@ -50,6 +55,10 @@ pub struct Metrics {
     pub group_pending: IntGauge,
     /// Entries in the stream not yet delivered to the consumer group.
     pub group_lag: IntGauge,
+    /// Entries delivered to the consumer group (by any instance) and not yet committed.
+    pub ledger_uncommitted: IntGauge,
+    /// Age of the newest committed entry at the ledger's watermark, by its id's time.
+    pub ledger_watermark_age: Gauge,
     /// Failed database operations, retried.
     pub database_errors: IntCounter,
     /// Failed Redis operations, retried.
@@ -120,9 +129,18 @@ impl Metrics {
                 "reason",
             ),
             readings_written: counter("sensorhub_readings_written_total", "Readings newly stored."),
+            messages_dropped: counter_vec(
+                "sensorhub_messages_dropped_total",
+                "Messages received and not appended to the stream (the bridge lost its lease first, or Redis kept refusing), by source.",
+                "source",
+            ),
             readings_duplicate: counter(
                 "sensorhub_readings_duplicate_total",
-                "Readings skipped as duplicates of a stored (sensor_id, ts).",
+                "Readings skipped as duplicates of a stored (sensor_id, ts) with the same value.",
+            ),
+            readings_conflicting: counter(
+                "sensorhub_readings_conflicting_total",
+                "Readings whose (sensor_id, ts) is stored with a different value: dead-lettered as conflicting_value.",
             ),
             aggregate_rows_upserted: counter(
                 "sensorhub_aggregate_rows_upserted_total",
@@ -154,6 +172,14 @@ impl Metrics {
             group_lag: gauge(
                 "sensorhub_consumer_group_lag",
                 "Entries in the stream not yet delivered to the consumer group.",
+            ),
+            ledger_uncommitted: gauge(
+                "sensorhub_ledger_uncommitted_entries",
+                "Stream entries delivered to the consumer group, by any instance, and not yet committed.",
+            ),
+            ledger_watermark_age: float_gauge(
+                "sensorhub_ledger_watermark_age_seconds",
+                "Age of the entry at the ledger's watermark (every entry up to it is committed), by its id's time.",
             ),
             database_errors: counter(
                 "sensorhub_database_errors_total",
@@ -222,6 +248,7 @@ impl Metrics {
         for source in ["stream", "pubsub", "http"] {
             metrics.messages_received.with_label_values(&[source]);
         }
+        metrics.messages_dropped.with_label_values(&["pubsub"]);
         metrics
     }
 

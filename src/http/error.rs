@@ -19,6 +19,13 @@ pub enum ApiError {
     TooLarge(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A write that did not happen: a retry is safe (`"outcome": "not_stored"`).
+    #[error("{0}")]
+    NotStored(String),
+    /// A write whose outcome cannot be known (Redis did not answer in time): it may have been
+    /// stored. The body says so (`"outcome": "unknown"`) and which retries are safe.
+    #[error("{0}")]
+    OutcomeUnknown(String),
 }
 
 /// The body of every error answer.
@@ -26,6 +33,10 @@ pub enum ApiError {
 pub struct ErrorBody {
     /// What was wrong, naming the bad value.
     pub error: String,
+    /// For a write answered 503: `not_stored` (nothing was written; a retry is safe) or `unknown`
+    /// (it may have been written; see `error` for which retries are safe).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<&'static str>,
 }
 
 impl ResponseError for ApiError {
@@ -35,7 +46,9 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::NotStored(_) | ApiError::OutcomeUnknown(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -46,6 +59,11 @@ impl ResponseError for ApiError {
         }
         response.json(ErrorBody {
             error: self.to_string(),
+            outcome: match self {
+                ApiError::OutcomeUnknown(_) => Some("unknown"),
+                ApiError::NotStored(_) => Some("not_stored"),
+                _ => None,
+            },
         })
     }
 }

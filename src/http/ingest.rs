@@ -1,19 +1,36 @@
 //! HTTP ingest for devices that speak only HTTP: `POST /api/v1/readings` appends the body to the
 //! stream as `XADD <stream> * data <body>` does, so HTTP readings get the stream's delivery
 //! guarantee.
+//!
+//! The answer tells the truth about the append: 202 once Redis has the entry, 400 (or 413) when
+//! nothing in the body can be a reading, and a 503 that says whether nothing was stored (a retry
+//! is safe) or the outcome is unknown (Redis did not answer in time: the entry may exist). With
+//! an `Idempotency-Key` header, a retry of the same request stores its readings once, however
+//! the first attempt ended: the key is kept with the entry it was appended as for
+//! [`IDEMPOTENCY_TTL`].
 
 use crate::domain::reading::parse_json;
 use crate::domain::{ParseContext, Reason};
 use crate::http::HttpState;
 use crate::http::auth::Authorized;
 use crate::http::error::{ApiError, ErrorBody};
-use crate::redis::entry::append_payloads;
+use crate::redis::entry::{append_payload_once, append_payloads};
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::Utc;
 use futures_util::StreamExt as _;
 use serde::Serialize;
+use std::time::Duration;
 use utoipa::ToSchema;
+
+/// How long an `Idempotency-Key` is remembered: longer than any client keeps retrying.
+pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The header that makes a retried POST store its readings once.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// Longest accepted `Idempotency-Key`.
+const MAX_KEY_LEN: usize = 200;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/v1/readings", web::post().to(ingest));
@@ -37,6 +54,9 @@ pub struct Accepted {
     pub readings: usize,
     /// Readings that will go to the dead-letter stream instead.
     pub rejected: Vec<RejectedReading>,
+    /// True when an earlier request with the same `Idempotency-Key` appended this entry, and this
+    /// one appended nothing.
+    pub repeated: bool,
 }
 
 /// Appends a reading object or an array of them to the stream, as `XADD <stream> * data <body>`
@@ -50,8 +70,9 @@ pub struct Accepted {
         (status = 400, body = ErrorBody, description = "the body cannot be a reading: not JSON, not an object or array, or no valid reading in it"),
         (status = 401, body = ErrorBody),
         (status = 413, body = ErrorBody),
-        (status = 503, body = ErrorBody),
+        (status = 503, body = ErrorBody, description = "Redis did not take the entry: `outcome` is `not_stored` (a retry is safe) or `unknown` (it may be stored: retry with the same Idempotency-Key)"),
     ),
+    params(("Idempotency-Key" = Option<String>, Header, description = "a key unique to this request (1 to 200 visible ASCII characters): a retry with the same key stores the readings once")),
     security(("bearer" = []))
 )]
 pub(crate) async fn ingest(
@@ -60,6 +81,7 @@ pub(crate) async fn ingest(
     req: HttpRequest,
     mut payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    let idempotency_key = idempotency_key(&req)?;
     let max = state.api.limits.max_message_bytes;
     let too_large = || {
         ApiError::TooLarge(format!(
@@ -116,20 +138,69 @@ pub(crate) async fn ingest(
         );
     }
     let mut redis = state.redis.clone();
-    let entry = append_payloads(&mut redis, &state.api.stream, [body.as_slice()])
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("redis unavailable, nothing was stored: {e}")))?
-        .pop()
-        .map(|id| id.to_string())
-        .unwrap_or_default();
-    state
-        .metrics
-        .messages_received
-        .with_label_values(&["http"])
-        .inc();
+    let stream = &state.api.stream;
+    let (entry, repeated) = match &idempotency_key {
+        Some(key) => {
+            let key = format!("{stream}:idempotency:{key}");
+            let appended =
+                append_payload_once(&mut redis, stream, &key, IDEMPOTENCY_TTL, &body).await;
+            let appended = appended.map_err(append_failed)?;
+            (appended.id, !appended.new)
+        }
+        None => {
+            let ids = append_payloads(&mut redis, stream, [body.as_slice()])
+                .await
+                .map_err(append_failed)?;
+            let id = ids.into_iter().next().ok_or_else(|| {
+                ApiError::OutcomeUnknown("redis answered the append with no entry id".into())
+            })?;
+            (id, false)
+        }
+    };
+    if !repeated {
+        state
+            .metrics
+            .messages_received
+            .with_label_values(&["http"])
+            .inc();
+    }
     Ok(HttpResponse::Accepted().json(Accepted {
-        entry,
+        entry: entry.to_string(),
         readings: valid,
         rejected,
+        repeated,
     }))
+}
+
+/// The request's `Idempotency-Key`, if any: 1 to [`MAX_KEY_LEN`] visible ASCII characters.
+fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(value) = req.headers().get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let bad = || {
+        ApiError::BadRequest(format!(
+            "Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters (no spaces)"
+        ))
+    };
+    let key = value.to_str().map_err(|_| bad())?;
+    if key.is_empty() || key.len() > MAX_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad());
+    }
+    Ok(Some(key.to_owned()))
+}
+
+/// The 503 of a failed append: whether it may have been stored decides which retries are safe.
+fn append_failed(error: redis::RedisError) -> ApiError {
+    // Redis answered with an error, or the connection was refused: the append never ran.
+    if error.code().is_some() || error.is_connection_refusal() {
+        return ApiError::NotStored(format!(
+            "redis refused the append, nothing was stored: {error}; retrying is safe"
+        ));
+    }
+    ApiError::OutcomeUnknown(format!(
+        "redis did not answer in time ({error}): the readings may or may not be stored. A retry \
+         with the same Idempotency-Key header stores them once; without one, a retry is safe for \
+         readings that carry their own timestamp (a repeat is skipped as a duplicate), while a \
+         reading without a timestamp could be stored twice"
+    ))
 }

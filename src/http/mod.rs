@@ -5,7 +5,7 @@
 //! | --- | --- |
 //! | `GET /` | status page: sensors with last value, chart of a sensor's aggregates |
 //! | `GET /healthz` | 200 while the process and its actors are alive |
-//! | `GET /readyz`, `GET /healthcheck` | 200 when Redis and PostgreSQL answer and the pipeline runs; 503 with a JSON body naming the failing checks |
+//! | `GET /readyz`, `GET /healthcheck` | 200 when Redis and PostgreSQL answer, the pipeline runs and the bridge (if any) can append; 503 with a JSON body naming the failing checks |
 //! | `GET /metrics` | Prometheus text exposition |
 
 pub mod api;
@@ -16,6 +16,7 @@ pub mod openapi;
 
 use crate::config::Secret;
 use crate::domain::{Limits, Resolution};
+use crate::sources::pubsub::BridgeHealth;
 use crate::telemetry::Metrics;
 use actix_web::{HttpResponse, web};
 use deadpool_postgres::Pool;
@@ -47,6 +48,8 @@ pub struct HttpState {
     pub redis: ConnectionManager,
     /// True while the pipeline's reader runs.
     pub pipeline_running: Arc<AtomicBool>,
+    /// Whether the Pub/Sub bridge can append, when a channel is bridged.
+    pub bridge: Option<Arc<BridgeHealth>>,
     pub api: Arc<ApiSettings>,
 }
 
@@ -121,11 +124,15 @@ async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
         checks: BTreeMap::new(),
         failing: Vec::new(),
     };
-    for (name, result) in [
+    let mut checks = vec![
         ("redis", redis_result),
         ("postgres", postgres_result),
         ("pipeline", pipeline_result),
-    ] {
+    ];
+    if let Some(bridge) = &state.bridge {
+        checks.push(("bridge", bridge.check().map_err(|e| format!("error: {e}"))));
+    }
+    for (name, result) in checks {
         match result {
             Ok(()) => {
                 health.checks.insert(name, "ok".to_owned());

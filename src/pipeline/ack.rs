@@ -25,6 +25,8 @@ const ACK_ATTEMPTS: u32 = 8;
 pub struct AckSettings {
     pub stream: String,
     pub group: String,
+    /// A token unique to this instance, under which it publishes its entries in flight.
+    pub instance: String,
     /// Committed entries kept in the stream for inspection.
     pub tail: usize,
 }
@@ -144,17 +146,54 @@ async fn record(
         .map(drop)
 }
 
+/// How long an instance's count of entries in flight stays in the group-wide sum without a new
+/// one: a few maintenance passes, so a stopped instance leaves it soon.
+const IN_FLIGHT_TTL: Duration = Duration::from_secs(5);
+
 async fn maintain(
     conn: &mut ConnectionManager,
     settings: &AckSettings,
     metrics: &Metrics,
 ) -> redis::RedisResult<()> {
-    ledger::compact(conn, &settings.stream, &settings.group).await?;
+    let progress = ledger::compact(conn, &settings.stream, &settings.group).await?;
     let groups = group::groups(conn, &settings.stream).await?;
     if let Some(ours) = groups.iter().find(|g| g.name == settings.group)
         && let Some(lag) = ours.lag
     {
         metrics.group_lag.set(lag as i64);
     }
-    group::trim_acknowledged(conn, &settings.stream, &groups, settings.tail).await
+    let own = metrics.group_pending.get().max(0) as u64;
+    let uncommitted = ledger::in_flight(
+        conn,
+        &settings.stream,
+        &settings.group,
+        &settings.instance,
+        own,
+        IN_FLIGHT_TTL,
+    )
+    .await?;
+    metrics.ledger_uncommitted.set(uncommitted as i64);
+    metrics
+        .ledger_watermark_age
+        .set(progress.map_or(0.0, |p| watermark_age(&p, chrono::Utc::now())));
+    group::trim_acknowledged(
+        conn,
+        &settings.stream,
+        &settings.group,
+        &groups,
+        settings.tail,
+    )
+    .await
+}
+
+/// How long the oldest delivered entry that is not committed has waited, by its id's time: the
+/// watermark's lag behind the work delivered. 0 when every delivered entry is committed.
+fn watermark_age(progress: &ledger::Progress, now: chrono::DateTime<chrono::Utc>) -> f64 {
+    match progress.next {
+        Some(next) if next <= progress.last_delivered => {
+            let waited = now.timestamp_millis() - next.ms.min(i64::MAX as u64) as i64;
+            waited.max(0) as f64 / 1000.0
+        }
+        _ => 0.0,
+    }
 }

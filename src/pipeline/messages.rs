@@ -27,6 +27,18 @@ pub struct Readings {
     pub ticket: Ticket,
 }
 
+/// A reading whose `(sensor_id, ts)` came earlier in the same batch: left out of the write. Once
+/// the batch has committed, it is a duplicate if its value is the one stored under its key, and a
+/// conflict (dead-lettered) otherwise.
+#[derive(Clone, Debug)]
+pub struct Repeat {
+    pub reading: Reading,
+    /// The stream entry it came from.
+    pub entry: EntryId,
+    /// The value of the first reading of its key in the batch, the one written.
+    pub first: f64,
+}
+
 /// window → write: unique readings and their partial aggregates, split by sensor into one shard
 /// per write connection, each in key order.
 #[derive(Message)]
@@ -34,8 +46,8 @@ pub struct Readings {
 pub struct WriteBatch {
     /// Disjoint sets of sensors; no two readings with the same `(sensor_id, ts)`.
     pub shards: Vec<Shard>,
-    /// Readings dropped because the same `(sensor_id, ts)` came twice within the batch.
-    pub duplicates_in_batch: u64,
+    /// Readings left out because their `(sensor_id, ts)` came earlier in the batch.
+    pub repeats: Vec<Repeat>,
     pub entries: Vec<EntryId>,
     pub ticket: Ticket,
 }

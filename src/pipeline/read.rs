@@ -293,16 +293,14 @@ impl ReadLoop {
         seen: &mut Option<Gap>,
     ) -> redis::RedisResult<Option<Position>> {
         let s = Arc::clone(&self.settings);
-        let progress = ledger::compact(&mut self.conn, &s.stream, &s.group).await?;
-        let groups = group::groups(&mut self.conn, &s.stream).await?;
-        let Some(ours) = groups.iter().find(|g| g.name == s.group) else {
-            // The group is gone (Redis restarted without persistence): recreated, it delivers
-            // the stream from its start, so there is nothing to re-read.
+        let Some(progress) = ledger::compact(&mut self.conn, &s.stream, &s.group).await? else {
+            // The group is gone (deleted, or Redis restarted without persistence): recreated, it
+            // delivers the stream from its start, so there is nothing to re-read.
             group::ensure_group(&mut self.conn, &s.stream, &s.group, false).await?;
             *seen = None;
             return Ok(None);
         };
-        let last_delivered = ours.last_delivered;
+        let last_delivered = progress.last_delivered;
         if all {
             *seen = None;
             return Ok(

@@ -112,7 +112,7 @@ pub fn parse_batch(
             tracing::warn!(entry = %entry.id, "pending entry was deleted from the stream before it was processed");
             continue;
         };
-        ctx.set_received_micros(entry.id.time_micros());
+        ctx.set_received_entry(entry.id.ms, entry.id.seq);
         for outcome in reading::parse_entry_fields(fields, &ctx) {
             match outcome {
                 Ok(reading) => {

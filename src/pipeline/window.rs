@@ -5,7 +5,7 @@
 
 use crate::domain::{Reading, Resolution, Windows};
 use crate::pipeline::faults::Faults;
-use crate::pipeline::messages::{Readings, WriteBatch};
+use crate::pipeline::messages::{Readings, Repeat, WriteBatch};
 use crate::pipeline::shard::{Shard, split};
 use crate::pipeline::stage::{count_restart, guarded, off_thread};
 use crate::redis::entry::EntryId;
@@ -70,11 +70,11 @@ impl Handler<Readings> for Aggregator {
                 entries,
                 ticket,
             } = batch;
-            let (shards, duplicates_in_batch) =
+            let prepared =
                 off_thread(move || prepare(readings, origins, &resolutions, shards)).await;
             let message = WriteBatch {
-                duplicates_in_batch,
-                shards,
+                shards: prepared.shards,
+                repeats: prepared.repeats,
                 entries,
                 ticket,
             };
@@ -86,34 +86,47 @@ impl Handler<Readings> for Aggregator {
     }
 }
 
-/// What this stage does to a batch: drops readings repeated within it (returning how many), folds
-/// the rest into partials and splits both into `shards` write shards. One sort into key order
-/// serves all three: repeated keys are neighbours, each sensor's windows are consecutive runs,
-/// and every shard receives its rows already in order.
+/// A batch ready for the write stage.
+pub struct Prepared {
+    pub shards: Vec<Shard>,
+    /// Readings whose key came earlier in the batch: not written; the write stage tells
+    /// duplicates from conflicts once it knows what is stored.
+    pub repeats: Vec<Repeat>,
+}
+
+/// What this stage does to a batch: drops readings repeated within it (the first of each key
+/// stays), folds the rest into partials and splits both into `shards` write shards. One sort into
+/// key order serves all three: repeated keys are neighbours, each sensor's windows are
+/// consecutive runs, and every shard receives its rows already in order.
 pub fn prepare(
     readings: Vec<Reading>,
     origins: Vec<EntryId>,
     resolutions: &[Resolution],
     shards: usize,
-) -> (Vec<Shard>, u64) {
+) -> Prepared {
     let mut kept: Vec<u32> = Vec::with_capacity(readings.len());
+    let mut repeats = Vec::new();
     for position in Windows::key_order(&readings) {
         let reading = &readings[position as usize];
         // Equal keys are in arrival order: the first one stays.
-        let repeated = kept.last().is_some_and(|&last| {
-            let last = &readings[last as usize];
-            last.ts == reading.ts && last.sensor_id == reading.sensor_id
-        });
-        if !repeated {
-            kept.push(position);
+        let repeated = kept
+            .last()
+            .map(|&last| &readings[last as usize])
+            .filter(|last| last.ts == reading.ts && last.sensor_id == reading.sensor_id);
+        match repeated {
+            None => kept.push(position),
+            Some(first) => repeats.push(Repeat {
+                reading: reading.clone(),
+                entry: origins[position as usize],
+                first: first.value,
+            }),
         }
     }
-    let duplicates = (readings.len() - kept.len()) as u64;
     let partials = Windows::fold_sorted(resolutions, kept.iter().map(|&i| &readings[i as usize]));
-    (
-        split(readings, origins, &kept, partials, shards),
-        duplicates,
-    )
+    Prepared {
+        shards: split(readings, origins, &kept, partials, shards),
+        repeats,
+    }
 }
 
 #[cfg(test)]
@@ -129,7 +142,7 @@ mod tests {
         /// fold of exactly the kept readings.
         #[test]
         fn prepare_keeps_the_first_of_each_key_in_key_order(
-            values in prop::collection::vec((0usize..5, 0i64..300, -100i32..100), 0..200),
+            values in prop::collection::vec((0usize..5, 0i64..300, -3i32..3), 0..200),
             shards in 1usize..4,
         ) {
             let base = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
@@ -155,8 +168,14 @@ mod tests {
             let resolutions: Vec<Resolution> = vec!["1m".parse().unwrap(), "1h".parse().unwrap()];
             let expected_partials = Windows::fold(&resolutions, &kept);
 
-            let (out, duplicates) = prepare(readings.clone(), origins, &resolutions, shards);
-            prop_assert_eq!(duplicates as usize, readings.len() - first.len());
+            let prepared = prepare(readings.clone(), origins.clone(), &resolutions, shards);
+            let out = prepared.shards;
+            prop_assert_eq!(prepared.repeats.len(), readings.len() - first.len());
+            for repeat in &prepared.repeats {
+                let (value, origin) = first[&(repeat.reading.sensor_id.clone(), repeat.reading.ts)];
+                prop_assert_eq!(repeat.first, value);
+                prop_assert!(repeat.entry != origin);
+            }
             let mut seen: HashMap<Arc<str>, usize> = HashMap::new();
             let mut stored = BTreeMap::new();
             let mut partials = Vec::new();
@@ -191,8 +210,9 @@ mod tests {
             .map(|seq| EntryId { ms: 1, seq })
             .collect();
         let resolutions: Vec<Resolution> = vec!["1m".parse().unwrap()];
-        let (shards, duplicates) = prepare(readings, origins, &resolutions, 3);
-        assert_eq!(duplicates, 0);
+        let prepared = prepare(readings, origins, &resolutions, 3);
+        let shards = prepared.shards;
+        assert!(prepared.repeats.is_empty());
         assert_eq!(shards.iter().map(|s| s.readings.len()).sum::<usize>(), 100);
         for (i, shard) in shards.iter().enumerate() {
             let sensors: std::collections::HashSet<&str> =

@@ -18,18 +18,19 @@
 use crate::domain::{AggKey, Aggregate, Reading, Reason, Rejection, Resolution, Windows};
 use crate::pipeline::faults::Faults;
 use crate::pipeline::flow::Ticket;
-use crate::pipeline::messages::{Committed, WriteBatch};
+use crate::pipeline::messages::{Committed, Repeat, WriteBatch};
 use crate::pipeline::shard::Shard;
 use crate::pipeline::stage::{count_restart, guarded};
 use crate::redis::dead_letter::{DeadLetter, DeadLetters};
 use crate::redis::entry::EntryId;
 use crate::retry::Backoff;
-use crate::store::{self, BatchOutcome, StoreError};
+use crate::store::{self, BatchOutcome, Conflict, StoreError};
 use crate::telemetry::Metrics;
 use actix::prelude::*;
 use deadpool_postgres::Pool;
 use futures_util::FutureExt as _;
 use redis::aio::ConnectionManager;
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,14 +58,24 @@ struct WriteContext {
 /// One shard handed to its lane, and where its outcome goes.
 struct LaneJob {
     shard: Shard,
-    done: oneshot::Sender<BatchOutcome>,
+    done: oneshot::Sender<ShardDone>,
 }
+
+/// A shard committed: what it did, and the readings it refused as conflicting with stored ones
+/// (each with the value stored under its key).
+struct ShardDone {
+    outcome: BatchOutcome,
+    conflicts: Vec<(DeadLetter, Key, f64)>,
+}
+
+/// A reading's key, `(sensor_id, ts)`.
+type Key = (Arc<str>, chrono::DateTime<chrono::Utc>);
 
 /// A batch whose shards are in the lanes: what completing it takes.
 struct Dispatched {
     started: Instant,
-    outcomes: Vec<oneshot::Receiver<BatchOutcome>>,
-    duplicates_in_batch: u64,
+    outcomes: Vec<oneshot::Receiver<ShardDone>>,
+    repeats: Vec<Repeat>,
     entries: Vec<EntryId>,
     ticket: Ticket,
 }
@@ -129,11 +140,7 @@ impl Actor for Writer {
                 })
                 .collect();
             let (dispatched, rx) = mpsc::unbounded_channel();
-            actix::spawn(complete(
-                Arc::clone(&self.context.metrics),
-                self.acker.clone(),
-                rx,
-            ));
+            actix::spawn(complete(self.context.clone(), self.acker.clone(), rx));
             self.running = Some(Lanes { jobs, dispatched });
         }
     }
@@ -161,7 +168,7 @@ impl Handler<WriteBatch> for Writer {
             );
             let WriteBatch {
                 shards,
-                duplicates_in_batch,
+                repeats,
                 entries,
                 ticket,
             } = batch;
@@ -179,7 +186,7 @@ impl Handler<WriteBatch> for Writer {
             let _ = dispatched.send(Dispatched {
                 started,
                 outcomes,
-                duplicates_in_batch,
+                repeats,
                 entries,
                 ticket,
             });
@@ -199,8 +206,17 @@ async fn lane(context: WriteContext, faults: Arc<Faults>, mut jobs: mpsc::Receiv
             write_until_committed(&context, &shard).await
         };
         match AssertUnwindSafe(write).catch_unwind().await {
-            Ok(outcome) => {
-                let _ = done.send(outcome);
+            Ok(mut outcome) => {
+                let conflicts = std::mem::take(&mut outcome.conflicts)
+                    .into_iter()
+                    .map(|conflict| {
+                        let reading = &shard.readings[conflict.index];
+                        let key = (Arc::clone(&reading.sensor_id), reading.ts);
+                        let letter = stored_conflict_letter(&shard, conflict);
+                        (letter, key, conflict.stored)
+                    })
+                    .collect();
+                let _ = done.send(ShardDone { outcome, conflicts });
             }
             Err(_) => {
                 tracing::error!(
@@ -213,13 +229,15 @@ async fn lane(context: WriteContext, faults: Arc<Faults>, mut jobs: mpsc::Receiv
     }
 }
 
-/// Completes batches in the order they were dispatched: waits for each shard's commit, counts
-/// the batch and reports it for acknowledgement.
+/// Completes batches in the order they were dispatched: waits for each shard's commit, keeps
+/// the readings refused as conflicting in the dead-letter stream, counts the batch and reports it
+/// for acknowledgement.
 async fn complete(
-    metrics: Arc<Metrics>,
+    context: WriteContext,
     acker: Recipient<Committed>,
     mut batches: mpsc::UnboundedReceiver<Dispatched>,
 ) {
+    let metrics = Arc::clone(&context.metrics);
     while let Some(batch) = batches.recv().await {
         let mut outcomes = Vec::with_capacity(batch.outcomes.len());
         for outcome in batch.outcomes {
@@ -228,19 +246,46 @@ async fn complete(
         metrics
             .batch_write_duration
             .observe(batch.started.elapsed().as_secs_f64());
-        for outcome in outcomes.iter().flatten() {
-            metrics.readings_written.inc_by(outcome.inserted);
-            metrics.readings_duplicate.inc_by(outcome.duplicates);
+        for done in outcomes.iter().flatten() {
+            metrics.readings_written.inc_by(done.outcome.inserted);
+            metrics.readings_duplicate.inc_by(done.outcome.duplicates);
             metrics
                 .aggregate_rows_upserted
-                .inc_by(outcome.aggregate_rows);
+                .inc_by(done.outcome.aggregate_rows);
         }
         if outcomes.iter().any(Result::is_err) {
             // A lane lost its shard (see `lane`): the ticket is dropped unsettled, and the reader
             // re-reads the batch; what did commit is skipped as duplicates.
             continue;
         }
-        metrics.readings_duplicate.inc_by(batch.duplicates_in_batch);
+        let mut stored_elsewhere: HashMap<Key, f64> = HashMap::new();
+        let mut letters = Vec::new();
+        for (letter, key, stored) in outcomes.into_iter().flatten().flat_map(|d| d.conflicts) {
+            stored_elsewhere.insert(key, stored);
+            letters.push(letter);
+        }
+        // A reading repeated within the batch: the first of its key was written, and is stored
+        // unless the store refused it for another value already there.
+        for repeat in &batch.repeats {
+            let key = (Arc::clone(&repeat.reading.sensor_id), repeat.reading.ts);
+            let stored = stored_elsewhere.get(&key).copied().unwrap_or(repeat.first);
+            if repeat.reading.value == stored {
+                metrics.readings_duplicate.inc();
+            } else {
+                letters.push(conflict_letter(&repeat.reading, repeat.entry, stored));
+            }
+        }
+        if !letters.is_empty() {
+            for letter in &letters {
+                tracing::warn!(entry = %letter.entry, detail = %letter.rejection.detail, "reading conflicts with a stored one, moved to the dead-letter stream");
+            }
+            metrics.readings_conflicting.inc_by(letters.len() as u64);
+            let mut conn = context.conn.clone();
+            context
+                .dead
+                .keep(&mut conn, &letters, &metrics, "write")
+                .await;
+        }
         let now = chrono::Utc::now();
         let now_micros = now.timestamp_micros();
         metrics.last_commit_time.set(now_micros as f64 / 1e6);
@@ -336,9 +381,7 @@ async fn isolate_poison(context: &WriteContext, batch: &Shard) -> BatchOutcome {
         let partials = Windows::fold(&context.resolutions, part);
         match try_write(&context.pool, part, &partials, &context.resolutions).await {
             Ok(outcome) => {
-                total.inserted += outcome.inserted;
-                total.duplicates += outcome.duplicates;
-                total.aggregate_rows += outcome.aggregate_rows;
+                total.add(outcome, lo);
                 backoff.reset();
             }
             Err(error) if error.is_transient() => {
@@ -378,6 +421,40 @@ async fn isolate_poison(context: &WriteContext, batch: &Shard) -> BatchOutcome {
 }
 
 fn poison_letter(reading: &Reading, entry: EntryId, error: &str) -> DeadLetter {
+    reading_letter(
+        reading,
+        entry,
+        Reason::DatabaseRejected,
+        format!(
+            "PostgreSQL refused reading of sensor {:?}: {error}",
+            reading.sensor_id
+        ),
+    )
+}
+
+/// A reading whose key is stored with another value, found by the store.
+fn stored_conflict_letter(shard: &Shard, conflict: Conflict) -> DeadLetter {
+    let reading = &shard.readings[conflict.index];
+    conflict_letter(reading, shard.origins[conflict.index], conflict.stored)
+}
+
+fn conflict_letter(reading: &Reading, entry: EntryId, stored: f64) -> DeadLetter {
+    reading_letter(
+        reading,
+        entry,
+        Reason::ConflictingValue,
+        format!(
+            "sensor {:?} at {} has the value {stored} stored; this reading's value {} is refused \
+             (the value committed first stays)",
+            reading.sensor_id,
+            reading.ts.to_rfc3339(),
+            reading.value
+        ),
+    )
+}
+
+/// A dead letter of one reading that passed validation, kept as sensorhub's JSON.
+fn reading_letter(reading: &Reading, entry: EntryId, reason: Reason, detail: String) -> DeadLetter {
     let original = serde_json::json!({
         "sensor": &*reading.sensor_id,
         "value": reading.value,
@@ -387,11 +464,8 @@ fn poison_letter(reading: &Reading, entry: EntryId, error: &str) -> DeadLetter {
     DeadLetter {
         entry,
         rejection: Rejection {
-            reason: Reason::DatabaseRejected,
-            detail: format!(
-                "PostgreSQL refused reading of sensor {:?}: {error}",
-                reading.sensor_id
-            ),
+            reason,
+            detail,
             index: None,
         },
         original: vec![(

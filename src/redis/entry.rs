@@ -141,6 +141,98 @@ pub async fn append_payloads<P: redis::ToRedisArgs>(
         .collect()
 }
 
+/// Appends payloads only while `token` holds the lease at `lease_key`, in one script: the check
+/// and the appends are one step in Redis, so a process that lost its lease (paused past its
+/// expiry, say) can never append after another process took over.
+const APPEND_FENCED: &str = r#"
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then
+  return redis.error_reply('NOTHOLDER the lease is not held by this process')
+end
+local ids = {}
+for i = 2, #ARGV do
+  ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', 'data', ARGV[i])
+end
+return ids
+"#;
+
+/// What a fenced append can end in besides success.
+#[derive(Debug, thiserror::Error)]
+pub enum FencedError {
+    /// The lease is held by another process, or by none: nothing was appended.
+    #[error("the lease is not held by this process; nothing was appended")]
+    NotHolder,
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+}
+
+/// As [`append_payloads`], only while `token` holds the lease at `lease_key` (the Pub/Sub
+/// bridge: [`crate::redis::lease`]).
+pub async fn append_payloads_fenced<P: redis::ToRedisArgs>(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    lease_key: &str,
+    token: &str,
+    payloads: impl IntoIterator<Item = P>,
+) -> Result<usize, FencedError> {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(APPEND_FENCED)
+        .arg(2)
+        .arg(stream)
+        .arg(lease_key)
+        .arg(token);
+    for payload in payloads {
+        cmd.arg(payload);
+    }
+    match cmd.query_async::<Vec<redis::Value>>(conn).await {
+        Ok(ids) => Ok(ids.len()),
+        Err(error) if error.code() == Some("NOTHOLDER") => Err(FencedError::NotHolder),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Appends one payload unless `key` was used before: then the entry that payload was appended as
+/// the first time is returned, and nothing is appended. The key is kept for `ttl`. One script,
+/// so a retry can never append a second entry, whenever the first attempt ran.
+const APPEND_ONCE: &str = r#"
+local known = redis.call('GET', KEYS[2])
+if known then return {known, 0} end
+local id = redis.call('XADD', KEYS[1], '*', 'data', ARGV[2])
+redis.call('SET', KEYS[2], id, 'EX', ARGV[1])
+return {id, 1}
+"#;
+
+/// The entry a payload was appended as, and whether this call appended it (`false`: an earlier
+/// call with the same key did).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    pub id: EntryId,
+    pub new: bool,
+}
+
+/// Appends `payload` as a `data` field once per `key` within `ttl` (HTTP ingest's
+/// `Idempotency-Key`): see [`APPEND_ONCE`].
+pub async fn append_payload_once(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    key: &str,
+    ttl: std::time::Duration,
+    payload: &[u8],
+) -> RedisResult<Appended> {
+    let (id, new): (String, i64) = redis::cmd("EVAL")
+        .arg(APPEND_ONCE)
+        .arg(2)
+        .arg(stream)
+        .arg(key)
+        .arg(ttl.as_secs().max(1))
+        .arg(payload)
+        .query_async(conn)
+        .await?;
+    let id = id.parse().map_err(|why: String| {
+        redis::RedisError::from((redis::ErrorKind::Parse, "bad entry id", why))
+    })?;
+    Ok(Appended { id, new: new == 1 })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,10 +24,12 @@ pub async fn ensure_group(
         cmd.arg("MKSTREAM");
     }
     match cmd.query_async::<Value>(conn).await {
-        Err(error) if error.code() == Some("BUSYGROUP") => {}
-        other => other.map(drop)?,
+        Err(error) if error.code() == Some("BUSYGROUP") => ledger::open(conn, stream, group).await,
+        Err(error) => Err(error),
+        // A new group: whatever ledger an earlier group of this name left describes entries that
+        // are gone or will be delivered again.
+        Ok(_) => ledger::reset(conn, stream, group).await,
     }
-    ledger::open(conn, stream, group).await
 }
 
 /// The consumer group's state, for metrics and trimming.
@@ -98,21 +100,31 @@ async fn oldest_pending(
     }
 }
 
-/// Trims entries that every group has done with, keeping at most `tail` of them for inspection:
+/// Trims entries that every group has done with, keeping at most `tail` of them for inspection,
+/// and nothing at all while sensorhub's own group (`ours`) is missing:
 /// for a group with a ledger (sensorhub's, [`ledger`]) the entries up to its watermark; for
 /// any other group the entries it had delivered and acknowledged. Entries not committed, pending
 /// or not yet delivered in any group are never trimmed.
 pub async fn trim_acknowledged(
     conn: &mut ConnectionManager,
     stream: &str,
+    ours: &str,
     groups: &[GroupInfo],
     tail: usize,
 ) -> RedisResult<()> {
+    if !groups.iter().any(|g| g.name == ours) {
+        // Without sensorhub's group nothing says what it has read: once recreated, it reads the
+        // stream from its start.
+        return Ok(());
+    }
     let mut safe: Option<EntryId> = None;
     for group in groups {
         let watermark = ledger::watermark(conn, stream, &group.name).await?;
         let keep_from = match (watermark, group.pending) {
-            (Some(through), _) => through.successor(),
+            // Nothing is committed before it is delivered: a watermark beyond the group's
+            // last-delivered id is a stale ledger's, and trimming by it would remove unread
+            // entries.
+            (Some(through), _) => through.min(group.last_delivered).successor(),
             (None, 0) => group.last_delivered.successor(),
             (None, _) => match oldest_pending(conn, stream, &group.name).await? {
                 Some(id) => id,

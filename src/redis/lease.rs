@@ -4,6 +4,7 @@
 
 use redis::RedisResult;
 use redis::aio::ConnectionManager;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Renews the lease only if this holder still holds it.
@@ -68,4 +69,19 @@ impl Lease {
     fn ttl_millis(&self) -> u64 {
         self.ttl.as_millis() as u64
     }
+}
+
+/// A token no other process or instance has: `name` (the consumer name, for operators reading
+/// the key), the process id, the time it was made and a count of tokens made in this process.
+pub fn unique_token(consumer: &str) -> String {
+    static STARTED: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!(
+        "{consumer}/{}/{nanos}/{}",
+        std::process::id(),
+        STARTED.fetch_add(1, Ordering::Relaxed)
+    )
 }

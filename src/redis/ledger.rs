@@ -86,6 +86,13 @@ pub async fn record(
 /// Merges the committed ranges that continue the watermark into it, and reports where the
 /// committed prefix ends. Ids are compared in their padded form; a range is merged when it starts
 /// at or before the first entry after the watermark (entries deleted from the stream leave no gap).
+///
+/// The ledger must describe the group as it is: a watermark beyond the group's last-delivered id
+/// cannot be this group's (nothing is committed before it is delivered), so it is left from a
+/// stream or group since deleted and recreated, or a group moved back by `XGROUP SETID`. Such a
+/// ledger is reset to nothing committed: what it claimed may now be unread entries, and the worst
+/// a reset does is make entries be read again, which the store skips as duplicates. Without the
+/// group, nothing is merged.
 const COMPACT: &str = r#"
 local function pad(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
@@ -95,7 +102,26 @@ local function raw(p)
   local ms, seq = string.match(p, '^(%d+)-(%d+)$')
   return (string.gsub(ms, '^0+(%d)', '%1')) .. '-' .. (string.gsub(seq, '^0+(%d)', '%1'))
 end
+local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
+local delivered = nil
+if ok then
+  for _, g in ipairs(groups) do
+    local name, last
+    for i = 1, #g, 2 do
+      if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'last-delivered-id' then last = g[i + 1] end
+    end
+    if name == ARGV[2] then delivered = last end
+  end
+end
+if not delivered then return {false, false, false, false, 0} end
 local through = redis.call('GET', KEYS[3]) or pad('0-0')
+local reset = 0
+if through > pad(delivered) then
+  redis.call('DEL', KEYS[2])
+  through = pad('0-0')
+  redis.call('SET', KEYS[3], through)
+  reset = 1
+end
 local after = redis.call('XRANGE', KEYS[1], '(' .. raw(through), '+', 'COUNT', 1)[1]
 local merged = 0
 while merged < tonumber(ARGV[1]) do
@@ -113,7 +139,7 @@ end
 if merged > 0 then redis.call('SET', KEYS[3], through) end
 local low = redis.call('ZRANGE', KEYS[2], 0, 0)[1]
 local low_first = low and raw(string.match(low, '^(%S+)')) or false
-return {raw(through), after and after[1] or false, low_first}
+return {raw(through), after and after[1] or false, low_first, delivered, reset}
 "#;
 
 /// Most ranges one [`compact`] call merges: it runs inside Redis, which serves nothing else
@@ -129,6 +155,10 @@ pub struct Progress {
     pub next: Option<EntryId>,
     /// The start of the first committed range above the watermark, if any.
     pub next_committed: Option<EntryId>,
+    /// The group's last-delivered id.
+    pub last_delivered: EntryId,
+    /// True when the ledger described another incarnation of the stream or group and was reset.
+    pub reset: bool,
 }
 
 /// Where a re-read ends.
@@ -157,12 +187,13 @@ impl Progress {
     }
 }
 
-/// Runs the merge ([`COMPACT`]) and returns the progress it leaves.
+/// Runs the merge ([`COMPACT`]) and returns the progress it leaves; `None` when the group does not
+/// exist (the stream or group was deleted): nothing was merged.
 pub async fn compact(
     conn: &mut ConnectionManager,
     stream: &str,
     group: &str,
-) -> RedisResult<Progress> {
+) -> RedisResult<Option<Progress>> {
     let reply: Value = redis::cmd("EVAL")
         .arg(COMPACT)
         .arg(3)
@@ -170,6 +201,7 @@ pub async fn compact(
         .arg(ranges_key(stream, group))
         .arg(through_key(stream, group))
         .arg(MERGE_AT_MOST)
+        .arg(group)
         .query_async(conn)
         .await?;
     let Value::Array(parts) = reply else {
@@ -181,11 +213,84 @@ pub async fn compact(
             Some(value) => parse_id(value).map(Some),
         }
     };
-    Ok(Progress {
+    let Some(last_delivered) = id(parts.get(3))? else {
+        return Ok(None);
+    };
+    let progress = Progress {
         through: id(parts.first())?.unwrap_or(EntryId::ZERO),
         next: id(parts.get(1))?,
         next_committed: id(parts.get(2))?,
-    })
+        last_delivered,
+        reset: matches!(parts.get(4), Some(Value::Int(1))),
+    };
+    if progress.reset {
+        tracing::warn!(stream, group, last_delivered = %last_delivered, "the ledger's watermark was beyond the group's last-delivered id: it described a stream or group since recreated; reset it (entries are read again, duplicates skipped)");
+    }
+    Ok(Some(progress))
+}
+
+/// Starts the ledger of a group just created: nothing committed. A ledger left by an earlier
+/// group of the same name (the stream or group was deleted and recreated) describes entries that
+/// may no longer exist, or exist again unread.
+pub async fn reset(conn: &mut ConnectionManager, stream: &str, group: &str) -> RedisResult<()> {
+    redis::pipe()
+        .atomic()
+        .cmd("DEL")
+        .arg(ranges_key(stream, group))
+        .ignore()
+        .cmd("SET")
+        .arg(through_key(stream, group))
+        .arg(padded(EntryId::ZERO))
+        .ignore()
+        .query_async::<()>(conn)
+        .await
+}
+
+/// Publishes how many delivered entries this instance holds in flight (`holder`: a token unique
+/// to the process) and returns the sum over every live instance of the group: the entries
+/// delivered to the group and not yet committed, as far as the living know. Each instance's
+/// count expires after `ttl` without a new one, so a stopped instance's count leaves the sum.
+const IN_FLIGHT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ':' .. (now + tonumber(ARGV[3])))
+local sum = 0
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local count, deadline = string.match(all[i + 1], '^(%d+):(%d+)$')
+  if count and tonumber(deadline) >= now then
+    sum = sum + tonumber(count)
+  else
+    redis.call('HDEL', KEYS[1], all[i])
+  end
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return sum
+"#;
+
+/// The hash of each live instance's entries in flight.
+pub fn in_flight_key(stream: &str, group: &str) -> String {
+    format!("{stream}:in-flight:{group}")
+}
+
+/// See [`IN_FLIGHT`].
+pub async fn in_flight(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    group: &str,
+    holder: &str,
+    entries: u64,
+    ttl: std::time::Duration,
+) -> RedisResult<u64> {
+    redis::cmd("EVAL")
+        .arg(IN_FLIGHT)
+        .arg(1)
+        .arg(in_flight_key(stream, group))
+        .arg(holder)
+        .arg(entries)
+        .arg(ttl.as_millis() as u64)
+        .query_async(conn)
+        .await
 }
 
 /// Opens the group's ledger, if it has none yet, with nothing committed: done with the group's
@@ -286,6 +391,7 @@ mod tests {
             through: id(5, 0),
             next: Some(id(6, 0)),
             next_committed: Some(id(9, 0)),
+            ..Progress::default()
         };
         // Delivered beyond the next committed range: re-read up to that range.
         assert_eq!(

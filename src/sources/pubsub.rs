@@ -6,17 +6,23 @@
 //! instances, only the holder of a lease in Redis bridges, so each message enters the stream once;
 //! when the holder dies, another takes over within about 4/3 of the lease time. Messages published
 //! while no instance holds the lease are not bridged.
+//!
+//! The lease is held by a token unique to this process, not by the consumer name (two processes
+//! may share one), and every append checks that token in the same script that appends
+//! ([`append_payloads_fenced`]): a holder paused past its lease and resumed cannot append what the
+//! new holder bridges too. What the bridge received and could not append is counted in
+//! `sensorhub_messages_dropped_total{source="pubsub"}`.
 
 use crate::pipeline::stage::{count_restart, guarded, stop_requested};
 use crate::redis::channel;
-use crate::redis::entry::append_payloads;
-use crate::redis::lease::Lease;
+use crate::redis::entry::{FencedError, append_payloads_fenced};
+use crate::redis::lease::{Lease, unique_token};
 use crate::retry::Backoff;
 use crate::telemetry::Metrics;
 use actix::prelude::*;
 use futures_util::{FutureExt as _, StreamExt as _};
 use redis::aio::ConnectionManager;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -27,26 +33,46 @@ const MAX_APPEND: usize = 1000;
 pub struct BridgeSettings {
     pub channel: String,
     pub stream: String,
-    /// This instance's name, the lease's value.
+    /// This instance's name, the start of its lease token.
     pub consumer: String,
     /// How long the lease lasts without a renewal.
     pub lease_ttl: Duration,
 }
 
 impl BridgeSettings {
-    /// The lease that lets one instance bridge: `<stream>:bridge-lease`, held in this instance's
-    /// name.
-    fn lease(&self) -> Lease {
+    /// The lease that lets one instance bridge: `<stream>:bridge-lease`, held by `token`.
+    fn lease(&self, token: String) -> Lease {
         Lease {
             key: format!("{}:bridge-lease", self.stream),
-            holder: self.consumer.clone(),
+            holder: token,
             ttl: self.lease_ttl,
         }
     }
 }
 
+/// Whether the bridge can append, for `/readyz`: the last append's error while appends fail.
+#[derive(Debug, Default)]
+pub struct BridgeHealth(Mutex<Option<String>>);
+
+impl BridgeHealth {
+    /// `Err` with the last error while the bridge cannot append to the stream.
+    pub fn check(&self) -> Result<(), String> {
+        match &*self.0.lock().unwrap_or_else(|p| p.into_inner()) {
+            None => Ok(()),
+            Some(error) => Err(error.clone()),
+        }
+    }
+
+    fn set(&self, error: Option<String>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = error;
+    }
+}
+
 pub struct Bridge {
     settings: Arc<BridgeSettings>,
+    /// The lease token, made once per bridge: a restart of the actor keeps holding its lease.
+    token: String,
+    health: Arc<BridgeHealth>,
     client: redis::Client,
     conn: ConnectionManager,
     metrics: Arc<Metrics>,
@@ -59,9 +85,12 @@ impl Bridge {
         client: redis::Client,
         conn: ConnectionManager,
         metrics: Arc<Metrics>,
+        health: Arc<BridgeHealth>,
         stop: watch::Receiver<bool>,
     ) -> Self {
         Self {
+            token: unique_token(&settings.consumer),
+            health,
             settings: Arc::new(settings),
             client,
             conn,
@@ -76,7 +105,8 @@ impl Actor for Bridge {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let lp = BridgeLoop {
-            lease: self.settings.lease(),
+            lease: self.settings.lease(self.token.clone()),
+            health: Arc::clone(&self.health),
             settings: Arc::clone(&self.settings),
             client: self.client.clone(),
             conn: self.conn.clone(),
@@ -97,6 +127,7 @@ impl Supervised for Bridge {
 struct BridgeLoop {
     settings: Arc<BridgeSettings>,
     lease: Lease,
+    health: Arc<BridgeHealth>,
     client: redis::Client,
     conn: ConnectionManager,
     metrics: Arc<Metrics>,
@@ -166,7 +197,9 @@ impl BridgeLoop {
                             _ => break,
                         }
                     }
-                    self.append(&payloads).await?;
+                    if !self.append(&payloads).await? {
+                        return Ok(());
+                    }
                 }
                 _ = renew.tick() => {
                     if !self.lease.renew(&mut self.conn).await? {
@@ -179,27 +212,40 @@ impl BridgeLoop {
         }
     }
 
-    /// Appends the payloads, retrying briefly: these messages exist nowhere else.
-    async fn append(&mut self, payloads: &[Vec<u8>]) -> redis::RedisResult<()> {
+    /// Appends the payloads while this bridge holds the lease, retrying briefly: these messages
+    /// exist nowhere else. `Ok(false)` when the lease turned out to be lost: nothing was
+    /// appended, and the messages are counted as dropped (the new holder bridges what was
+    /// published after it subscribed).
+    async fn append(&mut self, payloads: &[Vec<u8>]) -> redis::RedisResult<bool> {
         let mut backoff = Backoff::new();
         let mut attempts = 0;
         loop {
-            match append_payloads(
+            let appended = append_payloads_fenced(
                 &mut self.conn,
                 &self.settings.stream,
+                &self.lease.key,
+                &self.lease.holder,
                 payloads.iter().map(Vec::as_slice),
             )
-            .await
-            {
+            .await;
+            match appended {
                 Ok(_) => {
+                    self.health.set(None);
                     self.metrics
                         .messages_received
                         .with_label_values(&["pubsub"])
                         .inc_by(payloads.len() as u64);
-                    return Ok(());
+                    return Ok(true);
                 }
-                Err(error) if attempts < 5 => {
+                Err(FencedError::NotHolder) => {
+                    self.dropped(payloads.len());
+                    tracing::warn!(channel = %self.settings.channel, messages = payloads.len(), "bridge lease lost before these messages were appended; they are dropped (another instance bridges from now on)");
+                    return Ok(false);
+                }
+                Err(FencedError::Redis(error)) if attempts < 5 => {
                     attempts += 1;
+                    self.health
+                        .set(Some(format!("cannot append to the stream: {error}")));
                     self.metrics
                         .redis_errors
                         .with_label_values(&["bridge"])
@@ -207,11 +253,21 @@ impl BridgeLoop {
                     tracing::warn!(%error, messages = payloads.len(), "appending published messages failed, retrying");
                     backoff.wait().await;
                 }
-                Err(error) => {
+                Err(FencedError::Redis(error)) => {
+                    self.health
+                        .set(Some(format!("cannot append to the stream: {error}")));
+                    self.dropped(payloads.len());
                     tracing::error!(%error, messages = payloads.len(), "published messages could not be appended to the stream and are lost");
                     return Err(error);
                 }
             }
         }
+    }
+
+    fn dropped(&self, messages: usize) {
+        self.metrics
+            .messages_dropped
+            .with_label_values(&["pubsub"])
+            .inc_by(messages as u64);
     }
 }

@@ -14,14 +14,40 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{IsNull, ToSql, Type, accepts, to_sql_checked};
 
 /// What one committed batch did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct BatchOutcome {
     /// Readings newly stored.
     pub inserted: u64,
-    /// Readings skipped because their `(sensor_id, ts)` was already stored.
+    /// Readings skipped because their `(sensor_id, ts)` was already stored with the same value.
     pub duplicates: u64,
+    /// Readings skipped because their `(sensor_id, ts)` was already stored with another value.
+    pub conflicts: Vec<Conflict>,
     /// Aggregate rows inserted or merged into.
     pub aggregate_rows: u64,
+}
+
+/// A reading whose `(sensor_id, ts)` is stored with a different value: the stored value stays.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Conflict {
+    /// The reading's position in the batch written.
+    pub index: usize,
+    /// The value stored under its key.
+    pub stored: f64,
+}
+
+impl BatchOutcome {
+    /// Adds what another part of the same batch did; `offset` is that part's first position in
+    /// the batch.
+    pub fn add(&mut self, part: BatchOutcome, offset: usize) {
+        self.inserted += part.inserted;
+        self.duplicates += part.duplicates;
+        self.aggregate_rows += part.aggregate_rows;
+        self.conflicts
+            .extend(part.conflicts.into_iter().map(|c| Conflict {
+                index: c.index + offset,
+                ..c
+            }));
+    }
 }
 
 /// Writes one batch in one transaction. `readings` hold no two rows with the same
@@ -79,8 +105,8 @@ async fn copy_batch(
     tx.commit().await?;
     Ok(BatchOutcome {
         inserted,
-        duplicates: 0,
         aggregate_rows,
+        ..BatchOutcome::default()
     })
 }
 
@@ -155,10 +181,12 @@ async fn insert_new_only(
         .iter()
         .map(|row| (row.get::<_, &str>(0), row.get::<_, DateTime<Utc>>(1)))
         .collect();
-    let new_readings: Vec<&Reading> = readings
+    let (new_readings, skipped): (Vec<Indexed>, Vec<Indexed>) = readings
         .iter()
-        .filter(|r| new_keys.contains(&(&*r.sensor_id, r.ts)))
-        .collect();
+        .enumerate()
+        .partition(|(_, r)| new_keys.contains(&(&*r.sensor_id, r.ts)));
+    let conflicts = conflicts(&tx, &skipped).await?;
+    let new_readings: Vec<&Reading> = new_readings.into_iter().map(|(_, r)| r).collect();
     let new_partials = Windows::fold(resolutions, new_readings.iter().copied());
     let aggregate_rows = upsert_aggregates(&tx, &new_partials).await?;
     upsert_sensors(&tx, new_readings.iter().copied()).await?;
@@ -166,9 +194,46 @@ async fn insert_new_only(
     let inserted = new_readings.len() as u64;
     Ok(BatchOutcome {
         inserted,
-        duplicates: readings.len() as u64 - inserted,
+        duplicates: (skipped.len() - conflicts.len()) as u64,
+        conflicts,
         aggregate_rows,
     })
+}
+
+/// A reading and its position in the batch.
+type Indexed<'a> = (usize, &'a Reading);
+
+/// Of the readings whose key was already stored, those stored with another value. Read in the
+/// transaction that skipped them: the rows it conflicted with are committed and visible.
+async fn conflicts(
+    tx: &deadpool_postgres::Transaction<'_>,
+    skipped: &[Indexed<'_>],
+) -> Result<Vec<Conflict>, StoreError> {
+    if skipped.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sensor_ids: Vec<&str> = skipped.iter().map(|(_, r)| &*r.sensor_id).collect();
+    let timestamps: Vec<DateTime<Utc>> = skipped.iter().map(|(_, r)| r.ts).collect();
+    let rows = tx
+        .query(sql::STORED_VALUES, &[&sensor_ids, &timestamps])
+        .await?;
+    let stored: HashMap<(&str, DateTime<Utc>), f64, FastState> = rows
+        .iter()
+        .map(|row| {
+            (
+                (row.get::<_, &str>(0), row.get::<_, DateTime<Utc>>(1)),
+                row.get::<_, f64>(2),
+            )
+        })
+        .collect();
+    Ok(skipped
+        .iter()
+        .filter_map(|&(index, reading)| {
+            let stored = *stored.get(&(&*reading.sensor_id, reading.ts))?;
+            // The same value is a redelivery; another value is a second, different reading.
+            (stored != reading.value).then_some(Conflict { index, stored })
+        })
+        .collect())
 }
 
 async fn upsert_aggregates(

@@ -4,7 +4,7 @@
 pub mod batch;
 pub mod sql;
 
-pub use batch::{BatchOutcome, write_batch};
+pub use batch::{BatchOutcome, Conflict, write_batch};
 
 use anyhow::Context as _;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};

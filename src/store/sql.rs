@@ -13,6 +13,13 @@ SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::float8[])
 ON CONFLICT DO NOTHING
 RETURNING sensor_id, ts";
 
+/// The stored values of the given keys (readings skipped as already stored), to tell a
+/// redelivery (the same value) from a conflict (another value).
+pub const STORED_VALUES: &str = "
+SELECT r.sensor_id, r.ts, r.value
+FROM readings r
+JOIN unnest($1::text[], $2::timestamptz[]) AS k(sensor_id, ts) USING (sensor_id, ts)";
+
 /// Merges partial aggregates into the stored rows with the rules of `Aggregate::merge`. Rows arrive
 /// sorted by key (`WITH ORDINALITY ... ORDER BY`), so concurrent writers lock rows in one order.
 pub const UPSERT_AGGREGATES: &str = "

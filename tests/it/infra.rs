@@ -242,7 +242,10 @@ impl Sensorhub {
         let port = free_port();
         let log = std::env::temp_dir().join(format!("{}.log", unique_name("sensorhub")));
         let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_sensorhub"))
+        // SENSORHUB_TEST_BINARY runs another build (an older one, to see a test fail on it).
+        let binary = std::env::var("SENSORHUB_TEST_BINARY")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_sensorhub").to_owned());
+        let child = Command::new(binary)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))

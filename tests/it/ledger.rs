@@ -14,6 +14,7 @@ async fn committed_ranges_merge_into_the_watermark_only_without_gaps() {
     let stream = resources.stream.clone();
     let mut conn = redis_manager().await;
     let ids = xadd_numbered(&mut conn, &stream, 10).await;
+    delivered_all(&mut conn, &stream).await;
     let range = |a: usize, b: usize| EntryRange {
         first: ids[a],
         last: ids[b],
@@ -25,7 +26,10 @@ async fn committed_ranges_merge_into_the_watermark_only_without_gaps() {
             ledger::record(&mut conn, &stream, GROUP, &ranges)
                 .await
                 .unwrap();
-            ledger::compact(&mut conn, &stream, GROUP).await.unwrap()
+            ledger::compact(&mut conn, &stream, GROUP)
+                .await
+                .unwrap()
+                .expect("the group exists")
         }
     };
 
@@ -36,7 +40,9 @@ async fn committed_ranges_merge_into_the_watermark_only_without_gaps() {
         Progress {
             through: EntryId::ZERO,
             next: Some(ids[0]),
-            next_committed: None
+            next_committed: None,
+            last_delivered: ids[9],
+            reset: false,
         }
     );
 
@@ -47,7 +53,9 @@ async fn committed_ranges_merge_into_the_watermark_only_without_gaps() {
         Progress {
             through: ids[1],
             next: Some(ids[2]),
-            next_committed: Some(ids[3])
+            next_committed: Some(ids[3]),
+            last_delivered: ids[9],
+            reset: false,
         }
     );
     assert_eq!(progress.gap(ids[9]), Some((ids[1], Upto::Before(ids[3]))));
@@ -121,7 +129,7 @@ async fn trimming_keeps_what_any_group_has_not_committed() {
             let groups = sensorhub::redis::group::groups(&mut conn, &stream)
                 .await
                 .unwrap();
-            sensorhub::redis::group::trim_acknowledged(&mut conn, &stream, &groups, 0)
+            sensorhub::redis::group::trim_acknowledged(&mut conn, &stream, GROUP, &groups, 0)
                 .await
                 .unwrap();
             let len: i64 = redis::cmd("XLEN")
@@ -196,6 +204,7 @@ async fn the_watermark_is_the_committed_prefix_whatever_the_order() {
         let stream = format!("{}:{seed}", resources.stream);
         let mut rng = Rng::new(seed);
         let ids = xadd_numbered(&mut conn, &stream, 60).await;
+        delivered_all(&mut conn, &stream).await;
         let mut reads = Vec::new();
         let mut start = 0;
         while start < ids.len() {
@@ -234,7 +243,10 @@ async fn the_watermark_is_the_committed_prefix_whatever_the_order() {
                 ledger::compact(&mut conn, &stream, GROUP).await.unwrap();
             }
         }
-        let progress = ledger::compact(&mut conn, &stream, GROUP).await.unwrap();
+        let progress = ledger::compact(&mut conn, &stream, GROUP)
+            .await
+            .unwrap()
+            .expect("the group exists");
 
         let covered = |i: usize| recorded.iter().any(|r| r.0 <= i && i <= r.1);
         let first_uncovered = (0..ids.len()).find(|&i| !deleted[i] && !covered(i));
@@ -251,6 +263,8 @@ async fn the_watermark_is_the_committed_prefix_whatever_the_order() {
             through,
             next: first_uncovered.map(|k| ids[k]),
             next_committed,
+            last_delivered: ids[59],
+            reset: false,
         };
         assert_eq!(
             progress, expected,
@@ -264,4 +278,17 @@ async fn the_watermark_is_the_committed_prefix_whatever_the_order() {
             .await
             .unwrap();
     }
+}
+
+/// Creates sensorhub's group as having delivered every entry of `stream`, as the ledger's merges
+/// expect of a group whose entries are recorded committed.
+async fn delivered_all(conn: &mut redis::aio::ConnectionManager, stream: &str) {
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(GROUP)
+        .arg("$")
+        .query_async(conn)
+        .await
+        .unwrap();
 }

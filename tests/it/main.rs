@@ -4,6 +4,7 @@
 mod aggregates;
 mod api;
 mod dashboard;
+mod edges;
 mod helpers;
 mod infra;
 mod ingest;

@@ -340,8 +340,15 @@ async fn several_instances_share_the_stream_and_survive_one_killed_for_good() {
                 .query_async(&mut redis)
                 .await
                 .unwrap();
+            // The lease is held by a token that starts with the holder's consumer name.
             holder
-                .and_then(|h| h.strip_prefix('c')?.parse::<usize>().ok())
+                .and_then(|h| {
+                    h.split('/')
+                        .next()?
+                        .strip_prefix('c')?
+                        .parse::<usize>()
+                        .ok()
+                })
                 .map(|n| n - 1)
         }
     };

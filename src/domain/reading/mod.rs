@@ -29,7 +29,7 @@ mod value;
 mod tests;
 
 use text::{check_sensor_id, check_unit, text_field};
-use timestamp::{check_timestamp, truncated_to_micros};
+use timestamp::{check_range, check_timestamp, truncated_to_micros};
 use value::check_value;
 
 pub use json::{MAX_JSON_DEPTH, parse_json};
@@ -94,13 +94,19 @@ pub enum Reason {
     FutureTimestamp,
     /// `timestamp` is older than [`Limits::max_age`].
     TooOld,
+    /// The reading has no timestamp and its stream entry cannot give it a time of its own: more
+    /// entries fell in one millisecond of stream time than there are microseconds in it.
+    NoUniqueTime,
     /// PostgreSQL refused the reading itself (poison data), after bounded retries.
     DatabaseRejected,
+    /// A reading of the same sensor and timestamp is stored with a different value; the value
+    /// committed first stays.
+    ConflictingValue,
 }
 
 impl Reason {
     /// Every reason, for tests and for pre-registering metric labels.
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 16] = [
         Reason::TooLarge,
         Reason::InvalidUtf8,
         Reason::MalformedJson,
@@ -114,7 +120,9 @@ impl Reason {
         Reason::BadTimestamp,
         Reason::FutureTimestamp,
         Reason::TooOld,
+        Reason::NoUniqueTime,
         Reason::DatabaseRejected,
+        Reason::ConflictingValue,
     ];
 
     /// The reason code as it appears in metrics and dead letters.
@@ -133,7 +141,9 @@ impl Reason {
             Reason::BadTimestamp => "bad_timestamp",
             Reason::FutureTimestamp => "future_timestamp",
             Reason::TooOld => "too_old",
+            Reason::NoUniqueTime => "no_unique_time",
             Reason::DatabaseRejected => "database_rejected",
+            Reason::ConflictingValue => "conflicting_value",
         }
     }
 }
@@ -197,15 +207,45 @@ pub struct ParseContext<'a> {
     pub now: DateTime<Utc>,
     /// Timestamp of a reading that has none, in microseconds since the epoch. It must be the same
     /// on every delivery of the same stream entry (it is derived from the entry id), or a
-    /// redelivery would store a second row. Kept as a number: only a reading without a timestamp
-    /// makes it a `DateTime`, a calendar conversion most entries never need.
-    received_micros: i64,
+    /// redelivery would store a second row; `Err` names why the entry cannot give one. Kept as a
+    /// number: only a reading without a timestamp makes it a `DateTime`, a calendar conversion
+    /// most entries never need.
+    received_micros: Result<i64, NoUniqueTime>,
     /// Newest accepted timestamp: `now` + `max_future_skew`.
     latest: DateTime<Utc>,
     /// Oldest accepted timestamp: `now` − `max_age`.
     earliest: DateTime<Utc>,
     /// Where the sensor ids of the readings parsed with this context are kept once each.
     ids: Option<&'a SensorIds>,
+}
+
+/// Why a stream entry cannot give a reading without a timestamp a time of its own.
+#[derive(Clone, Copy, Debug)]
+struct NoUniqueTime {
+    ms: u64,
+    seq: u64,
+}
+
+/// The time of a reading without a timestamp: its entry's, checked against the accepted range
+/// like any timestamp.
+fn received_time(ctx: &ParseContext) -> Result<DateTime<Utc>, Rejection> {
+    let micros = ctx.received_micros.map_err(|NoUniqueTime { ms, seq }| {
+        Rejection::new(
+            Reason::NoUniqueTime,
+            format!(
+                "the reading has no timestamp and its stream entry {ms}-{seq} cannot give it one \
+                 of its own: an entry's time is its millisecond plus its sequence number in \
+                 microseconds, distinct for the first 1000 entries of a millisecond only; give \
+                 the reading a timestamp"
+            ),
+        )
+    })?;
+    let ts = DateTime::from_timestamp_micros(micros).unwrap_or(DateTime::<Utc>::MAX_UTC);
+    check_range(
+        ts,
+        ctx,
+        "the stream entry's time (the reading has no timestamp)",
+    )
 }
 
 /// The sensor ids of readings parsed together (a batch), each kept once: a reading holds a shared
@@ -235,7 +275,7 @@ impl<'a> ParseContext<'a> {
         Self {
             limits,
             now,
-            received_micros: received_at.timestamp_micros(),
+            received_micros: Ok(received_at.timestamp_micros()),
             latest: now
                 .checked_add_signed(skew)
                 .unwrap_or(DateTime::<Utc>::MAX_UTC),
@@ -246,9 +286,17 @@ impl<'a> ParseContext<'a> {
         }
     }
 
-    /// Sets the timestamp of a reading that has none, in microseconds since the epoch.
-    pub fn set_received_micros(&mut self, micros: i64) {
-        self.received_micros = micros;
+    /// Sets the timestamp of a reading that has none from its stream entry's id `<ms>-<seq>`:
+    /// the millisecond plus the sequence number as microseconds, so entries of one millisecond
+    /// get distinct times, the same on every delivery. An entry numbered 1,000 or more within its
+    /// millisecond (Redis pins ids to one millisecond when its clock steps back, or after an
+    /// explicit id) has no such time: its readings without a timestamp are rejected with
+    /// [`Reason::NoUniqueTime`] rather than collide with another entry's.
+    pub fn set_received_entry(&mut self, ms: u64, seq: u64) {
+        self.received_micros = match i64::try_from(ms) {
+            Ok(ms) if seq < 1000 && ms < i64::MAX / 1000 => Ok(ms * 1000 + seq as i64),
+            _ => Err(NoUniqueTime { ms, seq }),
+        };
     }
 
     /// The same context, keeping the sensor ids it meets in `ids`.
@@ -352,7 +400,7 @@ fn check(fields: Fields, ctx: &ParseContext) -> Result<Reading, Rejection> {
         .ok_or_else(|| Rejection::new(Reason::MissingField, "missing field 'value'"))?;
     let value = check_value(value)?;
     let ts = match fields.timestamp {
-        None => DateTime::from_timestamp_micros(ctx.received_micros).unwrap_or_default(),
+        None => received_time(ctx)?,
         Some(raw) => check_timestamp(raw, ctx)?,
     };
     let unit = fields

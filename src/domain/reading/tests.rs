@@ -70,6 +70,62 @@ fn timestamp_forms() {
     }
 }
 
+/// A reading without a timestamp parsed as from the stream entry `<ms>-<seq>`.
+fn from_entry(ms: u64, seq: u64) -> Result<Reading, Rejection> {
+    let limits = Limits::default();
+    let mut ctx = ctx(&limits);
+    ctx.set_received_entry(ms, seq);
+    let mut outcomes = parse_json(br#"{"sensor":"t","value":1}"#, &ctx);
+    outcomes.pop().unwrap()
+}
+
+#[test]
+fn the_entry_time_is_distinct_for_the_first_thousand_entries_of_a_millisecond() {
+    let ms = 1_767_225_599_000; // 2025-12-31T23:59:59Z, before the context's now
+    let times: Vec<i64> = [0, 1, 998, 999]
+        .iter()
+        .map(|&seq| from_entry(ms, seq).unwrap().ts.timestamp_micros())
+        .collect();
+    assert_eq!(
+        times,
+        vec![
+            ms as i64 * 1000,
+            ms as i64 * 1000 + 1,
+            ms as i64 * 1000 + 998,
+            ms as i64 * 1000 + 999
+        ]
+    );
+    // The same entry gives the same time on every delivery.
+    assert_eq!(from_entry(ms, 7).unwrap().ts, from_entry(ms, 7).unwrap().ts);
+    // Entry 1,000 of the millisecond has no time of its own: rejected, never a collision.
+    for seq in [1000, 1500, u64::MAX] {
+        let rejection = from_entry(ms, seq).unwrap_err();
+        assert_eq!(rejection.reason, Reason::NoUniqueTime, "seq {seq}");
+        assert!(
+            rejection.detail.contains(&format!("{ms}-{seq}")),
+            "{}",
+            rejection.detail
+        );
+    }
+}
+
+#[test]
+fn the_entry_time_is_checked_like_any_timestamp() {
+    // An entry id of `1-0` is in 1970: older than any sensible limit.
+    let old = from_entry(1, 0).unwrap_err();
+    assert_eq!(old.reason, Reason::TooOld);
+    assert!(old.detail.contains("stream entry's time"), "{}", old.detail);
+    // A far-future id, as after `XADD <stream> 99999999999999-0`.
+    assert_eq!(
+        from_entry(99_999_999_999_999, 0).unwrap_err().reason,
+        Reason::FutureTimestamp
+    );
+    assert_eq!(
+        from_entry(u64::MAX, 0).unwrap_err().reason,
+        Reason::NoUniqueTime
+    );
+}
+
 #[test]
 fn missing_timestamp_is_the_receive_time() {
     let r = one(br#"{"sensor":"t","value":1}"#).unwrap();

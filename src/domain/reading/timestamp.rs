@@ -29,11 +29,21 @@ pub(super) fn check_timestamp(
             }
         },
     };
+    check_range(ts, ctx, "timestamp")
+}
+
+/// Refuses a time further ahead than the allowed skew or older than the allowed age; `what` names
+/// where the time came from.
+pub(super) fn check_range(
+    ts: DateTime<Utc>,
+    ctx: &ParseContext,
+    what: &str,
+) -> Result<DateTime<Utc>, Rejection> {
     if ts > ctx.latest {
         return Err(Rejection::new(
             Reason::FutureTimestamp,
             format!(
-                "timestamp {} is more than {} ahead of now ({})",
+                "{what} {} is more than {} ahead of now ({})",
                 ts.to_rfc3339(),
                 humantime::format_duration(ctx.limits.max_future_skew),
                 ctx.now.to_rfc3339()
@@ -44,7 +54,7 @@ pub(super) fn check_timestamp(
         return Err(Rejection::new(
             Reason::TooOld,
             format!(
-                "timestamp {} is older than the limit of {}",
+                "{what} {} is older than the limit of {}",
                 ts.to_rfc3339(),
                 humantime::format_duration(ctx.limits.max_age)
             ),

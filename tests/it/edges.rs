@@ -1,0 +1,419 @@
+//! The guarantee at its edges: operators' mistakes and unlucky clocks that once lost or doubled
+//! readings, each against the real Redis and PostgreSQL.
+
+use crate::helpers::*;
+use crate::infra::Sensorhub;
+use redis::aio::MultiplexedConnection;
+use sensorhub::redis::entry::EntryId;
+use std::time::Duration;
+use tokio_postgres::NoTls;
+
+async fn pg(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// Two sensorhub processes that differ only in their HTTP port: the same consumer name, the same
+/// stream, channel and database.
+fn twin_env(res: &Resources) -> Vec<(&'static str, String)> {
+    vec![
+        ("SENSORHUB_REDIS_URL", REDIS_URL.to_owned()),
+        ("SENSORHUB_DATABASE_URL", res.database_url.clone()),
+        ("SENSORHUB_STREAM", res.stream.clone()),
+        ("SENSORHUB_CHANNEL", res.stream.clone()),
+        ("SENSORHUB_CONSUMER", "same-name".to_owned()),
+        ("SENSORHUB_BATCH_SIZE", "500".to_owned()),
+        ("SENSORHUB_BRIDGE_LEASE", "1s".to_owned()),
+        ("SENSORHUB_CLAIM_IDLE", "2s".to_owned()),
+    ]
+}
+
+const LEADER: &str = "sensorhub_bridge_leader";
+const BRIDGED: &str = "sensorhub_messages_received_total{source=\"pubsub\"}";
+
+/// Publishes `n` readings of `sensor` without a timestamp: each gets its stream entry's time, so
+/// a message bridged twice would be stored twice.
+async fn publish_untimed(redis: &mut MultiplexedConnection, channel: &str, sensor: &str, n: u32) {
+    for i in 0..n {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(format!(r#"{{"sensor":"{sensor}","value":{i}}}"#))
+            .query_async(redis)
+            .await
+            .unwrap();
+    }
+}
+
+/// The id of the stream's newest entry.
+async fn last_entry(redis: &mut MultiplexedConnection, stream: &str) -> String {
+    let newest: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+        .arg(stream)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(redis)
+        .await
+        .unwrap();
+    newest.ids[0].id.clone()
+}
+
+/// Waits until `sensor` has at least `n` readings stored (more is what the test then refuses).
+async fn wait_for_at_least(db: &tokio_postgres::Client, sensor: &str, n: i64) {
+    let sql = format!("SELECT count(*) FROM readings WHERE sensor_id = '{sensor}'");
+    wait_for(
+        &format!("{n} readings of {sensor}"),
+        Duration::from_secs(30),
+        || async { (count(db, &sql).await >= n).then_some(()) },
+    )
+    .await;
+}
+
+async fn count(pg: &tokio_postgres::Client, sql: &str) -> i64 {
+    pg.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+/// Scenario 1: two processes with one consumer name (two units on one host) used to both hold
+/// the bridge lease, keyed by that name, and bridge every message twice.
+#[actix_web::test]
+async fn two_processes_with_one_consumer_name_bridge_each_message_once() {
+    let res = Resources::new();
+    let env = twin_env(&res);
+    let first = Sensorhub::spawn(&env).await;
+    let second = Sensorhub::spawn(&env).await;
+    wait_for("one bridge leader", Duration::from_secs(15), || async {
+        let leaders = first.metric(LEADER).await + second.metric(LEADER).await;
+        (leaders >= 1.0).then_some(())
+    })
+    .await;
+    let mut redis = redis_conn(REDIS_URL).await;
+    publish_untimed(&mut redis, &res.stream, "twin", 100).await;
+
+    let db = pg(&res.database_url).await;
+    wait_for_at_least(&db, "twin", 100).await;
+    let last = last_entry(&mut redis, &res.stream).await;
+    wait_drained(&redis, &res.stream, "sensorhub", &last).await;
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM readings WHERE sensor_id = 'twin'"
+        )
+        .await,
+        100,
+        "each published message stored once"
+    );
+    assert_eq!(
+        first.metric(BRIDGED).await + second.metric(BRIDGED).await,
+        100.0,
+        "each published message bridged once"
+    );
+}
+
+/// The bridge after a pause: the holder stopped (`SIGSTOP`) past its lease, another process takes
+/// over, messages are published, and the old holder resumes with them waiting on its
+/// subscription. It must not append them: the new holder already did.
+#[actix_web::test]
+async fn a_bridge_paused_past_its_lease_appends_nothing_when_it_resumes() {
+    let res = Resources::new();
+    let env = twin_env(&res);
+    let hubs = [Sensorhub::spawn(&env).await, Sensorhub::spawn(&env).await];
+    let holder = wait_for("a bridge leader", Duration::from_secs(15), || async {
+        for (i, hub) in hubs.iter().enumerate() {
+            if hub.metric(LEADER).await == 1.0 {
+                return Some(i);
+            }
+        }
+        None
+    })
+    .await;
+    let (paused, other) = (&hubs[holder], &hubs[1 - holder]);
+    let bridged_before = paused.metric(BRIDGED).await;
+    signal(paused.pid(), "-STOP");
+    wait_for(
+        "the other to take the lease",
+        Duration::from_secs(15),
+        || async { (other.metric(LEADER).await == 1.0).then_some(()) },
+    )
+    .await;
+    let mut redis = redis_conn(REDIS_URL).await;
+    publish_untimed(&mut redis, &res.stream, "paused", 50).await;
+    let db = pg(&res.database_url).await;
+    wait_for_at_least(&db, "paused", 50).await;
+
+    signal(paused.pid(), "-CONT");
+    wait_for(
+        "the resumed one to give up",
+        Duration::from_secs(15),
+        || async { (paused.metric(LEADER).await == 0.0).then_some(()) },
+    )
+    .await;
+    let last = last_entry(&mut redis, &res.stream).await;
+    wait_drained(&redis, &res.stream, "sensorhub", &last).await;
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM readings WHERE sensor_id = 'paused'"
+        )
+        .await,
+        50,
+        "no message bridged twice"
+    );
+    assert_eq!(
+        paused.metric(BRIDGED).await,
+        bridged_before,
+        "the resumed process appended nothing"
+    );
+    assert_eq!(other.metric(BRIDGED).await, 50.0);
+}
+
+fn signal(pid: u32, which: &str) {
+    let status = std::process::Command::new("kill")
+        .args([which, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {which} {pid}");
+}
+
+/// Scenario 2: more than 1,000 entries without timestamp in one millisecond of stream time (an
+/// explicit `<ms>-*` id, or Redis's clock stepping back). Entries 1,000 on used to collide with
+/// entry 999 and vanish as "duplicates".
+#[actix_web::test]
+async fn a_thousand_and_more_entries_in_one_millisecond_are_never_silent_duplicates() {
+    let mut t = spawn_app().await;
+    let ms = chrono::Utc::now().timestamp_millis() + 1500;
+    let mut pipe = redis::pipe();
+    for i in 0..1500 {
+        pipe.cmd("XADD")
+            .arg(t.stream())
+            .arg(format!("{ms}-*"))
+            .arg("data")
+            .arg(format!(r#"{{"sensor":"burst","value":{i}}}"#));
+    }
+    let ids: Vec<String> = pipe.query_async(&mut t.redis).await.unwrap();
+    t.wait_drained(ids.last().unwrap()).await;
+
+    assert_eq!(
+        t.count("SELECT count(*) FROM readings WHERE sensor_id = 'burst'")
+            .await,
+        1000,
+        "the first 1,000 entries of the millisecond have distinct times"
+    );
+    let metrics = t.metrics();
+    assert_eq!(
+        metrics
+            .readings_rejected
+            .with_label_values(&["no_unique_time"])
+            .get(),
+        500
+    );
+    assert_eq!(
+        metrics.readings_duplicate.get(),
+        0,
+        "none counted a duplicate"
+    );
+    let letters = t.dead_letters().await;
+    assert_eq!(letters.ids.len(), 500);
+    let reason: String = letters.ids[0].get("reason").unwrap();
+    assert_eq!(reason, "no_unique_time");
+    t.stop().await;
+}
+
+/// Holds `LOCK TABLE readings` in a transaction of its own until dropped (or `release`d), so that
+/// sensorhub's writes stall.
+struct ReadingsLocked(tokio_postgres::Client);
+
+impl ReadingsLocked {
+    async fn take(url: &str) -> Self {
+        let db = pg(url).await;
+        db.batch_execute("BEGIN; LOCK TABLE readings IN EXCLUSIVE MODE")
+            .await
+            .unwrap();
+        Self(db)
+    }
+
+    async fn release(self) {
+        self.0.batch_execute("COMMIT").await.unwrap();
+    }
+}
+
+async fn readings_of(t: &TestApp, sensor: &str) -> i64 {
+    t.count(&format!(
+        "SELECT count(*) FROM readings WHERE sensor_id = '{sensor}'"
+    ))
+    .await
+}
+
+fn timed_payloads(sensor: &str, n: usize) -> Vec<Vec<u8>> {
+    let base: chrono::DateTime<chrono::Utc> = "2025-06-01T00:00:00Z".parse().unwrap();
+    (0..n)
+        .map(|i| {
+            reading_json(sensor, i as f64, base + chrono::Duration::seconds(i as i64)).into_bytes()
+        })
+        .collect()
+}
+
+/// Scenario 3: an entry with a far-future id moves the watermark far ahead; the operator deletes
+/// the stream; the group comes back at 0 and the ledger used to stay ahead of it, so the trim
+/// removed new entries before they were read while writes were slow.
+#[actix_web::test]
+async fn a_recreated_stream_under_a_far_future_watermark_loses_nothing() {
+    let mut t = spawn_app_with(|c| c.stream_tail = 0, Default::default()).await;
+    let stream = t.stream().to_owned();
+    let far: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("99999999999999-0")
+        .arg("data")
+        .arg(r#"{"sensor":"far","value":1}"#)
+        .query_async(&mut t.redis)
+        .await
+        .unwrap();
+    t.wait_drained(&far).await;
+    let _: i64 = redis::cmd("DEL")
+        .arg(&stream)
+        .query_async(&mut t.redis)
+        .await
+        .unwrap();
+
+    let lock = ReadingsLocked::take(t.config.database_url.expose()).await;
+    let last = t.xadd_many(&timed_payloads("after-del", 3000)).await;
+    // Slow writes: the reader fills the pipeline, the stream waits in Redis, and the
+    // maintenance passes (once a second) run meanwhile.
+    let metrics = t.metrics();
+    wait_for("the pipeline to fill", Duration::from_secs(30), || {
+        let full = metrics.batches_in_flight.get() == t.config.max_in_flight as i64;
+        async move { full.then_some(()) }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    lock.release().await;
+
+    wait_drained(&t.redis, &stream, &t.config.group, &last).await;
+    assert_eq!(readings_of(&t, "after-del").await, 3000);
+    let last: EntryId = last.parse().unwrap();
+    let through = sensorhub::redis::ledger::through(&mut t.redis, &stream, &t.config.group)
+        .await
+        .unwrap();
+    assert!(
+        through <= last,
+        "the watermark {through} describes this stream (last {last})"
+    );
+    t.stop().await;
+}
+
+/// Scenario 4: sensorhub's group destroyed while writes stall, another group (`analytics`) moved
+/// to the stream's end: the trim used to follow `analytics` and remove what sensorhub never read.
+#[actix_web::test]
+async fn trimming_never_follows_another_group_while_ours_is_gone() {
+    let mut t = spawn_app_with(|c| c.stream_tail = 0, Default::default()).await;
+    let stream = t.stream().to_owned();
+    let group = t.config.group.clone();
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("analytics")
+        .arg("$")
+        .query_async(&mut t.redis)
+        .await
+        .unwrap();
+    let lock = ReadingsLocked::take(t.config.database_url.expose()).await;
+    let last = t.xadd_many(&timed_payloads("beside", 3000)).await;
+    let metrics = t.metrics();
+    wait_for("the pipeline to fill", Duration::from_secs(30), || {
+        let full = metrics.batches_in_flight.get() == t.config.max_in_flight as i64;
+        async move { full.then_some(()) }
+    })
+    .await;
+    let _: i64 = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(&stream)
+        .arg(&group)
+        .query_async(&mut t.redis)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("XGROUP")
+        .arg("SETID")
+        .arg(&stream)
+        .arg("analytics")
+        .arg("$")
+        .query_async(&mut t.redis)
+        .await
+        .unwrap();
+    // Maintenance passes run while sensorhub's group is missing.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let len: i64 = redis::cmd("XLEN")
+        .arg(&stream)
+        .query_async(&mut t.redis)
+        .await
+        .unwrap();
+    assert_eq!(
+        len, 3000,
+        "nothing trimmed while sensorhub's group is missing"
+    );
+    lock.release().await;
+
+    wait_for("every reading stored", Duration::from_secs(60), || async {
+        (readings_of(&t, "beside").await == 3000).then_some(())
+    })
+    .await;
+    wait_drained(&t.redis, &stream, &group, &last).await;
+    assert_eq!(readings_of(&t, "beside").await, 3000);
+    t.stop().await;
+}
+
+/// Scenario 5: readings with a stored key and another value are conflicts, not duplicates: the
+/// first committed value stays, the other is dead-lettered with both values; the same value again
+/// is a plain duplicate. Within one batch and across batches.
+#[actix_web::test]
+async fn conflicting_values_are_dead_lettered_and_the_first_stays() {
+    let mut t = spawn_app().await;
+    let ts = "2025-06-01T00:00:00Z";
+    let reading = |value: f64| format!(r#"{{"sensor":"c","value":{value},"timestamp":"{ts}"}}"#);
+    // One message, so one batch: 1 is written first, 2 conflicts, 1 again is a duplicate.
+    let array = format!("[{},{},{}]", reading(1.0), reading(2.0), reading(1.0));
+    let last = t.xadd_data(array.as_bytes()).await;
+    t.wait_drained(&last).await;
+    // Later batches: 3 conflicts with the stored 1, 1 is a duplicate. Sent in one message again,
+    // 3 first: the repeat of the key is judged by what is stored, not by the batch's first.
+    let array = format!("[{},{}]", reading(3.0), reading(1.0));
+    let last = t.xadd_data(array.as_bytes()).await;
+    t.wait_drained(&last).await;
+    let last = t.xadd_data(reading(4.0).as_bytes()).await;
+    t.wait_drained(&last).await;
+
+    let stored: Vec<f64> =
+        t.pg.query("SELECT value FROM readings WHERE sensor_id = 'c'", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+    assert_eq!(stored, vec![1.0], "the value committed first stays");
+    let metrics = t.metrics();
+    assert_eq!(metrics.readings_conflicting.get(), 3);
+    assert_eq!(metrics.readings_duplicate.get(), 2);
+    assert_eq!(
+        metrics
+            .readings_rejected
+            .with_label_values(&["conflicting_value"])
+            .get(),
+        3
+    );
+    let letters = t.dead_letters().await;
+    let mut refused: Vec<String> = Vec::new();
+    for letter in &letters.ids {
+        let reason: String = letter.get("reason").unwrap();
+        let detail: String = letter.get("detail").unwrap();
+        assert_eq!(reason, "conflicting_value");
+        assert!(detail.contains("value 1 stored"), "{detail}");
+        let data: String = letter.get("data").unwrap();
+        refused.push(data);
+    }
+    refused.sort();
+    assert_eq!(refused.len(), 3);
+    for (data, value) in refused.iter().zip(["2", "3", "4"]) {
+        assert!(data.contains(&format!("\"value\":{value}")), "{data}");
+    }
+    t.assert_aggregates_exact().await;
+    t.stop().await;
+}
