@@ -81,9 +81,9 @@ impl Pipeline {
             tail: config.stream_tail,
         };
         let acker = {
-            let (conn, metrics) = (conn.clone(), Arc::clone(&metrics));
+            let (conn, flow, metrics) = (conn.clone(), Arc::clone(&flow), Arc::clone(&metrics));
             Supervisor::start_in_arbiter(&arbiter(), move |_| {
-                Acker::new(ack_settings, conn, metrics)
+                Acker::new(ack_settings, conn, flow, metrics)
             })
         };
 

@@ -191,8 +191,14 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
 
 /// The 503 of a failed append: whether it may have been stored decides which retries are safe.
 fn append_failed(error: redis::RedisError) -> ApiError {
-    // Redis answered with an error, or the connection was refused: the append never ran.
-    if error.code().is_some() || error.is_connection_refusal() {
+    // Redis answered with an error (out of memory, read-only replica, ...), or the connection
+    // was refused: the append never ran.
+    let answered_with_error = error.code().is_some()
+        || matches!(
+            error.kind(),
+            redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
+        );
+    if answered_with_error || error.is_connection_refusal() {
         return ApiError::NotStored(format!(
             "redis refused the append, nothing was stored: {error}; retrying is safe"
         ));

@@ -2,7 +2,7 @@
 //! tickets; once a second it merges the ledger into its watermark, trims the stream up to it
 //! (keeping the configured tail) and refreshes the consumer-group metrics.
 
-use crate::pipeline::flow::Carried;
+use crate::pipeline::flow::{Carried, Flow};
 use crate::pipeline::messages::Committed;
 use crate::pipeline::stage::{count_restart, guarded};
 use crate::redis::entry::EntryId;
@@ -34,6 +34,8 @@ pub struct AckSettings {
 pub struct Acker {
     settings: Arc<AckSettings>,
     conn: ConnectionManager,
+    /// This instance's batches in flight, published for the group-wide count.
+    flow: Arc<Flow>,
     metrics: Arc<Metrics>,
     /// True while a maintenance pass runs, so passes never overlap on a slow Redis.
     maintaining: Arc<AtomicBool>,
@@ -42,10 +44,16 @@ pub struct Acker {
 }
 
 impl Acker {
-    pub fn new(settings: AckSettings, conn: ConnectionManager, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        settings: AckSettings,
+        conn: ConnectionManager,
+        flow: Arc<Flow>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             settings: Arc::new(settings),
             conn,
+            flow,
             metrics,
             maintaining: Arc::new(AtomicBool::new(false)),
             failing: Arc::new(AtomicBool::new(false)),
@@ -65,9 +73,10 @@ impl Actor for Acker {
             let settings = Arc::clone(&acker.settings);
             let mut conn = acker.conn.clone();
             let metrics = Arc::clone(&acker.metrics);
+            let flow = Arc::clone(&acker.flow);
             let maintaining = Arc::clone(&acker.maintaining);
             ctx.spawn(guarded("ack", async move {
-                if let Err(error) = maintain(&mut conn, &settings, &metrics).await {
+                if let Err(error) = maintain(&mut conn, &settings, &flow, &metrics).await {
                     metrics.redis_errors.with_label_values(&["ack"]).inc();
                     tracing::debug!(%error, "stream maintenance failed; next pass retries");
                 }
@@ -153,6 +162,7 @@ const IN_FLIGHT_TTL: Duration = Duration::from_secs(5);
 async fn maintain(
     conn: &mut ConnectionManager,
     settings: &AckSettings,
+    flow: &Flow,
     metrics: &Metrics,
 ) -> redis::RedisResult<()> {
     let progress = ledger::compact(conn, &settings.stream, &settings.group).await?;
@@ -162,13 +172,12 @@ async fn maintain(
     {
         metrics.group_lag.set(lag as i64);
     }
-    let own = metrics.group_pending.get().max(0) as u64;
     let uncommitted = ledger::in_flight(
         conn,
         &settings.stream,
         &settings.group,
         &settings.instance,
-        own,
+        flow.in_flight(),
         IN_FLIGHT_TTL,
     )
     .await?;

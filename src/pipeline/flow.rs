@@ -80,6 +80,16 @@ impl Flow {
             .any(|(_, ranges)| ranges.iter().any(|r| r.contains(id)))
     }
 
+    /// The entries in flight: how many, and the last of them in stream order (`None` when none).
+    pub fn in_flight(&self) -> (u64, Option<EntryId>) {
+        let in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let last = in_flight
+            .iter()
+            .flat_map(|(_, ranges)| ranges.iter().map(|r| r.last))
+            .max();
+        (self.metrics.group_pending.get().max(0) as u64, last)
+    }
+
     /// Waits until every admitted batch is settled.
     pub async fn drained(&self) {
         let all = self

@@ -246,49 +246,59 @@ pub async fn reset(conn: &mut ConnectionManager, stream: &str, group: &str) -> R
         .await
 }
 
-/// Publishes how many delivered entries this instance holds in flight (`holder`: a token unique
-/// to the process) and returns the sum over every live instance of the group: the entries
-/// delivered to the group and not yet committed, as far as the living know. Each instance's
-/// count expires after `ttl` without a new one, so a stopped instance's count leaves the sum.
+/// Publishes how many delivered entries this instance holds in flight, and the last of them
+/// (`holder`: a token unique to the process), and returns the sum over the group's instances:
+/// the entries delivered to the group and not yet committed. A live instance's count is replaced
+/// at each call. Once an instance stops publishing (it stopped, or died) its last count stays in
+/// the sum until the watermark passes the last entry it held: until then those entries are
+/// delivered and not committed, waiting to be re-read. While another instance re-reads them they
+/// may count twice.
 const IN_FLIGHT: &str = r#"
+local function pad(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return string.rep('0', 20 - #ms) .. ms .. '-' .. string.rep('0', 20 - #seq) .. seq
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ':' .. (now + tonumber(ARGV[3])))
+local through = redis.call('GET', KEYS[2]) or pad('0-0')
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. (now + tonumber(ARGV[3])) .. ' ' .. ARGV[4])
 local sum = 0
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
-  local count, deadline = string.match(all[i + 1], '^(%d+):(%d+)$')
-  if count and tonumber(deadline) >= now then
+  local count, deadline, last = string.match(all[i + 1], '^(%d+) (%d+) (%S+)$')
+  if count and (tonumber(deadline) >= now or last > through) then
     sum = sum + tonumber(count)
   else
     redis.call('HDEL', KEYS[1], all[i])
   end
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], 86400000)
 return sum
 "#;
 
-/// The hash of each live instance's entries in flight.
+/// The hash of each instance's entries in flight.
 pub fn in_flight_key(stream: &str, group: &str) -> String {
     format!("{stream}:in-flight:{group}")
 }
 
-/// See [`IN_FLIGHT`].
+/// See [`IN_FLIGHT`]. `entries` in flight, the last of them `last` (`None` when none).
 pub async fn in_flight(
     conn: &mut ConnectionManager,
     stream: &str,
     group: &str,
     holder: &str,
-    entries: u64,
+    (entries, last): (u64, Option<EntryId>),
     ttl: std::time::Duration,
 ) -> RedisResult<u64> {
     redis::cmd("EVAL")
         .arg(IN_FLIGHT)
-        .arg(1)
+        .arg(2)
         .arg(in_flight_key(stream, group))
+        .arg(through_key(stream, group))
         .arg(holder)
         .arg(entries)
         .arg(ttl.as_millis() as u64)
+        .arg(padded(last.unwrap_or(EntryId::ZERO)))
         .query_async(conn)
         .await
 }

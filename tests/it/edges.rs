@@ -417,3 +417,130 @@ async fn conflicting_values_are_dead_lettered_and_the_first_stays() {
     t.assert_aggregates_exact().await;
     t.stop().await;
 }
+
+/// HTTP ingest tells the truth: with Redis's writes paused past the append's timeout the answer
+/// is a 503 whose outcome is unknown (the append runs once the pause ends), a retry with the same
+/// `Idempotency-Key` is answered 202 without a second entry, and a refused append is a 503 that
+/// says nothing was stored. A private Redis: pausing the shared one would stall other tests.
+#[actix_web::test]
+async fn ingest_answers_tell_the_truth_and_an_idempotent_retry_stores_once() {
+    let server = crate::infra::PrivateRedis::start(false);
+    let url = server.url();
+    let t = spawn_app_with(
+        |c| c.redis_url = sensorhub::config::Secret::new(url.clone()),
+        Default::default(),
+    )
+    .await;
+    let mut redis = redis_conn(&url).await;
+    let port = t.app().port();
+    let body = br#"{"sensor":"idem","value":1}"#; // no timestamp: a second append would store twice
+    let post = |key: Option<&'static str>| async move {
+        let mut headers = vec![("Content-Type", "application/json")];
+        headers.extend(key.map(|key| ("Idempotency-Key", key)));
+        http_request(port, "POST", "/api/v1/readings", &headers, body).await
+    };
+
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(8000)
+        .arg("WRITE")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let (status, answer) = post(Some("retry-1")).await;
+    assert_eq!(status, 503, "{answer}");
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["outcome"], "unknown", "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("Idempotency-Key")
+    );
+    // The paused append runs once the pause ends: the reading is stored after all.
+    wait_for_count(
+        &t.pg,
+        "SELECT count(*) FROM readings WHERE sensor_id = 'idem'",
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+
+    let (status, answer) = post(Some("retry-1")).await;
+    assert_eq!(status, 202, "{answer}");
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["repeated"], true, "{answer}");
+    let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(t.stream())
+        .arg("-")
+        .arg("+")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(entries.ids.len() <= 1, "the retry appended nothing");
+    let (status, answer) = post(Some("retry-2")).await;
+    assert_eq!(status, 202, "{answer}");
+    wait_for_count(
+        &t.pg,
+        "SELECT count(*) FROM readings WHERE sensor_id = 'idem'",
+        2,
+        Duration::from_secs(30),
+    )
+    .await;
+
+    // Redis refusing the write (out of memory): nothing stored, and the answer says so.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(1)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let (status, answer) = post(None).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(0)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(status, 503, "{answer}");
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["outcome"], "not_stored", "{answer}");
+}
+
+/// The group-wide picture: while writes stall, the entries delivered and not committed show in
+/// `sensorhub_ledger_uncommitted_entries` and the wait in `sensorhub_ledger_watermark_age_seconds`;
+/// both fall to 0 once the backlog is committed.
+#[actix_web::test]
+async fn ledger_gauges_show_what_is_delivered_and_not_committed() {
+    let mut t = spawn_app().await;
+    let lock = ReadingsLocked::take(t.config.database_url.expose()).await;
+    let last = t.xadd_many(&timed_payloads("gauges", 2000)).await;
+    let metrics = t.metrics();
+    let (uncommitted, age) = wait_for(
+        "the stalled entries in the ledger gauges",
+        Duration::from_secs(30),
+        || {
+            let in_flight = metrics.group_pending.get();
+            let uncommitted = metrics.ledger_uncommitted.get();
+            let age = metrics.ledger_watermark_age.get();
+            async move {
+                (in_flight > 0 && uncommitted == in_flight && age >= 1.0)
+                    .then_some((uncommitted, age))
+            }
+        },
+    )
+    .await;
+    assert!(uncommitted <= 2000 && age < 60.0, "{uncommitted} {age}");
+    lock.release().await;
+    t.wait_drained(&last).await;
+    wait_for("the gauges back at 0", Duration::from_secs(30), || {
+        let done =
+            metrics.ledger_uncommitted.get() == 0 && metrics.ledger_watermark_age.get() == 0.0;
+        async move { done.then_some(()) }
+    })
+    .await;
+    assert_eq!(readings_of(&t, "gauges").await, 2000);
+    t.stop().await;
+}

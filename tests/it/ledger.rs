@@ -292,3 +292,55 @@ async fn delivered_all(conn: &mut redis::aio::ConnectionManager, stream: &str) {
         .await
         .unwrap();
 }
+
+/// The group-wide count of entries delivered and not committed: each instance publishes its own;
+/// one that stops publishing (died) keeps counting until the watermark passes the last entry it
+/// held, then leaves the sum.
+#[actix_web::test]
+async fn uncommitted_entries_count_live_instances_and_what_the_dead_left() {
+    let resources = Resources::new();
+    let stream = resources.stream.clone();
+    let mut conn = redis_manager().await;
+    let ids = xadd_numbered(&mut conn, &stream, 10).await;
+    delivered_all(&mut conn, &stream).await;
+    let short = std::time::Duration::from_millis(50);
+    let long = std::time::Duration::from_secs(60);
+    // "dead" held entries 0..=4 when it last published; "live" holds 5..=9.
+    let sum = ledger::in_flight(&mut conn, &stream, GROUP, "dead", (5, Some(ids[4])), short)
+        .await
+        .unwrap();
+    assert_eq!(sum, 5);
+    let sum = ledger::in_flight(&mut conn, &stream, GROUP, "live", (5, Some(ids[9])), long)
+        .await
+        .unwrap();
+    assert_eq!(sum, 10);
+    // "dead" stops publishing: past its time to live its entries still count, uncommitted.
+    // Waiting is the point here: past its time to live, its count is no longer fresh.
+    tokio::time::sleep(short * 4).await;
+    let sum = ledger::in_flight(&mut conn, &stream, GROUP, "live", (5, Some(ids[9])), long)
+        .await
+        .unwrap();
+    assert_eq!(sum, 10, "what the dead instance held is still uncommitted");
+    // Its entries re-read and committed: the watermark passes them and they leave the sum.
+    let first_five = EntryRange {
+        first: ids[0],
+        last: ids[4],
+    };
+    ledger::record(&mut conn, &stream, GROUP, &[first_five])
+        .await
+        .unwrap();
+    ledger::compact(&mut conn, &stream, GROUP).await.unwrap();
+    let sum = ledger::in_flight(&mut conn, &stream, GROUP, "live", (5, Some(ids[9])), long)
+        .await
+        .unwrap();
+    assert_eq!(sum, 5);
+    let sum = ledger::in_flight(&mut conn, &stream, GROUP, "live", (0, None), long)
+        .await
+        .unwrap();
+    assert_eq!(sum, 0);
+    let _: () = redis::cmd("DEL")
+        .arg(ledger::in_flight_key(&stream, GROUP))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
