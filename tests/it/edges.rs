@@ -237,6 +237,21 @@ impl ReadingsLocked {
     }
 }
 
+/// Stalls sensorhub's writes (`readings` locked) and appends `n` readings of `sensor`; returns the
+/// lock and the last entry's id once the pipeline is full.
+async fn stalled_backlog(t: &mut TestApp, sensor: &str, n: usize) -> (ReadingsLocked, String) {
+    let lock = ReadingsLocked::take(t.config.database_url.expose()).await;
+    let last = t.xadd_many(&timed_payloads(sensor, n)).await;
+    let metrics = t.metrics();
+    let bound = t.config.max_in_flight as i64;
+    wait_for("the pipeline to fill", Duration::from_secs(30), || {
+        let full = metrics.batches_in_flight.get() == bound;
+        async move { full.then_some(()) }
+    })
+    .await;
+    (lock, last)
+}
+
 async fn readings_of(t: &TestApp, sensor: &str) -> i64 {
     t.count(&format!(
         "SELECT count(*) FROM readings WHERE sensor_id = '{sensor}'"
@@ -275,16 +290,9 @@ async fn a_recreated_stream_under_a_far_future_watermark_loses_nothing() {
         .await
         .unwrap();
 
-    let lock = ReadingsLocked::take(t.config.database_url.expose()).await;
-    let last = t.xadd_many(&timed_payloads("after-del", 3000)).await;
     // Slow writes: the reader fills the pipeline, the stream waits in Redis, and the
     // maintenance passes (once a second) run meanwhile.
-    let metrics = t.metrics();
-    wait_for("the pipeline to fill", Duration::from_secs(30), || {
-        let full = metrics.batches_in_flight.get() == t.config.max_in_flight as i64;
-        async move { full.then_some(()) }
-    })
-    .await;
+    let (lock, last) = stalled_backlog(&mut t, "after-del", 3000).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     lock.release().await;
 
@@ -316,14 +324,7 @@ async fn trimming_never_follows_another_group_while_ours_is_gone() {
         .query_async(&mut t.redis)
         .await
         .unwrap();
-    let lock = ReadingsLocked::take(t.config.database_url.expose()).await;
-    let last = t.xadd_many(&timed_payloads("beside", 3000)).await;
-    let metrics = t.metrics();
-    wait_for("the pipeline to fill", Duration::from_secs(30), || {
-        let full = metrics.batches_in_flight.get() == t.config.max_in_flight as i64;
-        async move { full.then_some(()) }
-    })
-    .await;
+    let (lock, last) = stalled_backlog(&mut t, "beside", 3000).await;
     let _: i64 = redis::cmd("XGROUP")
         .arg("DESTROY")
         .arg(&stream)
@@ -507,6 +508,51 @@ async fn ingest_answers_tell_the_truth_and_an_idempotent_retry_stores_once() {
     assert_eq!(status, 503, "{answer}");
     let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
     assert_eq!(answer["outcome"], "not_stored", "{answer}");
+
+    // A bridge that cannot append is named by /readyz until an append works again.
+    t.wait_for_bridge().await;
+    let channel = t
+        .config
+        .channel
+        .clone()
+        .expect("the test config bridges a channel");
+    let admin = redis.clone();
+    let maxmemory = |bytes: u64| {
+        let mut redis = admin.clone();
+        async move {
+            let _: () = redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("maxmemory")
+                .arg(bytes)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+        }
+    };
+    maxmemory(1).await;
+    publish_untimed(&mut redis, &channel, "bridge-refused", 1).await;
+    let body = wait_for(
+        "/readyz to name the bridge",
+        Duration::from_secs(15),
+        || async {
+            let (status, body) = t.get("/readyz").await;
+            (status == 503 && body.contains("\"bridge\"")).then_some(body)
+        },
+    )
+    .await;
+    assert!(body.contains("cannot append"), "{body}");
+    maxmemory(0).await;
+    // Published until one is appended: the bridge may be re-taking its lease and subscribing.
+    wait_for("/readyz ready again", Duration::from_secs(15), || {
+        let mut redis = redis.clone();
+        let channel = channel.clone();
+        let t = &t;
+        async move {
+            publish_untimed(&mut redis, &channel, "bridge-again", 1).await;
+            (t.get("/readyz").await.0 == 200).then_some(())
+        }
+    })
+    .await;
 }
 
 /// The group-wide picture: while writes stall, the entries delivered and not committed show in
@@ -515,8 +561,7 @@ async fn ingest_answers_tell_the_truth_and_an_idempotent_retry_stores_once() {
 #[actix_web::test]
 async fn ledger_gauges_show_what_is_delivered_and_not_committed() {
     let mut t = spawn_app().await;
-    let lock = ReadingsLocked::take(t.config.database_url.expose()).await;
-    let last = t.xadd_many(&timed_payloads("gauges", 2000)).await;
+    let (lock, last) = stalled_backlog(&mut t, "gauges", 2000).await;
     let metrics = t.metrics();
     let (uncommitted, age) = wait_for(
         "the stalled entries in the ledger gauges",
