@@ -158,7 +158,10 @@ fn parse_array(text: &str, ctx: &ParseContext) -> Outcomes {
 }
 
 /// The outcome of an array's element, a rejection naming the element's index.
-fn in_array(index: usize, outcome: Result<Reading, Rejection>) -> Result<Reading, Rejection> {
+pub(super) fn in_array(
+    index: usize,
+    outcome: Result<Reading, Rejection>,
+) -> Result<Reading, Rejection> {
     outcome.map_err(|rejection| Rejection {
         index: Some(index),
         ..rejection

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod fast_json;
+mod forms;
 mod json;
 mod text;
 mod timestamp;
@@ -32,6 +33,7 @@ use text::{check_sensor_id, check_unit, text_field};
 use timestamp::{check_range, check_timestamp, truncated_to_micros};
 use value::check_value;
 
+pub use forms::{Form, parse_form};
 pub use json::{MAX_JSON_DEPTH, parse_json};
 pub use timestamp::parse_timestamp_text;
 
@@ -331,13 +333,38 @@ struct Fields<'a> {
 /// messages hold one reading: its outcome is kept inline, with no allocation per message.
 pub type Outcomes = SmallVec<[Result<Reading, Rejection>; 1]>;
 
-/// Parses a stream entry's fields: a `data` field holding JSON, or the reading's own fields.
+/// Parses a stream entry's fields: a `data` field holding JSON (or, with a `form` field, a
+/// payload in that form: [`parse_form`]), or the reading's own fields.
 pub fn parse_entry_fields<N: AsRef<[u8]>, V: AsRef<[u8]>>(
     fields: &[(N, V)],
     ctx: &ParseContext,
 ) -> Outcomes {
-    if let Some((_, data)) = fields.iter().find(|(name, _)| name.as_ref() == b"data") {
-        return parse_json(data.as_ref(), ctx);
+    let field = |wanted: &[u8]| {
+        fields
+            .iter()
+            .find(|(name, _)| name.as_ref() == wanted)
+            .map(|(_, value)| value.as_ref())
+    };
+    if let Some(data) = field(b"data") {
+        // A message from a source that names its payload's form (MQTT): read in that form.
+        if let Some(form) = field(b"form") {
+            let form = match std::str::from_utf8(form).map_err(|e| e.to_string()) {
+                Ok(text) => text.parse::<Form>(),
+                Err(error) => Err(error),
+            };
+            return match form {
+                Ok(form) => {
+                    let prefix = field(b"prefix").unwrap_or_default();
+                    let prefix = std::str::from_utf8(prefix).unwrap_or_default();
+                    parse_form(&form, prefix, data, ctx)
+                }
+                Err(error) => smallvec![Err(Rejection::new(
+                    Reason::WrongShape,
+                    format!("entry names no known payload form: {error}")
+                ))],
+            };
+        }
+        return parse_json(data, ctx);
     }
     let size: usize = fields
         .iter()

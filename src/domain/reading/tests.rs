@@ -624,3 +624,24 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn an_entry_naming_its_form_is_read_in_it() {
+    let limits = Limits::default();
+    let entry: [(&[u8], &[u8]); 4] = [
+        (b"data", br#"{"meas1": 0.84, "meas2": 0.5}"#),
+        (b"topic", b"/sensor_1/status"),
+        (b"form", b"fields"),
+        (b"prefix", b"sensor_1"),
+    ];
+    let ids: Vec<String> = parse_entry_fields(&entry, &ctx(&limits))
+        .into_iter()
+        .map(|o| o.unwrap().sensor_id.to_string())
+        .collect();
+    assert_eq!(ids, vec!["sensor_1.meas1", "sensor_1.meas2"]);
+    let unknown: [(&[u8], &[u8]); 2] = [(b"data", b"1"), (b"form", b"csv")];
+    let outcomes = parse_entry_fields(&unknown, &ctx(&limits));
+    let rejection = outcomes[0].as_ref().unwrap_err();
+    assert_eq!(rejection.reason, Reason::WrongShape);
+    assert!(rejection.detail.contains("csv"), "{}", rejection.detail);
+}

@@ -1,0 +1,557 @@
+//! Payload forms other than sensorhub's own JSON, as MQTT devices send them. An MQTT message
+//! enters the stream with its payload (`data`), its topic, the form its topic's rule names and the
+//! sensor-id prefix that rule gives the topic, so it is read the same way on every re-read and
+//! replay. Each form turns a payload into readings that go through the same checks as any other.
+//!
+//! | form | payload | readings |
+//! | --- | --- | --- |
+//! | `json` | sensorhub's JSON: a reading object or an array of them | as on the stream |
+//! | `fields` | `{"meas1": 0.84, "meas2": 0.84}` | one per numeric field: `<prefix>.meas1`, ... |
+//! | `channels:<key>` | `[{"number": 0, "vreq": 0.0}, ...]` | per element and numeric field: `<prefix>.<key value>.vreq` |
+//! | `named` | `{"sensor": "room", "measurement": "temperature", "value": 23.4}` | one: `room.temperature` |
+//! | `number` | `100` | one: `<prefix>` |
+//! | `nodelog` | solar-node log lines, `;`-separated | one per numeric field of each line: `<node>.battery_voltage`, ... |
+//!
+//! In `fields`, `channels` and `named`, a `timestamp` field is the readings' time (otherwise the
+//! time of receipt), and fields that are not numbers (text, booleans, null, nested values) are not
+//! readings and are skipped.
+
+use super::json::in_array;
+use super::{
+    FieldValue, Fields, Outcomes, ParseContext, Reading, Reason, Rejection, check, excerpt,
+    malformed, parse_json, too_large,
+};
+use serde_json::value::RawValue;
+use smallvec::smallvec;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+/// How a payload is read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Form {
+    Json,
+    Fields,
+    /// Array elements, each naming its channel in the field `key`.
+    Channels {
+        key: String,
+    },
+    Named,
+    Number,
+    NodeLog,
+}
+
+impl FromStr for Form {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(match text {
+            "json" => Form::Json,
+            "fields" => Form::Fields,
+            "named" => Form::Named,
+            "number" => Form::Number,
+            "nodelog" => Form::NodeLog,
+            _ => match text.strip_prefix("channels:") {
+                Some(key) if !key.is_empty() => Form::Channels {
+                    key: key.to_owned(),
+                },
+                _ => {
+                    return Err(format!(
+                        "{text:?} is not a payload form: json, fields, channels:<key>, named, \
+                         number or nodelog"
+                    ));
+                }
+            },
+        })
+    }
+}
+
+impl fmt::Display for Form {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Form::Json => f.write_str("json"),
+            Form::Fields => f.write_str("fields"),
+            Form::Channels { key } => write!(f, "channels:{key}"),
+            Form::Named => f.write_str("named"),
+            Form::Number => f.write_str("number"),
+            Form::NodeLog => f.write_str("nodelog"),
+        }
+    }
+}
+
+/// Reads `payload` in `form`; ids built from the topic start with `prefix`.
+pub fn parse_form(form: &Form, prefix: &str, payload: &[u8], ctx: &ParseContext) -> Outcomes {
+    if payload.len() > ctx.limits.max_message_bytes {
+        return smallvec![Err(too_large(payload.len(), ctx.limits))];
+    }
+    if *form == Form::Json {
+        return parse_json(payload, ctx);
+    }
+    let text = match std::str::from_utf8(payload) {
+        Ok(text) => text,
+        Err(error) => {
+            return smallvec![Err(Rejection::new(
+                Reason::InvalidUtf8,
+                format!("payload is not UTF-8: {error}"),
+            ))];
+        }
+    };
+    match form {
+        Form::Json => unreachable!("read above"),
+        Form::Fields => match object(text) {
+            Ok(fields) => numeric_fields(prefix, &fields, ctx),
+            Err(rejection) => smallvec![Err(rejection)],
+        },
+        Form::Channels { key } => channels(prefix, key, text, ctx),
+        Form::Named => smallvec![named(text, ctx)],
+        Form::Number => smallvec![number(prefix, text, ctx)],
+        Form::NodeLog => node_log(text, ctx),
+    }
+}
+
+/// A JSON object's fields, raw, by name.
+type Object<'a> = BTreeMap<&'a str, &'a RawValue>;
+
+fn object(text: &str) -> Result<Object<'_>, Rejection> {
+    let value: &RawValue = serde_json::from_str(text).map_err(|e| malformed(&e))?;
+    serde_json::from_str(value.get()).map_err(|_| {
+        Rejection::new(
+            Reason::WrongShape,
+            format!("payload is not a JSON object: {}", excerpt(text)),
+        )
+    })
+}
+
+fn is_number(raw: &RawValue) -> bool {
+    matches!(raw.get().as_bytes().first(), Some(b'-' | b'0'..=b'9'))
+}
+
+/// `<prefix>.<name>`, or `name` alone without a prefix.
+fn sensor_id(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+/// One reading per numeric field of `fields`, but `timestamp`, the readings' time, and `skip`.
+fn numeric_fields_but(prefix: &str, fields: &Object, skip: &str, ctx: &ParseContext) -> Outcomes {
+    let timestamp = fields
+        .get("timestamp")
+        .map(|raw| FieldValue::Json(raw.get()));
+    let mut outcomes = Outcomes::new();
+    for (&name, raw) in fields {
+        if name == "timestamp" || name == skip || !is_number(raw) {
+            continue;
+        }
+        let id = sensor_id(prefix, name);
+        outcomes.push(check(
+            Fields {
+                sensor: Some(FieldValue::Text(&id)),
+                value: Some(FieldValue::Json(raw.get())),
+                timestamp,
+                unit: None,
+            },
+            ctx,
+        ));
+    }
+    if outcomes.is_empty() {
+        outcomes.push(Err(Rejection::new(
+            Reason::MissingField,
+            "payload has no numeric field to read",
+        )));
+    }
+    outcomes
+}
+
+fn numeric_fields(prefix: &str, fields: &Object, ctx: &ParseContext) -> Outcomes {
+    numeric_fields_but(prefix, fields, "", ctx)
+}
+
+fn channels(prefix: &str, key: &str, text: &str, ctx: &ParseContext) -> Outcomes {
+    let items: Vec<&RawValue> = match serde_json::from_str(text) {
+        Ok(items) => items,
+        Err(error) if error.is_syntax() || error.is_eof() => {
+            return smallvec![Err(malformed(&error))];
+        }
+        Err(_) => {
+            return smallvec![Err(Rejection::new(
+                Reason::WrongShape,
+                format!("payload is not a JSON array: {}", excerpt(text)),
+            ))];
+        }
+    };
+    let mut outcomes = Outcomes::new();
+    for (index, item) in items.iter().enumerate() {
+        let fields = match object(item.get()) {
+            Ok(fields) => fields,
+            Err(rejection) => {
+                outcomes.push(in_array(index, Err(rejection)));
+                continue;
+            }
+        };
+        let channel = match fields.get(key) {
+            Some(raw) => raw.get().trim_matches('"').to_owned(),
+            None => {
+                outcomes.push(in_array(
+                    index,
+                    Err(Rejection::new(
+                        Reason::MissingField,
+                        format!("element has no channel field {key:?}"),
+                    )),
+                ));
+                continue;
+            }
+        };
+        let prefix = sensor_id(prefix, &channel);
+        outcomes.extend(
+            numeric_fields_but(&prefix, &fields, key, ctx)
+                .into_iter()
+                .map(|outcome| in_array(index, outcome)),
+        );
+    }
+    if outcomes.is_empty() {
+        outcomes.push(Err(Rejection::new(Reason::WrongShape, "empty array")));
+    }
+    outcomes
+}
+
+fn named(text: &str, ctx: &ParseContext) -> Result<Reading, Rejection> {
+    let fields = object(text)?;
+    let text_of = |name: &str| -> Result<Option<String>, Rejection> {
+        fields
+            .get(name)
+            .map(|raw| {
+                serde_json::from_str::<String>(raw.get()).map_err(|_| {
+                    Rejection::new(
+                        Reason::WrongType,
+                        format!("'{name}' must be a string, got {}", excerpt(raw.get())),
+                    )
+                })
+            })
+            .transpose()
+    };
+    let sensor = text_of("sensor")?
+        .ok_or_else(|| Rejection::new(Reason::MissingField, "missing field 'sensor'"))?;
+    let id = match text_of("measurement")? {
+        Some(measurement) => sensor_id(&sensor, &measurement),
+        None => sensor,
+    };
+    check(
+        Fields {
+            sensor: Some(FieldValue::Text(&id)),
+            value: fields.get("value").map(|raw| FieldValue::Json(raw.get())),
+            timestamp: fields
+                .get("timestamp")
+                .map(|raw| FieldValue::Json(raw.get())),
+            unit: fields.get("unit").map(|raw| FieldValue::Json(raw.get())),
+        },
+        ctx,
+    )
+}
+
+fn number(prefix: &str, text: &str, ctx: &ParseContext) -> Result<Reading, Rejection> {
+    if prefix.is_empty() {
+        return Err(Rejection::new(
+            Reason::BadSensorId,
+            "the topic gives no sensor id for a bare number",
+        ));
+    }
+    check(
+        Fields {
+            sensor: Some(FieldValue::Text(prefix)),
+            value: Some(FieldValue::Text(text.trim())),
+            timestamp: None,
+            unit: None,
+        },
+        ctx,
+    )
+}
+
+/// The fields of a solar node's log line, in order; `None` for those that are not readings.
+const NODE_LOG_FIELDS: [Option<&str>; 18] = [
+    None, // node id: the sensor id's first part
+    None, // packet format revision
+    None, // Unix time in seconds: the readings' time
+    None, // firmware version (text)
+    Some("minutes_to_shutdown"),
+    Some("power_save"),
+    Some("open_circuit_voltage"),
+    Some("mpp_voltage"),
+    Some("battery_voltage"),
+    Some("battery_charge"),
+    Some("battery_health"),
+    Some("battery_temperature"),
+    Some("low_voltage_disconnect"),
+    Some("charge_end_voltage"),
+    Some("battery_capacity"),
+    Some("solar_power"),
+    Some("latitude"),
+    Some("longitude"),
+];
+
+/// Semicolon-separated node log lines, one per line: 18 fields, or 19 with the status bits as a
+/// hex string. A line that cannot be read whole is rejected on its own (its line number as the
+/// index); the other lines are read.
+fn node_log(text: &str, ctx: &ParseContext) -> Outcomes {
+    let mut outcomes = Outcomes::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        match node_line(line) {
+            Ok(NodeLine { node, time, values }) => {
+                for (name, value) in values {
+                    let id = sensor_id(node, name);
+                    let value = value.to_string();
+                    outcomes.push(in_array(
+                        index,
+                        check(
+                            Fields {
+                                sensor: Some(FieldValue::Text(&id)),
+                                value: Some(FieldValue::Text(&value)),
+                                timestamp: Some(FieldValue::Text(time)),
+                                unit: None,
+                            },
+                            ctx,
+                        ),
+                    ));
+                }
+            }
+            Err(rejection) => outcomes.push(in_array(index, Err(rejection))),
+        }
+    }
+    if outcomes.is_empty() {
+        outcomes.push(Err(Rejection::new(
+            Reason::WrongShape,
+            "no log line in the payload",
+        )));
+    }
+    outcomes
+}
+
+/// One log line read: the node id, the time, and the readings by field name.
+struct NodeLine<'a> {
+    node: &'a str,
+    time: &'a str,
+    values: Vec<(&'static str, f64)>,
+}
+
+/// A log line read, or why it cannot be.
+fn node_line(line: &str) -> Result<NodeLine<'_>, Rejection> {
+    let fields: Vec<&str> = line.split(';').map(str::trim).collect();
+    if fields.len() != 18 && fields.len() != 19 {
+        return Err(Rejection::new(
+            Reason::WrongShape,
+            format!(
+                "node log line has {} fields, expected 18 or 19: {}",
+                fields.len(),
+                excerpt(line)
+            ),
+        ));
+    }
+    let mut values = Vec::with_capacity(16);
+    for (name, text) in NODE_LOG_FIELDS.iter().zip(&fields) {
+        let Some(name) = name else { continue };
+        match text.parse::<f64>() {
+            Ok(value) if value.is_finite() => values.push((*name, value)),
+            _ => {
+                return Err(Rejection::new(
+                    Reason::NotANumber,
+                    format!("node log field {name} is not a number: {}", excerpt(text)),
+                ));
+            }
+        }
+    }
+    if let Some(status) = fields.get(18) {
+        let bits = u64::from_str_radix(status, 16).map_err(|_| {
+            Rejection::new(
+                Reason::NotANumber,
+                format!("node log status {} is not a hex number", excerpt(status)),
+            )
+        })?;
+        values.push(("status", bits as f64));
+    }
+    Ok(NodeLine {
+        node: fields[0],
+        time: fields[2],
+        values,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Limits;
+    use chrono::{DateTime, Utc};
+
+    fn read(form: &str, prefix: &str, payload: &str) -> Vec<Result<Reading, Rejection>> {
+        let limits = Limits::default();
+        let now: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
+        let ctx = ParseContext::new(&limits, now, now);
+        parse_form(&form.parse().unwrap(), prefix, payload.as_bytes(), &ctx).into_vec()
+    }
+
+    /// `(sensor id, value)` of each reading, or the rejection's reason.
+    fn summary(outcomes: &[Result<Reading, Rejection>]) -> Vec<Result<(String, f64), Reason>> {
+        outcomes
+            .iter()
+            .map(|o| match o {
+                Ok(r) => Ok((r.sensor_id.to_string(), r.value)),
+                Err(e) => Err(e.reason),
+            })
+            .collect()
+    }
+
+    fn ok(id: &str, value: f64) -> Result<(String, f64), Reason> {
+        Ok((id.to_owned(), value))
+    }
+
+    #[test]
+    fn forms_parse_back_from_their_names() {
+        for name in [
+            "json",
+            "fields",
+            "channels:number",
+            "named",
+            "number",
+            "nodelog",
+        ] {
+            assert_eq!(name.parse::<Form>().unwrap().to_string(), name);
+        }
+        for bad in ["", "csv", "channels:", "JSON"] {
+            assert!(bad.parse::<Form>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn named_numeric_fields_are_one_reading_each() {
+        let outcomes = read(
+            "fields",
+            "sensor_1",
+            r#"{"meas1": 0.84, "meas2": 0.5, "note": "ok"}"#,
+        );
+        assert_eq!(
+            summary(&outcomes),
+            vec![ok("sensor_1.meas1", 0.84), ok("sensor_1.meas2", 0.5)]
+        );
+        // Without a timestamp: the time of receipt; with one, that time for every field.
+        let at = read(
+            "fields",
+            "s",
+            r#"{"t": 1, "timestamp": "2025-12-31T12:00:00Z"}"#,
+        );
+        assert_eq!(
+            at[0].as_ref().unwrap().ts,
+            "2025-12-31T12:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        assert_eq!(
+            summary(&read("fields", "s", "[1]")),
+            vec![Err(Reason::WrongShape)]
+        );
+        assert_eq!(
+            summary(&read("fields", "s", "{")),
+            vec![Err(Reason::MalformedJson)]
+        );
+        assert_eq!(
+            summary(&read("fields", "s", r#"{"note": "no numbers"}"#)),
+            vec![Err(Reason::MissingField)]
+        );
+    }
+
+    #[test]
+    fn channel_arrays_name_each_element_by_its_key() {
+        let outcomes = read(
+            "channels:number",
+            "hv",
+            r#"[{"number": 0, "on": 0, "vreq": 0.0}, {"number": 1, "on": 1, "vreq": 12.5}, {"on": 1}]"#,
+        );
+        assert_eq!(
+            summary(&outcomes),
+            vec![
+                ok("hv.0.on", 0.0),
+                ok("hv.0.vreq", 0.0),
+                ok("hv.1.on", 1.0),
+                ok("hv.1.vreq", 12.5),
+                Err(Reason::MissingField),
+            ]
+        );
+        assert_eq!(outcomes[4].as_ref().unwrap_err().index, Some(2));
+    }
+
+    #[test]
+    fn a_named_reading_takes_its_id_from_sensor_and_measurement() {
+        let outcomes = read(
+            "named",
+            "ignored",
+            r#"{"topic": "/sensor/room/temperature", "sensor": "room", "measurement": "temperature", "value": 23.4}"#,
+        );
+        assert_eq!(summary(&outcomes), vec![ok("room.temperature", 23.4)]);
+        assert_eq!(
+            summary(&read("named", "", r#"{"measurement": "t", "value": 1}"#)),
+            vec![Err(Reason::MissingField)]
+        );
+    }
+
+    #[test]
+    fn a_bare_number_takes_its_id_from_the_topic() {
+        assert_eq!(
+            summary(&read("number", "hv.cmd.setv.3", " 100\n")),
+            vec![ok("hv.cmd.setv.3", 100.0)]
+        );
+        assert_eq!(
+            summary(&read("number", "", "100")),
+            vec![Err(Reason::BadSensorId)]
+        );
+        assert_eq!(
+            summary(&read("number", "x", "on")),
+            vec![Err(Reason::NotANumber)]
+        );
+    }
+
+    #[test]
+    fn node_log_lines_are_read_one_by_one() {
+        let good = "Elektra-Dach;1;1530364575;ATmega8_A_1;711;0;18.614;18.614;14.073;100;100;28;11.67;14.086;7;20;52.507309;13.458635";
+        let with_status = format!("{good};300");
+        let short = "Elektra-Dach;1;1530364575";
+        let not_a_number = good.replace("14.073", "n/a");
+        let payload = format!("{good}\n{short}\n{with_status}\r\n{not_a_number}\n");
+        let outcomes = read("nodelog", "", &payload);
+        let read_ok: Vec<&Reading> = outcomes.iter().filter_map(|o| o.as_ref().ok()).collect();
+        assert_eq!(
+            read_ok.len(),
+            14 + 15,
+            "two good lines, the second with status"
+        );
+        let battery = read_ok
+            .iter()
+            .find(|r| &*r.sensor_id == "Elektra-Dach.battery_voltage")
+            .unwrap();
+        assert_eq!(battery.value, 14.073);
+        assert_eq!(battery.ts.timestamp(), 1_530_364_575);
+        let status = read_ok
+            .iter()
+            .find(|r| &*r.sensor_id == "Elektra-Dach.status")
+            .unwrap();
+        assert_eq!(status.value, 768.0);
+        let rejected: Vec<(Option<usize>, Reason)> = outcomes
+            .iter()
+            .filter_map(|o| o.as_ref().err())
+            .map(|e| (e.index, e.reason))
+            .collect();
+        assert_eq!(
+            rejected,
+            vec![(Some(1), Reason::WrongShape), (Some(3), Reason::NotANumber)]
+        );
+    }
+
+    #[test]
+    fn the_json_form_is_sensorhubs_own() {
+        assert_eq!(
+            summary(&read("json", "ignored", r#"{"sensor": "t", "value": 14}"#)),
+            vec![ok("t", 14.0)]
+        );
+    }
+}
