@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Brings Redis and PostgreSQL up on 127.0.0.1 (6379, 5432) when they do not answer, installing
-# Debian's packages when they are missing, and creates the `sensorhub` database.
+# Brings Redis, PostgreSQL and Mosquitto up on 127.0.0.1 (6379, 5432, 1883) when they do not
+# answer, installing Debian's packages when they are missing, and creates the `sensorhub` database.
 # Safe to run again: whatever already answers is left alone.
 #
-#   scripts/services.sh            # Redis + PostgreSQL
+#   scripts/services.sh            # Redis + PostgreSQL + Mosquitto
 #   scripts/services.sh --tools    # also the test tools (promtool from Debian's prometheus)
 set -euo pipefail
 
 REDIS_PORT=6379
 PG_PORT=5432
+MQTT_PORT=1883
 DATABASE=sensorhub
 with_tools=no
 [ "${1:-}" = "--tools" ] && with_tools=yes
@@ -85,6 +86,21 @@ if [ "$(psql_postgres -c "select 1 from pg_database where datname = '$DATABASE'"
     psql_postgres -c "create database $DATABASE"
 fi
 log "postgresql answers on 127.0.0.1:$PG_PORT (database $DATABASE)"
+
+# --- Mosquitto (MQTT) ---------------------------------------------------------------------------
+mqtt_up() { (exec 3<>"/dev/tcp/127.0.0.1/$MQTT_PORT") 2>/dev/null; }
+if ! command -v mosquitto >/dev/null; then
+    apt_install mosquitto
+fi
+if ! mqtt_up; then
+    log "starting mosquitto on 127.0.0.1:$MQTT_PORT"
+    mkdir -p /tmp/sensorhub-mosquitto
+    printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n' "$MQTT_PORT" \
+        > /tmp/sensorhub-mosquitto/mosquitto.conf
+    mosquitto -d -c /tmp/sensorhub-mosquitto/mosquitto.conf
+    wait_for "mosquitto" mqtt_up
+fi
+log "mosquitto answers on 127.0.0.1:$MQTT_PORT"
 
 # --- Test tools --------------------------------------------------------------------------------
 if [ "$with_tools" = yes ]; then

@@ -5,6 +5,7 @@
 //! documentation cannot drift. A bad value gives one line naming the variable, the value and what is
 //! expected ([`ConfigError`]).
 
+use crate::domain::reading::Form;
 use crate::domain::{Limits, Resolution};
 use chrono_tz::Tz;
 use std::fmt;
@@ -56,6 +57,26 @@ pub const VARIABLES: &[Variable] = &[
         name: "SENSORHUB_CONSUMER",
         default: "(host name)",
         meaning: "this instance's consumer name, unique per instance",
+    },
+    Variable {
+        name: "SENSORHUB_MQTT_URL",
+        default: "(none)",
+        meaning: "MQTT broker to subscribe to, `mqtt://[user:password@]host[:port]` (empty: none)",
+    },
+    Variable {
+        name: "SENSORHUB_MQTT_TOPICS",
+        default: "sensors/#=json",
+        meaning: "topic rules `filter=form`, `;`-separated: forms `json`, `fields`, `channels:<key>`, `named`, `number`, `nodelog`",
+    },
+    Variable {
+        name: "SENSORHUB_MQTT_CLIENT_ID",
+        default: "sensorhub-<group>",
+        meaning: "client id of the persistent MQTT session, shared by the instances (one holds it at a time)",
+    },
+    Variable {
+        name: "SENSORHUB_MQTT_QOS",
+        default: "1",
+        meaning: "QoS of the subscriptions: 1 or 2",
     },
     Variable {
         name: "SENSORHUB_BATCH_SIZE",
@@ -155,10 +176,11 @@ pub const VARIABLES: &[Variable] = &[
 ];
 
 /// Variables whose value may come from the file named by `<NAME>_FILE`.
-pub const SECRET_VARIABLES: [&str; 3] = [
+pub const SECRET_VARIABLES: [&str; 4] = [
     "SENSORHUB_REDIS_URL",
     "SENSORHUB_DATABASE_URL",
     "SENSORHUB_API_TOKEN",
+    "SENSORHUB_MQTT_URL",
 ];
 
 /// The README's configuration table, generated from [`VARIABLES`] (a test checks the README holds
@@ -212,6 +234,8 @@ pub struct Config {
     pub stream: String,
     /// `None` when the Pub/Sub bridge is off.
     pub channel: Option<String>,
+    /// `None` when no MQTT broker is configured.
+    pub mqtt: Option<MqttSettings>,
     pub group: String,
     pub consumer: String,
     pub batch_size: usize,
@@ -278,6 +302,8 @@ impl Config {
             None => gethostname::gethostname().to_string_lossy().into_owned(),
         };
         let channel = env.text("SENSORHUB_CHANNEL");
+        let group = env.non_empty("SENSORHUB_GROUP")?;
+        let mqtt = MqttSettings::from_env(&env, &group)?;
         let config = Config {
             redis_url: Secret::new(env.text_or_fallback("SENSORHUB_REDIS_URL", "REDIS_URL")),
             database_url: Secret::new(
@@ -286,7 +312,8 @@ impl Config {
             http_addr: env.parsed("SENSORHUB_HTTP_ADDR", "an address such as 0.0.0.0:8080")?,
             stream: env.non_empty("SENSORHUB_STREAM")?,
             channel: (!channel.is_empty()).then_some(channel),
-            group: env.non_empty("SENSORHUB_GROUP")?,
+            mqtt,
+            group,
             consumer,
             batch_size: env.number("SENSORHUB_BATCH_SIZE", 1, 100_000)?,
             batch_delay: env.duration("SENSORHUB_BATCH_DELAY")?,
@@ -319,6 +346,141 @@ impl Config {
     /// The dead-letter stream's key.
     pub fn dead_letter_stream(&self) -> String {
         format!("{}:dead", self.stream)
+    }
+}
+
+/// Where the MQTT source connects and what it subscribes to.
+#[derive(Clone, Debug)]
+pub struct MqttSettings {
+    pub host: String,
+    pub port: u16,
+    pub credentials: Option<(String, Secret)>,
+    pub client_id: String,
+    /// 1 or 2.
+    pub qos: u8,
+    pub rules: Vec<TopicRule>,
+}
+
+/// A topic filter and the form its messages' payloads are read in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicRule {
+    pub filter: String,
+    pub form: Form,
+}
+
+impl MqttSettings {
+    fn from_env(env: &Env, group: &str) -> Result<Option<Self>, ConfigError> {
+        let url = env.text("SENSORHUB_MQTT_URL");
+        if url.is_empty() || url == "(none)" {
+            return Ok(None);
+        }
+        let bad_url = |expected: &str| ConfigError {
+            var: "SENSORHUB_MQTT_URL",
+            value: mask_password(&url),
+            expected: expected.to_owned(),
+        };
+        let rest = match url.split_once("://") {
+            Some(("mqtt", rest)) => rest,
+            Some(("mqtts", _)) => {
+                return Err(bad_url(
+                    "an mqtt:// URL: mqtts:// (TLS) is not supported by this build yet",
+                ));
+            }
+            _ => return Err(bad_url("a URL such as mqtt://host:1883")),
+        };
+        let rest = rest.trim_end_matches('/');
+        let (credentials, host_port) = match rest.rsplit_once('@') {
+            Some((user_password, host_port)) => {
+                let (user, password) = user_password
+                    .split_once(':')
+                    .ok_or_else(|| bad_url("user:password@ before the host"))?;
+                (Some((user.to_owned(), Secret::new(password))), host_port)
+            }
+            None => (None, rest),
+        };
+        let (host, port) = match host_port.rsplit_once(':') {
+            Some((host, port)) => (
+                host,
+                port.parse::<u16>()
+                    .map_err(|_| bad_url("a port from 1 to 65535"))?,
+            ),
+            None => (host_port, 1883),
+        };
+        if host.is_empty() {
+            return Err(bad_url("a host, as in mqtt://host:1883"));
+        }
+        let client_id = match env.text("SENSORHUB_MQTT_CLIENT_ID") {
+            id if id.is_empty() || id == "sensorhub-<group>" => format!("sensorhub-{group}"),
+            id => id,
+        };
+        let qos = match env.text("SENSORHUB_MQTT_QOS").as_str() {
+            "1" => 1,
+            "2" => 2,
+            other => {
+                return Err(ConfigError {
+                    var: "SENSORHUB_MQTT_QOS",
+                    value: other.to_owned(),
+                    expected: "1 or 2".into(),
+                });
+            }
+        };
+        let rules = parse_rules(&env.text("SENSORHUB_MQTT_TOPICS"))?;
+        Ok(Some(Self {
+            host: host.to_owned(),
+            port,
+            credentials,
+            client_id,
+            qos,
+            rules,
+        }))
+    }
+}
+
+/// `filter=form; filter=form; ...`.
+fn parse_rules(text: &str) -> Result<Vec<TopicRule>, ConfigError> {
+    let bad = |expected: String| ConfigError {
+        var: "SENSORHUB_MQTT_TOPICS",
+        value: text.to_owned(),
+        expected,
+    };
+    let mut rules = Vec::new();
+    for rule in text.split(';').map(str::trim).filter(|r| !r.is_empty()) {
+        let (filter, form) = rule
+            .rsplit_once('=')
+            .ok_or_else(|| bad(format!("rules of the form filter=form, not {rule:?}")))?;
+        let filter = filter.trim();
+        let valid_filter = !filter.is_empty()
+            && filter.split('/').enumerate().all(|(i, level)| {
+                let last = i == filter.split('/').count() - 1;
+                (level != "#" || last)
+                    && (level == "#" || level == "+" || !level.contains(['#', '+']))
+            });
+        if !valid_filter {
+            return Err(bad(format!(
+                "an MQTT topic filter ('+' for one level, '#' only last), not {filter:?}"
+            )));
+        }
+        let form = form.trim().parse::<Form>().map_err(bad)?;
+        rules.push(TopicRule {
+            filter: filter.to_owned(),
+            form,
+        });
+    }
+    if rules.is_empty() {
+        return Err(bad("at least one rule filter=form".into()));
+    }
+    Ok(rules)
+}
+
+/// A URL with its password replaced, for messages.
+pub fn mask_password(url: &str) -> String {
+    match (url.split_once("://"), url.rsplit_once('@')) {
+        (Some((scheme, rest)), Some((_, host))) if rest.contains('@') => {
+            let user = rest.split('@').next().unwrap_or_default();
+            let user = user.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -523,5 +685,93 @@ mod tests {
             !printed.contains("hunter2") && !printed.contains("pw@"),
             "{printed}"
         );
+    }
+
+    #[test]
+    fn mqtt_is_off_unless_a_url_is_set_and_reads_its_rules() {
+        assert!(config(&[]).unwrap().mqtt.is_none());
+        let c = config(&[("SENSORHUB_MQTT_URL", "mqtt://broker")]).unwrap();
+        let mqtt = c.mqtt.unwrap();
+        assert_eq!(
+            (mqtt.host.as_str(), mqtt.port, mqtt.qos),
+            ("broker", 1883, 1)
+        );
+        assert_eq!(mqtt.client_id, "sensorhub-sensorhub");
+        assert_eq!(
+            mqtt.rules,
+            vec![TopicRule {
+                filter: "sensors/#".into(),
+                form: Form::Json
+            }]
+        );
+        let c = config(&[
+            ("SENSORHUB_MQTT_URL", "mqtt://user:s3cret@broker:1884"),
+            (
+                "SENSORHUB_MQTT_TOPICS",
+                "/hv/status=channels:number; /+/status = fields",
+            ),
+            ("SENSORHUB_MQTT_QOS", "2"),
+        ])
+        .unwrap();
+        let mqtt = c.mqtt.clone().unwrap();
+        assert_eq!(mqtt.port, 1884);
+        assert_eq!(mqtt.qos, 2);
+        assert_eq!(mqtt.credentials.as_ref().unwrap().0, "user");
+        assert_eq!(mqtt.rules[1].filter, "/+/status");
+        assert!(
+            !format!("{c:?}").contains("s3cret"),
+            "the password never prints"
+        );
+    }
+
+    #[test]
+    fn bad_mqtt_settings_name_the_variable_and_never_the_password() {
+        for (vars, var, expected) in [
+            (
+                vec![("SENSORHUB_MQTT_URL", "http://broker")],
+                "SENSORHUB_MQTT_URL",
+                "mqtt://",
+            ),
+            (
+                vec![("SENSORHUB_MQTT_URL", "mqtts://u:pw@broker")],
+                "SENSORHUB_MQTT_URL",
+                "TLS",
+            ),
+            (
+                vec![("SENSORHUB_MQTT_URL", "mqtt://u:pw@broker:99999")],
+                "SENSORHUB_MQTT_URL",
+                "port",
+            ),
+            (
+                vec![
+                    ("SENSORHUB_MQTT_URL", "mqtt://b"),
+                    ("SENSORHUB_MQTT_TOPICS", "a/#/b=json"),
+                ],
+                "SENSORHUB_MQTT_TOPICS",
+                "topic filter",
+            ),
+            (
+                vec![
+                    ("SENSORHUB_MQTT_URL", "mqtt://b"),
+                    ("SENSORHUB_MQTT_TOPICS", "a/#=csv"),
+                ],
+                "SENSORHUB_MQTT_TOPICS",
+                "payload form",
+            ),
+            (
+                vec![
+                    ("SENSORHUB_MQTT_URL", "mqtt://b"),
+                    ("SENSORHUB_MQTT_QOS", "0"),
+                ],
+                "SENSORHUB_MQTT_QOS",
+                "1 or 2",
+            ),
+        ] {
+            let error = config(&vars).unwrap_err();
+            let text = error.to_string();
+            assert_eq!(error.var, var, "{text}");
+            assert!(text.contains(expected), "{text}");
+            assert!(!text.contains("pw"), "{text}");
+        }
     }
 }

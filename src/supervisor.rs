@@ -17,6 +17,7 @@ use crate::pipeline::window::Aggregator;
 use crate::pipeline::write::Writer;
 use crate::redis::dead_letter::DeadLetters;
 use crate::redis::lease::unique_token;
+use crate::sources::mqtt::{MqttSource, MqttSourceSettings};
 use crate::sources::pubsub::{Bridge, BridgeHealth, BridgeSettings};
 use crate::telemetry::Metrics;
 use actix::{Arbiter, Supervisor};
@@ -163,6 +164,19 @@ impl Pipeline {
                     stop,
                     running,
                 )
+            });
+        }
+
+        if let Some(mqtt) = &config.mqtt {
+            let settings = MqttSourceSettings {
+                mqtt: mqtt.clone(),
+                stream: config.stream.clone(),
+                consumer: config.consumer.clone(),
+                lease_ttl: config.bridge_lease,
+            };
+            let (conn, metrics, stop) = (conn.clone(), Arc::clone(&metrics), stop_rx.clone());
+            Supervisor::start_in_arbiter(&io, move |_| {
+                MqttSource::new(settings, conn, metrics, stop)
             });
         }
 

@@ -22,7 +22,9 @@ pub fn init_logging(filter: &str) {
 }
 
 /// The pipeline stages, as they appear in `actor` labels.
-pub const ACTORS: [&str; 6] = ["read", "validate", "window", "write", "ack", "bridge"];
+pub const ACTORS: [&str; 7] = [
+    "read", "validate", "window", "write", "ack", "bridge", "mqtt",
+];
 
 /// Every metric sensorhub exports (prefix `sensorhub_`).
 pub struct Metrics {
@@ -75,6 +77,8 @@ pub struct Metrics {
     pub entries_reread: IntCounter,
     /// 1 while this instance holds the Pub/Sub bridge lease.
     pub bridge_leader: IntGauge,
+    /// 1 while this instance holds the MQTT lease and its subscriptions are in place.
+    pub mqtt_connected: IntGauge,
     /// Build information, value 1.
     pub build_info: IntGaugeVec,
 }
@@ -215,6 +219,10 @@ impl Metrics {
                 "sensorhub_bridge_leader",
                 "1 while this instance holds the lease to bridge Pub/Sub into the stream.",
             ),
+            mqtt_connected: gauge(
+                "sensorhub_mqtt_connected",
+                "1 while this instance holds the MQTT lease and its subscriptions are in place.",
+            ),
             build_info: {
                 let metric = IntGaugeVec::new(
                     Opts::new("sensorhub_build_info", "Build information; the value is 1."),
@@ -245,7 +253,7 @@ impl Metrics {
         for target in ["redis", "postgres"] {
             metrics.reconnects.with_label_values(&[target]);
         }
-        for source in ["stream", "pubsub", "http"] {
+        for source in ["stream", "pubsub", "http", "mqtt"] {
             metrics.messages_received.with_label_values(&[source]);
         }
         metrics.messages_dropped.with_label_values(&["pubsub"]);

@@ -190,6 +190,45 @@ pub async fn append_payloads_fenced<P: redis::ToRedisArgs>(
     }
 }
 
+/// Appends one entry of the given fields only while `token` holds the lease at `lease_key`.
+const APPEND_FIELDS_FENCED: &str = r#"
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then
+  return redis.error_reply('NOTHOLDER the lease is not held by this process')
+end
+return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+"#;
+
+/// One entry of `fields` (a message with its payload and where it came from: the MQTT source),
+/// appended only while `token` holds the lease at `lease_key`; returns the entry's id.
+pub async fn append_fields_fenced(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    lease_key: &str,
+    token: &str,
+    fields: &[(&str, &[u8])],
+) -> Result<EntryId, FencedError> {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(APPEND_FIELDS_FENCED)
+        .arg(2)
+        .arg(stream)
+        .arg(lease_key)
+        .arg(token);
+    for (name, value) in fields {
+        cmd.arg(*name).arg(*value);
+    }
+    match cmd.query_async::<String>(conn).await {
+        Ok(id) => id.parse().map_err(|why: String| {
+            FencedError::Redis(redis::RedisError::from((
+                redis::ErrorKind::Parse,
+                "bad entry id",
+                why,
+            )))
+        }),
+        Err(error) if error.code() == Some("NOTHOLDER") => Err(FencedError::NotHolder),
+        Err(error) => Err(error.into()),
+    }
+}
+
 /// Appends one payload unless `key` was used before: then the entry that payload was appended as
 /// the first time is returned, and nothing is appended. The key is kept for `ttl`. One script,
 /// so a retry can never append a second entry, whenever the first attempt ran.

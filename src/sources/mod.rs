@@ -3,7 +3,10 @@
 //! through the pipeline, with the same guarantee.
 //!
 //! - [`pubsub`]: the Pub/Sub bridge, `PUBLISH sensor_stream '{...}'` appended at once.
+//! - [`mqtt`]: MQTT subscriptions, each message appended with its topic and payload form, and
+//!   acknowledged to the broker once appended.
 //!
 //! HTTP ingest (`POST /api/v1/readings`) appends the same way, from [`crate::http::ingest`].
 
+pub mod mqtt;
 pub mod pubsub;

@@ -68,6 +68,8 @@ impl Drop for Resources {
             self.stream.clone(),
             format!("{}:dead", self.stream),
             format!("{}:bridge-lease", self.stream),
+            format!("{}:mqtt-lease", self.stream),
+            sensorhub::redis::ledger::in_flight_key(&self.stream, "sensorhub"),
             sensorhub::redis::ledger::ranges_key(&self.stream, "sensorhub"),
             sensorhub::redis::ledger::through_key(&self.stream, "sensorhub"),
         ];

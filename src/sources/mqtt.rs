@@ -1,0 +1,356 @@
+//! The MQTT source: subscribes to the configured topic filters and appends every message to the
+//! stream, with its topic and the payload form its topic's rule names, so it takes the stream's
+//! path and guarantee.
+//!
+//! - **Acknowledged after the append.** The session is persistent (a fixed client id, no clean
+//!   start) and acknowledgements are manual: a QoS 1 or 2 message is acknowledged to the broker
+//!   (PUBACK / PUBREC) only once its `XADD` has succeeded, one message after another in the order
+//!   received. A crash, or Redis down, leaves the message with the broker, which delivers it again.
+//! - **One instance subscribes.** Only the holder of the lease `<stream>:mqtt-lease` connects, and
+//!   every instance uses the same client id, so the session (and what it holds unacknowledged)
+//!   moves with the lease; the broker also drops an older connection of the same client id. Each
+//!   append checks the lease in the same script that appends.
+//! - **At least once into the stream.** A message appended whose acknowledgement was lost (a crash
+//!   between the two) is delivered and appended again: a reading with its own timestamp is then a
+//!   duplicate the store skips; one without a timestamp gets a second receipt time and is stored
+//!   twice.
+
+use crate::config::{MqttSettings, TopicRule};
+use crate::pipeline::stage::{count_restart, guarded, stop_requested};
+use crate::redis::entry::{FencedError, append_fields_fenced};
+use crate::redis::lease::{Lease, unique_token};
+use crate::retry::Backoff;
+use crate::telemetry::Metrics;
+use actix::prelude::*;
+use redis::aio::ConnectionManager;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Requests (acknowledgements, subscriptions) queued for the MQTT connection at once.
+const REQUESTS: usize = 64;
+/// How often the broker and client check that the connection is alive.
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// Longest wait for one message's append: the connection to the broker is not served meanwhile,
+/// so it stays well within the keep-alive. An append that times out is left unacknowledged (it
+/// may still have happened: the broker's redelivery then appends it again).
+const APPEND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the MQTT source needs besides the connections.
+#[derive(Clone, Debug)]
+pub struct MqttSourceSettings {
+    pub mqtt: MqttSettings,
+    pub stream: String,
+    /// This instance's name, the start of its lease token.
+    pub consumer: String,
+    /// How long the lease lasts without a renewal.
+    pub lease_ttl: Duration,
+}
+
+pub struct MqttSource {
+    settings: Arc<MqttSourceSettings>,
+    token: String,
+    conn: ConnectionManager,
+    metrics: Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+}
+
+impl MqttSource {
+    pub fn new(
+        settings: MqttSourceSettings,
+        conn: ConnectionManager,
+        metrics: Arc<Metrics>,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            token: unique_token(&settings.consumer),
+            settings: Arc::new(settings),
+            conn,
+            metrics,
+            stop,
+        }
+    }
+}
+
+impl Actor for MqttSource {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let lp = SourceLoop {
+            lease: Lease {
+                key: format!("{}:mqtt-lease", self.settings.stream),
+                holder: self.token.clone(),
+                ttl: self.settings.lease_ttl,
+            },
+            settings: Arc::clone(&self.settings),
+            conn: self.conn.clone(),
+            metrics: Arc::clone(&self.metrics),
+            stop: self.stop.clone(),
+        };
+        ctx.spawn(guarded("mqtt", lp.run()));
+    }
+}
+
+impl Supervised for MqttSource {
+    fn restarting(&mut self, _ctx: &mut Self::Context) {
+        count_restart(&self.metrics, "mqtt");
+        self.metrics.mqtt_connected.set(0);
+    }
+}
+
+struct SourceLoop {
+    settings: Arc<MqttSourceSettings>,
+    lease: Lease,
+    conn: ConnectionManager,
+    metrics: Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+}
+
+/// Why a session with the broker ended.
+enum Ended {
+    /// Stop requested, or the lease went to another instance.
+    Done,
+    Failed(String),
+}
+
+impl SourceLoop {
+    async fn run(mut self) {
+        let mut backoff = Backoff::new();
+        let retry_every = self.settings.lease_ttl / 3;
+        let mut failing = false;
+        while !stop_requested(&self.stop) {
+            let ended = match self.lease.acquire(&mut self.conn).await {
+                Ok(true) => self.subscribed().await,
+                Ok(false) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(retry_every) => {}
+                        _ = self.stop.changed() => {}
+                    }
+                    Ended::Done
+                }
+                Err(error) => Ended::Failed(format!("redis: {error}")),
+            };
+            self.metrics.mqtt_connected.set(0);
+            match ended {
+                Ended::Done => {
+                    backoff.reset();
+                    failing = false;
+                }
+                Ended::Failed(error) => {
+                    if !std::mem::replace(&mut failing, true) {
+                        tracing::warn!(%error, broker = %self.settings.mqtt.host, "mqtt source interrupted, retrying");
+                    }
+                    backoff.wait().await;
+                }
+            }
+        }
+        let _ = self.lease.release(&mut self.conn).await;
+    }
+
+    /// Connects, subscribes and appends messages while this instance holds the lease.
+    async fn subscribed(&mut self) -> Ended {
+        let settings = Arc::clone(&self.settings);
+        let mqtt = &settings.mqtt;
+        let mut options = MqttOptions::new(&mqtt.client_id, &mqtt.host, mqtt.port);
+        options
+            .set_keep_alive(KEEP_ALIVE)
+            .set_clean_session(false)
+            .set_manual_acks(true);
+        if let Some((user, password)) = &mqtt.credentials {
+            options.set_credentials(user, password.expose());
+        }
+        let qos = if mqtt.qos == 2 {
+            QoS::ExactlyOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        let (client, mut events) = AsyncClient::new(options, REQUESTS);
+        let mut renew = tokio::time::interval(self.settings.lease_ttl / 3);
+        let mut stop = self.stop.clone();
+        let ended = loop {
+            tokio::select! {
+                event = events.poll() => match event {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let filters = mqtt.rules.iter().map(|rule| rumqttc::SubscribeFilter::new(rule.filter.clone(), qos));
+                        if let Err(error) = client.subscribe_many(filters).await {
+                            break Ended::Failed(format!("subscribing: {error}"));
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        self.metrics.mqtt_connected.set(1);
+                        tracing::info!(broker = %mqtt.host, client_id = %mqtt.client_id, "holding the mqtt lease; subscribed");
+                    }
+                    Ok(Event::Incoming(Packet::Publish(publish))) => {
+                        match self.append(&publish).await {
+                            Ok(true) => {
+                                if let Err(error) = client.ack(&publish).await {
+                                    break Ended::Failed(format!("acknowledging: {error}"));
+                                }
+                            }
+                            // The lease went elsewhere: unacknowledged, the message stays in the
+                            // session, which the new holder resumes.
+                            Ok(false) => break Ended::Done,
+                            Err(error) => break Ended::Failed(error),
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(error) => break Ended::Failed(format!("broker: {error}")),
+                },
+                _ = renew.tick() => match self.lease.renew(&mut self.conn).await {
+                    Ok(true) => {}
+                    Ok(false) => break Ended::Done,
+                    Err(error) => break Ended::Failed(format!("redis: {error}")),
+                },
+                _ = stop.changed() => break Ended::Done,
+            }
+        };
+        let _ = client.try_disconnect();
+        ended
+    }
+
+    /// Appends one message. `Ok(false)` when this instance no longer holds the lease. When Redis
+    /// fails the message is left unacknowledged and the session dropped, rather than retried
+    /// here while the connection to the broker goes unserved: the broker keeps the message in the
+    /// session and delivers it again once the source is back, Redis with it.
+    async fn append(&mut self, publish: &Publish) -> Result<bool, String> {
+        let topic = publish.topic.clone();
+        let (form, prefix) = match rule_for(&self.settings.mqtt.rules, &topic) {
+            Some(rule) => (rule.form.to_string(), topic_prefix(&rule.filter, &topic)),
+            None => ("json".to_owned(), String::new()),
+        };
+        let fields: [(&str, &[u8]); 4] = [
+            ("data", &publish.payload),
+            ("topic", topic.as_bytes()),
+            ("form", form.as_bytes()),
+            ("prefix", prefix.as_bytes()),
+        ];
+        let appended = tokio::time::timeout(
+            APPEND_TIMEOUT,
+            append_fields_fenced(
+                &mut self.conn,
+                &self.settings.stream,
+                &self.lease.key,
+                &self.lease.holder,
+                &fields,
+            ),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(FencedError::Redis(redis::RedisError::from(
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {APPEND_TIMEOUT:?}"),
+                ),
+            )))
+        });
+        match appended {
+            Ok(_) => {
+                self.metrics
+                    .messages_received
+                    .with_label_values(&["mqtt"])
+                    .inc();
+                Ok(true)
+            }
+            Err(FencedError::NotHolder) => Ok(false),
+            Err(FencedError::Redis(error)) => {
+                self.metrics.redis_errors.with_label_values(&["mqtt"]).inc();
+                Err(format!("appending to the stream: {error}"))
+            }
+        }
+    }
+}
+
+/// The first rule whose filter matches `topic`.
+pub fn rule_for<'a>(rules: &'a [TopicRule], topic: &str) -> Option<&'a TopicRule> {
+    rules.iter().find(|rule| matches(&rule.filter, topic))
+}
+
+/// MQTT topic matching: `+` matches one level, a final `#` any number (zero included).
+pub fn matches(filter: &str, topic: &str) -> bool {
+    let mut topic_levels = topic.split('/');
+    for level in filter.split('/') {
+        match (level, topic_levels.next()) {
+            ("#", _) => return true,
+            ("+", Some(_)) => {}
+            (literal, Some(actual)) if literal == actual => {}
+            _ => return false,
+        }
+    }
+    topic_levels.next().is_none()
+}
+
+/// The sensor-id prefix a topic gives: its levels without the filter's literal levels after its
+/// last wildcard (`/+/status` makes `/sensor_1/status` into `sensor_1`), or without its last level
+/// when the filter has no wildcard (`/hv/status` makes `hv`); empty levels left out, joined by `.`.
+pub fn topic_prefix(filter: &str, topic: &str) -> String {
+    let levels_after_wildcard = filter
+        .split('/')
+        .rev()
+        .take_while(|level| *level != "+" && *level != "#")
+        .count();
+    let trailing_literals = if levels_after_wildcard == filter.split('/').count() {
+        1
+    } else {
+        levels_after_wildcard
+    };
+    let levels: Vec<&str> = topic.split('/').collect();
+    let keep = levels.len().saturating_sub(trailing_literals);
+    levels[..keep]
+        .iter()
+        .filter(|level| !level.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_match_filters_as_mqtt_does() {
+        for (filter, topic, expected) in [
+            ("sensors/#", "sensors/a/b", true),
+            ("sensors/#", "sensors", true),
+            ("sensors/#", "other/a", false),
+            ("/+/status", "/sensor_1/status", true),
+            ("/+/status", "/sensor_1/status/x", false),
+            ("/+/status", "sensor_1/status", false),
+            ("/hv/status", "/hv/status", true),
+            ("/hv/cmd/#", "/hv/cmd/setv/3", true),
+            ("a/+", "a/", true),
+        ] {
+            assert_eq!(matches(filter, topic), expected, "{filter} ~ {topic}");
+        }
+    }
+
+    #[test]
+    fn the_prefix_is_the_topic_without_the_filters_literal_end() {
+        assert_eq!(topic_prefix("/+/status", "/sensor_1/status"), "sensor_1");
+        assert_eq!(topic_prefix("/hv/status", "/hv/status"), "hv");
+        assert_eq!(topic_prefix("/hv/cmd/#", "/hv/cmd/setv/3"), "hv.cmd.setv.3");
+        assert_eq!(
+            topic_prefix("/isems/+/csvlog", "/isems/node/csvlog"),
+            "isems.node"
+        );
+        assert_eq!(topic_prefix("sensors/#", "sensors"), "sensors");
+    }
+
+    #[test]
+    fn the_first_matching_rule_wins() {
+        let rules = vec![
+            TopicRule {
+                filter: "/hv/status".into(),
+                form: "channels:number".parse().unwrap(),
+            },
+            TopicRule {
+                filter: "/+/status".into(),
+                form: "fields".parse().unwrap(),
+            },
+        ];
+        assert_eq!(rule_for(&rules, "/hv/status").unwrap().filter, "/hv/status");
+        assert_eq!(rule_for(&rules, "/s1/status").unwrap().filter, "/+/status");
+        assert!(rule_for(&rules, "/s1/other").is_none());
+    }
+}

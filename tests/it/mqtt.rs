@@ -1,0 +1,277 @@
+//! MQTT in, against the Mosquitto on 127.0.0.1:1883 (`scripts/services.sh`): every payload form,
+//! several instances, and messages that wait with the broker while Redis is down. Each test has
+//! its own topics and client ids.
+
+use crate::helpers::*;
+use crate::infra::PrivateRedis;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use sensorhub::config::{MqttSettings, TopicRule};
+use std::time::Duration;
+
+const BROKER_PORT: u16 = 1883;
+
+/// The MQTT settings of a test: its own client id, the given rules.
+fn mqtt_settings(name: &str, rules: &[(String, &str)]) -> MqttSettings {
+    MqttSettings {
+        host: "127.0.0.1".into(),
+        port: BROKER_PORT,
+        credentials: None,
+        client_id: format!("sensorhub-{name}"),
+        qos: 1,
+        rules: rules
+            .iter()
+            .map(|(filter, form)| TopicRule {
+                filter: filter.clone(),
+                form: form.parse().unwrap(),
+            })
+            .collect(),
+    }
+}
+
+/// Publishes `messages` (topic, payload) at QoS 1 and returns once the broker acknowledged all.
+async fn publish(messages: &[(String, Vec<u8>)]) {
+    let id = unique_name("pub");
+    let (client, mut events) = AsyncClient::new(MqttOptions::new(id, "127.0.0.1", BROKER_PORT), 64);
+    let sender = client.clone();
+    let messages = messages.to_vec();
+    let count = messages.len();
+    let sending = tokio::spawn(async move {
+        for (topic, payload) in messages {
+            sender
+                .publish(topic, QoS::AtLeastOnce, false, payload)
+                .await
+                .unwrap();
+        }
+    });
+    let mut acked = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while acked < count {
+        let event = tokio::time::timeout_at(deadline, events.poll())
+            .await
+            .expect("the broker acknowledges the publishes")
+            .expect("the test publisher's connection");
+        if let Event::Incoming(Packet::PubAck(_)) = event {
+            acked += 1;
+        }
+    }
+    sending.await.unwrap();
+    let _ = client.disconnect().await;
+}
+
+async fn wait_subscribed(t: &TestApp) {
+    let metrics = t.metrics();
+    wait_for("the mqtt subscription", Duration::from_secs(15), || {
+        let connected = metrics.mqtt_connected.get() == 1;
+        async move { connected.then_some(()) }
+    })
+    .await;
+}
+
+/// Each payload form from a real broker to rows, through the stream; a bad node log line goes to
+/// the dead letters with its topic, and the other line of its payload is stored.
+#[actix_web::test]
+async fn every_payload_form_arrives_through_the_broker() {
+    let base = unique_name("mq");
+    let rules = [
+        (format!("{base}/json/#"), "json"),
+        (format!("/{base}/hv/status"), "channels:number"),
+        (format!("/{base}/+/status"), "fields"),
+        (format!("/{base}/sensor/#"), "named"),
+        (format!("/{base}/hv/cmd/#"), "number"),
+        (format!("/{base}/isems/+/csvlog"), "nodelog"),
+    ];
+    let name = base.clone();
+    let mut t = spawn_app_with(
+        move |c| c.mqtt = Some(mqtt_settings(&name, &rules)),
+        Default::default(),
+    )
+    .await;
+    wait_subscribed(&t).await;
+
+    let good = "Elektra-Dach;1;1530364575;ATmega8_A_1;711;0;18.614;18.614;14.073;100;100;28;11.67;14.086;7;20;52.507309;13.458635";
+    let bad = "Elektra-Dach;1;1530364576;only-four-fields";
+    let messages: Vec<(String, Vec<u8>)> = [
+        (
+            format!("{base}/json/x"),
+            r#"{"sensor": "own.json", "value": 1}"#.to_owned(),
+        ),
+        (
+            format!("/{base}/sensor_1/status"),
+            r#"{"meas1": 0.84, "meas2": 0.5}"#.to_owned(),
+        ),
+        (
+            format!("/{base}/hv/status"),
+            r#"[{"number": 0, "on": 0, "vreq": 0.0}, {"number": 1, "on": 1, "vreq": 12.5}]"#
+                .to_owned(),
+        ),
+        (
+            format!("/{base}/sensor/room/temperature"),
+            r#"{"topic": "/sensor/room/temperature", "sensor": "room", "measurement": "temperature", "value": 23.4}"#.to_owned(),
+        ),
+        (format!("/{base}/hv/cmd/setv/3"), "100".to_owned()),
+        (
+            format!("/{base}/isems/node/csvlog"),
+            format!("{good}\n{bad}\n"),
+        ),
+    ]
+    .into_iter()
+    .map(|(topic, payload)| (topic, payload.into_bytes()))
+    .collect();
+    publish(&messages).await;
+
+    wait_for_count(
+        &t.pg,
+        "SELECT count(*) FROM readings",
+        1 + 2 + 4 + 1 + 1 + 14,
+        Duration::from_secs(30),
+    )
+    .await;
+    let value = |id: String| {
+        let pg = &t.pg;
+        async move {
+            pg.query_one("SELECT value FROM readings WHERE sensor_id = $1", &[&id])
+                .await
+                .unwrap_or_else(|e| panic!("reading {id}: {e}"))
+                .get::<_, f64>(0)
+        }
+    };
+    assert_eq!(value("own.json".into()).await, 1.0);
+    assert_eq!(value(format!("{base}.sensor_1.meas1")).await, 0.84);
+    assert_eq!(value(format!("{base}.hv.1.vreq")).await, 12.5);
+    assert_eq!(value("room.temperature".into()).await, 23.4);
+    assert_eq!(value(format!("{base}.hv.cmd.setv.3")).await, 100.0);
+    assert_eq!(value("Elektra-Dach.battery_voltage".into()).await, 14.073);
+    assert_eq!(
+        t.metrics()
+            .messages_received
+            .with_label_values(&["mqtt"])
+            .get(),
+        6
+    );
+
+    let letters = t.dead_letters().await;
+    assert_eq!(letters.ids.len(), 1, "the bad log line alone");
+    let letter = &letters.ids[0];
+    let reason: String = letter.get("reason").unwrap();
+    let topic: String = letter.get("field.topic").unwrap();
+    let data: String = letter.get("data").unwrap();
+    assert_eq!(reason, "wrong_shape");
+    assert_eq!(topic, format!("/{base}/isems/node/csvlog"));
+    assert!(data.contains(bad), "the original bytes are kept: {data}");
+    t.assert_aggregates_exact().await;
+    t.stop().await;
+}
+
+/// Two instances subscribed to the same topics: only the lease holder holds the session, so each
+/// message enters the stream once.
+#[actix_web::test]
+async fn two_instances_store_each_message_once() {
+    let base = unique_name("mq");
+    let rules = [(format!("{base}/#"), "json")];
+    let settings = mqtt_settings(&base, &rules);
+    let first_settings = settings.clone();
+    let t = spawn_app_with(move |c| c.mqtt = Some(first_settings), Default::default()).await;
+    let second = sensorhub::Application::build({
+        let mut config = t.config.clone();
+        config.mqtt = Some(settings);
+        config
+    })
+    .await
+    .unwrap();
+    let (first_metrics, second_metrics) = (t.metrics(), second.metrics());
+    wait_for("one instance subscribed", Duration::from_secs(15), || {
+        let connected = first_metrics.mqtt_connected.get() + second_metrics.mqtt_connected.get();
+        async move { (connected == 1).then_some(()) }
+    })
+    .await;
+
+    let now = chrono::Utc::now();
+    let messages: Vec<(String, Vec<u8>)> = (0..50)
+        .map(|i| {
+            let payload = reading_json(
+                &format!("twice-{i}"),
+                f64::from(i),
+                now - chrono::Duration::seconds(i64::from(i)),
+            );
+            (format!("{base}/d{i}"), payload.into_bytes())
+        })
+        .collect();
+    publish(&messages).await;
+    wait_for_count(
+        &t.pg,
+        "SELECT count(*) FROM readings",
+        50,
+        Duration::from_secs(30),
+    )
+    .await;
+    let received =
+        |m: &sensorhub::telemetry::Metrics| m.messages_received.with_label_values(&["mqtt"]).get();
+    assert_eq!(
+        received(&first_metrics) + received(&second_metrics),
+        50,
+        "each message appended once"
+    );
+    second.shutdown().await;
+}
+
+/// Redis down while messages arrive: they are not acknowledged, stay with the broker in the
+/// persistent session, and are stored once Redis is back.
+#[actix_web::test]
+async fn messages_wait_with_the_broker_while_redis_is_down() {
+    let mut server = PrivateRedis::start(false);
+    let url = server.url();
+    let base = unique_name("mq");
+    let rules = [(format!("{base}/#"), "json")];
+    let settings = mqtt_settings(&base, &rules);
+    let t = spawn_app_with(
+        move |c| {
+            c.redis_url = sensorhub::config::Secret::new(url);
+            c.mqtt = Some(settings);
+            // The lease outlives the outage: the session stays up and receives the messages,
+            // which the source then fails to append.
+            c.bridge_lease = Duration::from_secs(60);
+        },
+        Default::default(),
+    )
+    .await;
+    wait_subscribed(&t).await;
+
+    server.stop_server();
+    let base_ts: chrono::DateTime<chrono::Utc> = "2025-06-01T00:00:00Z".parse().unwrap();
+    let messages: Vec<(String, Vec<u8>)> = (0..20)
+        .map(|i| {
+            let payload = reading_json(
+                "waited",
+                f64::from(i),
+                base_ts + chrono::Duration::seconds(i64::from(i)),
+            );
+            (format!("{base}/x"), payload.into_bytes())
+        })
+        .collect();
+    publish(&messages).await;
+    // The source received them, could not append them and dropped its session unacknowledged.
+    let metrics = t.metrics();
+    wait_for(
+        "the source to fail an append",
+        Duration::from_secs(30),
+        || {
+            let failed = metrics.redis_errors.with_label_values(&["mqtt"]).get();
+            async move { (failed >= 1).then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(
+        metrics.messages_received.with_label_values(&["mqtt"]).get(),
+        0
+    );
+    server.start_server();
+
+    wait_for_count(
+        &t.pg,
+        "SELECT count(*) FROM readings WHERE sensor_id = 'waited'",
+        20,
+        Duration::from_secs(60),
+    )
+    .await;
+    t.assert_aggregates_exact().await;
+}
