@@ -79,6 +79,8 @@ pub struct Metrics {
     pub bridge_leader: IntGauge,
     /// 1 while this instance holds the MQTT lease and its subscriptions are in place.
     pub mqtt_connected: IntGauge,
+    /// MQTT messages received and not yet acknowledged to the broker (being appended).
+    pub mqtt_awaiting_ack: IntGauge,
     /// Build information, value 1.
     pub build_info: IntGaugeVec,
 }
@@ -222,6 +224,10 @@ impl Metrics {
             mqtt_connected: gauge(
                 "sensorhub_mqtt_connected",
                 "1 while this instance holds the MQTT lease and its subscriptions are in place.",
+            ),
+            mqtt_awaiting_ack: gauge(
+                "sensorhub_mqtt_awaiting_ack",
+                "MQTT messages received and not yet acknowledged to the broker (their append in progress).",
             ),
             build_info: {
                 let metric = IntGaugeVec::new(

@@ -22,6 +22,8 @@ use crate::redis::lease::{Lease, unique_token};
 use crate::retry::Backoff;
 use crate::telemetry::Metrics;
 use actix::prelude::*;
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesOrdered;
 use redis::aio::ConnectionManager;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use std::sync::Arc;
@@ -29,7 +31,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// Requests (acknowledgements, subscriptions) queued for the MQTT connection at once.
-const REQUESTS: usize = 64;
+const REQUESTS: usize = 256;
+/// Messages being appended at once. The broker bounds what it sends unacknowledged anyway
+/// (Mosquitto: `max_inflight_messages`, 20 by default).
+const APPENDS_IN_FLIGHT: usize = 128;
 /// How often the broker and client check that the connection is alive.
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// Longest wait for one message's append: the connection to the broker is not served meanwhile,
@@ -166,11 +171,17 @@ impl SourceLoop {
             QoS::AtLeastOnce
         };
         let (client, mut events) = AsyncClient::new(options, REQUESTS);
-        let mut renew = tokio::time::interval(self.settings.lease_ttl / 3);
+        // The lease was just taken: the first renewal is due a third of its time from now.
+        let every = self.settings.lease_ttl / 3;
+        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let mut stop = self.stop.clone();
+        // Appends in flight, in the order the messages arrived: they run side by side (the
+        // connection to Redis pipelines them), and each message is acknowledged once its append
+        // and every earlier one have succeeded, so acknowledgements keep the order of arrival.
+        let mut appending = FuturesOrdered::new();
         let ended = loop {
             tokio::select! {
-                event = events.poll() => match event {
+                event = events.poll(), if appending.len() < APPENDS_IN_FLIGHT => match event {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         let filters = mqtt.rules.iter().map(|rule| rumqttc::SubscribeFilter::new(rule.filter.clone(), qos));
                         if let Err(error) = client.subscribe_many(filters).await {
@@ -182,21 +193,26 @@ impl SourceLoop {
                         tracing::info!(broker = %mqtt.host, client_id = %mqtt.client_id, "holding the mqtt lease; subscribed");
                     }
                     Ok(Event::Incoming(Packet::Publish(publish))) => {
-                        match self.append(&publish).await {
-                            Ok(true) => {
-                                if let Err(error) = client.ack(&publish).await {
-                                    break Ended::Failed(format!("acknowledging: {error}"));
-                                }
-                            }
-                            // The lease went elsewhere: unacknowledged, the message stays in the
-                            // session, which the new holder resumes.
-                            Ok(false) => break Ended::Done,
-                            Err(error) => break Ended::Failed(error),
-                        }
+                        self.metrics.mqtt_awaiting_ack.inc();
+                        appending.push_back(append(self.appender(), publish));
                     }
                     Ok(_) => {}
                     Err(error) => break Ended::Failed(format!("broker: {error}")),
                 },
+                Some((publish, appended)) = appending.next() => {
+                    self.metrics.mqtt_awaiting_ack.dec();
+                    match appended {
+                        Ok(true) => {
+                            if let Err(error) = client.ack(&publish).await {
+                                break Ended::Failed(format!("acknowledging: {error}"));
+                            }
+                        }
+                        // The lease went elsewhere: unacknowledged, the message stays in the
+                        // session, which the new holder resumes.
+                        Ok(false) => break Ended::Done,
+                        Err(error) => break Ended::Failed(error),
+                    }
+                }
                 _ = renew.tick() => match self.lease.renew(&mut self.conn).await {
                     Ok(true) => {}
                     Ok(false) => break Ended::Done,
@@ -205,58 +221,84 @@ impl SourceLoop {
                 _ = stop.changed() => break Ended::Done,
             }
         };
+        // What is still appending is left unacknowledged: the broker delivers it again.
+        self.metrics.mqtt_awaiting_ack.sub(appending.len() as i64);
+        drop(appending);
         let _ = client.try_disconnect();
         ended
     }
 
-    /// Appends one message. `Ok(false)` when this instance no longer holds the lease. When Redis
-    /// fails the message is left unacknowledged and the session dropped, rather than retried
-    /// here while the connection to the broker goes unserved: the broker keeps the message in the
-    /// session and delivers it again once the source is back, Redis with it.
-    async fn append(&mut self, publish: &Publish) -> Result<bool, String> {
-        let topic = publish.topic.clone();
-        let (form, prefix) = match rule_for(&self.settings.mqtt.rules, &topic) {
-            Some(rule) => (rule.form.to_string(), topic_prefix(&rule.filter, &topic)),
-            None => ("json".to_owned(), String::new()),
-        };
-        let fields: [(&str, &[u8]); 4] = [
-            ("data", &publish.payload),
-            ("topic", topic.as_bytes()),
-            ("form", form.as_bytes()),
-            ("prefix", prefix.as_bytes()),
-        ];
-        let appended = tokio::time::timeout(
-            APPEND_TIMEOUT,
-            append_fields_fenced(
-                &mut self.conn,
-                &self.settings.stream,
-                &self.lease.key,
-                &self.lease.holder,
-                &fields,
+    /// What one append needs, cloned for it.
+    fn appender(&self) -> Appender {
+        Appender {
+            conn: self.conn.clone(),
+            settings: Arc::clone(&self.settings),
+            lease: self.lease.clone(),
+            metrics: Arc::clone(&self.metrics),
+        }
+    }
+}
+
+/// The connection, lease and settings one append uses.
+struct Appender {
+    conn: ConnectionManager,
+    settings: Arc<MqttSourceSettings>,
+    lease: Lease,
+    metrics: Arc<Metrics>,
+}
+
+/// Appends one message. `Ok(false)` when this instance no longer holds the lease. When Redis
+/// fails the message is left unacknowledged and the session dropped, rather than retried
+/// here while the connection to the broker goes unserved: the broker keeps the message in the
+/// session and delivers it again once the source is back, Redis with it.
+async fn append(mut on: Appender, publish: Publish) -> (Publish, Result<bool, String>) {
+    let appended = append_one(&mut on, &publish).await;
+    (publish, appended)
+}
+
+async fn append_one(on: &mut Appender, publish: &Publish) -> Result<bool, String> {
+    let topic = publish.topic.clone();
+    let (form, prefix) = match rule_for(&on.settings.mqtt.rules, &topic) {
+        Some(rule) => (rule.form.to_string(), topic_prefix(&rule.filter, &topic)),
+        None => ("json".to_owned(), String::new()),
+    };
+    let fields: [(&str, &[u8]); 4] = [
+        ("data", &publish.payload),
+        ("topic", topic.as_bytes()),
+        ("form", form.as_bytes()),
+        ("prefix", prefix.as_bytes()),
+    ];
+    let appended = tokio::time::timeout(
+        APPEND_TIMEOUT,
+        append_fields_fenced(
+            &mut on.conn,
+            &on.settings.stream,
+            &on.lease.key,
+            &on.lease.holder,
+            &fields,
+        ),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(FencedError::Redis(redis::RedisError::from(
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {APPEND_TIMEOUT:?}"),
             ),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            Err(FencedError::Redis(redis::RedisError::from(
-                std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no answer within {APPEND_TIMEOUT:?}"),
-                ),
-            )))
-        });
-        match appended {
-            Ok(_) => {
-                self.metrics
-                    .messages_received
-                    .with_label_values(&["mqtt"])
-                    .inc();
-                Ok(true)
-            }
-            Err(FencedError::NotHolder) => Ok(false),
-            Err(FencedError::Redis(error)) => {
-                self.metrics.redis_errors.with_label_values(&["mqtt"]).inc();
-                Err(format!("appending to the stream: {error}"))
-            }
+        )))
+    });
+    match appended {
+        Ok(_) => {
+            on.metrics
+                .messages_received
+                .with_label_values(&["mqtt"])
+                .inc();
+            Ok(true)
+        }
+        Err(FencedError::NotHolder) => Ok(false),
+        Err(FencedError::Redis(error)) => {
+            on.metrics.redis_errors.with_label_values(&["mqtt"]).inc();
+            Err(format!("appending to the stream: {error}"))
         }
     }
 }
