@@ -26,6 +26,7 @@ use futures_util::StreamExt as _;
 use futures_util::stream::FuturesOrdered;
 use redis::aio::ConnectionManager;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -179,7 +180,19 @@ impl SourceLoop {
         // connection to Redis pipelines them), and each message is acknowledged once its append
         // and every earlier one have succeeded, so acknowledgements keep the order of arrival.
         let mut appending = FuturesOrdered::new();
+        // Acknowledgements not yet handed to the connection. Handed over without waiting: this
+        // task also drives the connection, so waiting for room in its request queue would wait
+        // for itself.
+        let mut acks: VecDeque<Publish> = VecDeque::new();
         let ended = loop {
+            while let Some(publish) = acks.front() {
+                // Full: the connection takes requests at its next poll, and this runs again then.
+                // Closed: the next poll reports why.
+                if client.try_ack(publish).is_err() {
+                    break;
+                }
+                acks.pop_front();
+            }
             tokio::select! {
                 event = events.poll(), if appending.len() < APPENDS_IN_FLIGHT => match event {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -202,11 +215,7 @@ impl SourceLoop {
                 Some((publish, appended)) = appending.next() => {
                     self.metrics.mqtt_awaiting_ack.dec();
                     match appended {
-                        Ok(true) => {
-                            if let Err(error) = client.ack(&publish).await {
-                                break Ended::Failed(format!("acknowledging: {error}"));
-                            }
-                        }
+                        Ok(true) => acks.push_back(publish),
                         // The lease went elsewhere: unacknowledged, the message stays in the
                         // session, which the new holder resumes.
                         Ok(false) => break Ended::Done,

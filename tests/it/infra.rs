@@ -370,3 +370,75 @@ pub async fn wait_ready_status(port: u16, want: u16, timeout: Duration) -> Strin
     )
     .await
 }
+
+/// A Mosquitto of this test's own on a free port, persistent (its sessions and queued messages
+/// survive a restart), with no cap on the messages it queues for an offline session.
+pub struct PrivateMosquitto {
+    dir: PathBuf,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateMosquitto {
+    pub fn start() -> Self {
+        let dir = std::env::temp_dir().join(unique_name("sensorhub-mosquitto"));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Started as root, Mosquitto drops to its own user, which must be able to write its
+        // persistence file here.
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .unwrap();
+        let port = free_port();
+        std::fs::write(
+            dir.join("mosquitto.conf"),
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+                 persistence_location {}/\nmax_queued_messages 0\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let mut broker = Self {
+            dir,
+            port,
+            child: None,
+        };
+        broker.start_server();
+        broker
+    }
+
+    pub fn start_server(&mut self) {
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(self.dir.join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto is installed (scripts/services.sh)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "private mosquitto did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the broker as an operator would (SIGTERM: it saves its persistence file).
+    pub fn stop_server(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateMosquitto {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -30,8 +30,13 @@ fn mqtt_settings(name: &str, rules: &[(String, &str)]) -> MqttSettings {
 
 /// Publishes `messages` (topic, payload) at QoS 1 and returns once the broker acknowledged all.
 async fn publish(messages: &[(String, Vec<u8>)]) {
+    publish_to(BROKER_PORT, messages).await;
+}
+
+/// As [`publish`], to the broker on `port`.
+async fn publish_to(port: u16, messages: &[(String, Vec<u8>)]) {
     let id = unique_name("pub");
-    let (client, mut events) = AsyncClient::new(MqttOptions::new(id, "127.0.0.1", BROKER_PORT), 64);
+    let (client, mut events) = AsyncClient::new(MqttOptions::new(id, "127.0.0.1", port), 64);
     let sender = client.clone();
     let messages = messages.to_vec();
     let count = messages.len();
@@ -273,5 +278,134 @@ async fn messages_wait_with_the_broker_while_redis_is_down() {
         Duration::from_secs(60),
     )
     .await;
+    t.assert_aggregates_exact().await;
+}
+
+/// `kill -9` of sensorhub while a QoS 1 publisher runs, then a restart: every reading (each with
+/// its own timestamp) is stored exactly once. What the killed process had appended and not
+/// acknowledged comes again from the broker and is skipped as a duplicate; what it had not
+/// appended waited in the session.
+#[actix_web::test]
+async fn kill_9_while_a_qos1_publisher_runs_loses_and_doubles_nothing() {
+    // A broker of its own that queues whatever arrives while no instance is subscribed (the
+    // shared one keeps Mosquitto's default cap of 1,000 queued messages, beyond which the broker
+    // itself drops them).
+    let broker = crate::infra::PrivateMosquitto::start();
+    let broker_port = broker.port;
+    let res = Resources::new();
+    let base = unique_name("mq");
+    let env: Vec<(&str, String)> = vec![
+        ("SENSORHUB_REDIS_URL", REDIS_URL.to_owned()),
+        ("SENSORHUB_DATABASE_URL", res.database_url.clone()),
+        ("SENSORHUB_STREAM", res.stream.clone()),
+        ("SENSORHUB_CHANNEL", String::new()),
+        ("SENSORHUB_CONSUMER", "killed".to_owned()),
+        ("SENSORHUB_BATCH_SIZE", "500".to_owned()),
+        ("SENSORHUB_BRIDGE_LEASE", "1s".to_owned()),
+        ("SENSORHUB_CLAIM_IDLE", "2s".to_owned()),
+        (
+            "SENSORHUB_MQTT_URL",
+            format!("mqtt://127.0.0.1:{broker_port}"),
+        ),
+        ("SENSORHUB_MQTT_TOPICS", format!("{base}/#=json")),
+        ("SENSORHUB_MQTT_CLIENT_ID", format!("sensorhub-{base}")),
+    ];
+    let connected = |hub: &crate::infra::Sensorhub| {
+        let port = hub.port;
+        async move {
+            let (_, body) = http_get(port, "/metrics").await;
+            crate::infra::metric_value(&body, "sensorhub_mqtt_connected") == Some(1.0)
+        }
+    };
+    let mut hub = crate::infra::Sensorhub::spawn(&env).await;
+    wait_for("the subscription", Duration::from_secs(15), || async {
+        connected(&hub).await.then_some(())
+    })
+    .await;
+
+    let base_ts: chrono::DateTime<chrono::Utc> = "2025-06-01T00:00:00Z".parse().unwrap();
+    let messages: Vec<(String, Vec<u8>)> = (0..3000)
+        .map(|i| {
+            let payload = reading_json(
+                &format!("k{}", i % 30),
+                f64::from(i),
+                base_ts + chrono::Duration::seconds(i64::from(i)),
+            );
+            (format!("{base}/d"), payload.into_bytes())
+        })
+        .collect();
+    let publisher = tokio::spawn(async move {
+        for chunk in messages.chunks(100) {
+            publish_to(broker_port, chunk).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    hub.kill9();
+    let hub = crate::infra::Sensorhub::spawn(&env).await;
+    publisher.await.unwrap();
+
+    let (pg, connection) = tokio_postgres::connect(&res.database_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    wait_for_count(
+        &pg,
+        "SELECT count(*) FROM readings",
+        3000,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_aggregates_exact(
+        &pg,
+        &sensorhub::Config::from_lookup(|_| None)
+            .unwrap()
+            .resolutions,
+    )
+    .await;
+    assert!(
+        connected(&hub).await,
+        "the restarted instance took the session over"
+    );
+}
+
+/// Mosquitto restarted (with persistence): sensorhub reconnects by itself, its session survives,
+/// and what was published while it was reconnecting is stored.
+#[actix_web::test]
+async fn a_broker_restart_loses_nothing() {
+    let mut broker = crate::infra::PrivateMosquitto::start();
+    let port = broker.port;
+    let base = unique_name("mq");
+    let mut settings = mqtt_settings(&base, &[(format!("{base}/#"), "json")]);
+    settings.port = port;
+    let t = spawn_app_with(move |c| c.mqtt = Some(settings), Default::default()).await;
+    wait_subscribed(&t).await;
+    let base_ts: chrono::DateTime<chrono::Utc> = "2025-06-01T00:00:00Z".parse().unwrap();
+    let batch = |from: i32, to: i32| -> Vec<(String, Vec<u8>)> {
+        (from..to)
+            .map(|i| {
+                let ts = base_ts + chrono::Duration::seconds(i64::from(i));
+                let payload = reading_json("restart", f64::from(i), ts);
+                (format!("{base}/r"), payload.into_bytes())
+            })
+            .collect()
+    };
+    publish_to(port, &batch(0, 100)).await;
+    let count = "SELECT count(*) FROM readings WHERE sensor_id = 'restart'";
+    wait_for_count(&t.pg, count, 100, Duration::from_secs(30)).await;
+
+    broker.stop_server();
+    let metrics = t.metrics();
+    wait_for("the source to notice", Duration::from_secs(15), || {
+        let connected = metrics.mqtt_connected.get();
+        async move { (connected == 0).then_some(()) }
+    })
+    .await;
+    broker.start_server();
+    // Published as soon as the broker is back, possibly before sensorhub has reconnected: the
+    // persistent session queues it.
+    publish_to(port, &batch(100, 200)).await;
+    wait_for_count(&t.pg, count, 200, Duration::from_secs(30)).await;
+    wait_subscribed(&t).await;
     t.assert_aggregates_exact().await;
 }
