@@ -45,7 +45,8 @@ enum Command {
         /// Stop after this many readings (default: run until Ctrl-C).
         #[arg(long)]
         count: Option<u64>,
-        /// XADD to SENSORHUB_STREAM or PUBLISH to SENSORHUB_CHANNEL.
+        /// XADD to SENSORHUB_STREAM, PUBLISH to SENSORHUB_CHANNEL, or MQTT to sensors/<sensor> on
+        /// SENSORHUB_MQTT_URL.
         #[arg(long, value_enum, default_value_t = Via::Xadd)]
         via: Via,
         /// Sensor ids are <prefix>-<kind>-<n>.

@@ -4,13 +4,16 @@
 //! meter (a monotonically increasing kWh counter). Readings go to the stream with `XADD` or to the
 //! channel with `PUBLISH`, at a steady rate, with a progress line every second.
 
-use crate::config::Config;
+use crate::config::{Config, MqttSettings};
 use crate::redis::channel::publish_payloads;
 use crate::redis::entry::append_payloads;
 use anyhow::{Context as _, bail};
 use chrono::{DateTime, TimeDelta, Utc};
 use redis::aio::ConnectionManager;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::f64::consts::TAU;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// How readings reach Redis.
@@ -20,6 +23,8 @@ pub enum Via {
     Xadd,
     /// `PUBLISH <channel> <json>` (bridged into the stream by sensorhub)
     Publish,
+    /// MQTT, QoS 1, to `sensors/<sensor id>` on `SENSORHUB_MQTT_URL` (sensorhub's default rule)
+    Mqtt,
 }
 
 /// What to simulate.
@@ -122,12 +127,22 @@ pub async fn run(config: &Config, sim: &Simulation) -> anyhow::Result<u64> {
             Some(channel) => channel.clone(),
             None => bail!("--via publish needs SENSORHUB_CHANNEL (it is empty)"),
         },
+        Via::Mqtt => match &config.mqtt {
+            Some(mqtt) => format!("mqtt://{}:{} sensors/<sensor>", mqtt.host, mqtt.port),
+            None => bail!("--via mqtt needs SENSORHUB_MQTT_URL (it is empty)"),
+        },
     };
-    let client = redis::Client::open(config.redis_url.expose())
-        .context("SENSORHUB_REDIS_URL is not a Redis URL")?;
-    let mut conn = ConnectionManager::new(client)
-        .await
-        .context("connecting to Redis")?;
+    let mut sink = match (&config.mqtt, sim.via) {
+        (Some(mqtt), Via::Mqtt) => Sink::Mqtt(MqttPublisher::connect(mqtt)),
+        _ => {
+            let client = redis::Client::open(config.redis_url.expose())
+                .context("SENSORHUB_REDIS_URL is not a Redis URL")?;
+            let conn = ConnectionManager::new(client)
+                .await
+                .context("connecting to Redis")?;
+            Sink::Redis(conn)
+        }
+    };
     let mut devices: Vec<Device> = (0..sim.sensors)
         .map(|n| Device::new(&sim.prefix, n))
         .collect();
@@ -135,6 +150,7 @@ pub async fn run(config: &Config, sim: &Simulation) -> anyhow::Result<u64> {
     let verb = match sim.via {
         Via::Xadd => "XADD",
         Via::Publish => "PUBLISH",
+        Via::Mqtt => "MQTT publish",
     };
     eprintln!(
         "simulate: {} sensors, {} readings/s, {verb} to {target}",
@@ -158,20 +174,17 @@ pub async fn run(config: &Config, sim: &Simulation) -> anyhow::Result<u64> {
         let due = sim.count.map_or(due, |count| due.min(count));
         if due > sent {
             let now = Utc::now();
-            let readings: Vec<String> = (sent..due)
+            let readings: Vec<(String, String)> = (sent..due)
                 .map(|_| {
-                    let reading = devices[next_device].reading(now, noise.next());
+                    let device = &mut devices[next_device];
+                    let reading = (device.id.clone(), device.reading(now, noise.next()));
                     next_device = (next_device + 1) % devices.len();
                     reading
                 })
                 .collect();
-            let result = match sim.via {
-                Via::Xadd => append_payloads(&mut conn, &target, readings)
-                    .await
-                    .map(drop),
-                Via::Publish => publish_payloads(&mut conn, &target, readings).await,
-            };
-            result.with_context(|| format!("{verb} to {target}"))?;
+            sink.send(sim.via, &target, readings)
+                .await
+                .with_context(|| format!("{verb} to {target}"))?;
             sent = due;
         }
         if last_progress.elapsed() >= Duration::from_secs(1) {
@@ -185,11 +198,113 @@ pub async fn run(config: &Config, sim: &Simulation) -> anyhow::Result<u64> {
             break;
         }
     }
+    if let Sink::Mqtt(publisher) = sink {
+        publisher.finish(sent).await?;
+    }
     eprintln!(
         "simulate: done, {sent} readings sent in {:.1}s",
         started.elapsed().as_secs_f64()
     );
     Ok(sent)
+}
+
+/// Where the readings go.
+enum Sink {
+    Redis(ConnectionManager),
+    Mqtt(MqttPublisher),
+}
+
+impl Sink {
+    /// Sends `(sensor id, JSON)` readings as `via` says.
+    async fn send(
+        &mut self,
+        via: Via,
+        target: &str,
+        readings: Vec<(String, String)>,
+    ) -> anyhow::Result<()> {
+        match self {
+            Sink::Mqtt(publisher) => publisher.publish(readings).await,
+            Sink::Redis(conn) => {
+                let payloads = readings.into_iter().map(|(_, json)| json);
+                if via == Via::Publish {
+                    publish_payloads(conn, target, payloads).await?;
+                } else {
+                    append_payloads(conn, target, payloads).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Publishes readings at QoS 1 to `sensors/<sensor id>`; the connection is driven by a task of
+/// its own, which counts the broker's acknowledgements.
+struct MqttPublisher {
+    client: AsyncClient,
+    acked: Arc<AtomicU64>,
+    driver: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl MqttPublisher {
+    fn connect(mqtt: &MqttSettings) -> Self {
+        let id = format!("sensorhub-simulate-{}", std::process::id());
+        let mut options = MqttOptions::new(id, &mqtt.host, mqtt.port);
+        options.set_keep_alive(Duration::from_secs(5));
+        if let Some((user, password)) = &mqtt.credentials {
+            options.set_credentials(user, password.expose());
+        }
+        let (client, mut events) = AsyncClient::new(options, 1024);
+        let acked = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&acked);
+        let driver = tokio::spawn(async move {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        counted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return Ok(()),
+                    Ok(_) => {}
+                    Err(error) => return Err(anyhow::anyhow!("MQTT connection: {error}")),
+                }
+            }
+        });
+        Self {
+            client,
+            acked,
+            driver,
+        }
+    }
+
+    async fn publish(&mut self, readings: Vec<(String, String)>) -> anyhow::Result<()> {
+        for (sensor, json) in readings {
+            self.client
+                .publish(format!("sensors/{sensor}"), QoS::AtLeastOnce, false, json)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Waits (up to 30 s) for the broker to acknowledge all `sent` messages, then disconnects.
+    async fn finish(self, sent: u64) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.acked.load(Ordering::Relaxed) < sent {
+            if self.driver.is_finished() {
+                return match self.driver.await {
+                    Ok(Err(error)) => Err(error),
+                    _ => Err(anyhow::anyhow!("the MQTT connection closed")),
+                };
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the broker acknowledged {} of {sent} messages within 30 s",
+                    self.acked.load(Ordering::Relaxed)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = self.client.disconnect().await;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

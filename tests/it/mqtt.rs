@@ -409,3 +409,34 @@ async fn a_broker_restart_loses_nothing() {
     wait_subscribed(&t).await;
     t.assert_aggregates_exact().await;
 }
+
+/// `sensorhub simulate --via mqtt` publishes to `sensors/<sensor>`, which sensorhub's default
+/// rule reads.
+#[actix_web::test]
+async fn simulated_sensors_arrive_over_mqtt() {
+    let base = unique_name("mq");
+    let settings = mqtt_settings(&base, &[("sensors/#".to_owned(), "json")]);
+    let publisher = settings.clone();
+    let t = spawn_app_with(move |c| c.mqtt = Some(settings), Default::default()).await;
+    wait_subscribed(&t).await;
+    let mut config = t.config.clone();
+    config.mqtt = Some(publisher);
+    let simulation = sensorhub::simulate::Simulation {
+        sensors: 6,
+        rate: 2000.0,
+        count: Some(300),
+        via: sensorhub::simulate::Via::Mqtt,
+        prefix: base.clone(),
+    };
+    let sent = sensorhub::simulate::run(&config, &simulation)
+        .await
+        .unwrap();
+    assert_eq!(sent, 300);
+    wait_for_count(
+        &t.pg,
+        &format!("SELECT count(*) FROM readings WHERE sensor_id LIKE '{base}-%'"),
+        300,
+        Duration::from_secs(30),
+    )
+    .await;
+}
