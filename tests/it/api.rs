@@ -328,3 +328,47 @@ async fn openapi_document_lists_every_route() {
     );
     assert!(doc["components"]["schemas"]["Window"]["properties"]["diff"].is_object());
 }
+
+/// Ids built from topics and node names (`/`, spaces, letters beyond ASCII) are stored and the
+/// read API finds them under their URL-encoded path.
+#[actix_web::test]
+async fn ids_with_slashes_spaces_and_accents_are_served_url_encoded() {
+    let mut t = spawn_app_with(
+        |c| c.api_token = Some(Secret::new(TOKEN)),
+        Default::default(),
+    )
+    .await;
+    let ids = ["température/Küche", "sensor 1", "hv/cmd/setv/3"];
+    let now = Utc::now();
+    let payloads: Vec<Vec<u8>> = ids
+        .iter()
+        .map(|id| reading_json(id, 21.5, now).into_bytes())
+        .collect();
+    let last = t.xadd_many(&payloads).await;
+    t.wait_drained(&last).await;
+    assert_eq!(t.readings().await, 3);
+    for (id, encoded) in [
+        ("température/Küche", "temp%C3%A9rature%2FK%C3%BCche"),
+        ("sensor 1", "sensor%201"),
+        ("hv/cmd/setv/3", "hv%2Fcmd%2Fsetv%2F3"),
+    ] {
+        let (status, body) = get_json(&t, &format!("/api/v1/sensors/{encoded}")).await;
+        assert_eq!(status, 200, "{id}: {body}");
+        assert_eq!(body["id"], id);
+        let (status, body) = get_json(&t, &format!("/api/v1/sensors/{encoded}/readings")).await;
+        assert_eq!(status, 200, "{id}: {body}");
+        assert_eq!(body["sensor"], id);
+        assert_eq!(body["readings"][0]["value"], 21.5);
+    }
+    let (_, list) = get_json(&t, "/api/v1/sensors").await;
+    let listed: Vec<&str> = list["sensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    for id in ids {
+        assert!(listed.contains(&id), "{id} listed: {listed:?}");
+    }
+    t.stop().await;
+}

@@ -148,7 +148,7 @@ async fn bad_messages_are_dead_lettered_with_reasons_and_valid_ones_around_them_
         expected.insert(id, (reason, original));
     }
     // One bad element in a gateway array: only it is dead-lettered, its neighbours are stored.
-    let array = br#"[{"sensor":"arr-1","value":1},{"sensor":"arr bad","value":2},{"sensor":"arr-3","value":3}]"#;
+    let array = br#"[{"sensor":"arr-1","value":1},{"sensor":"arr;bad","value":2},{"sensor":"arr-3","value":3}]"#;
     let array_id = t.xadd_data(array).await;
     let last = t
         .xadd_data(reading_json("good-last", 1.0, chrono::Utc::now()).as_bytes())

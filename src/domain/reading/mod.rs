@@ -40,9 +40,9 @@ pub use timestamp::parse_timestamp_text;
 /// One valid sensor reading, ready to be stored.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Reading {
-    /// The sensor's id: non-empty, at most [`Limits::max_sensor_id_len`] bytes of
-    /// `[A-Za-z0-9_.:-]`. Shared: the readings of one sensor parsed together hold one copy
-    /// ([`SensorIds`]).
+    /// The sensor's id: non-empty, at most [`Limits::max_sensor_id_len`] bytes of letters and
+    /// digits of any script and a few marks (see `text::first_refused`). Shared: the readings
+    /// of one sensor parsed together hold one copy ([`SensorIds`]).
     pub sensor_id: Arc<str>,
     /// Event time, truncated to microseconds (PostgreSQL's `timestamptz` precision) so that the raw
     /// key `(sensor_id, ts)` is the same in memory and in the database.
@@ -86,7 +86,8 @@ pub enum Reason {
     NotANumber,
     /// `value` is NaN, infinite, or out of the range of a double (`1e400`).
     NotFinite,
-    /// The sensor id is empty, too long, or has characters outside `[A-Za-z0-9_.:-]`.
+    /// The sensor id is empty, too long, or has a character ids may not hold (control characters,
+    /// quotes, backslashes, semicolons, ...).
     BadSensorId,
     /// `unit` is not a short printable string.
     BadUnit,

@@ -387,11 +387,39 @@ fn readings_parsed_together_share_their_sensor_id() {
 }
 
 #[test]
+fn ids_from_topics_and_node_names_are_accepted() {
+    for id in [
+        "température/Küche",
+        "hv/cmd/setv/3",
+        "sensor 1",
+        "Elektra-Dach.battery_voltage",
+        "温度",
+        "a(b)[c],d=e~f+g@h#i%j",
+    ] {
+        let json = format!(r#"{{"sensor":"{id}","value":1}}"#);
+        assert_eq!(&*one(json.as_bytes()).unwrap().sensor_id, id);
+    }
+    // JSON escapes: a tab, a quote and a backslash inside the id.
+    for refused in [
+        " lead",
+        "trail ",
+        r"tab\there",
+        r#"quote\"d"#,
+        r"back\\slash",
+        "brace{",
+    ] {
+        let json = format!(r#"{{"sensor":"{refused}","value":1}}"#);
+        assert_eq!(reason(json.as_bytes()), Reason::BadSensorId, "{refused:?}");
+    }
+}
+
+#[test]
 fn a_refused_sensor_id_names_the_character_and_where() {
     for (text, names) in [
-        (r#"{"sensor":"café-1","value":1}"#, "'é' at byte 3"),
-        (r#"{"sensor":"a b","value":1}"#, "' ' at byte 1"),
-        (r#"{"sensor":"x;DROP","value":1}"#, "';' at byte 1"),
+        (r#"{"sensor":"café;1","value":1}"#, "';' at byte 5"),
+        (r#"{"sensor":"a<b","value":1}"#, "'<' at byte 1"),
+        (r#"{"sensor":"x'DROP","value":1}"#, "'\\'' at byte 1"),
+        (r#"{"sensor":"temp°","value":1}"#, "'°' at byte 4"),
     ] {
         let rejection = one(text.as_bytes()).unwrap_err();
         assert_eq!(rejection.reason, Reason::BadSensorId);

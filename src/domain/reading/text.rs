@@ -44,19 +44,19 @@ pub(super) fn check_sensor_id<'a>(
             ),
         ));
     }
-    // Byte by byte: every allowed character is ASCII, so the first byte refused starts a
-    // character.
-    if let Some(at) = id
-        .bytes()
-        .position(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':')))
-    {
-        let bad = id[at..].chars().next().unwrap_or_default();
+    if id.starts_with(' ') || id.ends_with(' ') {
+        return Err(Rejection::new(
+            Reason::BadSensorId,
+            format!("sensor id {} starts or ends with a space", excerpt(&id)),
+        ));
+    }
+    if let Some((at, bad)) = first_refused(&id) {
         return Err(Rejection::new(
             Reason::BadSensorId,
             format!(
-                "sensor id {} has {:?} at byte {at}; allowed are letters, digits, '_', '-', '.', ':'",
+                "sensor id {} has {bad:?} at byte {at}; allowed are letters and digits of any \
+                 script, spaces inside, and _ - . : / + @ # % ( ) [ ] , = ~",
                 excerpt(&id),
-                bad
             ),
         ));
     }
@@ -84,4 +84,45 @@ pub(super) fn check_unit(field: FieldValue, limits: &Limits) -> Result<String, R
         ));
     }
     Ok(unit)
+}
+
+/// The first character a sensor id may not hold, and where. Ids come from devices, topics and
+/// node names (`température/Küche`, `hv/cmd/setv/3`, `sensor 1`): letters and digits of any
+/// script and the marks those use are allowed; control characters, quotes, backslashes,
+/// semicolons, angle brackets and braces are not, as they would need escaping wherever an id is
+/// written out. ASCII, nearly every id, is judged byte by byte.
+fn first_refused(id: &str) -> Option<(usize, char)> {
+    for (at, byte) in id.bytes().enumerate() {
+        if byte.is_ascii() {
+            let allowed = byte.is_ascii_alphanumeric()
+                || matches!(
+                    byte,
+                    b'_' | b'-'
+                        | b'.'
+                        | b':'
+                        | b'/'
+                        | b' '
+                        | b'+'
+                        | b'@'
+                        | b'#'
+                        | b'%'
+                        | b'('
+                        | b')'
+                        | b'['
+                        | b']'
+                        | b','
+                        | b'='
+                        | b'~'
+                );
+            if !allowed {
+                return Some((at, char::from(byte)));
+            }
+        } else if id.is_char_boundary(at) {
+            let c = id[at..].chars().next().unwrap_or_default();
+            if !c.is_alphanumeric() {
+                return Some((at, c));
+            }
+        }
+    }
+    None
 }
