@@ -190,40 +190,45 @@ pub async fn append_payloads_fenced<P: redis::ToRedisArgs>(
     }
 }
 
-/// Appends one entry of the given fields only while `token` holds the lease at `lease_key`.
-const APPEND_FIELDS_FENCED: &str = r#"
+/// Appends entries of the given fields, in order, only while `token` holds the lease at
+/// `lease_key`. ARGV: the token, the number of fields per entry, then each entry's names and
+/// values.
+const APPEND_ENTRIES_FENCED: &str = r#"
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then
   return redis.error_reply('NOTHOLDER the lease is not held by this process')
 end
-return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+local per = tonumber(ARGV[2]) * 2
+local ids = {}
+for i = 3, #ARGV, per do
+  ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', unpack(ARGV, i, i + per - 1))
+end
+return ids
 "#;
 
-/// One entry of `fields` (a message with its payload and where it came from: the MQTT source),
-/// appended only while `token` holds the lease at `lease_key`; returns the entry's id.
-pub async fn append_fields_fenced(
+/// Entries of `fields` each (messages with their payload and where they came from: the MQTT
+/// source), appended in one script only while `token` holds the lease at `lease_key`; returns how
+/// many were appended.
+pub async fn append_entries_fenced<const FIELDS: usize>(
     conn: &mut impl ConnectionLike,
     stream: &str,
     lease_key: &str,
     token: &str,
-    fields: &[(&str, &[u8])],
-) -> Result<EntryId, FencedError> {
+    entries: &[[(&str, &[u8]); FIELDS]],
+) -> Result<usize, FencedError> {
     let mut cmd = redis::cmd("EVAL");
-    cmd.arg(APPEND_FIELDS_FENCED)
+    cmd.arg(APPEND_ENTRIES_FENCED)
         .arg(2)
         .arg(stream)
         .arg(lease_key)
-        .arg(token);
-    for (name, value) in fields {
-        cmd.arg(*name).arg(*value);
+        .arg(token)
+        .arg(FIELDS);
+    for fields in entries {
+        for (name, value) in fields {
+            cmd.arg(*name).arg(*value);
+        }
     }
-    match cmd.query_async::<String>(conn).await {
-        Ok(id) => id.parse().map_err(|why: String| {
-            FencedError::Redis(redis::RedisError::from((
-                redis::ErrorKind::Parse,
-                "bad entry id",
-                why,
-            )))
-        }),
+    match cmd.query_async::<Vec<redis::Value>>(conn).await {
+        Ok(ids) => Ok(ids.len()),
         Err(error) if error.code() == Some("NOTHOLDER") => Err(FencedError::NotHolder),
         Err(error) => Err(error.into()),
     }

@@ -17,7 +17,7 @@
 
 use crate::config::{MqttSettings, TopicRule};
 use crate::pipeline::stage::{count_restart, guarded, stop_requested};
-use crate::redis::entry::{FencedError, append_fields_fenced};
+use crate::redis::entry::{FencedError, append_entries_fenced};
 use crate::redis::lease::{Lease, unique_token};
 use crate::retry::Backoff;
 use crate::telemetry::Metrics;
@@ -33,9 +33,12 @@ use tokio::sync::watch;
 
 /// Requests (acknowledgements, subscriptions) queued for the MQTT connection at once.
 const REQUESTS: usize = 256;
-/// Messages being appended at once. The broker bounds what it sends unacknowledged anyway
-/// (Mosquitto: `max_inflight_messages`, 20 by default).
-const APPENDS_IN_FLIGHT: usize = 128;
+/// Appends (each of up to [`BATCH`] messages) under way at once.
+const APPENDS_IN_FLIGHT: usize = 16;
+/// Most messages appended by one script: the messages that have arrived when the connection has
+/// nothing more at once. The broker bounds what it sends unacknowledged anyway (Mosquitto:
+/// `max_inflight_messages`, 20 by default).
+const BATCH: usize = 256;
 /// How often the broker and client check that the connection is alive.
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// Longest wait for one message's append: the connection to the broker is not served meanwhile,
@@ -180,6 +183,9 @@ impl SourceLoop {
         // connection to Redis pipelines them), and each message is acknowledged once its append
         // and every earlier one have succeeded, so acknowledgements keep the order of arrival.
         let mut appending = FuturesOrdered::new();
+        // Messages received and not yet handed to an append: appended together once the
+        // connection has no more at once, or the batch is full.
+        let mut batch: Vec<Publish> = Vec::new();
         // Acknowledgements not yet handed to the connection. Handed over without waiting: this
         // task also drives the connection, so waiting for room in its request queue would wait
         // for itself.
@@ -193,8 +199,23 @@ impl SourceLoop {
                 }
                 acks.pop_front();
             }
+            if batch.len() >= BATCH && appending.len() < APPENDS_IN_FLIGHT {
+                appending.push_back(append(self.appender(), std::mem::take(&mut batch)));
+            }
             tokio::select! {
-                event = events.poll(), if appending.len() < APPENDS_IN_FLIGHT => match event {
+                biased;
+                _ = stop.changed() => break Ended::Done,
+                Some((publishes, appended)) = appending.next() => {
+                    self.metrics.mqtt_awaiting_ack.sub(publishes.len() as i64);
+                    match appended {
+                        Ok(true) => acks.extend(publishes),
+                        // The lease went elsewhere: unacknowledged, the messages stay in the
+                        // session, which the new holder resumes.
+                        Ok(false) => break Ended::Done,
+                        Err(error) => break Ended::Failed(error),
+                    }
+                }
+                event = events.poll(), if batch.len() < BATCH => match event {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         let filters = mqtt.rules.iter().map(|rule| rumqttc::SubscribeFilter::new(rule.filter.clone(), qos));
                         if let Err(error) = client.subscribe_many(filters).await {
@@ -207,31 +228,25 @@ impl SourceLoop {
                     }
                     Ok(Event::Incoming(Packet::Publish(publish))) => {
                         self.metrics.mqtt_awaiting_ack.inc();
-                        appending.push_back(append(self.appender(), publish));
+                        batch.push(publish);
                     }
                     Ok(_) => {}
                     Err(error) => break Ended::Failed(format!("broker: {error}")),
                 },
-                Some((publish, appended)) = appending.next() => {
-                    self.metrics.mqtt_awaiting_ack.dec();
-                    match appended {
-                        Ok(true) => acks.push_back(publish),
-                        // The lease went elsewhere: unacknowledged, the message stays in the
-                        // session, which the new holder resumes.
-                        Ok(false) => break Ended::Done,
-                        Err(error) => break Ended::Failed(error),
-                    }
+                // Nothing more from the broker at once: append what has arrived.
+                _ = std::future::ready(()), if !batch.is_empty() && appending.len() < APPENDS_IN_FLIGHT => {
+                    appending.push_back(append(self.appender(), std::mem::take(&mut batch)));
                 }
                 _ = renew.tick() => match self.lease.renew(&mut self.conn).await {
                     Ok(true) => {}
                     Ok(false) => break Ended::Done,
                     Err(error) => break Ended::Failed(format!("redis: {error}")),
                 },
-                _ = stop.changed() => break Ended::Done,
             }
         };
-        // What is still appending is left unacknowledged: the broker delivers it again.
-        self.metrics.mqtt_awaiting_ack.sub(appending.len() as i64);
+        // What is still appending or batched is left unacknowledged: the broker delivers it
+        // again, to whichever instance holds the session next.
+        self.metrics.mqtt_awaiting_ack.set(0);
         drop(appending);
         let _ = client.try_disconnect();
         ended
@@ -260,31 +275,44 @@ struct Appender {
 /// fails the message is left unacknowledged and the session dropped, rather than retried
 /// here while the connection to the broker goes unserved: the broker keeps the message in the
 /// session and delivers it again once the source is back, Redis with it.
-async fn append(mut on: Appender, publish: Publish) -> (Publish, Result<bool, String>) {
-    let appended = append_one(&mut on, &publish).await;
-    (publish, appended)
+async fn append(mut on: Appender, publishes: Vec<Publish>) -> (Vec<Publish>, Result<bool, String>) {
+    let appended = append_all(&mut on, &publishes).await;
+    (publishes, appended)
 }
 
-async fn append_one(on: &mut Appender, publish: &Publish) -> Result<bool, String> {
-    let topic = publish.topic.clone();
-    let (form, prefix) = match rule_for(&on.settings.mqtt.rules, &topic) {
-        Some(rule) => (rule.form.to_string(), topic_prefix(&rule.filter, &topic)),
-        None => ("json".to_owned(), String::new()),
-    };
-    let fields: [(&str, &[u8]); 4] = [
-        ("data", &publish.payload),
-        ("topic", topic.as_bytes()),
-        ("form", form.as_bytes()),
-        ("prefix", prefix.as_bytes()),
-    ];
+async fn append_all(on: &mut Appender, publishes: &[Publish]) -> Result<bool, String> {
+    let described: Vec<(String, String)> = publishes
+        .iter()
+        .map(
+            |publish| match rule_for(&on.settings.mqtt.rules, &publish.topic) {
+                Some(rule) => (
+                    rule.form.to_string(),
+                    topic_prefix(&rule.filter, &publish.topic),
+                ),
+                None => ("json".to_owned(), String::new()),
+            },
+        )
+        .collect();
+    let entries: Vec<[(&str, &[u8]); 4]> = publishes
+        .iter()
+        .zip(&described)
+        .map(|(publish, (form, prefix))| {
+            [
+                ("data", &publish.payload[..]),
+                ("topic", publish.topic.as_bytes()),
+                ("form", form.as_bytes()),
+                ("prefix", prefix.as_bytes()),
+            ]
+        })
+        .collect();
     let appended = tokio::time::timeout(
         APPEND_TIMEOUT,
-        append_fields_fenced(
+        append_entries_fenced(
             &mut on.conn,
             &on.settings.stream,
             &on.lease.key,
             &on.lease.holder,
-            &fields,
+            &entries,
         ),
     )
     .await
@@ -301,7 +329,7 @@ async fn append_one(on: &mut Appender, publish: &Publish) -> Result<bool, String
             on.metrics
                 .messages_received
                 .with_label_values(&["mqtt"])
-                .inc();
+                .inc_by(publishes.len() as u64);
             Ok(true)
         }
         Err(FencedError::NotHolder) => Ok(false),
