@@ -70,6 +70,19 @@ async fn wait_for_at_least(db: &tokio_postgres::Client, sensor: &str, n: i64) {
     .await;
 }
 
+/// The readings of `sensor` once the group has processed every entry now in `stream`.
+async fn readings_once_drained(
+    db: &tokio_postgres::Client,
+    redis: &mut MultiplexedConnection,
+    stream: &str,
+    sensor: &str,
+) -> i64 {
+    let last = last_entry(redis, stream).await;
+    wait_drained(redis, stream, "sensorhub", &last).await;
+    let sql = format!("SELECT count(*) FROM readings WHERE sensor_id = '{sensor}'");
+    count(db, &sql).await
+}
+
 async fn count(pg: &tokio_postgres::Client, sql: &str) -> i64 {
     pg.query_one(sql, &[]).await.unwrap().get(0)
 }
@@ -92,14 +105,8 @@ async fn two_processes_with_one_consumer_name_bridge_each_message_once() {
 
     let db = pg(&res.database_url).await;
     wait_for_at_least(&db, "twin", 100).await;
-    let last = last_entry(&mut redis, &res.stream).await;
-    wait_drained(&redis, &res.stream, "sensorhub", &last).await;
     assert_eq!(
-        count(
-            &db,
-            "SELECT count(*) FROM readings WHERE sensor_id = 'twin'"
-        )
-        .await,
+        readings_once_drained(&db, &mut redis, &res.stream, "twin").await,
         100,
         "each published message stored once"
     );
@@ -148,14 +155,8 @@ async fn a_bridge_paused_past_its_lease_appends_nothing_when_it_resumes() {
         || async { (paused.metric(LEADER).await == 0.0).then_some(()) },
     )
     .await;
-    let last = last_entry(&mut redis, &res.stream).await;
-    wait_drained(&redis, &res.stream, "sensorhub", &last).await;
     assert_eq!(
-        count(
-            &db,
-            "SELECT count(*) FROM readings WHERE sensor_id = 'paused'"
-        )
-        .await,
+        readings_once_drained(&db, &mut redis, &res.stream, "paused").await,
         50,
         "no message bridged twice"
     );
