@@ -29,9 +29,9 @@ impl EntryId {
         }
     }
 
-    /// The entry's time: the timestamp of a reading that carries none. The sequence number is added
-    /// as microseconds (up to 999) so entries added in the same millisecond stay distinct, and the
-    /// result is the same on every delivery of the entry.
+    /// The entry's time, for the end-to-end latency: its millisecond, and its sequence number as
+    /// microseconds (up to 999). A reading without a timestamp gets its time from the entry by
+    /// the stricter rule of `ParseContext::set_received_entry`.
     pub fn time(self) -> DateTime<Utc> {
         DateTime::from_timestamp_micros(self.time_micros()).unwrap_or_default()
     }
@@ -141,20 +141,6 @@ pub async fn append_payloads<P: redis::ToRedisArgs>(
         .collect()
 }
 
-/// Appends payloads only while `token` holds the lease at `lease_key`, in one script: the check
-/// and the appends are one step in Redis, so a process that lost its lease (paused past its
-/// expiry, say) can never append after another process took over.
-const APPEND_FENCED: &str = r#"
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then
-  return redis.error_reply('NOTHOLDER the lease is not held by this process')
-end
-local ids = {}
-for i = 2, #ARGV do
-  ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', 'data', ARGV[i])
-end
-return ids
-"#;
-
 /// What a fenced append can end in besides success.
 #[derive(Debug, thiserror::Error)]
 pub enum FencedError {
@@ -163,31 +149,6 @@ pub enum FencedError {
     NotHolder,
     #[error(transparent)]
     Redis(#[from] redis::RedisError),
-}
-
-/// As [`append_payloads`], only while `token` holds the lease at `lease_key` (the Pub/Sub
-/// bridge: [`crate::redis::lease`]).
-pub async fn append_payloads_fenced<P: redis::ToRedisArgs>(
-    conn: &mut impl ConnectionLike,
-    stream: &str,
-    lease_key: &str,
-    token: &str,
-    payloads: impl IntoIterator<Item = P>,
-) -> Result<usize, FencedError> {
-    let mut cmd = redis::cmd("EVAL");
-    cmd.arg(APPEND_FENCED)
-        .arg(2)
-        .arg(stream)
-        .arg(lease_key)
-        .arg(token);
-    for payload in payloads {
-        cmd.arg(payload);
-    }
-    match cmd.query_async::<Vec<redis::Value>>(conn).await {
-        Ok(ids) => Ok(ids.len()),
-        Err(error) if error.code() == Some("NOTHOLDER") => Err(FencedError::NotHolder),
-        Err(error) => Err(error.into()),
-    }
 }
 
 /// Appends entries of the given fields, in order, only while `token` holds the lease at
@@ -205,9 +166,10 @@ end
 return ids
 "#;
 
-/// Entries of `fields` each (messages with their payload and where they came from: the MQTT
-/// source), appended in one script only while `token` holds the lease at `lease_key`; returns how
-/// many were appended.
+/// Entries of `fields` each, appended in one script only while `token` holds the lease at
+/// `lease_key` (the sources that bridge into the stream: [`crate::redis::lease`]): the check and
+/// the appends are one step in Redis, so a process that lost its lease (paused past its expiry,
+/// say) can never append after another process took over. Returns how many were appended.
 pub async fn append_entries_fenced<const FIELDS: usize>(
     conn: &mut impl ConnectionLike,
     stream: &str,

@@ -9,13 +9,13 @@
 //!
 //! The lease is held by a token unique to this process, not by the consumer name (two processes
 //! may share one), and every append checks that token in the same script that appends
-//! ([`append_payloads_fenced`]): a holder paused past its lease and resumed cannot append what the
+//! ([`append_entries_fenced`]): a holder paused past its lease and resumed cannot append what the
 //! new holder bridges too. What the bridge received and could not append is counted in
 //! `sensorhub_messages_dropped_total{source="pubsub"}`.
 
 use crate::pipeline::stage::{count_restart, guarded, stop_requested};
 use crate::redis::channel;
-use crate::redis::entry::{FencedError, append_payloads_fenced};
+use crate::redis::entry::{FencedError, append_entries_fenced};
 use crate::redis::lease::{Lease, unique_token};
 use crate::retry::Backoff;
 use crate::telemetry::Metrics;
@@ -220,12 +220,16 @@ impl BridgeLoop {
         let mut backoff = Backoff::new();
         let mut attempts = 0;
         loop {
-            let appended = append_payloads_fenced(
+            let entries: Vec<[(&str, &[u8]); 1]> = payloads
+                .iter()
+                .map(|payload| [("data", payload.as_slice())])
+                .collect();
+            let appended = append_entries_fenced(
                 &mut self.conn,
                 &self.settings.stream,
                 &self.lease.key,
                 &self.lease.holder,
-                payloads.iter().map(Vec::as_slice),
+                &entries,
             )
             .await;
             match appended {
