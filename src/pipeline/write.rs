@@ -467,6 +467,7 @@ fn reading_letter(reading: &Reading, entry: EntryId, reason: Reason, detail: Str
             reason,
             detail,
             index: None,
+            part: None,
         },
         original: vec![(
             bytes::Bytes::from_static(b"data"),

@@ -25,7 +25,8 @@ pub struct DeadLetter {
     pub entry: EntryId,
     pub rejection: Rejection,
     /// The entry's original fields: a `data` field with the original bytes, or the reading's own
-    /// fields, copied as `field.<name>`.
+    /// fields, copied as `field.<name>`. Of a rejection that names a `part` of the payload (one
+    /// line of several), only that part of `data` is kept.
     pub original: Vec<Field>,
 }
 
@@ -95,7 +96,12 @@ async fn append(
         }
         for (name, value) in &letter.original {
             if name == "data" {
-                cmd.arg("data").arg(value.as_ref());
+                // A rejected line of a payload of lines: the line alone.
+                let data = match &letter.rejection.part {
+                    Some(part) => value.get(part.clone()).unwrap_or(value),
+                    None => value,
+                };
+                cmd.arg("data").arg(data);
             } else {
                 let mut field = b"field.".to_vec();
                 field.extend_from_slice(name);

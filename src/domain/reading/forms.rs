@@ -11,12 +11,14 @@
 //! | `named` | `{"sensor": "room", "measurement": "temperature", "value": 23.4}` | one: `room.temperature` |
 //! | `number` | `100` | one: `<prefix>` |
 //! | `nodelog` | solar-node log lines, `;`-separated | one per numeric field of each line: `<node>.battery_voltage`, ... |
+//! | `line`, `line:<precision>` | InfluxDB line protocol (Telegraf's MQTT output), timestamps in ns or the named precision | one per numeric field of each line: `<measurement>.<tag values>.<field>` |
 //!
 //! In `fields`, `channels` and `named`, a `timestamp` field is the readings' time (otherwise the
 //! time of receipt), and fields that are not numbers (text, booleans, null, nested values) are not
 //! readings and are skipped.
 
 use super::json::in_array;
+use super::line::{Precision, parse_line_protocol};
 use super::{
     FieldValue, Fields, Outcomes, ParseContext, Reading, Reason, Rejection, check, excerpt,
     malformed, parse_json, too_large,
@@ -39,6 +41,8 @@ pub enum Form {
     Named,
     Number,
     NodeLog,
+    /// InfluxDB line protocol, timestamps in the given precision.
+    Line(Precision),
 }
 
 impl FromStr for Form {
@@ -51,6 +55,8 @@ impl FromStr for Form {
             "named" => Form::Named,
             "number" => Form::Number,
             "nodelog" => Form::NodeLog,
+            "line" => Form::Line(Precision::Nanoseconds),
+            _ if text.starts_with("line:") => Form::Line(text["line:".len()..].parse()?),
             _ => match text.strip_prefix("channels:") {
                 Some(key) if !key.is_empty() => Form::Channels {
                     key: key.to_owned(),
@@ -58,7 +64,7 @@ impl FromStr for Form {
                 _ => {
                     return Err(format!(
                         "{text:?} is not a payload form: json, fields, channels:<key>, named, \
-                         number or nodelog"
+                         number, nodelog or line[:ns|us|ms|s]"
                     ));
                 }
             },
@@ -75,6 +81,7 @@ impl fmt::Display for Form {
             Form::Named => f.write_str("named"),
             Form::Number => f.write_str("number"),
             Form::NodeLog => f.write_str("nodelog"),
+            Form::Line(precision) => write!(f, "line:{precision}"),
         }
     }
 }
@@ -106,6 +113,7 @@ pub fn parse_form(form: &Form, prefix: &str, payload: &[u8], ctx: &ParseContext)
         Form::Named => smallvec![named(text, ctx)],
         Form::Number => smallvec![number(prefix, text, ctx)],
         Form::NodeLog => node_log(text, ctx),
+        Form::Line(precision) => parse_line_protocol(text, *precision, ctx),
     }
 }
 
@@ -301,26 +309,31 @@ fn node_log(text: &str, ctx: &ParseContext) -> Outcomes {
         if line.is_empty() {
             continue;
         }
+        let start = line.as_ptr() as usize - text.as_ptr() as usize;
+        let in_line = |outcome: Result<Reading, Rejection>| {
+            outcome.map_err(|rejection| Rejection {
+                index: Some(index),
+                part: Some(start..start + line.len()),
+                ..rejection
+            })
+        };
         match node_line(line) {
             Ok(NodeLine { node, time, values }) => {
                 for (name, value) in values {
                     let id = sensor_id(node, name);
                     let value = value.to_string();
-                    outcomes.push(in_array(
-                        index,
-                        check(
-                            Fields {
-                                sensor: Some(FieldValue::Text(&id)),
-                                value: Some(FieldValue::Text(&value)),
-                                timestamp: Some(FieldValue::Text(time)),
-                                unit: None,
-                            },
-                            ctx,
-                        ),
-                    ));
+                    outcomes.push(in_line(check(
+                        Fields {
+                            sensor: Some(FieldValue::Text(&id)),
+                            value: Some(FieldValue::Text(&value)),
+                            timestamp: Some(FieldValue::Text(time)),
+                            unit: None,
+                        },
+                        ctx,
+                    )));
                 }
             }
-            Err(rejection) => outcomes.push(in_array(index, Err(rejection))),
+            Err(rejection) => outcomes.push(in_line(Err(rejection))),
         }
     }
     if outcomes.is_empty() {

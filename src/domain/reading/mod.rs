@@ -13,15 +13,18 @@ use crate::domain::FastState;
 use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 use smallvec::{SmallVec, smallvec};
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::fmt;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
 mod fast_json;
 mod forms;
 mod json;
+mod line;
 mod text;
 mod timestamp;
 mod value;
@@ -35,6 +38,7 @@ use value::check_value;
 
 pub use forms::{Form, parse_form};
 pub use json::{MAX_JSON_DEPTH, parse_json};
+pub use line::{Precision, parse_line_protocol};
 pub use timestamp::parse_timestamp_text;
 
 /// One valid sensor reading, ready to be stored.
@@ -76,6 +80,8 @@ pub enum Reason {
     InvalidUtf8,
     /// The message is not JSON (or nests deeper than the parser allows).
     MalformedJson,
+    /// A line of InfluxDB line protocol that cannot be parsed.
+    MalformedLine,
     /// Valid JSON, but neither a reading object nor an array of them (or an empty array).
     WrongShape,
     /// `sensor` or `value` is missing (or null).
@@ -109,10 +115,11 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for tests and for pre-registering metric labels.
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 17] = [
         Reason::TooLarge,
         Reason::InvalidUtf8,
         Reason::MalformedJson,
+        Reason::MalformedLine,
         Reason::WrongShape,
         Reason::MissingField,
         Reason::WrongType,
@@ -134,6 +141,7 @@ impl Reason {
             Reason::TooLarge => "too_large",
             Reason::InvalidUtf8 => "invalid_utf8",
             Reason::MalformedJson => "malformed_json",
+            Reason::MalformedLine => "malformed_line",
             Reason::WrongShape => "wrong_shape",
             Reason::MissingField => "missing_field",
             Reason::WrongType => "wrong_type",
@@ -163,8 +171,12 @@ pub struct Rejection {
     pub reason: Reason,
     /// Human-readable detail naming the bad value.
     pub detail: String,
-    /// Position in the array when one element of an array was rejected; `None` for the whole message.
+    /// Position in the array when one element of an array was rejected, or the line number
+    /// (from 0) in a payload of lines; `None` for the whole message.
     pub index: Option<usize>,
+    /// The bytes of the payload the rejection is about, when it is one line of several: the
+    /// dead letter keeps that line rather than the whole payload.
+    pub part: Option<Range<usize>>,
 }
 
 impl Rejection {
@@ -173,6 +185,7 @@ impl Rejection {
             reason,
             detail: detail.into(),
             index: None,
+            part: None,
         }
     }
 }
@@ -418,11 +431,7 @@ fn check(fields: Fields, ctx: &ParseContext) -> Result<Reading, Rejection> {
     let sensor = fields
         .sensor
         .ok_or_else(|| Rejection::new(Reason::MissingField, "missing field 'sensor'"))?;
-    let sensor_id = check_sensor_id(text_field("sensor", sensor)?, ctx.limits)?;
-    let sensor_id = match ctx.ids {
-        Some(ids) => ids.get(&sensor_id),
-        None => Arc::from(sensor_id),
-    };
+    let sensor_id = shared_id(text_field("sensor", sensor)?, ctx)?;
     let value = fields
         .value
         .ok_or_else(|| Rejection::new(Reason::MissingField, "missing field 'value'"))?;
@@ -440,6 +449,42 @@ fn check(fields: Fields, ctx: &ParseContext) -> Result<Reading, Rejection> {
         ts: truncated_to_micros(ts),
         value,
         unit,
+    })
+}
+
+/// The checked id, shared with the other readings of the sensor parsed with `ctx`.
+fn shared_id(id: Cow<str>, ctx: &ParseContext) -> Result<Arc<str>, Rejection> {
+    let id = check_sensor_id(id, ctx.limits)?;
+    Ok(match ctx.ids {
+        Some(ids) => ids.get(&id),
+        None => Arc::from(id),
+    })
+}
+
+/// A reading whose value is already a number: the same checks as [`check`] makes of the id, the
+/// value and the time (`None`: the time of receipt).
+fn validated(
+    sensor: &str,
+    value: f64,
+    ts: Option<DateTime<Utc>>,
+    ctx: &ParseContext,
+) -> Result<Reading, Rejection> {
+    let sensor_id = shared_id(Cow::Borrowed(sensor), ctx)?;
+    if !value.is_finite() {
+        return Err(Rejection::new(
+            Reason::NotFinite,
+            format!("value of {} is not a finite double", excerpt(sensor)),
+        ));
+    }
+    let ts = match ts {
+        None => received_time(ctx)?,
+        Some(ts) => check_range(ts, ctx, "timestamp")?,
+    };
+    Ok(Reading {
+        sensor_id,
+        ts: truncated_to_micros(ts),
+        value,
+        unit: None,
     })
 }
 

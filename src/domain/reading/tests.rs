@@ -395,6 +395,8 @@ fn ids_from_topics_and_node_names_are_accepted() {
         "Elektra-Dach.battery_voltage",
         "温度",
         "a(b)[c],d=e~f+g@h#i%j",
+        "°C.kitchen.value",
+        "µm²",
     ] {
         let json = format!(r#"{{"sensor":"{id}","value":1}}"#);
         assert_eq!(&*one(json.as_bytes()).unwrap().sensor_id, id);
@@ -419,7 +421,8 @@ fn a_refused_sensor_id_names_the_character_and_where() {
         (r#"{"sensor":"café;1","value":1}"#, "';' at byte 5"),
         (r#"{"sensor":"a<b","value":1}"#, "'<' at byte 1"),
         (r#"{"sensor":"x'DROP","value":1}"#, "'\\'' at byte 1"),
-        (r#"{"sensor":"temp°","value":1}"#, "'°' at byte 4"),
+        (r#"{"sensor":"zero\u200bwidth","value":1}"#, "'\\u{200b}' at byte 4"),
+        (r#"{"sensor":"no\u00a0break","value":1}"#, "'\\u{a0}' at byte 2"),
     ] {
         let rejection = one(text.as_bytes()).unwrap_err();
         assert_eq!(rejection.reason, Reason::BadSensorId);

@@ -54,8 +54,8 @@ pub(super) fn check_sensor_id<'a>(
         return Err(Rejection::new(
             Reason::BadSensorId,
             format!(
-                "sensor id {} has {bad:?} at byte {at}; allowed are letters and digits of any \
-                 script, spaces inside, and _ - . : / + @ # % ( ) [ ] , = ~",
+                "sensor id {} has {bad:?} at byte {at}; allowed are letters and digits, spaces \
+                 inside, _ - . : / + @ # % ( ) [ ] , = ~ and any visible character beyond ASCII",
                 excerpt(&id),
             ),
         ));
@@ -86,11 +86,14 @@ pub(super) fn check_unit(field: FieldValue, limits: &Limits) -> Result<String, R
     Ok(unit)
 }
 
-/// The first character a sensor id may not hold, and where. Ids come from devices, topics and
-/// node names (`température/Küche`, `hv/cmd/setv/3`, `sensor 1`): letters and digits of any
-/// script and the marks those use are allowed; control characters, quotes, backslashes,
-/// semicolons, angle brackets and braces are not, as they would need escaping wherever an id is
-/// written out. ASCII, nearly every id, is judged byte by byte.
+/// The first character a sensor id may not hold, and where. Ids come from devices, topics,
+/// node names and InfluxDB measurements (`température/Küche`, `hv/cmd/setv/3`, `sensor 1`,
+/// Home Assistant's `°C.kitchen.value`): in ASCII, letters, digits, inner spaces and the marks
+/// those use are allowed, while control characters, quotes, backslashes, semicolons, angle
+/// brackets and braces are not, as they would need escaping wherever an id is written out;
+/// beyond ASCII, every visible character is allowed (letters of any script, `°`, `µ`, `²`),
+/// but not control characters, other spaces, or the invisible ones that make two ids look
+/// alike. ASCII, nearly every id, is judged byte by byte.
 fn first_refused(id: &str) -> Option<(usize, char)> {
     for (at, byte) in id.bytes().enumerate() {
         if byte.is_ascii() {
@@ -119,10 +122,27 @@ fn first_refused(id: &str) -> Option<(usize, char)> {
             }
         } else if id.is_char_boundary(at) {
             let c = id[at..].chars().next().unwrap_or_default();
-            if !c.is_alphanumeric() {
+            if c.is_control() || c.is_whitespace() || is_invisible(c) {
                 return Some((at, c));
             }
         }
     }
     None
+}
+
+/// Characters that show nothing: zero-width spaces and joiners, direction marks and overrides,
+/// the soft hyphen and the byte-order mark.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+    )
 }
