@@ -4,7 +4,7 @@
 # Safe to run again: whatever already answers is left alone.
 #
 #   scripts/services.sh            # Redis + PostgreSQL + Mosquitto
-#   scripts/services.sh --tools    # also the test tools (promtool from Debian's prometheus)
+#   scripts/services.sh --tools    # also the test tools (promtool, chromium, Python clients in .tools/)
 set -euo pipefail
 
 REDIS_PORT=6379
@@ -108,4 +108,13 @@ if [ "$with_tools" = yes ]; then
     log "prometheus: $(command -v prometheus), promtool: $(command -v promtool)"
     if ! command -v chromium >/dev/null; then apt_install chromium; fi
     log "chromium: $(command -v chromium)"
+    # Python clients the tests drive sensorhub with (InfluxDB's own client library), in a venv of
+    # the checkout's own so that nothing outside it changes.
+    venv="$(cd "$(dirname "$0")/.." && pwd)/.tools/python"
+    if ! "$venv/bin/python" -c 'import influxdb_client' >/dev/null 2>&1; then
+        if ! python3 -m venv "$venv" >/dev/null 2>&1; then apt_install python3-venv; python3 -m venv "$venv"; fi
+        log "installing influxdb-client into $venv"
+        "$venv/bin/pip" install -q --disable-pip-version-check 'influxdb-client==1.50.0'
+    fi
+    log "python test clients: $venv"
 fi

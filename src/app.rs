@@ -95,6 +95,7 @@ impl Application {
             bridge: config.channel.is_some().then_some(bridge_health),
             api: Arc::new(ApiSettings {
                 token: config.api_token.clone(),
+                ingest_token: config.ingest_token.clone(),
                 active_within: config.active_within,
                 resolutions: config.resolutions.clone(),
                 stream: config.stream.clone(),

@@ -66,7 +66,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "SENSORHUB_MQTT_TOPICS",
         default: "sensors/#=json",
-        meaning: "topic rules `filter=form`, `;`-separated: forms `json`, `fields`, `channels:<key>`, `named`, `number`, `nodelog`",
+        meaning: "topic rules `filter=form`, `;`-separated: forms `json`, `fields`, `channels:<key>`, `named`, `number`, `nodelog`, `line[:<precision>]`",
     },
     Variable {
         name: "SENSORHUB_MQTT_CLIENT_ID",
@@ -164,6 +164,11 @@ pub const VARIABLES: &[Variable] = &[
         meaning: "bearer token required by the read API (health and metrics stay open)",
     },
     Variable {
+        name: "SENSORHUB_INGEST_TOKEN",
+        default: "(the API token)",
+        meaning: "token required by HTTP ingest and the line-protocol endpoints (`Bearer`, `Token` or a Basic password)",
+    },
+    Variable {
         name: "SENSORHUB_ACTIVE_WITHIN",
         default: "30d",
         meaning: "sensors seen within this are listed by the API",
@@ -176,10 +181,11 @@ pub const VARIABLES: &[Variable] = &[
 ];
 
 /// Variables whose value may come from the file named by `<NAME>_FILE`.
-pub const SECRET_VARIABLES: [&str; 4] = [
+pub const SECRET_VARIABLES: [&str; 5] = [
     "SENSORHUB_REDIS_URL",
     "SENSORHUB_DATABASE_URL",
     "SENSORHUB_API_TOKEN",
+    "SENSORHUB_INGEST_TOKEN",
     "SENSORHUB_MQTT_URL",
 ];
 
@@ -251,6 +257,9 @@ pub struct Config {
     pub db_pool_size: usize,
     pub shutdown_timeout: Duration,
     pub api_token: Option<Secret>,
+    /// The token of HTTP ingest; the API token when `SENSORHUB_INGEST_TOKEN` is not set, so that
+    /// setting only the API token never leaves ingest open.
+    pub ingest_token: Option<Secret>,
     pub active_within: Duration,
     pub log_filter: String,
 }
@@ -328,6 +337,10 @@ impl Config {
             db_pool_size: env.number("SENSORHUB_DB_POOL_SIZE", 1, 256)?,
             shutdown_timeout: env.duration("SENSORHUB_SHUTDOWN_TIMEOUT")?,
             api_token: lookup("SENSORHUB_API_TOKEN")
+                .filter(|v| !v.is_empty())
+                .map(Secret::new),
+            ingest_token: lookup("SENSORHUB_INGEST_TOKEN")
+                .or_else(|| lookup("SENSORHUB_API_TOKEN"))
                 .filter(|v| !v.is_empty())
                 .map(Secret::new),
             active_within: env.duration("SENSORHUB_ACTIVE_WITHIN")?,
@@ -671,6 +684,27 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         let error = config(&[("SENSORHUB_API_TOKEN_FILE", "/nonexistent/token")]).unwrap_err();
         assert!(error.to_string().contains("SENSORHUB_API_TOKEN"), "{error}");
+    }
+
+    #[test]
+    fn ingest_takes_its_own_token_or_else_the_api_token() {
+        let open = config(&[]).unwrap();
+        assert!(open.api_token.is_none() && open.ingest_token.is_none());
+        let shared = config(&[("SENSORHUB_API_TOKEN", "read")]).unwrap();
+        assert_eq!(shared.ingest_token.unwrap().expose(), "read");
+        let separate = config(&[
+            ("SENSORHUB_API_TOKEN", "read"),
+            ("SENSORHUB_INGEST_TOKEN", "write"),
+        ])
+        .unwrap();
+        assert_eq!(separate.api_token.unwrap().expose(), "read");
+        assert_eq!(separate.ingest_token.unwrap().expose(), "write");
+        let path = std::env::temp_dir().join(format!("sensorhub-ingest-{}", std::process::id()));
+        std::fs::write(&path, "from-file\n").unwrap();
+        let c = config(&[("SENSORHUB_INGEST_TOKEN_FILE", path.to_str().unwrap())]).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(c.ingest_token.unwrap().expose(), "from-file");
+        assert!(c.api_token.is_none());
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub struct Metrics {
     /// Messages received and not appended to the stream, by `source` (the bridge's lease lost
     /// before the append, or Redis refusing it past the retries).
     pub messages_dropped: IntCounterVec,
+    /// Requests refused for a missing or wrong token, by `scope` (`api`, `ingest`).
+    pub unauthorized_requests: IntCounterVec,
     /// Readings skipped because `(sensor_id, ts)` was already stored or repeated in the batch.
     pub readings_duplicate: IntCounter,
     /// Readings whose `(sensor_id, ts)` is stored with another value: dead-lettered.
@@ -126,7 +128,7 @@ impl Metrics {
         let metrics = Metrics {
             messages_received: counter_vec(
                 "sensorhub_messages_received_total",
-                "Messages received, by source (stream entries read, Pub/Sub messages bridged, HTTP ingest).",
+                "Messages received, by source (stream entries read, Pub/Sub messages bridged, HTTP ingest requests, line-protocol requests, MQTT messages).",
                 "source",
             ),
             readings_rejected: counter_vec(
@@ -139,6 +141,11 @@ impl Metrics {
                 "sensorhub_messages_dropped_total",
                 "Messages received and not appended to the stream (the bridge lost its lease first, or Redis kept refusing), by source.",
                 "source",
+            ),
+            unauthorized_requests: counter_vec(
+                "sensorhub_http_unauthorized_total",
+                "HTTP requests refused for a missing or wrong token, by scope (api, ingest).",
+                "scope",
             ),
             readings_duplicate: counter(
                 "sensorhub_readings_duplicate_total",
@@ -259,7 +266,10 @@ impl Metrics {
         for target in ["redis", "postgres"] {
             metrics.reconnects.with_label_values(&[target]);
         }
-        for source in ["stream", "pubsub", "http", "mqtt"] {
+        for scope in ["api", "ingest"] {
+            metrics.unauthorized_requests.with_label_values(&[scope]);
+        }
+        for source in ["stream", "pubsub", "http", "line_protocol", "mqtt"] {
             metrics.messages_received.with_label_values(&[source]);
         }
         metrics.messages_dropped.with_label_values(&["pubsub"]);

@@ -1,15 +1,92 @@
-//! The API token: a request passes only with `Authorization: Bearer <token>` when
-//! `SENSORHUB_API_TOKEN` is set.
+//! Tokens: the read API passes only with `Authorization: Bearer <token>` when
+//! `SENSORHUB_API_TOKEN` is set; ingest (HTTP and line protocol) only with the ingest token,
+//! which InfluxDB's clients send as `Token <token>`, `Bearer <token>` or, in InfluxDB 1's
+//! clients, as the password of Basic credentials. Compared in constant time; every refusal is
+//! counted in `sensorhub_http_unauthorized_total{scope}`.
 
 use crate::http::HttpState;
 use crate::http::error::ApiError;
 use actix_web::http::header;
 use actix_web::{FromRequest, HttpRequest, web};
+use base64::Engine as _;
 use std::future::{Ready, ready};
 use subtle::ConstantTimeEq as _;
 
-/// Extractor that passes only when the request carries the configured bearer token (or none is
-/// configured). Compared in constant time.
+/// Which token a route needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// The read API: `SENSORHUB_API_TOKEN`.
+    Api,
+    /// HTTP ingest and the line-protocol endpoints: `SENSORHUB_INGEST_TOKEN`.
+    Ingest,
+}
+
+impl Scope {
+    fn label(self) -> &'static str {
+        match self {
+            Scope::Api => "api",
+            Scope::Ingest => "ingest",
+        }
+    }
+}
+
+/// Whether `req` carries the token `scope` needs (or none is configured); a refusal says why
+/// and is counted.
+pub fn check(req: &HttpRequest, scope: Scope) -> Result<(), &'static str> {
+    let Some(state) = req.app_data::<web::Data<HttpState>>() else {
+        return Ok(());
+    };
+    let expected = match scope {
+        Scope::Api => &state.api.token,
+        Scope::Ingest => &state.api.ingest_token,
+    };
+    let Some(expected) = expected else {
+        return Ok(());
+    };
+    let outcome = match presented(req, scope) {
+        None => Err(match scope {
+            Scope::Api => "this API needs an 'Authorization: Bearer <token>' header",
+            Scope::Ingest => {
+                "ingest needs an 'Authorization: Token <token>' or 'Bearer <token>' header"
+            }
+        }),
+        Some(token) if bool::from(token.as_bytes().ct_eq(expected.expose().as_bytes())) => Ok(()),
+        Some(_) => Err(match scope {
+            Scope::Api => "wrong bearer token",
+            Scope::Ingest => "wrong ingest token",
+        }),
+    };
+    if outcome.is_err() {
+        state
+            .metrics
+            .unauthorized_requests
+            .with_label_values(&[scope.label()])
+            .inc();
+    }
+    outcome
+}
+
+/// The token in the `Authorization` header, in the forms `scope` takes.
+fn presented(req: &HttpRequest, scope: Scope) -> Option<String> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (kind, rest) = value.split_once(' ')?;
+    let rest = rest.trim();
+    match (scope, kind) {
+        (_, "Bearer") => Some(rest.to_owned()),
+        (Scope::Ingest, "Token") => Some(rest.to_owned()),
+        (Scope::Ingest, "Basic") => {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(rest)
+                .ok()?;
+            let credentials = String::from_utf8(decoded).ok()?;
+            let (_user, password) = credentials.split_once(':')?;
+            Some(password.to_owned())
+        }
+        _ => None,
+    }
+}
+
+/// Extractor that passes only with the read API's token (or when none is configured).
 pub struct Authorized;
 
 impl FromRequest for Authorized {
@@ -17,25 +94,26 @@ impl FromRequest for Authorized {
     type Future = Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        let expected = req
-            .app_data::<web::Data<HttpState>>()
-            .and_then(|state| state.api.token.clone());
-        let Some(expected) = expected else {
-            return ready(Ok(Authorized));
-        };
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        ready(match given {
-            None => Err(ApiError::Unauthorized(
-                "this API needs an 'Authorization: Bearer <token>' header",
-            )),
-            Some(token) if bool::from(token.as_bytes().ct_eq(expected.expose().as_bytes())) => {
-                Ok(Authorized)
-            }
-            Some(_) => Err(ApiError::Unauthorized("wrong bearer token")),
-        })
+        ready(
+            check(req, Scope::Api)
+                .map(|()| Authorized)
+                .map_err(ApiError::Unauthorized),
+        )
+    }
+}
+
+/// Extractor that passes only with the ingest token (or when none is configured).
+pub struct IngestAuthorized;
+
+impl FromRequest for IngestAuthorized {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        ready(
+            check(req, Scope::Ingest)
+                .map(|()| IngestAuthorized)
+                .map_err(ApiError::Unauthorized),
+        )
     }
 }

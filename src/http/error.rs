@@ -17,6 +17,9 @@ pub enum ApiError {
     Unauthorized(&'static str),
     #[error("{0}")]
     TooLarge(String),
+    /// A body in an encoding sensorhub cannot read.
+    #[error("{0}")]
+    Unsupported(String),
     #[error("{0}")]
     Unavailable(String),
     /// A write that did not happen: a retry is safe (`"outcome": "not_stored"`).
@@ -46,6 +49,7 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) | ApiError::NotStored(_) | ApiError::OutcomeUnknown(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

@@ -12,13 +12,12 @@
 use crate::domain::reading::parse_json;
 use crate::domain::{ParseContext, Reason};
 use crate::http::HttpState;
-use crate::http::auth::Authorized;
+use crate::http::auth::IngestAuthorized;
+use crate::http::body::read_limited;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::redis::entry::{append_payload_once, append_payloads};
-use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::Utc;
-use futures_util::StreamExt as _;
 use serde::Serialize;
 use std::time::Duration;
 use utoipa::ToSchema;
@@ -76,34 +75,13 @@ pub struct Accepted {
     security(("bearer" = []))
 )]
 pub(crate) async fn ingest(
-    _: Authorized,
+    _: IngestAuthorized,
     state: web::Data<HttpState>,
     req: HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let idempotency_key = idempotency_key(&req)?;
-    let max = state.api.limits.max_message_bytes;
-    let too_large = || {
-        ApiError::TooLarge(format!(
-            "body is larger than the limit of {max} bytes (SENSORHUB_MAX_MESSAGE_BYTES)"
-        ))
-    };
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > max) {
-        return Err(too_large());
-    }
-    let mut body = Vec::with_capacity(declared.unwrap_or(1024).min(max));
-    while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::BadRequest(format!("reading the body failed: {e}")))?;
-        if body.len() + chunk.len() > max {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
+    let body = read_limited(&req, payload, state.api.limits.max_message_bytes).await?;
     let now = Utc::now();
     let ctx = ParseContext::new(&state.api.limits, now, now);
     let outcomes = parse_json(&body, &ctx);
@@ -190,7 +168,7 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
 }
 
 /// The 503 of a failed append: whether it may have been stored decides which retries are safe.
-fn append_failed(error: redis::RedisError) -> ApiError {
+pub(crate) fn append_failed(error: redis::RedisError) -> ApiError {
     // Redis answered with an error (out of memory, read-only replica, ...), or the connection
     // was refused: the append never ran.
     let answered_with_error = error.code().is_some()

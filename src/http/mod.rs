@@ -7,11 +7,14 @@
 //! | `GET /healthz` | 200 while the process and its actors are alive |
 //! | `GET /readyz`, `GET /healthcheck` | 200 when Redis and PostgreSQL answer, the pipeline runs and the bridge (if any) can append; 503 with a JSON body naming the failing checks |
 //! | `GET /metrics` | Prometheus text exposition |
+//! | `POST /api/v2/write`, `POST /write`, `GET /ping` | InfluxDB line protocol ([`line_protocol`]) |
 
 pub mod api;
 pub mod auth;
+pub mod body;
 pub mod error;
 pub mod ingest;
+pub mod line_protocol;
 pub mod openapi;
 
 use crate::config::Secret;
@@ -33,7 +36,10 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 /// What the API needs from the configuration.
 #[derive(Clone, Debug)]
 pub struct ApiSettings {
+    /// The read API's token.
     pub token: Option<Secret>,
+    /// The token of ingest and the line-protocol endpoints.
+    pub ingest_token: Option<Secret>,
     pub active_within: Duration,
     pub resolutions: Vec<Resolution>,
     pub stream: String,
@@ -56,6 +62,7 @@ pub struct HttpState {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.configure(api::routes)
         .configure(ingest::routes)
+        .configure(line_protocol::routes)
         .configure(openapi::routes)
         .route("/", web::get().to(status_page))
         .route("/healthz", web::get().to(healthz))

@@ -6,6 +6,7 @@ use crate::http::api::{
 };
 use crate::http::error::ErrorBody;
 use crate::http::ingest::{self, Accepted, RejectedReading};
+use crate::http::line_protocol::{self, BadLine, WriteErrorBody};
 use actix_web::{HttpResponse, web};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -33,9 +34,9 @@ impl Modify for BearerAuth {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "sensorhub", description = "Read API and HTTP ingest of sensorhub. The bearer token is required only when SENSORHUB_API_TOKEN is set."),
-    paths(api::list_sensors, api::get_sensor, api::sensor_readings, api::sensor_aggregates, ingest::ingest),
-    components(schemas(Sensor, SensorList, ReadingPoint, ReadingList, AggregateWindow, WindowList, Accepted, RejectedReading, ErrorBody)),
+    info(title = "sensorhub", description = "Read API and HTTP ingest of sensorhub. The bearer token is required only when SENSORHUB_API_TOKEN (read API) or SENSORHUB_INGEST_TOKEN (ingest) is set."),
+    paths(api::list_sensors, api::get_sensor, api::sensor_readings, api::sensor_aggregates, ingest::ingest, line_protocol::write_v2, line_protocol::write_v1),
+    components(schemas(Sensor, SensorList, ReadingPoint, ReadingList, AggregateWindow, WindowList, Accepted, RejectedReading, ErrorBody, BadLine, WriteErrorBody)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

@@ -132,13 +132,30 @@ pub async fn append_payloads<P: redis::ToRedisArgs>(
             .arg(payload);
     }
     let ids: Vec<String> = pipe.query_async(conn).await?;
-    ids.iter()
-        .map(|id| {
-            id.parse().map_err(|why: String| {
-                redis::RedisError::from((redis::ErrorKind::Parse, "bad entry id", why))
-            })
-        })
-        .collect()
+    ids.iter().map(|id| entry_id(id)).collect()
+}
+
+/// Appends one entry of the given fields (a payload with the form it is in: line protocol
+/// over HTTP). Returns its id.
+pub async fn append_fields(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    fields: &[(&str, &[u8])],
+) -> RedisResult<EntryId> {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(stream).arg("*");
+    for (name, value) in fields {
+        cmd.arg(*name).arg(*value);
+    }
+    let id: String = cmd.query_async(conn).await?;
+    entry_id(&id)
+}
+
+/// The id Redis answered an append with.
+fn entry_id(id: &str) -> RedisResult<EntryId> {
+    id.parse().map_err(|why: String| {
+        redis::RedisError::from((redis::ErrorKind::Parse, "bad entry id", why))
+    })
 }
 
 /// What a fenced append can end in besides success.
@@ -233,10 +250,10 @@ pub async fn append_payload_once(
         .arg(payload)
         .query_async(conn)
         .await?;
-    let id = id.parse().map_err(|why: String| {
-        redis::RedisError::from((redis::ErrorKind::Parse, "bad entry id", why))
-    })?;
-    Ok(Appended { id, new: new == 1 })
+    Ok(Appended {
+        id: entry_id(&id)?,
+        new: new == 1,
+    })
 }
 
 #[cfg(test)]

@@ -21,13 +21,15 @@ async fn get_json(t: &TestApp, path: &str) -> (u16, Value) {
     )
 }
 
+/// The read API and ingest behind the same token, as with only `SENSORHUB_API_TOKEN` set.
+fn with_tokens(c: &mut sensorhub::config::Config) {
+    c.api_token = Some(Secret::new(TOKEN));
+    c.ingest_token = Some(Secret::new(TOKEN));
+}
+
 /// A running app with a token, and data: a meter with a late reading, a stale sensor.
 async fn app_with_data() -> TestApp {
-    let mut t = spawn_app_with(
-        |c| c.api_token = Some(Secret::new(TOKEN)),
-        Default::default(),
-    )
-    .await;
+    let mut t = spawn_app_with(with_tokens, Default::default()).await;
     let now = Utc::now();
     let base = now - Duration::minutes(90);
     let mut payloads: Vec<Vec<u8>> = (0..120)
@@ -180,11 +182,7 @@ async fn aggregates_with_mean_and_diff() {
 
 #[actix_web::test]
 async fn token_is_required_and_checked_but_health_and_metrics_stay_open() {
-    let t = spawn_app_with(
-        |c| c.api_token = Some(Secret::new(TOKEN)),
-        Default::default(),
-    )
-    .await;
+    let t = spawn_app_with(with_tokens, Default::default()).await;
     let port = t.app().port();
     for path in [
         "/api/v1/sensors",
@@ -226,7 +224,7 @@ async fn token_is_required_and_checked_but_health_and_metrics_stay_open() {
 async fn http_ingest_accepts_rejects_and_limits() {
     let mut t = spawn_app_with(
         |c| {
-            c.api_token = Some(Secret::new(TOKEN));
+            with_tokens(c);
             c.limits.max_message_bytes = 4096;
         },
         Default::default(),
@@ -333,11 +331,7 @@ async fn openapi_document_lists_every_route() {
 /// read API finds them under their URL-encoded path.
 #[actix_web::test]
 async fn ids_with_slashes_spaces_and_accents_are_served_url_encoded() {
-    let mut t = spawn_app_with(
-        |c| c.api_token = Some(Secret::new(TOKEN)),
-        Default::default(),
-    )
-    .await;
+    let mut t = spawn_app_with(with_tokens, Default::default()).await;
     let ids = ["température/Küche", "sensor 1", "hv/cmd/setv/3"];
     let now = Utc::now();
     let payloads: Vec<Vec<u8>> = ids

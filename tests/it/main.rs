@@ -9,6 +9,7 @@ mod helpers;
 mod infra;
 mod ingest;
 mod ledger;
+mod line_protocol;
 mod mqtt;
 mod operations;
 mod poison;

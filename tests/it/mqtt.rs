@@ -4,6 +4,7 @@
 
 use crate::helpers::*;
 use crate::infra::PrivateRedis;
+use chrono::Utc;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use sensorhub::config::{MqttSettings, TopicRule};
 use std::time::Duration;
@@ -84,6 +85,7 @@ async fn every_payload_form_arrives_through_the_broker() {
         (format!("/{base}/sensor/#"), "named"),
         (format!("/{base}/hv/cmd/#"), "number"),
         (format!("/{base}/isems/+/csvlog"), "nodelog"),
+        (format!("{base}/telegraf/#"), "line"),
     ];
     let name = base.clone();
     let mut t = spawn_app_with(
@@ -95,6 +97,10 @@ async fn every_payload_form_arrives_through_the_broker() {
 
     let good = "Elektra-Dach;1;1530364575;ATmega8_A_1;711;0;18.614;18.614;14.073;100;100;28;11.67;14.086;7;20;52.507309;13.458635";
     let bad = "Elektra-Dach;1;1530364576;only-four-fields";
+    // Telegraf's MQTT output: line protocol with nanosecond timestamps.
+    let line_ns = (Utc::now() - chrono::TimeDelta::hours(1))
+        .timestamp_nanos_opt()
+        .unwrap();
     let messages: Vec<(String, Vec<u8>)> = [
         (
             format!("{base}/json/x"),
@@ -118,6 +124,10 @@ async fn every_payload_form_arrives_through_the_broker() {
             format!("/{base}/isems/node/csvlog"),
             format!("{good}\n{bad}\n"),
         ),
+        (
+            format!("{base}/telegraf/host1/cpu"),
+            format!("cpu,host=h1 usage_idle=93.5,usage_user=4i {line_ns}\nnot a line\n"),
+        ),
     ]
     .into_iter()
     .map(|(topic, payload)| (topic, payload.into_bytes()))
@@ -127,7 +137,7 @@ async fn every_payload_form_arrives_through_the_broker() {
     wait_for_count(
         &t.pg,
         "SELECT count(*) FROM readings",
-        1 + 2 + 4 + 1 + 1 + 14,
+        1 + 2 + 4 + 1 + 1 + 14 + 2,
         Duration::from_secs(30),
     )
     .await;
@@ -146,23 +156,40 @@ async fn every_payload_form_arrives_through_the_broker() {
     assert_eq!(value("room.temperature".into()).await, 23.4);
     assert_eq!(value(format!("{base}.hv.cmd.setv.3")).await, 100.0);
     assert_eq!(value("Elektra-Dach.battery_voltage".into()).await, 14.073);
+    assert_eq!(value("cpu.h1.usage_idle".into()).await, 93.5);
+    assert_eq!(value("cpu.h1.usage_user".into()).await, 4.0);
     assert_eq!(
         t.metrics()
             .messages_received
             .with_label_values(&["mqtt"])
             .get(),
-        6
+        7
     );
 
     let letters = t.dead_letters().await;
-    assert_eq!(letters.ids.len(), 1, "the bad log line alone");
-    let letter = &letters.ids[0];
-    let reason: String = letter.get("reason").unwrap();
-    let topic: String = letter.get("field.topic").unwrap();
-    let data: String = letter.get("data").unwrap();
-    assert_eq!(reason, "wrong_shape");
-    assert_eq!(topic, format!("/{base}/isems/node/csvlog"));
-    assert!(data.contains(bad), "the original bytes are kept: {data}");
+    let letters: Vec<[String; 4]> = letters
+        .ids
+        .iter()
+        .map(|letter| ["reason", "field.topic", "data", "index"].map(|f| letter.get(f).unwrap()))
+        .collect();
+    // The bad lines alone, each with its line number: the other lines are stored.
+    assert_eq!(
+        letters,
+        [
+            [
+                "wrong_shape".to_owned(),
+                format!("/{base}/isems/node/csvlog"),
+                bad.to_owned(),
+                "1".to_owned()
+            ],
+            [
+                "malformed_line".to_owned(),
+                format!("{base}/telegraf/host1/cpu"),
+                "not a line".to_owned(),
+                "1".to_owned()
+            ],
+        ]
+    );
     t.assert_aggregates_exact().await;
     t.stop().await;
 }

@@ -176,7 +176,9 @@ fn read_line(
             None => {
                 emit(Err(Rejection::new(
                     Reason::BadTimestamp,
-                    format!("timestamp {timestamp} in {precision} is not a time sensorhub can hold"),
+                    format!(
+                        "timestamp {timestamp} in {precision} is not a time sensorhub can hold"
+                    ),
                 )));
                 return;
             }
@@ -252,10 +254,16 @@ mod tests {
             ]
         );
         let first = out[0].as_ref().unwrap();
-        assert_eq!(first.ts, "2025-12-01T12:00:00Z".parse::<DateTime<Utc>>().unwrap());
+        assert_eq!(
+            first.ts,
+            "2025-12-01T12:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
         // No timestamp: the time of receipt.
         let third = out[2].as_ref().unwrap();
-        assert_eq!(third.ts, "2026-12-01T12:00:00Z".parse::<DateTime<Utc>>().unwrap());
+        assert_eq!(
+            third.ts,
+            "2026-12-01T12:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
     }
 
     #[test]
@@ -286,7 +294,10 @@ mod tests {
         );
         assert_eq!(ids(&out), [("my room.k,ü 2.temp c".to_owned(), 20.0)]);
         // A string field with a newline inside quotes stays one line.
-        let out = read("m,a=b s=\"two\nlines\",v=2 1764590400\nm v=3", Precision::Seconds);
+        let out = read(
+            "m,a=b s=\"two\nlines\",v=2 1764590400\nm v=3",
+            Precision::Seconds,
+        );
         assert_eq!(ids(&out).len(), 2);
     }
 

@@ -180,7 +180,7 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn new(reason: Reason, detail: impl Into<String>) -> Self {
+    pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
         Self {
             reason,
             detail: detail.into(),

@@ -421,8 +421,14 @@ fn a_refused_sensor_id_names_the_character_and_where() {
         (r#"{"sensor":"café;1","value":1}"#, "';' at byte 5"),
         (r#"{"sensor":"a<b","value":1}"#, "'<' at byte 1"),
         (r#"{"sensor":"x'DROP","value":1}"#, "'\\'' at byte 1"),
-        (r#"{"sensor":"zero\u200bwidth","value":1}"#, "'\\u{200b}' at byte 4"),
-        (r#"{"sensor":"no\u00a0break","value":1}"#, "'\\u{a0}' at byte 2"),
+        (
+            r#"{"sensor":"zero\u200bwidth","value":1}"#,
+            "'\\u{200b}' at byte 4",
+        ),
+        (
+            r#"{"sensor":"no\u00a0break","value":1}"#,
+            "'\\u{a0}' at byte 2",
+        ),
     ] {
         let rejection = one(text.as_bytes()).unwrap_err();
         assert_eq!(rejection.reason, Reason::BadSensorId);
