@@ -45,8 +45,9 @@ enum Command {
         /// Stop after this many readings (default: run until Ctrl-C).
         #[arg(long)]
         count: Option<u64>,
-        /// XADD to SENSORHUB_STREAM, PUBLISH to SENSORHUB_CHANNEL, or MQTT to sensors/<sensor> on
-        /// SENSORHUB_MQTT_URL.
+        /// XADD to SENSORHUB_STREAM, PUBLISH to SENSORHUB_CHANNEL, MQTT to sensors/<sensor> on
+        /// SENSORHUB_MQTT_URL, or line protocol to /api/v2/write on SENSORHUB_HTTP_ADDR (ids
+        /// <sensor>.value).
         #[arg(long, value_enum, default_value_t = Via::Xadd)]
         via: Via,
         /// Sensor ids are <prefix>-<kind>-<n>.
@@ -81,11 +82,8 @@ fn main() -> ExitCode {
                 via,
                 prefix,
             };
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a tokio runtime");
-            match runtime.block_on(simulate::run(&config, &sim)) {
+            // actix's system: the HTTP client (awc) of `--via line-protocol` runs on it.
+            match actix_web::rt::System::new().block_on(simulate::run(&config, &sim)) {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("sensorhub: {error:#}");

@@ -1,10 +1,11 @@
 //! `sensorhub simulate`: demo sensors for a first run and for load tests.
 //!
 //! Sensors take turns being a thermometer (a daily sine with noise), a hygrometer and an energy
-//! meter (a monotonically increasing kWh counter). Readings go to the stream with `XADD` or to the
-//! channel with `PUBLISH`, at a steady rate, with a progress line every second.
+//! meter (a monotonically increasing kWh counter). Readings go to the stream with `XADD`, to the
+//! channel with `PUBLISH`, to the MQTT broker, or as InfluxDB line protocol to sensorhub's own
+//! `/api/v2/write`, at a steady rate, with a progress line every second.
 
-use crate::config::{Config, MqttSettings};
+use crate::config::{Config, MqttSettings, Secret};
 use crate::redis::channel::publish_payloads;
 use crate::redis::entry::append_payloads;
 use anyhow::{Context as _, bail};
@@ -25,6 +26,9 @@ pub enum Via {
     Publish,
     /// MQTT, QoS 1, to `sensors/<sensor id>` on `SENSORHUB_MQTT_URL` (sensorhub's default rule)
     Mqtt,
+    /// InfluxDB line protocol, `POST /api/v2/write` on `SENSORHUB_HTTP_ADDR` with the ingest
+    /// token: `<sensor id> value=<v> <µs>`, stored as `<sensor id>.value`
+    LineProtocol,
 }
 
 /// What to simulate.
@@ -75,8 +79,8 @@ impl Device {
         }
     }
 
-    /// The next reading as JSON.
-    fn reading(&mut self, now: DateTime<Utc>, noise: f64) -> String {
+    /// The next reading.
+    fn sample(&mut self, now: DateTime<Utc>, noise: f64) -> Sample {
         let ts = now.max(self.last_ts + TimeDelta::microseconds(1));
         self.last_ts = ts;
         let day = (ts.timestamp() % 86_400) as f64 / 86_400.0;
@@ -91,6 +95,12 @@ impl Device {
                 (self.counter, "kWh")
             }
         };
+        Sample { value, unit, ts }
+    }
+
+    /// The next reading as sensorhub's JSON.
+    fn reading(&mut self, now: DateTime<Utc>, noise: f64) -> String {
+        let Sample { value, unit, ts } = self.sample(now, noise);
         format!(
             r#"{{"sensor":"{}","value":{:.4},"unit":"{unit}","timestamp":"{}"}}"#,
             self.id,
@@ -98,6 +108,19 @@ impl Device {
             ts.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
         )
     }
+
+    /// The next reading as a line of line protocol, its timestamp in microseconds.
+    fn line(&mut self, now: DateTime<Utc>, noise: f64) -> String {
+        let Sample { value, ts, .. } = self.sample(now, noise);
+        format!("{} value={:.4} {}\n", self.id, value, ts.timestamp_micros())
+    }
+}
+
+/// One reading of a device.
+struct Sample {
+    value: f64,
+    unit: &'static str,
+    ts: DateTime<Utc>,
 }
 
 /// A small deterministic noise source in [-1, 1) (xorshift64*).
@@ -131,9 +154,22 @@ pub async fn run(config: &Config, sim: &Simulation) -> anyhow::Result<u64> {
             Some(mqtt) => format!("mqtt://{}:{} sensors/<sensor>", mqtt.host, mqtt.port),
             None => bail!("--via mqtt needs SENSORHUB_MQTT_URL (it is empty)"),
         },
+        Via::LineProtocol => {
+            let mut addr = config.http_addr;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            format!("http://{addr}/api/v2/write?precision=us")
+        }
     };
     let mut sink = match (&config.mqtt, sim.via) {
         (Some(mqtt), Via::Mqtt) => Sink::Mqtt(MqttPublisher::connect(mqtt)),
+        (_, Via::LineProtocol) => Sink::Http {
+            client: awc::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .finish(),
+            token: config.ingest_token.clone(),
+        },
         _ => {
             let client = redis::Client::open(config.redis_url.expose())
                 .context("SENSORHUB_REDIS_URL is not a Redis URL")?;
@@ -151,6 +187,7 @@ pub async fn run(config: &Config, sim: &Simulation) -> anyhow::Result<u64> {
         Via::Xadd => "XADD",
         Via::Publish => "PUBLISH",
         Via::Mqtt => "MQTT publish",
+        Via::LineProtocol => "POST",
     };
     eprintln!(
         "simulate: {} sensors, {} readings/s, {verb} to {target}",
@@ -177,9 +214,13 @@ pub async fn run(config: &Config, sim: &Simulation) -> anyhow::Result<u64> {
             let readings: Vec<(String, String)> = (sent..due)
                 .map(|_| {
                     let device = &mut devices[next_device];
-                    let reading = (device.id.clone(), device.reading(now, noise.next()));
+                    let text = match sim.via {
+                        Via::LineProtocol => device.line(now, noise.next()),
+                        _ => device.reading(now, noise.next()),
+                    };
+                    let id = device.id.clone();
                     next_device = (next_device + 1) % devices.len();
-                    reading
+                    (id, text)
                 })
                 .collect();
             sink.send(sim.via, &target, readings)
@@ -212,10 +253,17 @@ pub async fn run(config: &Config, sim: &Simulation) -> anyhow::Result<u64> {
 enum Sink {
     Redis(ConnectionManager),
     Mqtt(MqttPublisher),
+    /// sensorhub's line-protocol endpoint (awc: the HTTP client of actix, already built for the
+    /// server).
+    Http {
+        client: awc::Client,
+        token: Option<Secret>,
+    },
 }
 
 impl Sink {
-    /// Sends `(sensor id, JSON)` readings as `via` says.
+    /// Sends `(sensor id, text)` readings as `via` says: one message each, or the lines of a
+    /// tick in one request.
     async fn send(
         &mut self,
         via: Via,
@@ -224,6 +272,27 @@ impl Sink {
     ) -> anyhow::Result<()> {
         match self {
             Sink::Mqtt(publisher) => publisher.publish(readings).await,
+            Sink::Http { client, token } => {
+                let body: String = readings.into_iter().map(|(_, line)| line).collect();
+                let mut request = client.post(target);
+                if let Some(token) = token {
+                    request = request
+                        .insert_header(("Authorization", format!("Token {}", token.expose())));
+                }
+                let mut response = request
+                    .send_body(body)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                if response.status() != awc::http::StatusCode::NO_CONTENT {
+                    let answer = response.body().await.unwrap_or_default();
+                    bail!(
+                        "answered {}: {}",
+                        response.status(),
+                        String::from_utf8_lossy(&answer)
+                    );
+                }
+                Ok(())
+            }
             Sink::Redis(conn) => {
                 let payloads = readings.into_iter().map(|(_, json)| json);
                 if via == Via::Publish {
@@ -324,6 +393,23 @@ mod tests {
             assert!(pair[1]["value"].as_f64() > pair[0]["value"].as_f64());
             assert!(pair[1]["timestamp"].as_str() > pair[0]["timestamp"].as_str());
         }
+    }
+
+    #[test]
+    fn line_protocol_lines_name_the_sensor_and_its_time_in_microseconds() {
+        let mut thermometer = Device::new("sim", 0);
+        let now = "2026-12-01T12:00:00.000001Z".parse().unwrap();
+        let line = thermometer.line(now, 0.5);
+        let limits = crate::domain::Limits::default();
+        let ctx = crate::domain::ParseContext::new(&limits, now, now);
+        let readings = crate::domain::reading::parse_line_protocol(
+            &line,
+            crate::domain::reading::Precision::Microseconds,
+            &ctx,
+        );
+        let reading = readings[0].as_ref().unwrap();
+        assert_eq!(&*reading.sensor_id, "sim-temperature-0.value");
+        assert_eq!(reading.ts, now);
     }
 
     #[test]

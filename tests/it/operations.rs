@@ -252,17 +252,19 @@ async fn healthcheck_command_exits_zero_only_when_ready() {
 }
 
 #[actix_web::test]
-async fn simulate_feeds_a_running_instance_both_ways() {
+async fn simulate_feeds_a_running_instance_every_way() {
     let t = spawn_app().await;
     t.wait_for_bridge().await;
     let simulate = |args: &'static [&'static str]| {
         let (stream, channel) = (t.config.stream.clone(), t.config.channel.clone().unwrap());
+        let http = format!("127.0.0.1:{}", t.app().port());
         async move {
             tokio::process::Command::new(env!("CARGO_BIN_EXE_sensorhub"))
                 .arg("simulate")
                 .args(args)
                 .env("SENSORHUB_STREAM", stream)
                 .env("SENSORHUB_CHANNEL", channel)
+                .env("SENSORHUB_HTTP_ADDR", http)
                 .output()
                 .await
                 .unwrap()
@@ -294,6 +296,25 @@ async fn simulate_feeds_a_running_instance_both_ways() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    let out = simulate(&[
+        "--sensors",
+        "4",
+        "--rate",
+        "2000",
+        "--count",
+        "120",
+        "--via",
+        "line-protocol",
+        "--prefix",
+        "lp",
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     let pg = &t.pg;
     wait_for(
         "the simulated readings stored",
@@ -315,7 +336,15 @@ async fn simulate_feeds_a_running_instance_both_ways() {
                 .await
                 .unwrap()
                 .get(0);
-            (sim == 600 && published == 90).then_some(())
+            let lines: i64 = pg
+                .query_one(
+                    "SELECT count(*) FROM readings WHERE sensor_id LIKE 'lp-%.value'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            (sim == 600 && published == 90 && lines == 120).then_some(())
         },
     )
     .await;
