@@ -38,6 +38,10 @@
 //!    subscribed to it: readings/s from the first publish to the last commit, against the stream
 //!    phase's rate (skipped without Debian's mosquitto and mosquitto-clients).
 //!
+//! 7. **line protocol**: up to 500,000 of the readings as InfluxDB line protocol, posted to
+//!    `/api/v2/write` in requests of 5,000 lines by four concurrent writers to a fresh sensorhub:
+//!    readings/s from the first request to the last commit, against the stream phase's rate.
+//!
 //! While sensorhub runs, a thread samples `/metrics` every 100 ms; the run ends by drawing
 //! throughput and latency over time into a PNG (`--plot PATH`, default `docs/e2e-load-run.png`).
 //!
@@ -1120,21 +1124,7 @@ async fn mqtt_phase(
         assert!(publisher.wait().unwrap().success(), "mosquitto_pub failed");
     }
     let published = start.elapsed().as_secs_f64();
-    while metric(port, "sensorhub_readings_written_total") < readings as f64 {
-        assert!(
-            start.elapsed() < Duration::from_secs(300),
-            "the MQTT readings were not all stored"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let committed = metric(port, "sensorhub_last_commit_timestamp_seconds");
-    let elapsed = start.elapsed().as_secs_f64();
-    let last_commit = committed - (chrono::Utc::now().timestamp_micros() as f64 / 1e6) + elapsed;
-    let elapsed = if last_commit.is_finite() && last_commit > 0.0 {
-        last_commit.min(elapsed)
-    } else {
-        elapsed
-    };
+    let elapsed = until_stored(port, readings, start).await;
     drop(hub);
     drop(broker);
     let (rows, mismatches) = exactness(&format!("postgres://postgres@127.0.0.1:5432/{name}")).await;
@@ -1147,6 +1137,127 @@ async fn mqtt_phase(
         rows as u64 == readings && mismatches == 0
     );
     Some(rate)
+}
+
+/// Seconds from `start` to the commit that stored the last of `readings` (the instance's first
+/// readings): waits until they are all written, then reads the time of the last commit.
+async fn until_stored(port: u16, readings: u64, start: Instant) -> f64 {
+    while metric(port, "sensorhub_readings_written_total") < readings as f64 {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "the readings were not all stored"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let committed = metric(port, "sensorhub_last_commit_timestamp_seconds");
+    let elapsed = start.elapsed().as_secs_f64();
+    let last_commit = committed - (chrono::Utc::now().timestamp_micros() as f64 / 1e6) + elapsed;
+    if last_commit.is_finite() && last_commit > 0.0 {
+        last_commit.min(elapsed)
+    } else {
+        elapsed
+    }
+}
+
+/// Waits until the sensorhub on `port` answers `/readyz` with 200.
+async fn wait_ready(port: u16) {
+    let started = Instant::now();
+    while http_get(port, "/readyz").map(|(s, _)| s) != Some(200) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "sensorhub did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Readings in the line-protocol phase.
+const LINE_PROTOCOL_READINGS: u64 = 500_000;
+/// Lines per request: Telegraf sends `metric_batch_size` (1,000 by default) metrics of several
+/// fields each; a few thousand readings per request.
+const LINES_PER_REQUEST: u64 = 5_000;
+/// Requests in flight at once, as from several Telegraf agents.
+const LINE_PROTOCOL_WRITERS: usize = 4;
+
+/// The line-protocol phase: readings as InfluxDB line protocol (one numeric field per line,
+/// nanosecond timestamps), posted to `/api/v2/write` by four concurrent writers through a fresh
+/// sensorhub: readings/s from the first request to the last commit.
+async fn line_protocol_phase(
+    args: &Args,
+    admin: &tokio_postgres::Client,
+    redis: &mut redis::aio::MultiplexedConnection,
+    name: &str,
+    base: chrono::DateTime<chrono::Utc>,
+) -> f64 {
+    let readings = args.readings.min(LINE_PROTOCOL_READINGS);
+    println!(
+        "line protocol: {readings} readings in requests of {LINES_PER_REQUEST} lines, \
+         {LINE_PROTOCOL_WRITERS} writers"
+    );
+    let bodies: Vec<String> = (0..readings)
+        .collect::<Vec<u64>>()
+        .chunks(LINES_PER_REQUEST as usize)
+        .map(|chunk| {
+            chunk
+                .iter()
+                .map(|&n| {
+                    let (sensor, ts, value) = synthetic(n, args.sensors, base);
+                    format!(
+                        "{sensor},site=bench value={value} {}\n",
+                        ts.timestamp_nanos_opt().unwrap()
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    let stream = format!("bench:{name}");
+    let port = free_port();
+    let hub = spawn_sensorhub(
+        args,
+        &format!("postgres://postgres@127.0.0.1:5432/{name}"),
+        &stream,
+        port,
+    );
+    wait_ready(port).await;
+    let url = format!("http://127.0.0.1:{port}/api/v2/write?org=bench&bucket=bench&precision=ns");
+    let start = Instant::now();
+    // awc, actix's client, runs on a local task set.
+    tokio::task::LocalSet::new()
+        .run_until(async {
+            let client = awc::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .finish();
+            let next = std::cell::Cell::new(0usize);
+            let writers = (0..LINE_PROTOCOL_WRITERS).map(|_| async {
+                loop {
+                    let i = next.get();
+                    let Some(body) = bodies.get(i) else { break };
+                    next.set(i + 1);
+                    let response = client.post(&url).send_body(body.clone()).await;
+                    let status = response.map(|r| r.status().as_u16());
+                    assert_eq!(status.ok(), Some(204), "a write was refused");
+                }
+            });
+            futures_util::future::join_all(writers).await;
+        })
+        .await;
+    let posted = start.elapsed().as_secs_f64();
+    let elapsed = until_stored(port, readings, start).await;
+    drop(hub);
+    let (rows, mismatches) = exactness(&format!("postgres://postgres@127.0.0.1:5432/{name}")).await;
+    drop_run(admin, redis, name).await;
+    let rate = readings as f64 / elapsed;
+    println!(
+        "  posted in {posted:.2} s; the last committed {elapsed:.2} s after the first \
+         request: {rate:.0} readings/s; exact: {}",
+        rows as u64 == readings && mismatches == 0
+    );
+    assert_eq!(rows as u64, readings, "line-protocol readings stored");
+    assert_eq!(
+        mismatches, 0,
+        "line-protocol aggregates differ from GROUP BY"
+    );
+    rate
 }
 
 /// Drops the database and the stream keys of the run named `name`.
@@ -1244,13 +1355,7 @@ async fn main() {
     let port = free_port();
     let restarted = Instant::now();
     let hub = spawn_sensorhub(&args, &db_url, &stream, port);
-    while http_get(port, "/readyz").map(|(s, _)| s) != Some(200) {
-        assert!(
-            restarted.elapsed() < Duration::from_secs(30),
-            "sensorhub did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_ready(port).await;
     let startup = restarted.elapsed().as_secs_f64();
 
     // Latency under a steady producer.
@@ -1336,6 +1441,14 @@ async fn main() {
             median.rate
         );
     }
+
+    let line_rate =
+        line_protocol_phase(&args, &admin, &mut redis, &format!("{name}_lp"), base).await;
+    println!(
+        "  {:.2} of the stream phase's {:.0} readings/s in the same run",
+        line_rate / median.rate,
+        median.rate
+    );
 
     let (rows, mismatches) = exactness(&db_url).await;
     drop_run(&admin, &mut redis, &name).await;

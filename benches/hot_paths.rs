@@ -1,4 +1,5 @@
-//! Criterion benchmarks of the pure hot paths: parsing and validating messages, folding readings
+//! Criterion benchmarks of the pure hot paths: parsing and validating messages (JSON, stream
+//! fields, InfluxDB line protocol), folding readings
 //! into windows, and the window stage's batch building (in-batch dedup, fold, split into write
 //! shards in key order), and the reader's finding and parsing of an `XREADGROUP` reply.
 //!
@@ -6,7 +7,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use sensorhub::domain::reading::{parse_entry_fields, parse_json};
+use sensorhub::domain::reading::{Precision, parse_entry_fields, parse_json, parse_line_protocol};
 use sensorhub::domain::{Limits, ParseContext, Reading, Resolution, Windows};
 use sensorhub::pipeline::window::prepare;
 use sensorhub::redis::entry::EntryId;
@@ -63,6 +64,25 @@ fn parse(c: &mut Criterion) {
     group.throughput(Throughput::Elements(100));
     group.bench_function("array_of_100", |b| {
         b.iter(|| parse_json(black_box(array.as_bytes()), &context(&limits)))
+    });
+    // A Telegraf-style request: cpu lines of ten hosts, four fields each (one a string, skipped),
+    // nanosecond timestamps: 1,000 lines, 3,000 readings.
+    let now_ns = Utc::now().timestamp_nanos_opt().unwrap();
+    let lines: String = (0..1000)
+        .map(|i| {
+            format!(
+                "cpu,cpu=cpu{},host=node-{} usage_idle={}.25,usage_user={}i,usage_system=1.5,state=\"ok\" {}\n",
+                i % 4,
+                i % 10,
+                90 + i % 7,
+                i,
+                now_ns - 1_000_000_000 + i
+            )
+        })
+        .collect();
+    group.throughput(Throughput::Elements(3000));
+    group.bench_function("line_protocol_1000_lines", |b| {
+        b.iter(|| parse_line_protocol(black_box(&lines), Precision::Nanoseconds, &context(&limits)))
     });
     group.finish();
 }

@@ -6,6 +6,7 @@
 # and PostgreSQL up (scripts/services.sh).
 #
 #   cargo build --release && N=100000 benches/mqtt-ingest.sh
+#   SENSORHUB_BINARY=path/to/other/sensorhub N=100000 benches/mqtt-ingest.sh   # another build
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-100000}
@@ -41,7 +42,7 @@ split -n l/4 "$dir/lines" "$dir/part."
 SENSORHUB_DATABASE_URL=postgres://postgres@127.0.0.1:5432/$db SENSORHUB_STREAM=$stream \
 SENSORHUB_CHANNEL= SENSORHUB_HTTP_ADDR=127.0.0.1:$HTTP SENSORHUB_LOG=warn \
 SENSORHUB_MQTT_URL=mqtt://127.0.0.1:$PORT SENSORHUB_MQTT_TOPICS='bench/#=json' \
-SENSORHUB_MQTT_CLIENT_ID=mqtt-ingest-$$ target/release/sensorhub >"$dir/sensorhub.log" 2>&1 &
+SENSORHUB_MQTT_CLIENT_ID=mqtt-ingest-$$ "${SENSORHUB_BINARY:-target/release/sensorhub}" >"$dir/sensorhub.log" 2>&1 &
 hub=$!
 for _ in $(seq 1 200); do
     curl -s "localhost:$HTTP/metrics" | grep -q '^sensorhub_mqtt_connected 1' && break
