@@ -1,11 +1,11 @@
 //! `Application::build(config)`: connects, migrates, starts the pipeline and the HTTP server.
 //! `main` and the integration tests start sensorhub exactly the same way.
 
-use crate::config::Config;
-use crate::http::{self, ApiSettings, HttpState};
+use crate::config::{Config, mask_password};
+use crate::http::{self, ApiSettings, HttpState, Targets};
 use crate::pipeline::faults::Faults;
 use crate::pipeline::read::READ_BLOCK;
-use crate::redis::group;
+use crate::redis::{group, target as redis_target};
 use crate::sources::pubsub::BridgeHealth;
 use crate::store;
 use crate::supervisor::{Pipeline, PipelineParts};
@@ -55,16 +55,18 @@ impl Application {
             .db_pool_size
             .saturating_sub(config.write_connections)
             .max(1);
-        let pool = retry_startup("PostgreSQL", || {
-            store::connect(config.database_url.expose(), shared)
-        })
-        .await?;
+        // A URL that cannot be used as written stops the start at once; only connecting is
+        // retried.
+        let database = store::connection_target(config.database_url.expose())?;
+        let pool = retry_startup("PostgreSQL", || store::connect_to(&database, shared)).await?;
         store::migrate(&pool).await?;
-        let write_pool = store::lazy_pool(config.database_url.expose(), config.write_connections)?;
+        let write_pool = store::lazy_pool(&database, config.write_connections)?;
 
-        let client = redis::Client::open(config.redis_url.expose())
-            .context("SENSORHUB_REDIS_URL is not a Redis URL")?;
-        let conn = retry_startup("Redis", || {
+        let redis = redis_target::parse(config.redis_url.expose(), &config.redis_tls)
+            .map_err(|why| anyhow::anyhow!("SENSORHUB_REDIS_URL: {why}"))?;
+        let client = redis.client.clone();
+        let redis_at = format!("Redis at {}", redis_target::describe(&redis.reader.info));
+        let conn = retry_startup(&redis_at, || {
             redis_connection(&client, REDIS_RESPONSE_TIMEOUT)
         })
         .await?;
@@ -78,7 +80,7 @@ impl Application {
             &config,
             PipelineParts {
                 write_pool,
-                client,
+                redis,
                 conn: conn.clone(),
                 read_conn,
                 metrics: Arc::clone(&metrics),
@@ -93,6 +95,10 @@ impl Application {
             redis: conn,
             pipeline_running: pipeline.running_flag(),
             bridge: config.channel.is_some().then_some(bridge_health),
+            targets: Targets {
+                redis: mask_password(config.redis_url.expose()),
+                postgres: mask_password(config.database_url.expose()),
+            },
             api: Arc::new(ApiSettings {
                 token: config.api_token.clone(),
                 ingest_token: config.ingest_token.clone(),
@@ -119,6 +125,8 @@ impl Application {
 
         tracing::info!(
             http = %addr,
+            redis = %mask_password(config.redis_url.expose()),
+            postgres = %mask_password(config.database_url.expose()),
             stream = %config.stream,
             group = %config.group,
             consumer = %config.consumer,
@@ -192,6 +200,14 @@ where
             Ok(value) => return Ok(value),
             Err(error) => {
                 let error: anyhow::Error = error.into();
+                // A certificate the configuration does not trust will not become trusted by
+                // waiting: stop at once, saying so.
+                if refused_certificate(&error) {
+                    return Err(error.context(format!(
+                        "{what}: the server's TLS certificate was refused (check the CA file, \
+                         the host name in the URL, or the sslmode)"
+                    )));
+                }
                 if Instant::now() >= deadline {
                     return Err(error.context(format!(
                         "{what} did not answer within {}s",
@@ -206,6 +222,22 @@ where
             }
         }
     }
+}
+
+/// Whether `error` is a TLS handshake that failed on the server's certificate.
+fn refused_certificate(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        let tls = cause.downcast_ref::<rustls::Error>().or_else(|| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        matches!(
+            tls,
+            Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented)
+        ) || cause.to_string().contains("invalid peer certificate")
+    })
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

@@ -7,9 +7,12 @@
 
 use crate::domain::reading::Form;
 use crate::domain::{Limits, Resolution};
+use crate::tls::{TlsFiles, Verify, client_config};
 use chrono_tz::Tz;
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// One configuration variable, as documented in the README.
@@ -32,6 +35,21 @@ pub const VARIABLES: &[Variable] = &[
         name: "SENSORHUB_DATABASE_URL",
         default: "postgres://postgres@127.0.0.1:5432/sensorhub",
         meaning: "PostgreSQL to write to; the database is created if missing (fallback: `DATABASE_URL`)",
+    },
+    Variable {
+        name: "SENSORHUB_REDIS_CA_FILE",
+        default: "(the system's roots)",
+        meaning: "PEM file of the CA certificates a `rediss://` server is verified against (`rediss://...?insecure` skips verification)",
+    },
+    Variable {
+        name: "SENSORHUB_REDIS_CERT_FILE",
+        default: "(none)",
+        meaning: "PEM client certificate for a `rediss://` server that asks for one (with `SENSORHUB_REDIS_KEY_FILE`)",
+    },
+    Variable {
+        name: "SENSORHUB_REDIS_KEY_FILE",
+        default: "(none)",
+        meaning: "PEM key of the client certificate",
     },
     Variable {
         name: "SENSORHUB_HTTP_ADDR",
@@ -61,7 +79,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "SENSORHUB_MQTT_URL",
         default: "(none)",
-        meaning: "MQTT broker to subscribe to, `mqtt://[user:password@]host[:port]` (empty: none)",
+        meaning: "MQTT broker to subscribe to, `mqtt://[user:password@]host[:port]`, or `mqtts://` for TLS (port 8883; `?insecure` skips verification) (empty: none)",
     },
     Variable {
         name: "SENSORHUB_MQTT_TOPICS",
@@ -77,6 +95,21 @@ pub const VARIABLES: &[Variable] = &[
         name: "SENSORHUB_MQTT_QOS",
         default: "1",
         meaning: "QoS of the subscriptions: 1 or 2",
+    },
+    Variable {
+        name: "SENSORHUB_MQTT_CA_FILE",
+        default: "(the system's roots)",
+        meaning: "PEM file of the CA certificates an `mqtts://` broker is verified against",
+    },
+    Variable {
+        name: "SENSORHUB_MQTT_CERT_FILE",
+        default: "(none)",
+        meaning: "PEM client certificate for an `mqtts://` broker that asks for one (with `SENSORHUB_MQTT_KEY_FILE`)",
+    },
+    Variable {
+        name: "SENSORHUB_MQTT_KEY_FILE",
+        default: "(none)",
+        meaning: "PEM key of the MQTT client certificate",
     },
     Variable {
         name: "SENSORHUB_BATCH_SIZE",
@@ -189,6 +222,43 @@ pub const SECRET_VARIABLES: [&str; 5] = [
     "SENSORHUB_MQTT_URL",
 ];
 
+/// The variables naming a connection's TLS files.
+struct TlsVariables {
+    ca: &'static str,
+    cert: &'static str,
+    key: &'static str,
+}
+
+/// A connection's TLS files: a CA file, and a client certificate with its key (both or neither).
+fn tls_files(
+    lookup: &impl Fn(&str) -> Option<String>,
+    vars: TlsVariables,
+) -> Result<TlsFiles, ConfigError> {
+    let path = |name: &str| lookup(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let client = match (path(vars.cert), path(vars.key)) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        (Some(cert), None) => {
+            return Err(ConfigError {
+                var: vars.key,
+                value: String::new(),
+                expected: format!("the key of the client certificate {}", cert.display()),
+            });
+        }
+        (None, Some(key)) => {
+            return Err(ConfigError {
+                var: vars.cert,
+                value: String::new(),
+                expected: format!("the client certificate of the key {}", key.display()),
+            });
+        }
+    };
+    Ok(TlsFiles {
+        ca: path(vars.ca),
+        client,
+    })
+}
+
 /// The README's configuration table, generated from [`VARIABLES`] (a test checks the README holds
 /// exactly this text).
 pub fn markdown_table() -> String {
@@ -235,6 +305,8 @@ impl fmt::Debug for Secret {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub redis_url: Secret,
+    /// TLS files of a `rediss://` Redis.
+    pub redis_tls: TlsFiles,
     pub database_url: Secret,
     pub http_addr: SocketAddr,
     pub stream: String,
@@ -312,9 +384,25 @@ impl Config {
         };
         let channel = env.text("SENSORHUB_CHANNEL");
         let group = env.non_empty("SENSORHUB_GROUP")?;
-        let mqtt = MqttSettings::from_env(&env, &group)?;
+        let mqtt_tls = tls_files(
+            &lookup,
+            TlsVariables {
+                ca: "SENSORHUB_MQTT_CA_FILE",
+                cert: "SENSORHUB_MQTT_CERT_FILE",
+                key: "SENSORHUB_MQTT_KEY_FILE",
+            },
+        )?;
+        let mqtt = MqttSettings::from_env(&env, &group, &mqtt_tls)?;
         let config = Config {
             redis_url: Secret::new(env.text_or_fallback("SENSORHUB_REDIS_URL", "REDIS_URL")),
+            redis_tls: tls_files(
+                &lookup,
+                TlsVariables {
+                    ca: "SENSORHUB_REDIS_CA_FILE",
+                    cert: "SENSORHUB_REDIS_CERT_FILE",
+                    key: "SENSORHUB_REDIS_KEY_FILE",
+                },
+            )?,
             database_url: Secret::new(
                 env.text_or_fallback("SENSORHUB_DATABASE_URL", "DATABASE_URL"),
             ),
@@ -368,6 +456,8 @@ pub struct MqttSettings {
     pub host: String,
     pub port: u16,
     pub credentials: Option<(String, Secret)>,
+    /// The TLS configuration of an `mqtts://` broker.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     pub client_id: String,
     /// 1 or 2.
     pub qos: u8,
@@ -382,7 +472,7 @@ pub struct TopicRule {
 }
 
 impl MqttSettings {
-    fn from_env(env: &Env, group: &str) -> Result<Option<Self>, ConfigError> {
+    fn from_env(env: &Env, group: &str, tls_files: &TlsFiles) -> Result<Option<Self>, ConfigError> {
         let url = env.text("SENSORHUB_MQTT_URL");
         if url.is_empty() || url == "(none)" {
             return Ok(None);
@@ -392,14 +482,39 @@ impl MqttSettings {
             value: mask_password(&url),
             expected: expected.to_owned(),
         };
-        let rest = match url.split_once("://") {
-            Some(("mqtt", rest)) => rest,
-            Some(("mqtts", _)) => {
+        let (rest, tls, default_port) = match url.split_once("://") {
+            Some(("mqtt", rest)) => (rest, false, 1883),
+            Some(("mqtts", rest)) => (rest, true, 8883),
+            _ => {
                 return Err(bad_url(
-                    "an mqtt:// URL: mqtts:// (TLS) is not supported by this build yet",
+                    "a URL such as mqtt://host:1883 or mqtts://host:8883",
                 ));
             }
-            _ => return Err(bad_url("a URL such as mqtt://host:1883")),
+        };
+        let (rest, insecure) = match rest.split_once('?') {
+            Some((rest, "insecure")) if tls => (rest, true),
+            Some(_) => return Err(bad_url("no query but ?insecure (with mqtts:// only)")),
+            None => (rest, false),
+        };
+        if !tls && *tls_files != TlsFiles::default() {
+            return Err(bad_url(
+                "an mqtts:// URL, as SENSORHUB_MQTT_CA_FILE, _CERT_FILE or _KEY_FILE is set",
+            ));
+        }
+        let tls = if tls {
+            let verify = if insecure {
+                Verify::Nothing
+            } else {
+                Verify::Full
+            };
+            let config = client_config(tls_files, verify).map_err(|e| ConfigError {
+                var: "SENSORHUB_MQTT_CA_FILE",
+                value: String::new(),
+                expected: e.to_string(),
+            })?;
+            Some(config)
+        } else {
+            None
         };
         let rest = rest.trim_end_matches('/');
         let (credentials, host_port) = match rest.rsplit_once('@') {
@@ -417,7 +532,7 @@ impl MqttSettings {
                 port.parse::<u16>()
                     .map_err(|_| bad_url("a port from 1 to 65535"))?,
             ),
-            None => (host_port, 1883),
+            None => (host_port, default_port),
         };
         if host.is_empty() {
             return Err(bad_url("a host, as in mqtt://host:1883"));
@@ -442,6 +557,7 @@ impl MqttSettings {
             host: host.to_owned(),
             port,
             credentials,
+            tls,
             client_id,
             qos,
             rules,
@@ -487,14 +603,28 @@ fn parse_rules(text: &str) -> Result<Vec<TopicRule>, ConfigError> {
 
 /// A URL with its password replaced, for messages.
 pub fn mask_password(url: &str) -> String {
-    match (url.split_once("://"), url.rsplit_once('@')) {
+    let masked = match (url.split_once("://"), url.rsplit_once('@')) {
         (Some((scheme, rest)), Some((_, host))) if rest.contains('@') => {
             let user = rest.split('@').next().unwrap_or_default();
             let user = user.split(':').next().unwrap_or_default();
             format!("{scheme}://{user}:***@{host}")
         }
         _ => url.to_owned(),
+    };
+    // libpq also takes the password as a URL parameter or a `key=value` pair.
+    let mut out = String::with_capacity(masked.len());
+    let mut rest = masked.as_str();
+    while let Some(at) = rest.find("password=") {
+        let value = at + "password=".len();
+        out.push_str(&rest[..value]);
+        out.push_str("***");
+        let end = rest[value..]
+            .find(|c: char| c == '&' || c.is_whitespace())
+            .map_or(rest.len(), |n| value + n);
+        rest = &rest[end..];
     }
+    out.push_str(rest);
+    out
 }
 
 /// Typed reads of variables with their documented defaults.
@@ -708,6 +838,31 @@ mod tests {
     }
 
     #[test]
+    fn passwords_are_masked_in_every_url_form() {
+        for (url, masked) in [
+            (
+                "rediss://:s3cret@cache:6380/0",
+                "rediss://:***@cache:6380/0",
+            ),
+            (
+                "postgres://u:s3cret@db/s?sslmode=require",
+                "postgres://u:***@db/s?sslmode=require",
+            ),
+            (
+                "postgres://u@db/s?password=s3cret&sslmode=require",
+                "postgres://u:***@db/s?password=***&sslmode=require",
+            ),
+            (
+                "host=db password=s3cret dbname=s",
+                "host=db password=*** dbname=s",
+            ),
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+        ] {
+            assert_eq!(mask_password(url), masked);
+        }
+    }
+
+    #[test]
     fn secrets_never_print() {
         let c = config(&[
             ("SENSORHUB_API_TOKEN", "hunter2"),
@@ -767,9 +922,25 @@ mod tests {
                 "mqtt://",
             ),
             (
-                vec![("SENSORHUB_MQTT_URL", "mqtts://u:pw@broker")],
+                vec![("SENSORHUB_MQTT_URL", "mqtt://u:pw@broker?insecure")],
                 "SENSORHUB_MQTT_URL",
-                "TLS",
+                "mqtts://",
+            ),
+            (
+                vec![
+                    ("SENSORHUB_MQTT_URL", "mqtts://u:pw@broker"),
+                    ("SENSORHUB_MQTT_CA_FILE", "/nonexistent/ca.pem"),
+                ],
+                "SENSORHUB_MQTT_CA_FILE",
+                "/nonexistent/ca.pem",
+            ),
+            (
+                vec![
+                    ("SENSORHUB_MQTT_URL", "mqtts://u:pw@broker"),
+                    ("SENSORHUB_MQTT_CERT_FILE", "/c.pem"),
+                ],
+                "SENSORHUB_MQTT_KEY_FILE",
+                "/c.pem",
             ),
             (
                 vec![("SENSORHUB_MQTT_URL", "mqtt://u:pw@broker:99999")],

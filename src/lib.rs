@@ -15,15 +15,17 @@
 //! - [`app`]: `Application::build(config)`, used by `main` and the tests alike.
 //! - [`domain`]: pure parsing and validation of readings, and window arithmetic.
 //! - [`sources`]: what brings readings into the stream besides producers' own `XADD`: the Pub/Sub
-//!   bridge.
+//!   bridge and the MQTT source.
 //! - [`redis`]: everything that speaks to Redis: entries, the read connection and its reply
 //!   parser, the consumer group and trim, the ledger of committed entries, dead letters, leases.
 //! - [`pipeline`]: the actors, one file per stage, and the in-flight tickets that bound them.
 //! - [`supervisor`]: starts the stages sink-first under supervision, stops them in flow order.
 //! - [`store`]: the PostgreSQL pool, migrations and the batch transaction.
-//! - [`http`]: health, readiness, metrics, the read API, HTTP ingest and the status page.
+//! - [`http`]: health, readiness, metrics, the read API, HTTP ingest (JSON and InfluxDB line
+//!   protocol) and the status page.
 //! - [`telemetry`]: logging setup and every metric, declared once.
 //! - [`retry`]: the backoff every retry loop shares.
+//! - [`tls`]: the TLS client configurations of the Redis, PostgreSQL and MQTT connections.
 //! - [`simulate`]: demo sensors for first runs and load tests (`sensorhub simulate`).
 
 pub mod app;
@@ -38,6 +40,7 @@ pub mod sources;
 pub mod store;
 pub mod supervisor;
 pub mod telemetry;
+pub mod tls;
 
 pub use app::Application;
 pub use config::Config;

@@ -171,8 +171,9 @@ pub async fn run(config: &Config, sim: &Simulation) -> anyhow::Result<u64> {
             token: config.ingest_token.clone(),
         },
         _ => {
-            let client = redis::Client::open(config.redis_url.expose())
-                .context("SENSORHUB_REDIS_URL is not a Redis URL")?;
+            let client = crate::redis::target::parse(config.redis_url.expose(), &config.redis_tls)
+                .map_err(|why| anyhow::anyhow!("SENSORHUB_REDIS_URL: {why}"))?
+                .client;
             let conn = ConnectionManager::new(client)
                 .await
                 .context("connecting to Redis")?;
@@ -321,6 +322,11 @@ impl MqttPublisher {
         options.set_keep_alive(Duration::from_secs(5));
         if let Some((user, password)) = &mqtt.credentials {
             options.set_credentials(user, password.expose());
+        }
+        if let Some(tls) = &mqtt.tls {
+            options.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(Arc::clone(tls)),
+            ));
         }
         let (client, mut events) = AsyncClient::new(options, 1024);
         let acked = Arc::new(AtomicU64::new(0));

@@ -33,7 +33,8 @@ pub struct PipelineParts {
     /// The writer's own connections ([`crate::store::lazy_pool`], not yet opened): opened on the
     /// writer's thread, so their I/O runs there.
     pub write_pool: Pool,
-    pub client: redis::Client,
+    /// The client of the pooled connections and what the reader's own connection needs.
+    pub redis: crate::redis::target::Target,
     /// Shared multiplexed connection: acks, dead letters, bridge appends.
     pub conn: ConnectionManager,
     /// The reader's own connection for blocking reads.
@@ -56,7 +57,7 @@ impl Pipeline {
     pub fn start(config: &Config, parts: PipelineParts) -> Self {
         let PipelineParts {
             write_pool,
-            client,
+            redis: redis_target,
             conn,
             read_conn,
             metrics,
@@ -136,7 +137,7 @@ impl Pipeline {
         };
 
         let read_settings = ReadSettings {
-            redis: client.get_connection_info().clone(),
+            redis: redis_target.reader.clone(),
             stream: config.stream.clone(),
             group: config.group.clone(),
             consumer: config.consumer.clone(),
@@ -189,7 +190,14 @@ impl Pipeline {
             };
             let metrics = Arc::clone(&metrics);
             Supervisor::start_in_arbiter(&io, move |_| {
-                Bridge::new(settings, client, conn, metrics, bridge_health, stop_rx)
+                Bridge::new(
+                    settings,
+                    redis_target.client,
+                    conn,
+                    metrics,
+                    bridge_health,
+                    stop_rx,
+                )
             });
         }
 

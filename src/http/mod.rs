@@ -46,6 +46,13 @@ pub struct ApiSettings {
     pub limits: Limits,
 }
 
+/// The servers sensorhub talks to, as `/readyz` names them (passwords masked).
+#[derive(Clone, Debug, Default)]
+pub struct Targets {
+    pub redis: String,
+    pub postgres: String,
+}
+
 /// What the handlers need.
 #[derive(Clone)]
 pub struct HttpState {
@@ -56,6 +63,8 @@ pub struct HttpState {
     pub pipeline_running: Arc<AtomicBool>,
     /// Whether the Pub/Sub bridge can append, when a channel is bridged.
     pub bridge: Option<Arc<BridgeHealth>>,
+    /// The Redis and PostgreSQL URLs, passwords masked: a failing check names its server.
+    pub targets: Targets,
     pub api: Arc<ApiSettings>,
 }
 
@@ -100,8 +109,11 @@ async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
         .await
         {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(error)) => Err(format!("error: {error}")),
-            Err(_) => Err("error: no answer within 1s".to_owned()),
+            Ok(Err(error)) => Err(format!("error: {error} ({})", state.targets.redis)),
+            Err(_) => Err(format!(
+                "error: no answer within 1s ({})",
+                state.targets.redis
+            )),
         }
     };
     let pool = state.pool.clone();
@@ -116,8 +128,11 @@ async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
         };
         match tokio::time::timeout(CHECK_TIMEOUT, probe).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(format!("error: {error}")),
-            Err(_) => Err("error: no answer within 1s".to_owned()),
+            Ok(Err(error)) => Err(format!("error: {error} ({})", state.targets.postgres)),
+            Err(_) => Err(format!(
+                "error: no answer within 1s ({})",
+                state.targets.postgres
+            )),
         }
     };
     let (redis_result, postgres_result) = tokio::join!(redis_check, postgres_check);

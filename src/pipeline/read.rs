@@ -30,7 +30,7 @@ pub const READ_BLOCK: Duration = Duration::from_millis(500);
 #[derive(Clone)]
 pub struct ReadSettings {
     /// Where Redis is: entries are read on a connection of the reader's own ([`StreamReader`]).
-    pub redis: redis::ConnectionInfo,
+    pub redis: crate::redis::target::ReaderTarget,
     pub stream: String,
     pub group: String,
     pub consumer: String,

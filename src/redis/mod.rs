@@ -22,3 +22,4 @@ pub mod ledger;
 pub mod reader;
 pub mod reply;
 pub mod resp;
+pub mod target;

@@ -1,13 +1,15 @@
 //! The reader's own connection for `XREADGROUP`: a blocking read holds the connection it runs on,
 //! so the reader gets one of its own, and its reply is parsed as it arrives ([`super::resp`]).
 //!
-//! Commands are encoded by the `redis` crate. The connection speaks RESP2; it is dropped on any
-//! error and opened again (with `AUTH` and `SELECT` as the URL says) by the next read.
+//! Commands are encoded by the `redis` crate. The connection speaks RESP2, over TLS for a
+//! `rediss://` URL ([`super::target`]); it is dropped on any error and opened again (with `AUTH`
+//! and `SELECT` as the URL says) by the next read.
 
 use crate::redis::entry::StreamEntry;
 use crate::redis::resp::{ReplyParser, Scan, io_error, server_error};
+use crate::redis::target::ReaderTarget;
 use bytes::BytesMut;
-use redis::{ConnectionAddr, ConnectionInfo, ErrorKind, RedisError, RedisResult};
+use redis::{ConnectionAddr, ErrorKind, RedisError, RedisResult};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -18,7 +20,7 @@ trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 pub struct StreamReader {
-    info: ConnectionInfo,
+    target: ReaderTarget,
     io: Option<Box<dyn Io>>,
     buf: BytesMut,
     /// Bytes of the last whole reply.
@@ -27,9 +29,9 @@ pub struct StreamReader {
 
 impl StreamReader {
     /// Connects lazily, on the first read.
-    pub fn new(info: ConnectionInfo) -> Self {
+    pub fn new(target: ReaderTarget) -> Self {
         Self {
-            info,
+            target,
             io: None,
             buf: BytesMut::with_capacity(64 * 1024),
             last_reply: 0,
@@ -89,7 +91,7 @@ impl StreamReader {
         parser: &mut ReplyParser,
     ) -> RedisResult<Vec<StreamEntry>> {
         if self.io.is_none() {
-            let io = tokio::time::timeout(GRACE, connect(&self.info))
+            let io = tokio::time::timeout(GRACE, connect(&self.target))
                 .await
                 .map_err(|_| io_error(format!("connecting took over {GRACE:?}")))??;
             self.io = Some(io);
@@ -111,16 +113,30 @@ impl StreamReader {
 }
 
 /// Opens the connection and authenticates / selects the database as the URL says.
-async fn connect(info: &ConnectionInfo) -> RedisResult<Box<dyn Io>> {
-    let mut io: Box<dyn Io> = match info.addr() {
-        ConnectionAddr::Tcp(host, port) => {
+async fn connect(target: &ReaderTarget) -> RedisResult<Box<dyn Io>> {
+    let info = &target.info;
+    let mut io: Box<dyn Io> = match (info.addr(), &target.tls) {
+        (ConnectionAddr::Tcp(host, port), _) => {
             let tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
             tcp.set_nodelay(true)?;
             Box::new(tcp)
         }
+        (ConnectionAddr::TcpTls { host, port, .. }, Some(tls)) => {
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
+            tcp.set_nodelay(true)?;
+            let name = rustls_pki_types::ServerName::try_from(host.clone()).map_err(|e| {
+                RedisError::from((
+                    ErrorKind::InvalidClientConfig,
+                    "not a TLS server name",
+                    format!("{host}: {e}"),
+                ))
+            })?;
+            let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::clone(tls));
+            Box::new(connector.connect(name, tcp).await?)
+        }
         #[cfg(unix)]
-        ConnectionAddr::Unix(path) => Box::new(tokio::net::UnixStream::connect(path).await?),
-        other => {
+        (ConnectionAddr::Unix(path), _) => Box::new(tokio::net::UnixStream::connect(path).await?),
+        (other, _) => {
             return Err(RedisError::from((
                 ErrorKind::InvalidClientConfig,
                 "unsupported Redis address for the stream reader",

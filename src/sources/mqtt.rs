@@ -169,6 +169,11 @@ impl SourceLoop {
         if let Some((user, password)) = &mqtt.credentials {
             options.set_credentials(user, password.expose());
         }
+        if let Some(tls) = &mqtt.tls {
+            options.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(Arc::clone(tls)),
+            ));
+        }
         let qos = if mqtt.qos == 2 {
             QoS::ExactlyOnce
         } else {

@@ -3,13 +3,14 @@
 
 pub mod batch;
 pub mod sql;
+pub mod target;
 
 pub use batch::{BatchOutcome, Conflict, write_batch};
 
 use anyhow::Context as _;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use std::time::Duration;
-use tokio_postgres::NoTls;
+use target::Target;
 use tokio_postgres::error::SqlState;
 
 mod embedded {
@@ -71,35 +72,40 @@ impl StoreError {
 
 /// Parses the URL, creates the database if it is missing, and builds the pool.
 pub async fn connect(url: &str, pool_size: usize) -> anyhow::Result<Pool> {
-    let config = connection_config(url)?;
-    ensure_database(&config).await?;
-    build_pool(config, pool_size)
+    connect_to(&connection_target(url)?, pool_size).await
+}
+
+/// Creates the database of `target` if it is missing, and builds the pool.
+pub async fn connect_to(target: &Target, pool_size: usize) -> anyhow::Result<Pool> {
+    ensure_database(target).await?;
+    build_pool(target.clone(), pool_size)
 }
 
 /// Builds a pool for a database [`connect`] has already checked, without connecting: each
 /// connection is opened by the first `get` that needs it, and its I/O task runs on that caller's
 /// thread. The writer builds its own this way, so that its connections' socket reads and writes
 /// run on the writer's thread rather than hopping to another thread and back for every message.
-pub fn lazy_pool(url: &str, pool_size: usize) -> anyhow::Result<Pool> {
-    build_pool(connection_config(url)?, pool_size)
+pub fn lazy_pool(target: &Target, pool_size: usize) -> anyhow::Result<Pool> {
+    build_pool(target.clone(), pool_size)
 }
 
-fn connection_config(url: &str) -> anyhow::Result<tokio_postgres::Config> {
-    let mut config: tokio_postgres::Config = url
-        .parse()
-        .context("SENSORHUB_DATABASE_URL is not a PostgreSQL URL")?;
-    config
+/// The URL read as libpq reads it (TLS included); an error names the variable and the problem.
+pub fn connection_target(url: &str) -> anyhow::Result<Target> {
+    let mut target =
+        target::parse(url).map_err(|why| anyhow::anyhow!("SENSORHUB_DATABASE_URL: {why}"))?;
+    target
+        .config
         .connect_timeout(CONNECT_TIMEOUT)
         .application_name("sensorhub")
         // The guarantee needs every acknowledged batch durable: never inherit an `off`.
         .options("-c synchronous_commit=on");
-    Ok(config)
+    Ok(target)
 }
 
-fn build_pool(config: tokio_postgres::Config, pool_size: usize) -> anyhow::Result<Pool> {
+fn build_pool(target: Target, pool_size: usize) -> anyhow::Result<Pool> {
     let manager = Manager::from_config(
-        config,
-        NoTls,
+        target.config,
+        target.tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -113,9 +119,22 @@ fn build_pool(config: tokio_postgres::Config, pool_size: usize) -> anyhow::Resul
         .context("building the PostgreSQL pool")
 }
 
+/// `host:port` of the first host a configuration names, for messages.
+pub fn describe_host(config: &tokio_postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(name)) => name.clone(),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}")
+}
+
 /// Creates the configured database when the server says it does not exist.
-async fn ensure_database(config: &tokio_postgres::Config) -> anyhow::Result<()> {
-    let error = match config.connect(NoTls).await {
+async fn ensure_database(target: &Target) -> anyhow::Result<()> {
+    let config = &target.config;
+    let error = match config.connect(target.tls.clone()).await {
         Ok((_client, connection)) => {
             drop(connection);
             return Ok(());
@@ -123,13 +142,14 @@ async fn ensure_database(config: &tokio_postgres::Config) -> anyhow::Result<()> 
         Err(error) => error,
     };
     if error.code() != Some(&SqlState::INVALID_CATALOG_NAME) {
-        return Err(error).context("connecting to PostgreSQL");
+        return Err(error)
+            .with_context(|| format!("connecting to PostgreSQL at {}", describe_host(config)));
     }
     let name = config.get_dbname().unwrap_or("postgres").to_owned();
     let mut admin = config.clone();
     admin.dbname("postgres");
     let (client, connection) = admin
-        .connect(NoTls)
+        .connect(target.tls.clone())
         .await
         .context("connecting to the 'postgres' database to create the configured one")?;
     let driver = tokio::spawn(connection);

@@ -67,10 +67,22 @@ fn run(mut cmd: Command, what: &str) {
 pub struct PrivatePostgres {
     dir: PathBuf,
     pub port: u16,
+    /// Server settings beyond the defaults (`-c name=value ...`).
+    options: String,
 }
 
 impl PrivatePostgres {
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// A server that speaks TLS (`ssl = on`) with the certificate of `certs` (plain connections
+    /// stay allowed, as with `sslmode=prefer` clients).
+    pub fn start_tls(certs: &TestCerts) -> Self {
+        Self::start_with(Some(certs))
+    }
+
+    fn start_with(certs: Option<&TestCerts>) -> Self {
         let dir = std::env::temp_dir().join(unique_name("sensorhub-pg"));
         std::fs::create_dir_all(&dir).unwrap();
         if running_as_root() {
@@ -93,9 +105,31 @@ impl PrivatePostgres {
             "--no-sync",
         ]);
         run(initdb, "initdb");
+        let options = match certs {
+            None => String::new(),
+            Some(certs) => {
+                // The key must belong to the server's user and be readable by it alone.
+                let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
+                std::fs::copy(&certs.server_cert, &cert).unwrap();
+                std::fs::copy(&certs.server_key, &key).unwrap();
+                std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                    .unwrap();
+                if running_as_root() {
+                    let mut chown = Command::new("chown");
+                    chown.args(["postgres:postgres"]).arg(&cert).arg(&key);
+                    run(chown, "chown");
+                }
+                format!(
+                    " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                    cert.display(),
+                    key.display()
+                )
+            }
+        };
         let pg = Self {
             dir,
             port: free_port(),
+            options,
         };
         pg.start_server();
         pg
@@ -113,9 +147,10 @@ impl PrivatePostgres {
             .arg(self.dir.join("log"))
             .arg("-o")
             .arg(format!(
-                "-p {} -c listen_addresses=127.0.0.1 -k {} -c shared_buffers=32MB -c max_connections=60",
+                "-p {} -c listen_addresses=127.0.0.1 -k {} -c shared_buffers=32MB -c max_connections=60{}",
                 self.port,
-                self.dir.display()
+                self.dir.display(),
+                self.options
             ))
             .args(["-w", "-t", "60", "start"]);
         run(ctl, "pg_ctl start");
@@ -148,10 +183,22 @@ pub struct PrivateRedis {
     pub port: u16,
     persistent: bool,
     child: Option<Child>,
+    /// TLS only (no plain port), with this certificate, and a password: see [`Self::start_tls`].
+    tls: Option<(TestCerts, String)>,
 }
 
 impl PrivateRedis {
     pub fn start(persistent: bool) -> Self {
+        Self::start_with(persistent, None)
+    }
+
+    /// A server that speaks only TLS (`--port 0 --tls-port`), with the certificate of `certs`,
+    /// and requires `password`.
+    pub fn start_tls(certs: &TestCerts, password: &str) -> Self {
+        Self::start_with(false, Some((certs.clone(), password.to_owned())))
+    }
+
+    fn start_with(persistent: bool, tls: Option<(TestCerts, String)>) -> Self {
         let dir = std::env::temp_dir().join(unique_name("sensorhub-redis"));
         std::fs::create_dir_all(&dir).unwrap();
         let mut redis = Self {
@@ -159,26 +206,53 @@ impl PrivateRedis {
             port: free_port(),
             persistent,
             child: None,
+            tls,
         };
         redis.start_server();
         redis
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.tls {
+            None => format!("redis://127.0.0.1:{}", self.port),
+            Some((_, password)) => format!("rediss://:{password}@127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// A client of this server, over TLS trusting the test CA when it speaks TLS.
+    pub fn client(&self) -> redis::Client {
+        let files = match &self.tls {
+            None => Default::default(),
+            Some((certs, _)) => sensorhub::tls::TlsFiles {
+                ca: Some(certs.ca.clone()),
+                client: None,
+            },
+        };
+        sensorhub::redis::target::parse(&self.url(), &files)
+            .unwrap()
+            .client
     }
 
     pub fn start_server(&mut self) {
         let appendonly = if self.persistent { "yes" } else { "no" };
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
+        let mut cmd = Command::new("redis-server");
+        match &self.tls {
+            None => {
+                cmd.args(["--port", &self.port.to_string()]);
+            }
+            Some((certs, password)) => {
+                cmd.args(["--port", "0", "--tls-port", &self.port.to_string()])
+                    .arg("--tls-cert-file")
+                    .arg(&certs.server_cert)
+                    .arg("--tls-key-file")
+                    .arg(&certs.server_key)
+                    .arg("--tls-ca-cert-file")
+                    .arg(&certs.ca)
+                    .args(["--tls-auth-clients", "no", "--requirepass", password]);
+            }
+        }
+        let child = cmd
+            .args(["--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", appendonly, "--appendfsync", "always"])
             .arg("--dir")
             .arg(&self.dir)
@@ -187,11 +261,11 @@ impl PrivateRedis {
             .spawn()
             .expect("redis-server is installed (scripts/services.sh)");
         self.child = Some(child);
-        let url = self.url();
+        let client = self.client();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let pong = redis::Client::open(url.as_str())
-                .and_then(|c| c.get_connection())
+            let pong = client
+                .get_connection()
                 .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
             if pong.is_ok() {
                 return;
@@ -203,9 +277,7 @@ impl PrivateRedis {
 
     /// Shuts the server down as an operator would (`SHUTDOWN`: the AOF is flushed).
     pub fn stop_server(&mut self) {
-        if let Ok(mut conn) =
-            redis::Client::open(self.url().as_str()).and_then(|c| c.get_connection())
-        {
+        if let Ok(mut conn) = self.client().get_connection() {
             let _: redis::RedisResult<()> = redis::cmd("SHUTDOWN").query(&mut conn);
         }
         if let Some(mut child) = self.child.take() {
@@ -381,6 +453,15 @@ pub struct PrivateMosquitto {
 
 impl PrivateMosquitto {
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// A broker whose only listener speaks TLS, with the certificate of `certs`.
+    pub fn start_tls(certs: &TestCerts) -> Self {
+        Self::start_with(Some(certs))
+    }
+
+    fn start_with(certs: Option<&TestCerts>) -> Self {
         let dir = std::env::temp_dir().join(unique_name("sensorhub-mosquitto"));
         std::fs::create_dir_all(&dir).unwrap();
         // Started as root, Mosquitto drops to its own user, which must be able to write its
@@ -392,8 +473,17 @@ impl PrivateMosquitto {
             dir.join("mosquitto.conf"),
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
-                 persistence_location {}/\nmax_queued_messages 0\n",
-                dir.display()
+                 persistence_location {}/\nmax_queued_messages 0\n{}",
+                dir.display(),
+                match certs {
+                    None => String::new(),
+                    Some(certs) => format!(
+                        "cafile {}\ncertfile {}\nkeyfile {}\n",
+                        certs.ca.display(),
+                        certs.server_cert.display(),
+                        certs.server_key.display()
+                    ),
+                }
             ),
         )
         .unwrap();
@@ -440,5 +530,67 @@ impl Drop for PrivateMosquitto {
             let _ = child.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Certificates made for a test: a CA, a server certificate it signed for 127.0.0.1 (the IP
+/// address only, so that `localhost` does not match it), and a second CA that signed nothing
+/// here. PEM files in a directory every server's user can read; removed on drop of the last clone.
+#[derive(Clone)]
+pub struct TestCerts {
+    pub ca: PathBuf,
+    pub other_ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    _dir: std::sync::Arc<RemovedOnDrop>,
+}
+
+struct RemovedOnDrop(PathBuf);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl TestCerts {
+    pub fn new() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let dir = std::env::temp_dir().join(unique_name("sensorhub-certs"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let open = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+                .unwrap();
+        };
+        open(&dir, 0o755);
+        let ca = |name: &str| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, name);
+            let cert = params.self_signed(&key).unwrap();
+            (cert.pem(), Issuer::new(params, key))
+        };
+        let (ca_pem, issuer) = ca("sensorhub test CA");
+        let (other_pem, _) = ca("another CA");
+        let server_key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "127.0.0.1");
+        let server = params.signed_by(&server_key, &issuer).unwrap();
+        let write = |name: &str, text: String| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            open(&path, 0o644);
+            path
+        };
+        Self {
+            ca: write("ca.pem", ca_pem),
+            other_ca: write("other-ca.pem", other_pem),
+            server_cert: write("server.pem", server.pem()),
+            server_key: write("server.key", server_key.serialize_pem()),
+            _dir: std::sync::Arc::new(RemovedOnDrop(dir)),
+        }
     }
 }

@@ -16,3 +16,4 @@ mod poison;
 mod rejections;
 mod resilience;
 mod supervision;
+mod tls;

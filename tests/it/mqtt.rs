@@ -17,6 +17,7 @@ fn mqtt_settings(name: &str, rules: &[(String, &str)]) -> MqttSettings {
         host: "127.0.0.1".into(),
         port: BROKER_PORT,
         credentials: None,
+        tls: None,
         client_id: format!("sensorhub-{name}"),
         qos: 1,
         rules: rules
