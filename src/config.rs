@@ -39,17 +39,17 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "SENSORHUB_REDIS_CA_FILE",
         default: "(the system's roots)",
-        meaning: "PEM file of the CA certificates a `rediss://` server is verified against (`rediss://...?insecure` skips verification)",
+        meaning: "CA certificates (PEM) a `rediss://` server is verified against",
     },
     Variable {
         name: "SENSORHUB_REDIS_CERT_FILE",
         default: "(none)",
-        meaning: "PEM client certificate for a `rediss://` server that asks for one (with `SENSORHUB_REDIS_KEY_FILE`)",
+        meaning: "client certificate (PEM) for a `rediss://` server asking for one",
     },
     Variable {
         name: "SENSORHUB_REDIS_KEY_FILE",
         default: "(none)",
-        meaning: "PEM key of the client certificate",
+        meaning: "its key (PEM)",
     },
     Variable {
         name: "SENSORHUB_HTTP_ADDR",
@@ -79,7 +79,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "SENSORHUB_MQTT_URL",
         default: "(none)",
-        meaning: "MQTT broker to subscribe to, `mqtt://[user:password@]host[:port]`, or `mqtts://` for TLS (port 8883; `?insecure` skips verification) (empty: none)",
+        meaning: "MQTT broker to subscribe to, `mqtt://[user:password@]host[:port]` or `mqtts://` (TLS) (empty: none)",
     },
     Variable {
         name: "SENSORHUB_MQTT_TOPICS",
@@ -99,17 +99,17 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "SENSORHUB_MQTT_CA_FILE",
         default: "(the system's roots)",
-        meaning: "PEM file of the CA certificates an `mqtts://` broker is verified against",
+        meaning: "CA certificates (PEM) an `mqtts://` broker is verified against",
     },
     Variable {
         name: "SENSORHUB_MQTT_CERT_FILE",
         default: "(none)",
-        meaning: "PEM client certificate for an `mqtts://` broker that asks for one (with `SENSORHUB_MQTT_KEY_FILE`)",
+        meaning: "client certificate (PEM) for an `mqtts://` broker asking for one",
     },
     Variable {
         name: "SENSORHUB_MQTT_KEY_FILE",
         default: "(none)",
-        meaning: "PEM key of the MQTT client certificate",
+        meaning: "its key (PEM)",
     },
     Variable {
         name: "SENSORHUB_BATCH_SIZE",
@@ -199,7 +199,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "SENSORHUB_INGEST_TOKEN",
         default: "(the API token)",
-        meaning: "token required by HTTP ingest and the line-protocol endpoints (`Bearer`, `Token` or a Basic password)",
+        meaning: "token of HTTP ingest and the line-protocol endpoints",
     },
     Variable {
         name: "SENSORHUB_ACTIVE_WITHIN",
@@ -264,8 +264,13 @@ fn tls_files(
 pub fn markdown_table() -> String {
     let mut table = String::from("| variable | meaning | default |\n| --- | --- | --- |\n");
     for v in VARIABLES {
+        let from_file = if SECRET_VARIABLES.contains(&v.name) {
+            format!("; or a file: `{}_FILE`", v.name)
+        } else {
+            String::new()
+        };
         table.push_str(&format!(
-            "| `{}` | {} | `{}` |\n",
+            "| `{}` | {}{from_file} | `{}` |\n",
             v.name, v.meaning, v.default
         ));
     }
