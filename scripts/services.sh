@@ -108,13 +108,14 @@ if [ "$with_tools" = yes ]; then
     log "prometheus: $(command -v prometheus), promtool: $(command -v promtool)"
     if ! command -v chromium >/dev/null; then apt_install chromium; fi
     log "chromium: $(command -v chromium)"
-    # Python clients the tests drive sensorhub with (InfluxDB's own client library), in a venv of
-    # the checkout's own so that nothing outside it changes.
+    # Python programs the tests drive sensorhub with (InfluxDB's own client library, and
+    # schemathesis, which fuzzes the API from its OpenAPI document), in a venv of the checkout's
+    # own so that nothing outside it changes.
     venv="$(cd "$(dirname "$0")/.." && pwd)/.tools/python"
-    if ! "$venv/bin/python" -c 'import influxdb_client' >/dev/null 2>&1; then
+    if ! "$venv/bin/python" -c 'import influxdb_client, schemathesis' >/dev/null 2>&1; then
         if ! python3 -m venv "$venv" >/dev/null 2>&1; then apt_install python3-venv; python3 -m venv "$venv"; fi
-        log "installing influxdb-client into $venv"
-        "$venv/bin/pip" install -q --disable-pip-version-check 'influxdb-client==1.50.0'
+        log "installing influxdb-client and schemathesis into $venv"
+        "$venv/bin/pip" install -q --disable-pip-version-check 'influxdb-client==1.50.0' 'schemathesis==4.32.5'
     fi
     log "python test clients: $venv"
 fi

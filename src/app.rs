@@ -102,6 +102,7 @@ impl Application {
             api: Arc::new(ApiSettings {
                 token: config.api_token.clone(),
                 ingest_token: config.ingest_token.clone(),
+                body_timeout: config.http_body_timeout,
                 active_within: config.active_within,
                 resolutions: config.resolutions.clone(),
                 stream: config.stream.clone(),
@@ -115,6 +116,10 @@ impl Application {
                 .configure(http::routes)
         })
         .workers(2)
+        // Slow clients are cut off: a head must arrive within HEAD_TIMEOUT, a body within
+        // SENSORHUB_HTTP_BODY_TIMEOUT (checked by the ingest routes as they read it).
+        .client_request_timeout(http::HEAD_TIMEOUT)
+        .keep_alive(Duration::from_secs(30))
         .disable_signals()
         .bind(config.http_addr)
         .with_context(|| format!("binding SENSORHUB_HTTP_ADDR={}", config.http_addr))?;

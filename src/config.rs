@@ -202,6 +202,11 @@ pub const VARIABLES: &[Variable] = &[
         meaning: "token of HTTP ingest and the line-protocol endpoints",
     },
     Variable {
+        name: "SENSORHUB_HTTP_BODY_TIMEOUT",
+        default: "30s",
+        meaning: "longest a client may take to send a request body (then 408)",
+    },
+    Variable {
         name: "SENSORHUB_ACTIVE_WITHIN",
         default: "30d",
         meaning: "sensors seen within this are listed by the API",
@@ -337,6 +342,8 @@ pub struct Config {
     /// The token of HTTP ingest; the API token when `SENSORHUB_INGEST_TOKEN` is not set, so that
     /// setting only the API token never leaves ingest open.
     pub ingest_token: Option<Secret>,
+    /// Longest a client may take to send a request body.
+    pub http_body_timeout: Duration,
     pub active_within: Duration,
     pub log_filter: String,
 }
@@ -436,6 +443,7 @@ impl Config {
                 .or_else(|| lookup("SENSORHUB_API_TOKEN"))
                 .filter(|v| !v.is_empty())
                 .map(Secret::new),
+            http_body_timeout: env.duration("SENSORHUB_HTTP_BODY_TIMEOUT")?,
             active_within: env.duration("SENSORHUB_ACTIVE_WITHIN")?,
             log_filter: env.text("SENSORHUB_LOG"),
         };

@@ -12,6 +12,7 @@
 //! here needs `Authorization: Bearer <token>` ([`Authorized`]).
 
 use crate::domain::Resolution;
+use crate::domain::reading::{could_be_sensor_id, excerpt};
 use crate::http::HttpState;
 use crate::http::auth::Authorized;
 use crate::http::error::{ApiError, ErrorBody, unavailable};
@@ -26,15 +27,14 @@ const DEFAULT_LIMIT: u32 = 1440;
 const MAX_LIMIT: u32 = 100_000;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/v1/sensors", web::get().to(list_sensors))
-        .route("/api/v1/sensors/{id}", web::get().to(get_sensor))
-        .route(
-            "/api/v1/sensors/{id}/readings",
-            web::get().to(sensor_readings),
+    cfg.service(web::resource("/api/v1/sensors").route(web::get().to(list_sensors)))
+        .service(web::resource("/api/v1/sensors/{id}").route(web::get().to(get_sensor)))
+        .service(
+            web::resource("/api/v1/sensors/{id}/readings").route(web::get().to(sensor_readings)),
         )
-        .route(
-            "/api/v1/sensors/{id}/aggregates",
-            web::get().to(sensor_aggregates),
+        .service(
+            web::resource("/api/v1/sensors/{id}/aggregates")
+                .route(web::get().to(sensor_aggregates)),
         );
 }
 
@@ -51,7 +51,8 @@ impl Params {
         for (name, value) in pairs {
             if !allowed.contains(&name.as_str()) {
                 return Err(ApiError::BadRequest(format!(
-                    "unknown parameter {name:?}; this route takes: {}",
+                    "unknown parameter {}; this route takes: {}",
+                    excerpt(&name),
                     allowed.join(", ")
                 )));
             }
@@ -68,7 +69,8 @@ impl Params {
                     .map(|t| t.with_timezone(&Utc))
                     .map_err(|_| {
                         ApiError::BadRequest(format!(
-                            "{name}={value:?} is not an RFC 3339 time such as 2024-12-01T12:00:00Z"
+                            "{name}={} is not an RFC 3339 time such as 2024-12-01T12:00:00Z",
+                            excerpt(value)
                         ))
                     })
             })
@@ -81,7 +83,8 @@ impl Params {
             Some(value) => match value.parse::<u32>() {
                 Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(i64::from(n)),
                 _ => Err(ApiError::BadRequest(format!(
-                    "limit={value:?} must be a whole number from 1 to {MAX_LIMIT}"
+                    "limit={} must be a whole number from 1 to {MAX_LIMIT}",
+                    excerpt(value)
                 ))),
             },
         }
@@ -92,7 +95,8 @@ impl Params {
             None | Some("false") | Some("0") => Ok(false),
             Some("true") | Some("1") | Some("") => Ok(true),
             Some(other) => Err(ApiError::BadRequest(format!(
-                "{name}={other:?} must be true or false"
+                "{name}={} must be true or false",
+                excerpt(other)
             ))),
         }
     }
@@ -229,6 +233,12 @@ pub(crate) async fn list_sensors(
 }
 
 async fn find_sensor(state: &HttpState, id: &str) -> Result<Sensor, ApiError> {
+    if !could_be_sensor_id(id, &state.api.limits) {
+        return Err(ApiError::NotFound(format!(
+            "unknown sensor {}",
+            excerpt(id)
+        )));
+    }
     let client = state.pool.get().await.map_err(unavailable)?;
     let row = client
         .query_opt(sql::GET_SENSOR, &[&id])
@@ -236,7 +246,7 @@ async fn find_sensor(state: &HttpState, id: &str) -> Result<Sensor, ApiError> {
         .map_err(unavailable)?;
     row.as_ref()
         .map(Sensor::from)
-        .ok_or_else(|| ApiError::NotFound(format!("unknown sensor {id:?}")))
+        .ok_or_else(|| ApiError::NotFound(format!("unknown sensor {}", excerpt(id))))
 }
 
 /// A sensor's current value.
@@ -261,9 +271,9 @@ pub(crate) async fn get_sensor(
     path = "/api/v1/sensors/{id}/readings",
     params(
         ("id" = String, Path, description = "sensor id"),
-        ("from" = Option<String>, Query, description = "RFC 3339, inclusive"),
-        ("to" = Option<String>, Query, description = "RFC 3339, inclusive"),
-        ("limit" = Option<u32>, Query, description = "at most this many readings (default 1440, at most 100000)"),
+        ("from" = Option<DateTime<Utc>>, Query, description = "RFC 3339, inclusive"),
+        ("to" = Option<DateTime<Utc>>, Query, description = "RFC 3339, inclusive"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100000, description = "at most this many readings (default 1440)"),
     ),
     responses((status = 200, body = ReadingList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = []))
@@ -303,9 +313,9 @@ pub(crate) async fn sensor_readings(
     params(
         ("id" = String, Path, description = "sensor id"),
         ("resolution" = Option<String>, Query, description = "one of the configured resolutions (default: the finest)"),
-        ("from" = Option<String>, Query, description = "RFC 3339, inclusive, on the window start"),
-        ("to" = Option<String>, Query, description = "RFC 3339, inclusive, on the window start"),
-        ("limit" = Option<u32>, Query, description = "at most this many windows (default 1440)"),
+        ("from" = Option<DateTime<Utc>>, Query, description = "RFC 3339, inclusive, on the window start"),
+        ("to" = Option<DateTime<Utc>>, Query, description = "RFC 3339, inclusive, on the window start"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100000, description = "at most this many windows (default 1440)"),
     ),
     responses((status = 200, body = WindowList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = []))
@@ -332,7 +342,8 @@ pub(crate) async fn sensor_aggregates(
             .filter(|label| configured.contains(label))
             .ok_or_else(|| {
                 ApiError::BadRequest(format!(
-                    "resolution={text:?} is not one of the configured resolutions: {}",
+                    "resolution={} is not one of the configured resolutions: {}",
+                    excerpt(text),
                     configured.join(", ")
                 ))
             })?,

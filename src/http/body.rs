@@ -6,12 +6,29 @@ use crate::http::error::ApiError;
 use actix_web::http::header;
 use actix_web::{HttpRequest, dev::Decompress, web};
 use futures_util::StreamExt as _;
+use std::time::Duration;
 
 /// The encodings a body may arrive in.
 const ENCODINGS: [&str; 3] = ["gzip", "deflate", "identity"];
 
-/// The body of `req`, decompressed, at most `max` bytes.
+/// The body of `req`, decompressed, at most `max` bytes, arrived within `timeout`.
 pub async fn read_limited(
+    req: &HttpRequest,
+    payload: web::Payload,
+    max: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, ApiError> {
+    tokio::time::timeout(timeout, read_body(req, payload, max))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::Timeout(format!(
+                "the body did not arrive within {} (SENSORHUB_HTTP_BODY_TIMEOUT)",
+                humantime::format_duration(timeout)
+            )))
+        })
+}
+
+async fn read_body(
     req: &HttpRequest,
     payload: web::Payload,
     max: usize,

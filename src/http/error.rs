@@ -20,6 +20,9 @@ pub enum ApiError {
     /// A body in an encoding sensorhub cannot read.
     #[error("{0}")]
     Unsupported(String),
+    /// A client too slow to send its request.
+    #[error("{0}")]
+    Timeout(String),
     #[error("{0}")]
     Unavailable(String),
     /// A write that did not happen: a retry is safe (`"outcome": "not_stored"`).
@@ -50,6 +53,7 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable(_) | ApiError::NotStored(_) | ApiError::OutcomeUnknown(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

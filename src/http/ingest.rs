@@ -32,7 +32,7 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const MAX_KEY_LEN: usize = 200;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/v1/readings", web::post().to(ingest));
+    cfg.service(web::resource("/api/v1/readings").route(web::post().to(ingest)));
 }
 
 /// A rejected reading of an accepted message.
@@ -68,6 +68,7 @@ pub struct Accepted {
         (status = 202, body = Accepted),
         (status = 400, body = ErrorBody, description = "the body cannot be a reading: not JSON, not an object or array, or no valid reading in it"),
         (status = 401, body = ErrorBody),
+        (status = 408, body = ErrorBody, description = "the body did not arrive within SENSORHUB_HTTP_BODY_TIMEOUT"),
         (status = 413, body = ErrorBody),
         (status = 503, body = ErrorBody, description = "Redis did not take the entry: `outcome` is `not_stored` (a retry is safe) or `unknown` (it may be stored: retry with the same Idempotency-Key)"),
     ),
@@ -81,7 +82,13 @@ pub(crate) async fn ingest(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let idempotency_key = idempotency_key(&req)?;
-    let body = read_limited(&req, payload, state.api.limits.max_message_bytes).await?;
+    let body = read_limited(
+        &req,
+        payload,
+        state.api.limits.max_message_bytes,
+        state.api.body_timeout,
+    )
+    .await?;
     let now = Utc::now();
     let ctx = ParseContext::new(&state.api.limits, now, now);
     let outcomes = parse_json(&body, &ctx);

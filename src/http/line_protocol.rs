@@ -30,10 +30,13 @@ use utoipa::ToSchema;
 const MAX_LISTED: usize = 100;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/v2/write", web::post().to(write_v2))
-        .route("/write", web::post().to(write_v1))
-        .route("/ping", web::get().to(ping))
-        .route("/ping", web::head().to(ping));
+    cfg.service(web::resource("/api/v2/write").route(web::post().to(write_v2)))
+        .service(web::resource("/write").route(web::post().to(write_v1)))
+        .service(
+            web::resource("/ping")
+                .route(web::get().to(ping))
+                .route(web::head().to(ping)),
+        );
 }
 
 /// Which InfluxDB API a request came to: the error bodies differ.
@@ -132,6 +135,7 @@ impl ResponseError for WriteError {
             StatusCode::UNAUTHORIZED => "unauthorized",
             StatusCode::PAYLOAD_TOO_LARGE => "request too large",
             StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported media type",
+            StatusCode::REQUEST_TIMEOUT => "request timeout",
             _ => "unavailable",
         };
         let (code, message, error) = match self.dialect {
@@ -175,6 +179,7 @@ impl ResponseError for WriteError {
         (status = 204, description = "every line is in the stream"),
         (status = 400, body = WriteErrorBody, description = "bad lines, named by number: the good lines are stored, the bad ones kept as dead letters"),
         (status = 401, body = WriteErrorBody),
+        (status = 408, body = WriteErrorBody, description = "the body did not arrive within SENSORHUB_HTTP_BODY_TIMEOUT"),
         (status = 413, body = WriteErrorBody),
         (status = 415, body = WriteErrorBody),
         (status = 503, body = WriteErrorBody, description = "Redis did not take the body; retry"),
@@ -202,6 +207,7 @@ pub(crate) async fn write_v2(
         (status = 204, description = "every line is in the stream"),
         (status = 400, body = WriteErrorBody, description = "bad lines, named by number: the good lines are stored, the bad ones kept as dead letters"),
         (status = 401, body = WriteErrorBody),
+        (status = 408, body = WriteErrorBody, description = "the body did not arrive within SENSORHUB_HTTP_BODY_TIMEOUT"),
         (status = 413, body = WriteErrorBody),
         (status = 415, body = WriteErrorBody),
         (status = 503, body = WriteErrorBody, description = "Redis did not take the body; retry"),
@@ -232,9 +238,14 @@ async fn write(
         (Some(text), Dialect::V2) => Precision::from_v2(text).map_err(bad_request)?,
         (Some(text), Dialect::V1) => Precision::from_v1(text).map_err(bad_request)?,
     };
-    let body = read_limited(&req, payload, state.api.limits.max_message_bytes)
-        .await
-        .map_err(as_write_error)?;
+    let body = read_limited(
+        &req,
+        payload,
+        state.api.limits.max_message_bytes,
+        state.api.body_timeout,
+    )
+    .await
+    .map_err(as_write_error)?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(bad_request(
             "writing requires points: the body is empty".into(),

@@ -30,6 +30,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+/// How long a client may take to send a request's head (line and headers).
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long one readiness check may take before it counts as failed.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -40,6 +43,8 @@ pub struct ApiSettings {
     pub token: Option<Secret>,
     /// The token of ingest and the line-protocol endpoints.
     pub ingest_token: Option<Secret>,
+    /// Longest a client may take to send a request body.
+    pub body_timeout: Duration,
     pub active_within: Duration,
     pub resolutions: Vec<Resolution>,
     pub stream: String,
@@ -73,11 +78,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(ingest::routes)
         .configure(line_protocol::routes)
         .configure(openapi::routes)
-        .route("/", web::get().to(status_page))
-        .route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/healthcheck", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics));
+        .service(web::resource("/").route(web::get().to(status_page)))
+        .service(web::resource("/healthz").route(web::get().to(healthz)))
+        .service(web::resource("/readyz").route(web::get().to(readyz)))
+        .service(web::resource("/healthcheck").route(web::get().to(readyz)))
+        .service(web::resource("/metrics").route(web::get().to(metrics)));
 }
 
 #[derive(Serialize)]

@@ -1,6 +1,7 @@
 //! `GET /api/v1/openapi.json`: the OpenAPI document of the read API and ingest, generated from
 //! the handlers' annotations.
 
+use crate::http::HttpState;
 use crate::http::api::{
     self, AggregateWindow, ReadingList, ReadingPoint, Sensor, SensorList, WindowList,
 };
@@ -8,16 +9,42 @@ use crate::http::error::ErrorBody;
 use crate::http::ingest::{self, Accepted, RejectedReading};
 use crate::http::line_protocol::{self, BadLine, WriteErrorBody};
 use actix_web::{HttpResponse, web};
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/v1/openapi.json", web::get().to(openapi));
+    cfg.service(web::resource("/api/v1/openapi.json").route(web::get().to(openapi)));
 }
 
-/// The OpenAPI document of the API.
-async fn openapi() -> HttpResponse {
-    HttpResponse::Ok().json(ApiDoc::openapi())
+/// The OpenAPI document of the API, naming this instance's resolutions as the values
+/// `resolution` takes.
+async fn openapi(state: web::Data<HttpState>) -> HttpResponse {
+    let mut doc = ApiDoc::openapi();
+    let resolutions: Vec<String> = state
+        .api
+        .resolutions
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
+    for path in doc.paths.paths.values_mut() {
+        if let Some(operation) = path.get.as_mut() {
+            for parameter in operation.parameters.iter_mut().flatten() {
+                if let RefOr::T(parameter) = parameter
+                    && parameter.name == "resolution"
+                {
+                    parameter.schema = Some(
+                        ObjectBuilder::new()
+                            .schema_type(Type::String)
+                            .enum_values(Some(resolutions.clone()))
+                            .into(),
+                    );
+                }
+            }
+        }
+    }
+    HttpResponse::Ok().json(doc)
 }
 
 struct BearerAuth;

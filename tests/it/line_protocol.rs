@@ -493,15 +493,6 @@ async fn bodies_above_the_limit_are_refused_before_and_after_decompression() {
     t.stop().await;
 }
 
-/// The Python interpreter with InfluxDB's client library (`scripts/services.sh --tools` installs
-/// it into the checkout's `.tools/python`).
-fn python_with_clients() -> std::path::PathBuf {
-    match std::env::var_os("SENSORHUB_TEST_PYTHON") {
-        Some(path) => path.into(),
-        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/python/bin/python"),
-    }
-}
-
 const INFLUX_CLIENT_SCRIPT: &str = r#"
 import sys
 from influxdb_client import InfluxDBClient, Point, WritePrecision
@@ -535,7 +526,7 @@ async fn influxdbs_own_python_client_writes_to_the_v2_endpoint() {
     )
     .await;
     let start = an_hour_yesterday().timestamp();
-    let python = python_with_clients();
+    let python = tools_python();
     let out = tokio::process::Command::new(&python)
         .arg("-c")
         .arg(INFLUX_CLIENT_SCRIPT)

@@ -6,6 +6,7 @@ mod api;
 mod dashboard;
 mod edges;
 mod helpers;
+mod hostile;
 mod infra;
 mod ingest;
 mod ledger;

@@ -502,8 +502,14 @@ fn malformed(error: &serde_json::Error) -> Rejection {
     Rejection::new(Reason::MalformedJson, format!("malformed JSON: {error}"))
 }
 
-/// A bounded, printable excerpt of a bad value for a rejection's detail.
-fn excerpt(text: &str) -> String {
+/// Whether `id` passes the id rules, so that it could name a stored sensor: the read API answers
+/// 404 for any other without asking the database (which refuses some, such as a NUL byte).
+pub fn could_be_sensor_id(id: &str, limits: &Limits) -> bool {
+    check_sensor_id(Cow::Borrowed(id), limits).is_ok()
+}
+
+/// A bounded, printable excerpt of a bad value for a rejection's detail (or an error answer).
+pub fn excerpt(text: &str) -> String {
     const MAX_CHARS: usize = 64;
     let mut out: String = text.chars().take(MAX_CHARS).collect();
     if text.chars().count() > MAX_CHARS {

@@ -21,3 +21,13 @@ pub use stream::*;
 
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
 pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// The Python of the test tools (InfluxDB's client library, schemathesis), which
+/// `scripts/services.sh --tools` installs into the checkout's `.tools/python`;
+/// `SENSORHUB_TEST_PYTHON` names another.
+pub fn tools_python() -> std::path::PathBuf {
+    match std::env::var_os("SENSORHUB_TEST_PYTHON") {
+        Some(path) => path.into(),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/python/bin/python"),
+    }
+}
