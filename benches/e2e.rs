@@ -3,7 +3,7 @@
 //!     cargo bench --bench e2e -- [--readings N] [--sensors N] [--batch-size N]
 //!                                [--steady-rate R] [--steady-seconds S] [--per-entry N]
 //!                                [--env SENSORHUB_X=V ...] [--plot PATH] [--rounds N]
-//!                                [--binary PATH]
+//!                                [--binary PATH] [--tls]
 //!
 //! The binary measured is the release build as users build it (`cargo build --release`, run by the
 //! benchmark), or `--binary PATH` (another build, to compare two).
@@ -42,6 +42,9 @@
 //!    `/api/v2/write` in requests of 5,000 lines by four concurrent writers to a fresh sensorhub:
 //!    readings/s from the first request to the last commit, against the stream phase's rate.
 //!
+//! With `--tls`, sensorhub and the reference speak TLS: to a TLS-only Redis the run starts with
+//! certificates of its own (verified), and to PostgreSQL with `sslmode=require`.
+//!
 //! While sensorhub runs, a thread samples `/metrics` every 100 ms; the run ends by drawing
 //! throughput and latency over time into a PNG (`--plot PATH`, default `docs/e2e-load-run.png`).
 //!
@@ -73,6 +76,12 @@ struct Args {
     /// The sensorhub binary to run (`--binary PATH`): by default the release build as users build
     /// it, without the test-only features `cargo bench` turns on for this crate.
     binary: Option<String>,
+    /// `--tls`: sensorhub and the reference speak TLS to Redis and PostgreSQL.
+    tls: bool,
+    /// The Redis every phase uses: the local one, or with `--tls` a TLS-only one of the run's own.
+    redis_url: String,
+    /// The CA file that Redis's certificate is verified against (`--tls`).
+    redis_ca: Option<std::path::PathBuf>,
 }
 
 fn args() -> Args {
@@ -87,6 +96,9 @@ fn args() -> Args {
         plot: "docs/e2e-load-run.png".into(),
         rounds: 5,
         binary: None,
+        tls: false,
+        redis_url: "redis://127.0.0.1:6379".into(),
+        redis_ca: None,
     };
     let mut iter = std::env::args().skip(1);
     while let Some(arg) = iter.next() {
@@ -110,6 +122,7 @@ fn args() -> Args {
             }
             "--plot" => args.plot = iter.next().expect("--plot needs a path"),
             "--binary" => args.binary = Some(iter.next().expect("--binary needs a path")),
+            "--tls" => args.tls = true,
             _ => {} // cargo bench passes --bench
         }
     }
@@ -527,6 +540,15 @@ impl Drop for Guard {
     }
 }
 
+/// A directory removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The synthetic readings: sensor `n % sensors`, one per sensor per second.
 fn synthetic(
     n: u64,
@@ -667,7 +689,7 @@ async fn reference(
     base: chrono::DateTime<chrono::Utc>,
     connections: usize,
 ) -> f64 {
-    let pool = sensorhub::store::connect(db_url, connections + 1)
+    let pool = sensorhub::store::connect(&measured_url(args, db_url), connections + 1)
         .await
         .unwrap();
     sensorhub::store::migrate(&pool).await.unwrap();
@@ -819,7 +841,7 @@ fn metric(port: u16, name: &str) -> f64 {
 
 fn spawn_sensorhub(args: &Args, db_url: &str, stream: &str, port: u16) -> Guard {
     let child = Command::new(args.binary.as_deref().expect("binary resolved in main"))
-        .env("SENSORHUB_DATABASE_URL", db_url)
+        .envs(connections_env(args, db_url))
         .env("SENSORHUB_STREAM", stream)
         .env("SENSORHUB_CHANNEL", "")
         .env("SENSORHUB_HTTP_ADDR", format!("127.0.0.1:{port}"))
@@ -830,6 +852,76 @@ fn spawn_sensorhub(args: &Args, db_url: &str, stream: &str, port: u16) -> Guard 
         .spawn()
         .expect("sensorhub binary");
     Guard(child)
+}
+
+/// The database URL sensorhub and the reference use: with `--tls`, encrypted (the local server's
+/// own certificate is not one a client can verify by name, so `require`: encryption, the cost
+/// measured here, without verification).
+fn measured_url(args: &Args, db_url: &str) -> String {
+    if args.tls {
+        format!("{db_url}?sslmode=require")
+    } else {
+        format!("{db_url}?sslmode=disable")
+    }
+}
+
+/// The connection settings of a sensorhub of the run.
+fn connections_env(args: &Args, db_url: &str) -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        ("SENSORHUB_DATABASE_URL", measured_url(args, db_url)),
+        ("SENSORHUB_REDIS_URL", args.redis_url.clone()),
+    ];
+    if let Some(ca) = &args.redis_ca {
+        env.push(("SENSORHUB_REDIS_CA_FILE", ca.display().to_string()));
+    }
+    env
+}
+
+/// `--tls`: a TLS-only Redis of the run's own (certificates made for it), its CA file, and the
+/// directory holding both, removed with the guard.
+fn start_tls_redis() -> (Guard, u16, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let dir = std::env::temp_dir().join(format!("sensorhub-bench-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+    let port = free_port();
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .arg("--tls-cert-file")
+        .arg(dir.join("server.pem"))
+        .arg("--tls-key-file")
+        .arg(dir.join("server.key"))
+        .args([
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    (Guard(child), port, dir.join("ca.pem"), dir)
 }
 
 /// `CHECKPOINT`: writes out what earlier phases left dirty, so a checkpoint they triggered does
@@ -1079,10 +1171,10 @@ async fn mqtt_phase(
     let port = free_port();
     let hub = Guard(
         Command::new(args.binary.as_deref().expect("binary resolved in main"))
-            .env(
-                "SENSORHUB_DATABASE_URL",
-                format!("postgres://postgres@127.0.0.1:5432/{name}"),
-            )
+            .envs(connections_env(
+                args,
+                &format!("postgres://postgres@127.0.0.1:5432/{name}"),
+            ))
             .env("SENSORHUB_STREAM", &stream)
             .env("SENSORHUB_CHANNEL", "")
             .env("SENSORHUB_HTTP_ADDR", format!("127.0.0.1:{port}"))
@@ -1291,11 +1383,36 @@ async fn main() {
     );
     let name = format!("sensorhub_bench_{}", std::process::id());
     let admin = connect("postgres://postgres@127.0.0.1:5432/postgres").await;
-    let mut redis = redis::Client::open("redis://127.0.0.1:6379")
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("Redis on 127.0.0.1:6379 (scripts/services.sh)");
+    let _tls_redis = if args.tls {
+        let (guard, port, ca, dir) = start_tls_redis();
+        args.redis_url = format!("rediss://127.0.0.1:{port}");
+        args.redis_ca = Some(ca);
+        println!(
+            "TLS: sensorhub and the reference speak TLS to Redis (a TLS-only redis-server on port {port}) and PostgreSQL (sslmode=require)"
+        );
+        Some((guard, TempDir(dir)))
+    } else {
+        None
+    };
+    let files = sensorhub::tls::TlsFiles {
+        ca: args.redis_ca.clone(),
+        client: None,
+    };
+    let client = sensorhub::redis::target::parse(&args.redis_url, &files)
+        .expect("a Redis URL")
+        .client;
+    let mut redis = {
+        let started = Instant::now();
+        loop {
+            match client.get_multiplexed_async_connection().await {
+                Ok(conn) => break conn,
+                Err(error) if started.elapsed() > Duration::from_secs(10) => {
+                    panic!("Redis at {} (scripts/services.sh): {error}", args.redis_url)
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    };
     let base =
         chrono::Utc::now() - chrono::Duration::seconds((args.readings / args.sensors) as i64 + 60);
     let connections: usize = args
