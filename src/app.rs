@@ -209,8 +209,8 @@ where
                 // waiting: stop at once, saying so.
                 if refused_certificate(&error) {
                     return Err(error.context(format!(
-                        "{what}: the server's TLS certificate was refused (check the CA file, \
-                         the host name in the URL, or the sslmode)"
+                        "{what}: the TLS handshake failed on a certificate (check the CA file, \
+                         the host name in the URL, the sslmode, or the client certificate)"
                     )));
                 }
                 if Instant::now() >= deadline {
@@ -229,7 +229,8 @@ where
     }
 }
 
-/// Whether `error` is a TLS handshake that failed on the server's certificate.
+/// Whether `error` is a TLS handshake that failed on a certificate: the server's, or the one the
+/// server asked of sensorhub.
 fn refused_certificate(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
         let tls = cause.downcast_ref::<rustls::Error>().or_else(|| {
@@ -238,10 +239,18 @@ fn refused_certificate(error: &anyhow::Error) -> bool {
                 .and_then(|io| io.get_ref())
                 .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         });
+        // The server's certificate refused here, or ours (or none) refused by the server.
         matches!(
             tls,
-            Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented)
-        ) || cause.to_string().contains("invalid peer certificate")
+            Some(
+                rustls::Error::InvalidCertificate(_)
+                    | rustls::Error::NoCertificatesPresented
+                    | rustls::Error::AlertReceived(_)
+            )
+        ) || {
+            let text = cause.to_string();
+            text.contains("invalid peer certificate") || text.contains("received fatal alert")
+        }
     })
 }
 

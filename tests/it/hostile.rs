@@ -167,3 +167,47 @@ async fn clients_too_slow_to_send_their_request_are_cut_off() {
         "{waited:?}"
     );
 }
+
+#[actix_web::test]
+async fn a_missing_or_wrong_token_is_a_401_with_www_authenticate() {
+    let t = spawn_app_with(with_tokens, Default::default()).await;
+    for (request, challenge) in [
+        (
+            "GET /api/v1/sensors HTTP/1.0\r\n\r\n",
+            "www-authenticate: bearer",
+        ),
+        (
+            "GET /api/v1/sensors HTTP/1.0\r\nAuthorization: Bearer wrong\r\n\r\n",
+            "www-authenticate: bearer",
+        ),
+        (
+            "POST /api/v1/readings HTTP/1.0\r\nContent-Length: 0\r\n\r\n",
+            "www-authenticate: bearer",
+        ),
+        (
+            "POST /api/v2/write HTTP/1.0\r\nAuthorization: Token wrong\r\nContent-Length: 0\r\n\r\n",
+            "www-authenticate: token",
+        ),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", t.app().port()))
+            .await
+            .unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer).to_lowercase();
+        assert!(
+            answer.split_whitespace().nth(1) == Some("401"),
+            "{request}: {answer}"
+        );
+        assert!(answer.contains(challenge), "{request}: {answer}");
+    }
+    let metrics = t.metrics();
+    let refused = |scope: &str| {
+        metrics
+            .unauthorized_requests
+            .with_label_values(&[scope])
+            .get()
+    };
+    assert_eq!((refused("api"), refused("ingest")), (2, 2));
+}

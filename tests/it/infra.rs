@@ -185,20 +185,27 @@ pub struct PrivateRedis {
     child: Option<Child>,
     /// TLS only (no plain port), with this certificate, and a password: see [`Self::start_tls`].
     tls: Option<(TestCerts, String)>,
+    /// Whether clients must show a certificate the CA signed.
+    mutual: bool,
 }
 
 impl PrivateRedis {
     pub fn start(persistent: bool) -> Self {
-        Self::start_with(persistent, None)
+        Self::start_with(persistent, None, false)
     }
 
     /// A server that speaks only TLS (`--port 0 --tls-port`), with the certificate of `certs`,
     /// and requires `password`.
     pub fn start_tls(certs: &TestCerts, password: &str) -> Self {
-        Self::start_with(false, Some((certs.clone(), password.to_owned())))
+        Self::start_with(false, Some((certs.clone(), password.to_owned())), false)
     }
 
-    fn start_with(persistent: bool, tls: Option<(TestCerts, String)>) -> Self {
+    /// As [`Self::start_tls`], and clients must show a certificate the test CA signed.
+    pub fn start_mutual_tls(certs: &TestCerts, password: &str) -> Self {
+        Self::start_with(false, Some((certs.clone(), password.to_owned())), true)
+    }
+
+    fn start_with(persistent: bool, tls: Option<(TestCerts, String)>, mutual: bool) -> Self {
         let dir = std::env::temp_dir().join(unique_name("sensorhub-redis"));
         std::fs::create_dir_all(&dir).unwrap();
         let mut redis = Self {
@@ -207,6 +214,7 @@ impl PrivateRedis {
             persistent,
             child: None,
             tls,
+            mutual,
         };
         redis.start_server();
         redis
@@ -225,7 +233,9 @@ impl PrivateRedis {
             None => Default::default(),
             Some((certs, _)) => sensorhub::tls::TlsFiles {
                 ca: Some(certs.ca.clone()),
-                client: None,
+                client: self
+                    .mutual
+                    .then(|| (certs.client_cert.clone(), certs.client_key.clone())),
             },
         };
         sensorhub::redis::target::parse(&self.url(), &files)
@@ -248,7 +258,8 @@ impl PrivateRedis {
                     .arg(&certs.server_key)
                     .arg("--tls-ca-cert-file")
                     .arg(&certs.ca)
-                    .args(["--tls-auth-clients", "no", "--requirepass", password]);
+                    .args(["--tls-auth-clients", if self.mutual { "yes" } else { "no" }])
+                    .args(["--requirepass", password]);
             }
         }
         let child = cmd
@@ -542,6 +553,9 @@ pub struct TestCerts {
     pub other_ca: PathBuf,
     pub server_cert: PathBuf,
     pub server_key: PathBuf,
+    /// A client certificate the CA signed, for servers that ask for one.
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
     _dir: std::sync::Arc<RemovedOnDrop>,
 }
 
@@ -579,6 +593,12 @@ impl TestCerts {
             .distinguished_name
             .push(DnType::CommonName, "127.0.0.1");
         let server = params.signed_by(&server_key, &issuer).unwrap();
+        let client_key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "sensorhub");
+        let client = params.signed_by(&client_key, &issuer).unwrap();
         let write = |name: &str, text: String| {
             let path = dir.join(name);
             std::fs::write(&path, text).unwrap();
@@ -590,6 +610,8 @@ impl TestCerts {
             other_ca: write("other-ca.pem", other_pem),
             server_cert: write("server.pem", server.pem()),
             server_key: write("server.key", server_key.serialize_pem()),
+            client_cert: write("client.pem", client.pem()),
+            client_key: write("client.key", client_key.serialize_pem()),
             _dir: std::sync::Arc::new(RemovedOnDrop(dir)),
         }
     }

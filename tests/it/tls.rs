@@ -178,6 +178,7 @@ async fn refused(config: sensorhub::Config, host: &str) {
     };
     assert!(error.contains(host), "names {host}: {error}");
     assert!(error.contains("certificate"), "says why: {error}");
+    assert!(!error.contains(REDIS_PASSWORD), "{error}");
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "refused at once, not after the start-up wait: {error}"
@@ -250,4 +251,57 @@ async fn untrusted_certificates_and_wrong_host_names_stop_the_start_naming_the_h
         error.contains("SENSORHUB_DATABASE_URL") && error.contains("sslmode=verify-all"),
         "{error}"
     );
+}
+
+#[actix_web::test]
+async fn a_redis_that_asks_for_a_client_certificate_gets_the_configured_one() {
+    let certs = TestCerts::new();
+    let redis = PrivateRedis::start_mutual_tls(&certs, REDIS_PASSWORD);
+    let res = Resources::new();
+    let name = res.name.clone();
+
+    // Without a client certificate the server ends the handshake: refused at once.
+    let mut config = test_config(&name);
+    config.redis_url = Secret::new(redis.url());
+    config.redis_tls = TlsFiles {
+        ca: Some(certs.ca.clone()),
+        client: None,
+    };
+    refused(
+        config.clone(),
+        &format!("Redis at 127.0.0.1:{}", redis.port),
+    )
+    .await;
+
+    // With it, the pipeline runs over the mutual TLS connection, the reader's own included.
+    config.redis_tls.client = Some((certs.client_cert.clone(), certs.client_key.clone()));
+    let app = sensorhub::Application::build(config.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let mut conn = redis
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(&config.stream)
+        .arg("*")
+        .arg("data")
+        .arg(reading_json("mtls", 1.0, chrono::Utc::now()))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (pg, connection) =
+        tokio_postgres::connect(config.database_url.expose(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    wait_for_count(
+        &pg,
+        "SELECT count(*) FROM readings WHERE sensor_id = 'mtls'",
+        1,
+        Duration::from_secs(20),
+    )
+    .await;
+    app.shutdown().await;
 }
