@@ -1,7 +1,7 @@
 //! Everything that speaks to Redis, by what it does for the pipeline:
 //!
 //! - [`entry`]: stream entry ids and fields, and appending payloads to the stream (the one way a
-//!   payload enters it: the bridge, HTTP ingest and `sensorhub simulate`).
+//!   payload enters it: the bridges, HTTP ingest and `sensorhub simulate`).
 //! - [`reader`]: the reader's own connection for `XREADGROUP`, whose reply [`resp`] parses as it
 //!   arrives; every other reply is parsed from the `redis` crate's values by [`reply`].
 //! - [`group`]: the consumer group, its state, and trimming the stream behind it.
@@ -10,6 +10,7 @@
 //! - [`dead_letter`]: the dead-letter stream of rejected messages and readings.
 //! - [`lease`]: the lease that lets one instance of several do a job (bridging a channel).
 //! - [`channel`]: Pub/Sub subscribe and publish.
+//! - [`target`]: the Redis a URL names, TLS included, for the pooled connections and the reader.
 //!
 //! Inside this module `redis::` names the `redis` crate; elsewhere `crate::redis` names this one.
 
