@@ -21,6 +21,8 @@
 //! - [`pipeline`]: the actors, one file per stage, and the in-flight tickets that bound them.
 //! - [`supervisor`]: starts the stages sink-first under supervision, stops them in flow order.
 //! - [`store`]: the PostgreSQL pool, migrations and the batch transaction.
+//! - [`dead_letters`]: what an operator does with dead letters: list, count, replay, purge (the
+//!   API and `sensorhub dead-letters`).
 //! - [`http`]: health, readiness, metrics, the read API, HTTP ingest (JSON and InfluxDB line
 //!   protocol) and the status page.
 //! - [`telemetry`]: logging setup and every metric, declared once.
@@ -30,6 +32,7 @@
 
 pub mod app;
 pub mod config;
+pub mod dead_letters;
 pub mod domain;
 pub mod http;
 pub mod pipeline;

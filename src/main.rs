@@ -1,6 +1,6 @@
 //! The `sensorhub` binary: `serve` (the default) runs the service; `healthcheck` exits 0 when the
 //! local instance is ready (for a container `HEALTHCHECK`, no curl needed); `simulate` publishes
-//! demo sensor readings. Configuration comes from `SENSORHUB_*` variables (see the README).
+//! demo sensor readings; `dead-letters` lists, counts, replays and purges the dead letters. Configuration comes from `SENSORHUB_*` variables (see the README).
 
 use clap::{Parser, Subcommand};
 use sensorhub::simulate::{self, Simulation, Via};
@@ -54,6 +54,9 @@ enum Command {
         #[arg(long, default_value = "sim")]
         prefix: String,
     },
+    /// List, count, replay or purge the dead letters of SENSORHUB_STREAM.
+    #[command(subcommand)]
+    DeadLetters(sensorhub::dead_letters::Command),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +70,19 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config),
+        Command::DeadLetters(command) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime");
+            match runtime.block_on(sensorhub::dead_letters::run(&config, command)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("sensorhub: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Healthcheck => healthcheck(config.http_addr),
         Command::Simulate {
             sensors,

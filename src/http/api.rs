@@ -92,8 +92,8 @@ impl Params {
 
     fn flag(&self, name: &str) -> Result<bool, ApiError> {
         match self.0.get(name).map(String::as_str) {
-            None | Some("false") | Some("0") => Ok(false),
-            Some("true") | Some("1") | Some("") => Ok(true),
+            None | Some("false") => Ok(false),
+            Some("true") => Ok(true),
             Some(other) => Err(ApiError::BadRequest(format!(
                 "{name}={} must be true or false",
                 excerpt(other)

@@ -8,10 +8,12 @@
 //! | `GET /readyz`, `GET /healthcheck` | 200 when Redis and PostgreSQL answer, the pipeline runs and the bridge (if any) can append; 503 with a JSON body naming the failing checks |
 //! | `GET /metrics` | Prometheus text exposition |
 //! | `POST /api/v2/write`, `POST /write`, `GET /ping` | InfluxDB line protocol ([`line_protocol`]) |
+//! | `/api/v1/dead-letters[...]` | list, count, replay and purge dead letters ([`dead_letters`]) |
 
 pub mod api;
 pub mod auth;
 pub mod body;
+pub mod dead_letters;
 pub mod error;
 pub mod ingest;
 pub mod line_protocol;
@@ -76,6 +78,7 @@ pub struct HttpState {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.configure(api::routes)
         .configure(ingest::routes)
+        .configure(dead_letters::routes)
         .configure(line_protocol::routes)
         .configure(openapi::routes)
         .service(web::resource("/").route(web::get().to(status_page)))

@@ -3,11 +3,11 @@
 //! is acknowledged only once it is kept).
 
 use crate::domain::reading::SensorIds;
-use crate::domain::{Limits, ParseContext, Reading, reading};
+use crate::domain::{Limits, ParseContext, Reading, Rejection, reading};
 use crate::pipeline::faults::Faults;
 use crate::pipeline::messages::{RawBatch, Readings};
 use crate::pipeline::stage::{count_restart, guarded, off_thread};
-use crate::redis::dead_letter::{DeadLetter, DeadLetters};
+use crate::redis::dead_letter::{DeadLetter, DeadLetters, REPLAY_ONLY, REPLAY_RECEIVED};
 use crate::redis::entry::{EntryId, StreamEntry};
 use crate::telemetry::Metrics;
 use actix::prelude::*;
@@ -112,8 +112,15 @@ pub fn parse_batch(
             tracing::warn!(entry = %entry.id, "pending entry was deleted from the stream before it was processed");
             continue;
         };
-        ctx.set_received_entry(entry.id.ms, entry.id.seq);
+        let replay = Replay::of(fields);
+        let received = replay.received.unwrap_or(entry.id);
+        ctx.set_received_entry(received.ms, received.seq);
         for outcome in reading::parse_entry_fields(fields, &ctx) {
+            if let Err(rejection) = &outcome
+                && !replay.keeps(rejection)
+            {
+                continue;
+            }
             match outcome {
                 Ok(reading) => {
                     readings.push(reading);
@@ -128,4 +135,38 @@ pub fn parse_batch(
         }
     }
     (readings, origins, letters)
+}
+
+/// What a replayed dead letter's entry says about itself ([`crate::redis::dead_letter`]): the
+/// entry its payload first came in as, whose time a reading without a timestamp keeps, so that
+/// a replay stores nothing twice; and the one element of the payload it replays (its other
+/// elements' rejections have dead letters of their own, and are not kept again).
+#[derive(Default)]
+struct Replay {
+    received: Option<EntryId>,
+    only: Option<usize>,
+}
+
+impl Replay {
+    fn of(fields: &[crate::redis::entry::Field]) -> Self {
+        let mut replay = Replay::default();
+        for (name, value) in fields {
+            match name.as_ref() {
+                REPLAY_RECEIVED => replay.received = EntryId::parse_ascii(value),
+                REPLAY_ONLY => {
+                    replay.only = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+                }
+                _ => {}
+            }
+        }
+        replay
+    }
+
+    /// Whether a rejection is kept: every one, but in a replay of one element only its own.
+    fn keeps(&self, rejection: &Rejection) -> bool {
+        match (self.only, rejection.index) {
+            (Some(only), Some(index)) => only == index,
+            _ => true,
+        }
+    }
 }

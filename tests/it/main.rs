@@ -4,6 +4,7 @@
 mod aggregates;
 mod api;
 mod dashboard;
+mod dead_letters;
 mod edges;
 mod helpers;
 mod hostile;

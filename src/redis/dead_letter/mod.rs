@@ -1,5 +1,15 @@
 //! The dead-letter stream, `<stream>:dead`: every rejected message or reading, with its original
 //! bytes, a reason code and a detail, capped at about `SENSORHUB_DEAD_LETTER_MAXLEN` entries.
+//! Kept here by the pipeline; listed, counted, replayed and purged by an operator ([`browse`],
+//! [`replay`]).
+//!
+//! A dead letter's fields: `reason`, `detail`, `entry` (the stream entry it came from), `index`
+//! (the element or line of that entry's payload), `part` (`line` when `data` holds only the
+//! rejected line of a payload of lines), and the original bytes: `data`, and the entry's other
+//! fields as `field.<name>`.
+
+pub mod browse;
+pub mod replay;
 
 use crate::domain::Rejection;
 use crate::redis::entry::{EntryId, Field};
@@ -8,6 +18,12 @@ use crate::telemetry::Metrics;
 use redis::RedisResult;
 use redis::aio::ConnectionManager;
 use std::collections::BTreeMap;
+
+/// The field of a replayed entry naming the entry its payload first came in as: a reading
+/// without a timestamp keeps that entry's time, so a replay stores it once.
+pub const REPLAY_RECEIVED: &[u8] = b"received";
+/// The field of a replayed entry naming the one element of its payload it replays.
+pub const REPLAY_ONLY: &[u8] = b"only";
 
 /// Where dead letters go.
 #[derive(Clone, Debug)]
@@ -93,6 +109,9 @@ async fn append(
             .arg(letter.entry);
         if let Some(index) = letter.rejection.index {
             cmd.arg("index").arg(index);
+        }
+        if letter.rejection.part.is_some() {
+            cmd.arg("part").arg("line");
         }
         for (name, value) in &letter.original {
             if name == "data" {
