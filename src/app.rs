@@ -95,6 +95,7 @@ impl Application {
             redis: conn,
             pipeline_running: pipeline.running_flag(),
             bridge: config.channel.is_some().then_some(bridge_health),
+            snapshots: Arc::new(http::pipeline::Snapshots::new(started)),
             targets: Targets {
                 redis: mask_password(config.redis_url.expose()),
                 postgres: mask_password(config.database_url.expose()),

@@ -18,6 +18,7 @@ pub mod error;
 pub mod ingest;
 pub mod line_protocol;
 pub mod openapi;
+pub mod pipeline;
 
 use crate::config::Secret;
 use crate::domain::{Limits, Resolution};
@@ -72,6 +73,8 @@ pub struct HttpState {
     pub bridge: Option<Arc<BridgeHealth>>,
     /// The Redis and PostgreSQL URLs, passwords masked: a failing check names its server.
     pub targets: Targets,
+    /// The counters' recent snapshots, for the status page's rates.
+    pub snapshots: Arc<pipeline::Snapshots>,
     pub api: Arc<ApiSettings>,
 }
 
@@ -79,6 +82,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.configure(api::routes)
         .configure(ingest::routes)
         .configure(dead_letters::routes)
+        .service(web::resource("/api/v1/pipeline").route(web::get().to(pipeline::pipeline)))
         .configure(line_protocol::routes)
         .configure(openapi::routes)
         .service(web::resource("/").route(web::get().to(status_page)))
@@ -89,11 +93,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 #[derive(Serialize)]
-struct Health {
+pub(crate) struct Health {
     status: &'static str,
-    checks: BTreeMap<&'static str, String>,
+    pub checks: BTreeMap<&'static str, String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    failing: Vec<&'static str>,
+    pub failing: Vec<&'static str>,
 }
 
 /// The status page: plain HTML and JavaScript on top of the read API, no build step.
@@ -108,6 +112,16 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
+    let health = health_checks(&state).await;
+    if health.failing.is_empty() {
+        HttpResponse::Ok().json(health)
+    } else {
+        HttpResponse::ServiceUnavailable().json(health)
+    }
+}
+
+/// The readiness checks: Redis and PostgreSQL answer, the pipeline runs, the bridge can append.
+pub(crate) async fn health_checks(state: &HttpState) -> Health {
     let mut redis = state.redis.clone();
     let redis_check = async {
         match tokio::time::timeout(
@@ -173,12 +187,10 @@ async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
             }
         }
     }
-    if health.failing.is_empty() {
-        HttpResponse::Ok().json(health)
-    } else {
+    if !health.failing.is_empty() {
         health.status = "unavailable";
-        HttpResponse::ServiceUnavailable().json(health)
     }
+    health
 }
 
 async fn metrics(state: web::Data<HttpState>) -> HttpResponse {

@@ -105,6 +105,144 @@ async fn status_page_renders_the_table_and_the_chart_in_chromium() {
     eprintln!("status page screenshot: {}", shot.display());
 }
 
+/// The value of `data-value` on the element of `id` in a DOM dump.
+fn figure(dom: &str, id: &str) -> f64 {
+    let element = dom
+        .split(&format!(r#"id="{id}""#))
+        .nth(1)
+        .unwrap_or_else(|| panic!("#{id} in the page"));
+    let tag = &element[..element.find('>').unwrap()];
+    tag.split(r#"data-value=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("#{id} carries its value: {tag}"))
+}
+
+/// A data attribute of the element of `id`.
+fn attribute<'a>(dom: &'a str, id: &str, name: &str) -> &'a str {
+    let element = dom.split(&format!(r#"id="{id}""#)).nth(1).unwrap();
+    let tag = &element[..element.find('>').unwrap()];
+    tag.split(&format!(r#"{name}=""#))
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("#{id} has {name}: {tag}"))
+}
+
+#[actix_web::test]
+async fn the_pipeline_panel_agrees_with_metrics_and_the_table_pages_10000_sensors() {
+    let mut t = spawn_app().await;
+    let now = Utc::now();
+    let payloads: Vec<Vec<u8>> = (0..10_000)
+        .map(|i| reading_json(&format!("s-{i:05}"), f64::from(i), now).into_bytes())
+        .collect();
+    t.xadd_many(&payloads).await;
+    // A payload of HTML and script, which the dead-letter list must show as text.
+    let hostile = r#"{"sensor":"x","value":"<script>document.title='pwned'</script><img src=x onerror=\"document.body.dataset.pwned=1\">"}"#;
+    let last = t.xadd_data(hostile.as_bytes()).await;
+    t.wait_drained(&last).await;
+    assert_eq!(t.readings().await, 10_000);
+
+    let profile = TempDir(std::env::temp_dir().join(unique_name("sensorhub-chromium")));
+    let dump = |query: &str| {
+        let url = format!("http://127.0.0.1:{}/{query}", t.app().port());
+        let profile = profile.0.clone();
+        async move {
+            let out = chromium(&profile)
+                .arg("--dump-dom")
+                .arg(&url)
+                .output()
+                .await
+                .expect("chromium is installed (scripts/services.sh --tools)");
+            let dom = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(
+                dom.contains(r#"data-state="ready""#),
+                "{url} loaded:\n{dom}"
+            );
+            dom
+        }
+    };
+
+    // The last of 200 pages: 50 rows, the last sensors.
+    let dom = dump("?page=200&resolution=1m").await;
+    assert_eq!(dom.matches("data-sensor=").count(), 50, "one page of rows");
+    assert_eq!(attribute(&dom, "page-label", "data-page"), "200");
+    assert_eq!(attribute(&dom, "page-label", "data-matching"), "10000");
+    assert!(dom.contains(r#"data-sensor="s-09999""#) && dom.contains(r#"data-sensor="s-09950""#));
+    assert!(
+        dom.contains(r#"href="?sensor=s-09999""#),
+        "each id links to its sensor"
+    );
+
+    // The panel, against /metrics read right after.
+    let (_, metrics) = t.get("/metrics").await;
+    let metric = |name: &str| crate::infra::metric_value(&metrics, name).unwrap_or(f64::NAN);
+    assert_eq!(
+        figure(&dom, "p-written"),
+        metric("sensorhub_readings_written_total")
+    );
+    assert_eq!(
+        figure(&dom, "p-uncommitted"),
+        metric("sensorhub_ledger_uncommitted_entries")
+    );
+    assert_eq!(
+        figure(&dom, "p-lag"),
+        metric("sensorhub_consumer_group_lag")
+    );
+    assert_eq!(
+        figure(&dom, "p-inflight"),
+        metric("sensorhub_batches_in_flight")
+    );
+    let restarts: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("sensorhub_actor_restarts_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(figure(&dom, "p-restarts"), restarts);
+    assert!(
+        figure(&dom, "p-rate") > 0.0,
+        "readings were stored in the last minute"
+    );
+    for check in ["redis", "postgres", "pipeline"] {
+        assert!(
+            dom.contains(&format!(r#"data-check="{check}" data-state="ok""#)),
+            "{check} shown ready"
+        );
+    }
+
+    // The hostile dead letter, as text.
+    assert_eq!(figure(&dom, "dead-total"), 1.0);
+    assert!(
+        dom.contains("&lt;script&gt;document.title='pwned'&lt;/script&gt;&lt;img src=x"),
+        "shown as text"
+    );
+    assert!(
+        !dom.contains("<img src=\"x\"") && !dom.contains("<img src=x"),
+        "never as HTML"
+    );
+    assert!(
+        !dom.contains("data-pwned") && !dom.contains("<title>pwned"),
+        "nothing ran"
+    );
+
+    // Search narrows the table before it is paged.
+    let dom = dump("?search=s-0123").await;
+    assert_eq!(attribute(&dom, "page-label", "data-matching"), "10");
+    assert_eq!(dom.matches("data-sensor=").count(), 10);
+
+    let shot: PathBuf = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("status-pipeline.png");
+    let out = chromium(&profile.0)
+        .arg("--window-size=1400,1000")
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("http://127.0.0.1:{}/?page=3", t.app().port()))
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    eprintln!("status page screenshot: {}", shot.display());
+    t.stop().await;
+}
+
 /// A directory removed when the test ends, however it ends.
 struct TempDir(PathBuf);
 
@@ -193,6 +331,10 @@ fn grafana_dashboard_uses_the_provisioned_datasources() {
     .unwrap();
     let panels = dashboard["panels"].as_array().unwrap();
     assert!(panels.len() >= 6);
+    let exported = sensorhub::telemetry::Metrics::new().render();
+    let titles: Vec<&str> = panels.iter().filter_map(|p| p["title"].as_str()).collect();
+    assert!(titles.contains(&"Dead letters / s by reason"), "{titles:?}");
+    assert!(titles.iter().any(|t| t.starts_with("Ledger")), "{titles:?}");
     for panel in panels {
         let uid = panel["datasource"]["uid"].as_str().unwrap();
         assert!(
@@ -209,6 +351,18 @@ fn grafana_dashboard_uses_the_provisioned_datasources() {
                 query.contains("aggregate_windows") || query.contains("sensorhub_"),
                 "{query}"
             );
+            // Every metric a panel asks for is one sensorhub exports.
+            for name in query
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|word| word.starts_with("sensorhub_"))
+            {
+                let family = name.trim_end_matches("_bucket");
+                assert!(
+                    exported.contains(&format!("# TYPE {family} ")),
+                    "panel {} asks for {name}, which sensorhub does not export",
+                    panel["title"]
+                );
+            }
         }
     }
 }
