@@ -693,6 +693,13 @@ async fn reference(
         .await
         .unwrap();
     sensorhub::store::migrate(&pool).await.unwrap();
+    // The partitions of the readings' days, as sensorhub creates them before its first batch.
+    let partitions = sensorhub::store::partition::Partitions::new(Duration::from_secs(86_400));
+    let last = synthetic(args.readings.saturating_sub(1), args.sensors, base).1;
+    partitions
+        .ensure(&mut pool.get().await.unwrap(), [base, last])
+        .await
+        .unwrap();
     let resolutions: Vec<Resolution> = vec!["1m".parse().unwrap(), "1h".parse().unwrap()];
     // Batches are built (folded, split) before the clock starts: the reference is what
     // PostgreSQL absorbs through the write path, not the client's preparation.

@@ -8,6 +8,7 @@ use crate::pipeline::read::READ_BLOCK;
 use crate::redis::{group, target as redis_target};
 use crate::sources::pubsub::BridgeHealth;
 use crate::store;
+use crate::store::partition::Partitions;
 use crate::supervisor::{Pipeline, PipelineParts};
 use crate::telemetry::Metrics;
 use actix_web::dev::ServerHandle;
@@ -60,6 +61,14 @@ impl Application {
         let database = store::connection_target(config.database_url.expose())?;
         let pool = retry_startup("PostgreSQL", || store::connect_to(&database, shared)).await?;
         store::migrate(&pool).await?;
+        let partitions = Arc::new(Partitions::new(config.partition));
+        {
+            let mut client = pool.get().await.context("connecting to PostgreSQL")?;
+            partitions
+                .prepare(&mut client)
+                .await
+                .context("creating the partitions of readings")?;
+        }
         let write_pool = store::lazy_pool(&database, config.write_connections)?;
 
         let redis = redis_target::parse(config.redis_url.expose(), &config.redis_tls)
@@ -80,6 +89,7 @@ impl Application {
             &config,
             PipelineParts {
                 write_pool,
+                partitions,
                 redis,
                 conn: conn.clone(),
                 read_conn,

@@ -157,6 +157,11 @@ pub const VARIABLES: &[Variable] = &[
         meaning: "IANA time zone of timestamps without an offset",
     },
     Variable {
+        name: "SENSORHUB_PARTITION",
+        default: "1d",
+        meaning: "time span of each partition of `readings` (aligned to the epoch), at least 1h",
+    },
+    Variable {
         name: "SENSORHUB_STREAM_TAIL",
         default: "1000",
         meaning: "acknowledged entries kept in the stream for inspection",
@@ -331,6 +336,8 @@ pub struct Config {
     pub max_in_flight: usize,
     pub resolutions: Vec<Resolution>,
     pub limits: Limits,
+    /// Time span of each partition of `readings`.
+    pub partition: Duration,
     pub stream_tail: usize,
     pub dead_letter_maxlen: usize,
     pub claim_idle: Duration,
@@ -429,6 +436,7 @@ impl Config {
             max_in_flight: env.number("SENSORHUB_MAX_IN_FLIGHT", 1, 64)?,
             resolutions: env.resolutions("SENSORHUB_RESOLUTIONS")?,
             limits,
+            partition: env.duration("SENSORHUB_PARTITION")?,
             stream_tail: env.number("SENSORHUB_STREAM_TAIL", 0, 10_000_000)?,
             dead_letter_maxlen: env.number("SENSORHUB_DEAD_LETTER_MAXLEN", 1, 100_000_000)?,
             claim_idle: env.duration("SENSORHUB_CLAIM_IDLE")?,
@@ -447,6 +455,13 @@ impl Config {
             active_within: env.duration("SENSORHUB_ACTIVE_WITHIN")?,
             log_filter: env.text("SENSORHUB_LOG"),
         };
+        if config.partition < Duration::from_secs(3600) {
+            return Err(ConfigError {
+                var: "SENSORHUB_PARTITION",
+                value: humantime::format_duration(config.partition).to_string(),
+                expected: "at least 1h (a partition per hour or longer)".into(),
+            });
+        }
         if config.bridge_lease < Duration::from_millis(300) {
             return Err(ConfigError {
                 var: "SENSORHUB_BRIDGE_LEASE",

@@ -14,7 +14,7 @@ use crate::pipeline::flow::Flow;
 use crate::pipeline::read::{ReadSettings, Reader};
 use crate::pipeline::validate::Validator;
 use crate::pipeline::window::Aggregator;
-use crate::pipeline::write::Writer;
+use crate::pipeline::write::{WriteStore, Writer};
 use crate::redis::dead_letter::DeadLetters;
 use crate::redis::lease::unique_token;
 use crate::sources::mqtt::{MqttSource, MqttSourceSettings};
@@ -33,6 +33,8 @@ pub struct PipelineParts {
     /// The writer's own connections ([`crate::store::lazy_pool`], not yet opened): opened on the
     /// writer's thread, so their I/O runs there.
     pub write_pool: Pool,
+    /// The time partitions of `readings`, shared with the writer.
+    pub partitions: Arc<crate::store::partition::Partitions>,
     /// The client of the pooled connections and what the reader's own connection needs.
     pub redis: crate::redis::target::Target,
     /// Shared multiplexed connection: acks, dead letters, bridge appends.
@@ -57,6 +59,7 @@ impl Pipeline {
     pub fn start(config: &Config, parts: PipelineParts) -> Self {
         let PipelineParts {
             write_pool,
+            partitions,
             redis: redis_target,
             conn,
             read_conn,
@@ -100,7 +103,10 @@ impl Pipeline {
             let committed = acker.recipient();
             Supervisor::start_in_arbiter(&arbiter(), move |_| {
                 Writer::new(
-                    write_pool,
+                    WriteStore {
+                        pool: write_pool,
+                        partitions,
+                    },
                     &resolutions,
                     dead_letters,
                     conn,

@@ -24,6 +24,7 @@ use crate::pipeline::stage::{count_restart, guarded};
 use crate::redis::dead_letter::{DeadLetter, DeadLetters};
 use crate::redis::entry::EntryId;
 use crate::retry::Backoff;
+use crate::store::partition::Partitions;
 use crate::store::{self, BatchOutcome, Conflict, StoreError};
 use crate::telemetry::Metrics;
 use actix::prelude::*;
@@ -41,10 +42,18 @@ use tokio::sync::{mpsc, oneshot};
 /// one, so that a passing oddity (a migration running, a constraint being validated) is retried.
 pub const REFUSALS_BEFORE_ISOLATING: u32 = 3;
 
+/// Where the writer writes: its own connections, and the partitions of `readings`.
+pub struct WriteStore {
+    pub pool: Pool,
+    pub partitions: Arc<Partitions>,
+}
+
 /// What the writer needs besides the batch.
 #[derive(Clone)]
 struct WriteContext {
     pool: Pool,
+    /// The time partitions of `readings`, created before a batch needs one.
+    partitions: Arc<Partitions>,
     resolutions: Arc<[Resolution]>,
     metrics: Arc<Metrics>,
     dead: Arc<DeadLetters>,
@@ -95,9 +104,9 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// `pool` is the writer's own: one lane per connection it may open.
+    /// `store.pool` is the writer's own: one lane per connection it may open.
     pub fn new(
-        pool: Pool,
+        store: WriteStore,
         resolutions: &[Resolution],
         dead: DeadLetters,
         conn: ConnectionManager,
@@ -106,9 +115,10 @@ impl Writer {
         faults: Arc<Faults>,
     ) -> Self {
         Self {
-            lanes: pool.status().max_size.max(1),
+            lanes: store.pool.status().max_size.max(1),
             context: WriteContext {
-                pool,
+                pool: store.pool,
+                partitions: store.partitions,
                 resolutions: resolutions.into(),
                 metrics,
                 dead: Arc::new(dead),
@@ -315,13 +325,7 @@ async fn write_until_committed(context: &WriteContext, batch: &Shard) -> BatchOu
     let mut backoff = Backoff::new();
     let mut refusals = 0;
     loop {
-        let result = try_write(
-            &context.pool,
-            &batch.readings,
-            &batch.partials,
-            &context.resolutions,
-        )
-        .await;
+        let result = try_write(context, &batch.readings, &batch.partials).await;
         match result {
             Ok(outcome) => {
                 if context.failing.swap(false, Ordering::AcqRel) {
@@ -360,13 +364,17 @@ async fn write_until_committed(context: &WriteContext, batch: &Shard) -> BatchOu
 }
 
 async fn try_write(
-    pool: &Pool,
+    context: &WriteContext,
     readings: &[Reading],
     partials: &[(AggKey, Aggregate)],
-    resolutions: &[Resolution],
 ) -> Result<BatchOutcome, StoreError> {
-    let mut client = pool.get().await?;
-    store::write_batch(&mut client, readings, partials, resolutions).await
+    let mut client = context.pool.get().await?;
+    // A partition for every reading first: nearly always known already, with no query.
+    context
+        .partitions
+        .ensure(&mut client, readings.iter().map(|r| r.ts))
+        .await?;
+    store::write_batch(&mut client, readings, partials, &context.resolutions).await
 }
 
 /// Bisects the batch into smaller transactions until every reading PostgreSQL refuses stands
@@ -379,7 +387,7 @@ async fn isolate_poison(context: &WriteContext, batch: &Shard) -> BatchOutcome {
     while let Some((lo, hi)) = ranges.pop() {
         let part = &batch.readings[lo..hi];
         let partials = Windows::fold(&context.resolutions, part);
-        match try_write(&context.pool, part, &partials, &context.resolutions).await {
+        match try_write(context, part, &partials).await {
             Ok(outcome) => {
                 total.add(outcome, lo);
                 backoff.reset();

@@ -2,6 +2,7 @@
 //! transaction ([`batch`]).
 
 pub mod batch;
+pub mod partition;
 pub mod sql;
 pub mod target;
 
@@ -173,9 +174,19 @@ async fn ensure_database(target: &Target) -> anyhow::Result<()> {
 
 /// Applies the migrations under `sql/`, one instance at a time.
 pub async fn migrate(pool: &Pool) -> anyhow::Result<()> {
+    migrate_to(pool, None).await
+}
+
+/// Applies the migrations up to `version` (all with `None`): the upgrade tests start from the
+/// schema an older release left.
+pub async fn migrate_to(pool: &Pool, version: Option<i32>) -> anyhow::Result<()> {
     let mut client = pool.get().await.context("connecting to PostgreSQL")?;
     client.simple_query(sql::MIGRATION_LOCK).await?;
-    let report = embedded::migrations::runner()
+    let mut runner = embedded::migrations::runner();
+    if let Some(version) = version {
+        runner = runner.set_target(refinery::Target::Version(version));
+    }
+    let report = runner
         .run_async(&mut **client)
         .await
         .context("applying migrations");

@@ -14,6 +14,7 @@ mod ledger;
 mod line_protocol;
 mod mqtt;
 mod operations;
+mod partitions;
 mod poison;
 mod rejections;
 mod resilience;
