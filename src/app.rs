@@ -70,6 +70,14 @@ impl Application {
                 .context("creating the partitions of readings")?;
         }
         let write_pool = store::lazy_pool(&database, config.write_connections)?;
+        if !config.retention.is_forever() {
+            actix_web::rt::spawn(retention_loop(
+                pool.clone(),
+                config.retention.clone(),
+                Arc::clone(&partitions),
+                Arc::clone(&metrics),
+            ));
+        }
 
         let redis = redis_target::parse(config.redis_url.expose(), &config.redis_tls)
             .map_err(|why| anyhow::anyhow!("SENSORHUB_REDIS_URL: {why}"))?;
@@ -237,6 +245,57 @@ where
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
+    }
+}
+
+/// How often retention runs: often enough that a partition goes soon after it expires.
+const RETENTION_EVERY: Duration = Duration::from_secs(600);
+
+/// Applies the retention now and every [`RETENTION_EVERY`] (one instance at a time: the
+/// others skip), logging what it removed.
+async fn retention_loop(
+    pool: deadpool_postgres::Pool,
+    retention: store::retention::Retention,
+    partitions: Arc<Partitions>,
+    metrics: Arc<Metrics>,
+) {
+    let mut every = tokio::time::interval(RETENTION_EVERY);
+    loop {
+        every.tick().await;
+        let run = async {
+            let mut client = pool.get().await?;
+            store::retention::run_once(&mut client, &retention, chrono::Utc::now()).await
+        };
+        match run.await {
+            Ok(None) => tracing::debug!("retention runs on another instance"),
+            Ok(Some(report)) => {
+                record_retention(&report, &partitions, &metrics);
+            }
+            Err(error) => tracing::warn!(%error, "retention failed; it runs again later"),
+        }
+    }
+}
+
+/// Logs and counts what a retention run removed.
+fn record_retention(report: &store::retention::Report, partitions: &Partitions, metrics: &Metrics) {
+    if !report.dropped.is_empty() {
+        partitions.forget();
+        tracing::info!(partitions = ?report.dropped, horizon = ?report.horizon, "retention dropped partitions of readings");
+    }
+    metrics
+        .retention_partitions_dropped
+        .inc_by(report.dropped.len() as u64);
+    if let Some(horizon) = report.horizon.filter(|h| h.timestamp() > -62_000_000_000) {
+        metrics.retention_horizon.set(horizon.timestamp() as f64);
+    }
+    for (resolution, deleted) in &report.aggregates_deleted {
+        if *deleted > 0 {
+            tracing::info!(%resolution, rows = deleted, "retention deleted aggregates");
+        }
+        metrics
+            .retention_aggregates_deleted
+            .with_label_values(&[resolution])
+            .inc_by(*deleted);
     }
 }
 

@@ -7,6 +7,7 @@
 
 use crate::domain::reading::Form;
 use crate::domain::{Limits, Resolution};
+use crate::store::retention::Retention;
 use crate::tls::{TlsFiles, Verify, client_config};
 use chrono_tz::Tz;
 use std::fmt;
@@ -79,17 +80,17 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "SENSORHUB_MQTT_URL",
         default: "(none)",
-        meaning: "MQTT broker to subscribe to, `mqtt://[user:password@]host[:port]` or `mqtts://` (TLS) (empty: none)",
+        meaning: "MQTT broker, `mqtt://[user:password@]host[:port]` or `mqtts://` (empty: none)",
     },
     Variable {
         name: "SENSORHUB_MQTT_TOPICS",
         default: "sensors/#=json",
-        meaning: "topic rules `filter=form`, `;`-separated: forms `json`, `fields`, `channels:<key>`, `named`, `number`, `nodelog`, `line[:<precision>]`",
+        meaning: "topic rules `filter=form`, `;`-separated (see MQTT)",
     },
     Variable {
         name: "SENSORHUB_MQTT_CLIENT_ID",
         default: "sensorhub-<group>",
-        meaning: "client id of the persistent MQTT session, shared by the instances (one holds it at a time)",
+        meaning: "client id of the persistent MQTT session, shared by the instances",
     },
     Variable {
         name: "SENSORHUB_MQTT_QOS",
@@ -114,7 +115,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "SENSORHUB_BATCH_SIZE",
         default: "20000",
-        meaning: "most readings in one batch (one transaction); a gateway array counts each of its readings",
+        meaning: "most readings in one batch (one transaction)",
     },
     Variable {
         name: "SENSORHUB_BATCH_DELAY",
@@ -162,6 +163,16 @@ pub const VARIABLES: &[Variable] = &[
         meaning: "time span of each partition of `readings` (aligned to the epoch), at least 1h",
     },
     Variable {
+        name: "SENSORHUB_RETENTION_RAW",
+        default: "forever",
+        meaning: "how long raw readings are kept (older ones refused)",
+    },
+    Variable {
+        name: "SENSORHUB_RETENTION_AGGREGATES",
+        default: "forever",
+        meaning: "how long aggregates are kept, per resolution: `1m:400d,1h:forever`",
+    },
+    Variable {
         name: "SENSORHUB_STREAM_TAIL",
         default: "1000",
         meaning: "acknowledged entries kept in the stream for inspection",
@@ -174,7 +185,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "SENSORHUB_CLAIM_IDLE",
         default: "30s",
-        meaning: "time after which delivered entries that no live instance holds and no commit covers (left by a stopped instance) are re-read",
+        meaning: "after this, delivered entries no live instance holds and no commit covers (a stopped instance's) are re-read",
     },
     Variable {
         name: "SENSORHUB_BRIDGE_LEASE",
@@ -184,7 +195,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "SENSORHUB_WRITE_CONNECTIONS",
         default: "2",
-        meaning: "write lanes: connections each writing its own sensors' part of every batch, in order",
+        meaning: "write lanes: connections each writing its sensors' part of every batch",
     },
     Variable {
         name: "SENSORHUB_DB_POOL_SIZE",
@@ -199,7 +210,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "SENSORHUB_API_TOKEN",
         default: "(none)",
-        meaning: "bearer token required by the read API (health and metrics stay open)",
+        meaning: "bearer token of the read API (health and metrics stay open)",
     },
     Variable {
         name: "SENSORHUB_INGEST_TOKEN",
@@ -231,6 +242,17 @@ pub const SECRET_VARIABLES: [&str; 5] = [
     "SENSORHUB_INGEST_TOKEN",
     "SENSORHUB_MQTT_URL",
 ];
+
+/// A duration as written in the variables: whole days as `90d`, anything else as humantime
+/// writes it.
+fn in_days(duration: Duration) -> String {
+    let seconds = duration.as_secs();
+    if seconds.is_multiple_of(86_400) && duration.subsec_nanos() == 0 {
+        format!("{}d", seconds / 86_400)
+    } else {
+        humantime::format_duration(duration).to_string()
+    }
+}
 
 /// The variables naming a connection's TLS files.
 struct TlsVariables {
@@ -275,7 +297,7 @@ pub fn markdown_table() -> String {
     let mut table = String::from("| variable | meaning | default |\n| --- | --- | --- |\n");
     for v in VARIABLES {
         let from_file = if SECRET_VARIABLES.contains(&v.name) {
-            format!("; or a file: `{}_FILE`", v.name)
+            "; or `_FILE`".to_owned()
         } else {
             String::new()
         };
@@ -338,6 +360,8 @@ pub struct Config {
     pub limits: Limits,
     /// Time span of each partition of `readings`.
     pub partition: Duration,
+    /// How long raw readings and aggregates are kept.
+    pub retention: Retention,
     pub stream_tail: usize,
     pub dead_letter_maxlen: usize,
     pub claim_idle: Duration,
@@ -412,7 +436,7 @@ impl Config {
             },
         )?;
         let mqtt = MqttSettings::from_env(&env, &group, &mqtt_tls)?;
-        let config = Config {
+        let mut config = Config {
             redis_url: Secret::new(env.text_or_fallback("SENSORHUB_REDIS_URL", "REDIS_URL")),
             redis_tls: tls_files(
                 &lookup,
@@ -437,6 +461,10 @@ impl Config {
             resolutions: env.resolutions("SENSORHUB_RESOLUTIONS")?,
             limits,
             partition: env.duration("SENSORHUB_PARTITION")?,
+            retention: Retention {
+                raw: env.retention("SENSORHUB_RETENTION_RAW")?,
+                aggregates: env.aggregate_retention("SENSORHUB_RETENTION_AGGREGATES")?,
+            },
             stream_tail: env.number("SENSORHUB_STREAM_TAIL", 0, 10_000_000)?,
             dead_letter_maxlen: env.number("SENSORHUB_DEAD_LETTER_MAXLEN", 1, 100_000_000)?,
             claim_idle: env.duration("SENSORHUB_CLAIM_IDLE")?,
@@ -455,6 +483,25 @@ impl Config {
             active_within: env.duration("SENSORHUB_ACTIVE_WITHIN")?,
             log_filter: env.text("SENSORHUB_LOG"),
         };
+        // Nothing older than what is kept may be accepted: it could not be told from a
+        // duplicate once the rows of its period are gone.
+        if let Some(shortest) = config.retention.shortest() {
+            let explicit = lookup("SENSORHUB_MAX_AGE").is_some_and(|v| !v.trim().is_empty());
+            if !explicit {
+                config.limits.max_age = config.limits.max_age.min(shortest);
+            } else if config.limits.max_age > shortest {
+                return Err(ConfigError {
+                    var: "SENSORHUB_MAX_AGE",
+                    value: in_days(config.limits.max_age),
+                    expected: format!(
+                        "at most {}, the shortest retention (SENSORHUB_RETENTION_RAW, \
+                         SENSORHUB_RETENTION_AGGREGATES): a reading older than what is kept could \
+                         not be told from a duplicate",
+                        in_days(shortest)
+                    ),
+                });
+            }
+        }
         if config.partition < Duration::from_secs(3600) {
             return Err(ConfigError {
                 var: "SENSORHUB_PARTITION",
@@ -723,6 +770,54 @@ impl Env<'_> {
             .map_err(|_| Self::error(name, &value, "a duration such as 500ms, 30s, 5m, 1h or 30d"))
     }
 
+    /// A retention: a duration, or `forever` (also empty).
+    fn retention(&self, name: &'static str) -> Result<Option<Duration>, ConfigError> {
+        let value = self.text(name);
+        Self::keep(name, &value, value.trim())
+    }
+
+    fn keep(name: &'static str, value: &str, text: &str) -> Result<Option<Duration>, ConfigError> {
+        if text.is_empty() || text == "forever" {
+            return Ok(None);
+        }
+        match humantime::parse_duration(text) {
+            Ok(keep) if keep >= Duration::from_secs(3600) => Ok(Some(keep)),
+            _ => Err(Self::error(
+                name,
+                value,
+                "a duration of at least 1h such as 90d, or forever",
+            )),
+        }
+    }
+
+    /// Retention per resolution: `1m:400d,1h:forever`.
+    fn aggregate_retention(
+        &self,
+        name: &'static str,
+    ) -> Result<Vec<(Resolution, Duration)>, ConfigError> {
+        let value = self.text(name);
+        let text = value.trim();
+        if text.is_empty() || text == "forever" {
+            return Ok(Vec::new());
+        }
+        let mut kept = Vec::new();
+        for part in text.split(',') {
+            let bad = || {
+                Self::error(
+                    name,
+                    &value,
+                    "resolution:duration pairs such as 1m:400d,1h:forever",
+                )
+            };
+            let (resolution, keep) = part.trim().split_once(':').ok_or_else(bad)?;
+            let resolution: Resolution = resolution.trim().parse().map_err(|_| bad())?;
+            if let Some(keep) = Self::keep(name, &value, keep.trim())? {
+                kept.push((resolution, keep));
+            }
+        }
+        Ok(kept)
+    }
+
     fn resolutions(&self, name: &'static str) -> Result<Vec<Resolution>, ConfigError> {
         let value = self.text(name);
         let mut resolutions = value
@@ -842,6 +937,50 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         let error = config(&[("SENSORHUB_API_TOKEN_FILE", "/nonexistent/token")]).unwrap_err();
         assert!(error.to_string().contains("SENSORHUB_API_TOKEN"), "{error}");
+    }
+
+    #[test]
+    fn retention_bounds_the_oldest_accepted_reading() {
+        let c = config(&[]).unwrap();
+        assert!(c.retention.is_forever());
+        let day = Duration::from_secs(86_400);
+        let c = config(&[
+            ("SENSORHUB_RETENTION_RAW", "90d"),
+            ("SENSORHUB_RETENTION_AGGREGATES", "1m:400d, 1h:forever"),
+        ])
+        .unwrap();
+        assert_eq!(c.retention.raw, Some(day * 90));
+        assert_eq!(c.retention.aggregates, [("1m".parse().unwrap(), day * 400)]);
+        assert_eq!(
+            c.limits.max_age,
+            day * 90,
+            "MAX_AGE follows the retention when unset"
+        );
+        let error = config(&[
+            ("SENSORHUB_RETENTION_RAW", "90d"),
+            ("SENSORHUB_MAX_AGE", "365d"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("SENSORHUB_MAX_AGE=\"365d\"") && error.contains("at most 90d"),
+            "{error}"
+        );
+        let c = config(&[
+            ("SENSORHUB_RETENTION_RAW", "90d"),
+            ("SENSORHUB_MAX_AGE", "30d"),
+        ])
+        .unwrap();
+        assert_eq!(c.limits.max_age, day * 30);
+        for bad in ["soon", "10m"] {
+            let error = config(&[("SENSORHUB_RETENTION_RAW", bad)]).unwrap_err();
+            assert!(
+                error.to_string().contains("SENSORHUB_RETENTION_RAW"),
+                "{error}"
+            );
+        }
+        let error = config(&[("SENSORHUB_RETENTION_AGGREGATES", "1m=400d")]).unwrap_err();
+        assert!(error.to_string().contains("1m:400d"), "{error}");
     }
 
     #[test]

@@ -38,6 +38,12 @@ pub struct Metrics {
     /// Messages received and not appended to the stream, by `source` (the bridge's lease lost
     /// before the append, or Redis refusing it past the retries).
     pub messages_dropped: IntCounterVec,
+    /// Partitions of `readings` dropped by retention.
+    pub retention_partitions_dropped: IntCounter,
+    /// Aggregate rows deleted by retention, by `resolution`.
+    pub retention_aggregates_deleted: IntCounterVec,
+    /// The retention horizon, Unix seconds: raw readings before it are gone (0: none dropped).
+    pub retention_horizon: Gauge,
     /// Requests refused for a missing or wrong token, by `scope` (`api`, `ingest`).
     pub unauthorized_requests: IntCounterVec,
     /// Readings skipped because `(sensor_id, ts)` was already stored or repeated in the batch.
@@ -141,6 +147,19 @@ impl Metrics {
                 "sensorhub_messages_dropped_total",
                 "Messages received and not appended to the stream (the bridge lost its lease first, or Redis kept refusing), by source.",
                 "source",
+            ),
+            retention_partitions_dropped: counter(
+                "sensorhub_retention_partitions_dropped_total",
+                "Partitions of readings dropped by retention (SENSORHUB_RETENTION_RAW).",
+            ),
+            retention_aggregates_deleted: counter_vec(
+                "sensorhub_retention_aggregate_rows_deleted_total",
+                "Aggregate rows deleted by retention (SENSORHUB_RETENTION_AGGREGATES), by resolution.",
+                "resolution",
+            ),
+            retention_horizon: float_gauge(
+                "sensorhub_retention_horizon_timestamp_seconds",
+                "The retention horizon: raw readings before it were dropped and are refused (0: nothing dropped).",
             ),
             unauthorized_requests: counter_vec(
                 "sensorhub_http_unauthorized_total",

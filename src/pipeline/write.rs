@@ -210,10 +210,10 @@ impl Handler<WriteBatch> for Writer {
 /// one (a bug) loses that batch, which is re-read, not the lane; it counts as a restart of the
 /// write stage.
 async fn lane(context: WriteContext, faults: Arc<Faults>, mut jobs: mpsc::Receiver<LaneJob>) {
-    while let Some(LaneJob { shard, done }) = jobs.recv().await {
+    while let Some(LaneJob { mut shard, done }) = jobs.recv().await {
         let write = async {
             faults.check("write lane", shard.readings.iter());
-            write_until_committed(&context, &shard).await
+            write_until_committed(&context, &mut shard).await
         };
         match AssertUnwindSafe(write).catch_unwind().await {
             Ok(mut outcome) => {
@@ -321,12 +321,20 @@ async fn complete(
 
 /// Writes the batch, retrying transient errors until it commits and isolating poison data. Logs
 /// once when the database starts failing and once when it works again.
-async fn write_until_committed(context: &WriteContext, batch: &Shard) -> BatchOutcome {
+async fn write_until_committed(context: &WriteContext, batch: &mut Shard) -> BatchOutcome {
     let mut backoff = Backoff::new();
     let mut refusals = 0;
     loop {
+        refuse_beyond_horizon(context, batch).await;
         let result = try_write(context, &batch.readings, &batch.partials).await;
         match result {
+            // The horizon moved (another instance's retention): refused above on the next turn.
+            Err(StoreError::BeyondHorizon) => continue,
+            Err(error) if error.is_missing_partition() => {
+                context.partitions.forget();
+                backoff.wait().await;
+                continue;
+            }
             Ok(outcome) => {
                 if context.failing.swap(false, Ordering::AcqRel) {
                     context
@@ -426,6 +434,42 @@ async fn isolate_poison(context: &WriteContext, batch: &Shard) -> BatchOutcome {
             .await;
     }
     total
+}
+
+/// Takes the readings older than the retention horizon out of the shard, into the dead
+/// letters: their period's raw readings are gone, so a repeat of one could not be recognised
+/// and would count twice in a kept aggregate.
+async fn refuse_beyond_horizon(context: &WriteContext, shard: &mut Shard) {
+    let horizon = context.partitions.horizon();
+    if !shard.readings.iter().any(|r| r.ts < horizon) {
+        return;
+    }
+    let mut letters = Vec::new();
+    let (mut readings, mut origins) = (Vec::new(), Vec::new());
+    for (reading, origin) in shard.readings.drain(..).zip(shard.origins.drain(..)) {
+        if reading.ts < horizon {
+            let detail = format!(
+                "timestamp {} of sensor {:?} is older than the retention horizon {} \
+                 (SENSORHUB_RETENTION_RAW): the raw readings of its period are gone, so it could \
+                 not be told from a duplicate",
+                reading.ts.to_rfc3339(),
+                reading.sensor_id,
+                horizon.to_rfc3339()
+            );
+            letters.push(reading_letter(&reading, origin, Reason::TooOld, detail));
+        } else {
+            readings.push(reading);
+            origins.push(origin);
+        }
+    }
+    shard.partials = Windows::fold(&context.resolutions, &readings);
+    shard.readings = readings;
+    shard.origins = origins;
+    let mut conn = context.conn.clone();
+    context
+        .dead
+        .keep(&mut conn, &letters, &context.metrics, "write")
+        .await;
 }
 
 fn poison_letter(reading: &Reading, entry: EntryId, error: &str) -> DeadLetter {

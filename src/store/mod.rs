@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod partition;
+pub mod retention;
 pub mod sql;
 pub mod target;
 
@@ -30,6 +31,10 @@ pub enum StoreError {
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("{}", describe(.0))]
     Db(#[from] tokio_postgres::Error),
+    /// A reading is older than the retention horizon: its partition was dropped, and a repeat
+    /// of a reading stored there could no longer be recognised.
+    #[error("a reading is older than the retention horizon")]
+    BeyondHorizon,
 }
 
 /// The server's own message and SQLSTATE when there is one (`Display` of the driver's error
@@ -58,6 +63,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Pool(_) => true,
+            StoreError::BeyondHorizon => false,
             StoreError::Db(error) => match error.code() {
                 None => true,
                 Some(code) => {
@@ -68,6 +74,16 @@ impl StoreError {
                 }
             },
         }
+    }
+}
+
+impl StoreError {
+    /// Whether a reading found no partition of `readings` (one another instance dropped, or
+    /// this one does not know of): the partitions are read again before the next attempt.
+    pub fn is_missing_partition(&self) -> bool {
+        matches!(self, StoreError::Db(error)
+            if error.code() == Some(&SqlState::CHECK_VIOLATION)
+                && error.as_db_error().is_some_and(|db| db.message().starts_with("no partition")))
     }
 }
 

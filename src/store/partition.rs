@@ -6,14 +6,16 @@
 //! A partition is created clipped to its neighbours, so partitions never overlap whatever
 //! widths earlier runs used, and the table an upgrade attached (everything up to its newest day)
 //! stays as it is. Creation takes an advisory lock in its transaction and reads the catalog
-//! again under it: instances creating the same partition at once create it once.
+//! again under it: instances creating the same partition at once create it once. Retention
+//! ([`super::retention`]) drops partitions under the same lock and moves the horizon before
+//! which no partition is made again: a reading older than it is refused, never stored.
 
 use crate::store::StoreError;
 use chrono::{DateTime, TimeDelta, Utc};
 use std::sync::RwLock;
 
-/// Serializes partition creation across instances.
-const CREATE_LOCK: i64 = 7_358_203_916;
+/// Serializes partition creation and retention's drops across instances.
+pub(crate) const CREATE_LOCK: i64 = 7_358_203_916;
 
 /// The bounds of every partition of `readings`: lower (`None`: MINVALUE) and upper (`None`:
 /// MAXVALUE), as the catalog states them.
@@ -45,6 +47,8 @@ impl Range {
 pub struct Partitions {
     width: TimeDelta,
     known: RwLock<Vec<Range>>,
+    /// The retention horizon as last read: no partition is made before it.
+    horizon: RwLock<DateTime<Utc>>,
 }
 
 impl Partitions {
@@ -52,7 +56,23 @@ impl Partitions {
         Self {
             width: TimeDelta::from_std(width).unwrap_or(TimeDelta::days(1)),
             known: RwLock::new(Vec::new()),
+            horizon: RwLock::new(DateTime::<Utc>::MIN_UTC),
         }
+    }
+
+    /// The retention horizon as last read: readings before it are refused.
+    pub fn horizon(&self) -> DateTime<Utc> {
+        *self.horizon.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forgets the partitions known, so that the next [`Self::ensure`] reads them (and the
+    /// horizon) again: after a reading found no partition, as when another instance's
+    /// retention dropped one.
+    pub fn forget(&self) {
+        self.known
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// Whether some known partition covers `ts`.
@@ -81,6 +101,13 @@ impl Partitions {
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CREATE_LOCK])
             .await?;
         let mut known = load(&tx).await?;
+        let horizon = load_horizon(&tx).await?;
+        *self.horizon.write().unwrap_or_else(|e| e.into_inner()) = horizon;
+        if missing.iter().any(|ts| *ts < horizon) {
+            // Never a partition before the horizon: the caller refuses those readings.
+            *self.known.write().unwrap_or_else(|e| e.into_inner()) = known;
+            return Err(StoreError::BeyondHorizon);
+        }
         for ts in missing {
             if known.iter().any(|r| r.covers(ts)) {
                 continue;
@@ -105,6 +132,8 @@ impl Partitions {
     pub async fn prepare(&self, client: &mut tokio_postgres::Client) -> Result<(), StoreError> {
         let known = load(&*client).await?;
         *self.known.write().unwrap_or_else(|e| e.into_inner()) = known;
+        let horizon = load_horizon(&*client).await?;
+        *self.horizon.write().unwrap_or_else(|e| e.into_inner()) = horizon;
         let now = Utc::now();
         self.ensure(client, [now, now + self.width]).await
     }
@@ -147,7 +176,22 @@ impl Partitions {
     }
 }
 
-async fn load(client: &impl tokio_postgres::GenericClient) -> Result<Vec<Range>, StoreError> {
+/// The retention horizon (the earliest time representable when nothing was dropped).
+pub(crate) async fn load_horizon(
+    client: &impl tokio_postgres::GenericClient,
+) -> Result<DateTime<Utc>, StoreError> {
+    let row = client
+        .query_one(
+            "SELECT greatest(horizon, '0001-01-01 00:00:00+00')::timestamptz FROM retention_horizon",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+pub(crate) async fn load(
+    client: &impl tokio_postgres::GenericClient,
+) -> Result<Vec<Range>, StoreError> {
     Ok(client
         .query(PARTITION_BOUNDS, &[])
         .await?

@@ -18,5 +18,6 @@ mod partitions;
 mod poison;
 mod rejections;
 mod resilience;
+mod retention;
 mod supervision;
 mod tls;

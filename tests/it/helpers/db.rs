@@ -9,6 +9,16 @@ pub async fn assert_aggregates_exact(
     pg: &tokio_postgres::Client,
     resolutions: &[sensorhub::domain::Resolution],
 ) {
+    assert_aggregates_exact_since(pg, resolutions, "-infinity").await;
+}
+
+/// As [`assert_aggregates_exact`], for the windows that start at or after `since` (a timestamp
+/// literal): the periods retention keeps.
+pub async fn assert_aggregates_exact_since(
+    pg: &tokio_postgres::Client,
+    resolutions: &[sensorhub::domain::Resolution],
+    since: &str,
+) {
     let resolutions: Vec<(String, i64)> = resolutions
         .iter()
         .map(|r| (r.to_string(), i64::from(r.seconds())))
@@ -33,12 +43,13 @@ pub async fn assert_aggregates_exact(
                 || ' expected ' || coalesce(e.count::text, 'none') || '/' || coalesce(e.sum::text, '-')
                 || ' got ' || coalesce(a.count::text, 'none') || '/' || coalesce(a.sum::text, '-')
          FROM expected e FULL OUTER JOIN aggregate_windows a USING (sensor_id, resolution, bucket)
-         WHERE a.count IS DISTINCT FROM e.count
+         WHERE coalesce(e.bucket, a.bucket) >= '{since}'::timestamptz
+           AND (a.count IS DISTINCT FROM e.count
             OR abs(a.sum - e.sum) > 1e-9 * greatest(1, abs(e.sum))
             OR a.min IS DISTINCT FROM e.min OR a.max IS DISTINCT FROM e.max
             OR a.first_ts IS DISTINCT FROM e.first_ts OR a.first_value IS DISTINCT FROM e.first_value
             OR a.last_ts IS DISTINCT FROM e.last_ts OR a.last_value IS DISTINCT FROM e.last_value
-            OR a.diff IS DISTINCT FROM e.last_value - e.first_value
+            OR a.diff IS DISTINCT FROM e.last_value - e.first_value)
          LIMIT 10",
         values.join(", ")
     );
