@@ -232,7 +232,7 @@ impl SelectArgs {
 
 /// Runs a dead-letter command against the configured Redis and stream, printing to stdout and
 /// progress to stderr.
-pub async fn run(config: &crate::Config, command: Command) -> anyhow::Result<()> {
+pub async fn run(config: &crate::config::Config, command: Command) -> anyhow::Result<()> {
     let client = crate::redis::target::parse(config.redis_url.expose(), &config.redis_tls)
         .map_err(|why| anyhow::anyhow!("SENSORHUB_REDIS_URL: {why}"))?
         .client;
