@@ -58,7 +58,8 @@ impl Application {
             .max(1);
         // A URL that cannot be used as written stops the start at once; only connecting is
         // retried.
-        let database = store::connection_target(config.database_url.expose())?;
+        let database =
+            store::connection_target(config.database_url.expose(), "SENSORHUB_DATABASE_URL")?;
         let pool = retry_startup("PostgreSQL", || store::connect_to(&database, shared)).await?;
         store::migrate(&pool).await?;
         let partitions = Arc::new(Partitions::new(config.partition));
@@ -70,6 +71,15 @@ impl Application {
                 .context("creating the partitions of readings")?;
         }
         let write_pool = store::lazy_pool(&database, config.write_connections)?;
+        // The read API's connections: a replica's when one is named (opened as queries need
+        // them, as a replica may come up after sensorhub), else the shared pool.
+        let read_pool = match &config.database_read_url {
+            Some(url) => store::lazy_pool(
+                &store::connection_target(url.expose(), "SENSORHUB_DATABASE_READ_URL")?,
+                shared,
+            )?,
+            None => pool.clone(),
+        };
         if !config.retention.is_forever() {
             actix_web::rt::spawn(retention_loop(
                 pool.clone(),
@@ -110,6 +120,8 @@ impl Application {
         let state = HttpState {
             metrics: Arc::clone(&metrics),
             pool,
+            read_pool,
+            separate_reads: config.database_read_url.is_some(),
             redis: conn,
             pipeline_running: pipeline.running_flag(),
             bridge: config.channel.is_some().then_some(bridge_health),
@@ -117,6 +129,11 @@ impl Application {
             targets: Targets {
                 redis: mask_password(config.redis_url.expose()),
                 postgres: mask_password(config.database_url.expose()),
+                postgres_read: config
+                    .database_read_url
+                    .as_ref()
+                    .map(|url| mask_password(url.expose()))
+                    .unwrap_or_default(),
             },
             api: Arc::new(ApiSettings {
                 token: config.api_token.clone(),

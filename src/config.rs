@@ -53,6 +53,11 @@ pub const VARIABLES: &[Variable] = &[
         meaning: "its key (PEM)",
     },
     Variable {
+        name: "SENSORHUB_DATABASE_READ_URL",
+        default: "(the database URL)",
+        meaning: "PostgreSQL the read API reads from, e.g. a replica",
+    },
+    Variable {
         name: "SENSORHUB_HTTP_ADDR",
         default: "0.0.0.0:8080",
         meaning: "HTTP bind address (health, metrics, API)",
@@ -235,9 +240,10 @@ pub const VARIABLES: &[Variable] = &[
 ];
 
 /// Variables whose value may come from the file named by `<NAME>_FILE`.
-pub const SECRET_VARIABLES: [&str; 5] = [
+pub const SECRET_VARIABLES: [&str; 6] = [
     "SENSORHUB_REDIS_URL",
     "SENSORHUB_DATABASE_URL",
+    "SENSORHUB_DATABASE_READ_URL",
     "SENSORHUB_API_TOKEN",
     "SENSORHUB_INGEST_TOKEN",
     "SENSORHUB_MQTT_URL",
@@ -345,6 +351,8 @@ pub struct Config {
     /// TLS files of a `rediss://` Redis.
     pub redis_tls: TlsFiles,
     pub database_url: Secret,
+    /// Where the read API reads, when not `database_url`.
+    pub database_read_url: Option<Secret>,
     pub http_addr: SocketAddr,
     pub stream: String,
     /// `None` when the Pub/Sub bridge is off.
@@ -449,6 +457,9 @@ impl Config {
             database_url: Secret::new(
                 env.text_or_fallback("SENSORHUB_DATABASE_URL", "DATABASE_URL"),
             ),
+            database_read_url: lookup("SENSORHUB_DATABASE_READ_URL")
+                .filter(|v| !v.is_empty())
+                .map(Secret::new),
             http_addr: env.parsed("SENSORHUB_HTTP_ADDR", "an address such as 0.0.0.0:8080")?,
             stream: env.non_empty("SENSORHUB_STREAM")?,
             channel: (!channel.is_empty()).then_some(channel),

@@ -216,7 +216,7 @@ pub(crate) async fn list_sensors(
     let all = params.flag("all")?;
     let since = Utc::now()
         - chrono::TimeDelta::from_std(state.api.active_within).unwrap_or(chrono::TimeDelta::MAX);
-    let client = state.pool.get().await.map_err(unavailable)?;
+    let client = state.read_pool.get().await.map_err(unavailable)?;
     let rows = client
         .query(sql::LIST_SENSORS, &[&all, &since])
         .await
@@ -239,7 +239,7 @@ async fn find_sensor(state: &HttpState, id: &str) -> Result<Sensor, ApiError> {
             excerpt(id)
         )));
     }
-    let client = state.pool.get().await.map_err(unavailable)?;
+    let client = state.read_pool.get().await.map_err(unavailable)?;
     let row = client
         .query_opt(sql::GET_SENSOR, &[&id])
         .await
@@ -288,7 +288,7 @@ pub(crate) async fn sensor_readings(
     let (from, to) = params.range()?;
     let limit = params.limit()?;
     let sensor = find_sensor(&state, &id).await?;
-    let client = state.pool.get().await.map_err(unavailable)?;
+    let client = state.read_pool.get().await.map_err(unavailable)?;
     let rows = client
         .query(sql::SENSOR_READINGS, &[&sensor.id, &from, &to, &limit])
         .await
@@ -351,7 +351,7 @@ pub(crate) async fn sensor_aggregates(
     let (from, to) = params.range()?;
     let limit = params.limit()?;
     let sensor = find_sensor(&state, &id).await?;
-    let client = state.pool.get().await.map_err(unavailable)?;
+    let client = state.read_pool.get().await.map_err(unavailable)?;
     let rows = client
         .query(
             sql::SENSOR_AGGREGATES,

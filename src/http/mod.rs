@@ -59,6 +59,7 @@ pub struct ApiSettings {
 pub struct Targets {
     pub redis: String,
     pub postgres: String,
+    pub postgres_read: String,
 }
 
 /// What the handlers need.
@@ -66,6 +67,10 @@ pub struct Targets {
 pub struct HttpState {
     pub metrics: Arc<Metrics>,
     pub pool: Pool,
+    /// Where the read API reads: `SENSORHUB_DATABASE_READ_URL` (a replica) when set, else `pool`.
+    pub read_pool: Pool,
+    /// Whether `read_pool` is a server of its own, checked by `/readyz` as `postgres_read`.
+    pub separate_reads: bool,
     pub redis: ConnectionManager,
     /// True while the pipeline's reader runs.
     pub pipeline_running: Arc<AtomicBool>,
@@ -157,7 +162,30 @@ pub(crate) async fn health_checks(state: &HttpState) -> Health {
             )),
         }
     };
-    let (redis_result, postgres_result) = tokio::join!(redis_check, postgres_check);
+    let read_pool = state.read_pool.clone();
+    let read_check = async {
+        if !state.separate_reads {
+            return None;
+        }
+        let probe = async {
+            let client = read_pool.get().await.map_err(|e| e.to_string())?;
+            client
+                .simple_query("SELECT 1")
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(())
+        };
+        Some(match tokio::time::timeout(CHECK_TIMEOUT, probe).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(format!("error: {error} ({})", state.targets.postgres_read)),
+            Err(_) => Err(format!(
+                "error: no answer within 1s ({})",
+                state.targets.postgres_read
+            )),
+        })
+    };
+    let (redis_result, postgres_result, read_result) =
+        tokio::join!(redis_check, postgres_check, read_check);
     let pipeline_result = if state.pipeline_running.load(Ordering::Acquire) {
         Ok(())
     } else {
@@ -173,6 +201,9 @@ pub(crate) async fn health_checks(state: &HttpState) -> Health {
         ("postgres", postgres_result),
         ("pipeline", pipeline_result),
     ];
+    if let Some(result) = read_result {
+        checks.push(("postgres_read", result));
+    }
     if let Some(bridge) = &state.bridge {
         checks.push(("bridge", bridge.check().map_err(|e| format!("error: {e}"))));
     }

@@ -89,7 +89,11 @@ impl StoreError {
 
 /// Parses the URL, creates the database if it is missing, and builds the pool.
 pub async fn connect(url: &str, pool_size: usize) -> anyhow::Result<Pool> {
-    connect_to(&connection_target(url)?, pool_size).await
+    connect_to(
+        &connection_target(url, "SENSORHUB_DATABASE_URL")?,
+        pool_size,
+    )
+    .await
 }
 
 /// Creates the database of `target` if it is missing, and builds the pool.
@@ -106,10 +110,10 @@ pub fn lazy_pool(target: &Target, pool_size: usize) -> anyhow::Result<Pool> {
     build_pool(target.clone(), pool_size)
 }
 
-/// The URL read as libpq reads it (TLS included); an error names the variable and the problem.
-pub fn connection_target(url: &str) -> anyhow::Result<Target> {
-    let mut target =
-        target::parse(url).map_err(|why| anyhow::anyhow!("SENSORHUB_DATABASE_URL: {why}"))?;
+/// The URL read as libpq reads it (TLS included); an error names the variable `var` and the
+/// problem.
+pub fn connection_target(url: &str, var: &str) -> anyhow::Result<Target> {
+    let mut target = target::parse(url).map_err(|why| anyhow::anyhow!("{var}: {why}"))?;
     target
         .config
         .connect_timeout(CONNECT_TIMEOUT)

@@ -366,3 +366,70 @@ async fn ids_with_slashes_spaces_and_accents_are_served_url_encoded() {
     }
     t.stop().await;
 }
+
+/// A database of the test's own, dropped when the test ends however it ends.
+struct ExtraDatabase(String);
+
+impl Drop for ExtraDatabase {
+    fn drop(&mut self) {
+        let name = self.0.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                if let Ok((client, connection)) =
+                    tokio_postgres::connect(PG_ADMIN_URL, tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(connection);
+                    let _ = client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join()
+        .ok();
+    }
+}
+
+/// With `SENSORHUB_DATABASE_READ_URL`, the read API answers from that database (a replica),
+/// while the pipeline writes to the primary; `/readyz` checks both.
+#[actix_web::test]
+async fn the_read_api_reads_from_the_read_url_when_one_is_set() {
+    let res = Resources::new();
+    let replica = ExtraDatabase(format!("{}_replica", res.name));
+    let replica_url = format!("postgres://postgres@127.0.0.1:5432/{}", replica.0);
+    let pool = sensorhub::store::connect(&replica_url, 1).await.unwrap();
+    sensorhub::store::migrate(&pool).await.unwrap();
+    pool.get()
+        .await
+        .unwrap()
+        .batch_execute("INSERT INTO sensors VALUES ('only-on-replica', NULL, now(), now(), 42)")
+        .await
+        .unwrap();
+    drop(pool);
+    let url = replica_url.clone();
+    let mut t = spawn_app_on(
+        res,
+        move |c| c.database_read_url = Some(Secret::new(url.as_str())),
+        Default::default(),
+    )
+    .await;
+    let last = t
+        .xadd_data(reading_json("on-primary", 1.0, Utc::now()).as_bytes())
+        .await;
+    t.wait_drained(&last).await;
+    assert_eq!(t.readings().await, 1, "written to the primary");
+    let (status, body) = t.get("/api/v1/sensors?all=true").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("only-on-replica") && !body.contains("on-primary"),
+        "{body}"
+    );
+    let (status, body) = t.get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""postgres_read":"ok""#), "{body}");
+    t.stop().await;
+}
