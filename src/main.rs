@@ -57,6 +57,13 @@ enum Command {
     /// List, count, replay or purge the dead letters of SENSORHUB_STREAM.
     #[command(subcommand)]
     DeadLetters(sensorhub::dead_letters::Command),
+    /// Rename SENSORHUB_STREAM and every key beside it (dead letters, ledger, leases), e.g. to
+    /// give them a hash tag before moving to a Redis Cluster. Stop every instance first.
+    RenameStream {
+        /// The new name, e.g. {sensor_stream}.
+        #[arg(long)]
+        to: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -70,6 +77,19 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config),
+        Command::RenameStream { to } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime");
+            match runtime.block_on(rename_stream(&config, &to)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("sensorhub: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::DeadLetters(command) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -123,6 +143,19 @@ fn serve(config: Config) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Renames the configured stream and the keys beside it, printing each rename.
+async fn rename_stream(config: &Config, to: &str) -> anyhow::Result<()> {
+    let client = sensorhub::redis::target::parse(config.redis_url.expose(), &config.redis_tls)
+        .map_err(|why| anyhow::anyhow!("SENSORHUB_REDIS_URL: {why}"))?
+        .client;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let renamed = sensorhub::redis::rename::rename_stream(&mut conn, &config.stream, to).await?;
+    for (from, to) in renamed {
+        println!("{from} -> {to}");
+    }
+    Ok(())
 }
 
 /// Asks `GET /readyz` of the local instance; exit 0 on 200.

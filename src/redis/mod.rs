@@ -11,6 +11,7 @@
 //! - [`lease`]: the lease that lets one instance of several do a job (bridging a channel).
 //! - [`channel`]: Pub/Sub subscribe and publish.
 //! - [`target`]: the Redis a URL names, TLS included, for the pooled connections and the reader.
+//! - [`rename`]: a stream renamed with every key beside it (to give it a hash tag).
 //!
 //! Inside this module `redis::` names the `redis` crate; elsewhere `crate::redis` names this one.
 
@@ -21,6 +22,7 @@ pub mod group;
 pub mod lease;
 pub mod ledger;
 pub mod reader;
+pub mod rename;
 pub mod reply;
 pub mod resp;
 pub mod target;

@@ -376,3 +376,150 @@ async fn simulate_feeds_a_running_instance_every_way() {
     let bad = simulate(&["--rate", "0"]).await;
     assert!(!bad.status.success());
 }
+
+/// The hash slot of a key in a Redis Cluster: CRC16 (XMODEM) of the key, or of its hash tag
+/// (the text between the first `{` and the next `}`), modulo 16384.
+fn cluster_slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let hashed = match key.find('{') {
+        Some(open) => match key[open + 1..].find('}') {
+            Some(len) if len > 0 => &bytes[open + 1..open + 1 + len],
+            _ => bytes,
+        },
+        None => bytes,
+    };
+    let mut crc: u16 = 0;
+    for &byte in hashed {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+/// Deletes keys when the test ends, however it ends.
+struct DeleteKeys(Vec<String>);
+
+impl Drop for DeleteKeys {
+    fn drop(&mut self) {
+        if let Ok(mut conn) = redis::Client::open(REDIS_URL).and_then(|c| c.get_connection()) {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&self.0).query(&mut conn);
+        }
+    }
+}
+
+#[actix_web::test]
+async fn a_stream_renamed_to_a_hash_tag_keeps_its_ledger_and_every_key_shares_one_slot() {
+    let mut t = spawn_app().await;
+    let now = chrono::Utc::now();
+    let first: Vec<Vec<u8>> = (0..100)
+        .map(|i| {
+            reading_json(
+                &format!("r{}", i % 10),
+                f64::from(i),
+                now - chrono::Duration::seconds(i64::from(i)),
+            )
+            .into_bytes()
+        })
+        .collect();
+    t.xadd_many(&first).await;
+    let last = t.xadd_data(br#"{"sensor":"bad","value":"12,5"}"#).await;
+    t.wait_drained(&last).await;
+    assert_eq!(t.readings().await, 100);
+    t.stop().await;
+
+    let old = t.config.stream.clone();
+    let new = format!("{{{old}}}");
+    let mut keys: Vec<String> = [
+        "",
+        ":dead",
+        ":committed:sensorhub",
+        ":committed-through:sensorhub",
+    ]
+    .iter()
+    .map(|suffix| format!("{new}{suffix}"))
+    .collect();
+    keys.push(format!("{new}:in-flight:sensorhub"));
+    let _cleanup = DeleteKeys(keys.clone());
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sensorhub"))
+        .args(["rename-stream", "--to", &new])
+        .env("SENSORHUB_STREAM", &old)
+        .output()
+        .await
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The ranges' sorted set exists only while some range waits above the watermark.
+    let must_exist = [&keys[0], &keys[1], &keys[3]];
+    for key in must_exist {
+        assert!(
+            printed.contains(&format!("-> {key}")),
+            "{key} renamed:\n{printed}"
+        );
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(key)
+            .query_async(&mut t.redis)
+            .await
+            .unwrap();
+        assert!(exists, "{key}");
+    }
+    let old_left: bool = redis::cmd("EXISTS")
+        .arg(&old)
+        .query_async(&mut t.redis)
+        .await
+        .unwrap();
+    assert!(!old_left, "the old stream is gone");
+    let slot = cluster_slot(&new);
+    assert!(
+        keys.iter().all(|k| cluster_slot(k) == slot),
+        "one slot for every key"
+    );
+    assert_ne!(
+        cluster_slot(&old),
+        cluster_slot(&format!("{old}:dead")),
+        "without a tag they differ"
+    );
+
+    // A second rename to the same name is refused: nothing is overwritten.
+    let again = tokio::process::Command::new(env!("CARGO_BIN_EXE_sensorhub"))
+        .args(["rename-stream", "--to", &new])
+        .env("SENSORHUB_STREAM", &old)
+        .output()
+        .await
+        .unwrap();
+    assert!(!again.status.success());
+
+    // Restarted on the new name: the ledger came along, so nothing is read twice.
+    t.config.stream = new.clone();
+    t.restart(Default::default()).await;
+    let second: Vec<Vec<u8>> = (0..100)
+        .map(|i| {
+            reading_json(
+                &format!("s{}", i % 10),
+                f64::from(i),
+                now - chrono::Duration::seconds(i64::from(i)),
+            )
+            .into_bytes()
+        })
+        .collect();
+    let last = t.xadd_many(&second).await;
+    t.wait_drained(&last).await;
+    assert_eq!(t.readings().await, 200);
+    assert_eq!(t.metrics().readings_duplicate.get(), 0, "no entry re-read");
+    assert_eq!(
+        t.dead_letters().await.ids.len(),
+        1,
+        "the dead letter came along"
+    );
+    t.assert_aggregates_exact().await;
+    t.stop().await;
+}
