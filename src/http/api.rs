@@ -16,11 +16,11 @@ use crate::domain::reading::{could_be_sensor_id, excerpt};
 use crate::http::HttpState;
 use crate::http::auth::Authorized;
 use crate::http::error::{ApiError, ErrorBody, unavailable};
+use crate::http::params::Params;
 use crate::store::sql;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use std::collections::HashMap;
 use utoipa::ToSchema;
 
 const DEFAULT_LIMIT: u32 = 1440;
@@ -36,90 +36,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::resource("/api/v1/sensors/{id}/aggregates")
                 .route(web::get().to(sensor_aggregates)),
         );
-}
-
-/// `from` and `to`, each optional (unbounded).
-type TimeRange = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
-
-/// Query parameters, checked one by one so that each error names its parameter.
-struct Params(HashMap<String, String>);
-
-impl Params {
-    fn new(query: &str, allowed: &[&str]) -> Result<Self, ApiError> {
-        let pairs: Vec<(String, String)> = serde_urlencoded_pairs(query)?;
-        let mut map = HashMap::new();
-        for (name, value) in pairs {
-            if !allowed.contains(&name.as_str()) {
-                return Err(ApiError::BadRequest(format!(
-                    "unknown parameter {}; this route takes: {}",
-                    excerpt(&name),
-                    allowed.join(", ")
-                )));
-            }
-            map.insert(name, value);
-        }
-        Ok(Self(map))
-    }
-
-    fn time(&self, name: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
-        self.0
-            .get(name)
-            .map(|value| {
-                DateTime::parse_from_rfc3339(value)
-                    .map(|t| t.with_timezone(&Utc))
-                    .map_err(|_| {
-                        ApiError::BadRequest(format!(
-                            "{name}={} is not an RFC 3339 time such as 2024-12-01T12:00:00Z",
-                            excerpt(value)
-                        ))
-                    })
-            })
-            .transpose()
-    }
-
-    fn limit(&self) -> Result<i64, ApiError> {
-        match self.0.get("limit") {
-            None => Ok(i64::from(DEFAULT_LIMIT)),
-            Some(value) => match value.parse::<u32>() {
-                Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(i64::from(n)),
-                _ => Err(ApiError::BadRequest(format!(
-                    "limit={} must be a whole number from 1 to {MAX_LIMIT}",
-                    excerpt(value)
-                ))),
-            },
-        }
-    }
-
-    fn flag(&self, name: &str) -> Result<bool, ApiError> {
-        match self.0.get(name).map(String::as_str) {
-            None | Some("false") => Ok(false),
-            Some("true") => Ok(true),
-            Some(other) => Err(ApiError::BadRequest(format!(
-                "{name}={} must be true or false",
-                excerpt(other)
-            ))),
-        }
-    }
-
-    fn range(&self) -> Result<TimeRange, ApiError> {
-        let (from, to) = (self.time("from")?, self.time("to")?);
-        if let (Some(from), Some(to)) = (from, to)
-            && from > to
-        {
-            return Err(ApiError::BadRequest(format!(
-                "from={} is after to={}",
-                from.to_rfc3339(),
-                to.to_rfc3339()
-            )));
-        }
-        Ok((from, to))
-    }
-}
-
-fn serde_urlencoded_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {
-    web::Query::<Vec<(String, String)>>::from_query(query)
-        .map(web::Query::into_inner)
-        .map_err(|e| ApiError::BadRequest(format!("query string is not valid: {e}")))
 }
 
 /// One sensor and its current value.
@@ -286,7 +202,7 @@ pub(crate) async fn sensor_readings(
 ) -> Result<HttpResponse, ApiError> {
     let params = Params::new(req.query_string(), &["from", "to", "limit"])?;
     let (from, to) = params.range()?;
-    let limit = params.limit()?;
+    let limit = params.limit(DEFAULT_LIMIT, MAX_LIMIT)?;
     let sensor = find_sensor(&state, &id).await?;
     let client = state.read_pool.get().await.map_err(unavailable)?;
     let rows = client
@@ -333,7 +249,7 @@ pub(crate) async fn sensor_aggregates(
         .iter()
         .map(ToString::to_string)
         .collect();
-    let resolution = match params.0.get("resolution") {
+    let resolution = match params.get("resolution") {
         None => configured.first().cloned().unwrap_or_default(),
         Some(text) => text
             .parse::<Resolution>()
@@ -349,7 +265,7 @@ pub(crate) async fn sensor_aggregates(
             })?,
     };
     let (from, to) = params.range()?;
-    let limit = params.limit()?;
+    let limit = params.limit(DEFAULT_LIMIT, MAX_LIMIT)?;
     let sensor = find_sensor(&state, &id).await?;
     let client = state.read_pool.get().await.map_err(unavailable)?;
     let rows = client

@@ -15,6 +15,7 @@ use crate::domain::reading::excerpt;
 use crate::http::HttpState;
 use crate::http::auth::Authorized;
 use crate::http::error::{ApiError, ErrorBody};
+use crate::http::params::{Params, ordered};
 use crate::redis::dead_letter::browse::{Filter, Letter};
 use crate::redis::entry::EntryId;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -24,8 +25,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
-const DEFAULT_LIMIT: usize = 100;
-const MAX_LIMIT: usize = 10_000;
+const DEFAULT_LIMIT: u32 = 100;
+const MAX_LIMIT: u32 = 10_000;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -143,71 +144,6 @@ pub struct PurgeAnswer {
     pub deleted: usize,
 }
 
-/// The query of `list` and `purge`.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct Query {
-    reason: Option<String>,
-    sensor: Option<String>,
-    from: Option<String>,
-    to: Option<String>,
-    limit: Option<String>,
-    after: Option<String>,
-    #[serde(default)]
-    id: Vec<String>,
-    all: Option<String>,
-}
-
-fn parse_query(req: &HttpRequest) -> Result<Query, ApiError> {
-    serde_html_form(req.query_string())
-}
-
-fn serde_html_form(query: &str) -> Result<Query, ApiError> {
-    let pairs = web::Query::<Vec<(String, String)>>::from_query(query)
-        .map_err(|e| ApiError::BadRequest(format!("query string is not valid: {e}")))?
-        .into_inner();
-    let mut out = Query::default();
-    for (name, value) in pairs {
-        let slot = match name.as_str() {
-            "reason" => &mut out.reason,
-            "sensor" => &mut out.sensor,
-            "from" => &mut out.from,
-            "to" => &mut out.to,
-            "limit" => &mut out.limit,
-            "after" => &mut out.after,
-            "all" => &mut out.all,
-            "id" => {
-                out.id.push(value);
-                continue;
-            }
-            other => {
-                return Err(ApiError::BadRequest(format!(
-                    "unknown parameter {}; this route takes: reason, sensor, from, to, limit, \
-                     after, id, all",
-                    excerpt(other)
-                )));
-            }
-        };
-        *slot = Some(value);
-    }
-    Ok(out)
-}
-
-fn time(name: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
-    value
-        .map(|text| {
-            DateTime::parse_from_rfc3339(text)
-                .map(|t| t.with_timezone(&Utc))
-                .map_err(|_| {
-                    ApiError::BadRequest(format!(
-                        "{name}={} is not an RFC 3339 time such as 2024-12-01T12:00:00Z",
-                        excerpt(text)
-                    ))
-                })
-        })
-        .transpose()
-}
-
 fn entry_id(text: &str) -> Result<EntryId, ApiError> {
     text.parse().map_err(|_| {
         ApiError::BadRequest(format!(
@@ -223,21 +159,24 @@ fn filter(
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
 ) -> Result<Filter, ApiError> {
-    if let (Some(from), Some(to)) = (from, to)
-        && from > to
-    {
-        return Err(ApiError::BadRequest(format!(
-            "from={} is after to={}",
-            from.to_rfc3339(),
-            to.to_rfc3339()
-        )));
-    }
+    let (from, to) = ordered((from, to))?;
     Ok(Filter {
         reason,
         sensor: sensor.filter(|s| !s.is_empty()),
         from,
         to,
     })
+}
+
+/// The filter of a query's `reason`, `sensor`, `from` and `to`.
+fn query_filter(params: &Params) -> Result<Filter, ApiError> {
+    let (from, to) = params.range()?;
+    filter(
+        params.get("reason").map(str::to_owned),
+        params.get("sensor").map(str::to_owned),
+        from,
+        to,
+    )
 }
 
 /// The selection of a replay or purge: ids, a filter, or everything when `all` says so.
@@ -288,32 +227,13 @@ pub(crate) async fn list(
     state: web::Data<HttpState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let query = parse_query(&req)?;
-    if !query.id.is_empty() || query.all.is_some() {
-        return Err(ApiError::BadRequest(
-            "id and all belong to DELETE; this route takes reason, sensor, from, to, limit, after"
-                .into(),
-        ));
-    }
-    let limit = match query.limit.as_deref() {
-        None => DEFAULT_LIMIT,
-        Some(text) => match text.parse::<usize>() {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-            _ => {
-                return Err(ApiError::BadRequest(format!(
-                    "limit={} must be a whole number from 1 to {MAX_LIMIT}",
-                    excerpt(text)
-                )));
-            }
-        },
-    };
-    let after = query.after.as_deref().map(entry_id).transpose()?;
-    let filter = filter(
-        query.reason,
-        query.sensor,
-        time("from", query.from.as_deref())?,
-        time("to", query.to.as_deref())?,
+    let params = Params::new(
+        req.query_string(),
+        &["reason", "sensor", "from", "to", "limit", "after"],
     )?;
+    let limit = params.limit(DEFAULT_LIMIT, MAX_LIMIT)? as usize;
+    let after = params.get("after").map(entry_id).transpose()?;
+    let filter = query_filter(&params)?;
     let page = store(&state)
         .list(&filter, after, limit)
         .await
@@ -404,32 +324,14 @@ pub(crate) async fn purge(
     state: web::Data<HttpState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let query = parse_query(&req)?;
-    if query.limit.is_some() || query.after.is_some() {
-        return Err(ApiError::BadRequest(
-            "limit and after belong to GET; this route takes id, reason, sensor, from, to, all"
-                .into(),
-        ));
-    }
-    let all = match query.all.as_deref() {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(other) => {
-            return Err(ApiError::BadRequest(format!(
-                "all={} must be true or false",
-                excerpt(other)
-            )));
-        }
-    };
+    let params = Params::new(
+        req.query_string(),
+        &["id", "reason", "sensor", "from", "to", "all"],
+    )?;
     let selection = selection(
-        query.id,
-        filter(
-            query.reason,
-            query.sensor,
-            time("from", query.from.as_deref())?,
-            time("to", query.to.as_deref())?,
-        )?,
-        all,
+        params.all("id"),
+        query_filter(&params)?,
+        params.flag("all")?,
     )?;
     let deleted = store(&state)
         .purge(&selection)

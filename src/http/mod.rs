@@ -18,6 +18,7 @@ pub mod error;
 pub mod ingest;
 pub mod line_protocol;
 pub mod openapi;
+pub mod params;
 pub mod pipeline;
 
 use crate::config::Secret;
@@ -128,61 +129,21 @@ async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
 /// The readiness checks: Redis and PostgreSQL answer, the pipeline runs, the bridge can append.
 pub(crate) async fn health_checks(state: &HttpState) -> Health {
     let mut redis = state.redis.clone();
-    let redis_check = async {
-        match tokio::time::timeout(
-            CHECK_TIMEOUT,
-            redis::cmd("PING").query_async::<String>(&mut redis),
-        )
-        .await
-        {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(error)) => Err(format!("error: {error} ({})", state.targets.redis)),
-            Err(_) => Err(format!(
-                "error: no answer within 1s ({})",
-                state.targets.redis
-            )),
-        }
-    };
-    let pool = state.pool.clone();
-    let postgres_check = async {
-        let probe = async {
-            let client = pool.get().await.map_err(|e| e.to_string())?;
-            client
-                .simple_query("SELECT 1")
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>(())
-        };
-        match tokio::time::timeout(CHECK_TIMEOUT, probe).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(format!("error: {error} ({})", state.targets.postgres)),
-            Err(_) => Err(format!(
-                "error: no answer within 1s ({})",
-                state.targets.postgres
-            )),
-        }
-    };
-    let read_pool = state.read_pool.clone();
+    let redis_check = checked(&state.targets.redis, async move {
+        redis::cmd("PING")
+            .query_async::<String>(&mut redis)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
+    let postgres_check = checked(&state.targets.postgres, answers(state.pool.clone()));
     let read_check = async {
-        if !state.separate_reads {
-            return None;
+        if state.separate_reads {
+            let check = answers(state.read_pool.clone());
+            Some(checked(&state.targets.postgres_read, check).await)
+        } else {
+            None
         }
-        let probe = async {
-            let client = read_pool.get().await.map_err(|e| e.to_string())?;
-            client
-                .simple_query("SELECT 1")
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>(())
-        };
-        Some(match tokio::time::timeout(CHECK_TIMEOUT, probe).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(error)) => Err(format!("error: {error} ({})", state.targets.postgres_read)),
-            Err(_) => Err(format!(
-                "error: no answer within 1s ({})",
-                state.targets.postgres_read
-            )),
-        })
     };
     let (redis_result, postgres_result, read_result) =
         tokio::join!(redis_check, postgres_check, read_check);
@@ -222,6 +183,29 @@ pub(crate) async fn health_checks(state: &HttpState) -> Health {
         health.status = "unavailable";
     }
     health
+}
+
+/// The outcome of one readiness check, within [`CHECK_TIMEOUT`]; a failure names the server
+/// by its URL (password masked).
+async fn checked(
+    target: &str,
+    check: impl std::future::Future<Output = Result<(), String>>,
+) -> Result<(), String> {
+    match tokio::time::timeout(CHECK_TIMEOUT, check).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(format!("error: {error} ({target})")),
+        Err(_) => Err(format!("error: no answer within 1s ({target})")),
+    }
+}
+
+/// Whether a connection of `pool` answers a query.
+async fn answers(pool: Pool) -> Result<(), String> {
+    let client = pool.get().await.map_err(|e| e.to_string())?;
+    client
+        .simple_query("SELECT 1")
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 async fn metrics(state: web::Data<HttpState>) -> HttpResponse {

@@ -75,10 +75,10 @@ impl Partitions {
             .clear();
     }
 
-    /// Whether some known partition covers `ts`.
-    fn covered(&self, ts: DateTime<Utc>) -> bool {
-        let known = self.known.read().unwrap_or_else(|e| e.into_inner());
-        known.iter().any(|r| r.covers(ts))
+    /// Stores the partitions known, sorted by lower bound (unbounded first) for [`covered`].
+    fn set_known(&self, mut known: Vec<Range>) {
+        known.sort_by_key(|r| r.lower);
+        *self.known.write().unwrap_or_else(|e| e.into_inner()) = known;
     }
 
     /// Makes sure a partition covers each of `times`: nothing to do (no query) when every one
@@ -88,10 +88,14 @@ impl Partitions {
         client: &mut tokio_postgres::Client,
         times: impl IntoIterator<Item = DateTime<Utc>>,
     ) -> Result<(), StoreError> {
+        // One look at the known partitions for the whole batch: it runs before every write.
         let mut missing: Vec<DateTime<Utc>> = Vec::new();
-        for ts in times {
-            if !self.covered(ts) && !missing.iter().any(|m| self.same_span(*m, ts)) {
-                missing.push(ts);
+        {
+            let known = self.known.read().unwrap_or_else(|e| e.into_inner());
+            for ts in times {
+                if !covered(&known, ts) && !missing.iter().any(|m| self.same_span(*m, ts)) {
+                    missing.push(ts);
+                }
             }
         }
         if missing.is_empty() {
@@ -105,7 +109,7 @@ impl Partitions {
         *self.horizon.write().unwrap_or_else(|e| e.into_inner()) = horizon;
         if missing.iter().any(|ts| *ts < horizon) {
             // Never a partition before the horizon: the caller refuses those readings.
-            *self.known.write().unwrap_or_else(|e| e.into_inner()) = known;
+            self.set_known(known);
             return Err(StoreError::BeyondHorizon);
         }
         for ts in missing {
@@ -124,25 +128,17 @@ impl Partitions {
             known.push(range);
         }
         tx.commit().await?;
-        *self.known.write().unwrap_or_else(|e| e.into_inner()) = known;
+        self.set_known(known);
         Ok(())
     }
 
     /// Reads the partitions from the catalog, and creates those of now and the next span.
     pub async fn prepare(&self, client: &mut tokio_postgres::Client) -> Result<(), StoreError> {
-        let known = load(&*client).await?;
-        *self.known.write().unwrap_or_else(|e| e.into_inner()) = known;
+        self.set_known(load(&*client).await?);
         let horizon = load_horizon(&*client).await?;
         *self.horizon.write().unwrap_or_else(|e| e.into_inner()) = horizon;
         let now = Utc::now();
         self.ensure(client, [now, now + self.width]).await
-    }
-
-    /// The partitions known, sorted by lower bound.
-    pub fn known(&self) -> Vec<Range> {
-        let mut known = self.known.read().unwrap_or_else(|e| e.into_inner()).clone();
-        known.sort_by_key(|r| r.lower);
-        known
     }
 
     /// Whether `a` and `b` fall in the same span of the width.
@@ -174,6 +170,14 @@ impl Partitions {
             upper: Some(upper),
         }
     }
+}
+
+/// Whether a partition of `known` (sorted by lower bound, never overlapping) covers `ts`: the
+/// last one starting at or before it, found by binary search, as years of daily partitions are
+/// looked up for every reading written.
+fn covered(known: &[Range], ts: DateTime<Utc>) -> bool {
+    let after = known.partition_point(|r| r.lower.is_none_or(|l| l <= ts));
+    after > 0 && known[after - 1].covers(ts)
 }
 
 /// The retention horizon (the earliest time representable when nothing was dropped).
@@ -248,5 +252,11 @@ mod tests {
         let r = p.range_for(at("1969-07-20T20:17:00Z"), &[]);
         assert_eq!(r.lower, Some(at("1969-07-20T00:00:00Z")));
         assert!(p.same_span(at("2026-12-05T00:00:00Z"), at("2026-12-05T23:59:59Z")));
+        let mut sorted = known.clone();
+        sorted.sort_by_key(|r| r.lower);
+        assert!(covered(&sorted, at("2026-11-01T00:00:00Z")));
+        assert!(!covered(&sorted, at("2026-12-02T00:00:00Z")));
+        assert!(covered(&sorted, at("2026-12-03T12:00:00Z")));
+        assert!(!covered(&sorted, at("2026-12-04T00:00:00Z")));
     }
 }

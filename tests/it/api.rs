@@ -372,25 +372,7 @@ struct ExtraDatabase(String);
 
 impl Drop for ExtraDatabase {
     fn drop(&mut self) {
-        let name = self.0.clone();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                if let Ok((client, connection)) =
-                    tokio_postgres::connect(PG_ADMIN_URL, tokio_postgres::NoTls).await
-                {
-                    tokio::spawn(connection);
-                    let _ = client
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                        .await;
-                }
-            });
-        })
-        .join()
-        .ok();
+        drop_database(&self.0);
     }
 }
 

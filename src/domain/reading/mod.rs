@@ -190,7 +190,7 @@ impl Rejection {
     }
 }
 
-/// Validation limits; see `config.rs` for the variables that set them and why the defaults.
+/// Validation limits; see the `config` module for the variables that set them and why the defaults.
 #[derive(Clone, Debug)]
 pub struct Limits {
     pub max_message_bytes: usize,

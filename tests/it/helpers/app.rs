@@ -76,27 +76,33 @@ impl Drop for Resources {
         // Every application on these resources has stopped by now (`TestApp` stops its own, and
         // a stopped or dropped application has joined its stages' threads; processes are killed
         // and waited for), so nothing writes to them any more: one pass removes them.
-        std::thread::spawn(move || {
-            if let Ok(mut conn) = redis::Client::open(REDIS_URL).and_then(|c| c.get_connection()) {
-                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&keys).query(&mut conn);
-            }
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                if let Ok((client, connection)) = tokio_postgres::connect(PG_ADMIN_URL, NoTls).await
-                {
-                    tokio::spawn(connection);
-                    let _ = client
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                        .await;
-                }
-            });
-        })
-        .join()
-        .ok();
+        if let Ok(mut conn) = redis::Client::open(REDIS_URL).and_then(|c| c.get_connection()) {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&keys).query(&mut conn);
+        }
+        drop_database(&name);
     }
+}
+
+/// Drops a test's database, from a thread of its own: callable from `Drop`, inside or outside
+/// a runtime, also when the test failed.
+pub fn drop_database(name: &str) {
+    let name = name.to_owned();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            if let Ok((client, connection)) = tokio_postgres::connect(PG_ADMIN_URL, NoTls).await {
+                tokio::spawn(connection);
+                let _ = client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .await;
+            }
+        });
+    })
+    .join()
+    .ok();
 }
 
 pub struct TestApp {

@@ -1,0 +1,162 @@
+//! The MQTT source's settings: the broker URL (`mqtt://`, `mqtts://`), its TLS, and the topic
+//! rules that say how each topic's payloads are read.
+
+use super::{ConfigError, Env, Secret, mask_password};
+use crate::domain::reading::Form;
+use crate::tls::{TlsFiles, Verify, client_config};
+use std::sync::Arc;
+
+/// Where the MQTT source connects and what it subscribes to.
+#[derive(Clone, Debug)]
+pub struct MqttSettings {
+    pub host: String,
+    pub port: u16,
+    pub credentials: Option<(String, Secret)>,
+    /// The TLS configuration of an `mqtts://` broker.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub client_id: String,
+    /// 1 or 2.
+    pub qos: u8,
+    pub rules: Vec<TopicRule>,
+}
+
+/// A topic filter and the form its messages' payloads are read in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicRule {
+    pub filter: String,
+    pub form: Form,
+}
+
+impl MqttSettings {
+    pub(super) fn from_env(
+        env: &Env,
+        group: &str,
+        tls_files: &TlsFiles,
+    ) -> Result<Option<Self>, ConfigError> {
+        let url = env.text("SENSORHUB_MQTT_URL");
+        if url.is_empty() || url == "(none)" {
+            return Ok(None);
+        }
+        let bad_url = |expected: &str| ConfigError {
+            var: "SENSORHUB_MQTT_URL",
+            value: mask_password(&url),
+            expected: expected.to_owned(),
+        };
+        let (rest, tls, default_port) = match url.split_once("://") {
+            Some(("mqtt", rest)) => (rest, false, 1883),
+            Some(("mqtts", rest)) => (rest, true, 8883),
+            _ => {
+                return Err(bad_url(
+                    "a URL such as mqtt://host:1883 or mqtts://host:8883",
+                ));
+            }
+        };
+        let (rest, insecure) = match rest.split_once('?') {
+            Some((rest, "insecure")) if tls => (rest, true),
+            Some(_) => return Err(bad_url("no query but ?insecure (with mqtts:// only)")),
+            None => (rest, false),
+        };
+        if !tls && *tls_files != TlsFiles::default() {
+            return Err(bad_url(
+                "an mqtts:// URL, as SENSORHUB_MQTT_CA_FILE, _CERT_FILE or _KEY_FILE is set",
+            ));
+        }
+        let tls = if tls {
+            let verify = if insecure {
+                Verify::Nothing
+            } else {
+                Verify::Full
+            };
+            let config = client_config(tls_files, verify).map_err(|e| ConfigError {
+                var: "SENSORHUB_MQTT_CA_FILE",
+                value: String::new(),
+                expected: e.to_string(),
+            })?;
+            Some(config)
+        } else {
+            None
+        };
+        let rest = rest.trim_end_matches('/');
+        let (credentials, host_port) = match rest.rsplit_once('@') {
+            Some((user_password, host_port)) => {
+                let (user, password) = user_password
+                    .split_once(':')
+                    .ok_or_else(|| bad_url("user:password@ before the host"))?;
+                (Some((user.to_owned(), Secret::new(password))), host_port)
+            }
+            None => (None, rest),
+        };
+        let (host, port) = match host_port.rsplit_once(':') {
+            Some((host, port)) => (
+                host,
+                port.parse::<u16>()
+                    .map_err(|_| bad_url("a port from 1 to 65535"))?,
+            ),
+            None => (host_port, default_port),
+        };
+        if host.is_empty() {
+            return Err(bad_url("a host, as in mqtt://host:1883"));
+        }
+        let client_id = match env.text("SENSORHUB_MQTT_CLIENT_ID") {
+            id if id.is_empty() || id == "sensorhub-<group>" => format!("sensorhub-{group}"),
+            id => id,
+        };
+        let qos = match env.text("SENSORHUB_MQTT_QOS").as_str() {
+            "1" => 1,
+            "2" => 2,
+            other => {
+                return Err(ConfigError {
+                    var: "SENSORHUB_MQTT_QOS",
+                    value: other.to_owned(),
+                    expected: "1 or 2".into(),
+                });
+            }
+        };
+        let rules = parse_rules(&env.text("SENSORHUB_MQTT_TOPICS"))?;
+        Ok(Some(Self {
+            host: host.to_owned(),
+            port,
+            credentials,
+            tls,
+            client_id,
+            qos,
+            rules,
+        }))
+    }
+}
+
+/// `filter=form; filter=form; ...`.
+fn parse_rules(text: &str) -> Result<Vec<TopicRule>, ConfigError> {
+    let bad = |expected: String| ConfigError {
+        var: "SENSORHUB_MQTT_TOPICS",
+        value: text.to_owned(),
+        expected,
+    };
+    let mut rules = Vec::new();
+    for rule in text.split(';').map(str::trim).filter(|r| !r.is_empty()) {
+        let (filter, form) = rule
+            .rsplit_once('=')
+            .ok_or_else(|| bad(format!("rules of the form filter=form, not {rule:?}")))?;
+        let filter = filter.trim();
+        let valid_filter = !filter.is_empty()
+            && filter.split('/').enumerate().all(|(i, level)| {
+                let last = i == filter.split('/').count() - 1;
+                (level != "#" || last)
+                    && (level == "#" || level == "+" || !level.contains(['#', '+']))
+            });
+        if !valid_filter {
+            return Err(bad(format!(
+                "an MQTT topic filter ('+' for one level, '#' only last), not {filter:?}"
+            )));
+        }
+        let form = form.trim().parse::<Form>().map_err(bad)?;
+        rules.push(TopicRule {
+            filter: filter.to_owned(),
+            form,
+        });
+    }
+    if rules.is_empty() {
+        return Err(bad("at least one rule filter=form".into()));
+    }
+    Ok(rules)
+}

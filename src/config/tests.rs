@@ -1,0 +1,317 @@
+//! The configuration read from variables: defaults, every error naming its variable, secrets
+//! from files and never printed, the README's table.
+
+use super::*;
+use crate::domain::reading::Form;
+use std::collections::HashMap;
+
+fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let map: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Config::from_lookup(|name| map.get(name).cloned())
+}
+
+#[test]
+fn defaults_match_the_design() {
+    let c = config(&[]).unwrap();
+    assert_eq!(c.redis_url.expose(), "redis://127.0.0.1:6379");
+    assert_eq!(
+        c.database_url.expose(),
+        "postgres://postgres@127.0.0.1:5432/sensorhub"
+    );
+    assert_eq!(
+        (c.stream.as_str(), c.group.as_str()),
+        ("sensor_stream", "sensorhub")
+    );
+    assert_eq!(c.channel.as_deref(), Some("sensor_stream"));
+    assert_eq!(c.dead_letter_stream(), "sensor_stream:dead");
+    let labels: Vec<String> = c.resolutions.iter().map(ToString::to_string).collect();
+    assert_eq!(labels, ["1m", "1h"]);
+    assert!(!c.consumer.is_empty());
+}
+
+#[test]
+fn fallback_urls_are_honoured() {
+    let c = config(&[
+        ("DATABASE_URL", "postgres://x@db/y"),
+        ("REDIS_URL", "redis://r"),
+    ])
+    .unwrap();
+    assert_eq!(c.database_url.expose(), "postgres://x@db/y");
+    assert_eq!(c.redis_url.expose(), "redis://r");
+    let c = config(&[
+        ("DATABASE_URL", "postgres://x@db/y"),
+        ("SENSORHUB_DATABASE_URL", "postgres://z/w"),
+    ])
+    .unwrap();
+    assert_eq!(c.database_url.expose(), "postgres://z/w");
+}
+
+#[test]
+fn empty_channel_turns_the_bridge_off() {
+    assert_eq!(config(&[("SENSORHUB_CHANNEL", "")]).unwrap().channel, None);
+}
+
+#[test]
+fn bad_values_name_variable_value_and_expectation() {
+    let cases = [
+        ("SENSORHUB_BATCH_SIZE", "lots", "whole number"),
+        ("SENSORHUB_BATCH_SIZE", "0", "from 1"),
+        ("SENSORHUB_HTTP_ADDR", "nowhere", "address"),
+        ("SENSORHUB_RESOLUTIONS", "1m,forever", "durations"),
+        ("SENSORHUB_TIMEZONE", "Mars/Olympus", "IANA"),
+        ("SENSORHUB_MAX_FUTURE_SKEW", "-5", "duration"),
+        ("SENSORHUB_STREAM", " ", "non-empty"),
+    ];
+    for (var, value, expected) in cases {
+        let error = config(&[(var, value)]).unwrap_err().to_string();
+        assert!(
+            error.contains(var) && error.contains(value) && error.contains(expected),
+            "{error}"
+        );
+        assert!(!error.contains('\n'));
+    }
+}
+
+#[test]
+fn readme_configuration_table_matches_the_code() {
+    let readme = include_str!("../../README.md");
+    assert!(
+        readme.contains(&markdown_table()),
+        "README.md's configuration table is out of date; replace it with:\n{}",
+        markdown_table()
+    );
+}
+
+#[test]
+fn every_documented_default_parses() {
+    for v in VARIABLES.iter().filter(|v| !v.default.starts_with('(')) {
+        let var = v.name;
+        assert!(
+            config(&[(var, v.default)]).is_ok(),
+            "{var} default {:?} does not parse",
+            v.default
+        );
+    }
+}
+
+#[test]
+fn secrets_can_come_from_files() {
+    let path = std::env::temp_dir().join(format!("sensorhub-secret-{}", std::process::id()));
+    std::fs::write(&path, "postgres://u:pw@db/sensorhub\n").unwrap();
+    let c = config(&[("SENSORHUB_DATABASE_URL_FILE", path.to_str().unwrap())]).unwrap();
+    assert_eq!(c.database_url.expose(), "postgres://u:pw@db/sensorhub");
+    std::fs::remove_file(&path).unwrap();
+    let error = config(&[("SENSORHUB_API_TOKEN_FILE", "/nonexistent/token")]).unwrap_err();
+    assert!(error.to_string().contains("SENSORHUB_API_TOKEN"), "{error}");
+}
+
+#[test]
+fn retention_bounds_the_oldest_accepted_reading() {
+    let c = config(&[]).unwrap();
+    assert!(c.retention.is_forever());
+    let day = Duration::from_secs(86_400);
+    let c = config(&[
+        ("SENSORHUB_RETENTION_RAW", "90d"),
+        ("SENSORHUB_RETENTION_AGGREGATES", "1m:400d, 1h:forever"),
+    ])
+    .unwrap();
+    assert_eq!(c.retention.raw, Some(day * 90));
+    assert_eq!(c.retention.aggregates, [("1m".parse().unwrap(), day * 400)]);
+    assert_eq!(
+        c.limits.max_age,
+        day * 90,
+        "MAX_AGE follows the retention when unset"
+    );
+    let error = config(&[
+        ("SENSORHUB_RETENTION_RAW", "90d"),
+        ("SENSORHUB_MAX_AGE", "365d"),
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("SENSORHUB_MAX_AGE=\"365d\"") && error.contains("at most 90d"),
+        "{error}"
+    );
+    let c = config(&[
+        ("SENSORHUB_RETENTION_RAW", "90d"),
+        ("SENSORHUB_MAX_AGE", "30d"),
+    ])
+    .unwrap();
+    assert_eq!(c.limits.max_age, day * 30);
+    for bad in ["soon", "10m"] {
+        let error = config(&[("SENSORHUB_RETENTION_RAW", bad)]).unwrap_err();
+        assert!(
+            error.to_string().contains("SENSORHUB_RETENTION_RAW"),
+            "{error}"
+        );
+    }
+    let error = config(&[("SENSORHUB_RETENTION_AGGREGATES", "1m=400d")]).unwrap_err();
+    assert!(error.to_string().contains("1m:400d"), "{error}");
+}
+
+#[test]
+fn ingest_takes_its_own_token_or_else_the_api_token() {
+    let open = config(&[]).unwrap();
+    assert!(open.api_token.is_none() && open.ingest_token.is_none());
+    let shared = config(&[("SENSORHUB_API_TOKEN", "read")]).unwrap();
+    assert_eq!(shared.ingest_token.unwrap().expose(), "read");
+    let separate = config(&[
+        ("SENSORHUB_API_TOKEN", "read"),
+        ("SENSORHUB_INGEST_TOKEN", "write"),
+    ])
+    .unwrap();
+    assert_eq!(separate.api_token.unwrap().expose(), "read");
+    assert_eq!(separate.ingest_token.unwrap().expose(), "write");
+    let path = std::env::temp_dir().join(format!("sensorhub-ingest-{}", std::process::id()));
+    std::fs::write(&path, "from-file\n").unwrap();
+    let c = config(&[("SENSORHUB_INGEST_TOKEN_FILE", path.to_str().unwrap())]).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(c.ingest_token.unwrap().expose(), "from-file");
+    assert!(c.api_token.is_none());
+}
+
+#[test]
+fn passwords_are_masked_in_every_url_form() {
+    for (url, masked) in [
+        (
+            "rediss://:s3cret@cache:6380/0",
+            "rediss://:***@cache:6380/0",
+        ),
+        (
+            "postgres://u:s3cret@db/s?sslmode=require",
+            "postgres://u:***@db/s?sslmode=require",
+        ),
+        (
+            "postgres://u@db/s?password=s3cret&sslmode=require",
+            "postgres://u:***@db/s?password=***&sslmode=require",
+        ),
+        (
+            "host=db password=s3cret dbname=s",
+            "host=db password=*** dbname=s",
+        ),
+        ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+    ] {
+        assert_eq!(mask_password(url), masked);
+    }
+}
+
+#[test]
+fn secrets_never_print() {
+    let c = config(&[
+        ("SENSORHUB_API_TOKEN", "hunter2"),
+        ("SENSORHUB_DATABASE_URL", "postgres://u:pw@h/d"),
+    ])
+    .unwrap();
+    let printed = format!("{c:?}");
+    assert!(
+        !printed.contains("hunter2") && !printed.contains("pw@"),
+        "{printed}"
+    );
+}
+
+#[test]
+fn mqtt_is_off_unless_a_url_is_set_and_reads_its_rules() {
+    assert!(config(&[]).unwrap().mqtt.is_none());
+    let c = config(&[("SENSORHUB_MQTT_URL", "mqtt://broker")]).unwrap();
+    let mqtt = c.mqtt.unwrap();
+    assert_eq!(
+        (mqtt.host.as_str(), mqtt.port, mqtt.qos),
+        ("broker", 1883, 1)
+    );
+    assert_eq!(mqtt.client_id, "sensorhub-sensorhub");
+    assert_eq!(
+        mqtt.rules,
+        vec![TopicRule {
+            filter: "sensors/#".into(),
+            form: Form::Json
+        }]
+    );
+    let c = config(&[
+        ("SENSORHUB_MQTT_URL", "mqtt://user:s3cret@broker:1884"),
+        (
+            "SENSORHUB_MQTT_TOPICS",
+            "/hv/status=channels:number; /+/status = fields",
+        ),
+        ("SENSORHUB_MQTT_QOS", "2"),
+    ])
+    .unwrap();
+    let mqtt = c.mqtt.clone().unwrap();
+    assert_eq!(mqtt.port, 1884);
+    assert_eq!(mqtt.qos, 2);
+    assert_eq!(mqtt.credentials.as_ref().unwrap().0, "user");
+    assert_eq!(mqtt.rules[1].filter, "/+/status");
+    assert!(
+        !format!("{c:?}").contains("s3cret"),
+        "the password never prints"
+    );
+}
+
+#[test]
+fn bad_mqtt_settings_name_the_variable_and_never_the_password() {
+    for (vars, var, expected) in [
+        (
+            vec![("SENSORHUB_MQTT_URL", "http://broker")],
+            "SENSORHUB_MQTT_URL",
+            "mqtt://",
+        ),
+        (
+            vec![("SENSORHUB_MQTT_URL", "mqtt://u:pw@broker?insecure")],
+            "SENSORHUB_MQTT_URL",
+            "mqtts://",
+        ),
+        (
+            vec![
+                ("SENSORHUB_MQTT_URL", "mqtts://u:pw@broker"),
+                ("SENSORHUB_MQTT_CA_FILE", "/nonexistent/ca.pem"),
+            ],
+            "SENSORHUB_MQTT_CA_FILE",
+            "/nonexistent/ca.pem",
+        ),
+        (
+            vec![
+                ("SENSORHUB_MQTT_URL", "mqtts://u:pw@broker"),
+                ("SENSORHUB_MQTT_CERT_FILE", "/c.pem"),
+            ],
+            "SENSORHUB_MQTT_KEY_FILE",
+            "/c.pem",
+        ),
+        (
+            vec![("SENSORHUB_MQTT_URL", "mqtt://u:pw@broker:99999")],
+            "SENSORHUB_MQTT_URL",
+            "port",
+        ),
+        (
+            vec![
+                ("SENSORHUB_MQTT_URL", "mqtt://b"),
+                ("SENSORHUB_MQTT_TOPICS", "a/#/b=json"),
+            ],
+            "SENSORHUB_MQTT_TOPICS",
+            "topic filter",
+        ),
+        (
+            vec![
+                ("SENSORHUB_MQTT_URL", "mqtt://b"),
+                ("SENSORHUB_MQTT_TOPICS", "a/#=csv"),
+            ],
+            "SENSORHUB_MQTT_TOPICS",
+            "payload form",
+        ),
+        (
+            vec![
+                ("SENSORHUB_MQTT_URL", "mqtt://b"),
+                ("SENSORHUB_MQTT_QOS", "0"),
+            ],
+            "SENSORHUB_MQTT_QOS",
+            "1 or 2",
+        ),
+    ] {
+        let error = config(&vars).unwrap_err();
+        let text = error.to_string();
+        assert_eq!(error.var, var, "{text}");
+        assert!(text.contains(expected), "{text}");
+        assert!(!text.contains("pw"), "{text}");
+    }
+}
