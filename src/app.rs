@@ -5,6 +5,7 @@ use crate::config::{Config, mask_password};
 use crate::http::{self, ApiSettings, HttpState, Targets};
 use crate::pipeline::faults::Faults;
 use crate::pipeline::read::READ_BLOCK;
+use crate::redis::connection::Connection;
 use crate::redis::{group, target as redis_target};
 use crate::sources::pubsub::BridgeHealth;
 use crate::store;
@@ -14,7 +15,6 @@ use crate::telemetry::Metrics;
 use actix_web::dev::ServerHandle;
 use actix_web::{App, HttpServer, web};
 use anyhow::Context as _;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -91,13 +91,24 @@ impl Application {
 
         let redis = redis_target::parse(config.redis_url.expose(), &config.redis_tls)
             .map_err(|why| anyhow::anyhow!("SENSORHUB_REDIS_URL: {why}"))?;
-        let client = redis.client.clone();
-        let redis_at = format!("Redis at {}", redis_target::describe(&redis.reader.info));
+        let redis_at = match &redis.cluster {
+            Some(_) => format!(
+                "Redis Cluster at {}",
+                redis
+                    .reader
+                    .seeds
+                    .iter()
+                    .map(redis_target::describe)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            None => format!("Redis at {}", redis_target::describe(&redis.reader.info)),
+        };
         let conn = retry_startup(&redis_at, || {
-            redis_connection(&client, REDIS_RESPONSE_TIMEOUT)
+            Connection::open(&redis, REDIS_RESPONSE_TIMEOUT)
         })
         .await?;
-        let read_conn = redis_connection(&client, REDIS_RESPONSE_TIMEOUT + READ_BLOCK).await?;
+        let read_conn = Connection::open(&redis, REDIS_RESPONSE_TIMEOUT + READ_BLOCK).await?;
         group::ensure_group(&mut conn.clone(), &config.stream, &config.group, true)
             .await
             .context("creating the consumer group")?;
@@ -215,17 +226,6 @@ impl Application {
         }
         self.server.stop(true).await;
     }
-}
-
-async fn redis_connection(
-    client: &redis::Client,
-    response_timeout: Duration,
-) -> redis::RedisResult<ConnectionManager> {
-    let config = ConnectionManagerConfig::new()
-        .set_response_timeout(Some(response_timeout))
-        .set_connection_timeout(Some(Duration::from_secs(5)))
-        .set_max_delay(Duration::from_secs(2));
-    ConnectionManager::new_with_config(client.clone(), config).await
 }
 
 /// Retries a start-up connection for up to [`STARTUP_WAIT`], logging each failure.

@@ -233,10 +233,13 @@ impl SelectArgs {
 /// Runs a dead-letter command against the configured Redis and stream, printing to stdout and
 /// progress to stderr.
 pub async fn run(config: &crate::config::Config, command: Command) -> anyhow::Result<()> {
-    let client = crate::redis::target::parse(config.redis_url.expose(), &config.redis_tls)
-        .map_err(|why| anyhow::anyhow!("SENSORHUB_REDIS_URL: {why}"))?
-        .client;
-    let conn = redis::aio::ConnectionManager::new(client).await?;
+    let target = crate::redis::target::parse(config.redis_url.expose(), &config.redis_tls)
+        .map_err(|why| anyhow::anyhow!("SENSORHUB_REDIS_URL: {why}"))?;
+    let conn = crate::redis::connection::Connection::open(
+        &target,
+        crate::redis::connection::TOOL_RESPONSE_TIMEOUT,
+    )
+    .await?;
     let mut store = DeadLetterStore::new(conn, &config.stream);
     let mut out = std::io::stdout().lock();
     use std::io::Write as _;

@@ -7,10 +7,10 @@
 
 use crate::config::{Config, MqttSettings, Secret};
 use crate::redis::channel::publish_payloads;
+use crate::redis::connection::Connection;
 use crate::redis::entry::append_payloads;
 use anyhow::{Context as _, bail};
 use chrono::{DateTime, TimeDelta, Utc};
-use redis::aio::ConnectionManager;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use std::f64::consts::TAU;
 use std::sync::Arc;
@@ -171,10 +171,9 @@ pub async fn run(config: &Config, sim: &Simulation) -> anyhow::Result<u64> {
             token: config.ingest_token.clone(),
         },
         _ => {
-            let client = crate::redis::target::parse(config.redis_url.expose(), &config.redis_tls)
-                .map_err(|why| anyhow::anyhow!("SENSORHUB_REDIS_URL: {why}"))?
-                .client;
-            let conn = ConnectionManager::new(client)
+            let target = crate::redis::target::parse(config.redis_url.expose(), &config.redis_tls)
+                .map_err(|why| anyhow::anyhow!("SENSORHUB_REDIS_URL: {why}"))?;
+            let conn = Connection::open(&target, crate::redis::connection::TOOL_RESPONSE_TIMEOUT)
                 .await
                 .context("connecting to Redis")?;
             Sink::Redis(conn)
@@ -252,7 +251,7 @@ pub async fn run(config: &Config, sim: &Simulation) -> anyhow::Result<u64> {
 
 /// Where the readings go.
 enum Sink {
-    Redis(ConnectionManager),
+    Redis(Connection),
     Mqtt(MqttPublisher),
     /// sensorhub's line-protocol endpoint (awc: the HTTP client of actix, already built for the
     /// server).

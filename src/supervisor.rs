@@ -15,6 +15,7 @@ use crate::pipeline::read::{ReadSettings, Reader};
 use crate::pipeline::validate::Validator;
 use crate::pipeline::window::Aggregator;
 use crate::pipeline::write::{WriteStore, Writer};
+use crate::redis::connection::Connection;
 use crate::redis::dead_letter::DeadLetters;
 use crate::redis::lease::unique_token;
 use crate::sources::mqtt::{MqttSource, MqttSourceSettings};
@@ -22,7 +23,6 @@ use crate::sources::pubsub::{Bridge, BridgeHealth, BridgeSettings};
 use crate::telemetry::Metrics;
 use actix::{Arbiter, Supervisor};
 use deadpool_postgres::Pool;
-use redis::aio::ConnectionManager;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -38,9 +38,9 @@ pub struct PipelineParts {
     /// The client of the pooled connections and what the reader's own connection needs.
     pub redis: crate::redis::target::Target,
     /// Shared multiplexed connection: acks, dead letters, bridge appends.
-    pub conn: ConnectionManager,
+    pub conn: Connection,
     /// The reader's own connection for blocking reads.
-    pub read_conn: ConnectionManager,
+    pub read_conn: Connection,
     pub metrics: Arc<Metrics>,
     /// Whether the bridge can append, shared with `/readyz`.
     pub bridge_health: Arc<BridgeHealth>,

@@ -199,7 +199,7 @@ fn selection(ids: Vec<String>, filter: Filter, all: bool) -> Result<Selection, A
     Ok(Selection::Matching(filter))
 }
 
-fn store(state: &HttpState) -> DeadLetterStore<redis::aio::ConnectionManager> {
+fn store(state: &HttpState) -> DeadLetterStore<crate::redis::connection::Connection> {
     DeadLetterStore::new(state.redis.clone(), &state.api.stream)
 }
 

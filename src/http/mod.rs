@@ -23,11 +23,11 @@ pub mod pipeline;
 
 use crate::config::Secret;
 use crate::domain::{Limits, Resolution};
+use crate::redis::connection::Connection;
 use crate::sources::pubsub::BridgeHealth;
 use crate::telemetry::Metrics;
 use actix_web::{HttpResponse, web};
 use deadpool_postgres::Pool;
-use redis::aio::ConnectionManager;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -72,7 +72,7 @@ pub struct HttpState {
     pub read_pool: Pool,
     /// Whether `read_pool` is a server of its own, checked by `/readyz` as `postgres_read`.
     pub separate_reads: bool,
-    pub redis: ConnectionManager,
+    pub redis: Connection,
     /// True while the pipeline's reader runs.
     pub pipeline_running: Arc<AtomicBool>,
     /// Whether the Pub/Sub bridge can append, when a channel is bridged.

@@ -5,12 +5,12 @@
 use crate::pipeline::flow::{Carried, Flow};
 use crate::pipeline::messages::Committed;
 use crate::pipeline::stage::{count_restart, guarded};
+use crate::redis::connection::Connection;
 use crate::redis::entry::EntryId;
 use crate::redis::{group, ledger};
 use crate::retry::Backoff;
 use crate::telemetry::Metrics;
 use actix::prelude::*;
-use redis::aio::ConnectionManager;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -33,7 +33,7 @@ pub struct AckSettings {
 
 pub struct Acker {
     settings: Arc<AckSettings>,
-    conn: ConnectionManager,
+    conn: Connection,
     /// This instance's batches in flight, published for the group-wide count.
     flow: Arc<Flow>,
     metrics: Arc<Metrics>,
@@ -46,7 +46,7 @@ pub struct Acker {
 impl Acker {
     pub fn new(
         settings: AckSettings,
-        conn: ConnectionManager,
+        conn: Connection,
         flow: Arc<Flow>,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -138,7 +138,7 @@ impl Handler<Committed> for Acker {
 /// Records a committed batch in the ledger and merges it. A re-read batch is also `XACK`ed
 /// ([`group::acknowledge`]).
 async fn record(
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     settings: &AckSettings,
     carried: &Carried,
     entries: &[EntryId],
@@ -160,7 +160,7 @@ async fn record(
 const IN_FLIGHT_TTL: Duration = Duration::from_secs(5);
 
 async fn maintain(
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     settings: &AckSettings,
     flow: &Flow,
     metrics: &Metrics,

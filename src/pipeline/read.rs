@@ -10,6 +10,7 @@
 use crate::pipeline::flow::{Carried, Flow};
 use crate::pipeline::messages::RawBatch;
 use crate::pipeline::stage::{count_restart, guarded, stop_requested};
+use crate::redis::connection::Connection;
 use crate::redis::entry::{EntryId, StreamEntry};
 use crate::redis::group;
 use crate::redis::ledger::{self, EntryRange, Upto};
@@ -17,7 +18,6 @@ use crate::redis::reader::StreamReader;
 use crate::retry::Backoff;
 use crate::telemetry::Metrics;
 use actix::prelude::*;
-use redis::aio::ConnectionManager;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -80,7 +80,7 @@ pub struct Reader {
     settings: Arc<ReadSettings>,
     /// For the ledger, re-reads and group re-creation. Entries are read on the read loop's own
     /// [`StreamReader`]: a blocking `XREADGROUP` holds the connection it runs on.
-    conn: ConnectionManager,
+    conn: Connection,
     validator: Recipient<RawBatch>,
     flow: Arc<Flow>,
     metrics: Arc<Metrics>,
@@ -93,7 +93,7 @@ pub struct Reader {
 impl Reader {
     pub fn new(
         settings: ReadSettings,
-        conn: ConnectionManager,
+        conn: Connection,
         validator: Recipient<RawBatch>,
         flow: Arc<Flow>,
         metrics: Arc<Metrics>,
@@ -141,7 +141,7 @@ impl Supervised for Reader {
 /// The read loop's state, owned by the spawned future.
 struct ReadLoop {
     settings: Arc<ReadSettings>,
-    conn: ConnectionManager,
+    conn: Connection,
     entries: StreamReader,
     validator: Recipient<RawBatch>,
     flow: Arc<Flow>,

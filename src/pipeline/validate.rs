@@ -7,19 +7,19 @@ use crate::domain::{Limits, ParseContext, Reading, Rejection, reading};
 use crate::pipeline::faults::Faults;
 use crate::pipeline::messages::{RawBatch, Readings};
 use crate::pipeline::stage::{count_restart, guarded, off_thread};
+use crate::redis::connection::Connection;
 use crate::redis::dead_letter::{DeadLetter, DeadLetters, REPLAY_ONLY, REPLAY_RECEIVED};
 use crate::redis::entry::{EntryId, StreamEntry};
 use crate::telemetry::Metrics;
 use actix::prelude::*;
 use chrono::Utc;
-use redis::aio::ConnectionManager;
 use std::sync::Arc;
 
 pub struct Validator {
     limits: Arc<Limits>,
     dead: Arc<DeadLetters>,
     /// Shared multiplexed connection for dead-letter writes.
-    conn: ConnectionManager,
+    conn: Connection,
     window: Recipient<Readings>,
     metrics: Arc<Metrics>,
     faults: Arc<Faults>,
@@ -29,7 +29,7 @@ impl Validator {
     pub fn new(
         limits: Limits,
         dead: DeadLetters,
-        conn: ConnectionManager,
+        conn: Connection,
         window: Recipient<Readings>,
         metrics: Arc<Metrics>,
         faults: Arc<Faults>,

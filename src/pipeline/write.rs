@@ -21,6 +21,7 @@ use crate::pipeline::flow::Ticket;
 use crate::pipeline::messages::{Committed, Repeat, WriteBatch};
 use crate::pipeline::shard::Shard;
 use crate::pipeline::stage::{count_restart, guarded};
+use crate::redis::connection::Connection;
 use crate::redis::dead_letter::{DeadLetter, DeadLetters};
 use crate::redis::entry::EntryId;
 use crate::retry::Backoff;
@@ -30,7 +31,6 @@ use crate::telemetry::Metrics;
 use actix::prelude::*;
 use deadpool_postgres::Pool;
 use futures_util::FutureExt as _;
-use redis::aio::ConnectionManager;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -58,7 +58,7 @@ struct WriteContext {
     metrics: Arc<Metrics>,
     dead: Arc<DeadLetters>,
     /// For dead letters of poison data.
-    conn: ConnectionManager,
+    conn: Connection,
     /// True while writes fail: shared by every transaction in progress, so that an outage logs
     /// once when it starts and once when it ends, however many batches and shards retry.
     failing: Arc<AtomicBool>,
@@ -109,7 +109,7 @@ impl Writer {
         store: WriteStore,
         resolutions: &[Resolution],
         dead: DeadLetters,
-        conn: ConnectionManager,
+        conn: Connection,
         acker: Recipient<Committed>,
         metrics: Arc<Metrics>,
         faults: Arc<Faults>,

@@ -1,10 +1,10 @@
 //! The consumer group: creating it, reading its state, and trimming the stream behind it.
 
+use crate::redis::connection::Connection;
 use crate::redis::entry::EntryId;
 use crate::redis::ledger;
 use crate::redis::reply::{as_u64, into_bytes, parse_entries, parse_id};
 use bytes::Bytes;
-use redis::aio::ConnectionManager;
 use redis::{RedisResult, Value};
 
 /// `XGROUP CREATE <stream> <group> 0 [MKSTREAM]`, and the group's ledger opened
@@ -13,7 +13,7 @@ use redis::{RedisResult, Value};
 /// stream is an error: the group is created once a producer writes to the stream again, and a
 /// stream an operator deleted is not resurrected empty.
 pub async fn ensure_group(
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     stream: &str,
     group: &str,
     create_stream: bool,
@@ -43,7 +43,7 @@ pub struct GroupInfo {
 }
 
 /// `XINFO GROUPS <stream>`.
-pub async fn groups(conn: &mut ConnectionManager, stream: &str) -> RedisResult<Vec<GroupInfo>> {
+pub async fn groups(conn: &mut Connection, stream: &str) -> RedisResult<Vec<GroupInfo>> {
     let reply: Value = redis::cmd("XINFO")
         .arg("GROUPS")
         .arg(stream)
@@ -83,7 +83,7 @@ pub async fn groups(conn: &mut ConnectionManager, stream: &str) -> RedisResult<V
 
 /// The oldest pending entry of a group (`XPENDING <stream> <group>` summary).
 async fn oldest_pending(
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     stream: &str,
     group: &str,
 ) -> RedisResult<Option<EntryId>> {
@@ -106,7 +106,7 @@ async fn oldest_pending(
 /// any other group the entries it had delivered and acknowledged. Entries not committed, pending
 /// or not yet delivered in any group are never trimmed.
 pub async fn trim_acknowledged(
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     stream: &str,
     ours: &str,
     groups: &[GroupInfo],
@@ -164,7 +164,7 @@ pub async fn trim_acknowledged(
 /// version of sensorhub that acknowledged entry by entry (acknowledging an entry that is not
 /// pending does nothing).
 pub async fn acknowledge(
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     stream: &str,
     group: &str,
     entries: &[EntryId],

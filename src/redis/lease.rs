@@ -2,8 +2,8 @@
 //! only one of several instances does a job (bridging a channel into the stream), and another
 //! takes over when the holder stops renewing.
 
+use crate::redis::connection::Connection;
 use redis::RedisResult;
-use redis::aio::ConnectionManager;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ pub struct Lease {
 
 impl Lease {
     /// Takes the lease if it is free, or renews it if this holder has it: true when held.
-    pub async fn acquire(&self, conn: &mut ConnectionManager) -> RedisResult<bool> {
+    pub async fn acquire(&self, conn: &mut Connection) -> RedisResult<bool> {
         if self.renew(conn).await? {
             return Ok(true);
         }
@@ -41,7 +41,7 @@ impl Lease {
 
     /// Extends the lease by its time to live if this holder still holds it: false when it was
     /// lost.
-    pub async fn renew(&self, conn: &mut ConnectionManager) -> RedisResult<bool> {
+    pub async fn renew(&self, conn: &mut Connection) -> RedisResult<bool> {
         let renewed: i64 = redis::cmd("EVAL")
             .arg(RENEW)
             .arg(1)
@@ -55,7 +55,7 @@ impl Lease {
 
     /// Gives the lease up if this holder holds it, so another instance need not wait for it to
     /// expire.
-    pub async fn release(&self, conn: &mut ConnectionManager) -> RedisResult<()> {
+    pub async fn release(&self, conn: &mut Connection) -> RedisResult<()> {
         redis::cmd("EVAL")
             .arg(RELEASE)
             .arg(1)

@@ -22,9 +22,9 @@
 //! A re-read can only repeat work: the store skips readings it already holds, so nothing is stored
 //! twice. A range is recorded only after its commit, so nothing is marked stored that is not.
 
+use crate::redis::connection::Connection;
 use crate::redis::entry::{EntryId, StreamEntry};
 use crate::redis::reply::{parse_entries, parse_id, unexpected};
-use redis::aio::ConnectionManager;
 use redis::{RedisResult, Value};
 
 /// A contiguous run of stream entries, `first..=last`: no entry of the stream lies between two of
@@ -66,7 +66,7 @@ fn padded(id: EntryId) -> String {
 
 /// Records the ranges of a committed batch.
 pub async fn record(
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     stream: &str,
     group: &str,
     ranges: &[EntryRange],
@@ -190,7 +190,7 @@ impl Progress {
 /// Runs the merge ([`COMPACT`]) and returns the progress it leaves; `None` when the group does not
 /// exist (the stream or group was deleted): nothing was merged.
 pub async fn compact(
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     stream: &str,
     group: &str,
 ) -> RedisResult<Option<Progress>> {
@@ -232,7 +232,7 @@ pub async fn compact(
 /// Starts the ledger of a group just created: nothing committed. A ledger left by an earlier
 /// group of the same name (the stream or group was deleted and recreated) describes entries that
 /// may no longer exist, or exist again unread.
-pub async fn reset(conn: &mut ConnectionManager, stream: &str, group: &str) -> RedisResult<()> {
+pub async fn reset(conn: &mut Connection, stream: &str, group: &str) -> RedisResult<()> {
     redis::pipe()
         .atomic()
         .cmd("DEL")
@@ -283,7 +283,7 @@ pub fn in_flight_key(stream: &str, group: &str) -> String {
 
 /// See [`IN_FLIGHT`]. `entries` in flight, the last of them `last` (`None` when none).
 pub async fn in_flight(
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     stream: &str,
     group: &str,
     holder: &str,
@@ -306,7 +306,7 @@ pub async fn in_flight(
 /// Opens the group's ledger, if it has none yet, with nothing committed: done with the group's
 /// creation, before the first read, so that a group with a ledger can be told from one without
 /// (another program's, which acknowledges with `XACK`) when the stream is trimmed.
-pub async fn open(conn: &mut ConnectionManager, stream: &str, group: &str) -> RedisResult<()> {
+pub async fn open(conn: &mut Connection, stream: &str, group: &str) -> RedisResult<()> {
     redis::cmd("SET")
         .arg(through_key(stream, group))
         .arg(padded(EntryId::ZERO))
@@ -348,7 +348,7 @@ pub async fn through(
 
 /// Re-reads up to `count` entries after `after`, up to `upto` (`XRANGE`).
 pub async fn read_range(
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     stream: &str,
     after: EntryId,
     upto: Upto,

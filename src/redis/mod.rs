@@ -16,6 +16,7 @@
 //! Inside this module `redis::` names the `redis` crate; elsewhere `crate::redis` names this one.
 
 pub mod channel;
+pub mod connection;
 pub mod dead_letter;
 pub mod entry;
 pub mod group;

@@ -13,21 +13,97 @@ use std::sync::Arc;
 /// What the stream reader needs to open its own connection.
 #[derive(Clone, Debug)]
 pub struct ReaderTarget {
+    /// The server (of a cluster: the first node named) and the settings every connection uses.
     pub info: ConnectionInfo,
     /// The TLS configuration of a `rediss://` URL.
     pub tls: Option<Arc<ClientConfig>>,
+    /// Every node a cluster URL names, to start from (and to fall back on when the node owning
+    /// the stream's slot stops answering); empty for one server.
+    pub seeds: Vec<ConnectionInfo>,
 }
 
 /// A Redis to connect to: the client of the pooled connections and the reader's target.
 #[derive(Clone, Debug)]
 pub struct Target {
+    /// One server's client; of a cluster, the first node's (Pub/Sub: a cluster forwards every
+    /// `PUBLISH` to every node, so one node's subscription hears them all).
     pub client: redis::Client,
+    /// The cluster's client, for a `redis+cluster://` URL.
+    pub cluster: Option<redis::cluster::ClusterClient>,
     pub reader: ReaderTarget,
 }
+
+/// The schemes of a cluster URL: `redis+cluster://[user:password@]host:port,host:port,...`, and
+/// `rediss+cluster://` for TLS.
+const CLUSTER_SCHEMES: [(&str, &str); 2] = [
+    ("redis+cluster://", "redis://"),
+    ("rediss+cluster://", "rediss://"),
+];
 
 /// Reads `url` with the TLS files; an error says what is wrong (without the URL, which may hold
 /// a password).
 pub fn parse(url: &str, files: &TlsFiles) -> Result<Target, String> {
+    let Some(nodes) = cluster_nodes(url)? else {
+        return parse_server(url, files);
+    };
+    let servers = nodes
+        .iter()
+        .map(|node| parse_server(node, files))
+        .collect::<Result<Vec<_>, _>>()?;
+    let first = servers[0].clone();
+    if first.reader.info.redis_settings().db() != 0 {
+        return Err("a Redis Cluster has only database 0: remove the /N from the URL".into());
+    }
+    let seeds: Vec<ConnectionInfo> = servers.iter().map(|s| s.reader.info.clone()).collect();
+    let mut builder = redis::cluster::ClusterClient::builder(seeds.clone());
+    if let ConnectionAddr::TcpTls { insecure, .. } = first.reader.info.addr() {
+        builder = builder
+            .tls(if *insecure {
+                redis::TlsMode::Insecure
+            } else {
+                redis::TlsMode::Secure
+            })
+            .certs(certificates(files)?);
+    }
+    let cluster = builder.build().map_err(|e| format!("cluster: {e}"))?;
+    Ok(Target {
+        client: first.client,
+        cluster: Some(cluster),
+        reader: ReaderTarget {
+            seeds,
+            ..first.reader
+        },
+    })
+}
+
+/// The URL of each node a cluster URL names (with its credentials, query and scheme), or `None`
+/// for a one-server URL.
+fn cluster_nodes(url: &str) -> Result<Option<Vec<String>>, String> {
+    let Some((rest, scheme)) = CLUSTER_SCHEMES
+        .iter()
+        .find_map(|(cluster, server)| url.strip_prefix(cluster).map(|rest| (rest, *server)))
+    else {
+        return Ok(None);
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (credentials, hosts) = match authority.rsplit_once('@') {
+        Some((credentials, hosts)) => (format!("{credentials}@"), hosts),
+        None => (String::new(), authority),
+    };
+    let nodes: Vec<String> = hosts
+        .split(',')
+        .filter(|host| !host.is_empty())
+        .map(|host| format!("{scheme}{credentials}{host}{tail}"))
+        .collect();
+    if nodes.is_empty() {
+        return Err("a cluster URL names no node (redis+cluster://host:port,host:port)".into());
+    }
+    Ok(Some(nodes))
+}
+
+/// One Redis server's URL.
+fn parse_server(url: &str, files: &TlsFiles) -> Result<Target, String> {
     let url = insecure_as_fragment(url);
     let info = url
         .as_str()
@@ -46,7 +122,12 @@ pub fn parse(url: &str, files: &TlsFiles) -> Result<Target, String> {
             let client = redis::Client::open(info.clone()).map_err(|e| e.to_string())?;
             return Ok(Target {
                 client,
-                reader: ReaderTarget { info, tls: None },
+                cluster: None,
+                reader: ReaderTarget {
+                    info,
+                    tls: None,
+                    seeds: Vec::new(),
+                },
             });
         }
     };
@@ -56,10 +137,25 @@ pub fn parse(url: &str, files: &TlsFiles) -> Result<Target, String> {
         Verify::Full
     };
     let tls = client_config(files, verify).map_err(|e| e.to_string())?;
+    let client = redis::Client::build_with_tls(info.clone(), certificates(files)?)
+        .map_err(|e| format!("TLS: {e}"))?;
+    Ok(Target {
+        client,
+        cluster: None,
+        reader: ReaderTarget {
+            info,
+            tls: Some(tls),
+            seeds: Vec::new(),
+        },
+    })
+}
+
+/// The `redis` crate's form of the TLS files.
+fn certificates(files: &TlsFiles) -> Result<redis::TlsCertificates, String> {
     let read = |path: &std::path::Path| {
         std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
     };
-    let certificates = redis::TlsCertificates {
+    Ok(redis::TlsCertificates {
         client_tls: match &files.client {
             Some((cert, key)) => Some(redis::ClientTlsConfig {
                 client_cert: read(cert)?,
@@ -68,15 +164,6 @@ pub fn parse(url: &str, files: &TlsFiles) -> Result<Target, String> {
             None => None,
         },
         root_cert: files.ca.as_deref().map(read).transpose()?,
-    };
-    let client = redis::Client::build_with_tls(info.clone(), certificates)
-        .map_err(|e| format!("TLS: {e}"))?;
-    Ok(Target {
-        client,
-        reader: ReaderTarget {
-            info,
-            tls: Some(tls),
-        },
     })
 }
 
@@ -134,5 +221,30 @@ mod tests {
         assert!(error.contains("rediss://"), "{error}");
         let error = parse("rediss://h", &files).unwrap_err();
         assert!(error.contains("/nonexistent/ca.pem"), "{error}");
+    }
+
+    #[test]
+    fn a_cluster_url_names_every_node_with_the_same_credentials() {
+        let target = parse(
+            "redis+cluster://app:secret@10.0.0.1:7000,10.0.0.2:7001,cache3:7002",
+            &TlsFiles::default(),
+        )
+        .unwrap();
+        assert!(target.cluster.is_some());
+        let seeds: Vec<String> = target.reader.seeds.iter().map(describe).collect();
+        assert_eq!(seeds, ["10.0.0.1:7000", "10.0.0.2:7001", "cache3:7002"]);
+        for seed in &target.reader.seeds {
+            assert_eq!(seed.redis_settings().username(), Some("app"));
+            assert_eq!(seed.redis_settings().password(), Some("secret"));
+        }
+        assert_eq!(describe(&target.reader.info), "10.0.0.1:7000");
+        let tls = parse("rediss+cluster://h1:7000,h2:7000", &TlsFiles::default()).unwrap();
+        assert!(tls.reader.tls.is_some() && tls.cluster.is_some());
+        let single = parse("redis://h1:7000", &TlsFiles::default()).unwrap();
+        assert!(single.cluster.is_none() && single.reader.seeds.is_empty());
+        let error = parse("redis+cluster://h1:7000,h2:7000/3", &TlsFiles::default()).unwrap_err();
+        assert!(error.contains("database 0"), "{error}");
+        let error = parse("redis+cluster://", &TlsFiles::default()).unwrap_err();
+        assert!(error.contains("no node"), "{error}");
     }
 }

@@ -17,6 +17,7 @@
 
 use crate::config::{MqttSettings, TopicRule};
 use crate::pipeline::stage::{count_restart, guarded, stop_requested};
+use crate::redis::connection::Connection;
 use crate::redis::entry::{FencedError, append_entries_fenced};
 use crate::redis::lease::{Lease, unique_token};
 use crate::retry::Backoff;
@@ -24,7 +25,6 @@ use crate::telemetry::Metrics;
 use actix::prelude::*;
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesOrdered;
-use redis::aio::ConnectionManager;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -60,7 +60,7 @@ pub struct MqttSourceSettings {
 pub struct MqttSource {
     settings: Arc<MqttSourceSettings>,
     token: String,
-    conn: ConnectionManager,
+    conn: Connection,
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
 }
@@ -68,7 +68,7 @@ pub struct MqttSource {
 impl MqttSource {
     pub fn new(
         settings: MqttSourceSettings,
-        conn: ConnectionManager,
+        conn: Connection,
         metrics: Arc<Metrics>,
         stop: watch::Receiver<bool>,
     ) -> Self {
@@ -111,7 +111,7 @@ impl Supervised for MqttSource {
 struct SourceLoop {
     settings: Arc<MqttSourceSettings>,
     lease: Lease,
-    conn: ConnectionManager,
+    conn: Connection,
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
 }
@@ -270,7 +270,7 @@ impl SourceLoop {
 
 /// The connection, lease and settings one append uses.
 struct Appender {
-    conn: ConnectionManager,
+    conn: Connection,
     settings: Arc<MqttSourceSettings>,
     lease: Lease,
     metrics: Arc<Metrics>,

@@ -15,13 +15,13 @@
 
 use crate::pipeline::stage::{count_restart, guarded, stop_requested};
 use crate::redis::channel;
+use crate::redis::connection::Connection;
 use crate::redis::entry::{FencedError, append_entries_fenced};
 use crate::redis::lease::{Lease, unique_token};
 use crate::retry::Backoff;
 use crate::telemetry::Metrics;
 use actix::prelude::*;
 use futures_util::{FutureExt as _, StreamExt as _};
-use redis::aio::ConnectionManager;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -74,7 +74,7 @@ pub struct Bridge {
     token: String,
     health: Arc<BridgeHealth>,
     client: redis::Client,
-    conn: ConnectionManager,
+    conn: Connection,
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
 }
@@ -83,7 +83,7 @@ impl Bridge {
     pub fn new(
         settings: BridgeSettings,
         client: redis::Client,
-        conn: ConnectionManager,
+        conn: Connection,
         metrics: Arc<Metrics>,
         health: Arc<BridgeHealth>,
         stop: watch::Receiver<bool>,
@@ -129,7 +129,7 @@ struct BridgeLoop {
     lease: Lease,
     health: Arc<BridgeHealth>,
     client: redis::Client,
-    conn: ConnectionManager,
+    conn: Connection,
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
 }

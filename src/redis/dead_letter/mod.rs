@@ -12,11 +12,11 @@ pub mod browse;
 pub mod replay;
 
 use crate::domain::Rejection;
+use crate::redis::connection::Connection;
 use crate::redis::entry::{EntryId, Field};
 use crate::retry::Backoff;
 use crate::telemetry::Metrics;
 use redis::RedisResult;
-use redis::aio::ConnectionManager;
 use std::collections::BTreeMap;
 
 /// The field of a replayed entry naming the entry its payload first came in as: a reading
@@ -51,7 +51,7 @@ impl DeadLetters {
     /// its rejections are kept. Counts them by reason; `actor` labels the Redis errors.
     pub async fn keep(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut Connection,
         letters: &[DeadLetter],
         metrics: &Metrics,
         actor: &str,
@@ -84,7 +84,7 @@ impl DeadLetters {
 
 /// Appends dead letters in one round trip, capping the stream at about `maxlen` entries.
 async fn append(
-    conn: &mut ConnectionManager,
+    conn: &mut Connection,
     key: &str,
     maxlen: usize,
     letters: &[DeadLetter],
