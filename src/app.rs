@@ -6,6 +6,7 @@ use crate::http::{self, ApiSettings, HttpState, Targets};
 use crate::pipeline::faults::Faults;
 use crate::pipeline::read::READ_BLOCK;
 use crate::redis::connection::Connection;
+use crate::redis::shards::has_hash_tag;
 use crate::redis::{group, target as redis_target};
 use crate::sources::pubsub::BridgeHealth;
 use crate::store;
@@ -109,9 +110,22 @@ impl Application {
         })
         .await?;
         let read_conn = Connection::open(&redis, REDIS_RESPONSE_TIMEOUT + READ_BLOCK).await?;
-        group::ensure_group(&mut conn.clone(), &config.stream, &config.group, true)
-            .await
-            .context("creating the consumer group")?;
+        let streams = config.streams();
+        if redis.cluster.is_some()
+            && let Some(bare) = streams.all().iter().find(|s| !has_hash_tag(s))
+        {
+            anyhow::bail!(
+                "SENSORHUB_STREAM={bare} has no hash tag: in a Redis Cluster the keys beside it \
+                 (ledger, dead letters, leases) would land in other slots than the stream. Name it \
+                 {{{bare}}} (`sensorhub rename-stream --to '{{{bare}}}'` renames an existing one \
+                 with its keys) or use SENSORHUB_STREAM_SHARDS, whose shards have hash tags"
+            );
+        }
+        for stream in streams.all() {
+            group::ensure_group(&mut conn.clone(), stream, &config.group, true)
+                .await
+                .with_context(|| format!("creating the consumer group on {stream}"))?;
+        }
 
         let bridge_health = Arc::new(BridgeHealth::default());
         let pipeline = Pipeline::start(
@@ -153,6 +167,7 @@ impl Application {
                 active_within: config.active_within,
                 resolutions: config.resolutions.clone(),
                 stream: config.stream.clone(),
+                streams: config.streams(),
                 limits: config.limits.clone(),
             }),
         };

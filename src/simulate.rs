@@ -9,6 +9,7 @@ use crate::config::{Config, MqttSettings, Secret};
 use crate::redis::channel::publish_payloads;
 use crate::redis::connection::Connection;
 use crate::redis::entry::append_payloads;
+use crate::redis::shards::{Streams, shard_of};
 use anyhow::{Context as _, bail};
 use chrono::{DateTime, TimeDelta, Utc};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -144,7 +145,9 @@ pub async fn run(config: &Config, sim: &Simulation) -> anyhow::Result<u64> {
     if sim.sensors == 0 || !sim.rate.is_finite() || sim.rate <= 0.0 {
         bail!("--sensors and --rate must be greater than zero");
     }
+    let streams = config.streams();
     let target = match sim.via {
+        Via::Xadd if streams.len() > 1 => format!("{} shards of {}", streams.len(), config.stream),
         Via::Xadd => config.stream.clone(),
         Via::Publish => match &config.channel {
             Some(channel) => channel.clone(),
@@ -223,7 +226,7 @@ pub async fn run(config: &Config, sim: &Simulation) -> anyhow::Result<u64> {
                     (id, text)
                 })
                 .collect();
-            sink.send(sim.via, &target, readings)
+            sink.send(sim.via, &target, &streams, readings)
                 .await
                 .with_context(|| format!("{verb} to {target}"))?;
             sent = due;
@@ -268,10 +271,29 @@ impl Sink {
         &mut self,
         via: Via,
         target: &str,
+        streams: &Streams,
         readings: Vec<(String, String)>,
     ) -> anyhow::Result<()> {
         match self {
             Sink::Mqtt(publisher) => publisher.publish(readings).await,
+            Sink::Http { .. } | Sink::Redis(_) if streams.len() > 1 && via != Via::Publish => {
+                // One request or append per shard, so each goes where its sensors' shard is.
+                let mut by_shard: Vec<Vec<(String, String)>> = vec![Vec::new(); streams.len()];
+                for reading in readings {
+                    by_shard[shard_of(&reading.0, streams.len())].push(reading);
+                }
+                for (shard, readings) in by_shard.into_iter().enumerate() {
+                    if !readings.is_empty() {
+                        let target = match via {
+                            Via::Xadd => &streams.all()[shard],
+                            _ => target,
+                        };
+                        Box::pin(self.send(via, target, &Streams::new(target, 1), readings))
+                            .await?;
+                    }
+                }
+                Ok(())
+            }
             Sink::Http { client, token } => {
                 let body: String = readings.into_iter().map(|(_, line)| line).collect();
                 let mut request = client.post(target);

@@ -8,10 +8,10 @@
 //! stalling the others, and lets the pipeline use both cores.
 
 use crate::config::Config;
-use crate::pipeline::ack::{AckSettings, Acker};
+use crate::pipeline::ack::{AckSettings, Acker, ShardGauges};
 use crate::pipeline::faults::Faults;
 use crate::pipeline::flow::Flow;
-use crate::pipeline::read::{ReadSettings, Reader};
+use crate::pipeline::read::{ReadSettings, Reader, ReadersRunning};
 use crate::pipeline::validate::Validator;
 use crate::pipeline::window::Aggregator;
 use crate::pipeline::write::{WriteStore, Writer};
@@ -21,12 +21,12 @@ use crate::redis::lease::unique_token;
 use crate::sources::mqtt::{MqttSource, MqttSourceSettings};
 use crate::sources::pubsub::{Bridge, BridgeHealth, BridgeSettings};
 use crate::telemetry::Metrics;
-use actix::{Arbiter, Supervisor};
+use actix::{Arbiter, ArbiterHandle, Supervisor};
 use deadpool_postgres::Pool;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 /// What the stages are built from.
 pub struct PipelineParts {
@@ -50,9 +50,20 @@ pub struct PipelineParts {
 /// The running pipeline.
 pub struct Pipeline {
     arbiters: Vec<Arbiter>,
-    flow: Arc<Flow>,
+    /// The flow of each stream read; they share one set of permits.
+    flows: Vec<Arc<Flow>>,
     stop: watch::Sender<bool>,
-    reader_running: Arc<AtomicBool>,
+    readers_running: ReadersRunning,
+}
+
+/// The threads the stages run on: each stage of every stream read on its stage's thread.
+struct Threads {
+    ack: ArbiterHandle,
+    write: ArbiterHandle,
+    window: ArbiterHandle,
+    validate: ArbiterHandle,
+    /// The readers and the bridges spend their time waiting on Redis: they share a thread.
+    io: ArbiterHandle,
 }
 
 impl Pipeline {
@@ -68,8 +79,6 @@ impl Pipeline {
             faults,
         } = parts;
         let (stop, stop_rx) = watch::channel(false);
-        let flow = Flow::new(config.max_in_flight, Arc::clone(&metrics));
-        let reader_running = Arc::new(AtomicBool::new(false));
         let mut arbiters = Vec::new();
         let mut arbiter = || {
             let arbiter = Arbiter::new();
@@ -77,101 +86,45 @@ impl Pipeline {
             arbiters.push(arbiter);
             handle
         };
-
-        // Sink first: each stage is started with the address of the one after it.
-        let ack_settings = AckSettings {
-            stream: config.stream.clone(),
-            group: config.group.clone(),
-            instance: unique_token(&config.consumer),
-            tail: config.stream_tail,
+        let threads = Threads {
+            ack: arbiter(),
+            write: arbiter(),
+            window: arbiter(),
+            validate: arbiter(),
+            io: arbiter(),
         };
-        let acker = {
-            let (conn, flow, metrics) = (conn.clone(), Arc::clone(&flow), Arc::clone(&metrics));
-            Supervisor::start_in_arbiter(&arbiter(), move |_| {
-                Acker::new(ack_settings, conn, flow, metrics)
-            })
-        };
-
-        let dead_letters = DeadLetters {
-            key: config.dead_letter_stream(),
-            maxlen: config.dead_letter_maxlen,
-        };
-        let writer = {
-            let resolutions = config.resolutions.clone();
-            let dead_letters = dead_letters.clone();
-            let (conn, metrics, faults) = (conn.clone(), Arc::clone(&metrics), Arc::clone(&faults));
-            let committed = acker.recipient();
-            Supervisor::start_in_arbiter(&arbiter(), move |_| {
-                Writer::new(
-                    WriteStore {
-                        pool: write_pool,
-                        partitions,
-                    },
-                    &resolutions,
-                    dead_letters,
-                    conn,
-                    committed,
-                    metrics,
-                    faults,
-                )
-            })
-        };
-
-        let aggregator = {
-            let resolutions = config.resolutions.clone();
-            let write_connections = config.write_connections;
-            let (metrics, faults) = (Arc::clone(&metrics), Arc::clone(&faults));
-            let write_batches = writer.recipient();
-            Supervisor::start_in_arbiter(&arbiter(), move |_| {
-                Aggregator::new(
-                    &resolutions,
-                    write_connections,
-                    write_batches,
-                    metrics,
-                    faults,
-                )
-            })
-        };
-
-        let validator = {
-            let limits = config.limits.clone();
-            let (conn, metrics, faults) = (conn.clone(), Arc::clone(&metrics), Arc::clone(&faults));
-            let readings = aggregator.recipient();
-            Supervisor::start_in_arbiter(&arbiter(), move |_| {
-                Validator::new(limits, dead_letters, conn, readings, metrics, faults)
-            })
-        };
-
-        let read_settings = ReadSettings {
-            redis: redis_target.reader.clone(),
-            stream: config.stream.clone(),
-            group: config.group.clone(),
-            consumer: config.consumer.clone(),
-            batch_size: config.batch_size,
-            batch_delay: config.batch_delay,
-            claim_idle: config.claim_idle,
-        };
-        // The reader and the bridge spend their time waiting on Redis: they share a thread.
-        let io = arbiter();
-        {
-            let (flow, metrics, stop, running) = (
-                Arc::clone(&flow),
+        let streams = config.streams();
+        let permits = Arc::new(Semaphore::new(config.max_in_flight));
+        let gauges = Arc::new(ShardGauges::new(streams.len()));
+        let instance = unique_token(&config.consumer);
+        let mut flows = Vec::new();
+        let mut running = Vec::new();
+        for &shard in &config.read_shards {
+            let flow = Flow::sharing(
+                Arc::clone(&permits),
+                config.max_in_flight,
                 Arc::clone(&metrics),
-                stop_rx.clone(),
-                Arc::clone(&reader_running),
             );
-            let raw_batches = validator.recipient();
-            Supervisor::start_in_arbiter(&io, move |_| {
-                Reader::new(
-                    read_settings,
-                    read_conn,
-                    raw_batches,
-                    flow,
-                    metrics,
-                    stop,
-                    running,
-                )
-            });
+            let reader_running = Arc::new(AtomicBool::new(false));
+            let stages = StreamStages {
+                stream: streams.all()[shard].clone(),
+                shard,
+                instance: instance.clone(),
+                write_pool: write_pool.clone(),
+                partitions: Arc::clone(&partitions),
+                reader: redis_target.reader.clone(),
+                conn: conn.clone(),
+                read_conn: read_conn.clone(),
+                flow: Arc::clone(&flow),
+                gauges: Arc::clone(&gauges),
+                metrics: Arc::clone(&metrics),
+                faults: Arc::clone(&faults),
+                stop: stop_rx.clone(),
+                running: Arc::clone(&reader_running),
+            };
+            stages.start(config, &threads);
+            flows.push(flow);
+            running.push(reader_running);
         }
 
         if let Some(mqtt) = &config.mqtt {
@@ -182,7 +135,7 @@ impl Pipeline {
                 lease_ttl: config.bridge_lease,
             };
             let (conn, metrics, stop) = (conn.clone(), Arc::clone(&metrics), stop_rx.clone());
-            Supervisor::start_in_arbiter(&io, move |_| {
+            Supervisor::start_in_arbiter(&threads.io, move |_| {
                 MqttSource::new(settings, conn, metrics, stop)
             });
         }
@@ -195,7 +148,7 @@ impl Pipeline {
                 lease_ttl: config.bridge_lease,
             };
             let metrics = Arc::clone(&metrics);
-            Supervisor::start_in_arbiter(&io, move |_| {
+            Supervisor::start_in_arbiter(&threads.io, move |_| {
                 Bridge::new(
                     settings,
                     redis_target.client,
@@ -209,20 +162,20 @@ impl Pipeline {
 
         Self {
             arbiters,
-            flow,
+            flows,
             stop,
-            reader_running,
+            readers_running: ReadersRunning::new(running),
         }
     }
 
-    /// The flag that is true while the reader's loop runs, for readiness.
-    pub fn running_flag(&self) -> Arc<AtomicBool> {
-        Arc::clone(&self.reader_running)
+    /// The readers' running flags, for readiness.
+    pub fn running_flag(&self) -> ReadersRunning {
+        self.readers_running.clone()
     }
 
-    /// True while the reader's loop runs.
+    /// True while a reader's loop runs.
     pub fn is_running(&self) -> bool {
-        self.reader_running.load(Ordering::Acquire)
+        self.readers_running.any()
     }
 
     /// Stops reading, waits (up to `timeout`) for the batches in flight to commit and be
@@ -236,9 +189,11 @@ impl Pipeline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        let drained = tokio::time::timeout(left, self.flow.drained())
-            .await
-            .is_ok();
+        // The flows share their permits: one has drained when all have.
+        let drained = match self.flows.first() {
+            Some(flow) => tokio::time::timeout(left, flow.drained()).await.is_ok(),
+            None => true,
+        };
         let arbiters = std::mem::take(&mut self.arbiters);
         let _ = tokio::task::spawn_blocking(move || stop_and_join(arbiters)).await;
         drained
@@ -262,5 +217,130 @@ fn stop_and_join(arbiters: Vec<Arbiter>) {
     }
     for arbiter in arbiters {
         let _ = arbiter.join();
+    }
+}
+
+/// One stream's stages and what they are built from.
+struct StreamStages {
+    stream: String,
+    shard: usize,
+    instance: String,
+    write_pool: Pool,
+    partitions: Arc<crate::store::partition::Partitions>,
+    reader: crate::redis::target::ReaderTarget,
+    conn: Connection,
+    read_conn: Connection,
+    flow: Arc<Flow>,
+    gauges: Arc<ShardGauges>,
+    metrics: Arc<Metrics>,
+    faults: Arc<Faults>,
+    stop: watch::Receiver<bool>,
+    running: Arc<AtomicBool>,
+}
+
+impl StreamStages {
+    /// Starts the stages sink first: each is started with the address of the one after it.
+    fn start(self, config: &Config, threads: &Threads) {
+        let Self {
+            stream,
+            shard,
+            instance,
+            write_pool,
+            partitions,
+            reader,
+            conn,
+            read_conn,
+            flow,
+            gauges,
+            metrics,
+            faults,
+            stop,
+            running,
+        } = self;
+        let ack_settings = AckSettings {
+            stream: stream.clone(),
+            shard,
+            group: config.group.clone(),
+            instance,
+            tail: config.stream_tail,
+        };
+        let acker = {
+            let (conn, flow, metrics) = (conn.clone(), Arc::clone(&flow), Arc::clone(&metrics));
+            Supervisor::start_in_arbiter(&threads.ack, move |_| {
+                Acker::new(ack_settings, conn, flow, gauges, metrics)
+            })
+        };
+
+        let dead_letters = DeadLetters {
+            key: format!("{stream}:dead"),
+            maxlen: config.dead_letter_maxlen,
+        };
+        let writer = {
+            let resolutions = config.resolutions.clone();
+            let dead_letters = dead_letters.clone();
+            let (conn, metrics, faults) = (conn.clone(), Arc::clone(&metrics), Arc::clone(&faults));
+            let committed = acker.recipient();
+            Supervisor::start_in_arbiter(&threads.write, move |_| {
+                Writer::new(
+                    WriteStore {
+                        pool: write_pool,
+                        partitions,
+                    },
+                    &resolutions,
+                    dead_letters,
+                    conn,
+                    committed,
+                    metrics,
+                    faults,
+                )
+            })
+        };
+
+        let aggregator = {
+            let resolutions = config.resolutions.clone();
+            let write_connections = config.write_connections;
+            let (metrics, faults) = (Arc::clone(&metrics), Arc::clone(&faults));
+            let write_batches = writer.recipient();
+            Supervisor::start_in_arbiter(&threads.window, move |_| {
+                Aggregator::new(
+                    &resolutions,
+                    write_connections,
+                    write_batches,
+                    metrics,
+                    faults,
+                )
+            })
+        };
+
+        let validator = {
+            let limits = config.limits.clone();
+            let (conn, metrics, faults) = (conn.clone(), Arc::clone(&metrics), Arc::clone(&faults));
+            let readings = aggregator.recipient();
+            Supervisor::start_in_arbiter(&threads.validate, move |_| {
+                Validator::new(limits, dead_letters, conn, readings, metrics, faults)
+            })
+        };
+
+        let read_settings = ReadSettings {
+            redis: reader,
+            stream,
+            group: config.group.clone(),
+            consumer: config.consumer.clone(),
+            batch_size: config.batch_size,
+            batch_delay: config.batch_delay,
+            claim_idle: config.claim_idle,
+        };
+        let raw_batches = validator.recipient();
+        Supervisor::start_in_arbiter(&threads.io, move |_| {
+            Reader::new(
+                read_settings,
+                read_conn,
+                raw_batches,
+                flow,
+                metrics,
+                stop,
+                running,
+            )
+        });
     }
 }

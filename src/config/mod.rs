@@ -71,6 +71,16 @@ pub const VARIABLES: &[Variable] = &[
         meaning: "stream key; dead letters go to `<stream>:dead`",
     },
     Variable {
+        name: "SENSORHUB_STREAM_SHARDS",
+        default: "1",
+        meaning: "streams to spread readings over (docs/cluster.md)",
+    },
+    Variable {
+        name: "SENSORHUB_READ_SHARDS",
+        default: "(all)",
+        meaning: "shards read here, e.g. `0-7`",
+    },
+    Variable {
         name: "SENSORHUB_CHANNEL",
         default: "sensor_stream",
         meaning: "Pub/Sub channel bridged into the stream (empty: none)",
@@ -358,6 +368,10 @@ pub struct Config {
     pub database_read_url: Option<Secret>,
     pub http_addr: SocketAddr,
     pub stream: String,
+    /// How many streams readings are spread over ([`crate::redis::shards`]).
+    pub shards: usize,
+    /// The shards this instance reads, in order.
+    pub read_shards: Vec<usize>,
     /// `None` when the Pub/Sub bridge is off.
     pub channel: Option<String>,
     /// `None` when no MQTT broker is configured.
@@ -447,6 +461,12 @@ impl Config {
             },
         )?;
         let mqtt = MqttSettings::from_env(&env, &group, &mqtt_tls)?;
+        let shards = env.number(
+            "SENSORHUB_STREAM_SHARDS",
+            1,
+            crate::redis::shards::MAX_SHARDS,
+        )?;
+        let read_shards = shard_list(lookup("SENSORHUB_READ_SHARDS").as_deref(), shards)?;
         let mut config = Config {
             redis_url: Secret::new(env.text_or_fallback("SENSORHUB_REDIS_URL", "REDIS_URL")),
             redis_tls: tls_files(
@@ -465,6 +485,8 @@ impl Config {
                 .map(Secret::new),
             http_addr: env.parsed("SENSORHUB_HTTP_ADDR", "an address such as 0.0.0.0:8080")?,
             stream: env.non_empty("SENSORHUB_STREAM")?,
+            shards,
+            read_shards,
             channel: (!channel.is_empty()).then_some(channel),
             mqtt,
             group,
@@ -523,6 +545,16 @@ impl Config {
                 expected: "at least 1h (a partition per hour or longer)".into(),
             });
         }
+        if config.shards > 1 && (config.channel.is_some() || config.mqtt.is_some()) {
+            return Err(ConfigError {
+                var: "SENSORHUB_STREAM_SHARDS",
+                value: config.shards.to_string(),
+                expected: "1 while the Pub/Sub bridge or the MQTT source is on: they append to \
+                           one stream; sharded streams take XADD and HTTP ingest (set \
+                           SENSORHUB_CHANNEL= empty and leave SENSORHUB_MQTT_URL unset)"
+                    .into(),
+            });
+        }
         if config.bridge_lease < Duration::from_millis(300) {
             return Err(ConfigError {
                 var: "SENSORHUB_BRIDGE_LEASE",
@@ -537,6 +569,51 @@ impl Config {
     pub fn dead_letter_stream(&self) -> String {
         format!("{}:dead", self.stream)
     }
+
+    /// The streams readings go to: the stream, or its shards.
+    pub fn streams(&self) -> crate::redis::shards::Streams {
+        crate::redis::shards::Streams::new(&self.stream, self.shards)
+    }
+}
+
+/// `SENSORHUB_READ_SHARDS`: shard numbers and ranges (`0-7,12`) below `shards`, or all of them
+/// when unset or empty.
+fn shard_list(value: Option<&str>, shards: usize) -> Result<Vec<usize>, ConfigError> {
+    let value = value.map(str::trim).unwrap_or_default();
+    if value.is_empty() {
+        return Ok((0..shards).collect());
+    }
+    let bad = |expected: String| ConfigError {
+        var: "SENSORHUB_READ_SHARDS",
+        value: value.to_owned(),
+        expected,
+    };
+    let number = |text: &str| -> Result<usize, ConfigError> {
+        match text.trim().parse::<usize>() {
+            Ok(n) if n < shards => Ok(n),
+            _ => Err(bad(format!(
+                "shard numbers from 0 to {} (SENSORHUB_STREAM_SHARDS={shards}), as `0-7` or `0,3,5`",
+                shards - 1
+            ))),
+        }
+    };
+    let mut list = Vec::new();
+    for part in value.split(',') {
+        let (low, high) = match part.split_once('-') {
+            Some((low, high)) => (number(low)?, number(high)?),
+            None => (number(part)?, number(part)?),
+        };
+        if low > high {
+            return Err(bad(format!(
+                "a range from low to high, not `{}`",
+                part.trim()
+            )));
+        }
+        list.extend(low..=high);
+    }
+    list.sort_unstable();
+    list.dedup();
+    Ok(list)
 }
 
 /// A URL with its password replaced, for messages.

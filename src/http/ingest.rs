@@ -93,6 +93,12 @@ pub(crate) async fn ingest(
     let ctx = ParseContext::new(&state.api.limits, now, now);
     let outcomes = parse_json(&body, &ctx);
     let valid = outcomes.iter().filter(|o| o.is_ok()).count();
+    // The shard of a body is its first valid reading's sensor's.
+    let stream = match outcomes.iter().find_map(|o| o.as_ref().ok()) {
+        Some(first) => state.api.streams.for_sensor(&first.sensor_id),
+        None => state.api.streams.first(),
+    }
+    .to_owned();
     let rejected: Vec<RejectedReading> = outcomes
         .into_iter()
         .filter_map(Result::err)
@@ -123,7 +129,7 @@ pub(crate) async fn ingest(
         );
     }
     let mut redis = state.redis.clone();
-    let stream = &state.api.stream;
+    let stream = &stream;
     let (entry, repeated) = match &idempotency_key {
         Some(key) => {
             let key = format!("{stream}:idempotency:{key}");

@@ -31,7 +31,7 @@ use deadpool_postgres::Pool;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+
 use std::time::Duration;
 
 /// How long a client may take to send a request's head (line and headers).
@@ -51,7 +51,10 @@ pub struct ApiSettings {
     pub body_timeout: Duration,
     pub active_within: Duration,
     pub resolutions: Vec<Resolution>,
+    /// The stream (the dead-letter routes' `<stream>:dead`).
     pub stream: String,
+    /// Where ingest appends: the stream, or the shard of the body's first sensor.
+    pub streams: crate::redis::shards::Streams,
     pub limits: Limits,
 }
 
@@ -74,7 +77,7 @@ pub struct HttpState {
     pub separate_reads: bool,
     pub redis: Connection,
     /// True while the pipeline's reader runs.
-    pub pipeline_running: Arc<AtomicBool>,
+    pub pipeline_running: crate::pipeline::read::ReadersRunning,
     /// Whether the Pub/Sub bridge can append, when a channel is bridged.
     pub bridge: Option<Arc<BridgeHealth>>,
     /// The Redis and PostgreSQL URLs, passwords masked: a failing check names its server.
@@ -147,7 +150,7 @@ pub(crate) async fn health_checks(state: &HttpState) -> Health {
     };
     let (redis_result, postgres_result, read_result) =
         tokio::join!(redis_check, postgres_check, read_check);
-    let pipeline_result = if state.pipeline_running.load(Ordering::Acquire) {
+    let pipeline_result = if state.pipeline_running.all() {
         Ok(())
     } else {
         Err("error: pipeline is not running".to_owned())

@@ -24,6 +24,8 @@ const ACK_ATTEMPTS: u32 = 8;
 #[derive(Clone, Debug)]
 pub struct AckSettings {
     pub stream: String,
+    /// Which of the instance's streams this is, its place in [`ShardGauges`].
+    pub shard: usize,
     pub group: String,
     /// A token unique to this instance, under which it publishes its entries in flight.
     pub instance: String,
@@ -31,8 +33,51 @@ pub struct AckSettings {
     pub tail: usize,
 }
 
+/// The consumer-group gauges of every stream the instance reads, each acker setting its own:
+/// the exported gauges are their sums (the watermark's age: the oldest).
+#[derive(Debug, Default)]
+pub struct ShardGauges {
+    shards: std::sync::Mutex<Vec<StreamGauges>>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct StreamGauges {
+    lag: Option<i64>,
+    uncommitted: i64,
+    watermark_age: f64,
+}
+
+impl ShardGauges {
+    pub fn new(shards: usize) -> Self {
+        Self {
+            shards: std::sync::Mutex::new(vec![StreamGauges::default(); shards]),
+        }
+    }
+
+    /// Records one stream's figures and exports the totals.
+    fn set(&self, shard: usize, figures: StreamGauges, metrics: &Metrics) {
+        let mut shards = self.shards.lock().unwrap_or_else(|p| p.into_inner());
+        if shard >= shards.len() {
+            shards.resize(shard + 1, StreamGauges::default());
+        }
+        shards[shard] = figures;
+        if shards.iter().any(|s| s.lag.is_some()) {
+            metrics
+                .group_lag
+                .set(shards.iter().filter_map(|s| s.lag).sum());
+        }
+        metrics
+            .ledger_uncommitted
+            .set(shards.iter().map(|s| s.uncommitted).sum());
+        metrics
+            .ledger_watermark_age
+            .set(shards.iter().map(|s| s.watermark_age).fold(0.0, f64::max));
+    }
+}
+
 pub struct Acker {
     settings: Arc<AckSettings>,
+    gauges: Arc<ShardGauges>,
     conn: Connection,
     /// This instance's batches in flight, published for the group-wide count.
     flow: Arc<Flow>,
@@ -48,10 +93,12 @@ impl Acker {
         settings: AckSettings,
         conn: Connection,
         flow: Arc<Flow>,
+        gauges: Arc<ShardGauges>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             settings: Arc::new(settings),
+            gauges,
             conn,
             flow,
             metrics,
@@ -74,9 +121,10 @@ impl Actor for Acker {
             let mut conn = acker.conn.clone();
             let metrics = Arc::clone(&acker.metrics);
             let flow = Arc::clone(&acker.flow);
+            let gauges = Arc::clone(&acker.gauges);
             let maintaining = Arc::clone(&acker.maintaining);
             ctx.spawn(guarded("ack", async move {
-                if let Err(error) = maintain(&mut conn, &settings, &flow, &metrics).await {
+                if let Err(error) = maintain(&mut conn, &settings, &flow, &gauges, &metrics).await {
                     metrics.redis_errors.with_label_values(&["ack"]).inc();
                     tracing::debug!(%error, "stream maintenance failed; next pass retries");
                 }
@@ -163,15 +211,16 @@ async fn maintain(
     conn: &mut Connection,
     settings: &AckSettings,
     flow: &Flow,
+    gauges: &ShardGauges,
     metrics: &Metrics,
 ) -> redis::RedisResult<()> {
     let progress = ledger::compact(conn, &settings.stream, &settings.group).await?;
     let groups = group::groups(conn, &settings.stream).await?;
-    if let Some(ours) = groups.iter().find(|g| g.name == settings.group)
-        && let Some(lag) = ours.lag
-    {
-        metrics.group_lag.set(lag as i64);
-    }
+    let lag = groups
+        .iter()
+        .find(|g| g.name == settings.group)
+        .and_then(|ours| ours.lag)
+        .map(|lag| lag as i64);
     let uncommitted = ledger::in_flight(
         conn,
         &settings.stream,
@@ -181,10 +230,15 @@ async fn maintain(
         IN_FLIGHT_TTL,
     )
     .await?;
-    metrics.ledger_uncommitted.set(uncommitted as i64);
-    metrics
-        .ledger_watermark_age
-        .set(progress.map_or(0.0, |p| watermark_age(&p, chrono::Utc::now())));
+    gauges.set(
+        settings.shard,
+        StreamGauges {
+            lag,
+            uncommitted: uncommitted as i64,
+            watermark_age: progress.map_or(0.0, |p| watermark_age(&p, chrono::Utc::now())),
+        },
+        metrics,
+    );
     group::trim_acknowledged(
         conn,
         &settings.stream,

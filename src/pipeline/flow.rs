@@ -14,9 +14,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// The in-flight bound and the rewind flag, shared by the reader and every ticket.
+/// The in-flight bound and the rewind flag of one stream, shared by its reader and every ticket.
+/// The shards of a sharded stream each have a flow, all drawing on one set of permits: one bound
+/// for the instance.
 pub struct Flow {
     permits: Arc<Semaphore>,
+    /// Entries of this stream in flight.
+    pending: AtomicU64,
     /// The stream ranges of every batch in flight, by ticket number.
     in_flight: Mutex<Vec<(u64, Vec<EntryRange>)>>,
     next_ticket: AtomicU64,
@@ -44,8 +48,22 @@ pub const READ_BYTES: usize = 8 * 1024 * 1024;
 
 impl Flow {
     pub fn new(max_in_flight: usize, metrics: Arc<Metrics>) -> Arc<Self> {
+        Self::sharing(
+            Arc::new(Semaphore::new(max_in_flight)),
+            max_in_flight,
+            metrics,
+        )
+    }
+
+    /// A flow drawing on `permits`, `max_in_flight` of them, with other flows.
+    pub fn sharing(
+        permits: Arc<Semaphore>,
+        max_in_flight: usize,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         Arc::new(Self {
-            permits: Arc::new(Semaphore::new(max_in_flight)),
+            permits,
+            pending: AtomicU64::new(0),
             in_flight: Mutex::new(Vec::new()),
             next_ticket: AtomicU64::new(0),
             max_in_flight,
@@ -87,10 +105,10 @@ impl Flow {
             .iter()
             .flat_map(|(_, ranges)| ranges.iter().map(|r| r.last))
             .max();
-        (self.metrics.group_pending.get().max(0) as u64, last)
+        (self.pending.load(Ordering::Acquire), last)
     }
 
-    /// Waits until every admitted batch is settled.
+    /// Waits until every admitted batch is settled (of every flow sharing the permits).
     pub async fn drained(&self) {
         let all = self
             .permits
@@ -180,6 +198,9 @@ impl Ticket {
         self.flow.metrics.batches_in_flight.inc();
         self.flow.metrics.group_pending.add(carried.entries as i64);
         self.flow
+            .pending
+            .fetch_add(carried.entries as u64, Ordering::AcqRel);
+        self.flow
             .in_flight
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -208,6 +229,9 @@ impl Drop for Ticket {
         if let Some(carried) = &self.carrying {
             self.flow.metrics.batches_in_flight.dec();
             self.flow.metrics.group_pending.sub(carried.entries as i64);
+            self.flow
+                .pending
+                .fetch_sub(carried.entries as u64, Ordering::AcqRel);
             self.flow
                 .in_flight
                 .lock()

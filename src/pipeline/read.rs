@@ -90,6 +90,26 @@ pub struct Reader {
     running: Arc<AtomicBool>,
 }
 
+/// The running flags of an instance's readers, one per stream it reads.
+#[derive(Clone, Debug, Default)]
+pub struct ReadersRunning(Arc<Vec<Arc<AtomicBool>>>);
+
+impl ReadersRunning {
+    pub fn new(flags: Vec<Arc<AtomicBool>>) -> Self {
+        Self(Arc::new(flags))
+    }
+
+    /// Every reader's loop runs (readiness).
+    pub fn all(&self) -> bool {
+        self.0.iter().all(|f| f.load(Ordering::Acquire))
+    }
+
+    /// Some reader's loop still runs.
+    pub fn any(&self) -> bool {
+        self.0.iter().any(|f| f.load(Ordering::Acquire))
+    }
+}
+
 impl Reader {
     pub fn new(
         settings: ReadSettings,

@@ -12,6 +12,8 @@
 //! - [`channel`]: Pub/Sub subscribe and publish.
 //! - [`target`]: the Redis a URL names, TLS included, for the pooled connections and the reader.
 //! - [`rename`]: a stream renamed with every key beside it (to give it a hash tag).
+//! - [`shards`]: sharded streams and the rule producers pick a shard by.
+//! - [`connection`]: the pooled connection, to one server or a Redis Cluster.
 //!
 //! Inside this module `redis::` names the `redis` crate; elsewhere `crate::redis` names this one.
 
@@ -26,4 +28,5 @@ pub mod reader;
 pub mod rename;
 pub mod reply;
 pub mod resp;
+pub mod shards;
 pub mod target;
