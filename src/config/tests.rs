@@ -314,16 +314,16 @@ fn bad_mqtt_settings_name_the_variable_and_never_the_password() {
         assert!(text.contains(expected), "{text}");
         assert!(!text.contains("pw"), "{text}");
     }
+}
 
-    #[test]
-    fn read_shards_are_numbers_and_ranges_below_the_shard_count() {
-        assert_eq!(shard_list(None, 4).unwrap(), [0, 1, 2, 3]);
-        assert_eq!(shard_list(Some(" "), 2).unwrap(), [0, 1]);
-        assert_eq!(shard_list(Some("0-2,7,2"), 16).unwrap(), [0, 1, 2, 7]);
-        let error = shard_list(Some("3-20"), 16).unwrap_err();
-        assert_eq!(error.var, "SENSORHUB_READ_SHARDS");
-        assert!(error.to_string().contains("0 to 15"), "{error}");
-        assert!(shard_list(Some("5-2"), 16).is_err());
-        assert!(shard_list(Some("x"), 16).is_err());
-    }
+#[test]
+fn read_shards_are_numbers_and_ranges_below_the_shard_count() {
+    assert_eq!(shard_list(None, 4).unwrap(), [0, 1, 2, 3]);
+    assert_eq!(shard_list(Some(" "), 2).unwrap(), [0, 1]);
+    assert_eq!(shard_list(Some("0-2,7,2"), 16).unwrap(), [0, 1, 2, 7]);
+    let error = shard_list(Some("3-20"), 16).unwrap_err();
+    assert_eq!(error.var, "SENSORHUB_READ_SHARDS");
+    assert!(error.to_string().contains("0 to 15"), "{error}");
+    assert!(shard_list(Some("5-2"), 16).is_err());
+    assert!(shard_list(Some("x"), 16).is_err());
 }

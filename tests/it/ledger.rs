@@ -282,7 +282,7 @@ async fn the_watermark_is_the_committed_prefix_whatever_the_order() {
 
 /// Creates sensorhub's group as having delivered every entry of `stream`, as the ledger's merges
 /// expect of a group whose entries are recorded committed.
-async fn delivered_all(conn: &mut redis::aio::ConnectionManager, stream: &str) {
+async fn delivered_all(conn: &mut sensorhub::redis::connection::Connection, stream: &str) {
     let _: () = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(stream)

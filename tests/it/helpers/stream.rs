@@ -3,6 +3,7 @@
 
 use crate::helpers::{REDIS_URL, wait_for};
 use redis::aio::MultiplexedConnection;
+use sensorhub::redis::connection::Connection;
 use sensorhub::redis::entry::EntryId;
 use std::time::Duration;
 
@@ -16,18 +17,19 @@ pub async fn redis_conn(url: &str) -> MultiplexedConnection {
 }
 
 /// A connection manager to the shared Redis, as the application's own Redis code takes.
-pub async fn redis_manager() -> redis::aio::ConnectionManager {
+pub async fn redis_manager() -> Connection {
     redis::Client::open(REDIS_URL)
         .unwrap()
         .get_connection_manager()
         .await
         .expect("Redis answers (scripts/services.sh)")
+        .into()
 }
 
 /// `XREADGROUP GROUP <group> <consumer> COUNT <count> [NOACK] STREAMS <stream> >`: a read by a
 /// consumer other than the application under test (or by its previous life).
 pub async fn read_as(
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut Connection,
     stream: &str,
     (group, consumer): (&str, &str),
     count: usize,
@@ -51,11 +53,7 @@ pub async fn read_as(
 }
 
 /// Appends `n` entries (`data` = 0, 1, ...) to `stream` and returns their ids.
-pub async fn xadd_numbered(
-    conn: &mut redis::aio::ConnectionManager,
-    stream: &str,
-    n: usize,
-) -> Vec<EntryId> {
+pub async fn xadd_numbered(conn: &mut Connection, stream: &str, n: usize) -> Vec<EntryId> {
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
         let id: String = redis::cmd("XADD")
