@@ -3,6 +3,7 @@
 
 mod aggregates;
 mod api;
+mod cluster;
 mod dashboard;
 mod dead_letters;
 mod edges;
@@ -16,6 +17,7 @@ mod mqtt;
 mod operations;
 mod partitions;
 mod poison;
+mod redis_cluster;
 mod rejections;
 mod resilience;
 mod retention;

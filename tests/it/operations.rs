@@ -2,6 +2,7 @@
 //! stop that loses nothing, a stream that stays bounded, clear configuration errors, healthcheck.
 
 use crate::helpers::*;
+use crate::redis_cluster::key_slot;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -377,31 +378,6 @@ async fn simulate_feeds_a_running_instance_every_way() {
     assert!(!bad.status.success());
 }
 
-/// The hash slot of a key in a Redis Cluster: CRC16 (XMODEM) of the key, or of its hash tag
-/// (the text between the first `{` and the next `}`), modulo 16384.
-fn cluster_slot(key: &str) -> u16 {
-    let bytes = key.as_bytes();
-    let hashed = match key.find('{') {
-        Some(open) => match key[open + 1..].find('}') {
-            Some(len) if len > 0 => &bytes[open + 1..open + 1 + len],
-            _ => bytes,
-        },
-        None => bytes,
-    };
-    let mut crc: u16 = 0;
-    for &byte in hashed {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc % 16384
-}
-
 /// Deletes keys when the test ends, however it ends.
 struct DeleteKeys(Vec<String>);
 
@@ -478,14 +454,14 @@ async fn a_stream_renamed_to_a_hash_tag_keeps_its_ledger_and_every_key_shares_on
         .await
         .unwrap();
     assert!(!old_left, "the old stream is gone");
-    let slot = cluster_slot(&new);
+    let slot = key_slot(&new);
     assert!(
-        keys.iter().all(|k| cluster_slot(k) == slot),
+        keys.iter().all(|k| key_slot(k) == slot),
         "one slot for every key"
     );
     assert_ne!(
-        cluster_slot(&old),
-        cluster_slot(&format!("{old}:dead")),
+        key_slot(&old),
+        key_slot(&format!("{old}:dead")),
         "without a tag they differ"
     );
 

@@ -2,7 +2,7 @@
 //! the group and its ledger.
 
 use crate::helpers::{REDIS_URL, wait_for};
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
 use sensorhub::redis::connection::Connection;
 use sensorhub::redis::entry::EntryId;
 use std::time::Duration;
@@ -70,7 +70,12 @@ pub async fn xadd_numbered(conn: &mut Connection, stream: &str, n: usize) -> Vec
 }
 
 /// Waits until every entry up to `last_id` is delivered to the group and its commit recorded.
-pub async fn wait_drained(redis: &MultiplexedConnection, stream: &str, group: &str, last_id: &str) {
+pub async fn wait_drained(
+    redis: &(impl ConnectionLike + Clone),
+    stream: &str,
+    group: &str,
+    last_id: &str,
+) {
     let last: EntryId = last_id.parse().unwrap();
     wait_for(
         "the stream to be processed",
@@ -93,7 +98,7 @@ const UNCOMMITTED_COUNTED: usize = 1000;
 /// last delivered id) of a consumer group. sensorhub reads with `NOACK`: this is what the
 /// group's pending count was, read from sensorhub's ledger instead.
 pub async fn group_state(
-    redis: &mut MultiplexedConnection,
+    redis: &mut impl ConnectionLike,
     stream: &str,
     group: &str,
 ) -> (u64, EntryId) {
@@ -117,7 +122,7 @@ pub async fn group_state(
 }
 
 /// The last id delivered to a consumer group.
-async fn last_delivered(redis: &mut MultiplexedConnection, stream: &str, group: &str) -> EntryId {
+async fn last_delivered(redis: &mut impl ConnectionLike, stream: &str, group: &str) -> EntryId {
     let reply: redis::Value = redis::cmd("XINFO")
         .arg("GROUPS")
         .arg(stream)
