@@ -111,6 +111,11 @@ impl Device {
     }
 
     /// The next reading as a line of line protocol, its timestamp in microseconds.
+    /// The sensor id a line of [`Device::line`] is stored by: `<measurement>.<field>`.
+    fn line_sensor_id(&self) -> String {
+        format!("{}.value", self.id)
+    }
+
     fn line(&mut self, now: DateTime<Utc>, noise: f64) -> String {
         let Sample { value, ts, .. } = self.sample(now, noise);
         format!("{} value={:.4} {}\n", self.id, value, ts.timestamp_micros())
@@ -217,11 +222,13 @@ pub async fn run(config: &Config, sim: &Simulation) -> anyhow::Result<u64> {
             let readings: Vec<(String, String)> = (sent..due)
                 .map(|_| {
                     let device = &mut devices[next_device];
-                    let text = match sim.via {
-                        Via::LineProtocol => device.line(now, noise.next()),
-                        _ => device.reading(now, noise.next()),
+                    // The id a reading is stored (and sharded) by.
+                    let (id, text) = match sim.via {
+                        Via::LineProtocol => {
+                            (device.line_sensor_id(), device.line(now, noise.next()))
+                        }
+                        _ => (device.id.clone(), device.reading(now, noise.next())),
                     };
-                    let id = device.id.clone();
                     next_device = (next_device + 1) % devices.len();
                     (id, text)
                 })
@@ -436,6 +443,7 @@ mod tests {
         );
         let reading = readings[0].as_ref().unwrap();
         assert_eq!(&*reading.sensor_id, "sim-temperature-0.value");
+        assert_eq!(*reading.sensor_id, thermometer.line_sensor_id());
         assert_eq!(reading.ts, now);
     }
 

@@ -130,7 +130,8 @@ impl Pipeline {
         if let Some(mqtt) = &config.mqtt {
             let settings = MqttSourceSettings {
                 mqtt: mqtt.clone(),
-                stream: config.stream.clone(),
+                streams: config.streams(),
+                limits: config.limits.clone(),
                 consumer: config.consumer.clone(),
                 lease_ttl: config.bridge_lease,
             };
@@ -143,7 +144,8 @@ impl Pipeline {
         if let Some(channel) = &config.channel {
             let settings = BridgeSettings {
                 channel: channel.clone(),
-                stream: config.stream.clone(),
+                streams: config.streams(),
+                limits: config.limits.clone(),
                 consumer: config.consumer.clone(),
                 lease_ttl: config.bridge_lease,
             };

@@ -545,16 +545,6 @@ impl Config {
                 expected: "at least 1h (a partition per hour or longer)".into(),
             });
         }
-        if config.shards > 1 && (config.channel.is_some() || config.mqtt.is_some()) {
-            return Err(ConfigError {
-                var: "SENSORHUB_STREAM_SHARDS",
-                value: config.shards.to_string(),
-                expected: "1 while the Pub/Sub bridge or the MQTT source is on: they append to \
-                           one stream; sharded streams take XADD and HTTP ingest (set \
-                           SENSORHUB_CHANNEL= empty and leave SENSORHUB_MQTT_URL unset)"
-                    .into(),
-            });
-        }
         if config.bridge_lease < Duration::from_millis(300) {
             return Err(ConfigError {
                 var: "SENSORHUB_BRIDGE_LEASE",

@@ -1,8 +1,10 @@
 //! A lease in Redis: a key that one holder sets with an expiry and renews while it works, so that
 //! only one of several instances does a job (bridging a channel into the stream), and another
-//! takes over when the holder stops renewing.
+//! takes over when the holder stops renewing. A source appending to sharded streams holds one
+//! beside every shard ([`Leases`]).
 
 use crate::redis::connection::Connection;
+use crate::redis::shards::Streams;
 use redis::RedisResult;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -84,4 +86,66 @@ pub fn unique_token(consumer: &str) -> String {
         std::process::id(),
         STARTED.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// One lease per stream a source appends to (`<stream>:<name>` beside each shard, so that each
+/// append's check runs in its shard's slot), held together: the source works only while it holds
+/// all of them. They are taken in shard order, so two instances contending stop at the first one
+/// the other holds; an instance that gets only some gives those back at once.
+#[derive(Clone, Debug)]
+pub struct Leases {
+    leases: Vec<Lease>,
+}
+
+impl Leases {
+    /// The lease named `name` beside each of `streams`, held by `holder`.
+    pub fn new(streams: &Streams, name: &str, holder: String, ttl: Duration) -> Self {
+        let leases = streams
+            .all()
+            .iter()
+            .map(|stream| Lease {
+                key: format!("{stream}:{name}"),
+                holder: holder.clone(),
+                ttl,
+            })
+            .collect();
+        Self { leases }
+    }
+
+    /// Takes (or renews) every lease: true when all are held.
+    pub async fn acquire(&self, conn: &mut Connection) -> RedisResult<bool> {
+        for (taken, lease) in self.leases.iter().enumerate() {
+            if !lease.acquire(conn).await? {
+                for held in &self.leases[..taken] {
+                    held.release(conn).await?;
+                }
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Extends every lease: false when any was lost (the others are then given back).
+    pub async fn renew(&self, conn: &mut Connection) -> RedisResult<bool> {
+        for lease in &self.leases {
+            if !lease.renew(conn).await? {
+                self.release(conn).await?;
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Gives back every lease this holder holds.
+    pub async fn release(&self, conn: &mut Connection) -> RedisResult<()> {
+        for lease in &self.leases {
+            lease.release(conn).await?;
+        }
+        Ok(())
+    }
+
+    /// The lease beside the stream `shard` (its index among the streams).
+    pub fn of_shard(&self, shard: usize) -> &Lease {
+        &self.leases[shard]
+    }
 }

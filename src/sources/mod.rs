@@ -1,5 +1,5 @@
-//! Sources that bring readings into the stream from elsewhere. Each only appends to the stream
-//! ([`crate::redis::entry::append_payloads`]); from there every reading takes the same path
+//! Sources that bring readings into the stream from elsewhere. Each only appends to the stream, or
+//! to its sensor's shard ([`append`]); from there every reading takes the same path
 //! through the pipeline, with the same guarantee.
 //!
 //! - [`pubsub`]: the Pub/Sub bridge, `PUBLISH sensor_stream '{...}'` appended at once.
@@ -8,5 +8,6 @@
 //!
 //! HTTP ingest (`POST /api/v1/readings`) appends the same way, from [`crate::http::ingest`].
 
+pub mod append;
 pub mod mqtt;
 pub mod pubsub;

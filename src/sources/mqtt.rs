@@ -16,11 +16,14 @@
 //!   twice.
 
 use crate::config::{MqttSettings, TopicRule};
+use crate::domain::Limits;
 use crate::pipeline::stage::{count_restart, guarded, stop_requested};
 use crate::redis::connection::Connection;
-use crate::redis::entry::{FencedError, append_entries_fenced};
-use crate::redis::lease::{Lease, unique_token};
+use crate::redis::entry::FencedError;
+use crate::redis::lease::{Leases, unique_token};
+use crate::redis::shards::Streams;
 use crate::retry::Backoff;
+use crate::sources::append::Appender;
 use crate::telemetry::Metrics;
 use actix::prelude::*;
 use futures_util::StreamExt as _;
@@ -50,7 +53,10 @@ const APPEND_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone, Debug)]
 pub struct MqttSourceSettings {
     pub mqtt: MqttSettings,
-    pub stream: String,
+    /// The stream, or its shards: each message goes to its sensor's.
+    pub streams: Streams,
+    /// The validator's limits, which the shard of a message is picked by.
+    pub limits: Limits,
     /// This instance's name, the start of its lease token.
     pub consumer: String,
     /// How long the lease lasts without a renewal.
@@ -87,11 +93,16 @@ impl Actor for MqttSource {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let lp = SourceLoop {
-            lease: Lease {
-                key: format!("{}:mqtt-lease", self.settings.stream),
-                holder: self.token.clone(),
-                ttl: self.settings.lease_ttl,
-            },
+            appender: Arc::new(Appender::new(
+                self.settings.streams.clone(),
+                Leases::new(
+                    &self.settings.streams,
+                    "mqtt-lease",
+                    self.token.clone(),
+                    self.settings.lease_ttl,
+                ),
+                self.settings.limits.clone(),
+            )),
             settings: Arc::clone(&self.settings),
             conn: self.conn.clone(),
             metrics: Arc::clone(&self.metrics),
@@ -110,7 +121,8 @@ impl Supervised for MqttSource {
 
 struct SourceLoop {
     settings: Arc<MqttSourceSettings>,
-    lease: Lease,
+    /// Appends under the lease `<stream>:mqtt-lease` (beside each shard).
+    appender: Arc<Appender>,
     conn: Connection,
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
@@ -129,7 +141,7 @@ impl SourceLoop {
         let retry_every = self.settings.lease_ttl / 3;
         let mut failing = false;
         while !stop_requested(&self.stop) {
-            let ended = match self.lease.acquire(&mut self.conn).await {
+            let ended = match self.appender.leases().acquire(&mut self.conn).await {
                 Ok(true) => self.subscribed().await,
                 Ok(false) => {
                     tokio::select! {
@@ -154,7 +166,7 @@ impl SourceLoop {
                 }
             }
         }
-        let _ = self.lease.release(&mut self.conn).await;
+        let _ = self.appender.leases().release(&mut self.conn).await;
     }
 
     /// Connects, subscribes and appends messages while this instance holds the lease.
@@ -205,7 +217,7 @@ impl SourceLoop {
                 acks.pop_front();
             }
             if batch.len() >= BATCH && appending.len() < APPENDS_IN_FLIGHT {
-                appending.push_back(append(self.appender(), std::mem::take(&mut batch)));
+                appending.push_back(append(self.job(), std::mem::take(&mut batch)));
             }
             tokio::select! {
                 biased;
@@ -240,9 +252,9 @@ impl SourceLoop {
                 },
                 // Nothing more from the broker at once: append what has arrived.
                 _ = std::future::ready(()), if !batch.is_empty() && appending.len() < APPENDS_IN_FLIGHT => {
-                    appending.push_back(append(self.appender(), std::mem::take(&mut batch)));
+                    appending.push_back(append(self.job(), std::mem::take(&mut batch)));
                 }
-                _ = renew.tick() => match self.lease.renew(&mut self.conn).await {
+                _ = renew.tick() => match self.appender.leases().renew(&mut self.conn).await {
                     Ok(true) => {}
                     Ok(false) => break Ended::Done,
                     Err(error) => break Ended::Failed(format!("redis: {error}")),
@@ -258,21 +270,21 @@ impl SourceLoop {
     }
 
     /// What one append needs, cloned for it.
-    fn appender(&self) -> Appender {
-        Appender {
+    fn job(&self) -> AppendJob {
+        AppendJob {
             conn: self.conn.clone(),
             settings: Arc::clone(&self.settings),
-            lease: self.lease.clone(),
+            appender: Arc::clone(&self.appender),
             metrics: Arc::clone(&self.metrics),
         }
     }
 }
 
-/// The connection, lease and settings one append uses.
-struct Appender {
+/// The connection, appender and settings one append uses.
+struct AppendJob {
     conn: Connection,
     settings: Arc<MqttSourceSettings>,
-    lease: Lease,
+    appender: Arc<Appender>,
     metrics: Arc<Metrics>,
 }
 
@@ -280,12 +292,12 @@ struct Appender {
 /// fails the message is left unacknowledged and the session dropped, rather than retried
 /// here while the connection to the broker goes unserved: the broker keeps the message in the
 /// session and delivers it again once the source is back, Redis with it.
-async fn append(mut on: Appender, publishes: Vec<Publish>) -> (Vec<Publish>, Result<bool, String>) {
-    let appended = append_all(&mut on, &publishes).await;
+async fn append(on: AppendJob, publishes: Vec<Publish>) -> (Vec<Publish>, Result<bool, String>) {
+    let appended = append_all(&on, &publishes).await;
     (publishes, appended)
 }
 
-async fn append_all(on: &mut Appender, publishes: &[Publish]) -> Result<bool, String> {
+async fn append_all(on: &AppendJob, publishes: &[Publish]) -> Result<bool, String> {
     let described: Vec<(String, String)> = publishes
         .iter()
         .map(
@@ -310,25 +322,16 @@ async fn append_all(on: &mut Appender, publishes: &[Publish]) -> Result<bool, St
             ]
         })
         .collect();
-    let appended = tokio::time::timeout(
-        APPEND_TIMEOUT,
-        append_entries_fenced(
-            &mut on.conn,
-            &on.settings.stream,
-            &on.lease.key,
-            &on.lease.holder,
-            &entries,
-        ),
-    )
-    .await
-    .unwrap_or_else(|_| {
-        Err(FencedError::Redis(redis::RedisError::from(
-            std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no answer within {APPEND_TIMEOUT:?}"),
-            ),
-        )))
-    });
+    let appended = tokio::time::timeout(APPEND_TIMEOUT, on.appender.append(&on.conn, &entries))
+        .await
+        .unwrap_or_else(|_| {
+            Err(FencedError::Redis(redis::RedisError::from(
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {APPEND_TIMEOUT:?}"),
+                ),
+            )))
+        });
     match appended {
         Ok(_) => {
             on.metrics

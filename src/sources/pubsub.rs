@@ -13,12 +13,15 @@
 //! new holder bridges too. What the bridge received and could not append is counted in
 //! `sensorhub_messages_dropped_total{source="pubsub"}`.
 
+use crate::domain::Limits;
 use crate::pipeline::stage::{count_restart, guarded, stop_requested};
 use crate::redis::channel;
 use crate::redis::connection::Connection;
-use crate::redis::entry::{FencedError, append_entries_fenced};
-use crate::redis::lease::{Lease, unique_token};
+use crate::redis::entry::FencedError;
+use crate::redis::lease::{Leases, unique_token};
+use crate::redis::shards::Streams;
 use crate::retry::Backoff;
+use crate::sources::append::Appender;
 use crate::telemetry::Metrics;
 use actix::prelude::*;
 use futures_util::{FutureExt as _, StreamExt as _};
@@ -32,7 +35,10 @@ const MAX_APPEND: usize = 1000;
 #[derive(Clone, Debug)]
 pub struct BridgeSettings {
     pub channel: String,
-    pub stream: String,
+    /// The stream, or its shards: each message goes to its sensor's.
+    pub streams: Streams,
+    /// The validator's limits, which the shard of a message is picked by.
+    pub limits: Limits,
     /// This instance's name, the start of its lease token.
     pub consumer: String,
     /// How long the lease lasts without a renewal.
@@ -40,13 +46,11 @@ pub struct BridgeSettings {
 }
 
 impl BridgeSettings {
-    /// The lease that lets one instance bridge: `<stream>:bridge-lease`, held by `token`.
-    fn lease(&self, token: String) -> Lease {
-        Lease {
-            key: format!("{}:bridge-lease", self.stream),
-            holder: token,
-            ttl: self.lease_ttl,
-        }
+    /// The lease that lets one instance bridge, `<stream>:bridge-lease` beside each shard, held
+    /// by `token`, and the appends checking it.
+    fn appender(&self, token: String) -> Appender {
+        let leases = Leases::new(&self.streams, "bridge-lease", token, self.lease_ttl);
+        Appender::new(self.streams.clone(), leases, self.limits.clone())
     }
 }
 
@@ -105,7 +109,7 @@ impl Actor for Bridge {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let lp = BridgeLoop {
-            lease: self.settings.lease(self.token.clone()),
+            appender: self.settings.appender(self.token.clone()),
             health: Arc::clone(&self.health),
             settings: Arc::clone(&self.settings),
             client: self.client.clone(),
@@ -126,7 +130,7 @@ impl Supervised for Bridge {
 
 struct BridgeLoop {
     settings: Arc<BridgeSettings>,
-    lease: Lease,
+    appender: Appender,
     health: Arc<BridgeHealth>,
     client: redis::Client,
     conn: Connection,
@@ -141,7 +145,7 @@ impl BridgeLoop {
         // One log line when the bridge starts failing, one when it works again.
         let mut failing = false;
         while !stop_requested(&self.stop) {
-            let failure = match self.lease.acquire(&mut self.conn).await {
+            let failure = match self.appender.leases().acquire(&mut self.conn).await {
                 Ok(true) => {
                     if std::mem::take(&mut failing) {
                         tracing::info!(channel = %self.settings.channel, "pub/sub bridge works again");
@@ -173,14 +177,14 @@ impl BridgeLoop {
                 }
             }
         }
-        let _ = self.lease.release(&mut self.conn).await;
+        let _ = self.appender.leases().release(&mut self.conn).await;
     }
 
     /// Bridges while this instance holds the lease; returns when it is lost or on stop.
     async fn bridge(&mut self) -> redis::RedisResult<()> {
         let mut pubsub = channel::subscribe(&self.client, &self.settings.channel).await?;
         self.metrics.bridge_leader.set(1);
-        tracing::info!(channel = %self.settings.channel, stream = %self.settings.stream, "holding the bridge lease; bridging pub/sub into the stream");
+        tracing::info!(channel = %self.settings.channel, stream = %self.appender.stream(), "holding the bridge lease; bridging pub/sub into the stream");
         let mut messages = pubsub.on_message();
         let mut renew = tokio::time::interval(self.settings.lease_ttl / 3);
         let mut stop = self.stop.clone();
@@ -202,7 +206,7 @@ impl BridgeLoop {
                     }
                 }
                 _ = renew.tick() => {
-                    if !self.lease.renew(&mut self.conn).await? {
+                    if !self.appender.leases().renew(&mut self.conn).await? {
                         tracing::info!(channel = %self.settings.channel, "bridge lease lost to another instance");
                         return Ok(());
                     }
@@ -224,14 +228,7 @@ impl BridgeLoop {
                 .iter()
                 .map(|payload| [("data", payload.as_slice())])
                 .collect();
-            let appended = append_entries_fenced(
-                &mut self.conn,
-                &self.settings.stream,
-                &self.lease.key,
-                &self.lease.holder,
-                &entries,
-            )
-            .await;
+            let appended = self.appender.append(&self.conn, &entries).await;
             match appended {
                 Ok(_) => {
                     self.health.set(None);

@@ -21,5 +21,6 @@ mod redis_cluster;
 mod rejections;
 mod resilience;
 mod retention;
+mod shards;
 mod supervision;
 mod tls;

@@ -12,7 +12,7 @@ use std::time::Duration;
 const BROKER_PORT: u16 = 1883;
 
 /// The MQTT settings of a test: its own client id, the given rules.
-fn mqtt_settings(name: &str, rules: &[(String, &str)]) -> MqttSettings {
+pub fn mqtt_settings(name: &str, rules: &[(String, &str)]) -> MqttSettings {
     MqttSettings {
         host: "127.0.0.1".into(),
         port: BROKER_PORT,
@@ -31,7 +31,7 @@ fn mqtt_settings(name: &str, rules: &[(String, &str)]) -> MqttSettings {
 }
 
 /// Publishes `messages` (topic, payload) at QoS 1 and returns once the broker acknowledged all.
-async fn publish(messages: &[(String, Vec<u8>)]) {
+pub async fn publish(messages: &[(String, Vec<u8>)]) {
     publish_to(BROKER_PORT, messages).await;
 }
 
@@ -65,7 +65,7 @@ async fn publish_to(port: u16, messages: &[(String, Vec<u8>)]) {
     let _ = client.disconnect().await;
 }
 
-async fn wait_subscribed(t: &TestApp) {
+pub async fn wait_subscribed(t: &TestApp) {
     let metrics = t.metrics();
     wait_for("the mqtt subscription", Duration::from_secs(15), || {
         let connected = metrics.mqtt_connected.get() == 1;

@@ -1,0 +1,102 @@
+//! How a source appends its messages: to the stream, or with sharded streams each message to the
+//! shard of its first valid reading's sensor (as producers pick: [`crate::redis::shards`]; a
+//! message with no valid reading goes to the first shard, whose validator dead-letters it), each
+//! under the source's lease beside that shard, checked in the script that appends.
+
+use crate::domain::reading::{Limits, ParseContext, parse_entry_fields};
+use crate::redis::connection::Connection;
+use crate::redis::entry::{FencedError, append_entries_fenced};
+use crate::redis::lease::Leases;
+use crate::redis::shards::Streams;
+use std::collections::BTreeMap;
+
+/// A message's fields, as they are appended.
+pub type Entry<'a, const FIELDS: usize> = [(&'a str, &'a [u8]); FIELDS];
+
+pub struct Appender {
+    streams: Streams,
+    leases: Leases,
+    /// The validator's limits: a message is routed by the reading the validator will keep.
+    limits: Limits,
+}
+
+impl Appender {
+    pub fn new(streams: Streams, leases: Leases, limits: Limits) -> Self {
+        Self {
+            streams,
+            leases,
+            limits,
+        }
+    }
+
+    pub fn leases(&self) -> &Leases {
+        &self.leases
+    }
+
+    /// The first stream, for log lines that name where messages go.
+    pub fn stream(&self) -> &str {
+        self.streams.first()
+    }
+
+    /// Appends `entries` (each a message's fields) in order within each shard, every shard's in
+    /// one script that first checks this source's lease there. Returns how many were appended;
+    /// `NotHolder` when a lease was lost (the shards appended before are kept: the sources
+    /// accept a message appended twice, which is stored once).
+    pub async fn append<const FIELDS: usize>(
+        &self,
+        conn: &Connection,
+        entries: &[Entry<'_, FIELDS>],
+    ) -> Result<usize, FencedError> {
+        if self.streams.len() == 1 {
+            let lease = self.leases.of_shard(0);
+            let mut conn = conn.clone();
+            return append_entries_fenced(
+                &mut conn,
+                self.streams.first(),
+                &lease.key,
+                &lease.holder,
+                entries,
+            )
+            .await;
+        }
+        let mut by_shard: BTreeMap<usize, Vec<Entry<FIELDS>>> = BTreeMap::new();
+        for fields in entries {
+            by_shard
+                .entry(self.shard_of(fields))
+                .or_default()
+                .push(*fields);
+        }
+        let appends = by_shard.iter().map(|(&shard, entries)| {
+            let mut conn = conn.clone();
+            let lease = self.leases.of_shard(shard);
+            let stream = &self.streams.all()[shard];
+            async move {
+                append_entries_fenced(&mut conn, stream, &lease.key, &lease.holder, entries).await
+            }
+        });
+        let mut appended = 0;
+        let mut failure = None;
+        for result in futures_util::future::join_all(appends).await {
+            match result {
+                Ok(n) => appended += n,
+                Err(FencedError::NotHolder) => return Err(FencedError::NotHolder),
+                Err(error) => failure = Some(error),
+            }
+        }
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(appended),
+        }
+    }
+
+    /// The shard of one message: its first valid reading's sensor's.
+    fn shard_of(&self, fields: &[(&str, &[u8])]) -> usize {
+        let now = chrono::Utc::now();
+        let ctx = ParseContext::new(&self.limits, now, now);
+        let outcomes = parse_entry_fields(fields, &ctx);
+        match outcomes.iter().find_map(|o| o.as_ref().ok()) {
+            Some(reading) => crate::redis::shards::shard_of(&reading.sensor_id, self.streams.len()),
+            None => 0,
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! Sharded streams on one Redis: whichever way a reading comes in (XADD and line protocol from
+//! `sensorhub simulate`, Pub/Sub, HTTP, MQTT), it lands in the shard its sensor's id picks,
+//! `crc32(sensor_id) mod N`, and is stored once.
+
+use crate::helpers::*;
+use crate::mqtt::{mqtt_settings, publish, wait_subscribed};
+use sensorhub::domain::ParseContext;
+use sensorhub::domain::reading::parse_entry_fields;
+use sensorhub::redis::shards::shard_of;
+use std::collections::HashSet;
+use std::time::Duration;
+
+const SHARDS: usize = 4;
+
+#[actix_web::test]
+async fn every_source_puts_a_reading_in_its_sensors_shard() {
+    let topics = unique_name("shards");
+    let mqtt = mqtt_settings(&topics, &[(format!("{topics}/#"), "json")]);
+    let t = spawn_app_with(
+        move |c| {
+            c.shards = SHARDS;
+            c.read_shards = (0..SHARDS).collect();
+            c.mqtt = Some(mqtt);
+        },
+        Default::default(),
+    )
+    .await;
+    t.wait_for_bridge().await;
+    wait_subscribed(&t).await;
+
+    let simulate = |args: &'static [&'static str]| {
+        let (stream, channel) = (t.config.stream.clone(), t.config.channel.clone().unwrap());
+        let http = format!("127.0.0.1:{}", t.app().port());
+        async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sensorhub"))
+                .arg("simulate")
+                .args(args)
+                .env("SENSORHUB_STREAM", stream)
+                .env("SENSORHUB_STREAM_SHARDS", SHARDS.to_string())
+                .env("SENSORHUB_CHANNEL", channel)
+                .env("SENSORHUB_HTTP_ADDR", http)
+                .output()
+                .await
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(out.status.success(), "simulate {args:?}: {stderr}");
+            stderr
+        }
+    };
+    let xadd = simulate(&["--rate", "2000", "--sensors", "8", "--count", "160"]).await;
+    assert!(xadd.contains("4 shards of"), "names the shards: {xadd}");
+    simulate(&[
+        "--rate",
+        "2000",
+        "--sensors",
+        "8",
+        "--count",
+        "160",
+        "--via",
+        "publish",
+        "--prefix",
+        "pub",
+    ])
+    .await;
+    simulate(&[
+        "--rate",
+        "2000",
+        "--sensors",
+        "8",
+        "--count",
+        "160",
+        "--via",
+        "line-protocol",
+        "--prefix",
+        "lp",
+    ])
+    .await;
+    let now = chrono::Utc::now();
+    for i in 0..12 {
+        let body = reading_json(&format!("http-{i}"), f64::from(i), now);
+        let (status, reply) = http_request(
+            t.app().port(),
+            "POST",
+            "/api/v1/readings",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+        .await;
+        assert_eq!(status, 202, "{reply}");
+    }
+    let messages: Vec<(String, Vec<u8>)> = (0..12)
+        .map(|i| {
+            let payload = reading_json(&format!("mq-{i}"), f64::from(i), now);
+            (format!("{topics}/d{i}"), payload.into_bytes())
+        })
+        .collect();
+    publish(&messages).await;
+
+    let total = 3 * 160 + 12 + 12;
+    wait_for_count(
+        &t.pg,
+        "SELECT count(*) FROM readings",
+        total,
+        Duration::from_secs(60),
+    )
+    .await;
+
+    // Every entry of every shard holds readings of that shard's sensors only, and together the
+    // shards hold every sensor.
+    let ctx = ParseContext::new(&t.config.limits, now, now);
+    let mut seen = HashSet::new();
+    let mut redis = t.redis.clone();
+    for (shard, stream) in t.config.streams().all().iter().enumerate() {
+        let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(stream)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert!(!entries.ids.is_empty(), "shard {shard} got readings");
+        for entry in entries.ids {
+            let fields: Vec<(String, Vec<u8>)> = entry
+                .map
+                .iter()
+                .map(|(k, v)| (k.clone(), redis::from_redis_value(v.clone()).unwrap()))
+                .collect();
+            for reading in parse_entry_fields(&fields, &ctx) {
+                let reading = reading.expect("a valid reading");
+                assert_eq!(
+                    shard_of(&reading.sensor_id, SHARDS),
+                    shard,
+                    "{} in {stream}",
+                    reading.sensor_id
+                );
+                seen.insert(reading.sensor_id.to_string());
+            }
+        }
+    }
+    let sensors: HashSet<String> =
+        t.pg.query("SELECT DISTINCT sensor_id FROM readings", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+    assert_eq!(seen, sensors);
+    assert_eq!(t.readings().await, total);
+    t.assert_aggregates_exact().await;
+}
+
+/// A source's leases over every shard are held together: a second holder gets none while the
+/// first has them, and one that finds a shard's lease taken gives back those it took.
+#[actix_web::test]
+async fn leases_over_shards_are_held_all_or_none() {
+    use sensorhub::redis::lease::Leases;
+    use sensorhub::redis::shards::Streams;
+    let resources = Resources::new();
+    let streams = Streams::new(&resources.stream, SHARDS);
+    let ttl = Duration::from_secs(30);
+    let first = Leases::new(&streams, "test-lease", "first".into(), ttl);
+    let second = Leases::new(&streams, "test-lease", "second".into(), ttl);
+    let mut conn = redis_manager().await;
+    let holders = |conn: &mut sensorhub::redis::connection::Connection| {
+        let mut conn = conn.clone();
+        let keys: Vec<String> = streams
+            .all()
+            .iter()
+            .map(|s| format!("{s}:test-lease"))
+            .collect();
+        async move {
+            let held: Vec<Option<String>> = redis::cmd("MGET")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            held
+        }
+    };
+
+    assert!(first.acquire(&mut conn).await.unwrap());
+    assert!(!second.acquire(&mut conn).await.unwrap());
+    assert!(first.renew(&mut conn).await.unwrap());
+    assert_eq!(holders(&mut conn).await, vec![Some("first".into()); SHARDS]);
+
+    first.release(&mut conn).await.unwrap();
+    // A third process holds shard 2's lease: the second takes shards 0 and 1, then gives them back.
+    let _: () = redis::cmd("SET")
+        .arg(format!("{}:test-lease", streams.all()[2]))
+        .arg("third")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!second.acquire(&mut conn).await.unwrap());
+    assert_eq!(
+        holders(&mut conn).await,
+        vec![None, None, Some("third".into()), None]
+    );
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{}:test-lease", streams.all()[2]))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(second.acquire(&mut conn).await.unwrap());
+    // Losing one lease (it expired and another took it) gives back the rest at the next renewal.
+    let _: () = redis::cmd("SET")
+        .arg(format!("{}:test-lease", streams.all()[3]))
+        .arg("third")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!second.renew(&mut conn).await.unwrap());
+    assert_eq!(
+        holders(&mut conn).await,
+        vec![None, None, None, Some("third".into())]
+    );
+}
