@@ -42,6 +42,11 @@
 //!    `/api/v2/write` in requests of 5,000 lines by four concurrent writers to a fresh sensorhub:
 //!    readings/s from the first request to the last commit, against the stream phase's rate.
 //!
+//! 8. **Redis Cluster**: up to 500,000 of the readings preloaded into 16 shards on a three-master
+//!    Redis Cluster of the run's own, and the same into one stream on the local Redis; readings/s
+//!    of a fresh sensorhub over each, from its start to its last commit (skipped with `--tls`, or
+//!    without `redis-cli`).
+//!
 //! With `--tls`, sensorhub and the reference speak TLS: to a TLS-only Redis the run starts with
 //! certificates of its own (verified), and to PostgreSQL with `sslmode=require`.
 //!
@@ -50,6 +55,9 @@
 //!
 //! It ends by checking the result is exact (row count and aggregate equality with a GROUP BY), so a
 //! fast wrong run cannot pass for a fast run.
+
+#[path = "e2e/cluster.rs"]
+mod cluster;
 
 use sensorhub::domain::{Reading, Resolution};
 use sensorhub::pipeline::window::prepare;
@@ -562,6 +570,14 @@ fn synthetic(
     )
 }
 
+/// A reading as a device sends it: sensorhub's JSON.
+fn reading_payload(sensor: &str, ts: chrono::DateTime<chrono::Utc>, value: f64) -> String {
+    format!(
+        r#"{{"sensor":"{sensor}","value":{value},"timestamp":"{}"}}"#,
+        ts.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    )
+}
+
 /// Reading objects as stream payloads: each on its own, or `per_entry` of them as one JSON array.
 fn grouped(readings: impl Iterator<Item = String>, per_entry: u64) -> Vec<String> {
     if per_entry == 1 {
@@ -586,10 +602,7 @@ async fn preload(
     while i < args.readings {
         let payloads = (i..(i + 10_000).min(args.readings)).map(|n| {
             let (sensor, ts, value) = synthetic(n, args.sensors, base);
-            format!(
-                r#"{{"sensor":"{sensor}","value":{value},"timestamp":"{}"}}"#,
-                ts.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            )
+            reading_payload(&sensor, ts, value)
         });
         let payloads = grouped(payloads, args.per_entry);
         entries += payloads.len() as u64;
@@ -847,8 +860,20 @@ fn metric(port: u16, name: &str) -> f64 {
 }
 
 fn spawn_sensorhub(args: &Args, db_url: &str, stream: &str, port: u16) -> Guard {
+    spawn_sensorhub_with(args, db_url, stream, port, &[])
+}
+
+/// As [`spawn_sensorhub`], with `extra` settings over the run's connections (`--env` still last).
+fn spawn_sensorhub_with(
+    args: &Args,
+    db_url: &str,
+    stream: &str,
+    port: u16,
+    extra: &[(&str, String)],
+) -> Guard {
     let child = Command::new(args.binary.as_deref().expect("binary resolved in main"))
         .envs(connections_env(args, db_url))
+        .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
         .env("SENSORHUB_STREAM", stream)
         .env("SENSORHUB_CHANNEL", "")
         .env("SENSORHUB_HTTP_ADDR", format!("127.0.0.1:{port}"))
@@ -1574,6 +1599,9 @@ async fn main() {
         median.rate
     );
 
+    let cluster_rates =
+        cluster::cluster_phase(&args, &admin, &mut redis, &format!("{name}_cl"), base).await;
+
     let (rows, mismatches) = exactness(&db_url).await;
     drop_run(&admin, &mut redis, &name).await;
     let exact = rows as u64 == args.readings + steady_total && mismatches == 0;
@@ -1614,6 +1642,17 @@ async fn main() {
         median.redis_cpu,
         median.pg_cpu,
     );
+    if let Some(rates) = &cluster_rates {
+        println!();
+        println!("| one stream, local Redis | 16 shards, 3-master Redis Cluster | ratio |");
+        println!("| --- | --- | --- |");
+        println!(
+            "| {:.0} | {:.0} | {:.2} |",
+            rates.one_stream,
+            rates.cluster,
+            rates.cluster / rates.one_stream
+        );
+    }
     match plot(
         &args.plot,
         &median.samples,

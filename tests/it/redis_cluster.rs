@@ -1,9 +1,8 @@
 //! A private Redis Cluster for the cluster tests: `masters` masters with `replicas` replicas each,
 //! `redis-server --cluster-enabled yes` on free ports, joined by `redis-cli --cluster create`.
-//! Torn down on drop, also when the test fails.
+//! Torn down on drop, also when the test fails. Self-contained: the load run (`benches/e2e.rs`)
+//! starts its cluster with it too.
 
-use crate::helpers::unique_name;
-use crate::infra::free_port;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -26,10 +25,12 @@ impl PrivateCluster {
     pub fn start(masters: usize, replicas: usize) -> Self {
         let mut cluster = Self { nodes: Vec::new() };
         for _ in 0..masters * (1 + replicas) {
-            let dir = std::env::temp_dir().join(unique_name("sensorhub-cluster"));
+            let port = node_port();
+            let dir = std::env::temp_dir()
+                .join(format!("sensorhub-cluster-{}-{port}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             let mut node = Node {
-                port: free_port(),
+                port,
                 dir,
                 child: None,
             };
@@ -259,6 +260,21 @@ impl NodeView {
             failed: flags.contains("fail"),
             slots,
         })
+    }
+}
+
+/// A free port whose cluster bus port (the port + 10000) is free too.
+fn node_port() -> u16 {
+    let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if port <= 55_535 && free(port + 10_000) {
+            return port;
+        }
     }
 }
 
