@@ -3,28 +3,78 @@
 
 use crate::domain::Limits;
 use crate::pipeline::validate::parse_batch;
-use crate::redis::dead_letter::browse::{self, Filter, Letter, Page, Summary};
+use crate::redis::dead_letter::browse::{self, Filter, Letter, Summary};
 use crate::redis::dead_letter::replay;
 use crate::redis::entry::{EntryId, StreamEntry};
+use crate::redis::shards::Streams;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use redis::RedisResult;
 use redis::aio::ConnectionLike;
 use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
 
-/// The dead letters of one stream.
+/// A dead letter's id as operators see it: its entry id in its dead-letter stream, and with
+/// sharded streams the shard before it, `3/1733054400000-0` (entry ids of different shards'
+/// dead-letter streams can be equal).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LetterId {
+    /// First, so that letters order by time across shards.
+    pub id: EntryId,
+    pub shard: Option<usize>,
+}
+
+impl LetterId {
+    pub fn of(letter: &Letter) -> Self {
+        LetterId {
+            id: letter.id,
+            shard: letter.shard,
+        }
+    }
+}
+
+impl fmt::Display for LetterId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.shard {
+            Some(shard) => write!(f, "{shard}/{}", self.id),
+            None => write!(f, "{}", self.id),
+        }
+    }
+}
+
+impl FromStr for LetterId {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let not_an_id = || {
+            format!(
+                "{} is not a dead letter id such as 1733054400000-0 (or 3/1733054400000-0 with \
+                 sharded streams)",
+                crate::domain::reading::excerpt(text)
+            )
+        };
+        let (shard, id) = match text.split_once('/') {
+            Some((shard, id)) => (Some(shard.parse().map_err(|_| not_an_id())?), id),
+            None => (None, text),
+        };
+        let id = id.parse().map_err(|_| not_an_id())?;
+        Ok(LetterId { id, shard })
+    }
+}
+
+/// The dead letters of a stream, or of every shard of it.
 pub struct DeadLetterStore<C> {
     pub conn: C,
-    /// The stream letters are replayed into.
-    pub stream: String,
+    /// Per stream (one, or each shard): the stream letters are replayed into, and
     /// `<stream>:dead`.
-    pub dead: String,
+    streams: Vec<(String, String)>,
 }
 
 /// Which letters an operation applies to.
 #[derive(Clone, Debug)]
 pub enum Selection {
-    Ids(Vec<EntryId>),
+    Ids(Vec<LetterId>),
     Matching(Filter),
 }
 
@@ -42,75 +92,198 @@ pub struct ReplayReport {
     pub rejected: BTreeMap<String, usize>,
 }
 
-impl<C: ConnectionLike> DeadLetterStore<C> {
-    pub fn new(conn: C, stream: &str) -> Self {
+/// A page of letters, newest first (across shards: by id, then shard), and the cursor of the
+/// next (older) page if there may be one.
+#[derive(Debug, Default)]
+pub struct Page {
+    pub letters: Vec<Letter>,
+    pub next: Option<LetterId>,
+}
+
+impl<C: ConnectionLike + Clone> DeadLetterStore<C> {
+    pub fn new(conn: C, streams: &Streams) -> Self {
         Self {
             conn,
-            stream: stream.to_owned(),
-            dead: format!("{stream}:dead"),
+            streams: streams
+                .all()
+                .iter()
+                .map(|stream| (stream.clone(), format!("{stream}:dead")))
+                .collect(),
         }
+    }
+
+    fn sharded(&self) -> bool {
+        self.streams.len() > 1
+    }
+
+    /// Whether `id` names a letter of these streams: with shards, a shard below their count;
+    /// without, no shard. The error says which form is expected.
+    pub fn check(&self, id: &LetterId) -> Result<(), String> {
+        match (id.shard, self.sharded()) {
+            (Some(shard), true) if shard < self.streams.len() => Ok(()),
+            (None, false) => Ok(()),
+            (_, true) => Err(format!(
+                "{id} names no shard: with {} shards a dead letter id is <shard>/<entry id>, \
+                 the shard from 0 to {}",
+                self.streams.len(),
+                self.streams.len() - 1
+            )),
+            (Some(_), false) => Err(format!(
+                "{id} names a shard, but the stream is not sharded: give the entry id alone"
+            )),
+        }
+    }
+
+    /// The index of the stream `id` is in.
+    fn index(&self, id: &LetterId) -> usize {
+        id.shard.unwrap_or(0).min(self.streams.len() - 1)
+    }
+
+    /// The letters read from stream `index`, marked with their shard.
+    fn marked(&self, index: usize, mut letters: Vec<Letter>) -> Vec<Letter> {
+        if self.sharded() {
+            for letter in &mut letters {
+                letter.shard = Some(index);
+            }
+        }
+        letters
     }
 
     pub async fn list(
         &mut self,
         filter: &Filter,
-        after: Option<EntryId>,
+        after: Option<LetterId>,
         limit: usize,
     ) -> RedisResult<Page> {
-        browse::list(&mut self.conn, &self.dead, filter, after, limit).await
+        let mut letters = Vec::new();
+        let mut more = false;
+        for index in 0..self.streams.len() {
+            // Older than the cursor: an earlier id, or the same id in a lower shard.
+            let before = after.map(|a| match a.shard {
+                Some(shard) if index < shard => a.id.successor(),
+                _ => a.id,
+            });
+            let dead = &self.streams[index].1;
+            let page = browse::list(&mut self.conn, dead, filter, before, limit).await?;
+            more |= page.next.is_some();
+            letters.extend(self.marked(index, page.letters));
+        }
+        letters.sort_by_key(|letter| std::cmp::Reverse(LetterId::of(letter)));
+        more |= letters.len() > limit;
+        letters.truncate(limit);
+        let next = if more {
+            letters.last().map(LetterId::of)
+        } else {
+            None
+        };
+        Ok(Page { letters, next })
     }
 
-    /// Counts by reason, over the stream and the last hour.
+    /// Counts by reason, over every stream and the last hour.
     pub async fn summary(&mut self, now: DateTime<Utc>) -> RedisResult<Summary> {
-        browse::summary(
-            &mut self.conn,
-            &self.dead,
-            now - chrono::TimeDelta::hours(1),
-        )
-        .await
-    }
-
-    /// The letters a selection names, oldest first (ids in the order given).
-    pub async fn select(&mut self, selection: &Selection) -> RedisResult<Vec<Letter>> {
-        match selection {
-            Selection::Ids(ids) => browse::by_ids(&mut self.conn, &self.dead, ids).await,
-            Selection::Matching(filter) => {
-                browse::select(&mut self.conn, &self.dead, filter, usize::MAX).await
+        let since = now - chrono::TimeDelta::hours(1);
+        let mut total = Summary::default();
+        for (_, dead) in &self.streams {
+            let summary = browse::summary(&mut self.conn, dead, since).await?;
+            total.total += summary.total;
+            for (reason, count) in summary.by_reason {
+                *total.by_reason.entry(reason).or_default() += count;
+            }
+            for (reason, count) in summary.recent {
+                *total.recent.entry(reason).or_default() += count;
             }
         }
+        Ok(total)
     }
 
-    /// Replays the selected letters (or, with `dry_run`, only checks them against `limits`).
-    /// `progress` hears how many were moved so far.
+    /// The letters a selection names: ids in the order given; matching ones oldest first, stream
+    /// by stream.
+    pub async fn select(&mut self, selection: &Selection) -> RedisResult<Vec<Letter>> {
+        let mut letters = Vec::new();
+        match selection {
+            Selection::Ids(ids) => {
+                for id in ids {
+                    let index = self.index(id);
+                    let dead = &self.streams[index].1;
+                    let found = browse::by_ids(&mut self.conn, dead, &[id.id]).await?;
+                    letters.extend(self.marked(index, found));
+                }
+            }
+            Selection::Matching(filter) => {
+                for index in 0..self.streams.len() {
+                    let dead = &self.streams[index].1;
+                    let found = browse::select(&mut self.conn, dead, filter, usize::MAX).await?;
+                    letters.extend(self.marked(index, found));
+                }
+            }
+        }
+        Ok(letters)
+    }
+
+    /// Replays the selected letters, each into the stream whose dead letter it is (or, with
+    /// `dry_run`, only checks them against `limits`). `progress` hears how many were moved so
+    /// far.
     pub async fn replay(
         &mut self,
         selection: &Selection,
         limits: &Limits,
         dry_run: bool,
-        progress: impl FnMut(usize),
+        mut progress: impl FnMut(usize),
     ) -> RedisResult<ReplayReport> {
         let letters = self.select(selection).await?;
         let mut report = check(&letters, limits);
         if !dry_run {
-            report.replayed =
-                replay::replay(&mut self.conn, &self.dead, &self.stream, &letters, progress)
+            for (index, letters) in self.by_stream(letters) {
+                let (stream, dead) = &self.streams[index];
+                let before = report.replayed;
+                report.replayed +=
+                    replay::replay(&mut self.conn, dead, stream, &letters, |moved| {
+                        progress(before + moved)
+                    })
                     .await?;
+            }
         }
         Ok(report)
     }
 
     /// Deletes the selected letters; returns how many there were.
     pub async fn purge(&mut self, selection: &Selection) -> RedisResult<usize> {
-        let ids: Vec<EntryId> = match selection {
-            Selection::Ids(ids) => ids.clone(),
+        let letters = match selection {
+            Selection::Ids(ids) => ids
+                .iter()
+                .map(|id| (self.index(id), id.id))
+                .collect::<Vec<_>>(),
             Selection::Matching(_) => self
                 .select(selection)
                 .await?
-                .into_iter()
-                .map(|l| l.id)
+                .iter()
+                .map(|letter| (letter.shard.unwrap_or(0), letter.id))
                 .collect(),
         };
-        replay::purge(&mut self.conn, &self.dead, &ids).await
+        let mut deleted = 0;
+        for index in 0..self.streams.len() {
+            let ids: Vec<EntryId> = letters
+                .iter()
+                .filter(|(i, _)| *i == index)
+                .map(|(_, id)| *id)
+                .collect();
+            if !ids.is_empty() {
+                deleted += replay::purge(&mut self.conn, &self.streams[index].1, &ids).await?;
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Letters grouped by the stream they are in, in their order within each.
+    fn by_stream(&self, letters: Vec<Letter>) -> BTreeMap<usize, Vec<Letter>> {
+        let mut grouped: BTreeMap<usize, Vec<Letter>> = BTreeMap::new();
+        for letter in letters {
+            grouped
+                .entry(letter.shard.unwrap_or(0))
+                .or_default()
+                .push(letter);
+        }
+        grouped
     }
 }
 
@@ -158,7 +331,7 @@ pub enum Command {
         limit: usize,
         /// Letters older than this id (the last id of the previous page).
         #[arg(long)]
-        after: Option<EntryId>,
+        after: Option<LetterId>,
     },
     /// Counts by reason, over the stream and the last hour.
     Summary,
@@ -208,9 +381,9 @@ impl From<FilterArgs> for Filter {
 /// Which letters a replay or purge takes: ids, filters, or `--all`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct SelectArgs {
-    /// A letter's id (repeat for several).
+    /// A letter's id (repeat for several); with sharded streams `<shard>/<entry id>`.
     #[arg(long = "id")]
-    ids: Vec<EntryId>,
+    ids: Vec<LetterId>,
     #[command(flatten)]
     filter: FilterArgs,
     /// Every letter (without ids or filters).
@@ -240,7 +413,12 @@ pub async fn run(config: &crate::config::Config, command: Command) -> anyhow::Re
         crate::redis::connection::TOOL_RESPONSE_TIMEOUT,
     )
     .await?;
-    let mut store = DeadLetterStore::new(conn, &config.stream);
+    let mut store = DeadLetterStore::new(conn, &config.streams());
+    let check = |store: &DeadLetterStore<_>, ids: &[LetterId]| {
+        ids.iter()
+            .try_for_each(|id| store.check(id))
+            .map_err(|why| anyhow::anyhow!(why))
+    };
     let mut out = std::io::stdout().lock();
     use std::io::Write as _;
     match command {
@@ -249,6 +427,7 @@ pub async fn run(config: &crate::config::Config, command: Command) -> anyhow::Re
             limit,
             after,
         } => {
+            check(&store, after.as_slice())?;
             let page = store.list(&filter.into(), after, limit).await?;
             for letter in &page.letters {
                 let data = letter
@@ -259,7 +438,7 @@ pub async fn run(config: &crate::config::Config, command: Command) -> anyhow::Re
                 writeln!(
                     out,
                     "{}\t{}\t{}\t{}\t{data}",
-                    letter.id,
+                    LetterId::of(letter),
                     letter.id.time().to_rfc3339(),
                     letter.reason,
                     letter.detail
@@ -279,6 +458,7 @@ pub async fn run(config: &crate::config::Config, command: Command) -> anyhow::Re
             writeln!(out, "total\t{}", summary.total)?;
         }
         Command::Replay { select, dry_run } => {
+            check(&store, &select.ids)?;
             let selection = select.selection()?;
             let started = std::time::Instant::now();
             let mut last_line = std::time::Instant::now();
@@ -307,9 +487,35 @@ pub async fn run(config: &crate::config::Config, command: Command) -> anyhow::Re
             }
         }
         Command::Purge { select } => {
+            check(&store, &select.ids)?;
             let deleted = store.purge(&select.selection()?).await?;
             writeln!(out, "deleted {deleted}")?;
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn letter_ids_name_their_shard_and_order_by_time_then_shard() {
+        let id: LetterId = "3/1733054400000-2".parse().unwrap();
+        assert_eq!(id.shard, Some(3));
+        assert_eq!(id.id.to_string(), "1733054400000-2");
+        assert_eq!(id.to_string(), "3/1733054400000-2");
+        let plain: LetterId = "1733054400000-2".parse().unwrap();
+        assert_eq!(
+            (plain.shard, plain.to_string()),
+            (None, "1733054400000-2".into())
+        );
+        for bad in ["x/1-0", "3/", "/1-0", "3/x", ""] {
+            let error = bad.parse::<LetterId>().unwrap_err();
+            assert!(error.contains("not a dead letter id"), "{bad}: {error}");
+        }
+        let at = |text: &str| text.parse::<LetterId>().unwrap();
+        assert!(at("2/5-1") > at("1/5-1"));
+        assert!(at("0/5-2") > at("3/5-1"));
+    }
 }

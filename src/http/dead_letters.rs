@@ -7,17 +7,18 @@
 //! | `POST /api/v1/dead-letters/replay` | replays letters by ids or filters (`dry_run` only checks them) |
 //! | `DELETE /api/v1/dead-letters?id=&reason=&sensor=&from=&to=&all=` | purges letters |
 //!
+//! With sharded streams the routes work over every shard's dead letters, a letter's id naming its
+//! shard (`3/1733054400000-0`: [`crate::dead_letters::LetterId`]).
+//!
 //! Original bytes are answered as text when they are UTF-8 (`data`), else as base64
 //! (`data_base64`); either way inside a JSON string, which a page shows as text.
 
-use crate::dead_letters::{DeadLetterStore, ReplayReport, Selection};
-use crate::domain::reading::excerpt;
+use crate::dead_letters::{DeadLetterStore, LetterId, ReplayReport, Selection};
 use crate::http::HttpState;
 use crate::http::auth::Authorized;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::params::{Params, ordered};
 use crate::redis::dead_letter::browse::{Filter, Letter};
-use crate::redis::entry::EntryId;
 use actix_web::{HttpRequest, HttpResponse, web};
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
@@ -62,6 +63,7 @@ pub struct DeadLetterView {
 
 impl From<Letter> for DeadLetterView {
     fn from(letter: Letter) -> Self {
+        let id = LetterId::of(&letter).to_string();
         let (data, data_base64) = match letter.data {
             None => (None, None),
             Some(bytes) => match String::from_utf8(bytes) {
@@ -73,7 +75,7 @@ impl From<Letter> for DeadLetterView {
             },
         };
         DeadLetterView {
-            id: letter.id.to_string(),
+            id,
             time: letter.id.time(),
             reason: letter.reason,
             detail: letter.detail,
@@ -144,13 +146,11 @@ pub struct PurgeAnswer {
     pub deleted: usize,
 }
 
-fn entry_id(text: &str) -> Result<EntryId, ApiError> {
-    text.parse().map_err(|_| {
-        ApiError::BadRequest(format!(
-            "{} is not a dead letter id such as 1733054400000-0",
-            excerpt(text)
-        ))
-    })
+/// A letter id of `store`'s streams.
+fn letter_id(store: &Store, text: &str) -> Result<LetterId, ApiError> {
+    let id: LetterId = text.parse().map_err(ApiError::BadRequest)?;
+    store.check(&id).map_err(ApiError::BadRequest)?;
+    Ok(id)
 }
 
 fn filter(
@@ -180,14 +180,19 @@ fn query_filter(params: &Params) -> Result<Filter, ApiError> {
 }
 
 /// The selection of a replay or purge: ids, a filter, or everything when `all` says so.
-fn selection(ids: Vec<String>, filter: Filter, all: bool) -> Result<Selection, ApiError> {
+fn selection(
+    store: &Store,
+    ids: Vec<String>,
+    filter: Filter,
+    all: bool,
+) -> Result<Selection, ApiError> {
     if !ids.is_empty() {
         if !filter.is_empty() {
             return Err(ApiError::BadRequest("give ids or filters, not both".into()));
         }
         let ids = ids
             .iter()
-            .map(|id| entry_id(id))
+            .map(|id| letter_id(store, id))
             .collect::<Result<_, _>>()?;
         return Ok(Selection::Ids(ids));
     }
@@ -199,8 +204,10 @@ fn selection(ids: Vec<String>, filter: Filter, all: bool) -> Result<Selection, A
     Ok(Selection::Matching(filter))
 }
 
-fn store(state: &HttpState) -> DeadLetterStore<crate::redis::connection::Connection> {
-    DeadLetterStore::new(state.redis.clone(), &state.api.stream)
+type Store = DeadLetterStore<crate::redis::connection::Connection>;
+
+fn store(state: &HttpState) -> Store {
+    DeadLetterStore::new(state.redis.clone(), &state.api.streams)
 }
 
 fn redis_failed(error: redis::RedisError) -> ApiError {
@@ -217,7 +224,7 @@ fn redis_failed(error: redis::RedisError) -> ApiError {
         ("from" = Option<DateTime<Utc>>, Query, description = "rejected at or after (RFC 3339)"),
         ("to" = Option<DateTime<Utc>>, Query, description = "rejected at or before (RFC 3339)"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 10000, description = "at most this many (default 100)"),
-        ("after" = Option<String>, Query, description = "the `next` of the previous page: letters older than this id"),
+        ("after" = Option<String>, Query, description = "the `next` of the previous page: letters older than this id (`<shard>/<id>` with sharded streams)"),
     ),
     responses((status = 200, body = DeadLetterPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = []))
@@ -232,9 +239,13 @@ pub(crate) async fn list(
         &["reason", "sensor", "from", "to", "limit", "after"],
     )?;
     let limit = params.limit(DEFAULT_LIMIT, MAX_LIMIT)? as usize;
-    let after = params.get("after").map(entry_id).transpose()?;
+    let mut store = store(&state);
+    let after = params
+        .get("after")
+        .map(|text| letter_id(&store, text))
+        .transpose()?;
     let filter = query_filter(&params)?;
-    let page = store(&state)
+    let page = store
         .list(&filter, after, limit)
         .await
         .map_err(redis_failed)?;
@@ -281,7 +292,9 @@ pub(crate) async fn replay(
 ) -> Result<HttpResponse, ApiError> {
     let request: ReplayRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("the body is not a replay request: {e}")))?;
+    let mut store = store(&state);
     let selection = selection(
+        &store,
         request.ids.unwrap_or_default(),
         filter(request.reason, request.sensor, request.from, request.to)?,
         request.all,
@@ -291,7 +304,7 @@ pub(crate) async fn replay(
         replayed,
         valid,
         rejected,
-    } = store(&state)
+    } = store
         .replay(&selection, &state.api.limits, request.dry_run, |_| {})
         .await
         .map_err(redis_failed)?;
@@ -309,7 +322,7 @@ pub(crate) async fn replay(
     delete,
     path = "/api/v1/dead-letters",
     params(
-        ("id" = Option<Vec<String>>, Query, description = "ids of letters to delete (repeat the parameter)"),
+        ("id" = Option<Vec<String>>, Query, description = "ids of letters to delete (repeat the parameter; `<shard>/<id>` with sharded streams)"),
         ("reason" = Option<String>, Query, description = "the reason code, exactly"),
         ("sensor" = Option<String>, Query, description = "text the original bytes contain"),
         ("from" = Option<DateTime<Utc>>, Query, description = "rejected at or after"),
@@ -328,14 +341,13 @@ pub(crate) async fn purge(
         req.query_string(),
         &["id", "reason", "sensor", "from", "to", "all"],
     )?;
+    let mut store = store(&state);
     let selection = selection(
+        &store,
         params.all("id"),
         query_filter(&params)?,
         params.flag("all")?,
     )?;
-    let deleted = store(&state)
-        .purge(&selection)
-        .await
-        .map_err(redis_failed)?;
+    let deleted = store.purge(&selection).await.map_err(redis_failed)?;
     Ok(HttpResponse::Ok().json(PurgeAnswer { deleted }))
 }

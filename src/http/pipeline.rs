@@ -150,7 +150,7 @@ pub(crate) async fn pipeline(
     let seconds = now.at.duration_since(baseline.at).as_secs_f64().max(0.001);
     let deltas = latency_deltas(&baseline.latency, &now.latency);
     let health = health_checks(&state).await;
-    let mut store = DeadLetterStore::new(state.redis.clone(), &state.api.stream);
+    let mut store = DeadLetterStore::new(state.redis.clone(), &state.api.streams);
     let unavailable = |e: redis::RedisError| ApiError::Unavailable(format!("redis: {e}"));
     let summary = store.summary(Utc::now()).await.map_err(unavailable)?;
     let newest = store

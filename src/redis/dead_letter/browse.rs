@@ -42,6 +42,9 @@ impl Filter {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Letter {
     pub id: EntryId,
+    /// With sharded streams, the shard whose dead-letter stream holds it (set by the store that
+    /// read it: [`crate::dead_letters`]).
+    pub shard: Option<usize>,
     pub reason: String,
     pub detail: String,
     /// The stream entry it came from.
@@ -60,6 +63,7 @@ impl Letter {
     fn from_fields(id: EntryId, pairs: Vec<(Vec<u8>, Vec<u8>)>) -> Self {
         let mut letter = Letter {
             id,
+            shard: None,
             reason: String::new(),
             detail: String::new(),
             entry: None,

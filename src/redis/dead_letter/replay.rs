@@ -129,6 +129,7 @@ mod tests {
     fn letter(index: Option<usize>, part: bool, fields: &[(&str, &str)]) -> Letter {
         Letter {
             id: "5-0".parse().unwrap(),
+            shard: None,
             reason: "not_a_number".into(),
             detail: String::new(),
             entry: Some("1-2".into()),
