@@ -193,7 +193,7 @@ impl Pipeline {
         let left = deadline.saturating_duration_since(Instant::now());
         // The flows share their permits: one has drained when all have.
         let drained = match self.flows.first() {
-            Some(flow) => tokio::time::timeout(left, flow.drained()).await.is_ok(),
+            Some(flow) => tokio::time::timeout(left, flow.all_drained()).await.is_ok(),
             None => true,
         };
         let arbiters = std::mem::take(&mut self.arbiters);

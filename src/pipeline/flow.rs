@@ -12,7 +12,7 @@ use crate::redis::ledger::EntryRange;
 use crate::telemetry::Metrics;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 /// The in-flight bound and the rewind flag of one stream, shared by its reader and every ticket.
 /// The shards of a sharded stream each have a flow, all drawing on one set of permits: one bound
@@ -26,6 +26,8 @@ pub struct Flow {
     next_ticket: AtomicU64,
     max_in_flight: usize,
     rewind: AtomicBool,
+    /// Told when the last batch of this flow in flight leaves it.
+    emptied: Notify,
     /// Readings per stream entry in the last validated batch, as `f64` bits; 0 before the first.
     readings_per_entry: AtomicU64,
     /// Reply bytes per stream entry in the last read, as `f64` bits; 0 before the first.
@@ -68,6 +70,7 @@ impl Flow {
             next_ticket: AtomicU64::new(0),
             max_in_flight,
             rewind: AtomicBool::new(false),
+            emptied: Notify::new(),
             readings_per_entry: AtomicU64::new(0),
             bytes_per_entry: AtomicU64::new(0),
             metrics,
@@ -108,8 +111,29 @@ impl Flow {
         (self.pending.load(Ordering::Acquire), last)
     }
 
-    /// Waits until every admitted batch is settled (of every flow sharing the permits).
+    /// Waits until no batch of this flow's stream is in flight. Only this flow's: the batches of
+    /// other shards (which may wait for a database that is down) are not this stream's to
+    /// re-read, and waiting for every permit would also stop them being admitted meanwhile.
     pub async fn drained(&self) {
+        loop {
+            let emptied = self.emptied.notified();
+            tokio::pin!(emptied);
+            // Registered before the check, so an emptying in between is not missed.
+            emptied.as_mut().enable();
+            if self
+                .in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+            {
+                return;
+            }
+            emptied.await;
+        }
+    }
+
+    /// Waits until every admitted batch is settled, of every flow sharing the permits.
+    pub async fn all_drained(&self) {
         let all = self
             .permits
             .acquire_many(self.max_in_flight as u32)
@@ -232,11 +256,15 @@ impl Drop for Ticket {
             self.flow
                 .pending
                 .fetch_sub(carried.entries as u64, Ordering::AcqRel);
-            self.flow
+            let mut in_flight = self
+                .flow
                 .in_flight
                 .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .retain(|(number, _)| *number != self.number);
+                .unwrap_or_else(|p| p.into_inner());
+            in_flight.retain(|(number, _)| *number != self.number);
+            if in_flight.is_empty() {
+                self.flow.emptied.notify_waiters();
+            }
         }
         if !self.settled {
             self.flow.request_rewind();

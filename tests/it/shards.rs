@@ -359,3 +359,120 @@ async fn dead_letters_of_every_shard_are_listed_paged_purged_and_replayed() {
     assert_eq!(summary["total"], 0, "{summary}");
     t.assert_aggregates_exact().await;
 }
+
+/// Readings of `sensors` sensors, `per_sensor` each a second apart, appended to their shards.
+async fn produce_sharded(
+    redis: &mut redis::aio::MultiplexedConnection,
+    streams: &sensorhub::redis::shards::Streams,
+    sensors: usize,
+    per_sensor: usize,
+) -> usize {
+    let base = chrono::Utc::now() - chrono::TimeDelta::hours(2);
+    for sensor in 0..sensors {
+        let id = format!("bound-{sensor}");
+        let payloads: Vec<String> = (0..per_sensor)
+            .map(|i| reading_json(&id, i as f64, base + chrono::TimeDelta::seconds(i as i64)))
+            .collect();
+        sensorhub::redis::entry::append_payloads(redis, streams.for_sensor(&id), payloads)
+            .await
+            .unwrap();
+    }
+    sensors * per_sensor
+}
+
+/// `SENSORHUB_READ_SHARDS` splits the shards between instances: one reading shards 0 and 1
+/// leaves 2 and 3 to the other, and together they store everything once.
+#[actix_web::test]
+async fn instances_reading_different_shards_together_store_everything_once() {
+    let t = spawn_app_with(
+        |c| {
+            c.shards = SHARDS;
+            c.read_shards = vec![0, 1];
+            c.channel = None;
+        },
+        Default::default(),
+    )
+    .await;
+    let streams = t.config.streams();
+    let mut redis = t.redis.clone();
+    let total = produce_sharded(&mut redis, &streams, 40, 25).await as i64;
+    let in_first: i64 = (0..40)
+        .filter(|s| shard_of(&format!("bound-{s}"), SHARDS) < 2)
+        .count() as i64
+        * 25;
+    assert!(0 < in_first && in_first < total, "both halves have sensors");
+    wait_for_count(
+        &t.pg,
+        "SELECT count(*) FROM readings",
+        in_first,
+        Duration::from_secs(30),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        t.readings().await,
+        in_first,
+        "shards 2 and 3 are not read here"
+    );
+
+    let second = sensorhub::Application::build({
+        let mut config = t.config.clone();
+        config.read_shards = vec![2, 3];
+        config.consumer = "second".into();
+        config
+    })
+    .await
+    .unwrap();
+    wait_for_count(
+        &t.pg,
+        "SELECT count(*) FROM readings",
+        total,
+        Duration::from_secs(30),
+    )
+    .await;
+    t.assert_aggregates_exact().await;
+    second.shutdown().await;
+}
+
+/// One `SENSORHUB_MAX_IN_FLIGHT` covers all the shards an instance reads: while PostgreSQL is
+/// down, batches of four shards wait in Redis, at most the bound of them in flight.
+#[actix_web::test]
+async fn one_in_flight_bound_covers_every_shard() {
+    let pg = crate::infra::PrivatePostgres::start();
+    let resources = Resources::new();
+    let mut config = test_config(&resources.name);
+    config.database_url = sensorhub::config::Secret::new(pg.url("sensorhub"));
+    config.shards = SHARDS;
+    config.read_shards = (0..SHARDS).collect();
+    config.channel = None;
+    config.batch_size = 50;
+    config.max_in_flight = 2;
+    let app = sensorhub::Application::build(config.clone()).await.unwrap();
+    let metrics = app.metrics();
+
+    pg.stop_server();
+    let mut redis = redis_conn(REDIS_URL).await;
+    let total = produce_sharded(&mut redis, &config.streams(), 40, 50).await as i64;
+    let mut peak = 0;
+    let watching = std::time::Instant::now();
+    while watching.elapsed() < Duration::from_secs(4) {
+        peak = peak.max(metrics.batches_in_flight.get());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(peak, 2, "the bound is reached and never passed");
+    pg.start_server();
+
+    let (client, connection) = tokio_postgres::connect(&pg.url("sensorhub"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    wait_for_count(
+        &client,
+        "SELECT count(*) FROM readings",
+        total,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_aggregates_exact(&client, &config.resolutions).await;
+    app.shutdown().await;
+}
