@@ -331,6 +331,7 @@ impl StreamStages {
             batch_size: config.batch_size,
             batch_delay: config.batch_delay,
             claim_idle: config.claim_idle,
+            shares_permits: config.read_shards.len() > 1,
         };
         let raw_batches = validator.recipient();
         Supervisor::start_in_arbiter(&threads.io, move |_| {

@@ -42,6 +42,10 @@ pub struct ReadSettings {
     /// How long a gap in the ledger that is not this instance's own work stays open before it
     /// is re-read (entries delivered to an instance that died).
     pub claim_idle: Duration,
+    /// The in-flight permits are shared with the readers of other shards: an idle reader waits
+    /// for new entries before it takes a permit, rather than blocking in `XREADGROUP` with one
+    /// that a shard with entries could use.
+    pub shares_permits: bool,
 }
 
 /// Where the next read comes from.
@@ -183,7 +187,16 @@ impl ReadLoop {
         };
         let mut backoff = Backoff::new();
         let mut redis_down = false;
+        // The last read found nothing new.
+        let mut idle = false;
         while !stop_requested(&self.stop) {
+            if idle && self.settings.shares_permits {
+                // An error here shows again in the read below, which reports it.
+                tokio::select! {
+                    _ = self.entries.wait_for_new(&self.settings.stream, READ_BLOCK) => {}
+                    _ = self.stop.changed() => break,
+                }
+            }
             let rewind = self.flow.take_rewind();
             if rewind {
                 tracing::debug!(stream = %self.settings.stream, "re-reading uncommitted entries once the pipeline drains");
@@ -234,6 +247,7 @@ impl ReadLoop {
                     continue;
                 }
             };
+            idle = entries.is_empty() && !re_read;
             if entries.is_empty() {
                 ticket.settle();
                 continue;
@@ -374,12 +388,10 @@ impl ReadLoop {
     async fn read(&mut self) -> redis::RedisResult<(Vec<StreamEntry>, Vec<EntryRange>)> {
         let s = Arc::clone(&self.settings);
         let mut ranges = Vec::new();
+        // With shared permits the reader has waited for entries already, without a permit.
+        let block = (!s.shares_permits).then_some(READ_BLOCK);
         let mut entries = self
-            .read_group(
-                self.flow.entries_for(s.batch_size),
-                Some(READ_BLOCK),
-                &mut ranges,
-            )
+            .read_group(self.flow.entries_for(s.batch_size), block, &mut ranges)
             .await?;
         let deadline = Instant::now() + s.batch_delay;
         loop {

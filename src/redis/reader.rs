@@ -82,6 +82,31 @@ impl StreamReader {
             cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
         }
         cmd.arg("NOACK").arg("STREAMS").arg(stream).arg(">");
+        self.read(&cmd, block).await
+    }
+
+    /// `XREAD COUNT 1 BLOCK <ms> STREAMS <stream> $`: waits, taking nothing, until an entry is
+    /// added to the stream or `block` has passed; true when one was. An entry added just before
+    /// the wait began is not seen: the wait then lasts until the next one, or `block`.
+    pub async fn wait_for_new(&mut self, stream: &str, block: Duration) -> RedisResult<bool> {
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT")
+            .arg(1)
+            .arg("BLOCK")
+            .arg(block.as_millis().max(1) as u64)
+            .arg("STREAMS")
+            .arg(stream)
+            .arg("$");
+        Ok(!self.read(&cmd, Some(block)).await?.is_empty())
+    }
+
+    /// Runs a stream read (its reply: entries of one stream, or nil), following the cluster's
+    /// redirections.
+    async fn read(
+        &mut self,
+        cmd: &redis::Cmd,
+        block: Option<Duration>,
+    ) -> RedisResult<Vec<StreamEntry>> {
         let limit = block.unwrap_or_default() + GRACE;
         let packed = cmd.get_packed_command();
         let mut ask = None;
