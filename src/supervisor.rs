@@ -153,7 +153,7 @@ impl Pipeline {
             Supervisor::start_in_arbiter(&threads.io, move |_| {
                 Bridge::new(
                     settings,
-                    redis_target.client,
+                    redis_target.nodes,
                     conn,
                     metrics,
                     bridge_health,

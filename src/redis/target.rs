@@ -25,11 +25,13 @@ pub struct ReaderTarget {
 /// A Redis to connect to: the client of the pooled connections and the reader's target.
 #[derive(Clone, Debug)]
 pub struct Target {
-    /// One server's client; of a cluster, the first node's (Pub/Sub: a cluster forwards every
-    /// `PUBLISH` to every node, so one node's subscription hears them all).
+    /// One server's client; of a cluster, the first node's.
     pub client: redis::Client,
     /// The cluster's client, for a `redis+cluster://` URL.
     pub cluster: Option<redis::cluster::ClusterClient>,
+    /// A client of every node a cluster URL names, in its order (of one server: its client):
+    /// a Pub/Sub subscription moves to the next when its node stops answering.
+    pub nodes: Vec<redis::Client>,
     pub reader: ReaderTarget,
 }
 
@@ -69,6 +71,7 @@ pub fn parse(url: &str, files: &TlsFiles) -> Result<Target, String> {
     Ok(Target {
         client: first.client,
         cluster: Some(cluster),
+        nodes: servers.iter().map(|s| s.client.clone()).collect(),
         reader: ReaderTarget {
             seeds,
             ..first.reader
@@ -121,6 +124,7 @@ fn parse_server(url: &str, files: &TlsFiles) -> Result<Target, String> {
             }
             let client = redis::Client::open(info.clone()).map_err(|e| e.to_string())?;
             return Ok(Target {
+                nodes: vec![client.clone()],
                 client,
                 cluster: None,
                 reader: ReaderTarget {
@@ -140,6 +144,7 @@ fn parse_server(url: &str, files: &TlsFiles) -> Result<Target, String> {
     let client = redis::Client::build_with_tls(info.clone(), certificates(files)?)
         .map_err(|e| format!("TLS: {e}"))?;
     Ok(Target {
+        nodes: vec![client.clone()],
         client,
         cluster: None,
         reader: ReaderTarget {

@@ -77,7 +77,7 @@ pub struct Bridge {
     /// The lease token, made once per bridge: a restart of the actor keeps holding its lease.
     token: String,
     health: Arc<BridgeHealth>,
-    client: redis::Client,
+    nodes: Vec<redis::Client>,
     conn: Connection,
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
@@ -86,7 +86,7 @@ pub struct Bridge {
 impl Bridge {
     pub fn new(
         settings: BridgeSettings,
-        client: redis::Client,
+        nodes: Vec<redis::Client>,
         conn: Connection,
         metrics: Arc<Metrics>,
         health: Arc<BridgeHealth>,
@@ -96,7 +96,7 @@ impl Bridge {
             token: unique_token(&settings.consumer),
             health,
             settings: Arc::new(settings),
-            client,
+            nodes,
             conn,
             metrics,
             stop,
@@ -112,7 +112,8 @@ impl Actor for Bridge {
             appender: self.settings.appender(self.token.clone()),
             health: Arc::clone(&self.health),
             settings: Arc::clone(&self.settings),
-            client: self.client.clone(),
+            nodes: self.nodes.clone(),
+            next_node: 0,
             conn: self.conn.clone(),
             metrics: Arc::clone(&self.metrics),
             stop: self.stop.clone(),
@@ -132,7 +133,12 @@ struct BridgeLoop {
     settings: Arc<BridgeSettings>,
     appender: Appender,
     health: Arc<BridgeHealth>,
-    client: redis::Client,
+    /// The nodes a subscription can be made on: one server, or every node a cluster URL names
+    /// (a cluster forwards every `PUBLISH` to every node, so one node's subscription hears them
+    /// all).
+    nodes: Vec<redis::Client>,
+    /// The node the next subscription is made on: the next one after a node failed.
+    next_node: usize,
     conn: Connection,
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
@@ -182,7 +188,14 @@ impl BridgeLoop {
 
     /// Bridges while this instance holds the lease; returns when it is lost or on stop.
     async fn bridge(&mut self) -> redis::RedisResult<()> {
-        let mut pubsub = channel::subscribe(&self.client, &self.settings.channel).await?;
+        let node = &self.nodes[self.next_node % self.nodes.len()];
+        let mut pubsub = match channel::subscribe(node, &self.settings.channel).await {
+            Ok(pubsub) => pubsub,
+            Err(error) => {
+                self.next_node += 1;
+                return Err(error);
+            }
+        };
         self.metrics.bridge_leader.set(1);
         tracing::info!(channel = %self.settings.channel, stream = %self.appender.stream(), "holding the bridge lease; bridging pub/sub into the stream");
         let mut messages = pubsub.on_message();
@@ -192,6 +205,7 @@ impl BridgeLoop {
             tokio::select! {
                 message = messages.next() => {
                     let Some(first) = message else {
+                        self.next_node += 1;
                         return Err(redis::RedisError::from((redis::ErrorKind::Io, "pub/sub connection closed")));
                     };
                     let mut payloads = vec![first.get_payload_bytes().to_vec()];

@@ -295,3 +295,106 @@ async fn a_shard_moving_to_another_master_under_load_loses_and_doubles_nothing()
     );
     drop(hub);
 }
+
+/// Publishes `payloads` on `channel` through the cluster (a cluster forwards every `PUBLISH` to
+/// every node).
+async fn publish_all(conn: &mut Connection, channel: &str, payloads: &[String]) {
+    sensorhub::redis::channel::publish_payloads(conn, channel, payloads)
+        .await
+        .expect("PUBLISH");
+}
+
+/// The Pub/Sub bridge subscribes on the first node the URL names; when that node dies it
+/// subscribes on the next, and what is published from then on is stored.
+#[actix_web::test]
+async fn the_bridge_moves_its_subscription_when_its_node_dies() {
+    let mut cluster = PrivateCluster::start(3, 1);
+    let res = Resources::new();
+    let base = spread_base(&cluster);
+    let channel = format!("{base}:channel");
+    let mut env = hub_env(&cluster, &res.database_url, &base);
+    env.retain(|(k, _)| *k != "SENSORHUB_CHANNEL");
+    env.push(("SENSORHUB_CHANNEL", channel.clone()));
+    let hub = Sensorhub::spawn(&env).await;
+    wait_ready_status(hub.port, 200, Duration::from_secs(30)).await;
+    let mut conn = cluster_conn(&cluster.url()).await;
+    let (pg, connection) = tokio_postgres::connect(&res.database_url, NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let now = chrono::Utc::now();
+    let readings = |prefix: &str, n: usize| -> Vec<String> {
+        (0..n)
+            .map(|i| reading_json(&format!("{prefix}-{i}"), i as f64, now))
+            .collect()
+    };
+
+    publish_all(&mut conn, &channel, &readings("before", 100)).await;
+    wait_for_count(
+        &pg,
+        "SELECT count(*) FROM readings",
+        100,
+        Duration::from_secs(30),
+    )
+    .await;
+
+    let first = cluster.url();
+    let first: u16 = first["redis+cluster://127.0.0.1:".len()..]
+        .split(',')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let first_slot = cluster
+        .nodes_view()
+        .unwrap()
+        .into_iter()
+        .find(|n| n.port == first)
+        .and_then(|n| n.slots.first().map(|r| *r.start()));
+    cluster.kill9(first);
+    if let Some(slot) = first_slot {
+        cluster.wait_failover(slot, first);
+    }
+    cluster.wait_healthy(3, 0);
+    let mut conn = cluster_conn(&cluster.url()).await;
+
+    // Messages published while no subscription stands are lost, as Pub/Sub's always are: probe
+    // until one arrives, then publish the batch that must all be stored.
+    let mut probes = 0;
+    wait_for(
+        "the bridge subscribed again",
+        Duration::from_secs(30),
+        || {
+            probes += 1;
+            let probe = vec![reading_json(&format!("probe-{probes}"), 0.0, now)];
+            let (mut conn, channel, pg) = (conn.clone(), channel.clone(), &pg);
+            async move {
+                let _ =
+                    sensorhub::redis::channel::publish_payloads(&mut conn, &channel, &probe).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let stored: i64 = pg
+                    .query_one(
+                        "SELECT count(*) FROM readings WHERE sensor_id LIKE 'probe-%'",
+                        &[],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                (stored > 0).then_some(())
+            }
+        },
+    )
+    .await;
+    publish_all(&mut conn, &channel, &readings("after", 100)).await;
+    wait_for_count(
+        &pg,
+        "SELECT count(*) FROM readings WHERE sensor_id LIKE 'after-%'",
+        100,
+        Duration::from_secs(30),
+    )
+    .await;
+    let resolutions: Vec<sensorhub::domain::Resolution> =
+        vec!["1m".parse().unwrap(), "1h".parse().unwrap()];
+    assert_aggregates_exact(&pg, &resolutions).await;
+    drop(hub);
+}
