@@ -7,7 +7,7 @@
 
 use crate::helpers::*;
 use crate::infra::*;
-use crate::redis_cluster::{PrivateCluster, key_slot};
+use crate::redis_cluster::{ClusterTls, PrivateCluster, key_slot};
 use sensorhub::redis::connection::Connection;
 use sensorhub::redis::entry::append_payloads;
 use sensorhub::redis::shards::Streams;
@@ -38,9 +38,27 @@ struct Produced {
     last_ids: HashMap<String, String>,
 }
 
+/// How a client reaches a cluster: its URL, and the CA it trusts when it speaks TLS.
+#[derive(Clone)]
+struct Access {
+    url: String,
+    ca: Option<std::path::PathBuf>,
+}
+
+fn access(cluster: &PrivateCluster) -> Access {
+    Access {
+        url: cluster.url(),
+        ca: cluster.ca(),
+    }
+}
+
 /// A cluster connection as the application opens one.
-async fn cluster_conn(url: &str) -> Connection {
-    let target = sensorhub::redis::target::parse(url, &Default::default()).unwrap();
+async fn cluster_conn(access: &Access) -> Connection {
+    let files = sensorhub::tls::TlsFiles {
+        ca: access.ca.clone(),
+        client: None,
+    };
+    let target = sensorhub::redis::target::parse(&access.url, &files).unwrap();
     Connection::open(&target, Duration::from_secs(5))
         .await
         .expect("the cluster answers")
@@ -49,8 +67,8 @@ async fn cluster_conn(url: &str) -> Connection {
 /// Publishes `load` to the shards of `base` as a producer following the documented rule does:
 /// each reading to the shard of its sensor, one pipeline per shard per tick, retried until the
 /// cluster takes it (a failover or a moving slot make some round trips fail).
-async fn produce(url: String, base: String, load: Load) -> Produced {
-    let mut conn = cluster_conn(&url).await;
+async fn produce(access: Access, base: String, load: Load) -> Produced {
+    let mut conn = cluster_conn(&access).await;
     let streams = Streams::new(&base, SHARDS);
     let start: chrono::DateTime<chrono::Utc> = "2025-09-01T12:00:00Z".parse().unwrap();
     let mut acked = HashMap::new();
@@ -127,8 +145,8 @@ fn hub_env(
 
 /// Waits until every shard is delivered through its last acknowledged entry, with nothing
 /// uncommitted.
-async fn wait_all_drained(url: &str, produced: &Produced) {
-    let conn = cluster_conn(url).await;
+async fn wait_all_drained(access: &Access, produced: &Produced) {
+    let conn = cluster_conn(access).await;
     for (shard, last_id) in &produced.last_ids {
         wait_drained(&conn, shard, GROUP, last_id).await;
     }
@@ -171,7 +189,7 @@ async fn sixteen_shards_over_three_masters_survive_kill_9_exactly_once() {
         per_tick: 240,
         tick: Duration::from_millis(25),
     };
-    let producer = tokio::spawn(produce(cluster.url(), base.clone(), load));
+    let producer = tokio::spawn(produce(access(&cluster), base.clone(), load));
     let mut rng = Rng::new(0x005e_edc1);
     for kill in 0..3 {
         tokio::time::sleep(Duration::from_millis(400 + rng.below(1000))).await;
@@ -181,7 +199,7 @@ async fn sixteen_shards_over_three_masters_survive_kill_9_exactly_once() {
     }
     let produced = producer.await.unwrap();
     assert_eq!(produced.last_ids.len(), SHARDS, "every shard got readings");
-    wait_all_drained(&cluster.url(), &produced).await;
+    wait_all_drained(&access(&cluster), &produced).await;
     let stored = stored_readings(&res.database_url).await;
     let published: HashSet<(String, i64)> = produced.acked.keys().cloned().collect();
     assert!(
@@ -206,7 +224,7 @@ async fn a_master_failing_over_under_load_keeps_what_its_replica_has_exactly_onc
         per_tick: 150,
         tick: Duration::from_millis(25),
     };
-    let producer = tokio::spawn(produce(cluster.url(), base.clone(), load));
+    let producer = tokio::spawn(produce(access(&cluster), base.clone(), load));
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let slot = key_slot(&format!("{{{base}:0}}"));
@@ -226,7 +244,7 @@ async fn a_master_failing_over_under_load_keeps_what_its_replica_has_exactly_onc
         produced.acked.values().any(|&at| at > healthy),
         "the load ran past the failover"
     );
-    wait_all_drained(&cluster.url(), &produced).await;
+    wait_all_drained(&access(&cluster), &produced).await;
     let stored = stored_readings(&res.database_url).await;
     let published: HashSet<(String, i64)> = produced.acked.keys().cloned().collect();
     assert!(
@@ -268,7 +286,7 @@ async fn a_shard_moving_to_another_master_under_load_loses_and_doubles_nothing()
         per_tick: 160,
         tick: Duration::from_millis(25),
     };
-    let producer = tokio::spawn(produce(cluster.url(), base.clone(), load));
+    let producer = tokio::spawn(produce(access(&cluster), base.clone(), load));
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let shard = format!("{{{base}:0}}");
@@ -284,7 +302,7 @@ async fn a_shard_moving_to_another_master_under_load_loses_and_doubles_nothing()
     eprintln!("slot {slot} of {shard} moved from {from} to {to}");
 
     let produced = producer.await.unwrap();
-    wait_all_drained(&cluster.url(), &produced).await;
+    wait_all_drained(&access(&cluster), &produced).await;
     let stored = stored_readings(&res.database_url).await;
     let published: HashSet<(String, i64)> = produced.acked.keys().cloned().collect();
     assert!(
@@ -317,7 +335,7 @@ async fn the_bridge_moves_its_subscription_when_its_node_dies() {
     env.push(("SENSORHUB_CHANNEL", channel.clone()));
     let hub = Sensorhub::spawn(&env).await;
     wait_ready_status(hub.port, 200, Duration::from_secs(30)).await;
-    let mut conn = cluster_conn(&cluster.url()).await;
+    let mut conn = cluster_conn(&access(&cluster)).await;
     let (pg, connection) = tokio_postgres::connect(&res.database_url, NoTls)
         .await
         .unwrap();
@@ -356,7 +374,7 @@ async fn the_bridge_moves_its_subscription_when_its_node_dies() {
         cluster.wait_failover(slot, first);
     }
     cluster.wait_healthy(3, 0);
-    let mut conn = cluster_conn(&cluster.url()).await;
+    let mut conn = cluster_conn(&access(&cluster)).await;
 
     // Messages published while no subscription stands are lost, as Pub/Sub's always are: probe
     // until one arrives, then publish the batch that must all be stored.
@@ -396,5 +414,79 @@ async fn the_bridge_moves_its_subscription_when_its_node_dies() {
     let resolutions: Vec<sensorhub::domain::Resolution> =
         vec!["1m".parse().unwrap(), "1h".parse().unwrap()];
     assert_aggregates_exact(&pg, &resolutions).await;
+    drop(hub);
+}
+
+/// `rediss+cluster://`: a cluster speaking only TLS, to clients and between its nodes, verified
+/// against the CA; the round trip over its 16 shards is exact.
+#[actix_web::test]
+async fn sixteen_shards_on_a_tls_cluster_round_trip_exactly_once() {
+    let certs = TestCerts::new();
+    let cluster = PrivateCluster::start_tls(
+        3,
+        0,
+        ClusterTls {
+            ca: certs.ca.clone(),
+            cert: certs.server_cert.clone(),
+            key: certs.server_key.clone(),
+        },
+    );
+    let res = Resources::new();
+    let base = spread_base(&cluster);
+    let mut env = hub_env(&cluster, &res.database_url, &base);
+    env.push(("SENSORHUB_REDIS_CA_FILE", certs.ca.display().to_string()));
+    assert!(cluster.url().starts_with("rediss+cluster://"));
+    let hub = Sensorhub::spawn(&env).await;
+    wait_ready_status(hub.port, 200, Duration::from_secs(30)).await;
+    let load = Load {
+        readings: 8_000,
+        sensors: 160,
+        per_tick: 400,
+        tick: Duration::from_millis(10),
+    };
+    let produced = produce(access(&cluster), base.clone(), load).await;
+    assert_eq!(produced.last_ids.len(), SHARDS, "every shard got readings");
+    wait_all_drained(&access(&cluster), &produced).await;
+    let stored = stored_readings(&res.database_url).await;
+    let published: HashSet<Reading> = produced.acked.keys().cloned().collect();
+    assert!(
+        stored == published,
+        "stored {} of {}",
+        stored.len(),
+        published.len()
+    );
+
+    // The CA is checked: trusting another CA, the start is refused, saying why.
+    let mut config = test_config(&res.name);
+    config.redis_url = sensorhub::config::Secret::new(cluster.url());
+    config.redis_tls = sensorhub::tls::TlsFiles {
+        ca: Some(certs.other_ca.clone()),
+        client: None,
+    };
+    config.stream = base.clone();
+    config.shards = SHARDS;
+    config.read_shards = (0..SHARDS).collect();
+    config.channel = None;
+    let started = Instant::now();
+    match tokio::time::timeout(
+        Duration::from_secs(60),
+        sensorhub::Application::build(config),
+    )
+    .await
+    {
+        Ok(Ok(app)) => {
+            app.shutdown().await;
+            panic!("started trusting another CA");
+        }
+        Ok(Err(error)) => {
+            let error = format!("{error:#}");
+            assert!(error.contains("certificate"), "says why: {error}");
+            eprintln!(
+                "refused after {:.1}s: {error}",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Err(_) => panic!("still starting after 60 s with an untrusted certificate"),
+    }
     drop(hub);
 }

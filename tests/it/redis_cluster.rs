@@ -19,11 +19,33 @@ struct Node {
 
 pub struct PrivateCluster {
     nodes: Vec<Node>,
+    tls: Option<ClusterTls>,
+}
+
+/// A cluster speaking only TLS, to clients and between its nodes: the server's certificate and
+/// key, and the CA that signed it (clients need no certificate of their own).
+#[derive(Clone, Debug)]
+pub struct ClusterTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl PrivateCluster {
     pub fn start(masters: usize, replicas: usize) -> Self {
-        let mut cluster = Self { nodes: Vec::new() };
+        Self::start_with(masters, replicas, None)
+    }
+
+    /// As [`PrivateCluster::start`], speaking only TLS.
+    pub fn start_tls(masters: usize, replicas: usize, tls: ClusterTls) -> Self {
+        Self::start_with(masters, replicas, Some(tls))
+    }
+
+    fn start_with(masters: usize, replicas: usize, tls: Option<ClusterTls>) -> Self {
+        let mut cluster = Self {
+            nodes: Vec::new(),
+            tls,
+        };
         for _ in 0..masters * (1 + replicas) {
             let port = node_port();
             let dir = std::env::temp_dir()
@@ -34,8 +56,22 @@ impl PrivateCluster {
                 dir,
                 child: None,
             };
-            let child = Command::new("redis-server")
-                .args(["--port", &node.port.to_string(), "--bind", "127.0.0.1"])
+            let mut command = Command::new("redis-server");
+            match &cluster.tls {
+                None => command.args(["--port", &node.port.to_string()]),
+                Some(tls) => command
+                    .args(["--port", "0", "--tls-port", &node.port.to_string()])
+                    .args(["--tls-cluster", "yes", "--tls-replication", "yes"])
+                    .arg("--tls-cert-file")
+                    .arg(&tls.cert)
+                    .arg("--tls-key-file")
+                    .arg(&tls.key)
+                    .arg("--tls-ca-cert-file")
+                    .arg(&tls.ca)
+                    .args(["--tls-auth-clients", "no"]),
+            };
+            let child = command
+                .args(["--bind", "127.0.0.1"])
                 .args([
                     "--cluster-enabled",
                     "yes",
@@ -57,7 +93,7 @@ impl PrivateCluster {
         }
         for node in &cluster.nodes {
             wait_until(&format!("node {} answers", node.port), || {
-                ping(node.port).then_some(())
+                cluster.ping(node.port).then_some(())
             });
         }
         let addresses: Vec<String> = cluster
@@ -65,7 +101,11 @@ impl PrivateCluster {
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
-        let out = Command::new("redis-cli")
+        let mut redis_cli = Command::new("redis-cli");
+        if let Some(tls) = &cluster.tls {
+            redis_cli.arg("--tls").arg("--cacert").arg(&tls.ca);
+        }
+        let out = redis_cli
             .arg("--cluster")
             .arg("create")
             .args(&addresses)
@@ -86,7 +126,7 @@ impl PrivateCluster {
     pub fn wait_healthy(&self, masters: usize, replicas: usize) {
         wait_until("the cluster is ok", || {
             let all_ok = self.running_ports().iter().all(|&port| {
-                query::<String>(port, &["CLUSTER", "INFO"])
+                self.query::<String>(port, &["CLUSTER", "INFO"])
                     .is_some_and(|info| info.contains("cluster_state:ok"))
             });
             let nodes = self.nodes_view()?;
@@ -99,7 +139,7 @@ impl PrivateCluster {
                 .iter()
                 .filter(|n| !n.master && !n.failed)
                 .filter(|n| {
-                    query::<String>(n.port, &["INFO", "replication"])
+                    self.query::<String>(n.port, &["INFO", "replication"])
                         .is_some_and(|info| info.contains("master_link_status:up"))
                 })
                 .count();
@@ -114,7 +154,17 @@ impl PrivateCluster {
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
-        format!("redis+cluster://{}", hosts.join(","))
+        let scheme = if self.tls.is_some() {
+            "rediss+cluster"
+        } else {
+            "redis+cluster"
+        };
+        format!("{scheme}://{}", hosts.join(","))
+    }
+
+    /// The CA a client trusts, for a cluster speaking TLS.
+    pub fn ca(&self) -> Option<PathBuf> {
+        self.tls.as_ref().map(|tls| tls.ca.clone())
     }
 
     fn running_ports(&self) -> Vec<u16> {
@@ -128,7 +178,7 @@ impl PrivateCluster {
     /// `CLUSTER NODES` as seen by the first running node.
     pub fn nodes_view(&self) -> Option<Vec<NodeView>> {
         let port = *self.running_ports().first()?;
-        let text: String = query(port, &["CLUSTER", "NODES"])?;
+        let text: String = self.query(port, &["CLUSTER", "NODES"])?;
         Some(text.lines().filter_map(NodeView::parse).collect())
     }
 
@@ -182,20 +232,22 @@ impl PrivateCluster {
         let set = |port: u16, args: &[&str]| {
             let mut full = vec!["CLUSTER", "SETSLOT", &slot_text];
             full.extend_from_slice(args);
-            query::<String>(port, &full).unwrap_or_else(|| panic!("SETSLOT {args:?} on {port}"));
+            self.query::<String>(port, &full)
+                .unwrap_or_else(|| panic!("SETSLOT {args:?} on {port}"));
         };
         set(to, &["IMPORTING", &ids[&from]]);
         set(from, &["MIGRATING", &ids[&to]]);
         loop {
-            let keys: Vec<String> =
-                query(from, &["CLUSTER", "GETKEYSINSLOT", &slot_text, "10"]).unwrap();
+            let keys: Vec<String> = self
+                .query(from, &["CLUSTER", "GETKEYSINSLOT", &slot_text, "10"])
+                .unwrap();
             if keys.is_empty() {
                 break;
             }
             let to_port = to.to_string();
             let mut migrate = vec!["MIGRATE", "127.0.0.1", &to_port, "", "0", "5000", "KEYS"];
             migrate.extend(keys.iter().map(String::as_str));
-            query::<String>(from, &migrate).expect("MIGRATE");
+            self.query::<String>(from, &migrate).expect("MIGRATE");
             // Slowly, so that the load runs while the slot is half moved.
             std::thread::sleep(Duration::from_secs(1));
         }
@@ -278,21 +330,33 @@ fn node_port() -> u16 {
     }
 }
 
-fn ping(port: u16) -> bool {
-    query::<String>(port, &["PING"]).is_some()
-}
-
-/// One command to the node on `port`, `None` on any error.
-fn query<T: redis::FromRedisValue>(port: u16, args: &[&str]) -> Option<T> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
-    let mut conn = client
-        .get_connection_with_timeout(Duration::from_secs(2))
-        .ok()?;
-    let mut cmd = redis::cmd(args[0]);
-    for arg in &args[1..] {
-        cmd.arg(*arg);
+impl PrivateCluster {
+    fn ping(&self, port: u16) -> bool {
+        self.query::<String>(port, &["PING"]).is_some()
     }
-    cmd.query(&mut conn).ok()
+
+    /// One command to the node on `port`, `None` on any error.
+    fn query<T: redis::FromRedisValue>(&self, port: u16, args: &[&str]) -> Option<T> {
+        let client = match &self.tls {
+            None => redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?,
+            Some(tls) => redis::Client::build_with_tls(
+                format!("rediss://127.0.0.1:{port}"),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(std::fs::read(&tls.ca).ok()?),
+                },
+            )
+            .ok()?,
+        };
+        let mut conn = client
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .ok()?;
+        let mut cmd = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            cmd.arg(*arg);
+        }
+        cmd.query(&mut conn).ok()
+    }
 }
 
 fn wait_until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
