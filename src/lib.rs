@@ -15,9 +15,10 @@
 //! - [`app`]: `Application::build(config)`, used by `main` and the tests alike.
 //! - [`domain`]: pure parsing and validation of readings, and window arithmetic.
 //! - [`sources`]: what brings readings into the stream besides producers' own `XADD`: the Pub/Sub
-//!   bridge and the MQTT source.
-//! - [`redis`]: everything that speaks to Redis: entries, the read connection and its reply
-//!   parser, the consumer group and trim, the ledger of committed entries, dead letters, leases.
+//!   bridge and the MQTT source, each message to its sensor's shard when the stream is sharded.
+//! - [`redis`]: everything that speaks to Redis (one server or a Redis Cluster): entries, the read
+//!   connection and its reply parser, the consumer group and trim, the ledger of committed
+//!   entries, dead letters, leases, sharded streams.
 //! - [`pipeline`]: the actors, one file per stage, and the in-flight tickets that bound them.
 //! - [`supervisor`]: starts the stages sink-first under supervision, stops them in flow order.
 //! - [`store`]: the PostgreSQL pool, migrations and the batch transaction.

@@ -8,7 +8,8 @@
 //! - [`ledger`]: which delivered entries are committed (reads are `NOACK`), and re-reading those
 //!   that are not.
 //! - [`dead_letter`]: the dead-letter stream of rejected messages and readings.
-//! - [`lease`]: the lease that lets one instance of several do a job (bridging a channel).
+//! - [`lease`]: the lease that lets one instance of several do a job (bridging a channel), one
+//!   beside each shard of a sharded stream.
 //! - [`channel`]: Pub/Sub subscribe and publish.
 //! - [`target`]: the Redis a URL names, TLS included, for the pooled connections and the reader.
 //! - [`rename`]: a stream renamed with every key beside it (to give it a hash tag).
