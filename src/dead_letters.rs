@@ -233,7 +233,8 @@ impl<C: ConnectionLike + Clone> DeadLetterStore<C> {
         let letters = self.select(selection).await?;
         let mut report = check(&letters, limits);
         if !dry_run {
-            for (index, letters) in self.by_stream(letters) {
+            let letters = by_stream(letters.into_iter().map(|l| (l.shard.unwrap_or(0), l)));
+            for (index, letters) in letters {
                 let (stream, dead) = &self.streams[index];
                 let before = report.replayed;
                 report.replayed +=
@@ -248,11 +249,8 @@ impl<C: ConnectionLike + Clone> DeadLetterStore<C> {
 
     /// Deletes the selected letters; returns how many there were.
     pub async fn purge(&mut self, selection: &Selection) -> RedisResult<usize> {
-        let letters = match selection {
-            Selection::Ids(ids) => ids
-                .iter()
-                .map(|id| (self.index(id), id.id))
-                .collect::<Vec<_>>(),
+        let ids: Vec<(usize, EntryId)> = match selection {
+            Selection::Ids(ids) => ids.iter().map(|id| (self.index(id), id.id)).collect(),
             Selection::Matching(_) => self
                 .select(selection)
                 .await?
@@ -261,30 +259,20 @@ impl<C: ConnectionLike + Clone> DeadLetterStore<C> {
                 .collect(),
         };
         let mut deleted = 0;
-        for index in 0..self.streams.len() {
-            let ids: Vec<EntryId> = letters
-                .iter()
-                .filter(|(i, _)| *i == index)
-                .map(|(_, id)| *id)
-                .collect();
-            if !ids.is_empty() {
-                deleted += replay::purge(&mut self.conn, &self.streams[index].1, &ids).await?;
-            }
+        for (index, ids) in by_stream(ids) {
+            deleted += replay::purge(&mut self.conn, &self.streams[index].1, &ids).await?;
         }
         Ok(deleted)
     }
+}
 
-    /// Letters grouped by the stream they are in, in their order within each.
-    fn by_stream(&self, letters: Vec<Letter>) -> BTreeMap<usize, Vec<Letter>> {
-        let mut grouped: BTreeMap<usize, Vec<Letter>> = BTreeMap::new();
-        for letter in letters {
-            grouped
-                .entry(letter.shard.unwrap_or(0))
-                .or_default()
-                .push(letter);
-        }
-        grouped
+/// Items grouped by the index of the stream they belong to, in their order within each.
+fn by_stream<T>(items: impl IntoIterator<Item = (usize, T)>) -> BTreeMap<usize, Vec<T>> {
+    let mut grouped: BTreeMap<usize, Vec<T>> = BTreeMap::new();
+    for (index, item) in items {
+        grouped.entry(index).or_default().push(item);
     }
+    grouped
 }
 
 /// How the letters fare against `limits` now: read as their replayed entries will be.

@@ -59,10 +59,13 @@ impl Appender {
             )
             .await;
         }
+        // One clock reading for the whole append, as the validator takes one per batch.
+        let now = chrono::Utc::now();
+        let ctx = ParseContext::new(&self.limits, now, now);
         let mut by_shard: BTreeMap<usize, Vec<Entry<FIELDS>>> = BTreeMap::new();
         for fields in entries {
             by_shard
-                .entry(self.shard_of(fields))
+                .entry(self.shard_of(fields, &ctx))
                 .or_default()
                 .push(*fields);
         }
@@ -90,10 +93,8 @@ impl Appender {
     }
 
     /// The shard of one message: its first valid reading's sensor's.
-    fn shard_of(&self, fields: &[(&str, &[u8])]) -> usize {
-        let now = chrono::Utc::now();
-        let ctx = ParseContext::new(&self.limits, now, now);
-        let outcomes = parse_entry_fields(fields, &ctx);
+    fn shard_of(&self, fields: &[(&str, &[u8])], ctx: &ParseContext) -> usize {
+        let outcomes = parse_entry_fields(fields, ctx);
         match outcomes.iter().find_map(|o| o.as_ref().ok()) {
             Some(reading) => crate::redis::shards::shard_of(&reading.sensor_id, self.streams.len()),
             None => 0,

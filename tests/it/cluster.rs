@@ -131,16 +131,27 @@ fn hub_env(
     database_url: &str,
     base: &str,
 ) -> Vec<(&'static str, String)> {
-    vec![
-        ("SENSORHUB_REDIS_URL", cluster.url()),
-        ("SENSORHUB_DATABASE_URL", database_url.to_owned()),
-        ("SENSORHUB_STREAM", base.to_owned()),
-        ("SENSORHUB_STREAM_SHARDS", SHARDS.to_string()),
-        ("SENSORHUB_CHANNEL", String::new()),
-        ("SENSORHUB_CONSUMER", "cluster".to_owned()),
-        ("SENSORHUB_BATCH_SIZE", "500".to_owned()),
-        ("SENSORHUB_SHUTDOWN_TIMEOUT", "20s".to_owned()),
-    ]
+    let mut env = crate::resilience::hub_env(&cluster.url(), database_url, base, "cluster");
+    env.push(("SENSORHUB_STREAM_SHARDS", SHARDS.to_string()));
+    env
+}
+
+/// sensorhub started with `env`, once it is ready.
+async fn spawn_ready(env: &[(&str, String)]) -> Sensorhub {
+    let hub = Sensorhub::spawn(env).await;
+    wait_ready_status(hub.port, 200, Duration::from_secs(30)).await;
+    hub
+}
+
+/// Asserts that the readings stored are exactly the distinct ones published.
+fn assert_stored_as_published(stored: &HashSet<Reading>, produced: &Produced) {
+    let published: HashSet<Reading> = produced.acked.keys().cloned().collect();
+    assert!(
+        *stored == published,
+        "stored {} readings, published {} distinct",
+        stored.len(),
+        published.len()
+    );
 }
 
 /// Waits until every shard is delivered through its last acknowledged entry, with nothing
@@ -157,16 +168,7 @@ async fn wait_all_drained(access: &Access, produced: &Produced) {
 async fn stored_readings(database_url: &str) -> HashSet<(String, i64)> {
     let (pg, connection) = tokio_postgres::connect(database_url, NoTls).await.unwrap();
     tokio::spawn(connection);
-    let rows: Vec<(String, i64)> = pg
-        .query(
-            "SELECT sensor_id, (extract(epoch FROM ts) * 1000000)::bigint FROM readings",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let rows = stored_keys(&pg, "%").await;
     let stored: HashSet<(String, i64)> = rows.iter().cloned().collect();
     assert_eq!(stored.len(), rows.len(), "a reading is stored twice");
     let resolutions: Vec<sensorhub::domain::Resolution> =
@@ -181,8 +183,7 @@ async fn sixteen_shards_over_three_masters_survive_kill_9_exactly_once() {
     let res = Resources::new();
     let base = spread_base(&cluster);
     let env = hub_env(&cluster, &res.database_url, &base);
-    let mut hub = Sensorhub::spawn(&env).await;
-    wait_ready_status(hub.port, 200, Duration::from_secs(30)).await;
+    let mut hub = spawn_ready(&env).await;
     let load = Load {
         readings: 24_000,
         sensors: 240,
@@ -201,13 +202,7 @@ async fn sixteen_shards_over_three_masters_survive_kill_9_exactly_once() {
     assert_eq!(produced.last_ids.len(), SHARDS, "every shard got readings");
     wait_all_drained(&access(&cluster), &produced).await;
     let stored = stored_readings(&res.database_url).await;
-    let published: HashSet<(String, i64)> = produced.acked.keys().cloned().collect();
-    assert!(
-        stored == published,
-        "stored {} readings, published {} distinct",
-        stored.len(),
-        published.len()
-    );
+    assert_stored_as_published(&stored, &produced);
     drop(hub);
 }
 
@@ -216,8 +211,7 @@ async fn a_master_failing_over_under_load_keeps_what_its_replica_has_exactly_onc
     let mut cluster = PrivateCluster::start(3, 1);
     let res = Resources::new();
     let base = spread_base(&cluster);
-    let hub = Sensorhub::spawn(&hub_env(&cluster, &res.database_url, &base)).await;
-    wait_ready_status(hub.port, 200, Duration::from_secs(30)).await;
+    let hub = spawn_ready(&hub_env(&cluster, &res.database_url, &base)).await;
     let load = Load {
         readings: 30_000,
         sensors: 300,
@@ -278,8 +272,7 @@ async fn a_shard_moving_to_another_master_under_load_loses_and_doubles_nothing()
     let cluster = Arc::new(PrivateCluster::start(3, 0));
     let res = Resources::new();
     let base = spread_base(&cluster);
-    let hub = Sensorhub::spawn(&hub_env(&cluster, &res.database_url, &base)).await;
-    wait_ready_status(hub.port, 200, Duration::from_secs(30)).await;
+    let hub = spawn_ready(&hub_env(&cluster, &res.database_url, &base)).await;
     let load = Load {
         readings: 24_000,
         sensors: 240,
@@ -304,13 +297,7 @@ async fn a_shard_moving_to_another_master_under_load_loses_and_doubles_nothing()
     let produced = producer.await.unwrap();
     wait_all_drained(&access(&cluster), &produced).await;
     let stored = stored_readings(&res.database_url).await;
-    let published: HashSet<(String, i64)> = produced.acked.keys().cloned().collect();
-    assert!(
-        stored == published,
-        "stored {} readings, published {} distinct",
-        stored.len(),
-        published.len()
-    );
+    assert_stored_as_published(&stored, &produced);
     drop(hub);
 }
 
@@ -333,8 +320,7 @@ async fn the_bridge_moves_its_subscription_when_its_node_dies() {
     let mut env = hub_env(&cluster, &res.database_url, &base);
     env.retain(|(k, _)| *k != "SENSORHUB_CHANNEL");
     env.push(("SENSORHUB_CHANNEL", channel.clone()));
-    let hub = Sensorhub::spawn(&env).await;
-    wait_ready_status(hub.port, 200, Duration::from_secs(30)).await;
+    let hub = spawn_ready(&env).await;
     let mut conn = cluster_conn(&access(&cluster)).await;
     let (pg, connection) = tokio_postgres::connect(&res.database_url, NoTls)
         .await
@@ -436,8 +422,7 @@ async fn sixteen_shards_on_a_tls_cluster_round_trip_exactly_once() {
     let mut env = hub_env(&cluster, &res.database_url, &base);
     env.push(("SENSORHUB_REDIS_CA_FILE", certs.ca.display().to_string()));
     assert!(cluster.url().starts_with("rediss+cluster://"));
-    let hub = Sensorhub::spawn(&env).await;
-    wait_ready_status(hub.port, 200, Duration::from_secs(30)).await;
+    let hub = spawn_ready(&env).await;
     let load = Load {
         readings: 8_000,
         sensors: 160,
@@ -448,13 +433,7 @@ async fn sixteen_shards_on_a_tls_cluster_round_trip_exactly_once() {
     assert_eq!(produced.last_ids.len(), SHARDS, "every shard got readings");
     wait_all_drained(&access(&cluster), &produced).await;
     let stored = stored_readings(&res.database_url).await;
-    let published: HashSet<Reading> = produced.acked.keys().cloned().collect();
-    assert!(
-        stored == published,
-        "stored {} of {}",
-        stored.len(),
-        published.len()
-    );
+    assert_stored_as_published(&stored, &produced);
 
     // The CA is checked: trusting another CA, the start is refused, saying why.
     let mut config = test_config(&res.name);

@@ -18,24 +18,14 @@ fn with_token(c: &mut sensorhub::Config) {
 
 async fn call(t: &TestApp, method: &str, path: &str, body: &Value) -> (u16, Value) {
     let auth = format!("Bearer {TOKEN}");
-    let body = if body.is_null() {
-        Vec::new()
-    } else {
-        body.to_string().into_bytes()
-    };
-    let (status, text) = http_request(
+    json_request(
         t.app().port(),
         method,
         path,
-        &[
-            ("Authorization", auth.as_str()),
-            ("Content-Type", "application/json"),
-        ],
-        &body,
+        &[("Authorization", auth.as_str())],
+        body,
     )
-    .await;
-    let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{path}: not JSON: {text}"));
-    (status, json)
+    .await
 }
 
 fn ids(page: &Value) -> Vec<String> {

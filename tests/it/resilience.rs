@@ -79,7 +79,7 @@ async fn produce(redis_url: String, stream: String, load: Load) -> Produced {
     Produced { distinct, last_id }
 }
 
-fn hub_env(
+pub(crate) fn hub_env(
     redis_url: &str,
     database_url: &str,
     stream: &str,
@@ -118,14 +118,7 @@ async fn assert_exactly_once(database_url: &str, produced: &Produced, extra_rows
         produced.distinct.len() as i64,
         "every distinct reading published is stored once"
     );
-    let stored: Vec<(String, i64)> = pg
-        .query("SELECT sensor_id, (extract(epoch FROM ts) * 1000000)::bigint FROM readings WHERE sensor_id LIKE 'load-%'", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    let stored: HashSet<(String, i64)> = stored.into_iter().collect();
+    let stored: HashSet<(String, i64)> = stored_keys(&pg, "load-%").await.into_iter().collect();
     assert!(
         stored == produced.distinct,
         "stored readings differ from those published"

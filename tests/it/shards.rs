@@ -178,6 +178,21 @@ async fn leases_over_shards_are_held_all_or_none() {
         }
     };
 
+    // Another process's hold on (or release of) shard `shard`'s lease.
+    let other = conn.clone();
+    let held_by_other = |shard: usize, holder: Option<&'static str>| {
+        let mut conn = other.clone();
+        let key = format!("{}:test-lease", streams.all()[shard]);
+        async move {
+            let mut cmd = redis::cmd(if holder.is_some() { "SET" } else { "DEL" });
+            cmd.arg(&key);
+            if let Some(holder) = holder {
+                cmd.arg(holder);
+            }
+            let _: () = cmd.query_async(&mut conn).await.unwrap();
+        }
+    };
+
     assert!(first.acquire(&mut conn).await.unwrap());
     assert!(!second.acquire(&mut conn).await.unwrap());
     assert!(first.renew(&mut conn).await.unwrap());
@@ -185,30 +200,16 @@ async fn leases_over_shards_are_held_all_or_none() {
 
     first.release(&mut conn).await.unwrap();
     // A third process holds shard 2's lease: the second takes shards 0 and 1, then gives them back.
-    let _: () = redis::cmd("SET")
-        .arg(format!("{}:test-lease", streams.all()[2]))
-        .arg("third")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    held_by_other(2, Some("third")).await;
     assert!(!second.acquire(&mut conn).await.unwrap());
     assert_eq!(
         holders(&mut conn).await,
         vec![None, None, Some("third".into()), None]
     );
-    let _: () = redis::cmd("DEL")
-        .arg(format!("{}:test-lease", streams.all()[2]))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    held_by_other(2, None).await;
     assert!(second.acquire(&mut conn).await.unwrap());
     // Losing one lease (it expired and another took it) gives back the rest at the next renewal.
-    let _: () = redis::cmd("SET")
-        .arg(format!("{}:test-lease", streams.all()[3]))
-        .arg("third")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    held_by_other(3, Some("third")).await;
     assert!(!second.renew(&mut conn).await.unwrap());
     assert_eq!(
         holders(&mut conn).await,
@@ -222,21 +223,7 @@ async fn api(
     path: &str,
     body: &serde_json::Value,
 ) -> (u16, serde_json::Value) {
-    let body = if body.is_null() {
-        Vec::new()
-    } else {
-        body.to_string().into_bytes()
-    };
-    let (status, text) = http_request(
-        t.app().port(),
-        method,
-        path,
-        &[("Content-Type", "application/json")],
-        &body,
-    )
-    .await;
-    let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{path}: not JSON: {text}"));
-    (status, json)
+    json_request(t.app().port(), method, path, &[], body).await
 }
 
 /// With shards, the dead-letter API works over every shard's dead letters: ids name their shard,

@@ -81,3 +81,17 @@ pub async fn wait_for_count(
     })
     .await;
 }
+
+/// The `(sensor_id, ts in µs)` of every stored reading whose sensor id is `LIKE sensor_like`.
+pub async fn stored_keys(pg: &tokio_postgres::Client, sensor_like: &str) -> Vec<(String, i64)> {
+    pg.query(
+        "SELECT sensor_id, (extract(epoch FROM ts) * 1000000)::bigint FROM readings \
+         WHERE sensor_id LIKE $1",
+        &[&sensor_like],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}

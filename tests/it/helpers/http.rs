@@ -43,3 +43,24 @@ pub async fn http_request(
         .unwrap_or_default();
     (status, body)
 }
+
+/// A JSON API call: `body` sent as JSON (nothing when null) with `headers`; the answer read as
+/// JSON (a test fails on one that is not).
+pub async fn json_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let body = if body.is_null() {
+        Vec::new()
+    } else {
+        body.to_string().into_bytes()
+    };
+    let mut all = vec![("Content-Type", "application/json")];
+    all.extend_from_slice(headers);
+    let (status, text) = http_request(port, method, path, &all, &body).await;
+    let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{path}: not JSON: {text}"));
+    (status, json)
+}
