@@ -333,6 +333,11 @@ async fn the_bridge_moves_its_subscription_when_its_node_dies() {
             .collect()
     };
 
+    // Pub/Sub keeps nothing for a subscriber still to come: publish once the bridge listens.
+    wait_for("the bridge subscribed", Duration::from_secs(30), || async {
+        (hub.metric("sensorhub_bridge_leader").await == 1.0).then_some(())
+    })
+    .await;
     publish_all(&mut conn, &channel, &readings("before", 100)).await;
     wait_for_count(
         &pg,
