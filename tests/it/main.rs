@@ -21,6 +21,7 @@ mod redis_cluster;
 mod rejections;
 mod resilience;
 mod retention;
+mod security;
 mod shards;
 mod supervision;
 mod tls;
