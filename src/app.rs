@@ -8,8 +8,10 @@ use crate::pipeline::read::READ_BLOCK;
 use crate::redis::connection::Connection;
 use crate::redis::shards::has_hash_tag;
 use crate::redis::{group, target as redis_target};
+use crate::sources::mqtt::MqttHealth;
 use crate::sources::pubsub::BridgeHealth;
 use crate::store;
+use crate::store::deployment;
 use crate::store::partition::Partitions;
 use crate::supervisor::{Pipeline, PipelineParts};
 use crate::telemetry::Metrics;
@@ -47,7 +49,7 @@ impl Application {
         Self::start(config, faults).await
     }
 
-    async fn start(config: Config, faults: Arc<Faults>) -> anyhow::Result<Self> {
+    async fn start(mut config: Config, faults: Arc<Faults>) -> anyhow::Result<Self> {
         let started = Instant::now();
         let metrics = Arc::new(Metrics::new());
 
@@ -63,6 +65,14 @@ impl Application {
             store::connection_target(config.database_url.expose(), "SENSORHUB_DATABASE_URL")?;
         let pool = retry_startup("PostgreSQL", || store::connect_to(&database, shared)).await?;
         store::migrate(&pool).await?;
+        let first_stream = config.streams().first().to_owned();
+        if let Some(mqtt) = &mut config.mqtt
+            && mqtt.client_id.is_none()
+        {
+            let candidate = crate::config::deployment_client_id(&first_stream);
+            let id = deployment::value_or_insert(&pool, deployment::MQTT_CLIENT_ID, &candidate);
+            mqtt.client_id = Some(id.await?);
+        }
         let partitions = Arc::new(Partitions::new(config.partition));
         {
             let mut client = pool.get().await.context("connecting to PostgreSQL")?;
@@ -128,6 +138,12 @@ impl Application {
         }
 
         let bridge_health = Arc::new(BridgeHealth::default());
+        let mqtt_health = Arc::new(MqttHealth::new(
+            config
+                .mqtt
+                .as_ref()
+                .map_or(Duration::ZERO, |mqtt| mqtt.ready_grace),
+        ));
         let pipeline = Pipeline::start(
             &config,
             PipelineParts {
@@ -138,6 +154,7 @@ impl Application {
                 read_conn,
                 metrics: Arc::clone(&metrics),
                 bridge_health: Arc::clone(&bridge_health),
+                mqtt_health: Arc::clone(&mqtt_health),
                 faults,
             },
         );
@@ -150,6 +167,7 @@ impl Application {
             redis: conn,
             pipeline_running: pipeline.running_flag(),
             bridge: config.channel.is_some().then_some(bridge_health),
+            mqtt: config.mqtt.is_some().then_some(mqtt_health),
             snapshots: Arc::new(http::pipeline::Snapshots::new(started)),
             targets: Targets {
                 redis: mask_password(config.redis_url.expose()),

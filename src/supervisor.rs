@@ -18,7 +18,7 @@ use crate::pipeline::write::{WriteStore, Writer};
 use crate::redis::connection::Connection;
 use crate::redis::dead_letter::DeadLetters;
 use crate::redis::lease::unique_token;
-use crate::sources::mqtt::{MqttSource, MqttSourceSettings};
+use crate::sources::mqtt::{MqttHealth, MqttSource, MqttSourceSettings};
 use crate::sources::pubsub::{Bridge, BridgeHealth, BridgeSettings};
 use crate::telemetry::Metrics;
 use actix::{Arbiter, ArbiterHandle, Supervisor};
@@ -44,6 +44,8 @@ pub struct PipelineParts {
     pub metrics: Arc<Metrics>,
     /// Whether the bridge can append, shared with `/readyz`.
     pub bridge_health: Arc<BridgeHealth>,
+    /// Whether the MQTT source consumes, shared with `/readyz`.
+    pub mqtt_health: Arc<MqttHealth>,
     pub faults: Arc<Faults>,
 }
 
@@ -76,6 +78,7 @@ impl Pipeline {
             read_conn,
             metrics,
             bridge_health,
+            mqtt_health,
             faults,
         } = parts;
         let (stop, stop_rx) = watch::channel(false);
@@ -137,7 +140,7 @@ impl Pipeline {
             };
             let (conn, metrics, stop) = (conn.clone(), Arc::clone(&metrics), stop_rx.clone());
             Supervisor::start_in_arbiter(&threads.io, move |_| {
-                MqttSource::new(settings, conn, metrics, stop)
+                MqttSource::new(settings, conn, metrics, mqtt_health, stop)
             });
         }
 

@@ -89,6 +89,8 @@ pub struct Metrics {
     pub mqtt_connected: IntGauge,
     /// MQTT messages received and not yet acknowledged to the broker (being appended).
     pub mqtt_awaiting_ack: IntGauge,
+    /// Retained MQTT messages sent again for a new subscription and not appended again.
+    pub mqtt_retained_skipped: IntCounter,
     /// Build information, value 1.
     pub build_info: IntGaugeVec,
 }
@@ -254,6 +256,10 @@ impl Metrics {
             mqtt_awaiting_ack: gauge(
                 "sensorhub_mqtt_awaiting_ack",
                 "MQTT messages received and not yet acknowledged to the broker (their append in progress).",
+            ),
+            mqtt_retained_skipped: counter(
+                "sensorhub_mqtt_retained_skipped_total",
+                "Retained MQTT messages the broker sent again for a new subscription, skipped as already appended.",
             ),
             build_info: {
                 let metric = IntGaugeVec::new(

@@ -8,7 +8,7 @@
 use crate::domain::{Limits, Resolution};
 mod mqtt;
 
-pub use mqtt::{MqttSettings, TopicRule};
+pub use mqtt::{MqttSettings, TopicRule, deployment_client_id};
 
 use crate::store::retention::Retention;
 use crate::tls::TlsFiles;
@@ -107,8 +107,13 @@ pub const VARIABLES: &[Variable] = &[
     },
     Variable {
         name: "SENSORHUB_MQTT_CLIENT_ID",
-        default: "sensorhub-<group>",
-        meaning: "client id of the persistent MQTT session, shared by the instances",
+        default: "(made once per deployment)",
+        meaning: "client id of the persistent MQTT session, shared by the instances; by default `sensorhub-<stream>-<random>`, made once and kept in PostgreSQL",
+    },
+    Variable {
+        name: "SENSORHUB_MQTT_READY_GRACE",
+        default: "30s",
+        meaning: "how long MQTT may be unsubscribed before `/readyz` says so",
     },
     Variable {
         name: "SENSORHUB_MQTT_QOS",
@@ -460,7 +465,7 @@ impl Config {
                 key: "SENSORHUB_MQTT_KEY_FILE",
             },
         )?;
-        let mqtt = MqttSettings::from_env(&env, &group, &mqtt_tls)?;
+        let mqtt = MqttSettings::from_env(&env, &mqtt_tls)?;
         let shards = env.number(
             "SENSORHUB_STREAM_SHARDS",
             1,

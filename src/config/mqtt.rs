@@ -5,6 +5,7 @@ use super::{ConfigError, Env, Secret, mask_password};
 use crate::domain::reading::Form;
 use crate::tls::{TlsFiles, Verify, client_config};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Where the MQTT source connects and what it subscribes to.
 #[derive(Clone, Debug)]
@@ -14,10 +15,15 @@ pub struct MqttSettings {
     pub credentials: Option<(String, Secret)>,
     /// The TLS configuration of an `mqtts://` broker.
     pub tls: Option<Arc<rustls::ClientConfig>>,
-    pub client_id: String,
+    /// The session's client id; `None`: the deployment's own, made once and kept in PostgreSQL
+    /// ([`crate::store::deployment`]), so two deployments never share a session.
+    pub client_id: Option<String>,
     /// 1 or 2.
     pub qos: u8,
     pub rules: Vec<TopicRule>,
+    /// How long the source may be without a subscribed connection (while it holds the lease)
+    /// before `/readyz` reports it: longer than a broker restart or a lease handover takes.
+    pub ready_grace: Duration,
 }
 
 /// A topic filter and the form its messages' payloads are read in.
@@ -30,7 +36,6 @@ pub struct TopicRule {
 impl MqttSettings {
     pub(super) fn from_env(
         env: &Env,
-        group: &str,
         tls_files: &TlsFiles,
     ) -> Result<Option<Self>, ConfigError> {
         let url = env.text("SENSORHUB_MQTT_URL");
@@ -98,8 +103,8 @@ impl MqttSettings {
             return Err(bad_url("a host, as in mqtt://host:1883"));
         }
         let client_id = match env.text("SENSORHUB_MQTT_CLIENT_ID") {
-            id if id.is_empty() || id == "sensorhub-<group>" => format!("sensorhub-{group}"),
-            id => id,
+            id if id.is_empty() || id == "(made once per deployment)" => None,
+            id => Some(id),
         };
         let qos = match env.text("SENSORHUB_MQTT_QOS").as_str() {
             "1" => 1,
@@ -121,8 +126,24 @@ impl MqttSettings {
             client_id,
             qos,
             rules,
+            ready_grace: env.duration("SENSORHUB_MQTT_READY_GRACE")?,
         }))
     }
+}
+
+/// A client id for a deployment that has none yet: names its stream, with a random part so that
+/// deployments whose streams share a name differ too.
+pub fn deployment_client_id(stream: &str) -> String {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut hasher = std::hash::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    hasher.write_u32(std::process::id());
+    format!("sensorhub-{stream}-{:016x}", hasher.finish())
 }
 
 /// `filter=form; filter=form; ...`.

@@ -24,6 +24,7 @@ pub mod pipeline;
 use crate::config::Secret;
 use crate::domain::{Limits, Resolution};
 use crate::redis::connection::Connection;
+use crate::sources::mqtt::MqttHealth;
 use crate::sources::pubsub::BridgeHealth;
 use crate::telemetry::Metrics;
 use actix_web::{HttpResponse, web};
@@ -80,6 +81,8 @@ pub struct HttpState {
     pub pipeline_running: crate::pipeline::read::ReadersRunning,
     /// Whether the Pub/Sub bridge can append, when a channel is bridged.
     pub bridge: Option<Arc<BridgeHealth>>,
+    /// Whether the MQTT source consumes, when MQTT is configured.
+    pub mqtt: Option<Arc<MqttHealth>>,
     /// The Redis and PostgreSQL URLs, passwords masked: a failing check names its server.
     pub targets: Targets,
     /// The counters' recent snapshots, for the status page's rates.
@@ -170,6 +173,9 @@ pub(crate) async fn health_checks(state: &HttpState) -> Health {
     }
     if let Some(bridge) = &state.bridge {
         checks.push(("bridge", bridge.check().map_err(|e| format!("error: {e}"))));
+    }
+    if let Some(mqtt) = &state.mqtt {
+        checks.push(("mqtt", mqtt.check().map_err(|e| format!("error: {e}"))));
     }
     for (name, result) in checks {
         match result {

@@ -10,6 +10,8 @@
 //! - [`dead_letter`]: the dead-letter stream of rejected messages and readings.
 //! - [`lease`]: the lease that lets one instance of several do a job (bridging a channel), one
 //!   beside each shard of a sharded stream.
+//! - [`mqtt_session`]: what the MQTT source records of its broker session (its
+//!   subscriptions, the retained messages appended).
 //! - [`channel`]: Pub/Sub subscribe and publish.
 //! - [`target`]: the Redis a URL names, TLS included, for the pooled connections and the reader.
 //! - [`rename`]: a stream renamed with every key beside it (to give it a hash tag).
@@ -25,6 +27,7 @@ pub mod entry;
 pub mod group;
 pub mod lease;
 pub mod ledger;
+pub mod mqtt_session;
 pub mod reader;
 pub mod rename;
 pub mod reply;

@@ -9,7 +9,22 @@
 //! - **One instance subscribes.** Only the holder of the lease `<stream>:mqtt-lease` connects, and
 //!   every instance uses the same client id, so the session (and what it holds unacknowledged)
 //!   moves with the lease; the broker also drops an older connection of the same client id. Each
-//!   append checks the lease in the same script that appends.
+//!   append checks the lease in the same script that appends. The client id names the deployment
+//!   (made once, kept in PostgreSQL: [`crate::store::deployment`]), so two deployments on one
+//!   broker never share a session.
+//! - **The session's subscriptions follow the configuration.** A resumed session subscribes only to
+//!   filters it does not hold yet and unsubscribes from filters no longer configured; it does not
+//!   subscribe again to what it holds, which would make the broker send every retained message
+//!   again.
+//! - **A retained message is the last known value, not a new reading.** The broker sends it (with
+//!   the retain flag) when a subscription is made; it is appended once per topic and payload, so a
+//!   new session or a new filter does not store it again.
+//! - **Every message the broker may send is taken.** The client accepts packets up to MQTT's own
+//!   limit; a payload over `SENSORHUB_MAX_MESSAGE_BYTES` is appended cut just past the limit, so
+//!   it is refused as `too_large` and kept as a bounded dead letter instead of stopping the
+//!   session (a client refusing a packet drops the connection, and the broker resends it forever).
+//! - **QoS 2 resumes.** A PUBREL the broker resends for an exchange an earlier connection began is
+//!   completed (the patched client: vendor/rumqttc/PATCHES.md).
 //! - **At least once into the stream.** A message appended whose acknowledgement was lost (a crash
 //!   between the two) is delivered and appended again: a reading with its own timestamp is then a
 //!   duplicate the store skips; one without a timestamp gets a second receipt time and is stored
@@ -21,6 +36,7 @@ use crate::pipeline::stage::{count_restart, guarded, stop_requested};
 use crate::redis::connection::Connection;
 use crate::redis::entry::FencedError;
 use crate::redis::lease::{Leases, unique_token};
+use crate::redis::mqtt_session::SessionKeys;
 use crate::redis::shards::Streams;
 use crate::retry::Backoff;
 use crate::sources::append::Appender;
@@ -29,9 +45,9 @@ use actix::prelude::*;
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesOrdered;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
-use std::collections::VecDeque;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// Requests (acknowledgements, subscriptions) queued for the MQTT connection at once.
@@ -48,6 +64,57 @@ const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// so it stays well within the keep-alive. An append that times out is left unacknowledged (it
 /// may still have happened: the broker's redelivery then appends it again).
 const APPEND_TIMEOUT: Duration = Duration::from_secs(2);
+/// The largest packet the client reads: MQTT's own limit (a remaining length of at most
+/// 268,435,455 bytes, and its header). Any smaller limit would make the client refuse a message
+/// the broker may send, and the broker would resend it on every connection; payloads over
+/// `SENSORHUB_MAX_MESSAGE_BYTES` are cut and dead-lettered instead. Brokers bound it lower
+/// (Mosquitto: `message_size_limit`), which also bounds the memory one message takes here.
+const MAX_INCOMING_PACKET: usize = 268_435_455 + 5;
+/// The largest packet the client sends: subscriptions and acknowledgements only.
+const MAX_OUTGOING_PACKET: usize = 256 * 1024;
+
+/// Whether the MQTT source consumes, for `/readyz`: not while it holds the lease without a
+/// subscribed connection for longer than [`MqttSettings::ready_grace`].
+#[derive(Debug)]
+pub struct MqttHealth {
+    /// Why the source does not consume and since when; `None` while it does (or while another
+    /// instance holds the lease).
+    state: Mutex<Option<(Instant, String)>>,
+    grace: Duration,
+}
+
+impl MqttHealth {
+    pub fn new(grace: Duration) -> Self {
+        Self {
+            state: Mutex::new(Some((Instant::now(), "starting".to_owned()))),
+            grace,
+        }
+    }
+
+    /// `Err` naming why, once the source has not consumed for longer than the grace period.
+    pub fn check(&self) -> Result<(), String> {
+        match &*self.state.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some((since, why)) if since.elapsed() > self.grace => Err(format!(
+                "not consuming for {}s: {why}",
+                since.elapsed().as_secs()
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn consuming(&self) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Not consuming because of `why`; the time counts from the first such moment.
+    fn not_consuming(&self, why: String) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match &mut *state {
+            Some((_, reason)) => *reason = why,
+            None => *state = Some((Instant::now(), why)),
+        }
+    }
+}
 
 /// What the MQTT source needs besides the connections.
 #[derive(Clone, Debug)]
@@ -68,6 +135,7 @@ pub struct MqttSource {
     token: String,
     conn: Connection,
     metrics: Arc<Metrics>,
+    health: Arc<MqttHealth>,
     stop: watch::Receiver<bool>,
 }
 
@@ -76,6 +144,7 @@ impl MqttSource {
         settings: MqttSourceSettings,
         conn: Connection,
         metrics: Arc<Metrics>,
+        health: Arc<MqttHealth>,
         stop: watch::Receiver<bool>,
     ) -> Self {
         Self {
@@ -83,6 +152,7 @@ impl MqttSource {
             settings: Arc::new(settings),
             conn,
             metrics,
+            health,
             stop,
         }
     }
@@ -103,9 +173,11 @@ impl Actor for MqttSource {
                 ),
                 self.settings.limits.clone(),
             )),
+            session: SessionKeys::beside(self.settings.streams.first()),
             settings: Arc::clone(&self.settings),
             conn: self.conn.clone(),
             metrics: Arc::clone(&self.metrics),
+            health: Arc::clone(&self.health),
             stop: self.stop.clone(),
         };
         ctx.spawn(guarded("mqtt", lp.run()));
@@ -123,8 +195,11 @@ struct SourceLoop {
     settings: Arc<MqttSourceSettings>,
     /// Appends under the lease `<stream>:mqtt-lease` (beside each shard).
     appender: Arc<Appender>,
+    /// Where the session's client id, subscriptions and retained digests are kept.
+    session: SessionKeys,
     conn: Connection,
     metrics: Arc<Metrics>,
+    health: Arc<MqttHealth>,
     stop: watch::Receiver<bool>,
 }
 
@@ -144,6 +219,8 @@ impl SourceLoop {
             let ended = match self.appender.leases().acquire(&mut self.conn).await {
                 Ok(true) => self.subscribed().await,
                 Ok(false) => {
+                    // Another instance holds the lease, and its own /readyz speaks for it.
+                    self.health.consuming();
                     tokio::select! {
                         _ = tokio::time::sleep(retry_every) => {}
                         _ = self.stop.changed() => {}
@@ -159,6 +236,7 @@ impl SourceLoop {
                     failing = false;
                 }
                 Ended::Failed(error) => {
+                    self.health.not_consuming(error.clone());
                     if !std::mem::replace(&mut failing, true) {
                         tracing::warn!(%error, broker = %self.settings.mqtt.host, "mqtt source interrupted, retrying");
                     }
@@ -173,11 +251,16 @@ impl SourceLoop {
     async fn subscribed(&mut self) -> Ended {
         let settings = Arc::clone(&self.settings);
         let mqtt = &settings.mqtt;
-        let mut options = MqttOptions::new(&mqtt.client_id, &mqtt.host, mqtt.port);
+        // Filled in at start ([`crate::store::deployment`]) when not configured.
+        let client_id = mqtt.client_id.clone().unwrap_or_default();
+        self.health
+            .not_consuming(format!("connecting to {}:{}", mqtt.host, mqtt.port));
+        let mut options = MqttOptions::new(&client_id, &mqtt.host, mqtt.port);
         options
             .set_keep_alive(KEEP_ALIVE)
             .set_clean_session(false)
-            .set_manual_acks(true);
+            .set_manual_acks(true)
+            .set_max_packet_size(MAX_INCOMING_PACKET, MAX_OUTGOING_PACKET);
         if let Some((user, password)) = &mqtt.credentials {
             options.set_credentials(user, password.expose());
         }
@@ -191,11 +274,19 @@ impl SourceLoop {
         } else {
             QoS::AtLeastOnce
         };
+        // What the session must hold: `<qos> <filter>` per rule, as recorded in Redis.
+        let wanted: BTreeSet<String> = mqtt
+            .rules
+            .iter()
+            .map(|rule| format!("{} {}", mqtt.qos, rule.filter))
+            .collect();
         let (client, mut events) = AsyncClient::new(options, REQUESTS);
         // The lease was just taken: the first renewal is due a third of its time from now.
         let every = self.settings.lease_ttl / 3;
         let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let mut stop = self.stop.clone();
+        // Subscription changes sent and not yet acknowledged by the broker, recorded once they are.
+        let mut changing: Option<SessionChange> = None;
         // Appends in flight, in the order the messages arrived: they run side by side (the
         // connection to Redis pipelines them), and each message is acknowledged once its append
         // and every earlier one have succeeded, so acknowledgements keep the order of arrival.
@@ -233,15 +324,30 @@ impl SourceLoop {
                     }
                 }
                 event = events.poll(), if batch.len() < BATCH => match event {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        let filters = mqtt.rules.iter().map(|rule| rumqttc::SubscribeFilter::new(rule.filter.clone(), qos));
-                        if let Err(error) = client.subscribe_many(filters).await {
-                            break Ended::Failed(format!("subscribing: {error}"));
+                    Ok(Event::Incoming(Packet::ConnAck(connack))) => {
+                        let held = if connack.session_present {
+                            match self.session.subscriptions(&mut self.conn).await {
+                                Ok(held) => held,
+                                Err(error) => break Ended::Failed(format!("redis: {error}")),
+                            }
+                        } else {
+                            BTreeSet::new()
+                        };
+                        let change = SessionChange {
+                            replace: !connack.session_present,
+                            subscribe: wanted.difference(&held).cloned().collect(),
+                            unsubscribe: held.difference(&wanted).cloned().collect(),
+                            awaiting: 0,
+                        };
+                        match change.send(&client, qos).await {
+                            Ok(change) => changing = Some(change),
+                            Err(error) => break Ended::Failed(format!("subscribing: {error}")),
                         }
                     }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        self.metrics.mqtt_connected.set(1);
-                        tracing::info!(broker = %mqtt.host, client_id = %mqtt.client_id, "holding the mqtt lease; subscribed");
+                    Ok(Event::Incoming(Packet::SubAck(_) | Packet::UnsubAck(_))) => {
+                        if let Some(change) = &mut changing {
+                            change.awaiting = change.awaiting.saturating_sub(1);
+                        }
                     }
                     Ok(Event::Incoming(Packet::Publish(publish))) => {
                         self.metrics.mqtt_awaiting_ack.inc();
@@ -260,6 +366,15 @@ impl SourceLoop {
                     Err(error) => break Ended::Failed(format!("redis: {error}")),
                 },
             }
+            // Every subscription change acknowledged: recorded, and the source consumes.
+            if let Some(change) = changing.take_if(|change| change.awaiting == 0) {
+                if let Err(error) = change.record(&self.session, &mut self.conn).await {
+                    break Ended::Failed(format!("redis: {error}"));
+                }
+                self.metrics.mqtt_connected.set(1);
+                self.health.consuming();
+                tracing::info!(broker = %mqtt.host, client_id = %client_id, "holding the mqtt lease; subscribed");
+            }
         };
         // What is still appending or batched is left unacknowledged: the broker delivers it
         // again, to whichever instance holds the session next.
@@ -275,6 +390,7 @@ impl SourceLoop {
             conn: self.conn.clone(),
             settings: Arc::clone(&self.settings),
             appender: Arc::clone(&self.appender),
+            session: self.session.clone(),
             metrics: Arc::clone(&self.metrics),
         }
     }
@@ -285,7 +401,52 @@ struct AppendJob {
     conn: Connection,
     settings: Arc<MqttSourceSettings>,
     appender: Arc<Appender>,
+    session: SessionKeys,
     metrics: Arc<Metrics>,
+}
+
+/// A change of the session's subscriptions, from what the session holds to what is configured.
+struct SessionChange {
+    /// The broker kept no session: the record starts afresh.
+    replace: bool,
+    subscribe: Vec<String>,
+    unsubscribe: Vec<String>,
+    /// Acknowledgements (SUBACK, UNSUBACK) still to come.
+    awaiting: usize,
+}
+
+impl SessionChange {
+    /// Sends the subscribe and unsubscribe requests.
+    async fn send(mut self, client: &AsyncClient, qos: QoS) -> Result<Self, rumqttc::ClientError> {
+        if !self.subscribe.is_empty() {
+            let filters = self
+                .subscribe
+                .iter()
+                .map(|entry| rumqttc::SubscribeFilter::new(filter_of(entry).to_owned(), qos));
+            client.subscribe_many(filters).await?;
+            self.awaiting += 1;
+        }
+        for entry in &self.unsubscribe {
+            client.unsubscribe(filter_of(entry)).await?;
+            self.awaiting += 1;
+        }
+        Ok(self)
+    }
+
+    /// Records the acknowledged change in Redis.
+    async fn record(&self, session: &SessionKeys, conn: &mut Connection) -> redis::RedisResult<()> {
+        if !self.replace && self.subscribe.is_empty() && self.unsubscribe.is_empty() {
+            return Ok(());
+        }
+        session
+            .record_subscriptions(conn, self.replace, &self.subscribe, &self.unsubscribe)
+            .await
+    }
+}
+
+/// The filter of a recorded subscription `<qos> <filter>`.
+fn filter_of(entry: &str) -> &str {
+    entry.split_once(' ').map_or(entry, |(_, filter)| filter)
 }
 
 /// Appends one message. `Ok(false)` when this instance no longer holds the lease. When Redis
@@ -298,7 +459,31 @@ async fn append(on: AppendJob, publishes: Vec<Publish>) -> (Vec<Publish>, Result
 }
 
 async fn append_all(on: &AppendJob, publishes: &[Publish]) -> Result<bool, String> {
-    let described: Vec<(String, String)> = publishes
+    let max = on.settings.limits.max_message_bytes;
+    let payload = |publish| cut(publish, max);
+    // Retained messages sent again for a new subscription are skipped when their topic's last
+    // appended retained message was the same.
+    let retained: Vec<(&str, &[u8])> = publishes
+        .iter()
+        .filter(|publish| publish.retain)
+        .map(|publish| (publish.topic.as_str(), payload(publish)))
+        .collect();
+    let mut conn = on.conn.clone();
+    let seen = on
+        .session
+        .retained_seen(&mut conn, &retained)
+        .await
+        .map_err(|error| redis_failed(on, &error))?;
+    let mut seen = seen.into_iter();
+    let fresh: Vec<&Publish> = publishes
+        .iter()
+        .filter(|publish| !(publish.retain && seen.next().unwrap_or(false)))
+        .collect();
+    let skipped = publishes.len() - fresh.len();
+    if skipped > 0 {
+        on.metrics.mqtt_retained_skipped.inc_by(skipped as u64);
+    }
+    let described: Vec<(String, String)> = fresh
         .iter()
         .map(
             |publish| match rule_for(&on.settings.mqtt.rules, &publish.topic) {
@@ -310,18 +495,21 @@ async fn append_all(on: &AppendJob, publishes: &[Publish]) -> Result<bool, Strin
             },
         )
         .collect();
-    let entries: Vec<[(&str, &[u8]); 4]> = publishes
+    let entries: Vec<[(&str, &[u8]); 4]> = fresh
         .iter()
         .zip(&described)
         .map(|(publish, (form, prefix))| {
             [
-                ("data", &publish.payload[..]),
+                ("data", payload(publish)),
                 ("topic", publish.topic.as_bytes()),
                 ("form", form.as_bytes()),
                 ("prefix", prefix.as_bytes()),
             ]
         })
         .collect();
+    if entries.is_empty() {
+        return Ok(true);
+    }
     let appended = tokio::time::timeout(APPEND_TIMEOUT, on.appender.append(&on.conn, &entries))
         .await
         .unwrap_or_else(|_| {
@@ -337,15 +525,34 @@ async fn append_all(on: &AppendJob, publishes: &[Publish]) -> Result<bool, Strin
             on.metrics
                 .messages_received
                 .with_label_values(&["mqtt"])
-                .inc_by(publishes.len() as u64);
+                .inc_by(entries.len() as u64);
+            // Recorded once appended: a crash between the two appends a retained message sent
+            // again once more, never loses one.
+            let appended_retained: Vec<(&str, &[u8])> = fresh
+                .iter()
+                .filter(|publish| publish.retain)
+                .map(|publish| (publish.topic.as_str(), payload(publish)))
+                .collect();
+            on.session
+                .record_retained(&mut conn, &appended_retained)
+                .await
+                .map_err(|error| redis_failed(on, &error))?;
             Ok(true)
         }
         Err(FencedError::NotHolder) => Ok(false),
-        Err(FencedError::Redis(error)) => {
-            on.metrics.redis_errors.with_label_values(&["mqtt"]).inc();
-            Err(format!("appending to the stream: {error}"))
-        }
+        Err(FencedError::Redis(error)) => Err(redis_failed(on, &error)),
     }
+}
+
+/// A payload over the limit is cut just past it: refused as too large, and kept bounded.
+fn cut(publish: &Publish, max: usize) -> &[u8] {
+    &publish.payload[..publish.payload.len().min(max.saturating_add(1))]
+}
+
+/// Counts a failed Redis command of an append and says what failed.
+fn redis_failed(on: &AppendJob, error: &redis::RedisError) -> String {
+    on.metrics.redis_errors.with_label_values(&["mqtt"]).inc();
+    format!("appending to the stream: {error}")
 }
 
 /// The first rule whose filter matches `topic`.

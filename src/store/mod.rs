@@ -2,6 +2,7 @@
 //! transaction ([`batch`]).
 
 pub mod batch;
+pub mod deployment;
 pub mod partition;
 pub mod retention;
 pub mod sql;

@@ -18,7 +18,8 @@ pub fn mqtt_settings(name: &str, rules: &[(String, &str)]) -> MqttSettings {
         port: BROKER_PORT,
         credentials: None,
         tls: None,
-        client_id: format!("sensorhub-{name}"),
+        // The deployment's own, made from the test's stream (its name is unique).
+        client_id: None,
         qos: 1,
         rules: rules
             .iter()
@@ -27,6 +28,7 @@ pub fn mqtt_settings(name: &str, rules: &[(String, &str)]) -> MqttSettings {
                 form: form.parse().unwrap(),
             })
             .collect(),
+        ready_grace: Duration::from_secs(30),
     }
 }
 

@@ -78,13 +78,17 @@ impl Drop for Resources {
         // and waited for), so nothing writes to them any more: one pass removes them.
         if let Ok(mut conn) = redis::Client::open(REDIS_URL).and_then(|c| c.get_connection()) {
             let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&keys).query(&mut conn);
-            // The shards `{<stream>:i}` and the keys beside them (braces are literal in a match).
-            let sharded: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("{{{}:*", self.stream))
-                .query(&mut conn)
-                .unwrap_or_default();
-            if !sharded.is_empty() {
-                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&sharded).query(&mut conn);
+            // The shards `{<stream>:i}` and the keys beside them (braces are literal in a match),
+            // and the keys beside the stream (the MQTT session's, idempotency keys).
+            for pattern in [format!("{{{}:*", self.stream), format!("{}:*", self.stream)] {
+                let beside: Vec<String> = redis::cmd("KEYS")
+                    .arg(pattern)
+                    .query(&mut conn)
+                    .unwrap_or_default();
+                if !beside.is_empty() {
+                    let _: redis::RedisResult<()> =
+                        redis::cmd("DEL").arg(&beside).query(&mut conn);
+                }
             }
         }
         drop_database(&name);

@@ -1,0 +1,116 @@
+//! What the MQTT source keeps in Redis about its broker session, beside the (first) stream so that
+//! every instance of a deployment, and only they, share it (its client id is in PostgreSQL:
+//! [`crate::store::deployment`]):
+//!
+//! - `<stream>:mqtt-subscriptions`: the subscriptions the session holds at the broker (`<qos>
+//!   <filter>`), so that a resumed session subscribes only to new filters and unsubscribes from
+//!   the ones no longer configured. Subscribing again would make the broker send every retained
+//!   message again.
+//! - `<stream>:mqtt-retained`: per topic, the SHA-1 of the last retained message appended, so
+//!   that a retained message sent again for a new subscription is not a new reading.
+
+use redis::RedisResult;
+use redis::aio::ConnectionLike;
+use std::collections::BTreeSet;
+
+/// The keys of one deployment's MQTT session.
+#[derive(Clone, Debug)]
+pub struct SessionKeys {
+    pub subscriptions: String,
+    pub retained: String,
+}
+
+impl SessionKeys {
+    /// The keys beside `stream` (in a cluster, in its slot).
+    pub fn beside(stream: &str) -> Self {
+        Self {
+            subscriptions: format!("{stream}:mqtt-subscriptions"),
+            retained: format!("{stream}:mqtt-retained"),
+        }
+    }
+
+    /// The subscriptions the broker's session holds, as recorded.
+    pub async fn subscriptions(
+        &self,
+        conn: &mut impl ConnectionLike,
+    ) -> RedisResult<BTreeSet<String>> {
+        redis::cmd("SMEMBERS")
+            .arg(&self.subscriptions)
+            .query_async(conn)
+            .await
+    }
+
+    /// Records what the broker acknowledged: `added` subscribed, `removed` unsubscribed; with
+    /// `replace`, the record starts afresh (a session the broker did not keep).
+    pub async fn record_subscriptions(
+        &self,
+        conn: &mut impl ConnectionLike,
+        replace: bool,
+        added: &[String],
+        removed: &[String],
+    ) -> RedisResult<()> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        if replace {
+            pipe.del(&self.subscriptions).ignore();
+        }
+        if !added.is_empty() {
+            pipe.sadd(&self.subscriptions, added).ignore();
+        }
+        if !removed.is_empty() {
+            pipe.srem(&self.subscriptions, removed).ignore();
+        }
+        pipe.query_async(conn).await
+    }
+
+    /// For each retained message (topic, payload), whether it is the one last appended for its
+    /// topic.
+    pub async fn retained_seen(
+        &self,
+        conn: &mut impl ConnectionLike,
+        messages: &[(&str, &[u8])],
+    ) -> RedisResult<Vec<bool>> {
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(
+            "local seen = {} \
+             for i = 1, #ARGV, 2 do \
+               seen[#seen + 1] = redis.call('HGET', KEYS[1], ARGV[i]) == redis.sha1hex(ARGV[i + 1]) and 1 or 0 \
+             end \
+             return seen",
+        )
+        .arg(1)
+        .arg(&self.retained);
+        for (topic, payload) in messages {
+            cmd.arg(*topic).arg(*payload);
+        }
+        let seen: Vec<i64> = cmd.query_async(conn).await?;
+        Ok(seen.into_iter().map(|s| s == 1).collect())
+    }
+
+    /// Records retained messages as appended.
+    pub async fn record_retained(
+        &self,
+        conn: &mut impl ConnectionLike,
+        messages: &[(&str, &[u8])],
+    ) -> RedisResult<()> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(
+            "for i = 1, #ARGV, 2 do \
+               redis.call('HSET', KEYS[1], ARGV[i], redis.sha1hex(ARGV[i + 1])) \
+             end \
+             return 0",
+        )
+        .arg(1)
+        .arg(&self.retained);
+        for (topic, payload) in messages {
+            cmd.arg(*topic).arg(*payload);
+        }
+        cmd.query_async(conn).await
+    }
+}
