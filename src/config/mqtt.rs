@@ -34,10 +34,7 @@ pub struct TopicRule {
 }
 
 impl MqttSettings {
-    pub(super) fn from_env(
-        env: &Env,
-        tls_files: &TlsFiles,
-    ) -> Result<Option<Self>, ConfigError> {
+    pub(super) fn from_env(env: &Env, tls_files: &TlsFiles) -> Result<Option<Self>, ConfigError> {
         let url = env.text("SENSORHUB_MQTT_URL");
         if url.is_empty() || url == "(none)" {
             return Ok(None);

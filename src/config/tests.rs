@@ -221,7 +221,10 @@ fn mqtt_is_off_unless_a_url_is_set_and_reads_its_rules() {
         (mqtt.host.as_str(), mqtt.port, mqtt.qos),
         ("broker", 1883, 1)
     );
-    assert_eq!(mqtt.client_id, None, "made once per deployment, kept in Redis");
+    assert_eq!(
+        mqtt.client_id, None,
+        "made once per deployment, kept in Redis"
+    );
     assert_eq!(
         mqtt.rules,
         vec![TopicRule {

@@ -333,12 +333,7 @@ impl SourceLoop {
                         } else {
                             BTreeSet::new()
                         };
-                        let change = SessionChange {
-                            replace: !connack.session_present,
-                            subscribe: wanted.difference(&held).cloned().collect(),
-                            unsubscribe: held.difference(&wanted).cloned().collect(),
-                            awaiting: 0,
-                        };
+                        let change = SessionChange::between(held, &wanted, !connack.session_present);
                         match change.send(&client, qos).await {
                             Ok(change) => changing = Some(change),
                             Err(error) => break Ended::Failed(format!("subscribing: {error}")),
@@ -407,6 +402,8 @@ struct AppendJob {
 
 /// A change of the session's subscriptions, from what the session holds to what is configured.
 struct SessionChange {
+    /// What the session held, as recorded.
+    held: BTreeSet<String>,
     /// The broker kept no session: the record starts afresh.
     replace: bool,
     subscribe: Vec<String>,
@@ -416,6 +413,28 @@ struct SessionChange {
 }
 
 impl SessionChange {
+    /// From the subscriptions `held` to the `wanted` ones. A filter held at another QoS is
+    /// subscribed again (which replaces it), not unsubscribed.
+    fn between(held: BTreeSet<String>, wanted: &BTreeSet<String>, replace: bool) -> Self {
+        let subscribe: Vec<String> = wanted.difference(&held).cloned().collect();
+        let unsubscribe = held
+            .difference(wanted)
+            .filter(|entry| {
+                !subscribe
+                    .iter()
+                    .any(|new| filter_of(new) == filter_of(entry))
+            })
+            .cloned()
+            .collect();
+        Self {
+            held,
+            replace,
+            subscribe,
+            unsubscribe,
+            awaiting: 0,
+        }
+    }
+
     /// Sends the subscribe and unsubscribe requests.
     async fn send(mut self, client: &AsyncClient, qos: QoS) -> Result<Self, rumqttc::ClientError> {
         if !self.subscribe.is_empty() {
@@ -433,13 +452,26 @@ impl SessionChange {
         Ok(self)
     }
 
-    /// Records the acknowledged change in Redis.
+    /// Records the acknowledged change in Redis: what was subscribed, without what was
+    /// unsubscribed or replaced at another QoS.
     async fn record(&self, session: &SessionKeys, conn: &mut Connection) -> redis::RedisResult<()> {
         if !self.replace && self.subscribe.is_empty() && self.unsubscribe.is_empty() {
             return Ok(());
         }
+        let gone: Vec<String> = self
+            .held
+            .iter()
+            .filter(|entry| {
+                self.unsubscribe.contains(entry)
+                    || self
+                        .subscribe
+                        .iter()
+                        .any(|new| filter_of(new) == filter_of(entry))
+            })
+            .cloned()
+            .collect();
         session
-            .record_subscriptions(conn, self.replace, &self.subscribe, &self.unsubscribe)
+            .record_subscriptions(conn, self.replace, &self.subscribe, &gone)
             .await
     }
 }
@@ -629,6 +661,24 @@ mod tests {
             "isems.node"
         );
         assert_eq!(topic_prefix("sensors/#", "sensors"), "sensors");
+    }
+
+    #[test]
+    fn a_session_change_subscribes_new_filters_and_unsubscribes_removed_ones() {
+        let set = |entries: &[&str]| -> BTreeSet<String> {
+            entries.iter().map(|e| (*e).to_owned()).collect()
+        };
+        let change = SessionChange::between(
+            set(&["1 a/#", "1 b/#", "1 c/#"]),
+            &set(&["1 a/#", "2 b/#", "1 d/#"]),
+            false,
+        );
+        // b/# at another QoS is subscribed again (that replaces it), never unsubscribed.
+        assert_eq!(change.subscribe, ["1 d/#", "2 b/#"]);
+        assert_eq!(change.unsubscribe, ["1 c/#"]);
+        let fresh = SessionChange::between(set(&[]), &set(&["1 a/#"]), true);
+        assert_eq!(fresh.subscribe, ["1 a/#"]);
+        assert!(fresh.unsubscribe.is_empty());
     }
 
     #[test]

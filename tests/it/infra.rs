@@ -464,15 +464,20 @@ pub struct PrivateMosquitto {
 
 impl PrivateMosquitto {
     pub fn start() -> Self {
-        Self::start_with(None)
+        Self::start_with(None, "")
     }
 
     /// A broker whose only listener speaks TLS, with the certificate of `certs`.
     pub fn start_tls(certs: &TestCerts) -> Self {
-        Self::start_with(Some(certs))
+        Self::start_with(Some(certs), "")
     }
 
-    fn start_with(certs: Option<&TestCerts>) -> Self {
+    /// A broker with `extra` lines of configuration.
+    pub fn start_configured(extra: &str) -> Self {
+        Self::start_with(None, extra)
+    }
+
+    fn start_with(certs: Option<&TestCerts>, extra: &str) -> Self {
         let dir = std::env::temp_dir().join(unique_name("sensorhub-mosquitto"));
         std::fs::create_dir_all(&dir).unwrap();
         // Started as root, Mosquitto drops to its own user, which must be able to write its
@@ -484,7 +489,7 @@ impl PrivateMosquitto {
             dir.join("mosquitto.conf"),
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
-                 persistence_location {}/\nmax_queued_messages 0\n{}",
+                 persistence_location {}/\nmax_queued_messages 0\n{extra}\n{}",
                 dir.display(),
                 match certs {
                     None => String::new(),

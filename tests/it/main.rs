@@ -14,6 +14,7 @@ mod ingest;
 mod ledger;
 mod line_protocol;
 mod mqtt;
+mod mqtt_session;
 mod operations;
 mod partitions;
 mod poison;

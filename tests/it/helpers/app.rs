@@ -86,8 +86,7 @@ impl Drop for Resources {
                     .query(&mut conn)
                     .unwrap_or_default();
                 if !beside.is_empty() {
-                    let _: redis::RedisResult<()> =
-                        redis::cmd("DEL").arg(&beside).query(&mut conn);
+                    let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&beside).query(&mut conn);
                 }
             }
         }
