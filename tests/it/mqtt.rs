@@ -12,7 +12,7 @@ use std::time::Duration;
 const BROKER_PORT: u16 = 1883;
 
 /// The MQTT settings of a test: its own client id, the given rules.
-pub fn mqtt_settings(name: &str, rules: &[(String, &str)]) -> MqttSettings {
+pub fn mqtt_settings(rules: &[(String, &str)]) -> MqttSettings {
     MqttSettings {
         host: "127.0.0.1".into(),
         port: BROKER_PORT,
@@ -90,9 +90,8 @@ async fn every_payload_form_arrives_through_the_broker() {
         (format!("/{base}/isems/+/csvlog"), "nodelog"),
         (format!("{base}/telegraf/#"), "line"),
     ];
-    let name = base.clone();
     let mut t = spawn_app_with(
-        move |c| c.mqtt = Some(mqtt_settings(&name, &rules)),
+        move |c| c.mqtt = Some(mqtt_settings(&rules)),
         Default::default(),
     )
     .await;
@@ -203,7 +202,7 @@ async fn every_payload_form_arrives_through_the_broker() {
 async fn two_instances_store_each_message_once() {
     let base = unique_name("mq");
     let rules = [(format!("{base}/#"), "json")];
-    let settings = mqtt_settings(&base, &rules);
+    let settings = mqtt_settings(&rules);
     let first_settings = settings.clone();
     let t = spawn_app_with(move |c| c.mqtt = Some(first_settings), Default::default()).await;
     let second = sensorhub::Application::build({
@@ -257,7 +256,7 @@ async fn messages_wait_with_the_broker_while_redis_is_down() {
     let url = server.url();
     let base = unique_name("mq");
     let rules = [(format!("{base}/#"), "json")];
-    let settings = mqtt_settings(&base, &rules);
+    let settings = mqtt_settings(&rules);
     let t = spawn_app_with(
         move |c| {
             c.redis_url = sensorhub::config::Secret::new(url);
@@ -406,7 +405,7 @@ async fn a_broker_restart_loses_nothing() {
     let mut broker = crate::infra::PrivateMosquitto::start();
     let port = broker.port;
     let base = unique_name("mq");
-    let mut settings = mqtt_settings(&base, &[(format!("{base}/#"), "json")]);
+    let mut settings = mqtt_settings(&[(format!("{base}/#"), "json")]);
     settings.port = port;
     let t = spawn_app_with(move |c| c.mqtt = Some(settings), Default::default()).await;
     wait_subscribed(&t).await;
@@ -445,7 +444,7 @@ async fn a_broker_restart_loses_nothing() {
 #[actix_web::test]
 async fn simulated_sensors_arrive_over_mqtt() {
     let base = unique_name("mq");
-    let settings = mqtt_settings(&base, &[("sensors/#".to_owned(), "json")]);
+    let settings = mqtt_settings(&[("sensors/#".to_owned(), "json")]);
     let publisher = settings.clone();
     let t = spawn_app_with(move |c| c.mqtt = Some(settings), Default::default()).await;
     wait_subscribed(&t).await;

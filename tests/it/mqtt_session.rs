@@ -49,9 +49,8 @@ async fn publish(port: u16, messages: &[(String, Vec<u8>)], qos: QoS, retain: bo
             .await
             .expect("the broker acknowledges the publishes")
             .expect("the publisher's connection");
-        match event {
-            Event::Incoming(Packet::PubAck(_) | Packet::PubComp(_)) => done += 1,
-            _ => {}
+        if let Event::Incoming(Packet::PubAck(_) | Packet::PubComp(_)) = event {
+            done += 1;
         }
     }
     sending.await.unwrap();

@@ -15,7 +15,7 @@ const SHARDS: usize = 4;
 #[actix_web::test]
 async fn every_source_puts_a_reading_in_its_sensors_shard() {
     let topics = unique_name("shards");
-    let mqtt = mqtt_settings(&topics, &[(format!("{topics}/#"), "json")]);
+    let mqtt = mqtt_settings(&[(format!("{topics}/#"), "json")]);
     let t = spawn_app_with(
         move |c| {
             c.shards = SHARDS;
