@@ -1,7 +1,7 @@
 //! Typed settings from the environment, validated at start.
 //!
 //! Every variable is declared once in [`VARIABLES`] (name, default, meaning); the parser reads its
-//! defaults from there and the README's configuration table is checked against it by a test, so the
+//! defaults from there and docs/configuration.md's table is checked against it by a test, so the
 //! documentation cannot drift. A bad value gives one line naming the variable, the value and what is
 //! expected ([`ConfigError`]).
 
@@ -19,7 +19,7 @@ use std::path::PathBuf;
 
 use std::time::Duration;
 
-/// One configuration variable, as documented in the README.
+/// One configuration variable, as documented in docs/configuration.md.
 pub struct Variable {
     pub name: &'static str,
     pub default: &'static str,
@@ -315,7 +315,7 @@ fn tls_files(
     })
 }
 
-/// The README's configuration table, generated from [`VARIABLES`] (a test checks the README holds
+/// The configuration table of docs/configuration.md, generated from [`VARIABLES`] (a test checks it holds
 /// exactly this text).
 pub fn markdown_table() -> String {
     let mut table = String::from("| variable | meaning | default |\n| --- | --- | --- |\n");

@@ -1,5 +1,5 @@
 //! The configuration read from variables: defaults, every error naming its variable, secrets
-//! from files and never printed, the README's table.
+//! from files and never printed, the documented table (docs/configuration.md).
 
 use super::*;
 use crate::domain::reading::Form;
@@ -76,11 +76,11 @@ fn bad_values_name_variable_value_and_expectation() {
 }
 
 #[test]
-fn readme_configuration_table_matches_the_code() {
-    let readme = include_str!("../../README.md");
+fn the_configuration_table_in_the_docs_matches_the_code() {
+    let readme = include_str!("../../docs/configuration.md");
     assert!(
         readme.contains(&markdown_table()),
-        "README.md's configuration table is out of date; replace it with:\n{}",
+        "docs/configuration.md's table is out of date; replace it with:\n{}",
         markdown_table()
     );
 }
