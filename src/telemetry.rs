@@ -89,6 +89,8 @@ pub struct Metrics {
     pub mqtt_connected: IntGauge,
     /// MQTT messages received and not yet acknowledged to the broker (being appended).
     pub mqtt_awaiting_ack: IntGauge,
+    /// HTTP ingest requests refused because their `Idempotency-Key` was used for another body.
+    pub idempotency_keys_reused: IntCounter,
     /// Retained MQTT messages sent again for a new subscription and not appended again.
     pub mqtt_retained_skipped: IntCounter,
     /// Build information, value 1.
@@ -256,6 +258,10 @@ impl Metrics {
             mqtt_awaiting_ack: gauge(
                 "sensorhub_mqtt_awaiting_ack",
                 "MQTT messages received and not yet acknowledged to the broker (their append in progress).",
+            ),
+            idempotency_keys_reused: counter(
+                "sensorhub_idempotency_keys_reused_total",
+                "HTTP ingest requests refused (422) because their Idempotency-Key was used before for another body.",
             ),
             mqtt_retained_skipped: counter(
                 "sensorhub_mqtt_retained_skipped_total",

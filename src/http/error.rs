@@ -17,6 +17,10 @@ pub enum ApiError {
     Unauthorized(&'static str),
     #[error("{0}")]
     TooLarge(String),
+    /// A request that is well formed but cannot be done as asked (an `Idempotency-Key` reused
+    /// for another body).
+    #[error("{0}")]
+    Unprocessable(String),
     /// A body in an encoding sensorhub cannot read.
     #[error("{0}")]
     Unsupported(String),
@@ -52,6 +56,7 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable(_) | ApiError::NotStored(_) | ApiError::OutcomeUnknown(_) => {

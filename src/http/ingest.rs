@@ -6,8 +6,10 @@
 //! nothing in the body can be a reading, and a 503 that says whether nothing was stored (a retry
 //! is safe) or the outcome is unknown (Redis did not answer in time: the entry may exist). With
 //! an `Idempotency-Key` header, a retry of the same request stores its readings once, however
-//! the first attempt ended: the key is kept with the entry it was appended as for
-//! [`IDEMPOTENCY_TTL`].
+//! the first attempt ended: the key is kept with the entry it was appended as and a digest of the
+//! body for [`IDEMPOTENCY_TTL`], and the key reused for another body is refused (422). Without
+//! one, the request appends under a key of its own, so the Redis client's own retry of a command
+//! that timed out cannot append it twice.
 
 use crate::domain::reading::parse_json;
 use crate::domain::{ParseContext, Reason};
@@ -15,7 +17,8 @@ use crate::http::HttpState;
 use crate::http::auth::IngestAuthorized;
 use crate::http::body::read_limited;
 use crate::http::error::{ApiError, ErrorBody};
-use crate::redis::entry::{append_payload_once, append_payloads};
+use crate::redis::entry::{Appended, Once, append_fields_once};
+use crate::redis::lease::unique_token;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::Utc;
 use serde::Serialize;
@@ -24,6 +27,11 @@ use utoipa::ToSchema;
 
 /// How long an `Idempotency-Key` is remembered: longer than any client keeps retrying.
 pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// How long the key of a request without an `Idempotency-Key` is remembered: longer than the
+/// Redis client's own retries of one command (a cluster connection retries a command that timed
+/// out), which must not append the request twice.
+pub const REQUEST_KEY_TTL: Duration = Duration::from_secs(120);
 
 /// The header that makes a retried POST store its readings once.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -70,6 +78,7 @@ pub struct Accepted {
         (status = 401, body = ErrorBody),
         (status = 408, body = ErrorBody, description = "the body did not arrive within SENSORHUB_HTTP_BODY_TIMEOUT"),
         (status = 413, body = ErrorBody),
+        (status = 422, body = ErrorBody, description = "the Idempotency-Key was used before for another body: nothing was stored"),
         (status = 503, body = ErrorBody, description = "Redis did not take the entry: `outcome` is `not_stored` (a retry is safe) or `unknown` (it may be stored: retry with the same Idempotency-Key)"),
     ),
     params(("Idempotency-Key" = Option<String>, Header, description = "a key unique to this request (1 to 200 visible ASCII characters): a retry with the same key stores the readings once")),
@@ -129,25 +138,23 @@ pub(crate) async fn ingest(
         );
     }
     let mut redis = state.redis.clone();
-    let stream = &stream;
-    let (entry, repeated) = match &idempotency_key {
-        Some(key) => {
-            let key = format!("{stream}:idempotency:{key}");
-            let appended =
-                append_payload_once(&mut redis, stream, &key, IDEMPOTENCY_TTL, &body).await;
-            let appended = appended.map_err(append_failed)?;
-            (appended.id, !appended.new)
-        }
-        None => {
-            let ids = append_payloads(&mut redis, stream, [body.as_slice()])
-                .await
-                .map_err(append_failed)?;
-            let id = ids.into_iter().next().ok_or_else(|| {
-                ApiError::OutcomeUnknown("redis answered the append with no entry id".into())
-            })?;
-            (id, false)
-        }
-    };
+    let appended = append_once(
+        &mut redis,
+        &stream,
+        idempotency_key.as_deref(),
+        &[("data", &body)],
+    )
+    .await?;
+    if appended.once == Once::KeyReused {
+        state.metrics.idempotency_keys_reused.inc();
+        return Err(ApiError::Unprocessable(format!(
+            "Idempotency-Key {:?} was used for another body (appended as entry {}); nothing was \
+             stored: send each request with a key of its own",
+            idempotency_key.unwrap_or_default(),
+            appended.id
+        )));
+    }
+    let (entry, repeated) = (appended.id, appended.once == Once::Repeated);
     if !repeated {
         state
             .metrics
@@ -161,6 +168,27 @@ pub(crate) async fn ingest(
         rejected,
         repeated,
     }))
+}
+
+/// Appends `fields` to `stream` once: under the client's `Idempotency-Key` (kept for
+/// [`IDEMPOTENCY_TTL`]), or under a key unique to this request (kept for [`REQUEST_KEY_TTL`]), so
+/// that neither a client's retry nor the Redis client's own retry appends it twice.
+pub(crate) async fn append_once(
+    redis: &mut crate::redis::connection::Connection,
+    stream: &str,
+    idempotency_key: Option<&str>,
+    fields: &[(&str, &[u8])],
+) -> Result<Appended, ApiError> {
+    let (key, ttl) = match idempotency_key {
+        Some(key) => (format!("{stream}:idempotency:{key}"), IDEMPOTENCY_TTL),
+        None => (
+            format!("{stream}:request:{}", unique_token("http")),
+            REQUEST_KEY_TTL,
+        ),
+    };
+    append_fields_once(redis, stream, &key, ttl, fields)
+        .await
+        .map_err(append_failed)
 }
 
 /// The request's `Idempotency-Key`, if any: 1 to [`MAX_KEY_LEN`] visible ASCII characters.

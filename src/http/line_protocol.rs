@@ -18,8 +18,7 @@ use crate::http::HttpState;
 use crate::http::auth::{self, Scope};
 use crate::http::body::read_limited;
 use crate::http::error::ApiError;
-use crate::http::ingest::append_failed;
-use crate::redis::entry::append_fields;
+use crate::http::ingest::append_once;
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use chrono::Utc;
@@ -281,13 +280,15 @@ async fn write(
         Some(sensor) => state.api.streams.for_sensor(sensor),
         None => state.api.streams.first(),
     };
-    append_fields(
+    // Under a key of this request's own: the Redis client's retry cannot append it twice.
+    append_once(
         &mut redis,
         stream,
+        None,
         &[("data", &body), ("form", form.as_bytes())],
     )
     .await
-    .map_err(|error| as_write_error(append_failed(error)))?;
+    .map_err(as_write_error)?;
     state
         .metrics
         .messages_received

@@ -9,6 +9,7 @@ use crate::redis::entry::{FencedError, append_entries_fenced};
 use crate::redis::lease::Leases;
 use crate::redis::shards::Streams;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A message's fields, as they are appended.
 pub type Entry<'a, const FIELDS: usize> = [(&'a str, &'a [u8]); FIELDS];
@@ -18,6 +19,8 @@ pub struct Appender {
     leases: Leases,
     /// The validator's limits: a message is routed by the reading the validator will keep.
     limits: Limits,
+    /// Appends made, for their ids.
+    appends: AtomicU64,
 }
 
 impl Appender {
@@ -26,6 +29,7 @@ impl Appender {
             streams,
             leases,
             limits,
+            appends: AtomicU64::new(0),
         }
     }
 
@@ -38,13 +42,22 @@ impl Appender {
         self.streams.first()
     }
 
+    /// A new append's id: one per batch of messages, kept for each retry of that batch, so
+    /// that no retry appends the batch twice.
+    pub fn next_append_id(&self) -> String {
+        let n = self.appends.fetch_add(1, Ordering::Relaxed);
+        format!("{}/{n}", self.leases.of_shard(0).holder)
+    }
+
     /// Appends `entries` (each a message's fields) in order within each shard, every shard's in
-    /// one script that first checks this source's lease there. Returns how many were appended;
-    /// `NotHolder` when a lease was lost (the shards appended before are kept: the sources
-    /// accept a message appended twice, which is stored once).
+    /// one script that first checks this source's lease there, once per `append_id` (the same
+    /// for a retry of the same entries: [`Appender::next_append_id`]). Returns how many were
+    /// appended; `NotHolder` when a lease was lost (the shards appended before are kept: the
+    /// sources accept a message appended twice, which is stored once).
     pub async fn append<const FIELDS: usize>(
         &self,
         conn: &Connection,
+        append_id: &str,
         entries: &[Entry<'_, FIELDS>],
     ) -> Result<usize, FencedError> {
         if self.streams.len() == 1 {
@@ -55,6 +68,7 @@ impl Appender {
                 self.streams.first(),
                 &lease.key,
                 &lease.holder,
+                append_id,
                 entries,
             )
             .await;
@@ -74,7 +88,15 @@ impl Appender {
             let lease = self.leases.of_shard(shard);
             let stream = &self.streams.all()[shard];
             async move {
-                append_entries_fenced(&mut conn, stream, &lease.key, &lease.holder, entries).await
+                append_entries_fenced(
+                    &mut conn,
+                    stream,
+                    &lease.key,
+                    &lease.holder,
+                    append_id,
+                    entries,
+                )
+                .await
             }
         });
         let mut appended = 0;

@@ -542,7 +542,9 @@ async fn append_all(on: &AppendJob, publishes: &[Publish]) -> Result<bool, Strin
     if entries.is_empty() {
         return Ok(true);
     }
-    let appended = tokio::time::timeout(APPEND_TIMEOUT, on.appender.append(&on.conn, &entries))
+    let append_id = on.appender.next_append_id();
+    let appending = on.appender.append(&on.conn, &append_id, &entries);
+    let appended = tokio::time::timeout(APPEND_TIMEOUT, appending)
         .await
         .unwrap_or_else(|_| {
             Err(FencedError::Redis(redis::RedisError::from(

@@ -237,12 +237,15 @@ impl BridgeLoop {
     async fn append(&mut self, payloads: &[Vec<u8>]) -> redis::RedisResult<bool> {
         let mut backoff = Backoff::new();
         let mut attempts = 0;
+        // One id for every attempt: an attempt that timed out may have appended, and a retry
+        // of it then appends nothing.
+        let append_id = self.appender.next_append_id();
+        let entries: Vec<[(&str, &[u8]); 1]> = payloads
+            .iter()
+            .map(|payload| [("data", payload.as_slice())])
+            .collect();
         loop {
-            let entries: Vec<[(&str, &[u8]); 1]> = payloads
-                .iter()
-                .map(|payload| [("data", payload.as_slice())])
-                .collect();
-            let appended = self.appender.append(&self.conn, &entries).await;
+            let appended = self.appender.append(&self.conn, &append_id, &entries).await;
             match appended {
                 Ok(_) => {
                     self.health.set(None);

@@ -22,6 +22,7 @@ mod redis_cluster;
 mod rejections;
 mod resilience;
 mod retention;
+mod retries;
 mod security;
 mod shards;
 mod supervision;
