@@ -1,7 +1,8 @@
 #!/usr/bin/env sh
 # Creates the stack's secrets under docker/secrets/ when they are missing: the PostgreSQL
-# password and the URL that holds it, Grafana's admin password, and sensorhub's two tokens (the
-# read API's, and ingest's for devices, Telegraf and MQTT-less gateways). Run once before
+# password and the URL that holds it, Grafana's admin password, and sensorhub's three tokens (the
+# read API's, ingest's for devices, Telegraf and MQTT-less gateways, and the admin token of
+# dead-letter replay and purge). Run once before
 # `docker compose up`; safe to run again (existing secrets are kept).
 set -eu
 cd "$(dirname "$0")"
@@ -21,9 +22,10 @@ new_secret postgres_password
 new_secret grafana_admin_password
 new_secret api_token
 new_secret ingest_token
+new_secret admin_token
 if [ ! -s secrets/database_url ]; then
     printf 'postgres://postgres:%s@postgres:5432/sensorhub?sslmode=disable\n' \
         "$(cat secrets/postgres_password)" > secrets/database_url
     echo "secrets.sh: created secrets/database_url"
 fi
-echo "secrets.sh: read API token: secrets/api_token; ingest token: secrets/ingest_token"
+echo "secrets.sh: read API token: secrets/api_token; ingest token: secrets/ingest_token; admin token: secrets/admin_token"

@@ -181,6 +181,7 @@ impl Application {
             api: Arc::new(ApiSettings {
                 token: config.api_token.clone(),
                 ingest_token: config.ingest_token.clone(),
+                admin_token: config.admin_token.clone(),
                 body_timeout: config.http_body_timeout,
                 active_within: config.active_within,
                 resolutions: config.resolutions.clone(),

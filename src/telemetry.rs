@@ -167,7 +167,7 @@ impl Metrics {
             ),
             unauthorized_requests: counter_vec(
                 "sensorhub_http_unauthorized_total",
-                "HTTP requests refused for a missing or wrong token, by scope (api, ingest).",
+                "HTTP requests refused for a missing or wrong token, by scope (api, ingest, admin).",
                 "scope",
             ),
             readings_duplicate: counter(
@@ -297,7 +297,7 @@ impl Metrics {
         for target in ["redis", "postgres"] {
             metrics.reconnects.with_label_values(&[target]);
         }
-        for scope in ["api", "ingest"] {
+        for scope in ["api", "ingest", "admin"] {
             metrics.unauthorized_requests.with_label_values(&[scope]);
         }
         for source in ["stream", "pubsub", "http", "line_protocol", "mqtt"] {

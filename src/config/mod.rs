@@ -241,6 +241,11 @@ pub const VARIABLES: &[Variable] = &[
         meaning: "token of HTTP ingest and the line-protocol endpoints",
     },
     Variable {
+        name: "SENSORHUB_ADMIN_TOKEN",
+        default: "(none)",
+        meaning: "token of dead-letter replay and purge; without it they are refused whenever another token is set",
+    },
+    Variable {
         name: "SENSORHUB_HTTP_BODY_TIMEOUT",
         default: "30s",
         meaning: "longest a client may take to send a request body (then 408)",
@@ -258,14 +263,35 @@ pub const VARIABLES: &[Variable] = &[
 ];
 
 /// Variables whose value may come from the file named by `<NAME>_FILE`.
-pub const SECRET_VARIABLES: [&str; 6] = [
+pub const SECRET_VARIABLES: [&str; 7] = [
     "SENSORHUB_REDIS_URL",
     "SENSORHUB_DATABASE_URL",
     "SENSORHUB_DATABASE_READ_URL",
     "SENSORHUB_API_TOKEN",
     "SENSORHUB_INGEST_TOKEN",
+    "SENSORHUB_ADMIN_TOKEN",
     "SENSORHUB_MQTT_URL",
 ];
+
+/// A token variable: `None` when unset. Set but empty (or only white space), it is refused: an
+/// empty value would compare equal to an empty header and leave its routes open, which is never
+/// what setting a token means.
+fn token(
+    lookup: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+) -> Result<Option<Secret>, ConfigError> {
+    match lookup(name) {
+        None => Ok(None),
+        Some(value) if value.trim().is_empty() => Err(ConfigError {
+            var: name,
+            value,
+            expected:
+                "a token of at least one visible character (leave the variable unset for none)"
+                    .into(),
+        }),
+        Some(value) => Ok(Some(Secret::new(value))),
+    }
+}
 
 /// A duration as written in the variables: whole days as `90d`, anything else as humantime
 /// writes it.
@@ -403,6 +429,10 @@ pub struct Config {
     /// The token of HTTP ingest; the API token when `SENSORHUB_INGEST_TOKEN` is not set, so that
     /// setting only the API token never leaves ingest open.
     pub ingest_token: Option<Secret>,
+    /// The token of the routes that change or remove data (dead-letter replay and purge). Not
+    /// the read token, which the status page keeps in the browser, nor the ingest token, which
+    /// every device holds: without it those routes are refused whenever another token is set.
+    pub admin_token: Option<Secret>,
     /// Longest a client may take to send a request body.
     pub http_body_timeout: Duration,
     pub active_within: Duration,
@@ -513,13 +543,12 @@ impl Config {
             write_connections: env.number("SENSORHUB_WRITE_CONNECTIONS", 1, 32)?,
             db_pool_size: env.number("SENSORHUB_DB_POOL_SIZE", 1, 256)?,
             shutdown_timeout: env.duration("SENSORHUB_SHUTDOWN_TIMEOUT")?,
-            api_token: lookup("SENSORHUB_API_TOKEN")
-                .filter(|v| !v.is_empty())
-                .map(Secret::new),
-            ingest_token: lookup("SENSORHUB_INGEST_TOKEN")
-                .or_else(|| lookup("SENSORHUB_API_TOKEN"))
-                .filter(|v| !v.is_empty())
-                .map(Secret::new),
+            api_token: token(&lookup, "SENSORHUB_API_TOKEN")?,
+            ingest_token: match token(&lookup, "SENSORHUB_INGEST_TOKEN")? {
+                Some(token) => Some(token),
+                None => token(&lookup, "SENSORHUB_API_TOKEN")?,
+            },
+            admin_token: token(&lookup, "SENSORHUB_ADMIN_TOKEN")?,
             http_body_timeout: env.duration("SENSORHUB_HTTP_BODY_TIMEOUT")?,
             active_within: env.duration("SENSORHUB_ACTIVE_WITHIN")?,
             log_filter: env.text("SENSORHUB_LOG"),

@@ -330,3 +330,27 @@ fn read_shards_are_numbers_and_ranges_below_the_shard_count() {
     assert!(shard_list(Some("5-2"), 16).is_err());
     assert!(shard_list(Some("x"), 16).is_err());
 }
+
+#[test]
+fn an_empty_token_is_refused_rather_than_leaving_its_routes_open() {
+    for name in [
+        "SENSORHUB_API_TOKEN",
+        "SENSORHUB_INGEST_TOKEN",
+        "SENSORHUB_ADMIN_TOKEN",
+    ] {
+        for empty in ["", "  "] {
+            let error = config(&[("SENSORHUB_API_TOKEN", "read"), (name, empty)])
+                .err()
+                .unwrap_or_else(|| panic!("{name}={empty:?} accepted"));
+            assert_eq!(error.var, name);
+            assert!(
+                error.to_string().contains("leave the variable unset"),
+                "{error}"
+            );
+        }
+    }
+    // Unset, the ingest token is the API token's, and there is no admin token.
+    let c = config(&[("SENSORHUB_API_TOKEN", "read")]).unwrap();
+    assert_eq!(c.ingest_token.unwrap().expose(), "read");
+    assert!(c.admin_token.is_none());
+}

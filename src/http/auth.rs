@@ -1,8 +1,11 @@
 //! Tokens: the read API passes only with `Authorization: Bearer <token>` when
 //! `SENSORHUB_API_TOKEN` is set; ingest (HTTP and line protocol) only with the ingest token,
 //! which InfluxDB's clients send as `Token <token>`, `Bearer <token>` or, in InfluxDB 1's
-//! clients, as the password of Basic credentials. Compared in constant time; every refusal is
-//! counted in `sensorhub_http_unauthorized_total{scope}`.
+//! clients, as the password of Basic credentials; dead-letter replay and purge only with
+//! `Authorization: Bearer <admin token>`: they change what is stored, and neither the read token
+//! (kept by the status page in the browser) nor the ingest token (held by every device) should
+//! open them, so without an admin token they are refused whenever another token is set. Compared
+//! in constant time; every refusal is counted in `sensorhub_http_unauthorized_total{scope}`.
 
 use crate::http::HttpState;
 use crate::http::error::ApiError;
@@ -19,6 +22,8 @@ pub enum Scope {
     Api,
     /// HTTP ingest and the line-protocol endpoints: `SENSORHUB_INGEST_TOKEN`.
     Ingest,
+    /// Dead-letter replay and purge: `SENSORHUB_ADMIN_TOKEN`.
+    Admin,
 }
 
 impl Scope {
@@ -26,6 +31,7 @@ impl Scope {
         match self {
             Scope::Api => "api",
             Scope::Ingest => "ingest",
+            Scope::Admin => "admin",
         }
     }
 }
@@ -39,21 +45,31 @@ pub fn check(req: &HttpRequest, scope: Scope) -> Result<(), &'static str> {
     let expected = match scope {
         Scope::Api => &state.api.token,
         Scope::Ingest => &state.api.ingest_token,
+        Scope::Admin => &state.api.admin_token,
     };
-    let Some(expected) = expected else {
-        return Ok(());
-    };
-    let outcome = match presented(req, scope) {
-        None => Err(match scope {
+    let any_token = state.api.token.is_some() || state.api.ingest_token.is_some();
+    let outcome = match (expected, presented(req, scope)) {
+        (None, _) if scope == Scope::Admin && any_token => Err(
+            "replaying and purging dead letters needs SENSORHUB_ADMIN_TOKEN, which is not set \
+             (the read and ingest tokens do not open them)",
+        ),
+        (None, _) => return Ok(()),
+        (Some(_), None) => Err(match scope {
             Scope::Api => "this API needs an 'Authorization: Bearer <token>' header",
             Scope::Ingest => {
                 "ingest needs an 'Authorization: Token <token>' or 'Bearer <token>' header"
             }
+            Scope::Admin => "this route needs an 'Authorization: Bearer <admin token>' header",
         }),
-        Some(token) if bool::from(token.as_bytes().ct_eq(expected.expose().as_bytes())) => Ok(()),
-        Some(_) => Err(match scope {
+        (Some(expected), Some(token))
+            if bool::from(token.as_bytes().ct_eq(expected.expose().as_bytes())) =>
+        {
+            Ok(())
+        }
+        (Some(_), Some(_)) => Err(match scope {
             Scope::Api => "wrong bearer token",
             Scope::Ingest => "wrong ingest token",
+            Scope::Admin => "wrong admin token",
         }),
     };
     if outcome.is_err() {
@@ -97,6 +113,22 @@ impl FromRequest for Authorized {
         ready(
             check(req, Scope::Api)
                 .map(|()| Authorized)
+                .map_err(ApiError::Unauthorized),
+        )
+    }
+}
+
+/// Extractor that passes only with the admin token (or when no token at all is configured).
+pub struct AdminAuthorized;
+
+impl FromRequest for AdminAuthorized {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        ready(
+            check(req, Scope::Admin)
+                .map(|()| AdminAuthorized)
                 .map_err(ApiError::Unauthorized),
         )
     }

@@ -15,7 +15,7 @@
 
 use crate::dead_letters::{DeadLetterStore, LetterId, ReplayReport, Selection};
 use crate::http::HttpState;
-use crate::http::auth::Authorized;
+use crate::http::auth::{AdminAuthorized, Authorized};
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::params::{Params, ordered};
 use crate::redis::dead_letter::browse::{Filter, Letter};
@@ -286,7 +286,7 @@ pub(crate) async fn summary(
     security(("bearer" = []))
 )]
 pub(crate) async fn replay(
-    _: Authorized,
+    _: AdminAuthorized,
     state: web::Data<HttpState>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
@@ -333,7 +333,7 @@ pub(crate) async fn replay(
     security(("bearer" = []))
 )]
 pub(crate) async fn purge(
-    _: Authorized,
+    _: AdminAuthorized,
     state: web::Data<HttpState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {

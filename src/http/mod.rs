@@ -48,6 +48,8 @@ pub struct ApiSettings {
     pub token: Option<Secret>,
     /// The token of ingest and the line-protocol endpoints.
     pub ingest_token: Option<Secret>,
+    /// `SENSORHUB_ADMIN_TOKEN`: dead-letter replay and purge.
+    pub admin_token: Option<Secret>,
     /// Longest a client may take to send a request body.
     pub body_timeout: Duration,
     pub active_within: Duration,

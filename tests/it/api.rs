@@ -415,3 +415,111 @@ async fn the_read_api_reads_from_the_read_url_when_one_is_set() {
     assert!(body.contains(r#""postgres_read":"ok""#), "{body}");
     t.stop().await;
 }
+
+/// Replaying and purging dead letters change what is stored: they need the admin token, never
+/// the read token (the status page keeps it in the browser) nor the ingest token (every device
+/// holds it); with another token set and no admin token they are refused, and with only an
+/// ingest token set a purge without any header no longer passes.
+#[actix_web::test]
+async fn dead_letter_replay_and_purge_need_the_admin_token() {
+    let mut t = spawn_app_with(
+        |c| {
+            c.api_token = Some(Secret::new("read-token"));
+            c.ingest_token = Some(Secret::new("ingest-token"));
+        },
+        Default::default(),
+    )
+    .await;
+    let port = t.app().port();
+    let bad = t.xadd_data(b"not json").await;
+    t.wait_drained(&bad).await;
+    let letters = |t: &TestApp| {
+        let stream = t.dead_stream();
+        let mut redis = t.redis.clone();
+        async move {
+            let n: i64 = redis::cmd("XLEN")
+                .arg(stream)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            n
+        }
+    };
+    wait_for(
+        "the dead letter",
+        std::time::Duration::from_secs(10),
+        || async { (letters(&t).await == 1).then_some(()) },
+    )
+    .await;
+    let purge = |auth: Option<&'static str>| async move {
+        let headers: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
+        http_request(
+            port,
+            "DELETE",
+            "/api/v1/dead-letters?all=true",
+            &headers,
+            b"",
+        )
+        .await
+    };
+    let replay = |auth: &'static str| async move {
+        let headers = [
+            ("Authorization", auth),
+            ("Content-Type", "application/json"),
+        ];
+        let body = br#"{"all": true}"#;
+        http_request(port, "POST", "/api/v1/dead-letters/replay", &headers, body).await
+    };
+    for auth in [None, Some("Bearer read-token"), Some("Bearer ingest-token")] {
+        let (status, body) = purge(auth).await;
+        assert_eq!(status, 401, "{auth:?}: {body}");
+        assert!(body.contains("SENSORHUB_ADMIN_TOKEN"), "{body}");
+    }
+    for auth in ["Bearer read-token", "Bearer ingest-token"] {
+        let (status, body) = replay(auth).await;
+        assert_eq!(status, 401, "{auth}: {body}");
+    }
+    // Listing stays with the read token.
+    let (status, body) = http_request(
+        port,
+        "GET",
+        "/api/v1/dead-letters",
+        &[("Authorization", "Bearer read-token")],
+        b"",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(letters(&t).await, 1, "nothing was purged");
+    t.stop().await;
+
+    // With an admin token: only it opens them.
+    let mut config = t.config.clone();
+    config.admin_token = Some(Secret::new("admin-token"));
+    t.config = config;
+    t.restart(Default::default()).await;
+    let port = t.app().port();
+    let purge = |auth: &'static str| async move {
+        let headers = [("Authorization", auth)];
+        http_request(
+            port,
+            "DELETE",
+            "/api/v1/dead-letters?all=true",
+            &headers,
+            b"",
+        )
+        .await
+    };
+    let (status, body) = purge("Bearer read-token").await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("wrong admin token"), "{body}");
+    let (status, body) = purge("Bearer admin-token").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(letters(&t).await, 0);
+    assert_eq!(
+        t.metrics()
+            .unauthorized_requests
+            .with_label_values(&["admin"])
+            .get(),
+        1
+    );
+}

@@ -14,6 +14,7 @@ const TOKEN: &str = "dead-letter-token";
 fn with_token(c: &mut sensorhub::Config) {
     c.api_token = Some(Secret::new(TOKEN));
     c.ingest_token = Some(Secret::new(TOKEN));
+    c.admin_token = Some(Secret::new(TOKEN));
 }
 
 async fn call(t: &TestApp, method: &str, path: &str, body: &Value) -> (u16, Value) {

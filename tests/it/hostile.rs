@@ -11,6 +11,7 @@ const TOKEN: &str = "hostile-token";
 fn with_tokens(c: &mut sensorhub::Config) {
     c.api_token = Some(Secret::new(TOKEN));
     c.ingest_token = Some(Secret::new(TOKEN));
+    c.admin_token = Some(Secret::new(TOKEN));
 }
 
 #[actix_web::test]
