@@ -1,11 +1,15 @@
 //! Request bodies of the ingest routes: read whole, decompressed (`Content-Encoding: gzip`, as
-//! Telegraf sends by default), and bounded by `SENSORHUB_MAX_MESSAGE_BYTES` after decompression,
-//! so a small compressed body cannot unpack into more memory than the limit.
+//! Telegraf sends by default), and bounded by `SENSORHUB_MAX_MESSAGE_BYTES` while they are
+//! decompressed: the decoder writes into a buffer that refuses to grow past the limit, so a small
+//! compressed body (a kilobyte of gzip can unpack into a megabyte) never takes more memory than
+//! the limit and the decoder's own window. Checking after each decompressed chunk would not do:
+//! one network chunk of a gzip bomb unpacks into many megabytes at once.
 
 use crate::http::error::ApiError;
 use actix_web::http::header;
-use actix_web::{HttpRequest, dev::Decompress, web};
+use actix_web::{HttpRequest, web};
 use futures_util::StreamExt as _;
+use std::io::Write as _;
 use std::time::Duration;
 
 /// The encodings a body may arrive in.
@@ -59,15 +63,100 @@ async fn read_body(
     if declared.is_some_and(|n| n > max) {
         return Err(too_large());
     }
-    let mut stream = Decompress::from_headers(payload.into_inner(), req.headers());
-    let mut body = Vec::with_capacity(declared.unwrap_or(1024).min(max));
+    let capacity = declared.unwrap_or(1024).min(max);
+    let mut decoder = match encoding.as_deref() {
+        Some("gzip") => Decoder::Gzip(flate2::write::GzDecoder::new(Bounded::new(capacity, max))),
+        // HTTP's "deflate" is the zlib format (RFC 9110), as actix and curl read it.
+        Some("deflate") => {
+            Decoder::Zlib(flate2::write::ZlibDecoder::new(Bounded::new(capacity, max)))
+        }
+        _ => Decoder::Identity(Bounded::new(capacity, max)),
+    };
+    let mut stream = payload.into_inner();
     while let Some(chunk) = stream.next().await {
         let chunk =
             chunk.map_err(|e| ApiError::BadRequest(format!("reading the body failed: {e}")))?;
-        if body.len() + chunk.len() > max {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
+        decoder
+            .write(&chunk)
+            .map_err(|e| body_error(e, &too_large))?;
     }
+    let body = decoder.finish().map_err(|e| body_error(e, &too_large))?;
     Ok(body)
+}
+
+/// A body's bytes, refusing to hold more than `max`.
+struct Bounded {
+    bytes: Vec<u8>,
+    max: usize,
+}
+
+impl Bounded {
+    fn new(capacity: usize, max: usize) -> Self {
+        Self {
+            bytes: Vec::with_capacity(capacity),
+            max,
+        }
+    }
+}
+
+/// The error a [`Bounded`] answers a write past its limit with.
+#[derive(Debug)]
+struct OverLimit;
+
+impl std::fmt::Display for OverLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("over the body limit")
+    }
+}
+
+impl std::error::Error for OverLimit {}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > self.max {
+            return Err(std::io::Error::other(OverLimit));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The body as it arrives, decoded as its `Content-Encoding` says.
+enum Decoder {
+    Identity(Bounded),
+    Gzip(flate2::write::GzDecoder<Bounded>),
+    Zlib(flate2::write::ZlibDecoder<Bounded>),
+}
+
+impl Decoder {
+    fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        match self {
+            Decoder::Identity(body) => body.write_all(chunk),
+            Decoder::Gzip(decoder) => decoder.write_all(chunk),
+            Decoder::Zlib(decoder) => decoder.write_all(chunk),
+        }
+    }
+
+    fn finish(self) -> std::io::Result<Vec<u8>> {
+        Ok(match self {
+            Decoder::Identity(body) => body.bytes,
+            Decoder::Gzip(decoder) => decoder.finish()?.bytes,
+            Decoder::Zlib(decoder) => decoder.finish()?.bytes,
+        })
+    }
+}
+
+/// A failed write or finish: over the limit (413), or a body that does not decompress (400).
+fn body_error(error: std::io::Error, too_large: &impl Fn() -> ApiError) -> ApiError {
+    if error
+        .get_ref()
+        .is_some_and(|inner| inner.downcast_ref::<OverLimit>().is_some())
+    {
+        return too_large();
+    }
+    ApiError::BadRequest(format!("the body could not be decompressed: {error}"))
 }
