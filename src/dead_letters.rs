@@ -196,33 +196,78 @@ impl<C: ConnectionLike + Clone> DeadLetterStore<C> {
         Ok(total)
     }
 
-    /// The letters a selection names: ids in the order given; matching ones oldest first, stream
-    /// by stream.
-    pub async fn select(&mut self, selection: &Selection) -> RedisResult<Vec<Letter>> {
+    /// The letters `ids` name that still exist, in the order given.
+    async fn by_ids(&mut self, ids: &[LetterId]) -> RedisResult<Vec<Letter>> {
         let mut letters = Vec::new();
-        match selection {
-            Selection::Ids(ids) => {
-                for id in ids {
-                    let index = self.index(id);
-                    let dead = &self.streams[index].1;
-                    let found = browse::by_ids(&mut self.conn, dead, &[id.id]).await?;
-                    letters.extend(self.marked(index, found));
-                }
-            }
-            Selection::Matching(filter) => {
-                for index in 0..self.streams.len() {
-                    let dead = &self.streams[index].1;
-                    let found = browse::select(&mut self.conn, dead, filter, usize::MAX).await?;
-                    letters.extend(self.marked(index, found));
-                }
-            }
+        for id in ids {
+            let index = self.index(id);
+            let dead = &self.streams[index].1;
+            let found = browse::by_ids(&mut self.conn, dead, &[id.id]).await?;
+            letters.extend(self.marked(index, found));
         }
         Ok(letters)
     }
 
+    /// The next page of letters a selection names, from `cursor` on: ids all at once, matching
+    /// ones [`PAGE`] at a time, oldest first, stream by stream, up to the newest letter each
+    /// stream held when the cursor began (letters that fail again after a replay come after it,
+    /// and are not selected again). Empty once every page was given.
+    async fn next_page(
+        &mut self,
+        selection: &Selection,
+        cursor: &mut Cursor,
+    ) -> RedisResult<Vec<Letter>> {
+        let filter = match selection {
+            Selection::Ids(ids) if !cursor.done => {
+                cursor.done = true;
+                return self.by_ids(ids).await;
+            }
+            Selection::Ids(_) => return Ok(Vec::new()),
+            Selection::Matching(filter) => filter,
+        };
+        while cursor.stream < self.streams.len() {
+            let index = cursor.stream;
+            let dead = self.streams[index].1.clone();
+            if cursor.until.is_none() {
+                match browse::newest(&mut self.conn, &dead).await? {
+                    Some(newest) => cursor.until = Some(newest),
+                    None => {
+                        cursor.next_stream();
+                        continue;
+                    }
+                }
+            }
+            let range = (cursor.after, cursor.until);
+            let page = browse::select(&mut self.conn, &dead, filter, range, PAGE).await?;
+            match page.last() {
+                Some(last) if page.len() == PAGE => cursor.after = Some(last.id),
+                _ => cursor.next_stream(),
+            }
+            if !page.is_empty() {
+                return Ok(self.marked(index, page));
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    /// Every letter a selection names: ids in the order given; matching ones oldest first, stream
+    /// by stream.
+    pub async fn select(&mut self, selection: &Selection) -> RedisResult<Vec<Letter>> {
+        let mut cursor = Cursor::default();
+        let mut letters = Vec::new();
+        loop {
+            let page = self.next_page(selection, &mut cursor).await?;
+            if page.is_empty() {
+                return Ok(letters);
+            }
+            letters.extend(page);
+        }
+    }
+
     /// Replays the selected letters, each into the stream whose dead letter it is (or, with
-    /// `dry_run`, only checks them against `limits`). `progress` hears how many were moved so
-    /// far.
+    /// `dry_run`, only checks them against `limits`), a page at a time: a replay of every letter
+    /// holds one page in memory, not the whole dead-letter stream. `progress` hears how many
+    /// were moved so far.
     pub async fn replay(
         &mut self,
         selection: &Selection,
@@ -230,10 +275,18 @@ impl<C: ConnectionLike + Clone> DeadLetterStore<C> {
         dry_run: bool,
         mut progress: impl FnMut(usize),
     ) -> RedisResult<ReplayReport> {
-        let letters = self.select(selection).await?;
-        let mut report = check(&letters, limits);
-        if !dry_run {
-            let letters = by_stream(letters.into_iter().map(|l| (l.shard.unwrap_or(0), l)));
+        let mut report = ReplayReport::default();
+        let mut cursor = Cursor::default();
+        loop {
+            let page = self.next_page(selection, &mut cursor).await?;
+            if page.is_empty() {
+                return Ok(report);
+            }
+            report.add(check(&page, limits));
+            if dry_run {
+                continue;
+            }
+            let letters = by_stream(page.into_iter().map(|l| (l.shard.unwrap_or(0), l)));
             for (index, letters) in letters {
                 let (stream, dead) = &self.streams[index];
                 let before = report.replayed;
@@ -244,25 +297,69 @@ impl<C: ConnectionLike + Clone> DeadLetterStore<C> {
                     .await?;
             }
         }
-        Ok(report)
     }
 
-    /// Deletes the selected letters; returns how many there were.
+    /// Deletes the selected letters, a page at a time; returns how many there were.
     pub async fn purge(&mut self, selection: &Selection) -> RedisResult<usize> {
-        let ids: Vec<(usize, EntryId)> = match selection {
-            Selection::Ids(ids) => ids.iter().map(|id| (self.index(id), id.id)).collect(),
-            Selection::Matching(_) => self
-                .select(selection)
-                .await?
-                .iter()
-                .map(|letter| (letter.shard.unwrap_or(0), letter.id))
-                .collect(),
-        };
         let mut deleted = 0;
-        for (index, ids) in by_stream(ids) {
-            deleted += replay::purge(&mut self.conn, &self.streams[index].1, &ids).await?;
+        let mut cursor = Cursor::default();
+        loop {
+            let ids: Vec<(usize, EntryId)> = match selection {
+                Selection::Ids(ids) if !cursor.done => {
+                    cursor.done = true;
+                    ids.iter().map(|id| (self.index(id), id.id)).collect()
+                }
+                Selection::Ids(_) => Vec::new(),
+                Selection::Matching(_) => self
+                    .next_page(selection, &mut cursor)
+                    .await?
+                    .iter()
+                    .map(|letter| (letter.shard.unwrap_or(0), letter.id))
+                    .collect(),
+            };
+            if ids.is_empty() {
+                return Ok(deleted);
+            }
+            for (index, ids) in by_stream(ids) {
+                deleted += replay::purge(&mut self.conn, &self.streams[index].1, &ids).await?;
+            }
         }
-        Ok(deleted)
+    }
+}
+
+/// Letters a page of a replay or purge holds.
+const PAGE: usize = replay::BATCH * 5;
+
+/// Where paging through a selection stands.
+#[derive(Debug, Default)]
+struct Cursor {
+    /// The stream being paged through, by index.
+    stream: usize,
+    /// The last letter given of that stream.
+    after: Option<EntryId>,
+    /// The newest letter that stream held when its paging began.
+    until: Option<EntryId>,
+    /// A selection of ids is given in one page.
+    done: bool,
+}
+
+impl ReplayReport {
+    /// Adds a page's report to this one.
+    fn add(&mut self, page: ReplayReport) {
+        self.selected += page.selected;
+        self.replayed += page.replayed;
+        self.valid += page.valid;
+        for (reason, count) in page.rejected {
+            *self.rejected.entry(reason).or_default() += count;
+        }
+    }
+}
+
+impl Cursor {
+    fn next_stream(&mut self) {
+        self.stream += 1;
+        self.after = None;
+        self.until = None;
     }
 }
 

@@ -279,6 +279,7 @@ impl StreamStages {
         let dead_letters = DeadLetters {
             key: format!("{stream}:dead"),
             maxlen: config.dead_letter_maxlen,
+            max_bytes: config.dead_letter_max_bytes,
         };
         let writer = {
             let resolutions = config.resolutions.clone();

@@ -203,7 +203,12 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "SENSORHUB_DEAD_LETTER_MAXLEN",
         default: "100000",
-        meaning: "approximate cap of the dead-letter stream (`XADD MAXLEN ~`)",
+        meaning: "most letters the dead-letter stream keeps (the oldest go first)",
+    },
+    Variable {
+        name: "SENSORHUB_DEAD_LETTER_MAX_BYTES",
+        default: "268435456",
+        meaning: "most bytes of original payloads the dead-letter stream keeps (the oldest go first)",
     },
     Variable {
         name: "SENSORHUB_CLAIM_IDLE",
@@ -420,6 +425,8 @@ pub struct Config {
     pub retention: Retention,
     pub stream_tail: usize,
     pub dead_letter_maxlen: usize,
+    /// Most bytes of original payloads kept as dead letters: what bounds their memory in Redis.
+    pub dead_letter_max_bytes: usize,
     pub claim_idle: Duration,
     pub bridge_lease: Duration,
     pub write_connections: usize,
@@ -538,6 +545,7 @@ impl Config {
             },
             stream_tail: env.number("SENSORHUB_STREAM_TAIL", 0, 10_000_000)?,
             dead_letter_maxlen: env.number("SENSORHUB_DEAD_LETTER_MAXLEN", 1, 100_000_000)?,
+            dead_letter_max_bytes: env.number("SENSORHUB_DEAD_LETTER_MAX_BYTES", 1024, 1 << 40)?,
             claim_idle: env.duration("SENSORHUB_CLAIM_IDLE")?,
             bridge_lease: env.duration("SENSORHUB_BRIDGE_LEASE")?,
             write_connections: env.number("SENSORHUB_WRITE_CONNECTIONS", 1, 32)?,

@@ -7,7 +7,14 @@ use redis::aio::ConnectionLike;
 use redis::{ErrorKind, RedisError, RedisResult};
 
 /// Keys beside the stream with a fixed name.
-const FIXED: [&str; 3] = ["dead", "bridge-lease", "mqtt-lease"];
+const FIXED: [&str; 6] = [
+    "dead",
+    "dead:bytes",
+    "bridge-lease",
+    "mqtt-lease",
+    "mqtt-subscriptions",
+    "mqtt-retained",
+];
 /// Keys beside the stream with a name of their own after the prefix (a group, a key).
 const FAMILIES: [&str; 4] = ["committed", "committed-through", "in-flight", "idempotency"];
 

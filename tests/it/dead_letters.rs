@@ -433,6 +433,7 @@ async fn a_replay_of_50000_killed_midway_stores_each_once_and_keeps_every_invali
         &mut redis,
         &dead,
         &Default::default(),
+        (None, None),
         usize::MAX,
     )
     .await
@@ -447,4 +448,117 @@ async fn a_replay_of_50000_killed_midway_stores_each_once_and_keeps_every_invali
         "only the still-invalid ones"
     );
     drop(hub);
+}
+
+/// A flood of malformed lines of a megabyte each: the dead letters keep at most
+/// `SENSORHUB_DEAD_LETTER_MAX_BYTES` of them, the oldest going first, and Redis's memory for them
+/// stays near that bound (a cap on the number of letters alone let them grow by a megabyte each).
+#[actix_web::test]
+async fn dead_letters_are_bounded_in_bytes_under_a_flood_of_large_bad_lines() {
+    let res = Resources::new();
+    let dead = format!("{}:dead", res.stream);
+    let env = vec![
+        ("SENSORHUB_REDIS_URL", REDIS_URL.to_owned()),
+        ("SENSORHUB_DATABASE_URL", res.database_url.clone()),
+        ("SENSORHUB_STREAM", res.stream.clone()),
+        ("SENSORHUB_CHANNEL", String::new()),
+        ("SENSORHUB_MAX_MESSAGE_BYTES", (2 << 20).to_string()),
+        ("SENSORHUB_DEAD_LETTER_MAX_BYTES", (8 << 20).to_string()),
+    ];
+    let hub = crate::infra::Sensorhub::spawn(&env).await;
+    let bad_line = format!("weather,station=roof temperature={}", "x".repeat(1 << 20));
+    let floods = 40;
+    for i in 0..floods {
+        let body = format!(
+            "weather,station=roof humidity={i} {}\n{bad_line}\n",
+            1_700_000_000 + i
+        );
+        let (status, answer) = http_request(
+            hub.port,
+            "POST",
+            "/api/v2/write?precision=s",
+            &[],
+            body.as_bytes(),
+        )
+        .await;
+        assert_eq!(status, 400, "{answer}");
+    }
+    let (pg, connection) = tokio_postgres::connect(&res.database_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    wait_for_count(
+        &pg,
+        "SELECT count(*) FROM readings",
+        floods,
+        Duration::from_secs(30),
+    )
+    .await;
+    wait_for(
+        "every bad line counted",
+        Duration::from_secs(30),
+        || async {
+            let (_, metrics) = http_get(hub.port, "/metrics").await;
+            let rejected = metrics
+                .lines()
+                .filter(|l| l.starts_with("sensorhub_readings_rejected_total{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>();
+            (rejected >= floods as f64).then_some(())
+        },
+    )
+    .await;
+    let mut redis = redis_conn(REDIS_URL).await;
+    let letters: i64 = redis::cmd("XLEN")
+        .arg(&dead)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let memory: i64 = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(&dead)
+        .arg("SAMPLES")
+        .arg(0)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(
+        memory < 10 << 20,
+        "the dead letters take {memory} bytes of Redis memory"
+    );
+    assert!((1..=8).contains(&letters), "{letters} letters kept");
+    let counted: i64 = redis::cmd("GET")
+        .arg(format!("{dead}:bytes"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(counted <= 8 << 20, "{counted} bytes kept");
+    // The newest bad line is among them.
+    let newest: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+        .arg(&dead)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let data: Vec<u8> = newest.ids[0].get("data").unwrap();
+    assert_eq!(data, bad_line.as_bytes());
+    // Purged, the letters take their bytes with them.
+    let (status, answer) = http_request(
+        hub.port,
+        "DELETE",
+        "/api/v1/dead-letters?all=true",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let counted: Option<i64> = redis::cmd("GET")
+        .arg(format!("{dead}:bytes"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(counted, None);
 }

@@ -152,20 +152,35 @@ pub async fn list(
     }
 }
 
-/// Every letter matching `filter`, oldest first, at most `limit`.
+/// The letters matching `filter` after the letter `after` (from the first with `None`) and up to
+/// the letter `until` (to the last with `None`), oldest first, at most `limit`.
 pub async fn select(
     conn: &mut impl ConnectionLike,
     key: &str,
     filter: &Filter,
+    (after, until): (Option<EntryId>, Option<EntryId>),
     limit: usize,
 ) -> RedisResult<Vec<Letter>> {
     let mut selected = Vec::new();
-    let mut start = filter.from.map_or("-".to_owned(), |from| {
-        from.timestamp_millis().max(0).to_string()
-    });
-    let end = filter.to.map_or("+".to_owned(), |to| {
-        to.timestamp_millis().max(0).to_string()
-    });
+    let from = filter
+        .from
+        .map(|from| EntryId {
+            ms: from.timestamp_millis().max(0) as u64,
+            seq: 0,
+        })
+        .unwrap_or(EntryId::ZERO);
+    let mut start = match after {
+        Some(after) if after >= from => format!("({after}"),
+        _ => from.to_string(),
+    };
+    let end = match (filter.to, until) {
+        (Some(to), Some(until)) if until.ms <= to.timestamp_millis().max(0) as u64 => {
+            until.to_string()
+        }
+        (Some(to), _) => to.timestamp_millis().max(0).to_string(),
+        (None, Some(until)) => until.to_string(),
+        (None, None) => "+".to_owned(),
+    };
     loop {
         let chunk = read_range(conn, "XRANGE", key, &start, &end, CHUNK).await?;
         let exhausted = chunk.len() < CHUNK;
@@ -279,4 +294,12 @@ async fn read_range(
         letters.push(Letter::from_fields(id, pairs));
     }
     Ok(letters)
+}
+
+/// The id of the newest letter in `key`, if any.
+pub async fn newest(conn: &mut impl ConnectionLike, key: &str) -> RedisResult<Option<EntryId>> {
+    Ok(read_range(conn, "XREVRANGE", key, "+", "-", 1)
+        .await?
+        .first()
+        .map(|letter| letter.id))
 }

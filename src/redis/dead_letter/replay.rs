@@ -14,25 +14,46 @@
 //! again).
 
 use super::browse::Letter;
-use super::{REPLAY_ONLY, REPLAY_RECEIVED};
+use super::{REPLAY_ONLY, REPLAY_RECEIVED, SIZE_OF, bytes_key};
 use crate::redis::entry::EntryId;
 use redis::RedisResult;
 use redis::aio::ConnectionLike;
 
 /// Per letter: its id, the number of fields, then the fields of its entry. A letter still there
-/// is deleted and its entry appended; one already gone is skipped.
+/// is deleted (its bytes taken off the count) and its entry appended; one already gone is
+/// skipped. KEYS: the dead-letter stream, the stream, the dead letters' byte count.
 const MOVE: &str = r#"
 local moved = 0
 local i = 1
 while i <= #ARGV do
   local fields = tonumber(ARGV[i + 1]) * 2
-  if redis.call('XDEL', KEYS[1], ARGV[i]) == 1 then
+  local letter = redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i])[1]
+  if letter then
+    redis.call('XDEL', KEYS[1], ARGV[i])
+    redis.call('DECRBY', KEYS[3], size_of(letter[2]))
     redis.call('XADD', KEYS[2], '*', unpack(ARGV, i + 2, i + 1 + fields))
     moved = moved + 1
   end
   i = i + 2 + fields
 end
+if redis.call('XLEN', KEYS[1]) == 0 then redis.call('DEL', KEYS[3]) end
 return moved
+"#;
+
+/// Deletes the letters of the ids in ARGV, taking their bytes off the count. KEYS: the
+/// dead-letter stream, its byte count.
+const DELETE: &str = r#"
+local deleted = 0
+for i = 1, #ARGV do
+  local letter = redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i])[1]
+  if letter then
+    redis.call('XDEL', KEYS[1], ARGV[i])
+    redis.call('DECRBY', KEYS[2], size_of(letter[2]))
+    deleted = deleted + 1
+  end
+end
+if redis.call('XLEN', KEYS[1]) == 0 then redis.call('DEL', KEYS[2]) end
+return deleted
 "#;
 
 /// Letters moved per script: large enough for few round trips, small enough that one script
@@ -82,7 +103,11 @@ pub async fn replay(
     let mut moved = 0;
     for batch in letters.chunks(BATCH) {
         let mut cmd = redis::cmd("EVAL");
-        cmd.arg(MOVE).arg(2).arg(dead).arg(stream);
+        cmd.arg(format!("{SIZE_OF}{MOVE}"))
+            .arg(3)
+            .arg(dead)
+            .arg(stream)
+            .arg(bytes_key(dead));
         let mut any = false;
         for letter in batch {
             let Some(fields) = entry_fields(letter) else {
@@ -111,8 +136,11 @@ pub async fn purge(
 ) -> RedisResult<usize> {
     let mut deleted = 0;
     for batch in ids.chunks(1000) {
-        let mut cmd = redis::cmd("XDEL");
-        cmd.arg(dead);
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(format!("{SIZE_OF}{DELETE}"))
+            .arg(2)
+            .arg(dead)
+            .arg(bytes_key(dead));
         for id in batch {
             cmd.arg(id.to_string());
         }
