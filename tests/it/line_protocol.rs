@@ -82,7 +82,7 @@ fn telegraf_batch(lines: usize, start: DateTime<Utc>) -> (String, Vec<(String, i
                     ("usage_user", x / 100.0),
                     ("usage_system", 1.5),
                 ] {
-                    expected.push((format!("cpu.{cpu}.{host}.{field}"), ns, value));
+                    expected.push((format!("cpu,cpu={cpu},host={host}.{field}"), ns, value));
                 }
             }
             1 => {
@@ -97,7 +97,7 @@ fn telegraf_batch(lines: usize, start: DateTime<Utc>) -> (String, Vec<(String, i
                     ("available", (8_000_000 + i) as f64),
                     ("active", (1000 + i) as f64),
                 ] {
-                    expected.push((format!("mem.{host}.{field}"), ns, value));
+                    expected.push((format!("mem,host={host}.{field}"), ns, value));
                 }
             }
             _ => {
@@ -108,7 +108,7 @@ fn telegraf_batch(lines: usize, start: DateTime<Utc>) -> (String, Vec<(String, i
                     i % 7
                 ));
                 for (field, value) in [("load1", x / 1e4), ("uptime", (i * 60) as f64)] {
-                    expected.push((format!("system.{host}.{field}"), ns, value));
+                    expected.push((format!("system,host={host}.{field}"), ns, value));
                 }
             }
         }
@@ -254,18 +254,18 @@ async fn escapes_and_home_assistant_ids_are_stored_and_served_url_encoded() {
     t.wait_drained(&entry).await;
     for (id, encoded, value) in [
         (
-            "my room.k,ü 2.temp c",
-            "my%20room.k%2C%C3%BC%202.temp%20c",
+            "my room,floor%3D1=k%2Cü 2.temp c",
+            "my%20room%2Cfloor%253D1%3Dk%252C%C3%BC%202.temp%20c",
             20.0,
         ),
         (
-            "°C.sensor.kitchen.value",
-            "%C2%B0C.sensor.kitchen.value",
+            "°C,domain=sensor,entity_id=kitchen.value",
+            "%C2%B0C%2Cdomain%3Dsensor%2Centity_id%3Dkitchen.value",
             21.5,
         ),
         (
-            "température.salle/1.val",
-            "temp%C3%A9rature.salle%2F1.val",
+            "température,lieu=salle/1.val",
+            "temp%C3%A9rature%2Clieu%3Dsalle%2F1.val",
             3.0,
         ),
     ] {
@@ -560,7 +560,7 @@ async fn influxdbs_own_python_client_writes_to_the_v2_endpoint() {
     let gas: f64 = t
         .pg
         .query_one(
-            "SELECT value FROM readings WHERE sensor_id = 'gas.raspberrypi_keller.zahlerstand' ORDER BY ts LIMIT 1",
+            "SELECT value FROM readings WHERE sensor_id = 'gas,client=raspberrypi_keller.zahlerstand' ORDER BY ts LIMIT 1",
             &[],
         )
         .await
@@ -570,11 +570,74 @@ async fn influxdbs_own_python_client_writes_to_the_v2_endpoint() {
     for gzip in ["False", "True"] {
         let n = t
             .count(&format!(
-                "SELECT count(*) FROM readings WHERE sensor_id = 'weather.{gzip}.roof.temp'"
+                "SELECT count(*) FROM readings WHERE sensor_id = 'weather,gzip={gzip},station=roof.temp'"
             ))
             .await;
         assert_eq!(n, 100, "{gzip}");
     }
     t.assert_aggregates_exact().await;
     t.stop().await;
+}
+
+/// Through the binary (so `SENSORHUB_TEST_BINARY` can run it against an older build): ids keep
+/// tag keys (two tag sets with the same values were one sensor, and the second write a
+/// conflict), a field or point written twice keeps its last value as InfluxDB does (the first
+/// stayed), and CRLF line ends are read (each line was refused).
+#[actix_web::test]
+async fn ids_keep_tag_keys_the_last_write_wins_and_crlf_is_read() {
+    let res = Resources::new();
+    let env = vec![
+        ("SENSORHUB_REDIS_URL", REDIS_URL.to_owned()),
+        ("SENSORHUB_DATABASE_URL", res.database_url.clone()),
+        ("SENSORHUB_STREAM", res.stream.clone()),
+        ("SENSORHUB_CHANNEL", String::new()),
+    ];
+    let hub = crate::infra::Sensorhub::spawn(&env).await;
+    let s = an_hour_yesterday().timestamp();
+    let body = format!(
+        "w,station=roof t=1 {s}\n\
+         w,area=roof t=2 {s}\n\
+         m v=1,v=2 {s}\n\
+         n v=1 {s}\n\
+         n v=3 {s}\r\n\
+         c v=4 {s}\r\n"
+    );
+    let (status, answer) = http_request(
+        hub.port,
+        "POST",
+        "/api/v2/write?precision=s",
+        &[],
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 204, "{answer}");
+    let (pg, connection) = tokio_postgres::connect(&res.database_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    wait_for_count(
+        &pg,
+        "SELECT count(*) FROM readings",
+        5,
+        Duration::from_secs(20),
+    )
+    .await;
+    let rows = pg
+        .query(
+            "SELECT sensor_id, value FROM readings ORDER BY value, sensor_id COLLATE \"C\" DESC",
+            &[],
+        )
+        .await
+        .unwrap();
+    let stored: Vec<(String, f64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        stored,
+        [
+            ("w,station=roof.t".to_owned(), 1.0),
+            ("w,area=roof.t".to_owned(), 2.0),
+            ("m.v".to_owned(), 2.0),
+            ("n.v".to_owned(), 3.0),
+            ("c.v".to_owned(), 4.0),
+        ]
+    );
 }

@@ -158,8 +158,8 @@ async fn every_payload_form_arrives_through_the_broker() {
     assert_eq!(value("room.temperature".into()).await, 23.4);
     assert_eq!(value(format!("{base}.hv.cmd.setv.3")).await, 100.0);
     assert_eq!(value("Elektra-Dach.battery_voltage".into()).await, 14.073);
-    assert_eq!(value("cpu.h1.usage_idle".into()).await, 93.5);
-    assert_eq!(value("cpu.h1.usage_user".into()).await, 4.0);
+    assert_eq!(value("cpu,host=h1.usage_idle".into()).await, 93.5);
+    assert_eq!(value("cpu,host=h1.usage_user".into()).await, 4.0);
     assert_eq!(
         t.metrics()
             .messages_received

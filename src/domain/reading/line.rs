@@ -1,10 +1,17 @@
 //! InfluxDB line protocol, as Telegraf, Home Assistant and the device libraries write it:
 //! `measurement,tag=value,... field=1.5,count=3i 1700000000000000000`, one point per line.
 //!
-//! Each numeric field of a line is one reading: its sensor id is the measurement, the tag values
-//! in the order of their keys (as InfluxDB orders a series' tags, so a writer's tag order does
-//! not matter) and the field key, joined by dots (`gas,client=keller zahlerstand=12345i` →
-//! `gas.keller.zahlerstand`). Floats, integers (`12345i`) and unsigned integers (`12345u`) are
+//! Each numeric field of a line is one reading. Its sensor id is the line's series key as InfluxDB
+//! writes it — the measurement, then `,key=value` for each tag in the order of the keys (so a
+//! writer's tag order does not matter) — and `.` with the field key:
+//! `weather,station=roof temp=21.5` → `weather,station=roof.temp`, `cpu usage=3` → `cpu.usage`.
+//! Tag keys stay in the id, so `w,station=roof t=1` and `w,area=roof t=2` are two sensors. The
+//! parts are kept apart by percent-encoding, so no two series and fields share an id: `%` and `,`
+//! are encoded in the measurement, tag keys and values (`=` too in tag keys), `%` and `.` in the
+//! field key (the field is what follows the last dot), and everywhere the ASCII characters an id
+//! cannot hold (`"` as `%22`), so that every series has an id. A field written twice in a
+//! line, or a point (series, field and time) twice in a body, keeps its last value, as InfluxDB
+//! does. Floats, integers (`12345i`) and unsigned integers (`12345u`) are
 //! numbers (an integer beyond 2^53 is stored as the nearest double); string and boolean fields
 //! are not readings and are skipped, as Home Assistant sends its attributes as strings beside
 //! the `value` field. A line's timestamp is read in the request's precision; a line without one
@@ -112,6 +119,8 @@ pub fn parse_line_protocol(text: &str, precision: Precision, ctx: &ParseContext)
     let mut line_number = 0;
     let mut counted_to = 0;
     for line in influxdb_line_protocol::split_lines(text) {
+        // CRLF line ends (Windows writers) end a line as LF does.
+        let line = line.strip_suffix('\r').unwrap_or(line);
         let start = line.as_ptr() as usize - text.as_ptr() as usize;
         line_number += memchr_count(&text.as_bytes()[counted_to..start]);
         counted_to = start;
@@ -155,6 +164,7 @@ pub fn parse_line_protocol(text: &str, precision: Precision, ctx: &ParseContext)
             "no line in the payload",
         )));
     }
+    last_point_wins(&mut outcomes);
     outcomes
 }
 
@@ -185,17 +195,24 @@ fn read_line(
         },
     };
     id.clear();
-    id.push_str(parsed.series.measurement.as_str());
+    escaped(id, parsed.series.measurement.as_str(), b",");
     if let Some(tags) = &parsed.series.tag_set {
         let mut tags: Vec<_> = tags.iter().collect();
         tags.sort_unstable_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
-        for (_, value) in tags {
-            id.push('.');
-            id.push_str(value.as_str());
+        for (key, value) in tags {
+            id.push(',');
+            escaped(id, key.as_str(), b",=");
+            id.push('=');
+            escaped(id, value.as_str(), b",");
         }
     }
     let series_len = id.len();
-    for (key, value) in &parsed.field_set {
+    // A field repeated in a line: the last value is the one, as InfluxDB keeps it.
+    let fields: Vec<_> = parsed.field_set.iter().collect();
+    for (at, (key, value)) in fields.iter().enumerate() {
+        if fields[at + 1..].iter().any(|(later, _)| later == key) {
+            continue;
+        }
         let value = match value {
             FieldValue::F64(v) => *v,
             FieldValue::I64(v) => *v as f64,
@@ -204,9 +221,53 @@ fn read_line(
         };
         id.truncate(series_len);
         id.push('.');
-        id.push_str(key.as_str());
+        escaped(id, key.as_str(), b".");
         emit(validated(id, value, ts, ctx));
     }
+}
+
+/// Appends `text` to `id`, percent-encoding `%`, each of `special` (the characters that keep an
+/// id's parts apart) and every visible ASCII character an id cannot hold (`"`, `\\`, `*`, ...), as
+/// `%2C` for `,`: so every series and field has an id, and no two share one.
+fn escaped(id: &mut String, text: &str, special: &[u8]) {
+    // Control characters are left for the id rules to refuse: they are no one's name.
+    let encode = |b: u8| {
+        (b.is_ascii_graphic() || b == b' ')
+            && (b == b'%' || special.contains(&b) || !super::text::allowed_ascii(b))
+    };
+    if !text.bytes().any(|b| b.is_ascii() && encode(b)) {
+        id.push_str(text);
+        return;
+    }
+    for c in text.chars() {
+        match u8::try_from(c) {
+            Ok(b) if b.is_ascii() && encode(b) => {
+                id.push('%');
+                id.push(char::from(b"0123456789ABCDEF"[usize::from(b >> 4)]));
+                id.push(char::from(b"0123456789ABCDEF"[usize::from(b & 15)]));
+            }
+            _ => id.push(c),
+        }
+    }
+}
+
+/// Of readings of one body with the same sensor and time (a point written twice), the last
+/// stays, as InfluxDB keeps the last write of a point; the earlier ones are dropped.
+fn last_point_wins(outcomes: &mut Outcomes) {
+    let mut seen: std::collections::HashSet<(&str, i64)> = std::collections::HashSet::new();
+    let mut keep = vec![true; outcomes.len()];
+    for (at, outcome) in outcomes.iter().enumerate().rev() {
+        if let Ok(reading) = outcome
+            && !seen.insert((&reading.sensor_id, reading.ts.timestamp_micros()))
+        {
+            keep[at] = false;
+        }
+    }
+    if keep.iter().all(|k| *k) {
+        return;
+    }
+    let mut keep = keep.into_iter();
+    outcomes.retain(|_| keep.next().unwrap_or(true));
 }
 
 /// Newlines in `bytes`.
@@ -247,10 +308,10 @@ mod tests {
         assert_eq!(
             ids(&out),
             [
-                ("gas.keller.zahlerstand".to_owned(), 12345.0),
+                ("gas,client=keller.zahlerstand".to_owned(), 12345.0),
                 // Tags ordered by key: area before station.
-                ("weather.north.roof.temp".to_owned(), 21.5),
-                ("weather.north.roof.hum".to_owned(), 40.0),
+                ("weather,area=north,station=roof.temp".to_owned(), 21.5),
+                ("weather,area=north,station=roof.hum".to_owned(), 40.0),
             ]
         );
         let first = out[0].as_ref().unwrap();
@@ -287,12 +348,77 @@ mod tests {
     }
 
     #[test]
+    fn ids_keep_tag_keys_and_never_collide() {
+        let out = read(
+            "w,station=roof t=1 1764590400\n\
+             w,area=roof t=2 1764590400\n\
+             a.b c=3 1764590400\n\
+             a b.c=4 1764590400\n\
+             m,k=v%2C x=5 1764590400\n\
+             m,k=v\\, x=6 1764590400\n\
+             q,say=\"hi\" v=7 1764590400",
+            Precision::Seconds,
+        );
+        assert_eq!(
+            ids(&out),
+            [
+                ("w,station=roof.t".to_owned(), 1.0),
+                ("w,area=roof.t".to_owned(), 2.0),
+                ("a.b.c".to_owned(), 3.0),
+                ("a.b%2Ec".to_owned(), 4.0),
+                ("m,k=v%252C.x".to_owned(), 5.0),
+                ("m,k=v%2C.x".to_owned(), 6.0),
+                // A character ids cannot hold is encoded rather than refused.
+                ("q,say=%22hi%22.v".to_owned(), 7.0),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_last_value_of_a_field_or_point_wins_as_in_influxdb() {
+        let out = read(
+            "m v=1,v=2 1764590400\n\
+             n v=1 1764590400\n\
+             n v=3 1764590400\n\
+             n v=4 1764590401\n\
+             u v=5\n\
+             u v=6",
+            Precision::Seconds,
+        );
+        assert_eq!(
+            ids(&out),
+            [
+                ("m.v".to_owned(), 2.0),
+                ("n.v".to_owned(), 3.0),
+                ("n.v".to_owned(), 4.0),
+                // Without timestamps both lines take the body's time: one point, the last.
+                ("u.v".to_owned(), 6.0),
+            ]
+        );
+    }
+
+    #[test]
+    fn crlf_line_ends_end_lines() {
+        let out = read(
+            "m v=1 1764590400\r\nm w=2 1764590400\r\n",
+            Precision::Seconds,
+        );
+        assert_eq!(
+            ids(&out),
+            [("m.v".to_owned(), 1.0), ("m.w".to_owned(), 2.0)]
+        );
+    }
+
+    #[test]
     fn escapes_follow_the_line_protocol_reference() {
         let out = read(
             r#"my\ room,floor\=1=k\,ü\ 2 temp\ c=20,label="a \"quoted\" ,=string" 1764590400"#,
             Precision::Seconds,
         );
-        assert_eq!(ids(&out), [("my room.k,ü 2.temp c".to_owned(), 20.0)]);
+        assert_eq!(
+            ids(&out),
+            [("my room,floor%3D1=k%2Cü 2.temp c".to_owned(), 20.0)]
+        );
         // A string field with a newline inside quotes stays one line.
         let out = read(
             "m,a=b s=\"two\nlines\",v=2 1764590400\nm v=3",

@@ -97,27 +97,7 @@ pub(super) fn check_unit(field: FieldValue, limits: &Limits) -> Result<String, R
 fn first_refused(id: &str) -> Option<(usize, char)> {
     for (at, byte) in id.bytes().enumerate() {
         if byte.is_ascii() {
-            let allowed = byte.is_ascii_alphanumeric()
-                || matches!(
-                    byte,
-                    b'_' | b'-'
-                        | b'.'
-                        | b':'
-                        | b'/'
-                        | b' '
-                        | b'+'
-                        | b'@'
-                        | b'#'
-                        | b'%'
-                        | b'('
-                        | b')'
-                        | b'['
-                        | b']'
-                        | b','
-                        | b'='
-                        | b'~'
-                );
-            if !allowed {
+            if !allowed_ascii(byte) {
                 return Some((at, char::from(byte)));
             }
         } else if id.is_char_boundary(at) {
@@ -145,4 +125,28 @@ fn is_invisible(c: char) -> bool {
             | '\u{FEFF}'
             | '\u{FFF9}'..='\u{FFFB}'
     )
+}
+
+/// Whether an ASCII byte may stand in a sensor id.
+pub(crate) fn allowed_ascii(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric()
+        || matches!(
+            byte,
+            b'_' | b'-'
+                | b'.'
+                | b':'
+                | b'/'
+                | b' '
+                | b'+'
+                | b'@'
+                | b'#'
+                | b'%'
+                | b'('
+                | b')'
+                | b'['
+                | b']'
+                | b','
+                | b'='
+                | b'~'
+        )
 }
