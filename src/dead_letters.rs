@@ -2,6 +2,7 @@
 //! list and count them, replay them into the stream after fixing the cause, purge them.
 
 use crate::domain::Limits;
+use crate::domain::shard::StreamShard;
 use crate::pipeline::validate::parse_batch;
 use crate::redis::dead_letter::browse::{self, Filter, Letter, Summary};
 use crate::redis::dead_letter::replay;
@@ -389,7 +390,7 @@ pub fn check(letters: &[Letter], limits: &Limits) -> ReplayReport {
             })
         })
         .collect();
-    let (readings, _, rejected) = parse_batch(&entries, limits);
+    let (readings, _, rejected) = parse_batch(&entries, limits, StreamShard::WHOLE);
     let mut report = ReplayReport {
         selected: letters.len(),
         valid: readings.len(),

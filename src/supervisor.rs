@@ -8,6 +8,7 @@
 //! stalling the others, and lets the pipeline use both cores.
 
 use crate::config::Config;
+use crate::domain::shard::StreamShard;
 use crate::pipeline::ack::{AckSettings, Acker, ShardGauges};
 use crate::pipeline::faults::Faults;
 use crate::pipeline::flow::Flow;
@@ -320,10 +321,14 @@ impl StreamStages {
 
         let validator = {
             let limits = config.limits.clone();
+            let reads = StreamShard {
+                index: shard,
+                of: config.shards,
+            };
             let (conn, metrics, faults) = (conn.clone(), Arc::clone(&metrics), Arc::clone(&faults));
             let readings = aggregator.recipient();
             Supervisor::start_in_arbiter(&threads.validate, move |_| {
-                Validator::new(limits, dead_letters, conn, readings, metrics, faults)
+                Validator::new(limits, reads, dead_letters, conn, readings, metrics, faults)
             })
         };
 

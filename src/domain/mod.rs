@@ -2,9 +2,11 @@
 //!
 //! - [`reading`]: turning the bytes of a stream entry into [`Reading`]s, or a [`Rejection`] with a
 //!   bounded reason code.
+//! - [`shard`]: the shard a sensor's readings belong to, and messages split over shards.
 //! - [`window`]: epoch-aligned tumbling windows and the mergeable partial [`Aggregate`].
 
 pub mod reading;
+pub mod shard;
 pub mod window;
 
 pub use reading::{Limits, ParseContext, Reading, Reason, Rejection, same_id};

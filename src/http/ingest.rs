@@ -19,6 +19,7 @@ use crate::http::body::read_limited;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::redis::entry::{Appended, Once, append_fields_once};
 use crate::redis::lease::unique_token;
+use crate::sources::append::{copies, route};
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::Utc;
 use serde::Serialize;
@@ -102,12 +103,6 @@ pub(crate) async fn ingest(
     let ctx = ParseContext::new(&state.api.limits, now, now);
     let outcomes = parse_json(&body, &ctx);
     let valid = outcomes.iter().filter(|o| o.is_ok()).count();
-    // The shard of a body is its first valid reading's sensor's.
-    let stream = match outcomes.iter().find_map(|o| o.as_ref().ok()) {
-        Some(first) => state.api.streams.for_sensor(&first.sensor_id),
-        None => state.api.streams.first(),
-    }
-    .to_owned();
     let rejected: Vec<RejectedReading> = outcomes
         .into_iter()
         .filter_map(Result::err)
@@ -137,14 +132,8 @@ pub(crate) async fn ingest(
             },
         );
     }
-    let mut redis = state.redis.clone();
-    let appended = append_once(
-        &mut redis,
-        &stream,
-        idempotency_key.as_deref(),
-        &[("data", &body)],
-    )
-    .await?;
+    let appended =
+        append_once(&state, &ctx, idempotency_key.as_deref(), &[("data", &body)]).await?;
     if appended.once == Once::KeyReused {
         state.metrics.idempotency_keys_reused.inc();
         return Err(ApiError::Unprocessable(format!(
@@ -170,25 +159,35 @@ pub(crate) async fn ingest(
     }))
 }
 
-/// Appends `fields` to `stream` once: under the client's `Idempotency-Key` (kept for
+/// Appends the message `fields` once: under the client's `Idempotency-Key` (kept for
 /// [`IDEMPOTENCY_TTL`]), or under a key unique to this request (kept for [`REQUEST_KEY_TTL`]), so
-/// that neither a client's retry nor the Redis client's own retry appends it twice.
+/// that neither a client's retry nor the Redis client's own retry appends it twice. With sharded
+/// streams, to its sensors' shards as the sources route ([`crate::sources::append::route`]): a
+/// message split over shards is appended to each, each copy under the key beside its shard.
+/// Answers the entry of the owner's copy (the shard of the first valid reading).
 pub(crate) async fn append_once(
-    redis: &mut crate::redis::connection::Connection,
-    stream: &str,
+    state: &HttpState,
+    ctx: &ParseContext<'_>,
     idempotency_key: Option<&str>,
     fields: &[(&str, &[u8])],
 ) -> Result<Appended, ApiError> {
-    let (key, ttl) = match idempotency_key {
-        Some(key) => (format!("{stream}:idempotency:{key}"), IDEMPOTENCY_TTL),
-        None => (
-            format!("{stream}:request:{}", unique_token("http")),
-            REQUEST_KEY_TTL,
-        ),
-    };
-    append_fields_once(redis, stream, &key, ttl, fields)
-        .await
-        .map_err(append_failed)
+    let streams = &state.api.streams;
+    let request = unique_token("http");
+    let shards = route(fields, streams, ctx);
+    let mut owner = None;
+    for (shard, copy) in copies(fields, &shards) {
+        let stream = &streams.all()[shard];
+        let (key, ttl) = match idempotency_key {
+            Some(key) => (format!("{stream}:idempotency:{key}"), IDEMPOTENCY_TTL),
+            None => (format!("{stream}:request:{request}"), REQUEST_KEY_TTL),
+        };
+        let mut redis = state.redis.clone();
+        let appended = append_fields_once(&mut redis, stream, &key, ttl, &copy)
+            .await
+            .map_err(append_failed)?;
+        owner.get_or_insert(appended);
+    }
+    owner.ok_or_else(|| ApiError::OutcomeUnknown("the message was routed to no stream".into()))
 }
 
 /// The request's `Idempotency-Key`, if any: 1 to [`MAX_KEY_LEN`] visible ASCII characters.

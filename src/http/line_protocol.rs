@@ -253,17 +253,10 @@ async fn write(
     // Read here only to answer; the validator reads the entry again, as it reads every entry.
     let now = Utc::now();
     let ctx = ParseContext::new(&state.api.limits, now, now);
-    let mut first_sensor = None;
     let rejections: Vec<Rejection> = match std::str::from_utf8(&body) {
         Ok(text) => parse_line_protocol(text, precision, &ctx)
             .into_iter()
-            .filter_map(|outcome| match outcome {
-                Ok(reading) => {
-                    first_sensor.get_or_insert(reading.sensor_id);
-                    None
-                }
-                Err(rejection) => Some(rejection),
-            })
+            .filter_map(Result::err)
             .collect(),
         Err(error) => vec![Rejection {
             index: Some(0),
@@ -274,16 +267,10 @@ async fn write(
         }],
     };
     let form = Form::Line(precision).to_string();
-    let mut redis = state.redis.clone();
-    // The shard of a body is its first valid reading's sensor's.
-    let stream = match &first_sensor {
-        Some(sensor) => state.api.streams.for_sensor(sensor),
-        None => state.api.streams.first(),
-    };
     // Under a key of this request's own: the Redis client's retry cannot append it twice.
     append_once(
-        &mut redis,
-        stream,
+        &state,
+        &ctx,
         None,
         &[("data", &body), ("form", form.as_bytes())],
     )

@@ -3,7 +3,8 @@
 //! is acknowledged only once it is kept).
 
 use crate::domain::reading::SensorIds;
-use crate::domain::{Limits, ParseContext, Reading, Rejection, reading};
+use crate::domain::shard::{OWNER, SPLIT, StreamShard, shard_of};
+use crate::domain::{Limits, ParseContext, Reading, Reason, Rejection, reading};
 use crate::pipeline::faults::Faults;
 use crate::pipeline::messages::{RawBatch, Readings};
 use crate::pipeline::stage::{count_restart, guarded, off_thread};
@@ -17,6 +18,8 @@ use std::sync::Arc;
 
 pub struct Validator {
     limits: Arc<Limits>,
+    /// The shard of the stream this validator reads: which sensors' readings are its own.
+    reads: StreamShard,
     dead: Arc<DeadLetters>,
     /// Shared multiplexed connection for dead-letter writes.
     conn: Connection,
@@ -28,6 +31,7 @@ pub struct Validator {
 impl Validator {
     pub fn new(
         limits: Limits,
+        reads: StreamShard,
         dead: DeadLetters,
         conn: Connection,
         window: Recipient<Readings>,
@@ -36,6 +40,7 @@ impl Validator {
     ) -> Self {
         Self {
             limits: Arc::new(limits),
+            reads,
             dead: Arc::new(dead),
             conn,
             window,
@@ -64,6 +69,7 @@ impl Handler<RawBatch> for Validator {
 
     fn handle(&mut self, batch: RawBatch, ctx: &mut Self::Context) {
         let limits = Arc::clone(&self.limits);
+        let reads = self.reads;
         let dead = Arc::clone(&self.dead);
         let mut conn = self.conn.clone();
         let window = self.window.clone();
@@ -73,7 +79,7 @@ impl Handler<RawBatch> for Validator {
             let RawBatch { entries, ticket } = batch;
             // The entries' ids are taken there too, so their bytes are freed off the actor thread.
             let (entries, (readings, origins, letters)) = off_thread(move || {
-                let parsed = parse_batch(&entries, &limits);
+                let parsed = parse_batch(&entries, &limits, reads);
                 (entries.iter().map(|e| e.id).collect::<Vec<_>>(), parsed)
             })
             .await;
@@ -97,10 +103,16 @@ impl Handler<RawBatch> for Validator {
 }
 
 /// Parses every entry into readings (with the entry each came from) and dead letters; pure apart
-/// from reading the clock.
+/// from reading the clock. `reads` is the shard of the stream the entries come from: a copy of a
+/// message split over shards ([`crate::domain::shard`]) gives only this shard's sensors'
+/// readings, and its rejections only in the owner's copy; a reading without a timestamp of
+/// another shard's sensor, in an entry a producer appended here, is refused
+/// ([`Reason::NoUniqueTime`]): its time from this shard's entry id could be one its own shard
+/// gives another of its readings.
 pub fn parse_batch(
     entries: &[StreamEntry],
     limits: &Limits,
+    reads: StreamShard,
 ) -> (Vec<Reading>, Vec<EntryId>, Vec<DeadLetter>) {
     let ids = SensorIds::default();
     let mut ctx = ParseContext::new(limits, Utc::now(), Utc::now()).with_ids(&ids);
@@ -115,17 +127,29 @@ pub fn parse_batch(
         let replay = Replay::of(fields);
         let received = replay.received.unwrap_or(entry.id);
         ctx.set_received_entry(received.ms, received.seq);
+        let split = split_copy(fields);
         for outcome in reading::parse_entry_fields(fields, &ctx) {
             if let Err(rejection) = &outcome
-                && !replay.keeps(rejection)
+                && (!replay.keeps(rejection) || split == Some(false))
             {
                 continue;
             }
             match outcome {
-                Ok(reading) => {
+                Ok(reading) if reads.holds(&reading.sensor_id) => {
                     readings.push(reading);
                     origins.push(entry.id);
                 }
+                // Another shard's sensor: its copy of the message is there.
+                Ok(_) if split.is_some() => {}
+                Ok(reading) if reading.ts != received.time() => {
+                    readings.push(reading);
+                    origins.push(entry.id);
+                }
+                Ok(reading) => letters.push(DeadLetter {
+                    entry: entry.id,
+                    rejection: foreign_untimed(&reading, reads),
+                    original: fields.to_vec(),
+                }),
                 Err(rejection) => letters.push(DeadLetter {
                     entry: entry.id,
                     rejection,
@@ -135,6 +159,33 @@ pub fn parse_batch(
         }
     }
     (readings, origins, letters)
+}
+
+/// `Some(true)` for the owner's copy of a message split over shards, `Some(false)` for another
+/// copy, `None` for an entry that is the whole message.
+fn split_copy(fields: &[crate::redis::entry::Field]) -> Option<bool> {
+    fields
+        .iter()
+        .find(|(name, _)| name.as_ref() == SPLIT.as_bytes())
+        .map(|(_, value)| value.as_ref() == OWNER)
+}
+
+/// The refusal of a reading without a timestamp whose sensor belongs to another shard.
+fn foreign_untimed(reading: &Reading, reads: StreamShard) -> Rejection {
+    Rejection::new(
+        Reason::NoUniqueTime,
+        format!(
+            "the reading of {} has no timestamp and was appended to shard {} of {}, while its \
+             sensor's shard is {}: its time, taken from the entry, could be one that shard gives \
+             another of its readings. Append readings without a timestamp to their sensor's \
+             shard (crc32(sensor_id) mod {}), or give them a timestamp",
+            crate::domain::reading::excerpt(&reading.sensor_id),
+            reads.index,
+            reads.of,
+            shard_of(&reading.sensor_id, reads.of),
+            reads.of
+        ),
+    )
 }
 
 /// What a replayed dead letter's entry says about itself ([`crate::redis::dead_letter`]): the

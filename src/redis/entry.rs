@@ -157,19 +157,21 @@ pub enum FencedError {
 /// answers how many it appended then, so a retry of one append (the source's own after a
 /// timeout, or the cluster connection's) never appends twice. Done is checked before the lease,
 /// so a retry after the lease moved on still learns that its entries are in. KEYS: the stream,
-/// the lease, the append's done key; ARGV: the token, the done key's TTL in seconds, the number
-/// of fields per entry, then each entry's names and values.
+/// the lease, the append's done key; ARGV: the token, the done key's TTL in seconds, then per
+/// entry its number of fields and its names and values.
 const APPEND_ENTRIES_FENCED: &str = r#"
 local done = redis.call('GET', KEYS[3])
 if done then return tonumber(done) end
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then
   return redis.error_reply('NOTHOLDER the lease is not held by this process')
 end
-local per = tonumber(ARGV[3]) * 2
 local appended = 0
-for i = 4, #ARGV, per do
-  redis.call('XADD', KEYS[1], '*', unpack(ARGV, i, i + per - 1))
+local i = 3
+while i <= #ARGV do
+  local n = tonumber(ARGV[i]) * 2
+  redis.call('XADD', KEYS[1], '*', unpack(ARGV, i + 1, i + n))
   appended = appended + 1
+  i = i + 1 + n
 end
 redis.call('SET', KEYS[3], appended, 'EX', ARGV[2])
 return appended
@@ -178,18 +180,18 @@ return appended
 /// How long an append's id is remembered: longer than any retry of it.
 pub const APPEND_ID_TTL: std::time::Duration = std::time::Duration::from_secs(120);
 
-/// Entries of `fields` each, appended in one script only while `token` holds the lease at
+/// Entries (each its fields), appended in one script only while `token` holds the lease at
 /// `lease_key` (the sources that bridge into the stream: [`crate::redis::lease`]): the check and
 /// the appends are one step in Redis, so a process that lost its lease (paused past its expiry,
 /// say) can never append after another process took over. `append_id` names this append (the
 /// same for each retry of it): see [`APPEND_ENTRIES_FENCED`]. Returns how many were appended.
-pub async fn append_entries_fenced<const FIELDS: usize>(
+pub async fn append_entries_fenced(
     conn: &mut impl ConnectionLike,
     stream: &str,
     lease_key: &str,
     token: &str,
     append_id: &str,
-    entries: &[[(&str, &[u8]); FIELDS]],
+    entries: &[&[(&str, &[u8])]],
 ) -> Result<usize, FencedError> {
     let mut cmd = redis::cmd("EVAL");
     cmd.arg(APPEND_ENTRIES_FENCED)
@@ -198,10 +200,10 @@ pub async fn append_entries_fenced<const FIELDS: usize>(
         .arg(lease_key)
         .arg(format!("{stream}:appended:{append_id}"))
         .arg(token)
-        .arg(APPEND_ID_TTL.as_secs())
-        .arg(FIELDS);
+        .arg(APPEND_ID_TTL.as_secs());
     for fields in entries {
-        for (name, value) in fields {
+        cmd.arg(fields.len());
+        for (name, value) in *fields {
             cmd.arg(*name).arg(*value);
         }
     }

@@ -54,13 +54,7 @@ impl Streams {
     }
 }
 
-/// The shard of `sensor_id` among `shards`: `crc32(sensor_id) mod shards`.
-pub fn shard_of(sensor_id: &str, shards: usize) -> usize {
-    if shards <= 1 {
-        return 0;
-    }
-    crc32fast::hash(sensor_id.as_bytes()) as usize % shards
-}
+pub use crate::domain::shard::shard_of;
 
 /// Whether every key beside `stream` lands in one Redis Cluster slot: its name has a hash tag (a
 /// `{...}` with something inside, the first `{` and the first `}` after it).

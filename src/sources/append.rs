@@ -1,9 +1,13 @@
 //! How a source appends its messages: to the stream, or with sharded streams each message to the
-//! shard of its first valid reading's sensor (as producers pick: [`crate::redis::shards`]; a
-//! message with no valid reading goes to the first shard, whose validator dead-letters it), each
-//! under the source's lease beside that shard, checked in the script that appends.
+//! shard of its valid readings' sensors (as producers pick: [`crate::redis::shards`]), each under
+//! the source's lease beside that shard, checked in the script that appends. A message whose
+//! readings belong to several shards is appended to each of them, every copy marked as one
+//! ([`crate::domain::shard`]): each shard keeps its own sensors' readings, and the shard of the
+//! first valid reading also its rejections, so a sensor's readings never reach two shards. A
+//! message with no valid reading goes to the first shard, whose validator dead-letters it.
 
 use crate::domain::reading::{Limits, ParseContext, parse_entry_fields};
+use crate::domain::shard::{OWNER, PART, SPLIT};
 use crate::redis::connection::Connection;
 use crate::redis::entry::{FencedError, append_entries_fenced};
 use crate::redis::lease::Leases;
@@ -12,7 +16,46 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A message's fields, as they are appended.
-pub type Entry<'a, const FIELDS: usize> = [(&'a str, &'a [u8]); FIELDS];
+pub type Entry<'a> = Vec<(&'a str, &'a [u8])>;
+
+/// Where a message goes: its shard, or (split over shards) the owner's shard first and then the
+/// others.
+pub fn route(fields: &[(&str, &[u8])], streams: &Streams, ctx: &ParseContext) -> Vec<usize> {
+    if streams.len() == 1 {
+        return vec![0];
+    }
+    let mut shards: Vec<usize> = Vec::new();
+    for reading in parse_entry_fields(fields, ctx)
+        .iter()
+        .filter_map(|o| o.as_ref().ok())
+    {
+        let shard = crate::redis::shards::shard_of(&reading.sensor_id, streams.len());
+        if !shards.contains(&shard) {
+            shards.push(shard);
+        }
+    }
+    if shards.is_empty() {
+        shards.push(0);
+    }
+    shards
+}
+
+/// The copies of a message `fields` that [`route`] sent to `shards`, by shard: the message as it
+/// is when it has one shard, else each copy marked as the owner's (the first) or a part.
+pub fn copies<'a>(fields: &[(&'a str, &'a [u8])], shards: &[usize]) -> Vec<(usize, Entry<'a>)> {
+    if let [only] = shards {
+        return vec![(*only, fields.to_vec())];
+    }
+    shards
+        .iter()
+        .enumerate()
+        .map(|(at, &shard)| {
+            let mut copy = fields.to_vec();
+            copy.push((SPLIT, if at == 0 { OWNER } else { PART }));
+            (shard, copy)
+        })
+        .collect()
+}
 
 pub struct Appender {
     streams: Streams,
@@ -51,50 +94,53 @@ impl Appender {
 
     /// Appends `entries` (each a message's fields) in order within each shard, every shard's in
     /// one script that first checks this source's lease there, once per `append_id` (the same
-    /// for a retry of the same entries: [`Appender::next_append_id`]). Returns how many were
-    /// appended; `NotHolder` when a lease was lost (the shards appended before are kept: the
-    /// sources accept a message appended twice, which is stored once).
-    pub async fn append<const FIELDS: usize>(
+    /// for a retry of the same entries: [`Appender::next_append_id`]). Returns how many entries
+    /// were appended (a message split over shards counts once per copy); `NotHolder` when a
+    /// lease was lost (the shards appended before are kept: the sources accept a message
+    /// appended twice, which is stored once).
+    pub async fn append(
         &self,
         conn: &Connection,
         append_id: &str,
-        entries: &[Entry<'_, FIELDS>],
+        entries: &[Entry<'_>],
     ) -> Result<usize, FencedError> {
         if self.streams.len() == 1 {
             let lease = self.leases.of_shard(0);
             let mut conn = conn.clone();
+            let entries: Vec<&[(&str, &[u8])]> = entries.iter().map(Vec::as_slice).collect();
             return append_entries_fenced(
                 &mut conn,
                 self.streams.first(),
                 &lease.key,
                 &lease.holder,
                 append_id,
-                entries,
+                &entries,
             )
             .await;
         }
         // One clock reading for the whole append, as the validator takes one per batch.
         let now = chrono::Utc::now();
         let ctx = ParseContext::new(&self.limits, now, now);
-        let mut by_shard: BTreeMap<usize, Vec<Entry<FIELDS>>> = BTreeMap::new();
+        let mut by_shard: BTreeMap<usize, Vec<Entry>> = BTreeMap::new();
         for fields in entries {
-            by_shard
-                .entry(self.shard_of(fields, &ctx))
-                .or_default()
-                .push(*fields);
+            let shards = route(fields, &self.streams, &ctx);
+            for (shard, copy) in copies(fields, &shards) {
+                by_shard.entry(shard).or_default().push(copy);
+            }
         }
         let appends = by_shard.iter().map(|(&shard, entries)| {
             let mut conn = conn.clone();
             let lease = self.leases.of_shard(shard);
             let stream = &self.streams.all()[shard];
             async move {
+                let entries: Vec<&[(&str, &[u8])]> = entries.iter().map(Vec::as_slice).collect();
                 append_entries_fenced(
                     &mut conn,
                     stream,
                     &lease.key,
                     &lease.holder,
                     append_id,
-                    entries,
+                    &entries,
                 )
                 .await
             }
@@ -111,15 +157,6 @@ impl Appender {
         match failure {
             Some(error) => Err(error),
             None => Ok(appended),
-        }
-    }
-
-    /// The shard of one message: its first valid reading's sensor's.
-    fn shard_of(&self, fields: &[(&str, &[u8])], ctx: &ParseContext) -> usize {
-        let outcomes = parse_entry_fields(fields, ctx);
-        match outcomes.iter().find_map(|o| o.as_ref().ok()) {
-            Some(reading) => crate::redis::shards::shard_of(&reading.sensor_id, self.streams.len()),
-            None => 0,
         }
     }
 }

@@ -39,7 +39,7 @@ use crate::redis::lease::{Leases, unique_token};
 use crate::redis::mqtt_session::SessionKeys;
 use crate::redis::shards::Streams;
 use crate::retry::Backoff;
-use crate::sources::append::Appender;
+use crate::sources::append::{Appender, Entry};
 use crate::telemetry::Metrics;
 use actix::prelude::*;
 use futures_util::StreamExt as _;
@@ -527,11 +527,11 @@ async fn append_all(on: &AppendJob, publishes: &[Publish]) -> Result<bool, Strin
             },
         )
         .collect();
-    let entries: Vec<[(&str, &[u8]); 4]> = fresh
+    let entries: Vec<Entry> = fresh
         .iter()
         .zip(&described)
         .map(|(publish, (form, prefix))| {
-            [
+            vec![
                 ("data", payload(publish)),
                 ("topic", publish.topic.as_bytes()),
                 ("form", form.as_bytes()),

@@ -240,9 +240,9 @@ impl BridgeLoop {
         // One id for every attempt: an attempt that timed out may have appended, and a retry
         // of it then appends nothing.
         let append_id = self.appender.next_append_id();
-        let entries: Vec<[(&str, &[u8]); 1]> = payloads
+        let entries: Vec<Vec<(&str, &[u8])>> = payloads
             .iter()
-            .map(|payload| [("data", payload.as_slice())])
+            .map(|payload| vec![("data", payload.as_slice())])
             .collect();
         loop {
             let appended = self.appender.append(&self.conn, &append_id, &entries).await;

@@ -463,3 +463,131 @@ async fn one_in_flight_bound_covers_every_shard() {
     assert_aggregates_exact(&client, &config.resolutions).await;
     app.shutdown().await;
 }
+
+/// One sensor's untimed readings, some alone and some inside arrays led by a sensor of another
+/// shard, posted side by side over HTTP to 4 shards: every reading is stored once, each with a
+/// time of its own (the array went to its first sensor's shard, entry ids repeat from shard to
+/// shard, and readings that met the same time were counted duplicates or dead-lettered as
+/// conflicts). A producer that appends such an array to one shard itself gets the foreign
+/// untimed reading refused, naming the rule. Through the binary, so an older build can be tried.
+#[actix_web::test]
+async fn untimed_readings_of_one_sensor_in_two_shards_are_each_stored_once() {
+    let res = Resources::new();
+    let streams = sensorhub::redis::shards::Streams::new(&res.stream, SHARDS);
+    let (alpha, beta) = pair_in_different_shards();
+    let env = vec![
+        ("SENSORHUB_REDIS_URL", REDIS_URL.to_owned()),
+        ("SENSORHUB_DATABASE_URL", res.database_url.clone()),
+        ("SENSORHUB_STREAM", res.stream.clone()),
+        ("SENSORHUB_STREAM_SHARDS", SHARDS.to_string()),
+        ("SENSORHUB_CHANNEL", String::new()),
+    ];
+    let hub = crate::infra::Sensorhub::spawn(&env).await;
+    let port = hub.port;
+    let rounds: i64 = 1500;
+    let post = |body: String| async move {
+        let headers = [("Content-Type", "application/json")];
+        http_request(port, "POST", "/api/v1/readings", &headers, body.as_bytes()).await
+    };
+    for chunk in (0..rounds).collect::<Vec<i64>>().chunks(16) {
+        let requests = chunk.iter().flat_map(|&i| {
+            [
+                post(format!(
+                    r#"[{{"sensor":"{alpha}","value":{i}}},{{"sensor":"{beta}","value":{i}}}]"#
+                )),
+                post(format!(r#"{{"sensor":"{beta}","value":{}}}"#, -i - 1)),
+            ]
+        });
+        for (status, answer) in futures_util::future::join_all(requests).await {
+            assert_eq!(status, 202, "{answer}");
+        }
+    }
+    let (pg, connection) = tokio_postgres::connect(&res.database_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let all = 3 * rounds;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, metrics) = http_get(hub.port, "/metrics").await;
+        let stored: i64 = pg
+            .query_one("SELECT count(*) FROM readings", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let lost: f64 = metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("sensorhub_readings_rejected_total{")
+                    || l.starts_with("sensorhub_readings_duplicate_total ")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if stored + lost as i64 >= all {
+            assert_eq!(
+                stored, all,
+                "every reading stored once ({lost} rejected or duplicate)"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{stored} of {all} stored"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let times: i64 = pg
+        .query_one(
+            "SELECT count(DISTINCT ts) FROM readings WHERE sensor_id = $1",
+            &[&beta],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        times,
+        2 * rounds,
+        "each of beta's readings has a time of its own"
+    );
+
+    // Appended by a producer to alpha's shard: beta's untimed reading is refused, saying why.
+    let mut redis = redis_conn(REDIS_URL).await;
+    let array = format!(r#"[{{"sensor":"{alpha}","value":1}},{{"sensor":"{beta}","value":1}}]"#);
+    let _: String = redis::cmd("XADD")
+        .arg(streams.for_sensor(&alpha))
+        .arg("*")
+        .arg("data")
+        .arg(array)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let dead = format!("{}:dead", streams.for_sensor(&alpha));
+    let letter = wait_for("the refused reading", Duration::from_secs(20), || {
+        let (mut redis, dead) = (redis.clone(), dead.clone());
+        async move {
+            let letters: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                .arg(&dead)
+                .arg("-")
+                .arg("+")
+                .query_async(&mut redis)
+                .await
+                .ok()?;
+            letters.ids.into_iter().next()
+        }
+    })
+    .await;
+    let reason: String = letter.get("reason").unwrap();
+    let detail: String = letter.get("detail").unwrap();
+    assert_eq!(reason, "no_unique_time");
+    assert!(detail.contains("crc32(sensor_id)"), "{detail}");
+}
+
+/// Two sensor ids whose shards differ.
+fn pair_in_different_shards() -> (String, String) {
+    let alpha = "alpha".to_owned();
+    let beta = (0..)
+        .map(|i| format!("beta{i}"))
+        .find(|beta| shard_of(beta, SHARDS) != shard_of(&alpha, SHARDS))
+        .unwrap();
+    (alpha, beta)
+}
