@@ -61,10 +61,20 @@ impl Application {
             .max(1);
         // A URL that cannot be used as written stops the start at once; only connecting is
         // retried.
-        let database =
+        let mut database =
             store::connection_target(config.database_url.expose(), "SENSORHUB_DATABASE_URL")?;
+        // A name of this instance's own: another instance's connections tell it apart from ours
+        // (the resolution set is changed only with no other instance connected).
+        let application_name = instance_name(&config.consumer);
+        database.config.application_name(&application_name);
         let pool = retry_startup("PostgreSQL", || store::connect_to(&database, shared)).await?;
         store::migrate(&pool).await?;
+        store::backfill::agree(&pool, &config.resolutions, &application_name).await?;
+        actix_web::rt::spawn(store::backfill::run(
+            pool.clone(),
+            config.resolutions.clone(),
+            config.limits.max_future_skew,
+        ));
         let first_stream = config.streams().first().to_owned();
         if let Some(mqtt) = &mut config.mqtt
             && mqtt.client_id.is_none()
@@ -390,4 +400,13 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         .await
         .context("waiting for Ctrl-C")?;
     Ok(())
+}
+
+/// The `application_name` of this instance's PostgreSQL connections: `sensorhub` and a part
+/// unique to the process and this start.
+fn instance_name(consumer: &str) -> String {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut hasher = std::hash::RandomState::new().build_hasher();
+    hasher.write(crate::redis::lease::unique_token(consumer).as_bytes());
+    format!("sensorhub {:016x}", hasher.finish())
 }

@@ -1,6 +1,7 @@
 //! PostgreSQL: the pool, the migrations, errors by whether a retry helps, and the batch
 //! transaction ([`batch`]).
 
+pub mod backfill;
 pub mod batch;
 pub mod deployment;
 pub mod partition;

@@ -114,3 +114,130 @@ async fn latest_rows_of_sensors_are_updated_in_place() {
     );
     t.stop().await;
 }
+
+/// Windows of one resolution that differ from a `GROUP BY` over the readings.
+async fn windows_off(pg: &tokio_postgres::Client, resolution: &str, secs: i64) -> i64 {
+    pg.query_one(
+        &format!(
+            "WITH expected AS (
+               SELECT sensor_id, to_timestamp(floor(extract(epoch FROM ts) / {secs}) * {secs}) AS bucket,
+                      count(*) AS count, sum(value) AS sum
+               FROM readings GROUP BY 1, 2),
+             kept AS (SELECT * FROM aggregates WHERE resolution = '{resolution}')
+             SELECT count(*) FROM expected e FULL OUTER JOIN kept a USING (sensor_id, bucket)
+             WHERE a.count IS DISTINCT FROM e.count
+                OR abs(a.sum - e.sum) > 1e-9 * greatest(1, abs(e.sum))"
+        ),
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// `1h` added to a deployment that kept `1m` only, while readings keep arriving: its windows are
+/// backfilled from the raw readings and end equal to a `GROUP BY` (they held only what arrived
+/// after the change); an instance started with another set while one runs refuses to start,
+/// naming the variable. Through the binary, so an older build can be tried.
+#[actix_web::test]
+async fn a_resolution_added_under_load_is_backfilled_exactly() {
+    let res = Resources::new();
+    let env = |resolutions: &str, consumer: &str| {
+        vec![
+            ("SENSORHUB_REDIS_URL", REDIS_URL.to_owned()),
+            ("SENSORHUB_DATABASE_URL", res.database_url.clone()),
+            ("SENSORHUB_STREAM", res.stream.clone()),
+            ("SENSORHUB_CHANNEL", String::new()),
+            ("SENSORHUB_RESOLUTIONS", resolutions.to_owned()),
+            ("SENSORHUB_CONSUMER", consumer.to_owned()),
+        ]
+    };
+    let mut redis = redis_conn(REDIS_URL).await;
+    let base = Utc::now() - Duration::hours(10);
+    let xadd = |from: i64, to: i64| {
+        let mut pipe = redis::pipe();
+        for i in from..to {
+            let ts = base + Duration::seconds(i * 7);
+            let payload = reading_json(&format!("s{}", i % 5), (i % 97) as f64, ts);
+            pipe.cmd("XADD")
+                .arg(&res.stream)
+                .arg("*")
+                .arg("data")
+                .arg(payload)
+                .ignore();
+        }
+        pipe
+    };
+    let mut old = crate::infra::Sensorhub::spawn(&env("1m", "a")).await;
+    let _: () = xadd(0, 2000).query_async(&mut redis).await.unwrap();
+    let (pg, connection) = tokio_postgres::connect(&res.database_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    wait_for_count(
+        &pg,
+        "SELECT count(*) FROM readings",
+        2000,
+        std::time::Duration::from_secs(30),
+    )
+    .await;
+    old.terminate(std::time::Duration::from_secs(20)).await;
+
+    // Readings arrive while the new set starts and backfills.
+    let producing = {
+        let mut redis = redis.clone();
+        let pipes: Vec<redis::Pipeline> = (0..20)
+            .map(|k| xadd(2000 + k * 100, 2100 + k * 100))
+            .collect();
+        tokio::spawn(async move {
+            for pipe in pipes {
+                let _: () = pipe.query_async(&mut redis).await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let new = crate::infra::Sensorhub::spawn(&env("1m,1h", "b")).await;
+    producing.await.unwrap();
+    wait_for_count(
+        &pg,
+        "SELECT count(*) FROM readings",
+        4000,
+        std::time::Duration::from_secs(30),
+    )
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let off = windows_off(&pg, "1h", 3600).await;
+        if off == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{off} 1h windows differ from the raw readings:\n{}",
+            new.logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_aggregates_exact(&pg, &["1m".parse().unwrap(), "1h".parse().unwrap()]).await;
+
+    // Another set while an instance runs: refused at start, naming the variable.
+    let refused = tokio::process::Command::new(
+        std::env::var("SENSORHUB_TEST_BINARY")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_sensorhub").to_owned()),
+    )
+    .env_clear()
+    .envs(env("1m", "c"))
+    .env(
+        "SENSORHUB_HTTP_ADDR",
+        format!("127.0.0.1:{}", crate::infra::free_port()),
+    )
+    .output();
+    let refused = tokio::time::timeout(std::time::Duration::from_secs(30), refused)
+        .await
+        .expect("the instance with another set stops at once")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr).into_owned()
+        + &String::from_utf8_lossy(&refused.stdout);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(stderr.contains("SENSORHUB_RESOLUTIONS"), "{stderr}");
+}
