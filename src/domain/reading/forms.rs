@@ -319,18 +319,38 @@ fn node_log(text: &str, ctx: &ParseContext) -> Outcomes {
         };
         match node_line(line) {
             Ok(NodeLine { node, time, values }) => {
-                for (name, value) in values {
-                    let id = sensor_id(node, name);
-                    let value = value.to_string();
-                    outcomes.push(in_line(check(
-                        Fields {
-                            sensor: Some(FieldValue::Text(&id)),
-                            value: Some(FieldValue::Text(&value)),
-                            timestamp: Some(FieldValue::Text(time)),
-                            unit: None,
-                        },
-                        ctx,
-                    )));
+                let line_outcomes: Vec<_> = values
+                    .into_iter()
+                    .map(|(name, value)| {
+                        let id = sensor_id(node, name);
+                        let value = value.to_string();
+                        in_line(check(
+                            Fields {
+                                sensor: Some(FieldValue::Text(&id)),
+                                value: Some(FieldValue::Text(&value)),
+                                timestamp: Some(FieldValue::Text(time)),
+                                unit: None,
+                            },
+                            ctx,
+                        ))
+                    })
+                    .collect();
+                // The line's time refused: one rejection for the line, not one per field, each
+                // holding the same line.
+                let time_refused = !line_outcomes.is_empty()
+                    && line_outcomes.iter().all(|o| {
+                        o.as_ref().is_err_and(|r| {
+                            matches!(
+                                r.reason,
+                                Reason::BadTimestamp | Reason::FutureTimestamp | Reason::TooOld
+                            )
+                        })
+                    });
+                let mut line_outcomes = line_outcomes.into_iter();
+                if time_refused {
+                    outcomes.extend(line_outcomes.next());
+                } else {
+                    outcomes.extend(line_outcomes);
                 }
             }
             Err(rejection) => outcomes.push(in_line(Err(rejection))),
@@ -522,6 +542,15 @@ mod tests {
             summary(&read("number", "x", "on")),
             vec![Err(Reason::NotANumber)]
         );
+    }
+
+    #[test]
+    fn a_node_log_line_whose_time_is_refused_is_one_rejection() {
+        let bad_time = "Elektra-Dach;1;yesterday;ATmega8_A_1;711;0;18.614;18.614;14.073;100;100;28;11.67;14.086;7;20;52.507309;13.458635";
+        let outcomes = read("nodelog", "", bad_time);
+        assert_eq!(summary(&outcomes), vec![Err(Reason::BadTimestamp)]);
+        let rejection = outcomes[0].as_ref().unwrap_err();
+        assert_eq!(rejection.part, Some(0..bad_time.len()), "the line, once");
     }
 
     #[test]
