@@ -13,7 +13,7 @@
 //! Modules, in the order data meets them:
 //! - [`config`]: typed settings from `SENSORHUB_*` variables, validated at start.
 //! - [`app`]: `Application::build(config)`, used by `main` and the tests alike.
-//! - [`domain`]: pure parsing and validation of readings, and window arithmetic.
+//! - [`domain`]: pure parsing and validation of readings, the shard rule, and window arithmetic.
 //! - [`sources`]: what brings readings into the stream besides producers' own `XADD`: the Pub/Sub
 //!   bridge and the MQTT source, each message to its sensor's shard when the stream is sharded.
 //! - [`redis`]: everything that speaks to Redis (one server or a Redis Cluster): entries, the read
@@ -21,7 +21,8 @@
 //!   entries, dead letters, leases, sharded streams.
 //! - [`pipeline`]: the actors, one file per stage, and the in-flight tickets that bound them.
 //! - [`supervisor`]: starts the stages sink-first under supervision, stops them in flow order.
-//! - [`store`]: the PostgreSQL pool, migrations and the batch transaction.
+//! - [`store`]: the PostgreSQL pool, migrations, the batch transaction, the deployment's agreed
+//!   facts (MQTT client id, resolutions) and the backfill of an added resolution.
 //! - [`dead_letters`]: what an operator does with dead letters: list, count, replay, purge (the
 //!   API and `sensorhub dead-letters`).
 //! - [`http`]: health, readiness, metrics, the read API, HTTP ingest (JSON and InfluxDB line

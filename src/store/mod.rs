@@ -1,5 +1,6 @@
-//! PostgreSQL: the pool, the migrations, errors by whether a retry helps, and the batch
-//! transaction ([`batch`]).
+//! PostgreSQL: the pool, the migrations, errors by whether a retry helps, the batch transaction
+//! ([`batch`]), the deployment's shared facts ([`deployment`]: the MQTT client id) and the
+//! resolution set with the backfill of an added resolution ([`backfill`]).
 
 pub mod backfill;
 pub mod batch;
