@@ -147,7 +147,8 @@ impl Application {
                 .with_context(|| format!("creating the consumer group on {stream}"))?;
         }
 
-        let bridge_health = Arc::new(BridgeHealth::default());
+        // A takeover after the holder died takes up to about 4/3 of the lease.
+        let bridge_health = Arc::new(BridgeHealth::new(config.bridge_lease * 3));
         let mqtt_health = Arc::new(MqttHealth::new(
             config
                 .mqtt

@@ -26,7 +26,7 @@ use crate::telemetry::Metrics;
 use actix::prelude::*;
 use futures_util::{FutureExt as _, StreamExt as _};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// Most messages appended in one pipelined round trip.
@@ -54,22 +54,68 @@ impl BridgeSettings {
     }
 }
 
-/// Whether the bridge can append, for `/readyz`: the last append's error while appends fail.
-#[derive(Debug, Default)]
-pub struct BridgeHealth(Mutex<Option<String>>);
+/// Whether the channel is bridged, for `/readyz`: the last append's error while appends fail,
+/// and whether any instance has bridged it lately.
+#[derive(Debug)]
+pub struct BridgeHealth {
+    /// The last append error, while the bridge cannot append to the stream.
+    error: Mutex<Option<String>>,
+    /// When the channel was last known bridged: by this instance (subscribed, or renewing its
+    /// lease while subscribed) or by another (holding the lease).
+    bridged_at: Mutex<Instant>,
+    /// Why this instance last failed to bridge.
+    failure: Mutex<Option<String>>,
+    /// How long the channel may go without a known bridge before `/readyz` says so: longer than
+    /// a takeover after the holder died takes.
+    grace: Duration,
+}
 
 impl BridgeHealth {
-    /// `Err` with the last error while the bridge cannot append to the stream.
-    pub fn check(&self) -> Result<(), String> {
-        match &*self.0.lock().unwrap_or_else(|p| p.into_inner()) {
-            None => Ok(()),
-            Some(error) => Err(error.clone()),
+    pub fn new(grace: Duration) -> Self {
+        Self {
+            error: Mutex::new(None),
+            bridged_at: Mutex::new(Instant::now()),
+            failure: Mutex::new(None),
+            grace,
         }
     }
 
-    fn set(&self, error: Option<String>) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = error;
+    /// `Err` with the last error while the bridge cannot append to the stream, or while no
+    /// instance has been known to bridge the channel for longer than the grace period.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(error) = &*lock(&self.error) {
+            return Err(error.clone());
+        }
+        let since = lock(&self.bridged_at).elapsed();
+        if since > self.grace {
+            let why = lock(&self.failure)
+                .clone()
+                .unwrap_or_else(|| "no instance holds the bridge lease".to_owned());
+            return Err(format!(
+                "the channel has not been bridged for {}s: {why}",
+                since.as_secs()
+            ));
+        }
+        Ok(())
     }
+
+    fn set(&self, error: Option<String>) {
+        *lock(&self.error) = error;
+    }
+
+    /// The channel is bridged now, here or by another instance.
+    fn bridged(&self) {
+        *lock(&self.bridged_at) = Instant::now();
+        *lock(&self.failure) = None;
+    }
+
+    fn failed(&self, why: String) {
+        *lock(&self.failure) = Some(why);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 pub struct Bridge {
@@ -161,6 +207,8 @@ impl BridgeLoop {
                     result.err()
                 }
                 Ok(false) => {
+                    // Another instance holds the lease, and bridges.
+                    self.health.bridged();
                     tokio::select! {
                         _ = tokio::time::sleep(retry_every) => {}
                         _ = self.stop.changed() => {}
@@ -172,6 +220,7 @@ impl BridgeLoop {
             match failure {
                 None => backoff.reset(),
                 Some(error) => {
+                    self.health.failed(error.to_string());
                     self.metrics
                         .redis_errors
                         .with_label_values(&["bridge"])
@@ -197,6 +246,7 @@ impl BridgeLoop {
             }
         };
         self.metrics.bridge_leader.set(1);
+        self.health.bridged();
         tracing::info!(channel = %self.settings.channel, stream = %self.appender.stream(), "holding the bridge lease; bridging pub/sub into the stream");
         let mut messages = pubsub.on_message();
         let mut renew = tokio::time::interval(self.settings.lease_ttl / 3);
@@ -220,6 +270,7 @@ impl BridgeLoop {
                     }
                 }
                 _ = renew.tick() => {
+                    self.health.bridged();
                     if !self.appender.leases().renew(&mut self.conn).await? {
                         tracing::info!(channel = %self.settings.channel, "bridge lease lost to another instance");
                         return Ok(());

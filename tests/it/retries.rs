@@ -190,3 +190,37 @@ async fn a_cluster_retrying_an_ingest_append_stores_it_once() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(count(&pg, "SELECT count(*) FROM readings").await, 1);
 }
+
+/// A bridge that cannot subscribe (its Redis user may not) bridges nothing: once no instance has
+/// bridged the channel for the grace period, `/readyz` says so, with the reason (it answered
+/// ready while every published message was lost).
+#[actix_web::test]
+async fn readyz_reports_a_channel_no_instance_bridges() {
+    let redis = PrivateRedis::start(false);
+    let mut admin = redis_conn(&redis.url()).await;
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("nosub")
+        .arg("on")
+        .arg(">nosub-pw")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .arg("-subscribe")
+        .arg("-psubscribe")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let url = redis
+        .url()
+        .replacen("redis://", "redis://nosub:nosub-pw@", 1);
+    let res = Resources::new();
+    let mut env = crate::resilience::hub_env(&url, &res.database_url, &res.stream, "nosub");
+    env.retain(|(name, _)| *name != "SENSORHUB_CHANNEL");
+    env.push(("SENSORHUB_CHANNEL", res.stream.clone()));
+    env.push(("SENSORHUB_BRIDGE_LEASE", "1s".to_owned()));
+    let hub = Sensorhub::spawn(&env).await;
+    let body = wait_ready_status(hub.port, 503, Duration::from_secs(30)).await;
+    assert!(body.contains("\"bridge\""), "{body}");
+    assert!(body.contains("not been bridged"), "{body}");
+}
