@@ -143,14 +143,12 @@ async fn windows_off(pg: &tokio_postgres::Client, resolution: &str, secs: i64) -
 async fn a_resolution_added_under_load_is_backfilled_exactly() {
     let res = Resources::new();
     let env = |resolutions: &str, consumer: &str| {
-        vec![
-            ("SENSORHUB_REDIS_URL", REDIS_URL.to_owned()),
-            ("SENSORHUB_DATABASE_URL", res.database_url.clone()),
-            ("SENSORHUB_STREAM", res.stream.clone()),
-            ("SENSORHUB_CHANNEL", String::new()),
+        let mut env = res.hub_env();
+        env.extend([
             ("SENSORHUB_RESOLUTIONS", resolutions.to_owned()),
             ("SENSORHUB_CONSUMER", consumer.to_owned()),
-        ]
+        ]);
+        env
     };
     let mut redis = redis_conn(REDIS_URL).await;
     let base = Utc::now() - Duration::hours(10);
@@ -170,10 +168,7 @@ async fn a_resolution_added_under_load_is_backfilled_exactly() {
     };
     let mut old = crate::infra::Sensorhub::spawn(&env("1m", "a")).await;
     let _: () = xadd(0, 2000).query_async(&mut redis).await.unwrap();
-    let (pg, connection) = tokio_postgres::connect(&res.database_url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let pg = pg_client(&res.database_url).await;
     wait_for_count(
         &pg,
         "SELECT count(*) FROM readings",

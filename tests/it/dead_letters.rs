@@ -414,10 +414,7 @@ async fn a_replay_of_50000_killed_midway_stores_each_once_and_keeps_every_invali
     let out = replay(cli_env).wait_with_output().await.unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    let (pg, connection) = tokio_postgres::connect(&res.database_url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let pg = pg_client(&res.database_url).await;
     wait_for_count(
         &pg,
         "SELECT count(*) FROM readings",
@@ -457,14 +454,11 @@ async fn a_replay_of_50000_killed_midway_stores_each_once_and_keeps_every_invali
 async fn dead_letters_are_bounded_in_bytes_under_a_flood_of_large_bad_lines() {
     let res = Resources::new();
     let dead = format!("{}:dead", res.stream);
-    let env = vec![
-        ("SENSORHUB_REDIS_URL", REDIS_URL.to_owned()),
-        ("SENSORHUB_DATABASE_URL", res.database_url.clone()),
-        ("SENSORHUB_STREAM", res.stream.clone()),
-        ("SENSORHUB_CHANNEL", String::new()),
+    let mut env = res.hub_env();
+    env.extend([
         ("SENSORHUB_MAX_MESSAGE_BYTES", (2 << 20).to_string()),
         ("SENSORHUB_DEAD_LETTER_MAX_BYTES", (8 << 20).to_string()),
-    ];
+    ]);
     let hub = crate::infra::Sensorhub::spawn(&env).await;
     let bad_line = format!("weather,station=roof temperature={}", "x".repeat(1 << 20));
     let floods = 40;
@@ -473,20 +467,10 @@ async fn dead_letters_are_bounded_in_bytes_under_a_flood_of_large_bad_lines() {
             "weather,station=roof humidity={i} {}\n{bad_line}\n",
             1_700_000_000 + i
         );
-        let (status, answer) = http_request(
-            hub.port,
-            "POST",
-            "/api/v2/write?precision=s",
-            &[],
-            body.as_bytes(),
-        )
-        .await;
+        let (status, answer) = post_lines(hub.port, &body).await;
         assert_eq!(status, 400, "{answer}");
     }
-    let (pg, connection) = tokio_postgres::connect(&res.database_url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let pg = pg_client(&res.database_url).await;
     wait_for_count(
         &pg,
         "SELECT count(*) FROM readings",

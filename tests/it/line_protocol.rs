@@ -586,13 +586,7 @@ async fn influxdbs_own_python_client_writes_to_the_v2_endpoint() {
 #[actix_web::test]
 async fn ids_keep_tag_keys_the_last_write_wins_and_crlf_is_read() {
     let res = Resources::new();
-    let env = vec![
-        ("SENSORHUB_REDIS_URL", REDIS_URL.to_owned()),
-        ("SENSORHUB_DATABASE_URL", res.database_url.clone()),
-        ("SENSORHUB_STREAM", res.stream.clone()),
-        ("SENSORHUB_CHANNEL", String::new()),
-    ];
-    let hub = crate::infra::Sensorhub::spawn(&env).await;
+    let hub = crate::infra::Sensorhub::spawn(&res.hub_env()).await;
     let s = an_hour_yesterday().timestamp();
     let body = format!(
         "w,station=roof t=1 {s}\n\
@@ -602,19 +596,9 @@ async fn ids_keep_tag_keys_the_last_write_wins_and_crlf_is_read() {
          n v=3 {s}\r\n\
          c v=4 {s}\r\n"
     );
-    let (status, answer) = http_request(
-        hub.port,
-        "POST",
-        "/api/v2/write?precision=s",
-        &[],
-        body.as_bytes(),
-    )
-    .await;
+    let (status, answer) = post_lines(hub.port, &body).await;
     assert_eq!(status, 204, "{answer}");
-    let (pg, connection) = tokio_postgres::connect(&res.database_url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let pg = pg_client(&res.database_url).await;
     wait_for_count(
         &pg,
         "SELECT count(*) FROM readings",

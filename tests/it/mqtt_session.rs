@@ -11,15 +11,13 @@ use std::time::Duration;
 
 /// The environment of a sensorhub on `res` subscribed to `topics` on the broker at `port`.
 fn mqtt_env(res: &Resources, port: u16, topics: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("SENSORHUB_REDIS_URL", REDIS_URL.to_owned()),
-        ("SENSORHUB_DATABASE_URL", res.database_url.clone()),
-        ("SENSORHUB_STREAM", res.stream.clone()),
-        ("SENSORHUB_CHANNEL", String::new()),
+    let mut env = res.hub_env();
+    env.extend([
         ("SENSORHUB_BRIDGE_LEASE", "1s".to_owned()),
         ("SENSORHUB_MQTT_URL", format!("mqtt://127.0.0.1:{port}")),
         ("SENSORHUB_MQTT_TOPICS", topics.to_owned()),
-    ]
+    ]);
+    env
 }
 
 /// Waits until `hub` holds the MQTT session with its subscriptions in place.
@@ -60,11 +58,7 @@ async fn publish(port: u16, messages: &[(String, Vec<u8>)], qos: QoS, retain: bo
 }
 
 async fn pg(res: &Resources) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(&res.database_url, tokio_postgres::NoTls)
-        .await
-        .expect("postgres");
-    tokio::spawn(connection);
-    client
+    pg_client(&res.database_url).await
 }
 
 async fn count(pg: &tokio_postgres::Client, sql: &str) -> i64 {

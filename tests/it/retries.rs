@@ -8,16 +8,18 @@ use crate::infra::{PrivateRedis, Sensorhub, metric_value, wait_ready_status};
 use crate::redis_cluster::{PrivateCluster, key_slot};
 use std::time::Duration;
 
-async fn pg(database_url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls)
-        .await
-        .expect("postgres");
-    tokio::spawn(connection);
-    client
-}
-
 async fn count(pg: &tokio_postgres::Client, sql: &str) -> i64 {
     pg.query_one(sql, &[]).await.expect(sql).get(0)
+}
+
+/// The environment of a sensorhub on the Redis at `url` bridging the channel named as the
+/// test's stream, with a bridge lease of `lease`.
+fn bridging(url: &str, res: &Resources, lease: &str) -> Vec<(&'static str, String)> {
+    let mut env = crate::resilience::hub_env(url, &res.database_url, &res.stream, "bridge");
+    env.retain(|(name, _)| *name != "SENSORHUB_CHANNEL");
+    env.push(("SENSORHUB_CHANNEL", res.stream.clone()));
+    env.push(("SENSORHUB_BRIDGE_LEASE", lease.to_owned()));
+    env
 }
 
 /// `CLIENT PAUSE <ms> WRITE` on the Redis at `url`: writes (and scripts, and `PUBLISH`) wait
@@ -77,13 +79,9 @@ async fn a_bridge_retrying_an_append_that_ran_stores_it_once() {
     let redis = PrivateRedis::start(false);
     let url = redis.url();
     let res = Resources::new();
-    let mut env = crate::resilience::hub_env(&url, &res.database_url, &res.stream, "bridge");
-    env.retain(|(name, _)| *name != "SENSORHUB_CHANNEL");
-    env.push(("SENSORHUB_CHANNEL", res.stream.clone()));
     // The lease outlives the pause: the bridge keeps it and retries (a pause past the lease
     // hands the bridge over, and what the old holder had is dropped, as docs/delivery.md says).
-    env.push(("SENSORHUB_BRIDGE_LEASE", "30s".to_owned()));
-    let hub = Sensorhub::spawn(&env).await;
+    let hub = Sensorhub::spawn(&bridging(&url, &res, "30s")).await;
     wait_for("the bridge lease", Duration::from_secs(20), || async {
         (hub.metric("sensorhub_bridge_leader").await == 1.0).then_some(())
     })
@@ -130,7 +128,7 @@ async fn a_bridge_retrying_an_append_that_ran_stores_it_once() {
             .await
             .unwrap();
     }
-    let pg = pg(&res.database_url).await;
+    let pg = pg_client(&res.database_url).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while count(&pg, "SELECT count(*) FROM readings").await < published {
         assert!(
@@ -179,7 +177,7 @@ async fn a_cluster_retrying_an_ingest_append_stores_it_once() {
         status == 202 || (status == 503 && answer.contains("\"unknown\"")),
         "stored, or honestly unknown: {status} {answer}"
     );
-    let pg = pg(&res.database_url).await;
+    let pg = pg_client(&res.database_url).await;
     wait_for_count(
         &pg,
         "SELECT count(*) FROM readings",
@@ -215,11 +213,7 @@ async fn readyz_reports_a_channel_no_instance_bridges() {
         .url()
         .replacen("redis://", "redis://nosub:nosub-pw@", 1);
     let res = Resources::new();
-    let mut env = crate::resilience::hub_env(&url, &res.database_url, &res.stream, "nosub");
-    env.retain(|(name, _)| *name != "SENSORHUB_CHANNEL");
-    env.push(("SENSORHUB_CHANNEL", res.stream.clone()));
-    env.push(("SENSORHUB_BRIDGE_LEASE", "1s".to_owned()));
-    let hub = Sensorhub::spawn(&env).await;
+    let hub = Sensorhub::spawn(&bridging(&url, &res, "1s")).await;
     let body = wait_ready_status(hub.port, 503, Duration::from_secs(30)).await;
     assert!(body.contains("\"bridge\""), "{body}");
     assert!(body.contains("not been bridged"), "{body}");

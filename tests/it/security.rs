@@ -40,13 +40,7 @@ async fn http2_is_not_served() {
 #[actix_web::test]
 async fn gzip_bombs_are_refused_within_the_body_limit() {
     let res = Resources::new();
-    let env = vec![
-        ("SENSORHUB_REDIS_URL", REDIS_URL.to_owned()),
-        ("SENSORHUB_DATABASE_URL", res.database_url.clone()),
-        ("SENSORHUB_STREAM", res.stream.clone()),
-        ("SENSORHUB_CHANNEL", String::new()),
-    ];
-    let hub = crate::infra::Sensorhub::spawn(&env).await;
+    let hub = crate::infra::Sensorhub::spawn(&res.hub_env()).await;
     let port = hub.port;
     let bomb = std::process::Command::new("sh")
         .args(["-c", "head -c 805306368 /dev/zero | gzip -9"])

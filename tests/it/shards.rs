@@ -475,13 +475,8 @@ async fn untimed_readings_of_one_sensor_in_two_shards_are_each_stored_once() {
     let res = Resources::new();
     let streams = sensorhub::redis::shards::Streams::new(&res.stream, SHARDS);
     let (alpha, beta) = pair_in_different_shards();
-    let env = vec![
-        ("SENSORHUB_REDIS_URL", REDIS_URL.to_owned()),
-        ("SENSORHUB_DATABASE_URL", res.database_url.clone()),
-        ("SENSORHUB_STREAM", res.stream.clone()),
-        ("SENSORHUB_STREAM_SHARDS", SHARDS.to_string()),
-        ("SENSORHUB_CHANNEL", String::new()),
-    ];
+    let mut env = res.hub_env();
+    env.push(("SENSORHUB_STREAM_SHARDS", SHARDS.to_string()));
     let hub = crate::infra::Sensorhub::spawn(&env).await;
     let port = hub.port;
     let rounds: i64 = 1500;
@@ -502,10 +497,7 @@ async fn untimed_readings_of_one_sensor_in_two_shards_are_each_stored_once() {
             assert_eq!(status, 202, "{answer}");
         }
     }
-    let (pg, connection) = tokio_postgres::connect(&res.database_url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let pg = pg_client(&res.database_url).await;
     let all = 3 * rounds;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {

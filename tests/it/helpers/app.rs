@@ -61,6 +61,19 @@ impl Resources {
     }
 }
 
+impl Resources {
+    /// The environment of a sensorhub process on these resources: the shared Redis, this test's
+    /// database and stream, no Pub/Sub channel.
+    pub fn hub_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("SENSORHUB_REDIS_URL", REDIS_URL.to_owned()),
+            ("SENSORHUB_DATABASE_URL", self.database_url.clone()),
+            ("SENSORHUB_STREAM", self.stream.clone()),
+            ("SENSORHUB_CHANNEL", String::new()),
+        ]
+    }
+}
+
 impl Drop for Resources {
     fn drop(&mut self) {
         let name = self.name.clone();

@@ -3,6 +3,15 @@
 use crate::helpers::wait_for;
 use std::time::Duration;
 
+/// A connection to the database at `url`, its I/O running on a task of its own.
+pub async fn pg_client(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("postgres connection");
+    tokio::spawn(connection);
+    client
+}
+
 /// Asserts that every aggregate row equals the `GROUP BY` recomputation over `readings`,
 /// and that no window is missing or extra.
 pub async fn assert_aggregates_exact(

@@ -64,3 +64,15 @@ pub async fn json_request(
     let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{path}: not JSON: {text}"));
     (status, json)
 }
+
+/// Line protocol posted to `/api/v2/write?precision=s`, without a token: (status, body).
+pub async fn post_lines(port: u16, body: &str) -> (u16, String) {
+    http_request(
+        port,
+        "POST",
+        "/api/v2/write?precision=s",
+        &[],
+        body.as_bytes(),
+    )
+    .await
+}
