@@ -134,7 +134,7 @@ async fn the_round_trip_runs_over_tls_everywhere_and_no_password_is_shown() {
         .query_one(
             "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl) \
              FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
-             WHERE a.application_name = 'sensorhub'",
+             WHERE a.application_name LIKE 'sensorhub %'",
             &[],
         )
         .await
