@@ -130,6 +130,16 @@ impl Application {
         })
         .await?;
         let read_conn = Connection::open(&redis, REDIS_RESPONSE_TIMEOUT + READ_BLOCK).await?;
+        // A Redis that evicts at its limit could drop the stream, the ledger or a lease. (A
+        // cluster's nodes answer INFO each for itself: checked on one server only.)
+        if let Connection::Single(single) = &conn {
+            let memory = crate::redis::memory::memory(&mut single.clone())
+                .await
+                .with_context(|| format!("reading the memory settings of {redis_at}"))?;
+            if let Some(risk) = memory.eviction_risk() {
+                anyhow::bail!("{redis_at}: {risk}");
+            }
+        }
         let streams = config.streams();
         if redis.cluster.is_some()
             && let Some(bare) = streams.all().iter().find(|s| !has_hash_tag(s))

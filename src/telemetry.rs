@@ -91,6 +91,8 @@ pub struct Metrics {
     pub mqtt_awaiting_ack: IntGauge,
     /// HTTP ingest requests refused because their `Idempotency-Key` was used for another body.
     pub idempotency_keys_reused: IntCounter,
+    /// Redis's used memory over its `maxmemory` (0 without a limit), read at each scrape.
+    pub redis_memory_used_ratio: Gauge,
     /// Retained MQTT messages sent again for a new subscription and not appended again.
     pub mqtt_retained_skipped: IntCounter,
     /// Build information, value 1.
@@ -263,6 +265,17 @@ impl Metrics {
                 "sensorhub_idempotency_keys_reused_total",
                 "HTTP ingest requests refused (422) because their Idempotency-Key was used before for another body.",
             ),
+            redis_memory_used_ratio: {
+                let metric = Gauge::new(
+                    "sensorhub_redis_memory_used_ratio",
+                    "Redis's used memory over its maxmemory (0 without a limit), read at each scrape; at 1 new readings are refused.",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(metric.clone()))
+                    .expect("unique metric");
+                metric
+            },
             mqtt_retained_skipped: counter(
                 "sensorhub_mqtt_retained_skipped_total",
                 "Retained MQTT messages the broker sent again for a new subscription, skipped as already appended.",

@@ -220,6 +220,17 @@ async fn answers(pool: Pool) -> Result<(), String> {
 }
 
 async fn metrics(state: web::Data<HttpState>) -> HttpResponse {
+    // How full Redis is, read now (one server: a cluster's nodes answer each for itself).
+    if let crate::redis::connection::Connection::Single(single) = &state.redis {
+        let mut single = single.clone();
+        let read = crate::redis::memory::memory(&mut single);
+        if let Ok(Ok(memory)) = tokio::time::timeout(CHECK_TIMEOUT, read).await {
+            state
+                .metrics
+                .redis_memory_used_ratio
+                .set(memory.used_ratio());
+        }
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(state.metrics.render())

@@ -64,7 +64,19 @@ fn padded(id: EntryId) -> String {
     format!("{:020}-{:020}", id.ms, id.seq)
 }
 
-/// Records the ranges of a committed batch.
+/// Adds ranges (ARGV: each `first last`) to the ledger's sorted set (KEYS[1]). Allowed when
+/// Redis is out of memory (`allow-oom`), as [`COMPACT`] and [`IN_FLIGHT`] are: recording a commit
+/// grows memory by a few bytes, and the trim it lets run frees whole stream nodes. Refused, as a
+/// plain `ZADD` was under `noeviction` at the limit, no commit could be recorded, nothing could be
+/// trimmed, and the backlog never drained.
+const RECORD: &str = r#"#!lua flags=allow-oom
+for i = 1, #ARGV do
+  redis.call('ZADD', KEYS[1], 0, ARGV[i])
+end
+return #ARGV
+"#;
+
+/// Records the ranges of a committed batch ([`RECORD`]).
 pub async fn record(
     conn: &mut Connection,
     stream: &str,
@@ -74,11 +86,10 @@ pub async fn record(
     if ranges.is_empty() {
         return Ok(());
     }
-    let mut cmd = redis::cmd("ZADD");
-    cmd.arg(ranges_key(stream, group));
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(RECORD).arg(1).arg(ranges_key(stream, group));
     for range in ranges {
-        cmd.arg(0)
-            .arg(format!("{} {}", padded(range.first), padded(range.last)));
+        cmd.arg(format!("{} {}", padded(range.first), padded(range.last)));
     }
     cmd.query_async::<Value>(conn).await.map(drop)
 }
@@ -93,7 +104,7 @@ pub async fn record(
 /// ledger is reset to nothing committed: what it claimed may now be unread entries, and the worst
 /// a reset does is make entries be read again, which the store skips as duplicates. Without the
 /// group, nothing is merged.
-const COMPACT: &str = r#"
+const COMPACT: &str = r#"#!lua flags=allow-oom
 local function pad(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
   return string.rep('0', 20 - #ms) .. ms .. '-' .. string.rep('0', 20 - #seq) .. seq
@@ -253,7 +264,7 @@ pub async fn reset(conn: &mut Connection, stream: &str, group: &str) -> RedisRes
 /// the sum until the watermark passes the last entry it held: until then those entries are
 /// delivered and not committed, waiting to be re-read. While another instance re-reads them they
 /// may count twice.
-const IN_FLIGHT: &str = r#"
+const IN_FLIGHT: &str = r#"#!lua flags=allow-oom
 local function pad(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
   return string.rep('0', 20 - #ms) .. ms .. '-' .. string.rep('0', 20 - #seq) .. seq

@@ -12,6 +12,7 @@
 //!   beside each shard of a sharded stream.
 //! - [`mqtt_session`]: what the MQTT source records of its broker session (its
 //!   subscriptions, the retained messages appended).
+//! - [`memory`]: Redis's memory limit and eviction policy, as sensorhub needs them.
 //! - [`channel`]: Pub/Sub subscribe and publish.
 //! - [`target`]: the Redis a URL names, TLS included, for the pooled connections and the reader.
 //! - [`rename`]: a stream renamed with every key beside it (to give it a hash tag).
@@ -27,6 +28,7 @@ pub mod entry;
 pub mod group;
 pub mod lease;
 pub mod ledger;
+pub mod memory;
 pub mod mqtt_session;
 pub mod reader;
 pub mod rename;

@@ -344,6 +344,27 @@ impl Sensorhub {
         hub
     }
 
+    /// Starts the binary with `env` expecting it to refuse to start: returns what it printed.
+    pub async fn refused(env: &[(&str, String)]) -> String {
+        let binary = std::env::var("SENSORHUB_TEST_BINARY")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_sensorhub").to_owned());
+        let run = tokio::process::Command::new(binary)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("SENSORHUB_HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
+            .env("NO_COLOR", "1")
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .expect("a refused start ends at once")
+            .expect("sensorhub binary");
+        let printed = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "started: {printed}");
+        printed
+    }
+
     async fn wait_alive(&mut self) {
         let port = self.port;
         let deadline = Instant::now() + Duration::from_secs(60);

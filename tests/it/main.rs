@@ -13,6 +13,7 @@ mod infra;
 mod ingest;
 mod ledger;
 mod line_protocol;
+mod memory;
 mod mqtt;
 mod mqtt_session;
 mod operations;

@@ -59,7 +59,9 @@ end
 
 /// Adds letters and trims the oldest until both caps hold (the newest letter always stays).
 /// KEYS: the dead-letter stream, its byte count. ARGV: the most letters, the most bytes, then per
-/// letter its size, its number of fields and the fields.
+/// letter its size, its number of fields and the fields. Allowed when Redis is out of memory
+/// (`allow-oom`, set where it is prepended): a batch is acknowledged only once its rejections are
+/// kept, so refused letters would stop the backlog from draining; they stay bounded by the caps.
 const ADD: &str = r#"
 local i = 3
 while i <= #ARGV do
@@ -138,7 +140,7 @@ async fn append(
         return Ok(());
     }
     let mut cmd = redis::cmd("EVAL");
-    cmd.arg(format!("{SIZE_OF}{ADD}"))
+    cmd.arg(format!("#!lua flags=allow-oom\n{SIZE_OF}{ADD}"))
         .arg(2)
         .arg(&to.key)
         .arg(bytes_key(&to.key))
