@@ -5,7 +5,7 @@
 //! | --- | --- |
 //! | `GET /` | status page: sensors with last value, chart of a sensor's aggregates |
 //! | `GET /healthz` | 200 while the process and its actors are alive |
-//! | `GET /readyz`, `GET /healthcheck` | 200 when Redis and PostgreSQL answer, the pipeline runs and the bridge (if any) can append; 503 with a JSON body naming the failing checks |
+//! | `GET /readyz`, `GET /healthcheck` | 200 when Redis and PostgreSQL answer, Redis does not evict, the pipeline runs and the configured sources consume (the bridge appends, MQTT is subscribed); 503 with a JSON body naming the failing checks |
 //! | `GET /metrics` | Prometheus text exposition |
 //! | `POST /api/v2/write`, `POST /write`, `GET /ping` | InfluxDB line protocol ([`line_protocol`]) |
 //! | `/api/v1/dead-letters[...]` | list, count, replay and purge dead letters ([`dead_letters`]) |
@@ -153,8 +153,24 @@ pub(crate) async fn health_checks(state: &HttpState) -> Health {
             None
         }
     };
-    let (redis_result, postgres_result, read_result) =
-        tokio::join!(redis_check, postgres_check, read_check);
+    // A Redis set to evict since the start (checked on one server: see `app`).
+    let memory_check = async {
+        let crate::redis::connection::Connection::Single(single) = &state.redis else {
+            return None;
+        };
+        let mut single = single.clone();
+        let read = crate::redis::memory::memory(&mut single);
+        match tokio::time::timeout(CHECK_TIMEOUT, read).await {
+            Ok(Ok(memory)) => Some(match memory.eviction_risk() {
+                Some(risk) => Err(format!("error: {risk}")),
+                None => Ok(()),
+            }),
+            // Not answering is the redis check's to report.
+            _ => None,
+        }
+    };
+    let (redis_result, postgres_result, read_result, memory_result) =
+        tokio::join!(redis_check, postgres_check, read_check, memory_check);
     let pipeline_result = if state.pipeline_running.all() {
         Ok(())
     } else {
@@ -172,6 +188,9 @@ pub(crate) async fn health_checks(state: &HttpState) -> Health {
     ];
     if let Some(result) = read_result {
         checks.push(("postgres_read", result));
+    }
+    if let Some(result) = memory_result {
+        checks.push(("redis_memory_policy", result));
     }
     if let Some(bridge) = &state.bridge {
         checks.push(("bridge", bridge.check().map_err(|e| format!("error: {e}"))));

@@ -163,3 +163,25 @@ async fn an_evicting_redis_is_refused_at_start() {
     );
     assert!(printed.contains("noeviction"), "{printed}");
 }
+
+/// A Redis switched to an evicting policy while sensorhub runs: `/readyz` says so.
+#[actix_web::test]
+async fn readyz_names_a_redis_set_to_evict() {
+    let server = PrivateRedis::start(false);
+    let url = server.url();
+    let res = Resources::new();
+    let env = crate::resilience::hub_env(&url, &res.database_url, &res.stream, "evict-later");
+    let hub = Sensorhub::spawn(&env).await;
+    wait_ready_status(hub.port, 200, Duration::from_secs(30)).await;
+    let mut redis = redis_conn(&url).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("volatile-lru")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let body = wait_ready_status(hub.port, 503, Duration::from_secs(10)).await;
+    assert!(body.contains("redis_memory_policy"), "{body}");
+    assert!(body.contains("volatile-lru"), "{body}");
+}
