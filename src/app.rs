@@ -130,6 +130,9 @@ impl Application {
         })
         .await?;
         let read_conn = Connection::open(&redis, REDIS_RESPONSE_TIMEOUT + READ_BLOCK).await?;
+        crate::redis::memory::note_version(&mut conn.clone())
+            .await
+            .with_context(|| format!("reading the version of {redis_at}"))?;
         // A Redis that evicts at its limit could drop the stream, the ledger or a lease. (A
         // cluster's nodes answer INFO each for itself: checked on one server only.)
         if let Connection::Single(single) = &conn {

@@ -24,6 +24,7 @@
 
 use crate::redis::connection::Connection;
 use crate::redis::entry::{EntryId, StreamEntry};
+use crate::redis::memory::allow_oom;
 use crate::redis::reply::{parse_entries, parse_id, unexpected};
 use redis::{RedisResult, Value};
 
@@ -65,11 +66,11 @@ fn padded(id: EntryId) -> String {
 }
 
 /// Adds ranges (ARGV: each `first last`) to the ledger's sorted set (KEYS[1]). Allowed when
-/// Redis is out of memory (`allow-oom`), as [`COMPACT`] and [`IN_FLIGHT`] are: recording a commit
+/// Redis is out of memory ([`allow_oom`]), as [`COMPACT`] and [`IN_FLIGHT`] are: recording a commit
 /// grows memory by a few bytes, and the trim it lets run frees whole stream nodes. Refused, as a
 /// plain `ZADD` was under `noeviction` at the limit, no commit could be recorded, nothing could be
 /// trimmed, and the backlog never drained.
-const RECORD: &str = r#"#!lua flags=allow-oom
+const RECORD: &str = r#"
 for i = 1, #ARGV do
   redis.call('ZADD', KEYS[1], 0, ARGV[i])
 end
@@ -87,7 +88,9 @@ pub async fn record(
         return Ok(());
     }
     let mut cmd = redis::cmd("EVAL");
-    cmd.arg(RECORD).arg(1).arg(ranges_key(stream, group));
+    cmd.arg(allow_oom(RECORD))
+        .arg(1)
+        .arg(ranges_key(stream, group));
     for range in ranges {
         cmd.arg(format!("{} {}", padded(range.first), padded(range.last)));
     }
@@ -104,7 +107,7 @@ pub async fn record(
 /// ledger is reset to nothing committed: what it claimed may now be unread entries, and the worst
 /// a reset does is make entries be read again, which the store skips as duplicates. Without the
 /// group, nothing is merged.
-const COMPACT: &str = r#"#!lua flags=allow-oom
+const COMPACT: &str = r#"
 local function pad(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
   return string.rep('0', 20 - #ms) .. ms .. '-' .. string.rep('0', 20 - #seq) .. seq
@@ -206,7 +209,7 @@ pub async fn compact(
     group: &str,
 ) -> RedisResult<Option<Progress>> {
     let reply: Value = redis::cmd("EVAL")
-        .arg(COMPACT)
+        .arg(allow_oom(COMPACT))
         .arg(3)
         .arg(stream)
         .arg(ranges_key(stream, group))
@@ -264,7 +267,7 @@ pub async fn reset(conn: &mut Connection, stream: &str, group: &str) -> RedisRes
 /// the sum until the watermark passes the last entry it held: until then those entries are
 /// delivered and not committed, waiting to be re-read. While another instance re-reads them they
 /// may count twice.
-const IN_FLIGHT: &str = r#"#!lua flags=allow-oom
+const IN_FLIGHT: &str = r#"
 local function pad(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
   return string.rep('0', 20 - #ms) .. ms .. '-' .. string.rep('0', 20 - #seq) .. seq
@@ -302,7 +305,7 @@ pub async fn in_flight(
     ttl: std::time::Duration,
 ) -> RedisResult<u64> {
     redis::cmd("EVAL")
-        .arg(IN_FLIGHT)
+        .arg(allow_oom(IN_FLIGHT))
         .arg(2)
         .arg(in_flight_key(stream, group))
         .arg(through_key(stream, group))

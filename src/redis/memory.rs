@@ -1,8 +1,51 @@
 //! Redis's memory as sensorhub needs it: no eviction (an evicting Redis may drop the stream, the
 //! ledger or a lease, and with them readings or the fencing), and how full it is.
 
-use redis::RedisResult;
 use redis::aio::ConnectionLike;
+use redis::{RedisResult, Value};
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Whether the server runs scripts with flags (Redis 7 and later): see [`allow_oom`].
+static SCRIPT_FLAGS: AtomicBool = AtomicBool::new(false);
+
+/// `script` flagged to run when Redis is out of memory (`#!lua flags=allow-oom`), on a server
+/// that takes flags ([`note_version`]); as it is on an older one, which has no such flag (and
+/// refuses those scripts at the limit, as it refuses everything else).
+pub fn allow_oom(script: &str) -> Cow<'_, str> {
+    if SCRIPT_FLAGS.load(Ordering::Relaxed) {
+        Cow::Owned(format!("#!lua flags=allow-oom\n{script}"))
+    } else {
+        Cow::Borrowed(script)
+    }
+}
+
+/// Reads the server's version (`INFO server`) and notes whether it takes script flags.
+pub async fn note_version(conn: &mut impl ConnectionLike) -> RedisResult<()> {
+    let reply: Value = redis::cmd("INFO").arg("server").query_async(conn).await?;
+    let major = first_text(&reply).map_or(0, |info| major_version(&info));
+    SCRIPT_FLAGS.store(major >= 7, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The major version `INFO server` names (0 when it names none).
+fn major_version(info: &str) -> u32 {
+    info.lines()
+        .find_map(|line| line.strip_prefix("redis_version:"))
+        .and_then(|v| v.trim().split('.').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The first text in a reply: a server's `INFO`, or one node's of a cluster's map of them.
+fn first_text(reply: &Value) -> Option<String> {
+    match reply {
+        Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+        Value::VerbatimString { text, .. } | Value::SimpleString(text) => Some(text.clone()),
+        Value::Array(items) | Value::Set(items) => items.iter().find_map(first_text),
+        Value::Map(pairs) => pairs.iter().find_map(|(_, v)| first_text(v)),
+        _ => None,
+    }
+}
 
 /// What `INFO memory` says of the limit.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,6 +106,21 @@ fn parse(info: &str) -> Memory {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_version_decides_script_flags() {
+        assert_eq!(
+            major_version("# Server\r\nredis_version:7.0.15\r\nredis_mode:standalone\r\n"),
+            7
+        );
+        assert_eq!(major_version("redis_version:6.2.14\r\n"), 6);
+        assert_eq!(major_version("no version here"), 0);
+        let cluster = Value::Map(vec![(
+            Value::SimpleString("127.0.0.1:7000".into()),
+            Value::BulkString(b"redis_version:7.2.4\r\n".to_vec()),
+        )]);
+        assert_eq!(first_text(&cluster).map(|t| major_version(&t)), Some(7));
+    }
 
     #[test]
     fn info_memory_is_read_and_eviction_named() {

@@ -19,6 +19,7 @@ pub mod replay;
 use crate::domain::Rejection;
 use crate::redis::connection::Connection;
 use crate::redis::entry::{EntryId, Field};
+use crate::redis::memory::allow_oom;
 use crate::retry::Backoff;
 use crate::telemetry::Metrics;
 use redis::RedisResult;
@@ -60,7 +61,7 @@ end
 /// Adds letters and trims the oldest until both caps hold (the newest letter always stays).
 /// KEYS: the dead-letter stream, its byte count. ARGV: the most letters, the most bytes, then per
 /// letter its size, its number of fields and the fields. Allowed when Redis is out of memory
-/// (`allow-oom`, set where it is prepended): a batch is acknowledged only once its rejections are
+/// ([`allow_oom`]): a batch is acknowledged only once its rejections are
 /// kept, so refused letters would stop the backlog from draining; they stay bounded by the caps.
 const ADD: &str = r#"
 local i = 3
@@ -140,7 +141,7 @@ async fn append(
         return Ok(());
     }
     let mut cmd = redis::cmd("EVAL");
-    cmd.arg(format!("#!lua flags=allow-oom\n{SIZE_OF}{ADD}"))
+    cmd.arg(allow_oom(&format!("{SIZE_OF}{ADD}")))
         .arg(2)
         .arg(&to.key)
         .arg(bytes_key(&to.key))
