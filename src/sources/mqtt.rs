@@ -339,6 +339,13 @@ impl SourceLoop {
                             Err(error) => break Ended::Failed(format!("subscribing: {error}")),
                         }
                     }
+                    Ok(Event::Incoming(Packet::SubAck(suback)))
+                        if suback.return_codes.contains(&rumqttc::SubscribeReasonCode::Failure) =>
+                    {
+                        // Refused (an ACL, say): not consuming, and /readyz says why.
+                        let filters = changing.as_ref().map(|c| c.subscribe.iter().map(|e| filter_of(e)).collect::<Vec<_>>().join(", ")).unwrap_or_default();
+                        break Ended::Failed(format!("the broker refused the subscription to {filters}"));
+                    }
                     Ok(Event::Incoming(Packet::SubAck(_) | Packet::UnsubAck(_))) => {
                         if let Some(change) = &mut changing {
                             change.awaiting = change.awaiting.saturating_sub(1);
