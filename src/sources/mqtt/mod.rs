@@ -25,12 +25,19 @@
 //!   session (a client refusing a packet drops the connection, and the broker resends it forever).
 //! - **QoS 2 resumes.** A PUBREL the broker resends for an exchange an earlier connection began is
 //!   completed (the patched client: vendor/rumqttc/PATCHES.md).
+//!
+//! Here the source loop and the appends; [`session`] brings the session's subscriptions to the
+//! configured ones and tells `/readyz` whether the source consumes; [`topics`] reads a topic by
+//! its rule.
 //! - **At least once into the stream.** A message appended whose acknowledgement was lost (a crash
 //!   between the two) is delivered and appended again: a reading with its own timestamp is then a
 //!   duplicate the store skips; one without a timestamp gets a second receipt time and is stored
 //!   twice.
 
-use crate::config::{MqttSettings, TopicRule};
+mod session;
+mod topics;
+
+use crate::config::MqttSettings;
 use crate::domain::Limits;
 use crate::pipeline::stage::{count_restart, guarded, stop_requested};
 use crate::redis::connection::Connection;
@@ -45,10 +52,13 @@ use actix::prelude::*;
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesOrdered;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+pub use session::MqttHealth;
+use session::{SessionChange, filter_of};
 use std::collections::{BTreeSet, VecDeque};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
+pub use topics::{matches, rule_for, topic_prefix};
 
 /// Requests (acknowledgements, subscriptions) queued for the MQTT connection at once.
 const REQUESTS: usize = 256;
@@ -72,49 +82,6 @@ const APPEND_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_INCOMING_PACKET: usize = 268_435_455 + 5;
 /// The largest packet the client sends: subscriptions and acknowledgements only.
 const MAX_OUTGOING_PACKET: usize = 256 * 1024;
-
-/// Whether the MQTT source consumes, for `/readyz`: not while it holds the lease without a
-/// subscribed connection for longer than [`MqttSettings::ready_grace`].
-#[derive(Debug)]
-pub struct MqttHealth {
-    /// Why the source does not consume and since when; `None` while it does (or while another
-    /// instance holds the lease).
-    state: Mutex<Option<(Instant, String)>>,
-    grace: Duration,
-}
-
-impl MqttHealth {
-    pub fn new(grace: Duration) -> Self {
-        Self {
-            state: Mutex::new(Some((Instant::now(), "starting".to_owned()))),
-            grace,
-        }
-    }
-
-    /// `Err` naming why, once the source has not consumed for longer than the grace period.
-    pub fn check(&self) -> Result<(), String> {
-        match &*self.state.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some((since, why)) if since.elapsed() > self.grace => Err(format!(
-                "not consuming for {}s: {why}",
-                since.elapsed().as_secs()
-            )),
-            _ => Ok(()),
-        }
-    }
-
-    fn consuming(&self) {
-        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    }
-
-    /// Not consuming because of `why`; the time counts from the first such moment.
-    fn not_consuming(&self, why: String) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        match &mut *state {
-            Some((_, reason)) => *reason = why,
-            None => *state = Some((Instant::now(), why)),
-        }
-    }
-}
 
 /// What the MQTT source needs besides the connections.
 #[derive(Clone, Debug)]
@@ -407,87 +374,6 @@ struct AppendJob {
     metrics: Arc<Metrics>,
 }
 
-/// A change of the session's subscriptions, from what the session holds to what is configured.
-struct SessionChange {
-    /// What the session held, as recorded.
-    held: BTreeSet<String>,
-    /// The broker kept no session: the record starts afresh.
-    replace: bool,
-    subscribe: Vec<String>,
-    unsubscribe: Vec<String>,
-    /// Acknowledgements (SUBACK, UNSUBACK) still to come.
-    awaiting: usize,
-}
-
-impl SessionChange {
-    /// From the subscriptions `held` to the `wanted` ones. A filter held at another QoS is
-    /// subscribed again (which replaces it), not unsubscribed.
-    fn between(held: BTreeSet<String>, wanted: &BTreeSet<String>, replace: bool) -> Self {
-        let subscribe: Vec<String> = wanted.difference(&held).cloned().collect();
-        let unsubscribe = held
-            .difference(wanted)
-            .filter(|entry| {
-                !subscribe
-                    .iter()
-                    .any(|new| filter_of(new) == filter_of(entry))
-            })
-            .cloned()
-            .collect();
-        Self {
-            held,
-            replace,
-            subscribe,
-            unsubscribe,
-            awaiting: 0,
-        }
-    }
-
-    /// Sends the subscribe and unsubscribe requests.
-    async fn send(mut self, client: &AsyncClient, qos: QoS) -> Result<Self, rumqttc::ClientError> {
-        if !self.subscribe.is_empty() {
-            let filters = self
-                .subscribe
-                .iter()
-                .map(|entry| rumqttc::SubscribeFilter::new(filter_of(entry).to_owned(), qos));
-            client.subscribe_many(filters).await?;
-            self.awaiting += 1;
-        }
-        for entry in &self.unsubscribe {
-            client.unsubscribe(filter_of(entry)).await?;
-            self.awaiting += 1;
-        }
-        Ok(self)
-    }
-
-    /// Records the acknowledged change in Redis: what was subscribed, without what was
-    /// unsubscribed or replaced at another QoS.
-    async fn record(&self, session: &SessionKeys, conn: &mut Connection) -> redis::RedisResult<()> {
-        if !self.replace && self.subscribe.is_empty() && self.unsubscribe.is_empty() {
-            return Ok(());
-        }
-        let gone: Vec<String> = self
-            .held
-            .iter()
-            .filter(|entry| {
-                self.unsubscribe.contains(entry)
-                    || self
-                        .subscribe
-                        .iter()
-                        .any(|new| filter_of(new) == filter_of(entry))
-            })
-            .cloned()
-            .collect();
-        session
-            .record_subscriptions(conn, self.replace, &self.subscribe, &gone)
-            .await
-    }
-}
-
-/// The filter of a recorded subscription `<qos> <filter>`.
-fn filter_of(entry: &str) -> &str {
-    entry.split_once(' ').map_or(entry, |(_, filter)| filter)
-}
-
 /// Appends one message. `Ok(false)` when this instance no longer holds the lease. When Redis
 /// fails the message is left unacknowledged and the session dropped, rather than retried
 /// here while the connection to the broker goes unserved: the broker keeps the message in the
@@ -594,116 +480,4 @@ fn cut(publish: &Publish, max: usize) -> &[u8] {
 fn redis_failed(on: &AppendJob, error: &redis::RedisError) -> String {
     on.metrics.redis_errors.with_label_values(&["mqtt"]).inc();
     format!("appending to the stream: {error}")
-}
-
-/// The first rule whose filter matches `topic`.
-pub fn rule_for<'a>(rules: &'a [TopicRule], topic: &str) -> Option<&'a TopicRule> {
-    rules.iter().find(|rule| matches(&rule.filter, topic))
-}
-
-/// MQTT topic matching: `+` matches one level, a final `#` any number (zero included).
-pub fn matches(filter: &str, topic: &str) -> bool {
-    let mut topic_levels = topic.split('/');
-    for level in filter.split('/') {
-        match (level, topic_levels.next()) {
-            ("#", _) => return true,
-            ("+", Some(_)) => {}
-            (literal, Some(actual)) if literal == actual => {}
-            _ => return false,
-        }
-    }
-    topic_levels.next().is_none()
-}
-
-/// The sensor-id prefix a topic gives: its levels without the filter's literal levels after its
-/// last wildcard (`/+/status` makes `/sensor_1/status` into `sensor_1`), or without its last level
-/// when the filter has no wildcard (`/hv/status` makes `hv`); empty levels left out, joined by `.`.
-pub fn topic_prefix(filter: &str, topic: &str) -> String {
-    let levels_after_wildcard = filter
-        .split('/')
-        .rev()
-        .take_while(|level| *level != "+" && *level != "#")
-        .count();
-    let trailing_literals = if levels_after_wildcard == filter.split('/').count() {
-        1
-    } else {
-        levels_after_wildcard
-    };
-    let levels: Vec<&str> = topic.split('/').collect();
-    let keep = levels.len().saturating_sub(trailing_literals);
-    levels[..keep]
-        .iter()
-        .filter(|level| !level.is_empty())
-        .copied()
-        .collect::<Vec<_>>()
-        .join(".")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn topics_match_filters_as_mqtt_does() {
-        for (filter, topic, expected) in [
-            ("sensors/#", "sensors/a/b", true),
-            ("sensors/#", "sensors", true),
-            ("sensors/#", "other/a", false),
-            ("/+/status", "/sensor_1/status", true),
-            ("/+/status", "/sensor_1/status/x", false),
-            ("/+/status", "sensor_1/status", false),
-            ("/hv/status", "/hv/status", true),
-            ("/hv/cmd/#", "/hv/cmd/setv/3", true),
-            ("a/+", "a/", true),
-        ] {
-            assert_eq!(matches(filter, topic), expected, "{filter} ~ {topic}");
-        }
-    }
-
-    #[test]
-    fn the_prefix_is_the_topic_without_the_filters_literal_end() {
-        assert_eq!(topic_prefix("/+/status", "/sensor_1/status"), "sensor_1");
-        assert_eq!(topic_prefix("/hv/status", "/hv/status"), "hv");
-        assert_eq!(topic_prefix("/hv/cmd/#", "/hv/cmd/setv/3"), "hv.cmd.setv.3");
-        assert_eq!(
-            topic_prefix("/isems/+/csvlog", "/isems/node/csvlog"),
-            "isems.node"
-        );
-        assert_eq!(topic_prefix("sensors/#", "sensors"), "sensors");
-    }
-
-    #[test]
-    fn a_session_change_subscribes_new_filters_and_unsubscribes_removed_ones() {
-        let set = |entries: &[&str]| -> BTreeSet<String> {
-            entries.iter().map(|e| (*e).to_owned()).collect()
-        };
-        let change = SessionChange::between(
-            set(&["1 a/#", "1 b/#", "1 c/#"]),
-            &set(&["1 a/#", "2 b/#", "1 d/#"]),
-            false,
-        );
-        // b/# at another QoS is subscribed again (that replaces it), never unsubscribed.
-        assert_eq!(change.subscribe, ["1 d/#", "2 b/#"]);
-        assert_eq!(change.unsubscribe, ["1 c/#"]);
-        let fresh = SessionChange::between(set(&[]), &set(&["1 a/#"]), true);
-        assert_eq!(fresh.subscribe, ["1 a/#"]);
-        assert!(fresh.unsubscribe.is_empty());
-    }
-
-    #[test]
-    fn the_first_matching_rule_wins() {
-        let rules = vec![
-            TopicRule {
-                filter: "/hv/status".into(),
-                form: "channels:number".parse().unwrap(),
-            },
-            TopicRule {
-                filter: "/+/status".into(),
-                form: "fields".parse().unwrap(),
-            },
-        ];
-        assert_eq!(rule_for(&rules, "/hv/status").unwrap().filter, "/hv/status");
-        assert_eq!(rule_for(&rules, "/s1/status").unwrap().filter, "/+/status");
-        assert!(rule_for(&rules, "/s1/other").is_none());
-    }
 }
