@@ -8,7 +8,7 @@ use crate::pipeline::read::READ_BLOCK;
 use crate::redis::connection::Connection;
 use crate::redis::shards::has_hash_tag;
 use crate::redis::{group, target as redis_target};
-use crate::sources::mqtt::MqttHealth;
+use crate::sources::mqtt::mqtt_health;
 use crate::sources::pubsub::BridgeHealth;
 use crate::store;
 use crate::store::deployment;
@@ -65,7 +65,7 @@ impl Application {
             store::connection_target(config.database_url.expose(), "SENSORHUB_DATABASE_URL")?;
         // A name of this instance's own: another instance's connections tell it apart from ours
         // (the resolution set is changed only with no other instance connected).
-        let application_name = instance_name(&config.consumer);
+        let application_name = deployment::instance_name();
         database.config.application_name(&application_name);
         let pool = retry_startup("PostgreSQL", || store::connect_to(&database, shared)).await?;
         store::migrate(&pool).await?;
@@ -79,7 +79,7 @@ impl Application {
         if let Some(mqtt) = &mut config.mqtt
             && mqtt.client_id.is_none()
         {
-            let candidate = crate::config::deployment_client_id(&first_stream);
+            let candidate = deployment::new_mqtt_client_id(&first_stream);
             let id = deployment::value_or_insert(&pool, deployment::MQTT_CLIENT_ID, &candidate);
             mqtt.client_id = Some(id.await?);
         }
@@ -162,7 +162,7 @@ impl Application {
 
         // A takeover after the holder died takes up to about 4/3 of the lease.
         let bridge_health = Arc::new(BridgeHealth::new(config.bridge_lease * 3));
-        let mqtt_health = Arc::new(MqttHealth::new(
+        let mqtt_health = Arc::new(mqtt_health(
             config
                 .mqtt
                 .as_ref()
@@ -414,13 +414,4 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         .await
         .context("waiting for Ctrl-C")?;
     Ok(())
-}
-
-/// The `application_name` of this instance's PostgreSQL connections: `sensorhub` and a part
-/// unique to the process and this start.
-fn instance_name(consumer: &str) -> String {
-    use std::hash::{BuildHasher as _, Hasher as _};
-    let mut hasher = std::hash::RandomState::new().build_hasher();
-    hasher.write(crate::redis::lease::unique_token(consumer).as_bytes());
-    format!("sensorhub {:016x}", hasher.finish())
 }

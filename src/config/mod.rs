@@ -8,7 +8,7 @@
 use crate::domain::{Limits, Resolution};
 mod mqtt;
 
-pub use mqtt::{MqttSettings, TopicRule, deployment_client_id};
+pub use mqtt::{MqttSettings, TopicRule};
 
 use crate::store::retention::Retention;
 use crate::tls::TlsFiles;

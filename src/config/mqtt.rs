@@ -128,21 +128,6 @@ impl MqttSettings {
     }
 }
 
-/// A client id for a deployment that has none yet: names its stream, with a random part so that
-/// deployments whose streams share a name differ too.
-pub fn deployment_client_id(stream: &str) -> String {
-    use std::hash::{BuildHasher as _, Hasher as _};
-    let mut hasher = std::hash::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    hasher.write_u32(std::process::id());
-    format!("sensorhub-{stream}-{:016x}", hasher.finish())
-}
-
 /// `filter=form; filter=form; ...`.
 fn parse_rules(text: &str) -> Result<Vec<TopicRule>, ConfigError> {
     let bad = |expected: String| ConfigError {

@@ -103,6 +103,12 @@ pub(crate) async fn ingest(
     let ctx = ParseContext::new(&state.api.limits, now, now);
     let outcomes = parse_json(&body, &ctx);
     let valid = outcomes.iter().filter(|o| o.is_ok()).count();
+    let shards = route(
+        outcomes
+            .iter()
+            .filter_map(|o| Some(&*o.as_ref().ok()?.sensor_id)),
+        &state.api.streams,
+    );
     let rejected: Vec<RejectedReading> = outcomes
         .into_iter()
         .filter_map(Result::err)
@@ -132,8 +138,13 @@ pub(crate) async fn ingest(
             },
         );
     }
-    let appended =
-        append_once(&state, &ctx, idempotency_key.as_deref(), &[("data", &body)]).await?;
+    let appended = append_once(
+        &state,
+        &shards,
+        idempotency_key.as_deref(),
+        &[("data", &body)],
+    )
+    .await?;
     if appended.once == Once::KeyReused {
         state.metrics.idempotency_keys_reused.inc();
         return Err(ApiError::Unprocessable(format!(
@@ -162,20 +173,19 @@ pub(crate) async fn ingest(
 /// Appends the message `fields` once: under the client's `Idempotency-Key` (kept for
 /// [`IDEMPOTENCY_TTL`]), or under a key unique to this request (kept for [`REQUEST_KEY_TTL`]), so
 /// that neither a client's retry nor the Redis client's own retry appends it twice. With sharded
-/// streams, to its sensors' shards as the sources route ([`crate::sources::append::route`]): a
+/// streams, to the `shards` [`crate::sources::append::route`] gives, as the sources route: a
 /// message split over shards is appended to each, each copy under the key beside its shard.
 /// Answers the entry of the owner's copy (the shard of the first valid reading).
 pub(crate) async fn append_once(
     state: &HttpState,
-    ctx: &ParseContext<'_>,
+    shards: &[usize],
     idempotency_key: Option<&str>,
     fields: &[(&str, &[u8])],
 ) -> Result<Appended, ApiError> {
     let streams = &state.api.streams;
     let request = unique_token("http");
-    let shards = route(fields, streams, ctx);
     let mut owner = None;
-    for (shard, copy) in copies(fields, &shards) {
+    for (shard, copy) in copies(fields, shards) {
         let stream = &streams.all()[shard];
         let (key, ttl) = match idempotency_key {
             Some(key) => (format!("{stream}:idempotency:{key}"), IDEMPOTENCY_TTL),

@@ -19,6 +19,7 @@ use crate::http::auth::{self, Scope};
 use crate::http::body::read_limited;
 use crate::http::error::ApiError;
 use crate::http::ingest::append_once;
+use crate::sources::append::route;
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use chrono::Utc;
@@ -253,10 +254,21 @@ async fn write(
     // Read here only to answer; the validator reads the entry again, as it reads every entry.
     let now = Utc::now();
     let ctx = ParseContext::new(&state.api.limits, now, now);
+    // The sensors route the body to its shards; without shards there is one stream.
+    let sharded = state.api.streams.len() > 1;
+    let mut sensors = Vec::new();
     let rejections: Vec<Rejection> = match std::str::from_utf8(&body) {
         Ok(text) => parse_line_protocol(text, precision, &ctx)
             .into_iter()
-            .filter_map(Result::err)
+            .filter_map(|outcome| match outcome {
+                Ok(reading) => {
+                    if sharded {
+                        sensors.push(reading.sensor_id);
+                    }
+                    None
+                }
+                Err(rejection) => Some(rejection),
+            })
             .collect(),
         Err(error) => vec![Rejection {
             index: Some(0),
@@ -268,9 +280,10 @@ async fn write(
     };
     let form = Form::Line(precision).to_string();
     // Under a key of this request's own: the Redis client's retry cannot append it twice.
+    let shards = route(sensors.iter().map(|id| &**id), &state.api.streams);
     append_once(
         &state,
-        &ctx,
+        &shards,
         None,
         &[("data", &body), ("form", form.as_bytes())],
     )

@@ -18,20 +18,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// A message's fields, as they are appended.
 pub type Entry<'a> = Vec<(&'a str, &'a [u8])>;
 
-/// Where a message goes: its shard, or (split over shards) the owner's shard first and then the
-/// others.
-pub fn route(fields: &[(&str, &[u8])], streams: &Streams, ctx: &ParseContext) -> Vec<usize> {
-    if streams.len() == 1 {
-        return vec![0];
-    }
+/// Where a message goes, from its valid readings' sensors: its shard, or (split over shards) the
+/// owner's shard (its first valid reading's) first and then the others; the first shard when it
+/// has no valid reading, so that its validator dead-letters it.
+pub fn route<'a>(sensors: impl IntoIterator<Item = &'a str>, streams: &Streams) -> Vec<usize> {
     let mut shards: Vec<usize> = Vec::new();
-    for reading in parse_entry_fields(fields, ctx)
-        .iter()
-        .filter_map(|o| o.as_ref().ok())
-    {
-        let shard = crate::redis::shards::shard_of(&reading.sensor_id, streams.len());
-        if !shards.contains(&shard) {
-            shards.push(shard);
+    if streams.len() > 1 {
+        for sensor in sensors {
+            let shard = crate::redis::shards::shard_of(sensor, streams.len());
+            if !shards.contains(&shard) {
+                shards.push(shard);
+            }
         }
     }
     if shards.is_empty() {
@@ -123,7 +120,11 @@ impl Appender {
         let ctx = ParseContext::new(&self.limits, now, now);
         let mut by_shard: BTreeMap<usize, Vec<Entry>> = BTreeMap::new();
         for fields in entries {
-            let shards = route(fields, &self.streams, &ctx);
+            let outcomes = parse_entry_fields(fields, &ctx);
+            let sensors = outcomes
+                .iter()
+                .filter_map(|o| Some(&*o.as_ref().ok()?.sensor_id));
+            let shards = route(sensors, &self.streams);
             for (shard, copy) in copies(fields, &shards) {
                 by_shard.entry(shard).or_default().push(copy);
             }

@@ -22,11 +22,12 @@ use crate::redis::lease::{Leases, unique_token};
 use crate::redis::shards::Streams;
 use crate::retry::Backoff;
 use crate::sources::append::Appender;
+use crate::sources::health::Consuming;
 use crate::telemetry::Metrics;
 use actix::prelude::*;
 use futures_util::{FutureExt as _, StreamExt as _};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// Most messages appended in one pipelined round trip.
@@ -55,67 +56,50 @@ impl BridgeSettings {
 }
 
 /// Whether the channel is bridged, for `/readyz`: the last append's error while appends fail,
-/// and whether any instance has bridged it lately.
+/// and whether any instance has bridged it within the grace period (this one, subscribed, or
+/// another, holding the lease).
 #[derive(Debug)]
 pub struct BridgeHealth {
     /// The last append error, while the bridge cannot append to the stream.
     error: Mutex<Option<String>>,
-    /// When the channel was last known bridged: by this instance (subscribed, or renewing its
-    /// lease while subscribed) or by another (holding the lease).
-    bridged_at: Mutex<Instant>,
-    /// Why this instance last failed to bridge.
-    failure: Mutex<Option<String>>,
-    /// How long the channel may go without a known bridge before `/readyz` says so: longer than
-    /// a takeover after the holder died takes.
-    grace: Duration,
+    bridged: Consuming,
 }
 
 impl BridgeHealth {
+    /// `grace`: how long the channel may go without a known bridge before `/readyz` says so,
+    /// longer than a takeover after the holder died takes.
     pub fn new(grace: Duration) -> Self {
         Self {
             error: Mutex::new(None),
-            bridged_at: Mutex::new(Instant::now()),
-            failure: Mutex::new(None),
-            grace,
+            bridged: Consuming::new(
+                grace,
+                "the channel has not been bridged",
+                "no instance holds the bridge lease",
+            ),
         }
     }
 
     /// `Err` with the last error while the bridge cannot append to the stream, or while no
     /// instance has been known to bridge the channel for longer than the grace period.
     pub fn check(&self) -> Result<(), String> {
-        if let Some(error) = &*lock(&self.error) {
+        if let Some(error) = &*self.error.lock().unwrap_or_else(|p| p.into_inner()) {
             return Err(error.clone());
         }
-        let since = lock(&self.bridged_at).elapsed();
-        if since > self.grace {
-            let why = lock(&self.failure)
-                .clone()
-                .unwrap_or_else(|| "no instance holds the bridge lease".to_owned());
-            return Err(format!(
-                "the channel has not been bridged for {}s: {why}",
-                since.as_secs()
-            ));
-        }
-        Ok(())
+        self.bridged.check()
     }
 
     fn set(&self, error: Option<String>) {
-        *lock(&self.error) = error;
+        *self.error.lock().unwrap_or_else(|p| p.into_inner()) = error;
     }
 
     /// The channel is bridged now, here or by another instance.
     fn bridged(&self) {
-        *lock(&self.bridged_at) = Instant::now();
-        *lock(&self.failure) = None;
+        self.bridged.consuming();
     }
 
     fn failed(&self, why: String) {
-        *lock(&self.failure) = Some(why);
+        self.bridged.not_consuming(why);
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 pub struct Bridge {

@@ -7,6 +7,26 @@ use deadpool_postgres::Pool;
 /// The deployment's MQTT client id, when none is configured.
 pub const MQTT_CLIENT_ID: &str = "mqtt_client_id";
 
+/// 16 hex digits no other process or start shares.
+fn unique_hex() -> String {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut hasher = std::hash::RandomState::new().build_hasher();
+    hasher.write(crate::redis::lease::unique_token("").as_bytes());
+    format!("{:016x}", hasher.finish())
+}
+
+/// A client id for a deployment that has none yet: names its stream, with a random part so that
+/// deployments whose streams share a name differ too.
+pub fn new_mqtt_client_id(stream: &str) -> String {
+    format!("sensorhub-{stream}-{}", unique_hex())
+}
+
+/// The `application_name` of this instance's PostgreSQL connections: `sensorhub` and a part
+/// unique to the process and this start, so that instances tell each other's connections apart.
+pub fn instance_name() -> String {
+    format!("sensorhub {}", unique_hex())
+}
+
 /// The value of `name`: the one stored, or `candidate`, stored now, when there is none.
 pub async fn value_or_insert(pool: &Pool, name: &str, candidate: &str) -> anyhow::Result<String> {
     let client = pool.get().await.context("connecting to PostgreSQL")?;

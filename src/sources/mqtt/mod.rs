@@ -25,14 +25,13 @@
 //!   session (a client refusing a packet drops the connection, and the broker resends it forever).
 //! - **QoS 2 resumes.** A PUBREL the broker resends for an exchange an earlier connection began is
 //!   completed (the patched client: vendor/rumqttc/PATCHES.md).
-//!
-//! Here the source loop and the appends; [`session`] brings the session's subscriptions to the
-//! configured ones and tells `/readyz` whether the source consumes; [`topics`] reads a topic by
-//! its rule.
 //! - **At least once into the stream.** A message appended whose acknowledgement was lost (a crash
 //!   between the two) is delivered and appended again: a reading with its own timestamp is then a
 //!   duplicate the store skips; one without a timestamp gets a second receipt time and is stored
 //!   twice.
+//!
+//! Here the source loop and the appends; [`session`] brings the session's subscriptions to the
+//! configured ones; [`topics`] reads a topic by its rule.
 
 mod session;
 mod topics;
@@ -47,12 +46,22 @@ use crate::redis::mqtt_session::SessionKeys;
 use crate::redis::shards::Streams;
 use crate::retry::Backoff;
 use crate::sources::append::{Appender, Entry};
+use crate::sources::health::Consuming;
 use crate::telemetry::Metrics;
 use actix::prelude::*;
+
+/// Whether the MQTT source consumes, for `/readyz`: not while this instance holds the lease
+/// without a subscribed connection for longer than
+/// [`crate::config::MqttSettings::ready_grace`].
+pub type MqttHealth = Consuming;
+
+/// The MQTT source's readiness before it first subscribes.
+pub fn mqtt_health(grace: Duration) -> MqttHealth {
+    Consuming::new(grace, "not consuming", "starting")
+}
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesOrdered;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
-pub use session::MqttHealth;
 use session::{SessionChange, filter_of};
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;

@@ -1,55 +1,10 @@
-//! The MQTT session as the source keeps it: its subscriptions brought to the configured ones
-//! ([`SessionChange`]), and whether the source consumes, for `/readyz` ([`MqttHealth`]).
+//! The MQTT session's subscriptions as the source keeps them: brought to the configured ones
+//! ([`SessionChange`]).
 
 use crate::redis::connection::Connection;
 use crate::redis::mqtt_session::SessionKeys;
 use rumqttc::{AsyncClient, QoS};
 use std::collections::BTreeSet;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
-
-/// Whether the MQTT source consumes, for `/readyz`: not while it holds the lease without a
-/// subscribed connection for longer than [`crate::config::MqttSettings::ready_grace`].
-#[derive(Debug)]
-pub struct MqttHealth {
-    /// Why the source does not consume and since when; `None` while it does (or while another
-    /// instance holds the lease).
-    state: Mutex<Option<(Instant, String)>>,
-    grace: Duration,
-}
-
-impl MqttHealth {
-    pub fn new(grace: Duration) -> Self {
-        Self {
-            state: Mutex::new(Some((Instant::now(), "starting".to_owned()))),
-            grace,
-        }
-    }
-
-    /// `Err` naming why, once the source has not consumed for longer than the grace period.
-    pub fn check(&self) -> Result<(), String> {
-        match &*self.state.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some((since, why)) if since.elapsed() > self.grace => Err(format!(
-                "not consuming for {}s: {why}",
-                since.elapsed().as_secs()
-            )),
-            _ => Ok(()),
-        }
-    }
-
-    pub(super) fn consuming(&self) {
-        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    }
-
-    /// Not consuming because of `why`; the time counts from the first such moment.
-    pub(super) fn not_consuming(&self, why: String) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        match &mut *state {
-            Some((_, reason)) => *reason = why,
-            None => *state = Some((Instant::now(), why)),
-        }
-    }
-}
 
 /// A change of the session's subscriptions, from what the session holds to what is configured.
 pub(super) struct SessionChange {
