@@ -451,17 +451,7 @@ async fn dead_letter_replay_and_purge_need_the_admin_token() {
         || async { (letters(&t).await == 1).then_some(()) },
     )
     .await;
-    let purge = |auth: Option<&'static str>| async move {
-        let headers: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
-        http_request(
-            port,
-            "DELETE",
-            "/api/v1/dead-letters?all=true",
-            &headers,
-            b"",
-        )
-        .await
-    };
+    let purge = |auth: Option<&'static str>| purge_all(port, auth);
     let replay = |auth: &'static str| async move {
         let headers = [
             ("Authorization", auth),
@@ -498,17 +488,7 @@ async fn dead_letter_replay_and_purge_need_the_admin_token() {
     t.config = config;
     t.restart(Default::default()).await;
     let port = t.app().port();
-    let purge = |auth: &'static str| async move {
-        let headers = [("Authorization", auth)];
-        http_request(
-            port,
-            "DELETE",
-            "/api/v1/dead-letters?all=true",
-            &headers,
-            b"",
-        )
-        .await
-    };
+    let purge = |auth: &'static str| purge_all(port, Some(auth));
     let (status, body) = purge("Bearer read-token").await;
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("wrong admin token"), "{body}");
@@ -522,4 +502,17 @@ async fn dead_letter_replay_and_purge_need_the_admin_token() {
             .get(),
         1
     );
+}
+
+/// `DELETE /api/v1/dead-letters?all=true`, with `auth` as the `Authorization` header if any.
+async fn purge_all(port: u16, auth: Option<&str>) -> (u16, String) {
+    let headers: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
+    http_request(
+        port,
+        "DELETE",
+        "/api/v1/dead-letters?all=true",
+        &headers,
+        b"",
+    )
+    .await
 }

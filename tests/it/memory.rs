@@ -6,7 +6,7 @@ use crate::helpers::*;
 use crate::infra::{PrivateRedis, Sensorhub, wait_ready_status};
 use std::time::Duration;
 
-/// `INFO memory`'s `used_memory` of the Redis at `url`.
+/// `INFO memory`'s `used_memory` of the Redis behind `redis`.
 async fn used_memory(redis: &mut redis::aio::MultiplexedConnection) -> u64 {
     let info: String = redis::cmd("INFO")
         .arg("memory")
@@ -19,6 +19,30 @@ async fn used_memory(redis: &mut redis::aio::MultiplexedConnection) -> u64 {
         .expect("used_memory in INFO")
 }
 
+/// `CONFIG SET name value` on the Redis at `url`.
+async fn config_set(url: &str, name: &str, value: &str) {
+    let mut redis = redis_conn(url).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg(name)
+        .arg(value)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+}
+
+/// `POST /api/v1/readings` of one reading with a timestamp: (status, body).
+async fn post_reading(port: u16) -> (u16, String) {
+    http_request(
+        port,
+        "POST",
+        "/api/v1/readings",
+        &[("Content-Type", "application/json")],
+        br#"{"sensor":"full.http","value":1,"timestamp":"2025-06-02T00:00:00Z"}"#,
+    )
+    .await
+}
+
 /// Redis fills during a PostgreSQL stall and drains after it (commit records and trims were
 /// refused at the limit: the stored readings stopped there, memory stayed full and every append
 /// was refused for good).
@@ -28,18 +52,8 @@ async fn a_full_redis_drains_once_postgresql_takes_writes_again() {
     let server = PrivateRedis::start(false);
     let url = server.url();
     let mut redis = redis_conn(&url).await;
-    for (name, value) in [
-        ("maxmemory", MAXMEMORY.to_string()),
-        ("maxmemory-policy", "noeviction".to_owned()),
-    ] {
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg(name)
-            .arg(value)
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-    }
+    config_set(&url, "maxmemory", &MAXMEMORY.to_string()).await;
+    config_set(&url, "maxmemory-policy", "noeviction").await;
     let res = Resources::new();
     let env = crate::resilience::hub_env(&url, &res.database_url, &res.stream, "full");
     let hub = Sensorhub::spawn(&env).await;
@@ -89,14 +103,7 @@ async fn a_full_redis_drains_once_postgresql_takes_writes_again() {
         .await
         .unwrap();
     // HTTP ingest tells the truth meanwhile: nothing stored, a retry is safe.
-    let (status, answer) = http_request(
-        hub.port,
-        "POST",
-        "/api/v1/readings",
-        &[("Content-Type", "application/json")],
-        br#"{"sensor":"full.http","value":1,"timestamp":"2025-06-02T00:00:00Z"}"#,
-    )
-    .await;
+    let (status, answer) = post_reading(hub.port).await;
     assert_eq!(status, 503, "{answer}");
     assert!(answer.contains("not_stored"), "{answer}");
 
@@ -129,14 +136,7 @@ async fn a_full_redis_drains_once_postgresql_takes_writes_again() {
         async move { (used_memory(&mut redis).await < MAXMEMORY).then_some(()) }
     })
     .await;
-    let (status, answer) = http_request(
-        hub.port,
-        "POST",
-        "/api/v1/readings",
-        &[("Content-Type", "application/json")],
-        br#"{"sensor":"full.http","value":1,"timestamp":"2025-06-02T00:00:00Z"}"#,
-    )
-    .await;
+    let (status, answer) = post_reading(hub.port).await;
     assert_eq!(status, 202, "{answer}");
 }
 
@@ -146,14 +146,7 @@ async fn a_full_redis_drains_once_postgresql_takes_writes_again() {
 async fn an_evicting_redis_is_refused_at_start() {
     let server = PrivateRedis::start(false);
     let url = server.url();
-    let mut redis = redis_conn(&url).await;
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory-policy")
-        .arg("allkeys-lru")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    config_set(&url, "maxmemory-policy", "allkeys-lru").await;
     let res = Resources::new();
     let env = crate::resilience::hub_env(&url, &res.database_url, &res.stream, "evicting");
     let printed = Sensorhub::refused(&env).await;
@@ -173,14 +166,7 @@ async fn readyz_names_a_redis_set_to_evict() {
     let env = crate::resilience::hub_env(&url, &res.database_url, &res.stream, "evict-later");
     let hub = Sensorhub::spawn(&env).await;
     wait_ready_status(hub.port, 200, Duration::from_secs(30)).await;
-    let mut redis = redis_conn(&url).await;
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory-policy")
-        .arg("volatile-lru")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    config_set(&url, "maxmemory-policy", "volatile-lru").await;
     let body = wait_ready_status(hub.port, 503, Duration::from_secs(10)).await;
     assert!(body.contains("redis_memory_policy"), "{body}");
     assert!(body.contains("volatile-lru"), "{body}");

@@ -99,35 +99,32 @@ async fn a_bridge_retrying_an_append_that_ran_stores_it_once() {
     // Half before, then the last messages and the pause in one pipeline: Redis sends the
     // messages to the bridge as the pause begins, so the bridge's append of them waits out the
     // pause, times out, and is retried.
-    for i in 0..published / 2 - 10 {
-        let _: i64 = redis::cmd("PUBLISH")
-            .arg(&res.stream)
-            .arg(payload(i))
-            .query_async(&mut publisher)
-            .await
-            .unwrap();
-    }
-    let mut pipe = redis::pipe();
-    for i in published / 2 - 10..published / 2 {
-        pipe.cmd("PUBLISH")
-            .arg(&res.stream)
-            .arg(payload(i))
-            .ignore();
-    }
-    pipe.cmd("CLIENT")
+    let publish = |range: std::ops::Range<i64>| {
+        let mut pipe = redis::pipe();
+        for i in range {
+            pipe.cmd("PUBLISH")
+                .arg(&res.stream)
+                .arg(payload(i))
+                .ignore();
+        }
+        pipe
+    };
+    let _: () = publish(0..published / 2 - 10)
+        .query_async(&mut publisher)
+        .await
+        .unwrap();
+    let mut pausing = publish(published / 2 - 10..published / 2);
+    pausing
+        .cmd("CLIENT")
         .arg("PAUSE")
         .arg(7000)
         .arg("WRITE")
         .ignore();
-    let _: () = pipe.query_async(&mut publisher).await.unwrap();
-    for i in published / 2..published {
-        let _: i64 = redis::cmd("PUBLISH")
-            .arg(&res.stream)
-            .arg(payload(i))
-            .query_async(&mut publisher)
-            .await
-            .unwrap();
-    }
+    let _: () = pausing.query_async(&mut publisher).await.unwrap();
+    let _: () = publish(published / 2..published)
+        .query_async(&mut publisher)
+        .await
+        .unwrap();
     let pg = pg_client(&res.database_url).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while count(&pg, "SELECT count(*) FROM readings").await < published {
