@@ -311,9 +311,20 @@ async fn prometheus_scrapes_sensorhub_with_the_shipped_config() {
     )
     .await;
     assert_eq!(health["labels"]["job"], "sensorhub");
-    let (_, body) = http_get(port, "/api/v1/query?query=sensorhub_build_info").await;
-    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(answer["data"]["result"][0]["value"][1], "1", "{body}");
+    // The target turns "up" as the scrape ends, a moment before its samples
+    // can be queried: wait for the series rather than read it once.
+    let sample = wait_for(
+        "prometheus to answer sensorhub_build_info",
+        std::time::Duration::from_secs(30),
+        || async move {
+            let (_, body) = http_get(port, "/api/v1/query?query=sensorhub_build_info").await;
+            let answer: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let value = answer["data"]["result"][0]["value"][1].clone();
+            (!value.is_null()).then_some(value)
+        },
+    )
+    .await;
+    assert_eq!(sample, "1");
 }
 
 /// The provisioned Grafana dashboard parses and uses only the provisioned datasources.
