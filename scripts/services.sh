@@ -4,7 +4,7 @@
 # Safe to run again: whatever already answers is left alone.
 #
 #   scripts/services.sh            # Redis + PostgreSQL + Mosquitto
-#   scripts/services.sh --tools    # also the test tools (promtool, chromium, Python clients in .tools/)
+#   scripts/services.sh --tools    # also the test tools (promtool, chromium, nft, Python clients in .tools/)
 set -euo pipefail
 
 REDIS_PORT=6379
@@ -108,6 +108,10 @@ if [ "$with_tools" = yes ]; then
     log "prometheus: $(command -v prometheus), promtool: $(command -v promtool)"
     if ! command -v chromium >/dev/null; then apt_install chromium; fi
     log "chromium: $(command -v chromium)"
+    # Network namespaces and packet filters for the silent-network tests.
+    if ! command -v ip >/dev/null; then apt_install iproute2; fi
+    if ! command -v nft >/dev/null; then apt_install nftables; fi
+    log "ip: $(command -v ip), nft: $(command -v nft)"
     # Python programs the tests drive sensorhub with (InfluxDB's own client library, and
     # schemathesis, which fuzzes the API from its OpenAPI document), in a venv of the checkout's
     # own so that nothing outside it changes.

@@ -61,8 +61,11 @@ impl Application {
             .max(1);
         // A URL that cannot be used as written stops the start at once; only connecting is
         // retried.
-        let mut database =
-            store::connection_target(config.database_url.expose(), "SENSORHUB_DATABASE_URL")?;
+        let mut database = store::connection_target(
+            config.database_url.expose(),
+            "SENSORHUB_DATABASE_URL",
+            config.liveness,
+        )?;
         // A name of this instance's own: another instance's connections tell it apart from ours
         // (the resolution set is changed only with no other instance connected).
         let application_name = deployment::instance_name();
@@ -96,7 +99,11 @@ impl Application {
         // them, as a replica may come up after sensorhub), else the shared pool.
         let read_pool = match &config.database_read_url {
             Some(url) => store::lazy_pool(
-                &store::connection_target(url.expose(), "SENSORHUB_DATABASE_READ_URL")?,
+                &store::connection_target(
+                    url.expose(),
+                    "SENSORHUB_DATABASE_READ_URL",
+                    config.liveness,
+                )?,
                 shared,
             )?,
             None => pool.clone(),
@@ -110,8 +117,12 @@ impl Application {
             ));
         }
 
-        let redis = redis_target::parse(config.redis_url.expose(), &config.redis_tls)
-            .map_err(|why| anyhow::anyhow!("SENSORHUB_REDIS_URL: {why}"))?;
+        let redis = redis_target::parse_live(
+            config.redis_url.expose(),
+            &config.redis_tls,
+            config.liveness,
+        )
+        .map_err(|why| anyhow::anyhow!("SENSORHUB_REDIS_URL: {why}"))?;
         let redis_at = match &redis.cluster {
             Some(_) => format!(
                 "Redis Cluster at {}",

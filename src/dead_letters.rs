@@ -492,8 +492,12 @@ impl SelectArgs {
 /// Runs a dead-letter command against the configured Redis and stream, printing to stdout and
 /// progress to stderr.
 pub async fn run(config: &crate::config::Config, command: Command) -> anyhow::Result<()> {
-    let target = crate::redis::target::parse(config.redis_url.expose(), &config.redis_tls)
-        .map_err(|why| anyhow::anyhow!("SENSORHUB_REDIS_URL: {why}"))?;
+    let target = crate::redis::target::parse_live(
+        config.redis_url.expose(),
+        &config.redis_tls,
+        config.liveness,
+    )
+    .map_err(|why| anyhow::anyhow!("SENSORHUB_REDIS_URL: {why}"))?;
     let conn = crate::redis::connection::Connection::open(
         &target,
         crate::redis::connection::TOOL_RESPONSE_TIMEOUT,

@@ -30,6 +30,7 @@
 //! - [`telemetry`]: logging setup and every metric, declared once.
 //! - [`retry`]: the backoff every retry loop shares.
 //! - [`tls`]: the TLS client configurations of the Redis, PostgreSQL and MQTT connections.
+//! - [`liveness`]: how every connection notices a peer gone silent (keepalive, user timeout).
 //! - [`simulate`]: demo sensors for first runs and load tests (`sensorhub simulate`).
 
 pub mod app;
@@ -37,6 +38,7 @@ pub mod config;
 pub mod dead_letters;
 pub mod domain;
 pub mod http;
+pub mod liveness;
 pub mod pipeline;
 pub mod redis;
 pub mod retry;

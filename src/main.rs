@@ -147,9 +147,13 @@ fn serve(config: Config) -> ExitCode {
 
 /// Renames the configured stream and the keys beside it, printing each rename.
 async fn rename_stream(config: &Config, to: &str) -> anyhow::Result<()> {
-    let client = sensorhub::redis::target::parse(config.redis_url.expose(), &config.redis_tls)
-        .map_err(|why| anyhow::anyhow!("SENSORHUB_REDIS_URL: {why}"))?
-        .client;
+    let client = sensorhub::redis::target::parse_live(
+        config.redis_url.expose(),
+        &config.redis_tls,
+        config.liveness,
+    )
+    .map_err(|why| anyhow::anyhow!("SENSORHUB_REDIS_URL: {why}"))?
+    .client;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let renamed = sensorhub::redis::rename::rename_stream(&mut conn, &config.stream, to).await?;
     for (from, to) in renamed {

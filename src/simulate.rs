@@ -179,8 +179,12 @@ pub async fn run(config: &Config, sim: &Simulation) -> anyhow::Result<u64> {
             token: config.ingest_token.clone(),
         },
         _ => {
-            let target = crate::redis::target::parse(config.redis_url.expose(), &config.redis_tls)
-                .map_err(|why| anyhow::anyhow!("SENSORHUB_REDIS_URL: {why}"))?;
+            let target = crate::redis::target::parse_live(
+                config.redis_url.expose(),
+                &config.redis_tls,
+                config.liveness,
+            )
+            .map_err(|why| anyhow::anyhow!("SENSORHUB_REDIS_URL: {why}"))?;
             let conn = Connection::open(&target, crate::redis::connection::TOOL_RESPONSE_TIMEOUT)
                 .await
                 .context("connecting to Redis")?;

@@ -138,6 +138,7 @@ impl Pipeline {
                 limits: config.limits.clone(),
                 consumer: config.consumer.clone(),
                 lease_ttl: config.bridge_lease,
+                liveness: config.liveness,
             };
             let (conn, metrics, stop) = (conn.clone(), Arc::clone(&metrics), stop_rx.clone());
             Supervisor::start_in_arbiter(&threads.io, move |_| {

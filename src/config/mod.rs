@@ -10,6 +10,7 @@ mod mqtt;
 
 pub use mqtt::{MqttSettings, TopicRule};
 
+use crate::liveness::Liveness;
 use crate::store::retention::Retention;
 use crate::tls::TlsFiles;
 use chrono_tz::Tz;
@@ -231,6 +232,11 @@ pub const VARIABLES: &[Variable] = &[
         meaning: "PostgreSQL connections: the write connections, the rest (at least one) for the API",
     },
     Variable {
+        name: "SENSORHUB_NETWORK_TIMEOUT",
+        default: "30s",
+        meaning: "a connection (Redis, PostgreSQL, MQTT) whose peer stays silent this long is given up and opened again (at least 5s)",
+    },
+    Variable {
         name: "SENSORHUB_SHUTDOWN_TIMEOUT",
         default: "30s",
         meaning: "longest wait for in-flight batches on SIGTERM",
@@ -432,6 +438,8 @@ pub struct Config {
     pub write_connections: usize,
     pub db_pool_size: usize,
     pub shutdown_timeout: Duration,
+    /// Dead-peer detection of every connection.
+    pub liveness: Liveness,
     pub api_token: Option<Secret>,
     /// The token of HTTP ingest; the API token when `SENSORHUB_INGEST_TOKEN` is not set, so that
     /// setting only the API token never leaves ingest open.
@@ -551,6 +559,7 @@ impl Config {
             write_connections: env.number("SENSORHUB_WRITE_CONNECTIONS", 1, 32)?,
             db_pool_size: env.number("SENSORHUB_DB_POOL_SIZE", 1, 256)?,
             shutdown_timeout: env.duration("SENSORHUB_SHUTDOWN_TIMEOUT")?,
+            liveness: Liveness::new(env.duration("SENSORHUB_NETWORK_TIMEOUT")?),
             api_token: token(&lookup, "SENSORHUB_API_TOKEN")?,
             ingest_token: match token(&lookup, "SENSORHUB_INGEST_TOKEN")? {
                 Some(token) => Some(token),
@@ -585,6 +594,16 @@ impl Config {
                 var: "SENSORHUB_PARTITION",
                 value: humantime::format_duration(config.partition).to_string(),
                 expected: "at least 1h (a partition per hour or longer)".into(),
+            });
+        }
+        if config.liveness.timeout() > env.duration("SENSORHUB_NETWORK_TIMEOUT")? {
+            return Err(ConfigError {
+                var: "SENSORHUB_NETWORK_TIMEOUT",
+                value: env.text("SENSORHUB_NETWORK_TIMEOUT"),
+                expected: format!(
+                    "at least {} (keepalive probes are whole seconds apart)",
+                    humantime::format_duration(crate::liveness::MIN_TIMEOUT)
+                ),
             });
         }
         if config.bridge_lease < Duration::from_millis(300) {

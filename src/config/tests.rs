@@ -64,6 +64,7 @@ fn bad_values_name_variable_value_and_expectation() {
         ("SENSORHUB_TIMEZONE", "Mars/Olympus", "IANA"),
         ("SENSORHUB_MAX_FUTURE_SKEW", "-5", "duration"),
         ("SENSORHUB_STREAM", " ", "non-empty"),
+        ("SENSORHUB_NETWORK_TIMEOUT", "2s", "at least 5s"),
     ];
     for (var, value, expected) in cases {
         let error = config(&[(var, value)]).unwrap_err().to_string();

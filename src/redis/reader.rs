@@ -12,6 +12,7 @@
 //! answering (a failover), the next read starts again from the nodes the URL names, one after
 //! another, until one of them redirects to the new owner.
 
+use crate::liveness::Liveness;
 use crate::redis::entry::StreamEntry;
 use crate::redis::resp::{ReplyParser, Scan, io_error, server_error};
 use crate::redis::target::ReaderTarget;
@@ -208,9 +209,12 @@ impl StreamReader {
 
     /// A connection to `server`, within [`GRACE`].
     async fn open(&self, server: &ConnectionInfo) -> RedisResult<Box<dyn Io>> {
-        tokio::time::timeout(GRACE, connect(server, &self.target.tls))
-            .await
-            .map_err(|_| io_error(format!("connecting took over {GRACE:?}")))?
+        tokio::time::timeout(
+            GRACE,
+            connect(server, &self.target.tls, self.target.liveness),
+        )
+        .await
+        .map_err(|_| io_error(format!("connecting took over {GRACE:?}")))?
     }
 }
 
@@ -249,16 +253,19 @@ fn node_at(template: &ConnectionInfo, addr: &str) -> RedisResult<ConnectionInfo>
 async fn connect(
     info: &ConnectionInfo,
     tls: &Option<Arc<ClientConfig>>,
+    liveness: Liveness,
 ) -> RedisResult<Box<dyn Io>> {
     let mut io: Box<dyn Io> = match (info.addr(), tls) {
         (ConnectionAddr::Tcp(host, port), _) => {
             let tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
             tcp.set_nodelay(true)?;
+            liveness.socket(&tcp)?;
             Box::new(tcp)
         }
         (ConnectionAddr::TcpTls { host, port, .. }, Some(tls)) => {
             let tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
             tcp.set_nodelay(true)?;
+            liveness.socket(&tcp)?;
             let name = rustls_pki_types::ServerName::try_from(host.clone()).map_err(|e| {
                 RedisError::from((
                     ErrorKind::InvalidClientConfig,

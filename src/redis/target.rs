@@ -5,6 +5,7 @@
 //! written so. The pooled connections are the `redis` crate's; the stream reader's own socket
 //! gets the same verification from [`crate::tls`].
 
+use crate::liveness::Liveness;
 use crate::tls::{TlsFiles, Verify, client_config};
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo as _};
 use rustls::ClientConfig;
@@ -20,6 +21,8 @@ pub struct ReaderTarget {
     /// Every node a cluster URL names, to start from (and to fall back on when the node owning
     /// the stream's slot stops answering); empty for one server.
     pub seeds: Vec<ConnectionInfo>,
+    /// How its socket notices a silent server.
+    pub liveness: Liveness,
 }
 
 /// A Redis to connect to: the client of the pooled connections and the reader's target.
@@ -43,21 +46,27 @@ const CLUSTER_SCHEMES: [(&str, &str); 2] = [
 ];
 
 /// Reads `url` with the TLS files; an error says what is wrong (without the URL, which may hold
-/// a password).
+/// a password). Connections give up a silent server after the default network timeout.
 pub fn parse(url: &str, files: &TlsFiles) -> Result<Target, String> {
+    parse_live(url, files, Liveness::default())
+}
+
+/// As [`parse`], connections giving up a silent server as `liveness` says.
+pub fn parse_live(url: &str, files: &TlsFiles, liveness: Liveness) -> Result<Target, String> {
     let Some(nodes) = cluster_nodes(url)? else {
-        return parse_server(url, files);
+        return parse_server(url, files, liveness);
     };
     let servers = nodes
         .iter()
-        .map(|node| parse_server(node, files))
+        .map(|node| parse_server(node, files, liveness))
         .collect::<Result<Vec<_>, _>>()?;
     let first = servers[0].clone();
     if first.reader.info.redis_settings().db() != 0 {
         return Err("a Redis Cluster has only database 0: remove the /N from the URL".into());
     }
     let seeds: Vec<ConnectionInfo> = servers.iter().map(|s| s.reader.info.clone()).collect();
-    let mut builder = redis::cluster::ClusterClient::builder(seeds.clone());
+    let mut builder =
+        redis::cluster::ClusterClient::builder(seeds.clone()).tcp_settings(liveness.redis());
     if let ConnectionAddr::TcpTls { insecure, .. } = first.reader.info.addr() {
         builder = builder
             .tls(if *insecure {
@@ -106,12 +115,13 @@ fn cluster_nodes(url: &str) -> Result<Option<Vec<String>>, String> {
 }
 
 /// One Redis server's URL.
-fn parse_server(url: &str, files: &TlsFiles) -> Result<Target, String> {
+fn parse_server(url: &str, files: &TlsFiles, liveness: Liveness) -> Result<Target, String> {
     let url = insecure_as_fragment(url);
     let info = url
         .as_str()
         .into_connection_info()
-        .map_err(|e| format!("not a Redis URL: {e}"))?;
+        .map_err(|e| format!("not a Redis URL: {e}"))?
+        .set_tcp_settings(liveness.redis());
     let insecure = match info.addr() {
         ConnectionAddr::TcpTls { insecure, .. } => *insecure,
         _ => {
@@ -131,6 +141,7 @@ fn parse_server(url: &str, files: &TlsFiles) -> Result<Target, String> {
                     info,
                     tls: None,
                     seeds: Vec::new(),
+                    liveness,
                 },
             });
         }
@@ -151,6 +162,7 @@ fn parse_server(url: &str, files: &TlsFiles) -> Result<Target, String> {
             info,
             tls: Some(tls),
             seeds: Vec::new(),
+            liveness,
         },
     })
 }

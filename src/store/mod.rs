@@ -12,6 +12,7 @@ pub mod target;
 
 pub use batch::{BatchOutcome, Conflict, write_batch};
 
+use crate::liveness::Liveness;
 use anyhow::Context as _;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use std::time::Duration;
@@ -93,7 +94,7 @@ impl StoreError {
 /// Parses the URL, creates the database if it is missing, and builds the pool.
 pub async fn connect(url: &str, pool_size: usize) -> anyhow::Result<Pool> {
     connect_to(
-        &connection_target(url, "SENSORHUB_DATABASE_URL")?,
+        &connection_target(url, "SENSORHUB_DATABASE_URL", Liveness::default())?,
         pool_size,
     )
     .await
@@ -113,16 +114,20 @@ pub fn lazy_pool(target: &Target, pool_size: usize) -> anyhow::Result<Pool> {
     build_pool(target.clone(), pool_size)
 }
 
-/// The URL read as libpq reads it (TLS included); an error names the variable `var` and the
-/// problem.
-pub fn connection_target(url: &str, var: &str) -> anyhow::Result<Target> {
+/// The URL read as libpq reads it (TLS included), its connections giving up a silent server as
+/// `liveness` says; an error names the variable `var` and the problem.
+pub fn connection_target(url: &str, var: &str, liveness: Liveness) -> anyhow::Result<Target> {
     let mut target = target::parse(url).map_err(|why| anyhow::anyhow!("{var}: {why}"))?;
+    liveness.postgres(&mut target.config);
     target
         .config
         .connect_timeout(CONNECT_TIMEOUT)
         .application_name("sensorhub")
         // The guarantee needs every acknowledged batch durable: never inherit an `off`.
-        .options("-c synchronous_commit=on");
+        .options(&format!(
+            "-c synchronous_commit=on {}",
+            liveness.postgres_server_options()
+        ));
     Ok(target)
 }
 

@@ -4,6 +4,7 @@
 //! torn down on drop, also when the test fails.
 
 use crate::helpers::{http_get, unique_name, wait_for};
+pub use crate::netns::Netns;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -53,6 +54,48 @@ fn pg_command(tool: &str) -> Command {
     }
 }
 
+/// Where a private server runs: on 127.0.0.1, or inside a [`Netns`] listening on both of its
+/// addresses (URLs name the one sensorhub uses, [`Netns::ip`]).
+#[derive(Clone, Default)]
+struct Placement {
+    /// `(namespace, ip, side ip)`.
+    netns: Option<(String, String, String)>,
+}
+
+impl Placement {
+    fn of(ns: &Netns) -> Self {
+        Self {
+            netns: Some((ns.name.clone(), ns.ip(), ns.side_ip())),
+        }
+    }
+
+    /// The address URLs name.
+    fn host(&self) -> &str {
+        self.netns.as_ref().map_or("127.0.0.1", |(_, ip, _)| ip)
+    }
+
+    /// Every address the server listens on.
+    fn listen(&self) -> Vec<String> {
+        match &self.netns {
+            None => vec!["127.0.0.1".into()],
+            Some((_, ip, side)) => vec![ip.clone(), side.clone()],
+        }
+    }
+
+    /// `cmd`, run inside the namespace when there is one.
+    fn wrap(&self, cmd: Command) -> Command {
+        let Some((name, _, _)) = &self.netns else {
+            return cmd;
+        };
+        let mut wrapped = Command::new("ip");
+        wrapped
+            .args(["netns", "exec", name])
+            .arg(cmd.get_program())
+            .args(cmd.get_args());
+        wrapped
+    }
+}
+
 fn run(mut cmd: Command, what: &str) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(
@@ -69,20 +112,26 @@ pub struct PrivatePostgres {
     pub port: u16,
     /// Server settings beyond the defaults (`-c name=value ...`).
     options: String,
+    place: Placement,
 }
 
 impl PrivatePostgres {
     pub fn start() -> Self {
-        Self::start_with(None)
+        Self::start_with(None, Placement::default())
     }
 
     /// A server that speaks TLS (`ssl = on`) with the certificate of `certs` (plain connections
     /// stay allowed, as with `sslmode=prefer` clients).
     pub fn start_tls(certs: &TestCerts) -> Self {
-        Self::start_with(Some(certs))
+        Self::start_with(Some(certs), Placement::default())
     }
 
-    fn start_with(certs: Option<&TestCerts>) -> Self {
+    /// A server inside `ns`, on both of its addresses.
+    pub fn start_in(ns: &Netns) -> Self {
+        Self::start_with(None, Placement::of(ns))
+    }
+
+    fn start_with(certs: Option<&TestCerts>, place: Placement) -> Self {
         let dir = std::env::temp_dir().join(unique_name("sensorhub-pg"));
         std::fs::create_dir_all(&dir).unwrap();
         if running_as_root() {
@@ -105,6 +154,13 @@ impl PrivatePostgres {
             "--no-sync",
         ]);
         run(initdb, "initdb");
+        if place.netns.is_some() {
+            // Clients come from the namespace's peer address, not 127.0.0.1.
+            let hba = dir.join("data").join("pg_hba.conf");
+            let mut rules = std::fs::read_to_string(&hba).unwrap();
+            rules.push_str("host all all 10.0.0.0/8 trust\n");
+            std::fs::write(&hba, rules).unwrap();
+        }
         let options = match certs {
             None => String::new(),
             Some(certs) => {
@@ -130,13 +186,18 @@ impl PrivatePostgres {
             dir,
             port: free_port(),
             options,
+            place,
         };
         pg.start_server();
         pg
     }
 
     pub fn url(&self, database: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+        format!(
+            "postgres://postgres@{}:{}/{database}",
+            self.place.host(),
+            self.port
+        )
     }
 
     pub fn start_server(&self) {
@@ -147,13 +208,14 @@ impl PrivatePostgres {
             .arg(self.dir.join("log"))
             .arg("-o")
             .arg(format!(
-                "-p {} -c listen_addresses=127.0.0.1 -k {} -c shared_buffers=32MB -c max_connections=60{}",
+                "-p {} -c listen_addresses={} -k {} -c shared_buffers=32MB -c max_connections=60{}",
                 self.port,
+                self.place.listen().join(","),
                 self.dir.display(),
                 self.options
             ))
             .args(["-w", "-t", "60", "start"]);
-        run(ctl, "pg_ctl start");
+        run(self.place.wrap(ctl), "pg_ctl start");
     }
 
     /// Stops the server (fast shutdown: connections are closed, nothing is lost).
@@ -187,25 +249,46 @@ pub struct PrivateRedis {
     tls: Option<(TestCerts, String)>,
     /// Whether clients must show a certificate the CA signed.
     mutual: bool,
+    place: Placement,
 }
 
 impl PrivateRedis {
     pub fn start(persistent: bool) -> Self {
-        Self::start_with(persistent, None, false)
+        Self::start_with(persistent, None, false, Placement::default())
+    }
+
+    /// A server inside `ns`, on both of its addresses.
+    pub fn start_in(ns: &Netns) -> Self {
+        Self::start_with(false, None, false, Placement::of(ns))
     }
 
     /// A server that speaks only TLS (`--port 0 --tls-port`), with the certificate of `certs`,
     /// and requires `password`.
     pub fn start_tls(certs: &TestCerts, password: &str) -> Self {
-        Self::start_with(false, Some((certs.clone(), password.to_owned())), false)
+        Self::start_with(
+            false,
+            Some((certs.clone(), password.to_owned())),
+            false,
+            Placement::default(),
+        )
     }
 
     /// As [`Self::start_tls`], and clients must show a certificate the test CA signed.
     pub fn start_mutual_tls(certs: &TestCerts, password: &str) -> Self {
-        Self::start_with(false, Some((certs.clone(), password.to_owned())), true)
+        Self::start_with(
+            false,
+            Some((certs.clone(), password.to_owned())),
+            true,
+            Placement::default(),
+        )
     }
 
-    fn start_with(persistent: bool, tls: Option<(TestCerts, String)>, mutual: bool) -> Self {
+    fn start_with(
+        persistent: bool,
+        tls: Option<(TestCerts, String)>,
+        mutual: bool,
+        place: Placement,
+    ) -> Self {
         let dir = std::env::temp_dir().join(unique_name("sensorhub-redis"));
         std::fs::create_dir_all(&dir).unwrap();
         let mut redis = Self {
@@ -215,6 +298,7 @@ impl PrivateRedis {
             child: None,
             tls,
             mutual,
+            place,
         };
         redis.start_server();
         redis
@@ -222,7 +306,7 @@ impl PrivateRedis {
 
     pub fn url(&self) -> String {
         match &self.tls {
-            None => format!("redis://127.0.0.1:{}", self.port),
+            None => format!("redis://{}:{}", self.place.host(), self.port),
             Some((_, password)) => format!("rediss://:{password}@127.0.0.1:{}", self.port),
         }
     }
@@ -262,8 +346,11 @@ impl PrivateRedis {
                     .args(["--requirepass", password]);
             }
         }
+        let mut cmd = self.place.wrap(cmd);
         let child = cmd
-            .args(["--bind", "127.0.0.1", "--save", ""])
+            .arg("--bind")
+            .args(self.place.listen())
+            .args(["--protected-mode", "no", "--save", ""])
             .args(["--appendonly", appendonly, "--appendfsync", "always"])
             .arg("--dir")
             .arg(&self.dir)
@@ -481,24 +568,35 @@ pub struct PrivateMosquitto {
     dir: PathBuf,
     pub port: u16,
     child: Option<Child>,
+    place: Placement,
 }
 
 impl PrivateMosquitto {
     pub fn start() -> Self {
-        Self::start_with(None, "")
+        Self::start_with(None, "", Placement::default())
     }
 
     /// A broker whose only listener speaks TLS, with the certificate of `certs`.
     pub fn start_tls(certs: &TestCerts) -> Self {
-        Self::start_with(Some(certs), "")
+        Self::start_with(Some(certs), "", Placement::default())
     }
 
     /// A broker with `extra` lines of configuration.
     pub fn start_configured(extra: &str) -> Self {
-        Self::start_with(None, extra)
+        Self::start_with(None, extra, Placement::default())
     }
 
-    fn start_with(certs: Option<&TestCerts>, extra: &str) -> Self {
+    /// A broker inside `ns`, on both of its addresses, with `extra` lines of configuration.
+    pub fn start_in(ns: &Netns, extra: &str) -> Self {
+        Self::start_with(None, extra, Placement::of(ns))
+    }
+
+    /// The broker's address in URLs and for clients.
+    pub fn host(&self) -> &str {
+        self.place.host()
+    }
+
+    fn start_with(certs: Option<&TestCerts>, extra: &str, place: Placement) -> Self {
         let dir = std::env::temp_dir().join(unique_name("sensorhub-mosquitto"));
         std::fs::create_dir_all(&dir).unwrap();
         // Started as root, Mosquitto drops to its own user, which must be able to write its
@@ -509,8 +607,13 @@ impl PrivateMosquitto {
         std::fs::write(
             dir.join("mosquitto.conf"),
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+                "{}allow_anonymous true\npersistence true\n\
                  persistence_location {}/\nmax_queued_messages 0\n{extra}\n{}",
+                place
+                    .listen()
+                    .iter()
+                    .map(|ip| format!("listener {port} {ip}\n"))
+                    .collect::<String>(),
                 dir.display(),
                 match certs {
                     None => String::new(),
@@ -528,13 +631,15 @@ impl PrivateMosquitto {
             dir,
             port,
             child: None,
+            place,
         };
         broker.start_server();
         broker
     }
 
     pub fn start_server(&mut self) {
-        let child = Command::new("mosquitto")
+        let mut cmd = self.place.wrap(Command::new("mosquitto"));
+        let child = cmd
             .arg("-c")
             .arg(self.dir.join("mosquitto.conf"))
             .stdout(Stdio::null())
@@ -543,7 +648,7 @@ impl PrivateMosquitto {
             .expect("mosquitto is installed (scripts/services.sh)");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while std::net::TcpStream::connect((self.place.host(), self.port)).is_err() {
             assert!(Instant::now() < deadline, "private mosquitto did not start");
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -39,8 +39,13 @@ pub async fn publish(messages: &[(String, Vec<u8>)]) {
 
 /// As [`publish`], to the broker on `port`.
 async fn publish_to(port: u16, messages: &[(String, Vec<u8>)]) {
+    publish_at("127.0.0.1", port, messages).await;
+}
+
+/// Publishes `messages` at QoS 1 to the broker at `host:port`, waiting for every PUBACK.
+pub async fn publish_at(host: &str, port: u16, messages: &[(String, Vec<u8>)]) {
     let id = unique_name("pub");
-    let (client, mut events) = AsyncClient::new(MqttOptions::new(id, "127.0.0.1", port), 64);
+    let (client, mut events) = AsyncClient::new(MqttOptions::new(id, host, port), 64);
     let sender = client.clone();
     let messages = messages.to_vec();
     let count = messages.len();

@@ -12,27 +12,27 @@ use tokio_postgres::NoTls;
 
 /// What a producer publishes.
 #[derive(Clone, Copy)]
-struct Load {
-    readings: u64,
-    sensors: u64,
+pub(crate) struct Load {
+    pub(crate) readings: u64,
+    pub(crate) sensors: u64,
     /// Entries per pipelined round trip, and the pause between them.
-    per_tick: u64,
-    tick: Duration,
+    pub(crate) per_tick: u64,
+    pub(crate) tick: Duration,
     /// Every n-th message re-sends an earlier reading (0: none).
-    duplicate_every: u64,
+    pub(crate) duplicate_every: u64,
     /// Every n-th reading is an hour late (0: none).
-    late_every: u64,
+    pub(crate) late_every: u64,
 }
 
-struct Produced {
+pub(crate) struct Produced {
     /// Distinct `(sensor, ts in µs)` published.
-    distinct: HashSet<(String, i64)>,
-    last_id: String,
+    pub(crate) distinct: HashSet<(String, i64)>,
+    pub(crate) last_id: String,
 }
 
 /// Publishes `load` with `XADD`, retrying a round trip until Redis takes it (a retried round trip
 /// may add some entries twice: they are duplicates by key, as a device retrying would send).
-async fn produce(redis_url: String, stream: String, load: Load) -> Produced {
+pub(crate) async fn produce(redis_url: String, stream: String, load: Load) -> Produced {
     let client = redis::Client::open(redis_url.as_str()).unwrap();
     let mut conn = ConnectionManager::new(client).await.unwrap();
     let base: chrono::DateTime<chrono::Utc> = "2025-09-01T12:00:00Z".parse().unwrap();
@@ -103,7 +103,7 @@ async fn pg_conn(url: &str) -> tokio_postgres::Client {
 }
 
 /// The proof every scenario ends with.
-async fn assert_exactly_once(database_url: &str, produced: &Produced, extra_rows: i64) {
+pub(crate) async fn assert_exactly_once(database_url: &str, produced: &Produced, extra_rows: i64) {
     let pg = pg_conn(database_url).await;
     let rows: i64 = pg
         .query_one(

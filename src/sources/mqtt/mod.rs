@@ -77,10 +77,8 @@ const APPENDS_IN_FLIGHT: usize = 16;
 /// nothing more at once. The broker bounds what it sends unacknowledged anyway (Mosquitto:
 /// `max_inflight_messages`, 20 by default).
 const BATCH: usize = 256;
-/// How often the broker and client check that the connection is alive.
-const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// Longest wait for one message's append: the connection to the broker is not served meanwhile,
-/// so it stays well within the keep-alive. An append that times out is left unacknowledged (it
+/// so it stays within the keep-alive (at least 2 s, [`crate::liveness`]). An append that times out is left unacknowledged (it
 /// may still have happened: the broker's redelivery then appends it again).
 const APPEND_TIMEOUT: Duration = Duration::from_secs(2);
 /// The largest packet the client reads: MQTT's own limit (a remaining length of at most
@@ -104,6 +102,8 @@ pub struct MqttSourceSettings {
     pub consumer: String,
     /// How long the lease lasts without a renewal.
     pub lease_ttl: Duration,
+    /// How soon a silent broker is given up (the keepalive).
+    pub liveness: crate::liveness::Liveness,
 }
 
 pub struct MqttSource {
@@ -233,7 +233,7 @@ impl SourceLoop {
             .not_consuming(format!("connecting to {}:{}", mqtt.host, mqtt.port));
         let mut options = MqttOptions::new(&client_id, &mqtt.host, mqtt.port);
         options
-            .set_keep_alive(KEEP_ALIVE)
+            .set_keep_alive(settings.liveness.mqtt_keep_alive())
             .set_clean_session(false)
             .set_manual_acks(true)
             .set_max_packet_size(MAX_INCOMING_PACKET, MAX_OUTGOING_PACKET);
