@@ -124,7 +124,7 @@ pub fn connection_target(url: &str, var: &str, liveness: Liveness) -> anyhow::Re
         .connect_timeout(CONNECT_TIMEOUT)
         .application_name("sensorhub")
         // The guarantee needs every acknowledged batch durable: never inherit an `off`.
-        .options(&format!(
+        .options(format!(
             "-c synchronous_commit=on {}",
             liveness.postgres_server_options()
         ));
