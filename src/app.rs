@@ -5,6 +5,7 @@ use crate::config::{Config, mask_password};
 use crate::http::{self, ApiSettings, HttpState, Targets};
 use crate::pipeline::faults::Faults;
 use crate::pipeline::read::READ_BLOCK;
+use crate::pipeline::write::WriteHealth;
 use crate::redis::connection::Connection;
 use crate::redis::shards::has_hash_tag;
 use crate::redis::{group, target as redis_target};
@@ -179,6 +180,7 @@ impl Application {
                 .as_ref()
                 .map_or(Duration::ZERO, |mqtt| mqtt.ready_grace),
         ));
+        let write_health = Arc::new(WriteHealth::default());
         let pipeline = Pipeline::start(
             &config,
             PipelineParts {
@@ -190,6 +192,7 @@ impl Application {
                 metrics: Arc::clone(&metrics),
                 bridge_health: Arc::clone(&bridge_health),
                 mqtt_health: Arc::clone(&mqtt_health),
+                write_health: Arc::clone(&write_health),
                 faults,
             },
         );
@@ -203,6 +206,7 @@ impl Application {
             pipeline_running: pipeline.running_flag(),
             bridge: config.channel.is_some().then_some(bridge_health),
             mqtt: config.mqtt.is_some().then_some(mqtt_health),
+            writes: write_health,
             snapshots: Arc::new(http::pipeline::Snapshots::new(started)),
             targets: Targets {
                 redis: mask_password(config.redis_url.expose()),

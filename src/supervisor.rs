@@ -15,7 +15,7 @@ use crate::pipeline::flow::Flow;
 use crate::pipeline::read::{ReadSettings, Reader, ReadersRunning};
 use crate::pipeline::validate::Validator;
 use crate::pipeline::window::Aggregator;
-use crate::pipeline::write::{WriteStore, Writer};
+use crate::pipeline::write::{WriteHealth, WriteStore, Writer};
 use crate::redis::connection::Connection;
 use crate::redis::dead_letter::DeadLetters;
 use crate::redis::lease::unique_token;
@@ -47,6 +47,8 @@ pub struct PipelineParts {
     pub bridge_health: Arc<BridgeHealth>,
     /// Whether the MQTT source consumes, shared with `/readyz`.
     pub mqtt_health: Arc<MqttHealth>,
+    /// Whether batches commit, shared by every stream's writer and with `/readyz`.
+    pub write_health: Arc<WriteHealth>,
     pub faults: Arc<Faults>,
 }
 
@@ -80,6 +82,7 @@ impl Pipeline {
             metrics,
             bridge_health,
             mqtt_health,
+            write_health,
             faults,
         } = parts;
         let (stop, stop_rx) = watch::channel(false);
@@ -116,6 +119,7 @@ impl Pipeline {
                 instance: instance.clone(),
                 write_pool: write_pool.clone(),
                 partitions: Arc::clone(&partitions),
+                write_health: Arc::clone(&write_health),
                 reader: redis_target.reader.clone(),
                 conn: conn.clone(),
                 read_conn: read_conn.clone(),
@@ -234,6 +238,7 @@ struct StreamStages {
     instance: String,
     write_pool: Pool,
     partitions: Arc<crate::store::partition::Partitions>,
+    write_health: Arc<WriteHealth>,
     reader: crate::redis::target::ReaderTarget,
     conn: Connection,
     read_conn: Connection,
@@ -254,6 +259,7 @@ impl StreamStages {
             instance,
             write_pool,
             partitions,
+            write_health,
             reader,
             conn,
             read_conn,
@@ -293,6 +299,7 @@ impl StreamStages {
                     WriteStore {
                         pool: write_pool,
                         partitions,
+                        health: write_health,
                     },
                     &resolutions,
                     dead_letters,

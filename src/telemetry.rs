@@ -73,6 +73,8 @@ pub struct Metrics {
     pub database_errors: IntCounter,
     /// Failed Redis operations, retried.
     pub redis_errors: IntCounterVec,
+    /// Failed batch transactions, by SQLSTATE (`53100`: disk full) or `connection`.
+    pub write_errors: IntCounterVec,
     /// Recoveries after an outage, by `target` (`redis`, `postgres`).
     pub reconnects: IntCounterVec,
     /// Batch transactions retried after an error.
@@ -227,6 +229,11 @@ impl Metrics {
                 "sensorhub_redis_errors_total",
                 "Failed Redis operations (each is retried), by the actor that saw it.",
                 "actor",
+            ),
+            write_errors: counter_vec(
+                "sensorhub_write_errors_total",
+                "Failed batch transactions (each is retried), by SQLSTATE (53100: disk full) or connection.",
+                "sqlstate",
             ),
             reconnects: counter_vec(
                 "sensorhub_reconnects_total",

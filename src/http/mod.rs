@@ -5,7 +5,7 @@
 //! | --- | --- |
 //! | `GET /` | status page: sensors with last value, chart of a sensor's aggregates |
 //! | `GET /healthz` | 200 while the process and its actors are alive |
-//! | `GET /readyz`, `GET /healthcheck` | 200 when Redis and PostgreSQL answer, Redis does not evict, the pipeline runs and the configured sources consume (the bridge appends, MQTT is subscribed); 503 with a JSON body naming the failing checks |
+//! | `GET /readyz`, `GET /healthcheck` | 200 when Redis and PostgreSQL answer, batches commit, Redis does not evict, the pipeline runs and the configured sources consume (the bridge appends, MQTT is subscribed); 503 with a JSON body naming the failing checks |
 //! | `GET /metrics` | Prometheus text exposition |
 //! | `POST /api/v2/write`, `POST /write`, `GET /ping` | InfluxDB line protocol ([`line_protocol`]) |
 //! | `/api/v1/dead-letters[...]` | list, count, replay and purge dead letters ([`dead_letters`]) |
@@ -85,6 +85,9 @@ pub struct HttpState {
     pub bridge: Option<Arc<BridgeHealth>>,
     /// Whether the MQTT source consumes, when MQTT is configured.
     pub mqtt: Option<Arc<MqttHealth>>,
+    /// Whether batches commit: PostgreSQL may answer `SELECT 1` and still take no batch (a
+    /// full disk, a read-only server).
+    pub writes: Arc<crate::pipeline::write::WriteHealth>,
     /// The Redis and PostgreSQL URLs, passwords masked: a failing check names its server.
     pub targets: Targets,
     /// The counters' recent snapshots, for the status page's rates.
@@ -185,6 +188,10 @@ pub(crate) async fn health_checks(state: &HttpState) -> Health {
         ("redis", redis_result),
         ("postgres", postgres_result),
         ("pipeline", pipeline_result),
+        (
+            "writes",
+            state.writes.check().map_err(|e| format!("error: {e}")),
+        ),
     ];
     if let Some(result) = read_result {
         checks.push(("postgres_read", result));

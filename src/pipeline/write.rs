@@ -34,7 +34,6 @@ use futures_util::FutureExt as _;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
@@ -46,6 +45,53 @@ pub const REFUSALS_BEFORE_ISOLATING: u32 = 3;
 pub struct WriteStore {
     pub pool: Pool,
     pub partitions: Arc<Partitions>,
+    /// Whether batches commit, for `/readyz`.
+    pub health: Arc<WriteHealth>,
+}
+
+/// Whether batch writes commit: since when they fail and the last error, for `/readyz` (a full
+/// disk or a read-only server answers `SELECT 1` but takes no batch) and for logging an outage
+/// once when it starts and once when it ends, however many batches and lanes retry.
+#[derive(Debug, Default)]
+pub struct WriteHealth {
+    failing: std::sync::Mutex<Option<(std::time::Instant, String)>>,
+}
+
+impl WriteHealth {
+    /// `Err` naming the last error while batches fail.
+    pub fn check(&self) -> Result<(), String> {
+        match &*self.lock() {
+            Some((since, why)) => Err(format!(
+                "batch writes failing for {}s: {why}",
+                since.elapsed().as_secs()
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Records a failed attempt; true when writes worked until now.
+    fn fails(&self, why: String) -> bool {
+        let mut state = self.lock();
+        match &mut *state {
+            Some((_, last)) => {
+                *last = why;
+                false
+            }
+            None => {
+                *state = Some((std::time::Instant::now(), why));
+                true
+            }
+        }
+    }
+
+    /// Records a commit (or a refusal, which is not an outage); true when writes were failing.
+    fn works(&self) -> bool {
+        self.lock().take().is_some()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(std::time::Instant, String)>> {
+        self.failing.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// What the writer needs besides the batch.
@@ -59,9 +105,8 @@ struct WriteContext {
     dead: Arc<DeadLetters>,
     /// For dead letters of poison data.
     conn: Connection,
-    /// True while writes fail: shared by every transaction in progress, so that an outage logs
-    /// once when it starts and once when it ends, however many batches and shards retry.
-    failing: Arc<AtomicBool>,
+    /// Whether writes fail, shared by every transaction in progress.
+    health: Arc<WriteHealth>,
 }
 
 /// One shard handed to its lane, and where its outcome goes.
@@ -123,7 +168,7 @@ impl Writer {
                 metrics,
                 dead: Arc::new(dead),
                 conn,
-                failing: Arc::new(AtomicBool::new(false)),
+                health: store.health,
             },
             acker,
             faults,
@@ -336,7 +381,7 @@ async fn write_until_committed(context: &WriteContext, batch: &mut Shard) -> Bat
                 continue;
             }
             Ok(outcome) => {
-                if context.failing.swap(false, Ordering::AcqRel) {
+                if context.health.works() {
                     context
                         .metrics
                         .reconnects
@@ -358,11 +403,16 @@ async fn write_until_committed(context: &WriteContext, batch: &mut Shard) -> Bat
                         tracing::warn!(%error, readings = batch.readings.len(), "PostgreSQL keeps refusing this batch; isolating the readings it refuses");
                         let outcome = isolate_poison(context, batch).await;
                         // A refusal is not an outage: no "works again" line, no reconnect.
-                        context.failing.store(false, Ordering::Release);
+                        context.health.works();
                         return outcome;
                     }
                 }
-                if !context.failing.swap(true, Ordering::AcqRel) {
+                context
+                    .metrics
+                    .write_errors
+                    .with_label_values(&[error.sqlstate()])
+                    .inc();
+                if context.health.fails(error.to_string()) {
                     tracing::warn!(%error, transient = error.is_transient(), readings = batch.readings.len(), "batch write failed, retrying");
                 }
                 backoff.wait().await;

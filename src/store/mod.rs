@@ -82,6 +82,16 @@ impl StoreError {
 }
 
 impl StoreError {
+    /// The SQLSTATE of a server error (`53100` for a full disk, say), or what failed instead:
+    /// `connection`, `horizon`.
+    pub fn sqlstate(&self) -> &str {
+        match self {
+            StoreError::Db(error) => error.code().map_or("connection", |code| code.code()),
+            StoreError::Pool(_) => "connection",
+            StoreError::BeyondHorizon => "horizon",
+        }
+    }
+
     /// Whether a reading found no partition of `readings` (one another instance dropped, or
     /// this one does not know of): the partitions are read again before the next attempt.
     pub fn is_missing_partition(&self) -> bool {
