@@ -181,6 +181,8 @@ impl Application {
                 .map_or(Duration::ZERO, |mqtt| mqtt.ready_grace),
         ));
         let write_health = Arc::new(WriteHealth::default());
+        let (history_tx, history) = tokio::sync::watch::channel(None);
+        actix_web::rt::spawn(store::history::watch(pool.clone(), history_tx));
         let pipeline = Pipeline::start(
             &config,
             PipelineParts {
@@ -193,6 +195,7 @@ impl Application {
                 bridge_health: Arc::clone(&bridge_health),
                 mqtt_health: Arc::clone(&mqtt_health),
                 write_health: Arc::clone(&write_health),
+                history,
                 faults,
             },
         );

@@ -49,6 +49,8 @@ pub struct PipelineParts {
     pub mqtt_health: Arc<MqttHealth>,
     /// Whether batches commit, shared by every stream's writer and with `/readyz`.
     pub write_health: Arc<WriteHealth>,
+    /// The database's identity ([`crate::store::history`]), watched by every reader.
+    pub history: watch::Receiver<Option<String>>,
     pub faults: Arc<Faults>,
 }
 
@@ -83,6 +85,7 @@ impl Pipeline {
             bridge_health,
             mqtt_health,
             write_health,
+            history,
             faults,
         } = parts;
         let (stop, stop_rx) = watch::channel(false);
@@ -120,6 +123,7 @@ impl Pipeline {
                 write_pool: write_pool.clone(),
                 partitions: Arc::clone(&partitions),
                 write_health: Arc::clone(&write_health),
+                history: history.clone(),
                 reader: redis_target.reader.clone(),
                 conn: conn.clone(),
                 read_conn: read_conn.clone(),
@@ -239,6 +243,7 @@ struct StreamStages {
     write_pool: Pool,
     partitions: Arc<crate::store::partition::Partitions>,
     write_health: Arc<WriteHealth>,
+    history: watch::Receiver<Option<String>>,
     reader: crate::redis::target::ReaderTarget,
     conn: Connection,
     read_conn: Connection,
@@ -260,6 +265,7 @@ impl StreamStages {
             write_pool,
             partitions,
             write_health,
+            history,
             reader,
             conn,
             read_conn,
@@ -349,6 +355,7 @@ impl StreamStages {
             batch_delay: config.batch_delay,
             claim_idle: config.claim_idle,
             shares_permits: config.read_shards.len() > 1,
+            history,
         };
         let raw_batches = validator.recipient();
         Supervisor::start_in_arbiter(&threads.io, move |_| {

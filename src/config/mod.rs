@@ -199,7 +199,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "SENSORHUB_STREAM_TAIL",
         default: "1000",
-        meaning: "acknowledged entries kept in the stream for inspection",
+        meaning: "committed entries kept in the stream: for inspection, and re-read after a PostgreSQL failover (size it for the replication lag)",
     },
     Variable {
         name: "SENSORHUB_DEAD_LETTER_MAXLEN",

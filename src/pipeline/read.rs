@@ -46,6 +46,9 @@ pub struct ReadSettings {
     /// for new entries before it takes a permit, rather than blocking in `XREADGROUP` with one
     /// that a shard with entries could use.
     pub shares_permits: bool,
+    /// The database's identity as [`crate::store::history::watch`] reads it: when it differs from
+    /// the one the ledger recorded, the stream's retained tail is re-read.
+    pub history: watch::Receiver<Option<String>>,
 }
 
 /// Where the next read comes from.
@@ -149,6 +152,9 @@ impl Actor for Reader {
             metrics: Arc::clone(&self.metrics),
             stop: self.stop.clone(),
             running: Arc::clone(&self.running),
+            history: self.settings.history.clone(),
+            unchecked_history: None,
+            history_after_tail: None,
         };
         ctx.spawn(guarded("read", lp.run()));
     }
@@ -172,6 +178,11 @@ struct ReadLoop {
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
     running: Arc<AtomicBool>,
+    history: watch::Receiver<Option<String>>,
+    /// A database identity not yet compared with the ledger's.
+    unchecked_history: Option<String>,
+    /// The identity to record once the tail re-read it called for is committed.
+    history_after_tail: Option<String>,
 }
 
 impl ReadLoop {
@@ -197,7 +208,8 @@ impl ReadLoop {
                     _ = self.stop.changed() => break,
                 }
             }
-            let rewind = self.flow.take_rewind();
+            let tail = matches!(cursor.position, Position::New) && self.history_changed().await;
+            let rewind = self.flow.take_rewind() || tail;
             if rewind {
                 tracing::debug!(stream = %self.settings.stream, "re-reading uncommitted entries once the pipeline drains");
                 self.flow.drained().await;
@@ -206,7 +218,20 @@ impl ReadLoop {
                 ticket = self.flow.admit() => ticket,
                 _ = self.stop.changed() => break,
             };
-            let result = self.next_batch(&mut cursor, rewind).await;
+            let result = if tail {
+                let started = self.start_tail(&mut cursor).await;
+                if started.is_err() {
+                    // Compared again, and the tail re-read again, on the next pass.
+                    self.unchecked_history = self.history_after_tail.take();
+                }
+                started
+            } else {
+                Ok(())
+            };
+            let result = match result {
+                Ok(()) => self.next_batch(&mut cursor, rewind && !tail).await,
+                Err(error) => Err(error),
+            };
             let Batch {
                 entries,
                 ranges,
@@ -278,6 +303,62 @@ impl ReadLoop {
             }
         }
         self.running.store(false, Ordering::Release);
+    }
+
+    /// Whether the database's history changed since the ledger's commits were made to it (a
+    /// failover): then the retained tail is to be re-read. The first identity seen is recorded;
+    /// once a tail re-read has been read and committed, the new identity is. A Redis error leaves
+    /// the comparison for the next pass.
+    async fn history_changed(&mut self) -> bool {
+        if self.history.has_changed().unwrap_or(false) {
+            self.unchecked_history = self.history.borrow_and_update().clone();
+        }
+        let s = Arc::clone(&self.settings);
+        if let Some(identity) = self.history_after_tail.clone() {
+            // The tail has been read: record the identity once its batches are committed.
+            self.flow.drained().await;
+            if ledger::record_history(&mut self.conn, &s.stream, &s.group, &identity)
+                .await
+                .is_ok()
+            {
+                self.history_after_tail = None;
+            }
+            return false;
+        }
+        let Some(identity) = self.unchecked_history.clone() else {
+            return false;
+        };
+        let Ok(recorded) = ledger::recorded_history(&mut self.conn, &s.stream, &s.group).await
+        else {
+            return false;
+        };
+        self.unchecked_history = None;
+        match recorded {
+            Some(recorded) if recorded != identity => {
+                tracing::warn!(stream = %s.stream, was = %recorded, now = %identity, "PostgreSQL's history changed (a failover): re-reading the stream's retained tail, so that batches the old primary acknowledged and this one lacks are stored again");
+                self.history_after_tail = Some(identity);
+                true
+            }
+            Some(_) => false,
+            None => {
+                let _ =
+                    ledger::record_history(&mut self.conn, &s.stream, &s.group, &identity).await;
+                false
+            }
+        }
+    }
+
+    /// Points the cursor at the start of the stream's retained tail, through the last delivered
+    /// entry.
+    async fn start_tail(&mut self, cursor: &mut Cursor) -> redis::RedisResult<()> {
+        let s = Arc::clone(&self.settings);
+        if let Some(progress) = ledger::compact(&mut self.conn, &s.stream, &s.group).await? {
+            cursor.position = Position::ReRead {
+                after: EntryId::ZERO,
+                upto: Upto::Through(progress.last_delivered),
+            };
+        }
+        Ok(())
     }
 
     /// Reads the next batch: after a rewind, or when the periodic ledger check is due, it first

@@ -55,6 +55,39 @@ pub fn ranges_key(stream: &str, group: &str) -> String {
     format!("{stream}:committed:{group}")
 }
 
+/// The identity of the database (`<system identifier>/<timeline>`, [`crate::store::history`])
+/// the ledger's commits were last made to: when the database's history changes, entries the
+/// ledger counts as committed may be missing from it.
+pub fn history_key(stream: &str, group: &str) -> String {
+    format!("{stream}:postgres-history:{group}")
+}
+
+/// The recorded database identity of the ledger, if any.
+pub async fn recorded_history(
+    conn: &mut Connection,
+    stream: &str,
+    group: &str,
+) -> RedisResult<Option<String>> {
+    redis::cmd("GET")
+        .arg(history_key(stream, group))
+        .query_async(conn)
+        .await
+}
+
+/// Records the database identity the ledger's commits are now made to.
+pub async fn record_history(
+    conn: &mut Connection,
+    stream: &str,
+    group: &str,
+    identity: &str,
+) -> RedisResult<()> {
+    redis::cmd("SET")
+        .arg(history_key(stream, group))
+        .arg(identity)
+        .query_async(conn)
+        .await
+}
+
 /// The watermark: every entry up to it is committed. Missing means `0-0`, nothing yet.
 pub fn through_key(stream: &str, group: &str) -> String {
     format!("{stream}:committed-through:{group}")

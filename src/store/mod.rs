@@ -5,6 +5,7 @@
 pub mod backfill;
 pub mod batch;
 pub mod deployment;
+pub mod history;
 pub mod partition;
 pub mod retention;
 pub mod sql;

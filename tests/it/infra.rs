@@ -192,6 +192,56 @@ impl PrivatePostgres {
         pg
     }
 
+    /// A streaming replica of `primary` (`pg_basebackup -R`), started: asynchronous unless the
+    /// primary names it in `synchronous_standby_names`.
+    pub fn replica_of(primary: &PrivatePostgres) -> Self {
+        let dir = std::env::temp_dir().join(unique_name("sensorhub-pg-replica"));
+        std::fs::create_dir_all(&dir).unwrap();
+        if running_as_root() {
+            let mut chown = Command::new("chown");
+            chown.args(["postgres:postgres"]).arg(&dir);
+            run(chown, "chown");
+        }
+        let mut backup = pg_command("pg_basebackup");
+        backup
+            .args(["-h", "127.0.0.1", "-p", &primary.port.to_string()])
+            .args(["-U", "postgres", "-X", "stream", "-R", "--no-sync", "-D"])
+            .arg(dir.join("data"));
+        run(backup, "pg_basebackup");
+        let replica = Self {
+            dir,
+            port: free_port(),
+            options: String::new(),
+            place: Placement::default(),
+        };
+        replica.start_server();
+        replica
+    }
+
+    /// Promotes a replica to primary (`pg_ctl promote`, waiting until it takes writes).
+    pub fn promote(&self) {
+        let mut ctl = pg_command("pg_ctl");
+        ctl.arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-w", "-t", "60", "promote"]);
+        run(ctl, "pg_ctl promote");
+    }
+
+    /// Kills the server's postmaster with SIGKILL: a crash, with no shutdown checkpoint.
+    pub fn kill9(&self) {
+        let pid = std::fs::read_to_string(self.dir.join("data").join("postmaster.pid"))
+            .expect("the server runs");
+        let pid = pid.lines().next().unwrap().trim().to_owned();
+        run(
+            {
+                let mut kill = Command::new("kill");
+                kill.args(["-9", &pid]);
+                kill
+            },
+            "kill -9 postmaster",
+        );
+    }
+
     pub fn url(&self, database: &str) -> String {
         format!(
             "postgres://postgres@{}:{}/{database}",

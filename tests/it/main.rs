@@ -8,6 +8,7 @@ mod dashboard;
 mod dead_letters;
 mod disk_full;
 mod edges;
+mod failover;
 mod helpers;
 mod hostile;
 mod infra;
