@@ -3,13 +3,14 @@
 //! healed, while a producer keeps sending on a path of its own. Each connection notices within
 //! `SENSORHUB_NETWORK_TIMEOUT`, `/readyz` says so, the connections in use afterwards are new ones
 //! (not the old ones woken by TCP retransmission, hours later on a real dead peer), and every
-//! reading is stored once with aggregates exact. A lossy link (5% of packets dropped) under load
-//! keeps the same proof.
+//! reading is stored once with aggregates exact. A long, lossy link (200 ms round trip added, 5%
+//! of packets dropped) under load keeps the same proof.
 //!
 //! The servers run in a network namespace of the test's own ([`crate::netns`]).
 
 use crate::helpers::*;
 use crate::infra::*;
+use crate::netns::DelayProxy;
 use crate::resilience::{Load, Produced, assert_exactly_once, hub_env, produce};
 use std::time::{Duration, Instant};
 
@@ -196,25 +197,39 @@ async fn a_silent_broker_is_given_up_and_nothing_is_lost() {
     assert_aggregates_exact(&pg, &resolutions).await;
 }
 
-/// One in twenty packets lost on every link while a producer sends: slower, never wrong.
+/// A long, lossy link under load: 100 ms added each way (200 ms round trip) in front of Redis and
+/// PostgreSQL, and one in twenty packets dropped on the link behind: slower, never wrong.
 #[actix_web::test]
-async fn a_lossy_link_under_load_loses_and_doubles_nothing() {
+async fn a_slow_lossy_link_under_load_loses_and_doubles_nothing() {
     let ns = Netns::new();
     let redis = PrivateRedis::start_in(&ns);
     let pg = PrivatePostgres::start_in(&ns);
-    let database_url = pg.url("sensorhub");
+    let delay = Duration::from_millis(100);
+    let redis_proxy = DelayProxy::start(format!("{}:{}", ns.ip(), redis.port), delay);
+    let pg_proxy = DelayProxy::start(format!("{}:{}", ns.ip(), pg.port), delay);
+    let database_url = format!("postgres://postgres@127.0.0.1:{}/sensorhub", pg_proxy.port);
     let side_redis = redis.url().replace(&ns.ip(), &ns.side_ip());
     let res = Resources::new();
-    let mut env = hub_env(&redis.url(), &database_url, &res.stream, "lossy");
+    let mut env = hub_env(
+        &format!("redis://127.0.0.1:{}", redis_proxy.port),
+        &database_url,
+        &res.stream,
+        "lossy",
+    );
     env.push(("SENSORHUB_NETWORK_TIMEOUT", TIMEOUT.into()));
     let hub = Sensorhub::spawn(&env).await;
-    wait_ready_status(hub.port, 200, Duration::from_secs(20)).await;
+    wait_ready_status(hub.port, 200, Duration::from_secs(30)).await;
     ns.lose(5);
     let produced = produce(side_redis.clone(), res.stream.clone(), load(30_000)).await;
     let side = redis_conn(&side_redis).await;
     wait_drained(&side, &res.stream, "sensorhub", &produced.last_id).await;
     ns.heal();
-    assert_exactly_once(&database_url.replace(&ns.ip(), &ns.side_ip()), &produced, 0).await;
+    assert_exactly_once(
+        &pg.url("sensorhub").replace(&ns.ip(), &ns.side_ip()),
+        &produced,
+        0,
+    )
+    .await;
     drop(hub);
 }
 
