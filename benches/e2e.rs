@@ -60,7 +60,7 @@
 mod cluster;
 
 use sensorhub::domain::{Reading, Resolution};
-use sensorhub::pipeline::window::prepare;
+use sensorhub::pipeline::aggregate::prepare;
 use sensorhub::redis::entry::EntryId;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -737,7 +737,7 @@ async fn reference(
     }
     // One lane per connection, as sensorhub's writer: each writes its shards of every batch in
     // order, without waiting for the other lanes to finish a batch.
-    let mut lanes: Vec<Vec<sensorhub::pipeline::shard::Shard>> =
+    let mut lanes: Vec<Vec<sensorhub::pipeline::lanes::Shard>> =
         (0..connections).map(|_| Vec::new()).collect();
     for shard in batches.into_iter().flatten() {
         let lane = shard.lane % connections;

@@ -2,19 +2,20 @@
 //! `main` and the integration tests start sensorhub exactly the same way.
 
 use crate::config::{Config, mask_password};
+use crate::health::WriteHealth;
 use crate::http::{self, ApiSettings, HttpState, Targets};
+use crate::pipeline::assemble::{Pipeline, PipelineParts};
 use crate::pipeline::faults::Faults;
 use crate::pipeline::read::READ_BLOCK;
-use crate::pipeline::write::WriteHealth;
 use crate::redis::connection::Connection;
 use crate::redis::shards::has_hash_tag;
 use crate::redis::{group, target as redis_target};
 use crate::sources::mqtt::mqtt_health;
 use crate::sources::pubsub::BridgeHealth;
+use crate::sources::{self, SourceParts};
 use crate::store;
 use crate::store::deployment;
 use crate::store::partition::Partitions;
-use crate::supervisor::{Pipeline, PipelineParts};
 use crate::telemetry::Metrics;
 use actix_web::dev::ServerHandle;
 use actix_web::{App, HttpServer, web};
@@ -183,6 +184,7 @@ impl Application {
         let write_health = Arc::new(WriteHealth::default());
         let (history_tx, history) = tokio::sync::watch::channel(None);
         actix_web::rt::spawn(store::history::watch(pool.clone(), history_tx));
+        let nodes = redis.nodes.clone();
         let pipeline = Pipeline::start(
             &config,
             PipelineParts {
@@ -192,12 +194,22 @@ impl Application {
                 conn: conn.clone(),
                 read_conn,
                 metrics: Arc::clone(&metrics),
-                bridge_health: Arc::clone(&bridge_health),
-                mqtt_health: Arc::clone(&mqtt_health),
                 write_health: Arc::clone(&write_health),
                 history,
                 faults,
             },
+        );
+        sources::start(
+            &config,
+            SourceParts {
+                nodes,
+                conn: conn.clone(),
+                metrics: Arc::clone(&metrics),
+                bridge_health: Arc::clone(&bridge_health),
+                mqtt_health: Arc::clone(&mqtt_health),
+                stop: pipeline.stop_signal(),
+            },
+            &pipeline.io_thread(),
         );
 
         let state = HttpState {
@@ -210,7 +222,7 @@ impl Application {
             bridge: config.channel.is_some().then_some(bridge_health),
             mqtt: config.mqtt.is_some().then_some(mqtt_health),
             writes: write_health,
-            snapshots: Arc::new(http::pipeline::Snapshots::new(started)),
+            snapshots: Arc::new(http::status::Snapshots::new(started)),
             targets: Targets {
                 redis: mask_password(config.redis_url.expose()),
                 postgres: mask_password(config.database_url.expose()),

@@ -19,8 +19,9 @@
 //! - [`redis`]: everything that speaks to Redis (one server or a Redis Cluster): entries, the read
 //!   connection and its reply parser, the consumer group and trim, the ledger of committed
 //!   entries, dead letters, leases, sharded streams.
-//! - [`pipeline`]: the actors, one file per stage, and the in-flight tickets that bound them.
-//! - [`supervisor`]: starts the stages sink-first under supervision, stops them in flow order.
+//! - [`pipeline`]: the actors, one file per stage, the in-flight tickets that bound them, and
+//!   [`pipeline::assemble`], which starts the stages sink-first under supervision and stops them
+//!   in flow order.
 //! - [`store`]: the PostgreSQL pool, migrations, the batch transaction, the deployment's agreed
 //!   facts (MQTT client id, resolutions) and the backfill of an added resolution.
 //! - [`dead_letters`]: what an operator does with dead letters: list, count, replay, purge (the
@@ -33,10 +34,12 @@
 //! - [`liveness`]: how every connection notices a peer gone silent (keepalive, user timeout).
 //! - [`simulate`]: demo sensors for first runs and load tests (`sensorhub simulate`).
 
+pub mod actor;
 pub mod app;
 pub mod config;
 pub mod dead_letters;
 pub mod domain;
+pub mod health;
 pub mod http;
 pub mod liveness;
 pub mod pipeline;
@@ -45,7 +48,6 @@ pub mod retry;
 pub mod simulate;
 pub mod sources;
 pub mod store;
-pub mod supervisor;
 pub mod telemetry;
 pub mod tls;
 

@@ -19,7 +19,7 @@ pub mod ingest;
 pub mod line_protocol;
 pub mod openapi;
 pub mod params;
-pub mod pipeline;
+pub mod status;
 
 use crate::config::Secret;
 use crate::domain::{Limits, Resolution};
@@ -80,18 +80,18 @@ pub struct HttpState {
     pub separate_reads: bool,
     pub redis: Connection,
     /// True while the pipeline's reader runs.
-    pub pipeline_running: crate::pipeline::read::ReadersRunning,
+    pub pipeline_running: crate::health::ReadersRunning,
     /// Whether the Pub/Sub bridge can append, when a channel is bridged.
     pub bridge: Option<Arc<BridgeHealth>>,
     /// Whether the MQTT source consumes, when MQTT is configured.
     pub mqtt: Option<Arc<MqttHealth>>,
     /// Whether batches commit: PostgreSQL may answer `SELECT 1` and still take no batch (a
     /// full disk, a read-only server).
-    pub writes: Arc<crate::pipeline::write::WriteHealth>,
+    pub writes: Arc<crate::health::WriteHealth>,
     /// The Redis and PostgreSQL URLs, passwords masked: a failing check names its server.
     pub targets: Targets,
     /// The counters' recent snapshots, for the status page's rates.
-    pub snapshots: Arc<pipeline::Snapshots>,
+    pub snapshots: Arc<status::Snapshots>,
     pub api: Arc<ApiSettings>,
 }
 
@@ -99,7 +99,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.configure(api::routes)
         .configure(ingest::routes)
         .configure(dead_letters::routes)
-        .service(web::resource("/api/v1/pipeline").route(web::get().to(pipeline::pipeline)))
+        .service(web::resource("/api/v1/pipeline").route(web::get().to(status::pipeline)))
         .configure(line_protocol::routes)
         .configure(openapi::routes)
         .service(web::resource("/").route(web::get().to(status_page)))

@@ -2,9 +2,9 @@
 //! tickets; once a second it merges the ledger into its watermark, trims the stream up to it
 //! (keeping the configured tail) and refreshes the consumer-group metrics.
 
+use crate::actor::{count_restart, guarded};
 use crate::pipeline::flow::{Carried, Flow};
 use crate::pipeline::messages::Committed;
-use crate::pipeline::stage::{count_restart, guarded};
 use crate::redis::connection::Connection;
 use crate::redis::entry::EntryId;
 use crate::redis::{group, ledger};

@@ -3,7 +3,7 @@
 
 use crate::domain::Reading;
 use crate::pipeline::flow::Ticket;
-use crate::pipeline::shard::Shard;
+use crate::pipeline::lanes::Shard;
 use crate::redis::entry::{EntryId, StreamEntry};
 use actix::Message;
 

@@ -7,9 +7,9 @@
 //! delivered to an instance that died) and re-reads that. It admits at most `max_in_flight`
 //! batches, so it stops reading while the pipeline is full.
 
+use crate::actor::{count_restart, guarded, stop_requested};
 use crate::pipeline::flow::{Carried, Flow};
 use crate::pipeline::messages::RawBatch;
-use crate::pipeline::stage::{count_restart, guarded, stop_requested};
 use crate::redis::connection::Connection;
 use crate::redis::entry::{EntryId, StreamEntry};
 use crate::redis::group;
@@ -95,26 +95,6 @@ pub struct Reader {
     stop: watch::Receiver<bool>,
     /// True while the read loop runs (readiness).
     running: Arc<AtomicBool>,
-}
-
-/// The running flags of an instance's readers, one per stream it reads.
-#[derive(Clone, Debug, Default)]
-pub struct ReadersRunning(Arc<Vec<Arc<AtomicBool>>>);
-
-impl ReadersRunning {
-    pub fn new(flags: Vec<Arc<AtomicBool>>) -> Self {
-        Self(Arc::new(flags))
-    }
-
-    /// Every reader's loop runs (readiness).
-    pub fn all(&self) -> bool {
-        self.0.iter().all(|f| f.load(Ordering::Acquire))
-    }
-
-    /// Some reader's loop still runs.
-    pub fn any(&self) -> bool {
-        self.0.iter().any(|f| f.load(Ordering::Acquire))
-    }
 }
 
 impl Reader {

@@ -2,12 +2,12 @@
 //! dead-letter stream with its original bytes, reason and detail, before the batch moves on (so it
 //! is acknowledged only once it is kept).
 
+use crate::actor::{count_restart, guarded, off_thread};
 use crate::domain::reading::SensorIds;
 use crate::domain::shard::{OWNER, SPLIT, StreamShard, shard_of};
 use crate::domain::{Limits, ParseContext, Reading, Reason, Rejection, reading};
 use crate::pipeline::faults::Faults;
 use crate::pipeline::messages::{RawBatch, Readings};
-use crate::pipeline::stage::{count_restart, guarded, off_thread};
 use crate::redis::connection::Connection;
 use crate::redis::dead_letter::{DeadLetter, DeadLetters, REPLAY_ONLY, REPLAY_RECEIVED};
 use crate::redis::entry::{EntryId, StreamEntry};

@@ -15,12 +15,13 @@
 //! to the dead-letter stream (`database_rejected`) and the rest of the shard is stored, so one bad
 //! row cannot block the stream forever.
 
+use crate::actor::{count_restart, guarded};
 use crate::domain::{AggKey, Aggregate, Reading, Reason, Rejection, Resolution, Windows};
+use crate::health::WriteHealth;
 use crate::pipeline::faults::Faults;
 use crate::pipeline::flow::Ticket;
+use crate::pipeline::lanes::Shard;
 use crate::pipeline::messages::{Committed, Repeat, WriteBatch};
-use crate::pipeline::shard::Shard;
-use crate::pipeline::stage::{count_restart, guarded};
 use crate::redis::connection::Connection;
 use crate::redis::dead_letter::{DeadLetter, DeadLetters};
 use crate::redis::entry::EntryId;
@@ -47,51 +48,6 @@ pub struct WriteStore {
     pub partitions: Arc<Partitions>,
     /// Whether batches commit, for `/readyz`.
     pub health: Arc<WriteHealth>,
-}
-
-/// Whether batch writes commit: since when they fail and the last error, for `/readyz` (a full
-/// disk or a read-only server answers `SELECT 1` but takes no batch) and for logging an outage
-/// once when it starts and once when it ends, however many batches and lanes retry.
-#[derive(Debug, Default)]
-pub struct WriteHealth {
-    failing: std::sync::Mutex<Option<(std::time::Instant, String)>>,
-}
-
-impl WriteHealth {
-    /// `Err` naming the last error while batches fail.
-    pub fn check(&self) -> Result<(), String> {
-        match &*self.lock() {
-            Some((since, why)) => Err(format!(
-                "batch writes failing for {}s: {why}",
-                since.elapsed().as_secs()
-            )),
-            None => Ok(()),
-        }
-    }
-
-    /// Records a failed attempt; true when writes worked until now.
-    fn fails(&self, why: String) -> bool {
-        let mut state = self.lock();
-        match &mut *state {
-            Some((_, last)) => {
-                *last = why;
-                false
-            }
-            None => {
-                *state = Some((std::time::Instant::now(), why));
-                true
-            }
-        }
-    }
-
-    /// Records a commit (or a refusal, which is not an outage); true when writes were failing.
-    fn works(&self) -> bool {
-        self.lock().take().is_some()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(std::time::Instant, String)>> {
-        self.failing.lock().unwrap_or_else(|p| p.into_inner())
-    }
 }
 
 /// What the writer needs besides the batch.

@@ -13,8 +13,9 @@
 //! new holder bridges too. What the bridge received and could not append is counted in
 //! `sensorhub_messages_dropped_total{source="pubsub"}`.
 
+use crate::actor::{count_restart, guarded, stop_requested};
 use crate::domain::Limits;
-use crate::pipeline::stage::{count_restart, guarded, stop_requested};
+use crate::health::Consuming;
 use crate::redis::channel;
 use crate::redis::connection::Connection;
 use crate::redis::entry::FencedError;
@@ -22,7 +23,6 @@ use crate::redis::lease::{Leases, unique_token};
 use crate::redis::shards::Streams;
 use crate::retry::Backoff;
 use crate::sources::append::Appender;
-use crate::sources::health::Consuming;
 use crate::telemetry::Metrics;
 use actix::prelude::*;
 use futures_util::{FutureExt as _, StreamExt as _};

@@ -308,7 +308,7 @@ async fn large_messages_are_read_a_few_at_a_time() {
 /// on writing its part of the next batches. Once the lock is gone, every reading is stored once.
 #[actix_web::test]
 async fn a_blocked_write_lane_holds_back_acks_not_the_other_lane() {
-    use sensorhub::pipeline::shard::lane_of;
+    use sensorhub::pipeline::lanes::lane_of;
     let sensor_in = |lane: usize| {
         (0..)
             .map(|i| format!("lane{lane}-{i}"))

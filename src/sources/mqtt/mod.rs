@@ -36,9 +36,10 @@
 mod session;
 mod topics;
 
+use crate::actor::{count_restart, guarded, stop_requested};
 use crate::config::MqttSettings;
 use crate::domain::Limits;
-use crate::pipeline::stage::{count_restart, guarded, stop_requested};
+use crate::health::Consuming;
 use crate::redis::connection::Connection;
 use crate::redis::entry::FencedError;
 use crate::redis::lease::{Leases, unique_token};
@@ -46,7 +47,6 @@ use crate::redis::mqtt_session::SessionKeys;
 use crate::redis::shards::Streams;
 use crate::retry::Backoff;
 use crate::sources::append::{Appender, Entry};
-use crate::sources::health::Consuming;
 use crate::telemetry::Metrics;
 use actix::prelude::*;
 

@@ -3,11 +3,11 @@
 //! write connection, in key order: the writer's connections only have to stream them to
 //! PostgreSQL, and this work overlaps the previous batch's transactions.
 
+use crate::actor::{count_restart, guarded, off_thread};
 use crate::domain::{Reading, Resolution, Windows};
 use crate::pipeline::faults::Faults;
+use crate::pipeline::lanes::{Shard, split};
 use crate::pipeline::messages::{Readings, Repeat, WriteBatch};
-use crate::pipeline::shard::{Shard, split};
-use crate::pipeline::stage::{count_restart, guarded, off_thread};
 use crate::redis::entry::EntryId;
 use crate::telemetry::Metrics;
 use actix::prelude::*;

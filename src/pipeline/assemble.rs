@@ -2,25 +2,24 @@
 //! stops them in flow order: reader first, then the batches in flight drain through commit and
 //! acknowledgement.
 //!
-//! A stage that panics is stopped by [`guarded`](crate::pipeline::stage::guarded) and restarted by its
+//! A stage that panics is stopped by [`guarded`](crate::actor::guarded) and restarted by its
 //! `Supervisor` with the same mailbox; its restart is counted in `sensorhub_actor_restarts_total`.
 //! Giving each stage its own thread keeps a CPU-heavy batch in one stage (parsing, folding) from
 //! stalling the others, and lets the pipeline use both cores.
 
 use crate::config::Config;
 use crate::domain::shard::StreamShard;
+use crate::health::{ReadersRunning, WriteHealth};
 use crate::pipeline::ack::{AckSettings, Acker, ShardGauges};
+use crate::pipeline::aggregate::Aggregator;
 use crate::pipeline::faults::Faults;
 use crate::pipeline::flow::Flow;
-use crate::pipeline::read::{ReadSettings, Reader, ReadersRunning};
+use crate::pipeline::read::{ReadSettings, Reader};
 use crate::pipeline::validate::Validator;
-use crate::pipeline::window::Aggregator;
-use crate::pipeline::write::{WriteHealth, WriteStore, Writer};
+use crate::pipeline::write::{WriteStore, Writer};
 use crate::redis::connection::Connection;
 use crate::redis::dead_letter::DeadLetters;
 use crate::redis::lease::unique_token;
-use crate::sources::mqtt::{MqttHealth, MqttSource, MqttSourceSettings};
-use crate::sources::pubsub::{Bridge, BridgeHealth, BridgeSettings};
 use crate::telemetry::Metrics;
 use actix::{Arbiter, ArbiterHandle, Supervisor};
 use deadpool_postgres::Pool;
@@ -43,10 +42,6 @@ pub struct PipelineParts {
     /// The reader's own connection for blocking reads.
     pub read_conn: Connection,
     pub metrics: Arc<Metrics>,
-    /// Whether the bridge can append, shared with `/readyz`.
-    pub bridge_health: Arc<BridgeHealth>,
-    /// Whether the MQTT source consumes, shared with `/readyz`.
-    pub mqtt_health: Arc<MqttHealth>,
     /// Whether batches commit, shared by every stream's writer and with `/readyz`.
     pub write_health: Arc<WriteHealth>,
     /// The database's identity ([`crate::store::history`]), watched by every reader.
@@ -57,6 +52,7 @@ pub struct PipelineParts {
 /// The running pipeline.
 pub struct Pipeline {
     arbiters: Vec<Arbiter>,
+    io: ArbiterHandle,
     /// The flow of each stream read; they share one set of permits.
     flows: Vec<Arc<Flow>>,
     stop: watch::Sender<bool>,
@@ -82,8 +78,6 @@ impl Pipeline {
             conn,
             read_conn,
             metrics,
-            bridge_health,
-            mqtt_health,
             write_health,
             history,
             faults,
@@ -139,48 +133,24 @@ impl Pipeline {
             running.push(reader_running);
         }
 
-        if let Some(mqtt) = &config.mqtt {
-            let settings = MqttSourceSettings {
-                mqtt: mqtt.clone(),
-                streams: config.streams(),
-                limits: config.limits.clone(),
-                consumer: config.consumer.clone(),
-                lease_ttl: config.bridge_lease,
-                liveness: config.liveness,
-            };
-            let (conn, metrics, stop) = (conn.clone(), Arc::clone(&metrics), stop_rx.clone());
-            Supervisor::start_in_arbiter(&threads.io, move |_| {
-                MqttSource::new(settings, conn, metrics, mqtt_health, stop)
-            });
-        }
-
-        if let Some(channel) = &config.channel {
-            let settings = BridgeSettings {
-                channel: channel.clone(),
-                streams: config.streams(),
-                limits: config.limits.clone(),
-                consumer: config.consumer.clone(),
-                lease_ttl: config.bridge_lease,
-            };
-            let metrics = Arc::clone(&metrics);
-            Supervisor::start_in_arbiter(&threads.io, move |_| {
-                Bridge::new(
-                    settings,
-                    redis_target.nodes,
-                    conn,
-                    metrics,
-                    bridge_health,
-                    stop_rx,
-                )
-            });
-        }
-
         Self {
             arbiters,
+            io: threads.io,
             flows,
             stop,
             readers_running: ReadersRunning::new(running),
         }
+    }
+
+    /// The thread the readers wait on Redis on: the sources, which wait on Redis and their
+    /// brokers too, share it.
+    pub fn io_thread(&self) -> ArbiterHandle {
+        self.io.clone()
+    }
+
+    /// Becomes true when the pipeline stops: the sources stop with it.
+    pub fn stop_signal(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
     }
 
     /// The readers' running flags, for readiness.

@@ -1,5 +1,6 @@
-//! What every stage shares: running its work guarded against panics ([`guarded`]), moving its
-//! CPU-heavy part off the actor thread ([`off_thread`]), and counting its restarts.
+//! What every actor shares, the pipeline's stages and the sources alike: running its work guarded
+//! against panics ([`guarded`]), moving its CPU-heavy part off the actor thread ([`off_thread`]),
+//! counting its restarts and seeing a stop request.
 
 use crate::telemetry::Metrics;
 use actix::prelude::*;
