@@ -61,7 +61,7 @@ mod cluster;
 
 use sensorhub::domain::{Reading, Resolution};
 use sensorhub::pipeline::aggregate::prepare;
-use sensorhub::redis::entry::EntryId;
+use sensorhub::stream::entry::EntryId;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_postgres::NoTls;
@@ -606,7 +606,7 @@ async fn preload(
         });
         let payloads = grouped(payloads, args.per_entry);
         entries += payloads.len() as u64;
-        sensorhub::redis::entry::append_payloads(redis, stream, payloads)
+        sensorhub::stream::entry::append_payloads(redis, stream, payloads)
             .await
             .unwrap();
         i += 10_000;
@@ -831,7 +831,7 @@ async fn wait_drained(
         let Some((read, lag, last_delivered)) = group_info(redis, stream).await else {
             continue;
         };
-        let Ok(through) = sensorhub::redis::ledger::through(redis, stream, "sensorhub").await
+        let Ok(through) = sensorhub::stream::ledger::through(redis, stream, "sensorhub").await
         else {
             continue;
         };
@@ -1397,8 +1397,8 @@ async fn drop_run(
     let _: redis::RedisResult<()> = redis::cmd("DEL")
         .arg(&stream)
         .arg(format!("{stream}:dead"))
-        .arg(sensorhub::redis::ledger::ranges_key(&stream, "sensorhub"))
-        .arg(sensorhub::redis::ledger::through_key(&stream, "sensorhub"))
+        .arg(sensorhub::stream::ledger::ranges_key(&stream, "sensorhub"))
+        .arg(sensorhub::stream::ledger::through_key(&stream, "sensorhub"))
         .query_async(redis)
         .await;
 }
@@ -1538,7 +1538,7 @@ async fn main() {
         });
         let payloads = grouped(payloads, args.per_entry);
         entries += payloads.len() as u64;
-        sensorhub::redis::entry::append_payloads(&mut redis, &stream, payloads)
+        sensorhub::stream::entry::append_payloads(&mut redis, &stream, payloads)
             .await
             .unwrap();
         sent = (sent + per_tick).min(steady_total);

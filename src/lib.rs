@@ -48,6 +48,7 @@ pub mod retry;
 pub mod simulate;
 pub mod sources;
 pub mod store;
+pub mod stream;
 pub mod telemetry;
 pub mod tls;
 

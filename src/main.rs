@@ -155,7 +155,7 @@ async fn rename_stream(config: &Config, to: &str) -> anyhow::Result<()> {
     .map_err(|why| anyhow::anyhow!("SENSORHUB_REDIS_URL: {why}"))?
     .client;
     let mut conn = client.get_multiplexed_async_connection().await?;
-    let renamed = sensorhub::redis::rename::rename_stream(&mut conn, &config.stream, to).await?;
+    let renamed = sensorhub::stream::rename::rename_stream(&mut conn, &config.stream, to).await?;
     for (from, to) in renamed {
         println!("{from} -> {to}");
     }

@@ -8,8 +8,8 @@
 use crate::config::{Config, MqttSettings, Secret};
 use crate::redis::channel::publish_payloads;
 use crate::redis::connection::Connection;
-use crate::redis::entry::append_payloads;
-use crate::redis::shards::{Streams, shard_of};
+use crate::stream::entry::append_payloads;
+use crate::stream::shards::{Streams, shard_of};
 use anyhow::{Context as _, bail};
 use chrono::{DateTime, TimeDelta, Utc};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};

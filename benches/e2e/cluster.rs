@@ -9,8 +9,8 @@ use super::{
     until_stored, wait_ready,
 };
 use sensorhub::redis::connection::Connection;
-use sensorhub::redis::entry::append_payloads;
-use sensorhub::redis::shards::{Streams, shard_of};
+use sensorhub::stream::entry::append_payloads;
+use sensorhub::stream::shards::{Streams, shard_of};
 use std::process::Command;
 use std::time::{Duration, Instant};
 

@@ -410,7 +410,7 @@ pub struct Config {
     pub database_read_url: Option<Secret>,
     pub http_addr: SocketAddr,
     pub stream: String,
-    /// How many streams readings are spread over ([`crate::redis::shards`]).
+    /// How many streams readings are spread over ([`crate::stream::shards`]).
     pub shards: usize,
     /// The shards this instance reads, in order.
     pub read_shards: Vec<usize>,
@@ -514,7 +514,7 @@ impl Config {
         let shards = env.number(
             "SENSORHUB_STREAM_SHARDS",
             1,
-            crate::redis::shards::MAX_SHARDS,
+            crate::stream::shards::MAX_SHARDS,
         )?;
         let read_shards = shard_list(lookup("SENSORHUB_READ_SHARDS").as_deref(), shards)?;
         let mut config = Config {
@@ -622,8 +622,8 @@ impl Config {
     }
 
     /// The streams readings go to: the stream, or its shards.
-    pub fn streams(&self) -> crate::redis::shards::Streams {
-        crate::redis::shards::Streams::new(&self.stream, self.shards)
+    pub fn streams(&self) -> crate::stream::shards::Streams {
+        crate::stream::shards::Streams::new(&self.stream, self.shards)
     }
 }
 

@@ -18,7 +18,7 @@ use crate::http::HttpState;
 use crate::http::auth::{AdminAuthorized, Authorized};
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::params::{Params, ordered};
-use crate::redis::dead_letter::browse::{Filter, Letter};
+use crate::stream::dead_letter::browse::{Filter, Letter};
 use actix_web::{HttpRequest, HttpResponse, web};
 use base64::Engine as _;
 use chrono::{DateTime, Utc};

@@ -57,7 +57,7 @@ pub struct ApiSettings {
     /// The stream (the dead-letter routes' `<stream>:dead`).
     pub stream: String,
     /// Where ingest appends: the stream, or the shard of the body's first sensor.
-    pub streams: crate::redis::shards::Streams,
+    pub streams: crate::stream::shards::Streams,
     pub limits: Limits,
 }
 

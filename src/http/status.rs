@@ -11,7 +11,7 @@ use crate::dead_letters::DeadLetterStore;
 use crate::http::dead_letters::DeadLetterView;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::{HttpState, auth::Authorized, health_checks};
-use crate::redis::dead_letter::browse::Filter;
+use crate::stream::dead_letter::browse::Filter;
 use crate::telemetry::{ACTORS, Metrics};
 use actix_web::{HttpResponse, web};
 use chrono::Utc;

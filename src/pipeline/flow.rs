@@ -4,11 +4,11 @@
 //! Every batch carries its ticket, which holds the stream ranges it was read as. If a batch is
 //! lost (a stage panicked, a mailbox closed, recording its commit failed), dropping its ticket
 //! raises the *rewind* flag: the reader waits for the pipeline to drain, then re-reads every
-//! delivered entry the [`ledger`](crate::redis::ledger) does not show committed, the lost ones
+//! delivered entry the [`ledger`](crate::stream::ledger) does not show committed, the lost ones
 //! among them.
 
-use crate::redis::entry::EntryId;
-use crate::redis::ledger::EntryRange;
+use crate::stream::entry::EntryId;
+use crate::stream::ledger::EntryRange;
 use crate::telemetry::Metrics;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -11,11 +11,11 @@ use crate::actor::{count_restart, guarded, stop_requested};
 use crate::pipeline::flow::{Carried, Flow};
 use crate::pipeline::messages::RawBatch;
 use crate::redis::connection::Connection;
-use crate::redis::entry::{EntryId, StreamEntry};
-use crate::redis::group;
-use crate::redis::ledger::{self, EntryRange, Upto};
 use crate::redis::reader::StreamReader;
 use crate::retry::Backoff;
+use crate::stream::entry::{EntryId, StreamEntry};
+use crate::stream::group;
+use crate::stream::ledger::{self, EntryRange, Upto};
 use crate::telemetry::Metrics;
 use actix::prelude::*;
 use std::sync::Arc;
@@ -58,6 +58,17 @@ enum Position {
     ReRead { after: EntryId, upto: Upto },
     /// Reading new entries (`XREADGROUP ... NOACK ... >`).
     New,
+}
+
+/// Longest the read loop waits for one of the history's Redis commands. A write to a Redis
+/// Cluster node that holds writes (`CLIENT PAUSE WRITE`, a failover in progress) is retried by
+/// the cluster client for up to about a minute and a half; reading must not wait on it. A history
+/// command that fails or times out is tried again on the next pass.
+const HISTORY_CALL: Duration = Duration::from_secs(5);
+
+/// `call`'s value, or `None` when it failed or took longer than [`HISTORY_CALL`].
+async fn bounded<T>(call: impl std::future::Future<Output = redis::RedisResult<T>>) -> Option<T> {
+    tokio::time::timeout(HISTORY_CALL, call).await.ok()?.ok()
 }
 
 /// Where the read loop stands: what it reads next, the gap it watches, when it last checked.
@@ -297,10 +308,8 @@ impl ReadLoop {
         if let Some(identity) = self.history_after_tail.clone() {
             // The tail has been read: record the identity once its batches are committed.
             self.flow.drained().await;
-            if ledger::record_history(&mut self.conn, &s.stream, &s.group, &identity)
-                .await
-                .is_ok()
-            {
+            let record = ledger::record_history(&mut self.conn, &s.stream, &s.group, &identity);
+            if bounded(record).await.is_some() {
                 self.history_after_tail = None;
             }
             return false;
@@ -308,8 +317,8 @@ impl ReadLoop {
         let Some(identity) = self.unchecked_history.clone() else {
             return false;
         };
-        let Ok(recorded) = ledger::recorded_history(&mut self.conn, &s.stream, &s.group).await
-        else {
+        let recorded = ledger::recorded_history(&mut self.conn, &s.stream, &s.group);
+        let Some(recorded) = bounded(recorded).await else {
             return false;
         };
         self.unchecked_history = None;
@@ -321,8 +330,8 @@ impl ReadLoop {
             }
             Some(_) => false,
             None => {
-                let _ =
-                    ledger::record_history(&mut self.conn, &s.stream, &s.group, &identity).await;
+                let record = ledger::record_history(&mut self.conn, &s.stream, &s.group, &identity);
+                let _ = bounded(record).await;
                 false
             }
         }

@@ -1,5 +1,5 @@
 //! The reader's own connection for `XREADGROUP`: a blocking read holds the connection it runs on,
-//! so the reader gets one of its own, and its reply is parsed as it arrives ([`super::resp`]).
+//! so the reader gets one of its own, and its reply is parsed as it arrives ([`super::wire`]).
 //!
 //! Commands are encoded by the `redis` crate. The connection speaks RESP2, over TLS for a
 //! `rediss://` URL ([`super::target`]); it is dropped on any error and opened again (with `AUTH`
@@ -13,9 +13,9 @@
 //! another, until one of them redirects to the new owner.
 
 use crate::liveness::Liveness;
-use crate::redis::entry::StreamEntry;
-use crate::redis::resp::{ReplyParser, Scan, io_error, server_error};
 use crate::redis::target::ReaderTarget;
+use crate::redis::wire::{ReplyParser, Scan, io_error, server_error};
+use crate::stream::entry::StreamEntry;
 use bytes::BytesMut;
 use redis::{ConnectionAddr, ConnectionInfo, ErrorKind, RedisError, RedisResult, ServerErrorKind};
 use rustls::ClientConfig;
@@ -64,7 +64,7 @@ impl StreamReader {
     }
 
     /// `XREADGROUP GROUP <group> <consumer> COUNT <count> [BLOCK <ms>] NOACK STREAMS <stream> >`:
-    /// new entries, left out of the pending-entries list ([`super::ledger`] records them instead).
+    /// new entries, left out of the pending-entries list ([`crate::stream::ledger`] records them instead).
     pub async fn read_group(
         &mut self,
         stream: &str,

@@ -1,5 +1,5 @@
 //! How a source appends its messages: to the stream, or with sharded streams each message to the
-//! shard of its valid readings' sensors (as producers pick: [`crate::redis::shards`]), each under
+//! shard of its valid readings' sensors (as producers pick: [`crate::stream::shards`]), each under
 //! the source's lease beside that shard, checked in the script that appends. A message whose
 //! readings belong to several shards is appended to each of them, every copy marked as one
 //! ([`crate::domain::shard`]): each shard keeps its own sensors' readings, and the shard of the
@@ -9,9 +9,9 @@
 use crate::domain::reading::{Limits, ParseContext, parse_entry_fields};
 use crate::domain::shard::{OWNER, PART, SPLIT};
 use crate::redis::connection::Connection;
-use crate::redis::entry::{FencedError, append_entries_fenced};
-use crate::redis::lease::Leases;
-use crate::redis::shards::Streams;
+use crate::stream::entry::{FencedError, append_entries_fenced};
+use crate::stream::lease::Leases;
+use crate::stream::shards::Streams;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -25,7 +25,7 @@ pub fn route<'a>(sensors: impl IntoIterator<Item = &'a str>, streams: &Streams) 
     let mut shards: Vec<usize> = Vec::new();
     if streams.len() > 1 {
         for sensor in sensors {
-            let shard = crate::redis::shards::shard_of(sensor, streams.len());
+            let shard = crate::stream::shards::shard_of(sensor, streams.len());
             if !shards.contains(&shard) {
                 shards.push(shard);
             }

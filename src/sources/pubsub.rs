@@ -9,7 +9,7 @@
 //!
 //! The lease is held by a token unique to this process, not by the consumer name (two processes
 //! may share one), and every append checks that token in the same script that appends
-//! ([`crate::redis::entry::append_entries_fenced`]): a holder paused past its lease and resumed cannot append what the
+//! ([`crate::stream::entry::append_entries_fenced`]): a holder paused past its lease and resumed cannot append what the
 //! new holder bridges too. What the bridge received and could not append is counted in
 //! `sensorhub_messages_dropped_total{source="pubsub"}`.
 
@@ -18,11 +18,11 @@ use crate::domain::Limits;
 use crate::health::Consuming;
 use crate::redis::channel;
 use crate::redis::connection::Connection;
-use crate::redis::entry::FencedError;
-use crate::redis::lease::{Leases, unique_token};
-use crate::redis::shards::Streams;
 use crate::retry::Backoff;
 use crate::sources::append::Appender;
+use crate::stream::entry::FencedError;
+use crate::stream::lease::{Leases, unique_token};
+use crate::stream::shards::Streams;
 use crate::telemetry::Metrics;
 use actix::prelude::*;
 use futures_util::{FutureExt as _, StreamExt as _};

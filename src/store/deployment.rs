@@ -11,7 +11,7 @@ pub const MQTT_CLIENT_ID: &str = "mqtt_client_id";
 fn unique_hex() -> String {
     use std::hash::{BuildHasher as _, Hasher as _};
     let mut hasher = std::hash::RandomState::new().build_hasher();
-    hasher.write(crate::redis::lease::unique_token("").as_bytes());
+    hasher.write(crate::stream::lease::unique_token("").as_bytes());
     format!("{:016x}", hasher.finish())
 }
 

@@ -2,7 +2,7 @@
 //! streaming replica shows as a new timeline (or, for a database restored elsewhere, another
 //! system identifier). With asynchronous replication the old primary may have committed batches
 //! the replica never received; the ledger in Redis still counts them stored. Each stream's reader
-//! compares the identity it last recorded ([`crate::redis::ledger::history_key`]) with the one
+//! compares the identity it last recorded ([`crate::stream::ledger::history_key`]) with the one
 //! watched here and, when it changed, re-reads the stream's retained tail
 //! (`SENSORHUB_STREAM_TAIL`): what the new primary lacks is stored again, the rest skipped as
 //! duplicates.

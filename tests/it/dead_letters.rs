@@ -426,7 +426,7 @@ async fn a_replay_of_50000_killed_midway_stores_each_once_and_keeps_every_invali
     // Every still-invalid reading is a dead letter again (at least once: a letter written just
     // before the kill may be written again when its entry is re-read).
     // Read in pages: one reply of every letter can take longer than a test connection waits.
-    let letters = sensorhub::redis::dead_letter::browse::select(
+    let letters = sensorhub::stream::dead_letter::browse::select(
         &mut redis,
         &dead,
         &Default::default(),

@@ -4,7 +4,7 @@
 use crate::helpers::*;
 use crate::infra::Sensorhub;
 use redis::aio::MultiplexedConnection;
-use sensorhub::redis::entry::EntryId;
+use sensorhub::stream::entry::EntryId;
 use std::time::Duration;
 use tokio_postgres::NoTls;
 
@@ -300,7 +300,7 @@ async fn a_recreated_stream_under_a_far_future_watermark_loses_nothing() {
     wait_drained(&t.redis, &stream, &t.config.group, &last).await;
     assert_eq!(readings_of(&t, "after-del").await, 3000);
     let last: EntryId = last.parse().unwrap();
-    let through = sensorhub::redis::ledger::through(&mut t.redis, &stream, &t.config.group)
+    let through = sensorhub::stream::ledger::through(&mut t.redis, &stream, &t.config.group)
         .await
         .unwrap();
     assert!(

@@ -3,8 +3,8 @@
 //! re-read would fetch.
 
 use crate::helpers::*;
-use sensorhub::redis::entry::EntryId;
-use sensorhub::redis::ledger::{self, EntryRange, Progress, Upto};
+use sensorhub::stream::entry::EntryId;
+use sensorhub::stream::ledger::{self, EntryRange, Progress, Upto};
 
 const GROUP: &str = "sensorhub";
 
@@ -126,10 +126,10 @@ async fn trimming_keeps_what_any_group_has_not_committed() {
     let trim_and_count = || {
         let (mut conn, stream) = (shared.clone(), stream.clone());
         async move {
-            let groups = sensorhub::redis::group::groups(&mut conn, &stream)
+            let groups = sensorhub::stream::group::groups(&mut conn, &stream)
                 .await
                 .unwrap();
-            sensorhub::redis::group::trim_acknowledged(&mut conn, &stream, GROUP, &groups, 0)
+            sensorhub::stream::group::trim_acknowledged(&mut conn, &stream, GROUP, &groups, 0)
                 .await
                 .unwrap();
             let len: i64 = redis::cmd("XLEN")
@@ -142,7 +142,7 @@ async fn trimming_keeps_what_any_group_has_not_committed() {
     };
     // sensorhub's group: everything delivered and committed.
     for group in [GROUP, "other", "plain"] {
-        sensorhub::redis::group::ensure_group(&mut conn, &stream, group, false)
+        sensorhub::stream::group::ensure_group(&mut conn, &stream, group, false)
             .await
             .unwrap();
     }

@@ -6,7 +6,7 @@ use crate::helpers::*;
 use crate::mqtt::{mqtt_settings, publish, wait_subscribed};
 use sensorhub::domain::ParseContext;
 use sensorhub::domain::reading::parse_entry_fields;
-use sensorhub::redis::shards::shard_of;
+use sensorhub::stream::shards::shard_of;
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -153,8 +153,8 @@ async fn every_source_puts_a_reading_in_its_sensors_shard() {
 /// first has them, and one that finds a shard's lease taken gives back those it took.
 #[actix_web::test]
 async fn leases_over_shards_are_held_all_or_none() {
-    use sensorhub::redis::lease::Leases;
-    use sensorhub::redis::shards::Streams;
+    use sensorhub::stream::lease::Leases;
+    use sensorhub::stream::shards::Streams;
     let resources = Resources::new();
     let streams = Streams::new(&resources.stream, SHARDS);
     let ttl = Duration::from_secs(30);
@@ -230,7 +230,7 @@ async fn api(
 /// pages run newest first across shards, and a purge or replay goes to the letter's own shard.
 #[actix_web::test]
 async fn dead_letters_of_every_shard_are_listed_paged_purged_and_replayed() {
-    use sensorhub::redis::entry::{EntryId, append_payloads};
+    use sensorhub::stream::entry::{EntryId, append_payloads};
     use serde_json::json;
     let mut t = spawn_app_with(
         |c| {
@@ -350,7 +350,7 @@ async fn dead_letters_of_every_shard_are_listed_paged_purged_and_replayed() {
 /// Readings of `sensors` sensors, `per_sensor` each a second apart, appended to their shards.
 async fn produce_sharded(
     redis: &mut redis::aio::MultiplexedConnection,
-    streams: &sensorhub::redis::shards::Streams,
+    streams: &sensorhub::stream::shards::Streams,
     sensors: usize,
     per_sensor: usize,
 ) -> usize {
@@ -360,7 +360,7 @@ async fn produce_sharded(
         let payloads: Vec<String> = (0..per_sensor)
             .map(|i| reading_json(&id, i as f64, base + chrono::TimeDelta::seconds(i as i64)))
             .collect();
-        sensorhub::redis::entry::append_payloads(redis, streams.for_sensor(&id), payloads)
+        sensorhub::stream::entry::append_payloads(redis, streams.for_sensor(&id), payloads)
             .await
             .unwrap();
     }
@@ -473,7 +473,7 @@ async fn one_in_flight_bound_covers_every_shard() {
 #[actix_web::test]
 async fn untimed_readings_of_one_sensor_in_two_shards_are_each_stored_once() {
     let res = Resources::new();
-    let streams = sensorhub::redis::shards::Streams::new(&res.stream, SHARDS);
+    let streams = sensorhub::stream::shards::Streams::new(&res.stream, SHARDS);
     let (alpha, beta) = pair_in_different_shards();
     let mut env = res.hub_env();
     env.push(("SENSORHUB_STREAM_SHARDS", SHARDS.to_string()));

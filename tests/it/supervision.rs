@@ -165,7 +165,7 @@ async fn entries_delivered_before_a_crash_are_re_read_on_start() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    sensorhub::redis::group::ensure_group(&mut conn, &stream, "sensorhub", true)
+    sensorhub::stream::group::ensure_group(&mut conn, &stream, "sensorhub", true)
         .await
         .unwrap();
     // The previous life of this consumer read it, then died.

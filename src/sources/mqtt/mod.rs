@@ -41,12 +41,12 @@ use crate::config::MqttSettings;
 use crate::domain::Limits;
 use crate::health::Consuming;
 use crate::redis::connection::Connection;
-use crate::redis::entry::FencedError;
-use crate::redis::lease::{Leases, unique_token};
-use crate::redis::mqtt_session::SessionKeys;
-use crate::redis::shards::Streams;
 use crate::retry::Backoff;
 use crate::sources::append::{Appender, Entry};
+use crate::stream::entry::FencedError;
+use crate::stream::lease::{Leases, unique_token};
+use crate::stream::mqtt_session::SessionKeys;
+use crate::stream::shards::Streams;
 use crate::telemetry::Metrics;
 use actix::prelude::*;
 

@@ -2,7 +2,7 @@
 //! ([`SessionChange`]).
 
 use crate::redis::connection::Connection;
-use crate::redis::mqtt_session::SessionKeys;
+use crate::stream::mqtt_session::SessionKeys;
 use rumqttc::{AsyncClient, QoS};
 use std::collections::BTreeSet;
 

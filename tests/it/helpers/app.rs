@@ -82,9 +82,9 @@ impl Drop for Resources {
             format!("{}:dead", self.stream),
             format!("{}:bridge-lease", self.stream),
             format!("{}:mqtt-lease", self.stream),
-            sensorhub::redis::ledger::in_flight_key(&self.stream, "sensorhub"),
-            sensorhub::redis::ledger::ranges_key(&self.stream, "sensorhub"),
-            sensorhub::redis::ledger::through_key(&self.stream, "sensorhub"),
+            sensorhub::stream::ledger::in_flight_key(&self.stream, "sensorhub"),
+            sensorhub::stream::ledger::ranges_key(&self.stream, "sensorhub"),
+            sensorhub::stream::ledger::through_key(&self.stream, "sensorhub"),
         ];
         // Every application on these resources has stopped by now (`TestApp` stops its own, and
         // a stopped or dropped application has joined its stages' threads; processes are killed

@@ -4,7 +4,7 @@
 use crate::helpers::{REDIS_URL, wait_for};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use sensorhub::redis::connection::Connection;
-use sensorhub::redis::entry::EntryId;
+use sensorhub::stream::entry::EntryId;
 use std::time::Duration;
 
 /// A Redis connection for a test's own commands (producing, inspecting).
@@ -103,7 +103,7 @@ pub async fn group_state(
     group: &str,
 ) -> (u64, EntryId) {
     let last_delivered = last_delivered(redis, stream, group).await;
-    let through = sensorhub::redis::ledger::through(redis, stream, group)
+    let through = sensorhub::stream::ledger::through(redis, stream, group)
         .await
         .expect("the ledger's watermark");
     if last_delivered <= through {

@@ -9,7 +9,7 @@
 //! parser, so callers see the same errors (`NOGROUP`, ...). The connection that feeds it is
 //! [`super::reader`].
 
-use crate::redis::entry::{EntryId, Fields, StreamEntry};
+use crate::stream::entry::{EntryId, Fields, StreamEntry};
 use bytes::{Bytes, BytesMut};
 use redis::{ErrorKind, RedisError, RedisResult};
 
@@ -234,7 +234,7 @@ fn entry(reply: &mut Reply<'_>, bytes: &Bytes) -> Result<Option<StreamEntry>, Ha
 
 /// Where a RESP2 reply ends, found incrementally: `advance` resumes where the last call stopped.
 #[derive(Default)]
-pub(super) struct Scan {
+pub struct Scan {
     /// Start of the next element header.
     pos: usize,
     /// Elements still to come in each enclosing array, innermost last.
@@ -440,18 +440,18 @@ pub fn parse_read_reply(bytes: &Bytes) -> RedisResult<Vec<StreamEntry>> {
 }
 
 /// An error reply, as the `redis` crate would report it (so `code()` gives `NOGROUP`, ...).
-pub(super) fn server_error(reply: &[u8]) -> RedisError {
+pub fn server_error(reply: &[u8]) -> RedisError {
     match redis::parse_redis_value(reply).and_then(|value| value.extract_error()) {
         Err(error) => error,
         Ok(value) => protocol_error(format!("expected an error reply, got {value:?}")),
     }
 }
 
-pub(super) fn protocol_error(detail: String) -> RedisError {
+pub fn protocol_error(detail: String) -> RedisError {
     RedisError::from((ErrorKind::Parse, "unexpected XREADGROUP reply", detail))
 }
 
-pub(super) fn io_error(detail: String) -> RedisError {
+pub fn io_error(detail: String) -> RedisError {
     RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, detail))
 }
 
@@ -530,7 +530,7 @@ mod tests {
         ]);
         let ours = parse(&bytes).unwrap();
         let theirs =
-            crate::redis::reply::read_group_reply(redis::parse_redis_value(&bytes).unwrap())
+            crate::redis::values::read_group_reply(redis::parse_redis_value(&bytes).unwrap())
                 .unwrap();
         assert_eq!(ours.len(), 4);
         assert_same_entries(&ours, &theirs);
@@ -651,7 +651,7 @@ mod tests {
                 }
             }
             proptest::prop_assert_eq!(scan_in_steps(&bytes, step), Some(bytes.len()));
-            let theirs = crate::redis::reply::read_group_reply(redis::parse_redis_value(&bytes).unwrap()).unwrap();
+            let theirs = crate::redis::values::read_group_reply(redis::parse_redis_value(&bytes).unwrap()).unwrap();
             assert_same_entries(&parse(&bytes).unwrap(), &theirs);
             let (in_steps, rest) = parse_in_steps(&bytes, step).unwrap().unwrap();
             assert_same_entries(&in_steps, &theirs);

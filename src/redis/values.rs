@@ -1,16 +1,16 @@
 //! Replies parsed from the `redis` crate's [`Value`], by hand, so that field order and raw bytes
 //! are kept exactly (a dead letter must carry the original bytes), and both RESP2 arrays and RESP3
-//! maps work. `XREADGROUP`, the one reply as large as a batch, is parsed by [`super::resp`]
+//! maps work. `XREADGROUP`, the one reply as large as a batch, is parsed by [`super::wire`]
 //! instead.
 
-use crate::redis::entry::{EntryId, Fields, StreamEntry};
+use crate::stream::entry::{EntryId, Fields, StreamEntry};
 use bytes::Bytes;
 use redis::{RedisResult, Value};
 
 /// The entries of an `XREADGROUP` reply as parsed by the `redis` crate: what the stream reader's
-/// own parser ([`super::resp`]) is tested against.
+/// own parser ([`super::wire`]) is tested against.
 #[cfg(test)]
-pub(crate) fn read_group_reply(reply: Value) -> RedisResult<Vec<StreamEntry>> {
+pub fn read_group_reply(reply: Value) -> RedisResult<Vec<StreamEntry>> {
     // Reply: [[stream, [entry, ...]]] (RESP2) or {stream: [entry, ...]} (RESP3), or nil on timeout.
     let per_stream = match reply {
         Value::Nil => return Ok(Vec::new()),
@@ -32,7 +32,7 @@ pub(crate) fn read_group_reply(reply: Value) -> RedisResult<Vec<StreamEntry>> {
 }
 
 /// Parses `[[id, [f, v, ...] | nil], ...]`.
-pub(super) fn parse_entries(list: Value) -> RedisResult<Vec<StreamEntry>> {
+pub fn parse_entries(list: Value) -> RedisResult<Vec<StreamEntry>> {
     let Value::Array(items) = list else {
         return Ok(Vec::new());
     };
@@ -71,7 +71,7 @@ fn pair_up(flat: Vec<Value>) -> Fields {
     fields
 }
 
-pub(super) fn into_bytes(value: Value) -> Bytes {
+pub fn into_bytes(value: Value) -> Bytes {
     match value {
         Value::BulkString(bytes) => bytes.into(),
         Value::SimpleString(text) => text.into(),
@@ -81,7 +81,7 @@ pub(super) fn into_bytes(value: Value) -> Bytes {
     }
 }
 
-pub(super) fn parse_id(value: &Value) -> RedisResult<EntryId> {
+pub fn parse_id(value: &Value) -> RedisResult<EntryId> {
     let text = match value {
         Value::BulkString(bytes) => String::from_utf8_lossy(bytes),
         Value::SimpleString(text) => text.as_str().into(),
@@ -92,7 +92,7 @@ pub(super) fn parse_id(value: &Value) -> RedisResult<EntryId> {
     })
 }
 
-pub(super) fn unexpected(what: &'static str, value: &Value) -> redis::RedisError {
+pub fn unexpected(what: &'static str, value: &Value) -> redis::RedisError {
     redis::RedisError::from((
         redis::ErrorKind::Parse,
         "unexpected reply",
@@ -100,7 +100,7 @@ pub(super) fn unexpected(what: &'static str, value: &Value) -> redis::RedisError
     ))
 }
 
-pub(super) fn as_u64(value: &Value) -> Option<u64> {
+pub fn as_u64(value: &Value) -> Option<u64> {
     match value {
         Value::Int(n) => u64::try_from(*n).ok(),
         Value::BulkString(bytes) => std::str::from_utf8(bytes).ok()?.parse().ok(),

@@ -181,7 +181,7 @@ return appended
 pub const APPEND_ID_TTL: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Entries (each its fields), appended in one script only while `token` holds the lease at
-/// `lease_key` (the sources that bridge into the stream: [`crate::redis::lease`]): the check and
+/// `lease_key` (the sources that bridge into the stream: [`crate::stream::lease`]): the check and
 /// the appends are one step in Redis, so a process that lost its lease (paused past its expiry,
 /// say) can never append after another process took over. `append_id` names this append (the
 /// same for each retry of it): see [`APPEND_ENTRIES_FENCED`]. Returns how many were appended.

@@ -15,7 +15,7 @@
 
 use super::browse::Letter;
 use super::{REPLAY_ONLY, REPLAY_RECEIVED, SIZE_OF, bytes_key};
-use crate::redis::entry::EntryId;
+use crate::stream::entry::EntryId;
 use redis::RedisResult;
 use redis::aio::ConnectionLike;
 

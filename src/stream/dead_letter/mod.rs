@@ -18,9 +18,9 @@ pub mod replay;
 
 use crate::domain::Rejection;
 use crate::redis::connection::Connection;
-use crate::redis::entry::{EntryId, Field};
 use crate::redis::memory::allow_oom;
 use crate::retry::Backoff;
+use crate::stream::entry::{EntryId, Field};
 use crate::telemetry::Metrics;
 use redis::RedisResult;
 use std::collections::BTreeMap;

@@ -4,7 +4,7 @@
 //! beside every shard ([`Leases`]).
 
 use crate::redis::connection::Connection;
-use crate::redis::shards::Streams;
+use crate::stream::shards::Streams;
 use redis::RedisResult;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

@@ -1,0 +1,23 @@
+//! What the stream means, kept in Redis beside it (through [`crate::redis`]):
+//!
+//! - [`entry`]: stream entry ids and fields, and appending payloads to the stream (the one way a
+//!   payload enters it: the sources, HTTP ingest and `sensorhub simulate`).
+//! - [`group`]: the consumer group, its state, and trimming the stream behind it.
+//! - [`ledger`]: which delivered entries are committed (reads are `NOACK`), and re-reading those
+//!   that are not; the database history the commits were made to.
+//! - [`dead_letter`]: the dead-letter stream of rejected messages and readings.
+//! - [`lease`]: the lease that lets one instance of several do a job (bridging a channel), one
+//!   beside each shard of a sharded stream.
+//! - [`mqtt_session`]: what the MQTT source records of its broker session (its subscriptions,
+//!   the retained messages appended).
+//! - [`shards`]: sharded streams and the rule producers pick a shard by.
+//! - [`rename`]: a stream renamed with every key beside it (to give it a hash tag).
+
+pub mod dead_letter;
+pub mod entry;
+pub mod group;
+pub mod lease;
+pub mod ledger;
+pub mod mqtt_session;
+pub mod rename;
+pub mod shards;
