@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 #[allow(dead_code)] // the tests' cluster, of which the run uses only the start
-#[path = "../../tests/it/redis_cluster.rs"]
+#[path = "../../tests/it/helpers/cluster.rs"]
 mod redis_cluster;
 
 /// Readings in the cluster phase (at most).

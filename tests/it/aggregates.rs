@@ -166,7 +166,7 @@ async fn a_resolution_added_under_load_is_backfilled_exactly() {
         }
         pipe
     };
-    let mut old = crate::infra::Sensorhub::spawn(&env("1m", "a")).await;
+    let mut old = crate::helpers::Sensorhub::spawn(&env("1m", "a")).await;
     let _: () = xadd(0, 2000).query_async(&mut redis).await.unwrap();
     let pg = pg_client(&res.database_url).await;
     wait_for_count(
@@ -191,7 +191,7 @@ async fn a_resolution_added_under_load_is_backfilled_exactly() {
             }
         })
     };
-    let new = crate::infra::Sensorhub::spawn(&env("1m,1h", "b")).await;
+    let new = crate::helpers::Sensorhub::spawn(&env("1m,1h", "b")).await;
     producing.await.unwrap();
     wait_for_count(
         &pg,
@@ -216,6 +216,6 @@ async fn a_resolution_added_under_load_is_backfilled_exactly() {
     assert_aggregates_exact(&pg, &["1m".parse().unwrap(), "1h".parse().unwrap()]).await;
 
     // Another set while an instance runs: refused at start, naming the variable.
-    let printed = crate::infra::Sensorhub::refused(&env("1m", "c")).await;
+    let printed = crate::helpers::Sensorhub::refused(&env("1m", "c")).await;
     assert!(printed.contains("SENSORHUB_RESOLUTIONS"), "{printed}");
 }

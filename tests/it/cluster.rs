@@ -5,9 +5,8 @@
 //! a failover, those Redis kept), every aggregate equals the GROUP BY over the raw rows, and every
 //! shard is drained with nothing uncommitted.
 
+use crate::helpers::cluster::{ClusterTls, PrivateCluster, key_slot};
 use crate::helpers::*;
-use crate::infra::*;
-use crate::redis_cluster::{ClusterTls, PrivateCluster, key_slot};
 use sensorhub::redis::connection::Connection;
 use sensorhub::stream::entry::append_payloads;
 use sensorhub::stream::shards::Streams;

@@ -1,8 +1,8 @@
 //! What operators look at: the status page rendered by a real browser (headless Chromium), and the
 //! real Prometheus scraping sensorhub with the scrape configuration shipped in docker/.
 
+use crate::helpers::free_port;
 use crate::helpers::*;
-use crate::infra::free_port;
 use chrono::{Duration, Utc};
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -176,7 +176,7 @@ async fn the_pipeline_panel_agrees_with_metrics_and_the_table_pages_10000_sensor
 
     // The panel, against /metrics read right after.
     let (_, metrics) = t.get("/metrics").await;
-    let metric = |name: &str| crate::infra::metric_value(&metrics, name).unwrap_or(f64::NAN);
+    let metric = |name: &str| crate::helpers::metric_value(&metrics, name).unwrap_or(f64::NAN);
     assert_eq!(
         figure(&dom, "p-written"),
         metric("sensorhub_readings_written_total")

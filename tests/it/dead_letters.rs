@@ -2,8 +2,8 @@
 //! arrive, replay after the settings are relaxed (stored once, the rest back with reasons,
 //! twice stores nothing new), and a replay of 50,000 killed midway.
 
+use crate::helpers::Sensorhub;
 use crate::helpers::*;
-use crate::infra::Sensorhub;
 use chrono::{DateTime, TimeDelta, Utc};
 use sensorhub::config::Secret;
 use serde_json::{Value, json};
@@ -459,7 +459,7 @@ async fn dead_letters_are_bounded_in_bytes_under_a_flood_of_large_bad_lines() {
         ("SENSORHUB_MAX_MESSAGE_BYTES", (2 << 20).to_string()),
         ("SENSORHUB_DEAD_LETTER_MAX_BYTES", (8 << 20).to_string()),
     ]);
-    let hub = crate::infra::Sensorhub::spawn(&env).await;
+    let hub = crate::helpers::Sensorhub::spawn(&env).await;
     let bad_line = format!("weather,station=roof temperature={}", "x".repeat(1 << 20));
     let floods = 40;
     for i in 0..floods {

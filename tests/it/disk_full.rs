@@ -7,7 +7,6 @@
 //! (`mount -o remount,size=`) as an operator freeing space would.
 
 use crate::helpers::*;
-use crate::infra::*;
 use crate::resilience::{Load, assert_exactly_once, hub_env, produce};
 use std::path::PathBuf;
 use std::process::Command;

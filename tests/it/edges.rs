@@ -1,8 +1,8 @@
 //! The guarantee at its edges: operators' mistakes and unlucky clocks that once lost or doubled
 //! readings, each against the real Redis and PostgreSQL.
 
+use crate::helpers::Sensorhub;
 use crate::helpers::*;
-use crate::infra::Sensorhub;
 use redis::aio::MultiplexedConnection;
 use sensorhub::stream::entry::EntryId;
 use std::time::Duration;
@@ -87,8 +87,9 @@ async fn count(pg: &tokio_postgres::Client, sql: &str) -> i64 {
     pg.query_one(sql, &[]).await.unwrap().get(0)
 }
 
-/// Scenario 1: two processes with one consumer name (two units on one host) used to both hold
-/// the bridge lease, keyed by that name, and bridge every message twice.
+/// Two processes with one consumer name (two units on one host) never both hold the bridge
+/// lease: each message is bridged once (the lease is keyed by a token unique to the process, not
+/// by the name).
 #[actix_web::test]
 async fn two_processes_with_one_consumer_name_bridge_each_message_once() {
     let res = Resources::new();
@@ -176,9 +177,9 @@ fn signal(pid: u32, which: &str) {
     assert!(status.success(), "kill {which} {pid}");
 }
 
-/// Scenario 2: more than 1,000 entries without timestamp in one millisecond of stream time (an
-/// explicit `<ms>-*` id, or Redis's clock stepping back). Entries 1,000 on used to collide with
-/// entry 999 and vanish as "duplicates".
+/// More than 1,000 entries without timestamp in one millisecond of stream time (an explicit
+/// `<ms>-*` id, or Redis's clock stepping back) each get a time of their own: none is taken for a
+/// duplicate of another.
 #[actix_web::test]
 async fn a_thousand_and_more_entries_in_one_millisecond_are_never_silent_duplicates() {
     let mut t = spawn_app().await;
@@ -269,9 +270,9 @@ fn timed_payloads(sensor: &str, n: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Scenario 3: an entry with a far-future id moves the watermark far ahead; the operator deletes
-/// the stream; the group comes back at 0 and the ledger used to stay ahead of it, so the trim
-/// removed new entries before they were read while writes were slow.
+/// A ledger left ahead of its group (a far-future entry id moved the watermark, then the stream
+/// was deleted and the group came back at 0) is reset, so the trim never removes entries that
+/// were not read, even while writes are slow.
 #[actix_web::test]
 async fn a_recreated_stream_under_a_far_future_watermark_loses_nothing() {
     let mut t = spawn_app_with(|c| c.stream_tail = 0, Default::default()).await;
@@ -310,8 +311,8 @@ async fn a_recreated_stream_under_a_far_future_watermark_loses_nothing() {
     t.stop().await;
 }
 
-/// Scenario 4: sensorhub's group destroyed while writes stall, another group (`analytics`) moved
-/// to the stream's end: the trim used to follow `analytics` and remove what sensorhub never read.
+/// While sensorhub's group is gone (destroyed while writes stall), the trim never follows another
+/// group (`analytics`, at the stream's end): nothing sensorhub has not read is removed.
 #[actix_web::test]
 async fn trimming_never_follows_another_group_while_ours_is_gone() {
     let mut t = spawn_app_with(|c| c.stream_tail = 0, Default::default()).await;
@@ -363,7 +364,7 @@ async fn trimming_never_follows_another_group_while_ours_is_gone() {
     t.stop().await;
 }
 
-/// Scenario 5: readings with a stored key and another value are conflicts, not duplicates: the
+/// Readings with a stored key and another value are conflicts, not duplicates: the
 /// first committed value stays, the other is dead-lettered with both values; the same value again
 /// is a plain duplicate. Within one batch and across batches.
 #[actix_web::test]
@@ -426,7 +427,7 @@ async fn conflicting_values_are_dead_lettered_and_the_first_stays() {
 /// says nothing was stored. A private Redis: pausing the shared one would stall other tests.
 #[actix_web::test]
 async fn ingest_answers_tell_the_truth_and_an_idempotent_retry_stores_once() {
-    let server = crate::infra::PrivateRedis::start(false);
+    let server = crate::helpers::PrivateRedis::start(false);
     let url = server.url();
     let t = spawn_app_with(
         |c| c.redis_url = sensorhub::config::Secret::new(url.clone()),

@@ -9,7 +9,6 @@
 //! Either way: every reading stored once on the new primary, aggregates exact.
 
 use crate::helpers::*;
-use crate::infra::*;
 use crate::resilience::{Load, assert_exactly_once, hub_env, produce};
 use std::time::Duration;
 

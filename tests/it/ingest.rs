@@ -1,8 +1,9 @@
-//! Every input form of DESIGN.md, both ways (PUBLISH and XADD), and duplicates.
+//! The input forms of sensorhub's JSON and entry fields, both ways in (PUBLISH and XADD), and
+//! duplicates among them.
 
 use crate::helpers::*;
 
-/// The three input examples of DESIGN.md, exactly as an operator types them. They all describe
+/// The three input examples of the README, exactly as an operator types them. They all describe
 /// the same reading, so together they store one row and count the rest as duplicates.
 #[actix_web::test]
 async fn design_examples_store_one_row() {

@@ -3,7 +3,7 @@
 //! acknowledged reading stored once, and trimming frees the memory so that appends work again.
 
 use crate::helpers::*;
-use crate::infra::{PrivateRedis, Sensorhub, wait_ready_status};
+use crate::helpers::{PrivateRedis, Sensorhub, wait_ready_status};
 use std::time::Duration;
 
 /// `INFO memory`'s `used_memory` of the Redis behind `redis`.

@@ -2,8 +2,8 @@
 //! several instances, and messages that wait with the broker while Redis is down. Each test has
 //! its own topics and client ids.
 
+use crate::helpers::PrivateRedis;
 use crate::helpers::*;
-use crate::infra::PrivateRedis;
 use chrono::Utc;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use sensorhub::config::{MqttSettings, TopicRule};
@@ -324,7 +324,7 @@ async fn kill_9_while_a_qos1_publisher_runs_loses_and_doubles_nothing() {
     // A broker of its own that queues whatever arrives while no instance is subscribed (the
     // shared one keeps Mosquitto's default cap of 1,000 queued messages, beyond which the broker
     // itself drops them).
-    let broker = crate::infra::PrivateMosquitto::start();
+    let broker = crate::helpers::PrivateMosquitto::start();
     let broker_port = broker.port;
     let res = Resources::new();
     let base = unique_name("mq");
@@ -344,14 +344,14 @@ async fn kill_9_while_a_qos1_publisher_runs_loses_and_doubles_nothing() {
         ("SENSORHUB_MQTT_TOPICS", format!("{base}/#=json")),
         ("SENSORHUB_MQTT_CLIENT_ID", format!("sensorhub-{base}")),
     ];
-    let connected = |hub: &crate::infra::Sensorhub| {
+    let connected = |hub: &crate::helpers::Sensorhub| {
         let port = hub.port;
         async move {
             let (_, body) = http_get(port, "/metrics").await;
-            crate::infra::metric_value(&body, "sensorhub_mqtt_connected") == Some(1.0)
+            crate::helpers::metric_value(&body, "sensorhub_mqtt_connected") == Some(1.0)
         }
     };
-    let mut hub = crate::infra::Sensorhub::spawn(&env).await;
+    let mut hub = crate::helpers::Sensorhub::spawn(&env).await;
     wait_for("the subscription", Duration::from_secs(15), || async {
         connected(&hub).await.then_some(())
     })
@@ -376,7 +376,7 @@ async fn kill_9_while_a_qos1_publisher_runs_loses_and_doubles_nothing() {
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     hub.kill9();
-    let hub = crate::infra::Sensorhub::spawn(&env).await;
+    let hub = crate::helpers::Sensorhub::spawn(&env).await;
     publisher.await.unwrap();
 
     let (pg, connection) = tokio_postgres::connect(&res.database_url, tokio_postgres::NoTls)
@@ -407,7 +407,7 @@ async fn kill_9_while_a_qos1_publisher_runs_loses_and_doubles_nothing() {
 /// and what was published while it was reconnecting is stored.
 #[actix_web::test]
 async fn a_broker_restart_loses_nothing() {
-    let mut broker = crate::infra::PrivateMosquitto::start();
+    let mut broker = crate::helpers::PrivateMosquitto::start();
     let port = broker.port;
     let base = unique_name("mq");
     let mut settings = mqtt_settings(&[(format!("{base}/#"), "json")]);
@@ -455,14 +455,14 @@ async fn simulated_sensors_arrive_over_mqtt() {
     wait_subscribed(&t).await;
     let mut config = t.config.clone();
     config.mqtt = Some(publisher);
-    let simulation = sensorhub::simulate::Simulation {
+    let simulation = sensorhub::cli::simulate::Simulation {
         sensors: 6,
         rate: 2000.0,
         count: Some(300),
-        via: sensorhub::simulate::Via::Mqtt,
+        via: sensorhub::cli::simulate::Via::Mqtt,
         prefix: base.clone(),
     };
-    let sent = sensorhub::simulate::run(&config, &simulation)
+    let sent = sensorhub::cli::simulate::run(&config, &simulation)
         .await
         .unwrap();
     assert_eq!(sent, 300);

@@ -5,7 +5,7 @@
 //! the configuration, and `/readyz` while the broker is out of reach.
 
 use crate::helpers::*;
-use crate::infra::{PrivateMosquitto, Sensorhub, free_port, wait_ready_status};
+use crate::helpers::{PrivateMosquitto, Sensorhub, free_port, wait_ready_status};
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use std::time::Duration;
 

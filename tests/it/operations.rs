@@ -1,8 +1,8 @@
 //! What an operator relies on: metrics that pass promtool and agree with the database, a graceful
 //! stop that loses nothing, a stream that stays bounded, clear configuration errors, healthcheck.
 
+use crate::helpers::cluster::key_slot;
 use crate::helpers::*;
-use crate::redis_cluster::key_slot;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -4,7 +4,6 @@
 //! are stored once each, every aggregate equals the GROUP BY over the raw rows, nothing delivered stays uncommitted.
 
 use crate::helpers::*;
-use crate::infra::*;
 use redis::aio::ConnectionManager;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};

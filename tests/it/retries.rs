@@ -3,9 +3,9 @@
 //! append on its own. Readings without timestamps, so that an entry appended twice would be two
 //! rows (with a timestamp the store would skip the second as a duplicate and hide it).
 
+use crate::helpers::cluster::{PrivateCluster, key_slot};
 use crate::helpers::*;
-use crate::infra::{PrivateRedis, Sensorhub, metric_value, wait_ready_status};
-use crate::redis_cluster::{PrivateCluster, key_slot};
+use crate::helpers::{PrivateRedis, Sensorhub, metric_value, wait_ready_status};
 use std::time::Duration;
 
 async fn count(pg: &tokio_postgres::Client, sql: &str) -> i64 {

@@ -40,7 +40,7 @@ async fn http2_is_not_served() {
 #[actix_web::test]
 async fn gzip_bombs_are_refused_within_the_body_limit() {
     let res = Resources::new();
-    let hub = crate::infra::Sensorhub::spawn(&res.hub_env()).await;
+    let hub = crate::helpers::Sensorhub::spawn(&res.hub_env()).await;
     let port = hub.port;
     let bomb = std::process::Command::new("sh")
         .args(["-c", "head -c 805306368 /dev/zero | gzip -9"])

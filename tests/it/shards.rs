@@ -425,7 +425,7 @@ async fn instances_reading_different_shards_together_store_everything_once() {
 /// down, batches of four shards wait in Redis, at most the bound of them in flight.
 #[actix_web::test]
 async fn one_in_flight_bound_covers_every_shard() {
-    let pg = crate::infra::PrivatePostgres::start();
+    let pg = crate::helpers::PrivatePostgres::start();
     let resources = Resources::new();
     let mut config = test_config(&resources.name);
     config.database_url = sensorhub::config::Secret::new(pg.url("sensorhub"));
@@ -477,7 +477,7 @@ async fn untimed_readings_of_one_sensor_in_two_shards_are_each_stored_once() {
     let (alpha, beta) = pair_in_different_shards();
     let mut env = res.hub_env();
     env.push(("SENSORHUB_STREAM_SHARDS", SHARDS.to_string()));
-    let hub = crate::infra::Sensorhub::spawn(&env).await;
+    let hub = crate::helpers::Sensorhub::spawn(&env).await;
     let port = hub.port;
     let rounds: i64 = 1500;
     let post = |body: String| async move {

@@ -8,9 +8,8 @@
 //!
 //! The servers run in a network namespace of the test's own ([`crate::netns`]).
 
+use crate::helpers::netns::DelayProxy;
 use crate::helpers::*;
-use crate::infra::*;
-use crate::netns::DelayProxy;
 use crate::resilience::{Load, Produced, assert_exactly_once, hub_env, produce};
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! start with the host named, and no password in the log or in `/readyz`.
 
 use crate::helpers::*;
-use crate::infra::{
+use crate::helpers::{
     PrivateMosquitto, PrivatePostgres, PrivateRedis, Sensorhub, TestCerts, wait_ready_status,
 };
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};

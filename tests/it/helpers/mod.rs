@@ -6,17 +6,32 @@
 //! - [`db`]: the aggregates checked against the raw rows; counts awaited.
 //! - [`http`]: a minimal HTTP client.
 //! - [`data`]: reproducible random data and readings as JSON.
+//! - [`servers`]: private PostgreSQL, Redis and Mosquitto servers a test may stop, restart or
+//!   place behind a network it silences.
+//! - [`certs`]: certificates made for a test.
+//! - [`hub`]: sensorhub as a child process, to kill, restart and read.
+//! - [`netns`]: a network namespace whose link a test can silence, slow or make lossy.
+//! - [`cluster`]: a private Redis Cluster.
 
 mod app;
+mod certs;
+pub mod cluster;
 mod data;
 mod db;
 mod http;
+mod hub;
+pub mod netns;
+pub use netns::Netns;
+mod servers;
 mod stream;
 
 pub use app::*;
+pub use certs::*;
 pub use data::*;
 pub use db::*;
 pub use http::*;
+pub use hub::*;
+pub use servers::*;
 pub use stream::*;
 
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
