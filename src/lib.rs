@@ -13,29 +13,38 @@
 //! Modules, in the order data meets them:
 //! - [`config`]: typed settings from `SENSORHUB_*` variables, validated at start.
 //! - [`app`]: `Application::build(config)`, used by `main` and the tests alike.
-//! - [`domain`]: pure parsing and validation of readings, the shard rule, and window arithmetic.
-//! - [`sources`]: what brings readings into the stream besides producers' own `XADD`: the Pub/Sub
-//!   bridge and the MQTT source, each message to its sensor's shard when the stream is sharded.
-//! - [`redis`]: everything that speaks to Redis (one server or a Redis Cluster): entries, the read
-//!   connection and its reply parser, the consumer group and trim, the ledger of committed
-//!   entries, dead letters, leases, sharded streams.
+//! - [`domain`]: pure parsing and validation of readings, the entry's field names, the shard rule,
+//!   and window arithmetic.
+//! - [`sources`]: every way into the stream besides producers' own `XADD`: the Pub/Sub bridge and
+//!   the MQTT source, and the one append HTTP ingest uses; each message to its sensor's shard.
+//! - [`stream`]: what the stream means, kept in Redis beside it: entries, the consumer group and
+//!   trim, the ledger of committed entries, dead letters, leases, sharded streams.
+//! - [`redis`]: the Redis client (one server or a Redis Cluster): connections, targets, the
+//!   reader's own socket and its reply parser, Pub/Sub, memory.
 //! - [`pipeline`]: the actors, one file per stage, the in-flight tickets that bound them, and
 //!   [`pipeline::assemble`], which starts the stages sink-first under supervision and stops them
 //!   in flow order.
 //! - [`store`]: the PostgreSQL pool, migrations, the batch transaction, the deployment's agreed
-//!   facts (MQTT client id, resolutions) and the backfill of an added resolution.
-//! - [`dead_letters`]: what an operator does with dead letters: list, count, replay, purge (the
-//!   API and `sensorhub dead-letters`).
+//!   facts (MQTT client id, resolutions), the backfill of an added resolution, and the database's
+//!   history (a failover).
+//! - [`dead_letters`]: what an operator does with dead letters: list, count, replay, purge (for the
+//!   API and the command line).
 //! - [`http`]: health, readiness, metrics, the read API, HTTP ingest (JSON and InfluxDB line
 //!   protocol) and the status page.
+//! - [`cli`]: the subcommands besides `serve`: demo sensors (`sensorhub simulate`), dead-letter
+//!   operations, the healthcheck and renaming the stream.
+//! - [`actor`]: what every actor shares: panics turned into counted restarts, work off the actor
+//!   thread, stop requests.
+//! - [`health`]: the readiness signals `/readyz` reads (readers running, batches committing,
+//!   sources consuming).
 //! - [`telemetry`]: logging setup and every metric, declared once.
 //! - [`retry`]: the backoff every retry loop shares.
 //! - [`tls`]: the TLS client configurations of the Redis, PostgreSQL and MQTT connections.
 //! - [`liveness`]: how every connection notices a peer gone silent (keepalive, user timeout).
-//! - [`simulate`]: demo sensors for first runs and load tests (`sensorhub simulate`).
 
 pub mod actor;
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod dead_letters;
 pub mod domain;
@@ -45,7 +54,6 @@ pub mod liveness;
 pub mod pipeline;
 pub mod redis;
 pub mod retry;
-pub mod simulate;
 pub mod sources;
 pub mod store;
 pub mod stream;

@@ -3,12 +3,11 @@
 //! demo sensor readings; `dead-letters` lists, counts, replays and purges the dead letters. Configuration comes from `SENSORHUB_*` variables (see the README).
 
 use clap::{Parser, Subcommand};
-use sensorhub::simulate::{self, Simulation, Via};
+use sensorhub::cli::ops::{healthcheck, rename_stream};
+use sensorhub::cli::simulate::{self, Simulation, Via};
 use sensorhub::{Application, Config, telemetry};
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+
 use std::process::ExitCode;
-use std::time::Duration;
 
 /// jemalloc instead of glibc's malloc: the pipeline makes many small short-lived allocations
 /// (reply values, strings, batch vectors freed on other threads), the pattern where glibc's
@@ -56,7 +55,7 @@ enum Command {
     },
     /// List, count, replay or purge the dead letters of SENSORHUB_STREAM.
     #[command(subcommand)]
-    DeadLetters(sensorhub::dead_letters::Command),
+    DeadLetters(sensorhub::cli::dead_letters::Command),
     /// Rename SENSORHUB_STREAM and every key beside it (dead letters, ledger, leases), e.g. to
     /// give them a hash tag before moving to a Redis Cluster. Stop every instance first.
     RenameStream {
@@ -95,7 +94,7 @@ fn main() -> ExitCode {
                 .enable_all()
                 .build()
                 .expect("a tokio runtime");
-            match runtime.block_on(sensorhub::dead_letters::run(&config, command)) {
+            match runtime.block_on(sensorhub::cli::dead_letters::run(&config, command)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("sensorhub: {error:#}");
@@ -140,54 +139,6 @@ fn serve(config: Config) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("sensorhub: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Renames the configured stream and the keys beside it, printing each rename.
-async fn rename_stream(config: &Config, to: &str) -> anyhow::Result<()> {
-    let client = sensorhub::redis::target::parse_live(
-        config.redis_url.expose(),
-        &config.redis_tls,
-        config.liveness,
-    )
-    .map_err(|why| anyhow::anyhow!("SENSORHUB_REDIS_URL: {why}"))?
-    .client;
-    let mut conn = client.get_multiplexed_async_connection().await?;
-    let renamed = sensorhub::stream::rename::rename_stream(&mut conn, &config.stream, to).await?;
-    for (from, to) in renamed {
-        println!("{from} -> {to}");
-    }
-    Ok(())
-}
-
-/// Asks `GET /readyz` of the local instance; exit 0 on 200.
-fn healthcheck(mut addr: SocketAddr) -> ExitCode {
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    let answer = (|| -> std::io::Result<String> {
-        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-        stream.set_read_timeout(Some(Duration::from_secs(3)))?;
-        stream.write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        Ok(response)
-    })();
-    match answer {
-        Ok(response)
-            if response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200") =>
-        {
-            ExitCode::SUCCESS
-        }
-        Ok(response) => {
-            let body = response.split("\r\n\r\n").nth(1).unwrap_or("");
-            eprintln!("sensorhub: not ready: {body}");
-            ExitCode::FAILURE
-        }
-        Err(error) => {
-            eprintln!("sensorhub: no answer from {addr}: {error}");
             ExitCode::FAILURE
         }
     }

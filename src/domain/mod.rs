@@ -1,10 +1,12 @@
 //! Pure types and logic: no actix, no I/O.
 //!
+//! - [`fields`]: the names of a stream entry's fields.
 //! - [`reading`]: turning the bytes of a stream entry into [`Reading`]s, or a [`Rejection`] with a
 //!   bounded reason code.
 //! - [`shard`]: the shard a sensor's readings belong to, and messages split over shards.
 //! - [`window`]: epoch-aligned tumbling windows and the mergeable partial [`Aggregate`].
 
+pub mod fields;
 pub mod reading;
 pub mod shard;
 pub mod window;

@@ -7,32 +7,23 @@
 //! is safe) or the outcome is unknown (Redis did not answer in time: the entry may exist). With
 //! an `Idempotency-Key` header, a retry of the same request stores its readings once, however
 //! the first attempt ended: the key is kept with the entry it was appended as and a digest of the
-//! body for [`IDEMPOTENCY_TTL`], and the key reused for another body is refused (422). Without
+//! body for [`append::IDEMPOTENCY_TTL`], and the key reused for another body is refused (422). Without
 //! one, the request appends under a key of its own, so the Redis client's own retry of a command
 //! that timed out cannot append it twice.
 
+use crate::domain::fields;
 use crate::domain::reading::parse_json;
 use crate::domain::{ParseContext, Reason};
 use crate::http::HttpState;
 use crate::http::auth::IngestAuthorized;
 use crate::http::body::read_limited;
 use crate::http::error::{ApiError, ErrorBody};
-use crate::sources::append::{copies, route};
-use crate::stream::entry::{Appended, Once, append_fields_once};
-use crate::stream::lease::unique_token;
+use crate::sources::append::{self, route};
+use crate::stream::entry::{Appended, Once};
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::Utc;
 use serde::Serialize;
-use std::time::Duration;
 use utoipa::ToSchema;
-
-/// How long an `Idempotency-Key` is remembered: longer than any client keeps retrying.
-pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
-
-/// How long the key of a request without an `Idempotency-Key` is remembered: longer than the
-/// Redis client's own retries of one command (a cluster connection retries a command that timed
-/// out), which must not append the request twice.
-pub const REQUEST_KEY_TTL: Duration = Duration::from_secs(120);
 
 /// The header that makes a retried POST store its readings once.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -142,7 +133,7 @@ pub(crate) async fn ingest(
         &state,
         &shards,
         idempotency_key.as_deref(),
-        &[("data", &body)],
+        &[(fields::DATA, &body)],
     )
     .await?;
     if appended.once == Once::KeyReused {
@@ -170,34 +161,24 @@ pub(crate) async fn ingest(
     }))
 }
 
-/// Appends the message `fields` once: under the client's `Idempotency-Key` (kept for
-/// [`IDEMPOTENCY_TTL`]), or under a key unique to this request (kept for [`REQUEST_KEY_TTL`]), so
-/// that neither a client's retry nor the Redis client's own retry appends it twice. With sharded
-/// streams, to the `shards` [`crate::sources::append::route`] gives, as the sources route: a
-/// message split over shards is appended to each, each copy under the key beside its shard.
-/// Answers the entry of the owner's copy (the shard of the first valid reading).
+/// Appends the message `fields` once ([`append::append_once`]), with sharded streams to each of
+/// the `shards` [`append::route`] gives; a failure is a 503 that says whether a retry is safe.
 pub(crate) async fn append_once(
     state: &HttpState,
     shards: &[usize],
     idempotency_key: Option<&str>,
     fields: &[(&str, &[u8])],
 ) -> Result<Appended, ApiError> {
-    let streams = &state.api.streams;
-    let request = unique_token("http");
-    let mut owner = None;
-    for (shard, copy) in copies(fields, shards) {
-        let stream = &streams.all()[shard];
-        let (key, ttl) = match idempotency_key {
-            Some(key) => (format!("{stream}:idempotency:{key}"), IDEMPOTENCY_TTL),
-            None => (format!("{stream}:request:{request}"), REQUEST_KEY_TTL),
-        };
-        let mut redis = state.redis.clone();
-        let appended = append_fields_once(&mut redis, stream, &key, ttl, &copy)
-            .await
-            .map_err(append_failed)?;
-        owner.get_or_insert(appended);
-    }
-    owner.ok_or_else(|| ApiError::OutcomeUnknown("the message was routed to no stream".into()))
+    append::append_once(
+        &state.redis,
+        &state.api.streams,
+        shards,
+        idempotency_key,
+        fields,
+    )
+    .await
+    .map_err(append_failed)?
+    .ok_or_else(|| ApiError::OutcomeUnknown("the message was routed to no stream".into()))
 }
 
 /// The request's `Idempotency-Key`, if any: 1 to [`MAX_KEY_LEN`] visible ASCII characters.

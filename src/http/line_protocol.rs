@@ -12,6 +12,7 @@
 //! ingest token; 503 when Redis did not take the entry (clients retry). `org`, `bucket` and `db`
 //! are accepted and ignored: everything goes to the one stream.
 
+use crate::domain::fields;
 use crate::domain::reading::{Form, Precision, parse_line_protocol};
 use crate::domain::{ParseContext, Reason, Rejection};
 use crate::http::HttpState;
@@ -285,7 +286,7 @@ async fn write(
         &state,
         &shards,
         None,
-        &[("data", &body), ("form", form.as_bytes())],
+        &[(fields::DATA, &body), (fields::FORM, form.as_bytes())],
     )
     .await
     .map_err(as_write_error)?;

@@ -16,6 +16,7 @@
 //! row cannot block the stream forever.
 
 use crate::actor::{count_restart, guarded};
+use crate::domain::fields;
 use crate::domain::{AggKey, Aggregate, Reading, Reason, Rejection, Resolution, Windows};
 use crate::health::WriteHealth;
 use crate::pipeline::faults::Faults;
@@ -528,7 +529,7 @@ fn reading_letter(reading: &Reading, entry: EntryId, reason: Reason, detail: Str
             part: None,
         },
         original: vec![(
-            bytes::Bytes::from_static(b"data"),
+            bytes::Bytes::from_static(fields::DATA.as_bytes()),
             original.to_string().into(),
         )],
     }

@@ -9,11 +9,13 @@
 use crate::domain::reading::{Limits, ParseContext, parse_entry_fields};
 use crate::domain::shard::{OWNER, PART, SPLIT};
 use crate::redis::connection::Connection;
-use crate::stream::entry::{FencedError, append_entries_fenced};
+use crate::stream::entry::{Appended, FencedError, append_entries_fenced, append_fields_once};
 use crate::stream::lease::Leases;
+use crate::stream::lease::unique_token;
 use crate::stream::shards::Streams;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// A message's fields, as they are appended.
 pub type Entry<'a> = Vec<(&'a str, &'a [u8])>;
@@ -52,6 +54,41 @@ pub fn copies<'a>(fields: &[(&'a str, &'a [u8])], shards: &[usize]) -> Vec<(usiz
             (shard, copy)
         })
         .collect()
+}
+
+/// How long an `Idempotency-Key` is remembered: longer than any client keeps retrying.
+pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// How long the key of a request without an `Idempotency-Key` is remembered: longer than the
+/// Redis client's own retries of one command (a cluster connection retries a command that timed
+/// out), which must not append the request twice.
+pub const REQUEST_KEY_TTL: Duration = Duration::from_secs(120);
+
+/// Appends the message `fields` once: under the client's `Idempotency-Key` (kept for
+/// [`IDEMPOTENCY_TTL`]), or under a key unique to this call (kept for [`REQUEST_KEY_TTL`]), so
+/// that neither a client's retry nor the Redis client's own retry appends it twice. With sharded
+/// streams, to the `shards` [`route`] gives: a message split over shards is appended to each,
+/// each copy under the key beside its shard. Answers the entry of the owner's copy (the shard of
+/// the first valid reading); `None` when `shards` is empty.
+pub async fn append_once(
+    conn: &Connection,
+    streams: &Streams,
+    shards: &[usize],
+    idempotency_key: Option<&str>,
+    fields: &[(&str, &[u8])],
+) -> redis::RedisResult<Option<Appended>> {
+    let request = unique_token("http");
+    let mut owner = None;
+    for (shard, copy) in copies(fields, shards) {
+        let stream = &streams.all()[shard];
+        let (key, ttl) = match idempotency_key {
+            Some(key) => (format!("{stream}:idempotency:{key}"), IDEMPOTENCY_TTL),
+            None => (format!("{stream}:request:{request}"), REQUEST_KEY_TTL),
+        };
+        let appended = append_fields_once(&mut conn.clone(), stream, &key, ttl, &copy).await?;
+        owner.get_or_insert(appended);
+    }
+    Ok(owner)
 }
 
 pub struct Appender {

@@ -6,7 +6,8 @@
 //! - [`mqtt`]: MQTT subscriptions, each message appended with its topic and payload form, and
 //!   acknowledged to the broker once appended.
 //!
-//! HTTP ingest (`POST /api/v1/readings`) appends the same way, from [`crate::http::ingest`].
+//! HTTP ingest (JSON and line protocol, [`crate::http`]) appends through [`append::append_once`]:
+//! routed as the sources route, each message once under its request's key.
 
 pub mod append;
 pub mod mqtt;

@@ -15,6 +15,7 @@
 
 use crate::actor::{count_restart, guarded, stop_requested};
 use crate::domain::Limits;
+use crate::domain::fields;
 use crate::health::Consuming;
 use crate::redis::channel;
 use crate::redis::connection::Connection;
@@ -277,7 +278,7 @@ impl BridgeLoop {
         let append_id = self.appender.next_append_id();
         let entries: Vec<Vec<(&str, &[u8])>> = payloads
             .iter()
-            .map(|payload| vec![("data", payload.as_slice())])
+            .map(|payload| vec![(fields::DATA, payload.as_slice())])
             .collect();
         loop {
             let appended = self.appender.append(&self.conn, &append_id, &entries).await;

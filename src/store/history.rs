@@ -29,7 +29,7 @@ pub async fn identity(pool: &Pool) -> Result<String, StoreError> {
     Ok(row.get(0))
 }
 
-/// Reads the identity every [`POLL`] and publishes it when it changes; ends when nobody
+/// Reads the identity every second and publishes it when it changes; ends when nobody
 /// listens any more.
 pub async fn watch(pool: Pool, identity_tx: watch::Sender<Option<String>>) {
     loop {

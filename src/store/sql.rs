@@ -1,4 +1,6 @@
-//! Runtime SQL, as named constants. Migrations live in `sql/`.
+//! The SQL of the batch transaction, as named constants (migrations live in `sql/`; the
+//! partitions, retention, backfill, deployment and the read API write their own statements beside
+//! their code).
 
 /// The fast path for raw readings: a binary COPY. A reading already stored makes it fail with a
 /// unique violation (SQLSTATE 23505), and the batch is redone with [`INSERT_READINGS_RETURNING`].

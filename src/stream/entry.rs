@@ -1,5 +1,6 @@
 //! Stream entries: their ids, their fields as read, and appending payloads to the stream.
 
+use crate::domain::fields;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use redis::RedisResult;
@@ -128,7 +129,7 @@ pub async fn append_payloads<P: redis::ToRedisArgs>(
         pipe.cmd("XADD")
             .arg(stream)
             .arg("*")
-            .arg("data")
+            .arg(fields::DATA)
             .arg(payload);
     }
     let ids: Vec<String> = pipe.query_async(conn).await?;

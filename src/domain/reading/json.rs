@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use smallvec::smallvec;
 
-/// A reading object on the wire. Unknown fields are ignored (DESIGN.md).
+/// A reading object on the wire. Unknown fields are ignored, so devices may send more.
 #[derive(Deserialize)]
 struct WireReading<'a> {
     #[serde(borrow, default)]

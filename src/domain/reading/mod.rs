@@ -1,15 +1,14 @@
 //! Parse, don't validate: the bytes of one stream entry become valid [`Reading`]s or [`Rejection`]s.
 //!
-//! Two input shapes reach the parser (DESIGN.md, "Input"):
-//! - a JSON payload (the `data` field of an entry, or a published message): one reading object or an
-//!   array of them;
-//! - an entry whose fields are the reading itself: `sensor temperature value 14 timestamp ...`.
-//!
-//! Both are reduced to the same [`Fields`] and checked by one function, so the rules cannot drift
-//! apart. A rejection is an expected outcome with a reason code from a closed set ([`Reason`]), never
+//! An entry reaches the parser as sensorhub's JSON in its `data` field (one reading object or an
+//! array of them), as fields that are the reading itself (`sensor temperature value 14 timestamp
+//! ...`), or as a payload in a form the entry names (`form`: line protocol, the MQTT rules'
+//! forms: [`Form`]; README, "Input"). Every form is reduced to the same [`Fields`] and checked by
+//! one function, so the rules cannot drift apart. A rejection is an expected outcome with a reason code from a closed set ([`Reason`]), never
 //! a panic or an error log line.
 
 use crate::domain::FastState;
+use crate::domain::fields;
 use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 use smallvec::{SmallVec, smallvec};
@@ -359,16 +358,16 @@ pub fn parse_entry_fields<N: AsRef<[u8]>, V: AsRef<[u8]>>(
             .find(|(name, _)| name.as_ref() == wanted)
             .map(|(_, value)| value.as_ref())
     };
-    if let Some(data) = field(b"data") {
+    if let Some(data) = field(fields::DATA.as_bytes()) {
         // A message from a source that names its payload's form (MQTT): read in that form.
-        if let Some(form) = field(b"form") {
+        if let Some(form) = field(fields::FORM.as_bytes()) {
             let form = match std::str::from_utf8(form).map_err(|e| e.to_string()) {
                 Ok(text) => text.parse::<Form>(),
                 Err(error) => Err(error),
             };
             return match form {
                 Ok(form) => {
-                    let prefix = field(b"prefix").unwrap_or_default();
+                    let prefix = field(fields::PREFIX.as_bytes()).unwrap_or_default();
                     let prefix = std::str::from_utf8(prefix).unwrap_or_default();
                     parse_form(&form, prefix, data, ctx)
                 }

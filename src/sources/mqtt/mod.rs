@@ -39,6 +39,7 @@ mod topics;
 use crate::actor::{count_restart, guarded, stop_requested};
 use crate::config::MqttSettings;
 use crate::domain::Limits;
+use crate::domain::fields;
 use crate::health::Consuming;
 use crate::redis::connection::Connection;
 use crate::retry::Backoff;
@@ -434,10 +435,10 @@ async fn append_all(on: &AppendJob, publishes: &[Publish]) -> Result<bool, Strin
         .zip(&described)
         .map(|(publish, (form, prefix))| {
             vec![
-                ("data", payload(publish)),
-                ("topic", publish.topic.as_bytes()),
-                ("form", form.as_bytes()),
-                ("prefix", prefix.as_bytes()),
+                (fields::DATA, payload(publish)),
+                (fields::TOPIC, publish.topic.as_bytes()),
+                (fields::FORM, form.as_bytes()),
+                (fields::PREFIX, prefix.as_bytes()),
             ]
         })
         .collect();

@@ -17,6 +17,7 @@ pub mod browse;
 pub mod replay;
 
 use crate::domain::Rejection;
+use crate::domain::fields;
 use crate::redis::connection::Connection;
 use crate::redis::memory::allow_oom;
 use crate::retry::Backoff;
@@ -25,11 +26,10 @@ use crate::telemetry::Metrics;
 use redis::RedisResult;
 use std::collections::BTreeMap;
 
-/// The field of a replayed entry naming the entry its payload first came in as: a reading
-/// without a timestamp keeps that entry's time, so a replay stores it once.
-pub const REPLAY_RECEIVED: &[u8] = b"received";
-/// The field of a replayed entry naming the one element of its payload it replays.
-pub const REPLAY_ONLY: &[u8] = b"only";
+/// [`fields::RECEIVED`](crate::domain::fields::RECEIVED), as the bytes entries are matched by.
+pub const REPLAY_RECEIVED: &[u8] = crate::domain::fields::RECEIVED.as_bytes();
+/// [`fields::ONLY`](crate::domain::fields::ONLY), as the bytes entries are matched by.
+pub const REPLAY_ONLY: &[u8] = crate::domain::fields::ONLY.as_bytes();
 
 /// Where dead letters go.
 #[derive(Clone, Debug)]
@@ -166,14 +166,14 @@ async fn append(
         }
         let mut size = 0;
         for (name, value) in &letter.original {
-            if name == "data" {
+            if name == fields::DATA {
                 // A rejected line of a payload of lines: the line alone.
                 let data = match &letter.rejection.part {
                     Some(part) => value.get(part.clone()).unwrap_or(value),
                     None => value,
                 };
                 size += data.len();
-                fields.push((b"data".to_vec(), data));
+                fields.push((fields::DATA.as_bytes().to_vec(), data));
             } else {
                 let mut field = b"field.".to_vec();
                 field.extend_from_slice(name);

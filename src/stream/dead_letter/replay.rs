@@ -15,6 +15,7 @@
 
 use super::browse::Letter;
 use super::{REPLAY_ONLY, REPLAY_RECEIVED, SIZE_OF, bytes_key};
+use crate::domain::fields;
 use crate::stream::entry::EntryId;
 use redis::RedisResult;
 use redis::aio::ConnectionLike;
@@ -65,7 +66,7 @@ pub const BATCH: usize = 200;
 pub fn entry_fields(letter: &Letter) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut fields: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     if let Some(data) = &letter.data {
-        fields.push((b"data".to_vec(), data.clone()));
+        fields.push((fields::DATA.as_bytes().to_vec(), data.clone()));
     }
     let mut received = None;
     for (name, value) in &letter.fields {

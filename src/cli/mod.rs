@@ -1,0 +1,6 @@
+//! The `sensorhub` subcommands besides `serve`: demo sensors ([`simulate`]), dead-letter operations
+//! ([`dead_letters`]), the container healthcheck and renaming the stream ([`ops`]).
+
+pub mod dead_letters;
+pub mod ops;
+pub mod simulate;
