@@ -86,7 +86,7 @@ use throughput::*;
 
 use sensorhub::domain::{Reading, Resolution};
 use sensorhub::pipeline::aggregate::prepare;
-use sensorhub::stream::entry::EntryId;
+use sensorhub::redis::entry::EntryId;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_postgres::NoTls;
@@ -324,7 +324,7 @@ async fn main() {
         });
         let payloads = grouped(payloads, args.per_entry);
         entries += payloads.len() as u64;
-        sensorhub::stream::entry::append_payloads(&mut redis, &stream, payloads)
+        sensorhub::stream::append::append_payloads(&mut redis, &stream, payloads)
             .await
             .unwrap();
         sent = (sent + per_tick).min(steady_total);

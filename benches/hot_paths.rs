@@ -10,8 +10,8 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sensorhub::domain::reading::{Precision, parse_entry_fields, parse_json, parse_line_protocol};
 use sensorhub::domain::{Limits, ParseContext, Reading, Resolution, Windows};
 use sensorhub::pipeline::aggregate::prepare;
+use sensorhub::redis::entry::EntryId;
 use sensorhub::redis::wire::{ReplyParser, parse_read_reply};
-use sensorhub::stream::entry::EntryId;
 use std::hint::black_box;
 
 fn context(limits: &Limits) -> ParseContext<'_> {

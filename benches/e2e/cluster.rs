@@ -9,7 +9,7 @@ use super::{
     until_stored, wait_ready,
 };
 use sensorhub::redis::connection::Connection;
-use sensorhub::stream::entry::append_payloads;
+use sensorhub::stream::append::append_payloads;
 use sensorhub::stream::shards::{Streams, shard_of};
 use std::process::Command;
 use std::time::{Duration, Instant};

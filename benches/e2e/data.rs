@@ -55,7 +55,7 @@ pub(crate) async fn preload(
         });
         let payloads = grouped(payloads, args.per_entry);
         entries += payloads.len() as u64;
-        sensorhub::stream::entry::append_payloads(redis, stream, payloads)
+        sensorhub::stream::append::append_payloads(redis, stream, payloads)
             .await
             .unwrap();
         i += 10_000;

@@ -8,7 +8,7 @@
 use crate::config::{Config, MqttSettings, Secret};
 use crate::redis::channel::publish_payloads;
 use crate::redis::connection::Connection;
-use crate::stream::entry::append_payloads;
+use crate::stream::append::append_payloads;
 use crate::stream::shards::{Streams, shard_of};
 use anyhow::{Context as _, bail};
 use chrono::{DateTime, TimeDelta, Utc};

@@ -19,7 +19,7 @@ use crate::http::auth::IngestAuthorized;
 use crate::http::body::read_limited;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::sources::append::{self, route};
-use crate::stream::entry::{Appended, Once};
+use crate::stream::append::{Appended, Once};
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::Utc;
 use serde::Serialize;

@@ -8,7 +8,7 @@ use crate::domain::{Reading, Resolution, Windows};
 use crate::pipeline::faults::Faults;
 use crate::pipeline::lanes::{Shard, split};
 use crate::pipeline::messages::{Readings, Repeat, WriteBatch};
-use crate::stream::entry::EntryId;
+use crate::redis::entry::EntryId;
 use crate::telemetry::Metrics;
 use actix::prelude::*;
 use std::sync::Arc;

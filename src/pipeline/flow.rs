@@ -7,7 +7,7 @@
 //! delivered entry the [`ledger`](crate::stream::ledger) does not show committed, the lost ones
 //! among them.
 
-use crate::stream::entry::EntryId;
+use crate::redis::entry::EntryId;
 use crate::stream::ledger::EntryRange;
 use crate::telemetry::Metrics;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

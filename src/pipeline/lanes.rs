@@ -4,7 +4,7 @@
 //! [`WriteBatch`]: super::messages::WriteBatch
 
 use crate::domain::{AggKey, Aggregate, Reading};
-use crate::stream::entry::EntryId;
+use crate::redis::entry::EntryId;
 
 /// The part of a batch one connection writes.
 pub struct Shard {

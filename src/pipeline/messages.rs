@@ -4,7 +4,7 @@
 use crate::domain::Reading;
 use crate::pipeline::flow::Ticket;
 use crate::pipeline::lanes::Shard;
-use crate::stream::entry::{EntryId, StreamEntry};
+use crate::redis::entry::{EntryId, StreamEntry};
 use actix::Message;
 
 /// read → validate: stream entries as read.

@@ -9,8 +9,8 @@ use crate::domain::{Limits, ParseContext, Reading, Reason, Rejection, reading};
 use crate::pipeline::faults::Faults;
 use crate::pipeline::messages::{RawBatch, Readings};
 use crate::redis::connection::Connection;
+use crate::redis::entry::{EntryId, StreamEntry};
 use crate::stream::dead_letter::{DeadLetter, DeadLetters, REPLAY_ONLY, REPLAY_RECEIVED};
-use crate::stream::entry::{EntryId, StreamEntry};
 use crate::telemetry::Metrics;
 use actix::prelude::*;
 use chrono::Utc;
@@ -163,7 +163,7 @@ pub fn parse_batch(
 
 /// `Some(true)` for the owner's copy of a message split over shards, `Some(false)` for another
 /// copy, `None` for an entry that is the whole message.
-fn split_copy(fields: &[crate::stream::entry::Field]) -> Option<bool> {
+fn split_copy(fields: &[crate::redis::entry::Field]) -> Option<bool> {
     fields
         .iter()
         .find(|(name, _)| name.as_ref() == SPLIT.as_bytes())
@@ -199,7 +199,7 @@ struct Replay {
 }
 
 impl Replay {
-    fn of(fields: &[crate::stream::entry::Field]) -> Self {
+    fn of(fields: &[crate::redis::entry::Field]) -> Self {
         let mut replay = Replay::default();
         for (name, value) in fields {
             match name.as_ref() {

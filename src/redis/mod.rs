@@ -3,6 +3,7 @@
 //! [`crate::stream`], which speaks to Redis through this module.
 //!
 //! - [`connection`]: the pooled connection, to one server or a Redis Cluster.
+//! - [`entry`]: stream entries as Redis holds them: ids and fields.
 //! - [`target`]: the Redis a URL names, TLS included, for the pooled connections and the reader.
 //! - [`reader`]: the reader's own connection for `XREADGROUP`, whose reply [`wire`] parses from
 //!   the bytes as they arrive; every other reply is read from the `redis` crate's decoded values
@@ -14,6 +15,7 @@
 
 pub mod channel;
 pub mod connection;
+pub mod entry;
 pub mod memory;
 pub mod reader;
 pub mod target;

@@ -13,9 +13,9 @@
 //! another, until one of them redirects to the new owner.
 
 use crate::liveness::Liveness;
+use crate::redis::entry::StreamEntry;
 use crate::redis::target::ReaderTarget;
 use crate::redis::wire::{ReplyParser, Scan, io_error, server_error};
-use crate::stream::entry::StreamEntry;
 use bytes::BytesMut;
 use redis::{ConnectionAddr, ConnectionInfo, ErrorKind, RedisError, RedisResult, ServerErrorKind};
 use rustls::ClientConfig;

@@ -3,7 +3,7 @@
 //! maps work. `XREADGROUP`, the one reply as large as a batch, is parsed by [`super::wire`]
 //! instead.
 
-use crate::stream::entry::{EntryId, Fields, StreamEntry};
+use crate::redis::entry::{EntryId, Fields, StreamEntry};
 use bytes::Bytes;
 use redis::{RedisResult, Value};
 

@@ -9,7 +9,7 @@
 use crate::domain::reading::{Limits, ParseContext, parse_entry_fields};
 use crate::domain::shard::{OWNER, PART, SPLIT};
 use crate::redis::connection::Connection;
-use crate::stream::entry::{Appended, FencedError, append_entries_fenced, append_fields_once};
+use crate::stream::append::{Appended, FencedError, append_entries_fenced, append_fields_once};
 use crate::stream::lease::Leases;
 use crate::stream::lease::unique_token;
 use crate::stream::shards::Streams;

@@ -1,8 +1,8 @@
 //! The consumer group: creating it, reading its state, and trimming the stream behind it.
 
 use crate::redis::connection::Connection;
+use crate::redis::entry::EntryId;
 use crate::redis::values::{as_u64, into_bytes, parse_entries, parse_id};
-use crate::stream::entry::EntryId;
 use crate::stream::ledger;
 use bytes::Bytes;
 use redis::{RedisResult, Value};

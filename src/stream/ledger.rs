@@ -23,9 +23,9 @@
 //! twice. A range is recorded only after its commit, so nothing is marked stored that is not.
 
 use crate::redis::connection::Connection;
+use crate::redis::entry::{EntryId, StreamEntry};
 use crate::redis::memory::allow_oom;
 use crate::redis::values::{parse_entries, parse_id, unexpected};
-use crate::stream::entry::{EntryId, StreamEntry};
 use redis::{RedisResult, Value};
 
 /// A contiguous run of stream entries, `first..=last`: no entry of the stream lies between two of

@@ -1,7 +1,7 @@
 //! What the stream means, kept in Redis beside it (through [`crate::redis`]):
 //!
-//! - [`entry`]: stream entry ids and fields, and appending payloads to the stream (the one way a
-//!   payload enters it: the sources, HTTP ingest and `sensorhub simulate`).
+//! - [`append`]: appending to the stream (payloads, entries under a source's lease, a message
+//!   once under a request's key); the entries themselves are [`crate::redis::entry`].
 //! - [`group`]: the consumer group, its state, and trimming the stream behind it.
 //! - [`ledger`]: which delivered entries are committed (reads are `NOACK`), and re-reading those
 //!   that are not; the database history the commits were made to.
@@ -13,8 +13,8 @@
 //! - [`shards`]: sharded streams and the rule producers pick a shard by.
 //! - [`rename`]: a stream renamed with every key beside it (to give it a hash tag).
 
+pub mod append;
 pub mod dead_letter;
-pub mod entry;
 pub mod group;
 pub mod lease;
 pub mod ledger;

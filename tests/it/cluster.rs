@@ -8,7 +8,7 @@
 use crate::helpers::cluster::{ClusterTls, PrivateCluster, key_slot};
 use crate::helpers::*;
 use sensorhub::redis::connection::Connection;
-use sensorhub::stream::entry::append_payloads;
+use sensorhub::stream::append::append_payloads;
 use sensorhub::stream::shards::Streams;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

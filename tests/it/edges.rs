@@ -4,7 +4,7 @@
 use crate::helpers::Sensorhub;
 use crate::helpers::*;
 use redis::aio::MultiplexedConnection;
-use sensorhub::stream::entry::EntryId;
+use sensorhub::redis::entry::EntryId;
 use std::time::Duration;
 use tokio_postgres::NoTls;
 

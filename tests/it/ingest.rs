@@ -460,7 +460,7 @@ async fn reads_with_a_user_a_password_and_a_database_number() {
             )
         })
         .collect();
-    sensorhub::stream::entry::append_payloads(&mut db3, t.stream(), payloads)
+    sensorhub::stream::append::append_payloads(&mut db3, t.stream(), payloads)
         .await
         .unwrap();
     let pg = &t.pg;

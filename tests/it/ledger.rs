@@ -3,7 +3,7 @@
 //! re-read would fetch.
 
 use crate::helpers::*;
-use sensorhub::stream::entry::EntryId;
+use sensorhub::redis::entry::EntryId;
 use sensorhub::stream::ledger::{self, EntryRange, Progress, Upto};
 
 const GROUP: &str = "sensorhub";

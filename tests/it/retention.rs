@@ -36,7 +36,7 @@ async fn expired_partitions_go_under_load_and_a_reading_beyond_the_horizon_chang
                     reading_json(&format!("live-{}", i % 50), i as f64, ts).into_bytes()
                 })
                 .collect();
-            let ids = sensorhub::stream::entry::append_payloads(&mut redis, &stream, payloads)
+            let ids = sensorhub::stream::append::append_payloads(&mut redis, &stream, payloads)
                 .await
                 .unwrap();
             last = ids.last().unwrap().to_string();

@@ -230,7 +230,8 @@ async fn api(
 /// pages run newest first across shards, and a purge or replay goes to the letter's own shard.
 #[actix_web::test]
 async fn dead_letters_of_every_shard_are_listed_paged_purged_and_replayed() {
-    use sensorhub::stream::entry::{EntryId, append_payloads};
+    use sensorhub::redis::entry::EntryId;
+    use sensorhub::stream::append::append_payloads;
     use serde_json::json;
     let mut t = spawn_app_with(
         |c| {
@@ -360,7 +361,7 @@ async fn produce_sharded(
         let payloads: Vec<String> = (0..per_sensor)
             .map(|i| reading_json(&id, i as f64, base + chrono::TimeDelta::seconds(i as i64)))
             .collect();
-        sensorhub::stream::entry::append_payloads(redis, streams.for_sensor(&id), payloads)
+        sensorhub::stream::append::append_payloads(redis, streams.for_sensor(&id), payloads)
             .await
             .unwrap();
     }

@@ -9,7 +9,7 @@
 //! parser, so callers see the same errors (`NOGROUP`, ...). The connection that feeds it is
 //! [`super::reader`].
 
-use crate::stream::entry::{EntryId, Fields, StreamEntry};
+use crate::redis::entry::{EntryId, Fields, StreamEntry};
 use bytes::{Bytes, BytesMut};
 use redis::{ErrorKind, RedisError, RedisResult};
 

@@ -44,7 +44,7 @@ use crate::health::Consuming;
 use crate::redis::connection::Connection;
 use crate::retry::Backoff;
 use crate::sources::append::{Appender, Entry};
-use crate::stream::entry::FencedError;
+use crate::stream::append::FencedError;
 use crate::stream::lease::{Leases, unique_token};
 use crate::stream::mqtt_session::SessionKeys;
 use crate::stream::shards::Streams;

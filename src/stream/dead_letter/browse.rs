@@ -2,7 +2,7 @@
 //! by entry id (a page's cursor stays valid while new letters arrive, as they arrive above it),
 //! and counts by reason.
 
-use crate::stream::entry::EntryId;
+use crate::redis::entry::EntryId;
 use chrono::{DateTime, Utc};
 use redis::aio::ConnectionLike;
 use redis::{RedisResult, Value};

@@ -16,7 +16,7 @@
 use super::browse::Letter;
 use super::{REPLAY_ONLY, REPLAY_RECEIVED, SIZE_OF, bytes_key};
 use crate::domain::fields;
-use crate::stream::entry::EntryId;
+use crate::redis::entry::EntryId;
 use redis::RedisResult;
 use redis::aio::ConnectionLike;
 

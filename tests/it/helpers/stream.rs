@@ -4,7 +4,7 @@
 use crate::helpers::{REDIS_URL, wait_for};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use sensorhub::redis::connection::Connection;
-use sensorhub::stream::entry::EntryId;
+use sensorhub::redis::entry::EntryId;
 use std::time::Duration;
 
 /// A Redis connection for a test's own commands (producing, inspecting).
