@@ -56,123 +56,17 @@ impl Application {
         let started = Instant::now();
         let metrics = Arc::new(Metrics::new());
 
-        // SENSORHUB_DB_POOL_SIZE counts every connection: the writer's own, and the rest shared
-        // by the API, readiness and migrations.
-        let shared = config
-            .db_pool_size
-            .saturating_sub(config.write_connections)
-            .max(1);
-        // A URL that cannot be used as written stops the start at once; only connecting is
-        // retried.
-        let mut database = store::connection_target(
-            config.database_url.expose(),
-            "SENSORHUB_DATABASE_URL",
-            config.liveness,
-        )?;
-        // A name of this instance's own: another instance's connections tell it apart from ours
-        // (the resolution set is changed only with no other instance connected).
-        let application_name = deployment::instance_name();
-        database.config.application_name(&application_name);
-        let pool = retry_startup("PostgreSQL", || store::connect_to(&database, shared)).await?;
-        store::migrate(&pool).await?;
-        store::backfill::agree(&pool, &config.resolutions, &application_name).await?;
-        actix_web::rt::spawn(store::backfill::run(
-            pool.clone(),
-            config.resolutions.clone(),
-            config.limits.max_future_skew,
-        ));
-        let first_stream = config.streams().first().to_owned();
-        if let Some(mqtt) = &mut config.mqtt
-            && mqtt.client_id.is_none()
-        {
-            let candidate = deployment::new_mqtt_client_id(&first_stream);
-            let id = deployment::value_or_insert(&pool, deployment::MQTT_CLIENT_ID, &candidate);
-            mqtt.client_id = Some(id.await?);
-        }
-        let partitions = Arc::new(Partitions::new(config.partition));
-        {
-            let mut client = pool.get().await.context("connecting to PostgreSQL")?;
-            partitions
-                .prepare(&mut client)
-                .await
-                .context("creating the partitions of readings")?;
-        }
-        let write_pool = store::lazy_pool(&database, config.write_connections)?;
-        // The read API's connections: a replica's when one is named (opened as queries need
-        // them, as a replica may come up after sensorhub), else the shared pool.
-        let read_pool = match &config.database_read_url {
-            Some(url) => store::lazy_pool(
-                &store::connection_target(
-                    url.expose(),
-                    "SENSORHUB_DATABASE_READ_URL",
-                    config.liveness,
-                )?,
-                shared,
-            )?,
-            None => pool.clone(),
-        };
-        if !config.retention.is_forever() {
-            actix_web::rt::spawn(retention_loop(
-                pool.clone(),
-                config.retention.clone(),
-                Arc::clone(&partitions),
-                Arc::clone(&metrics),
-            ));
-        }
-
-        let redis = redis_target::parse_live(
-            config.redis_url.expose(),
-            &config.redis_tls,
-            config.liveness,
-        )
-        .map_err(|why| anyhow::anyhow!("SENSORHUB_REDIS_URL: {why}"))?;
-        let redis_at = match &redis.cluster {
-            Some(_) => format!(
-                "Redis Cluster at {}",
-                redis
-                    .reader
-                    .seeds
-                    .iter()
-                    .map(redis_target::describe)
-                    .collect::<Vec<_>>()
-                    .join(",")
-            ),
-            None => format!("Redis at {}", redis_target::describe(&redis.reader.info)),
-        };
-        let conn = retry_startup(&redis_at, || {
-            Connection::open(&redis, REDIS_RESPONSE_TIMEOUT)
-        })
-        .await?;
-        let read_conn = Connection::open(&redis, REDIS_RESPONSE_TIMEOUT + READ_BLOCK).await?;
-        crate::redis::memory::note_version(&mut conn.clone())
-            .await
-            .with_context(|| format!("reading the version of {redis_at}"))?;
-        // A Redis that evicts at its limit could drop the stream, the ledger or a lease. (A
-        // cluster's nodes answer INFO each for itself: checked on one server only.)
-        if let Connection::Single(single) = &conn {
-            let memory = crate::redis::memory::memory(&mut single.clone())
-                .await
-                .with_context(|| format!("reading the memory settings of {redis_at}"))?;
-            if let Some(risk) = memory.eviction_risk() {
-                anyhow::bail!("{redis_at}: {risk}");
-            }
-        }
-        let streams = config.streams();
-        if redis.cluster.is_some()
-            && let Some(bare) = streams.all().iter().find(|s| !has_hash_tag(s))
-        {
-            anyhow::bail!(
-                "SENSORHUB_STREAM={bare} has no hash tag: in a Redis Cluster the keys beside it \
-                 (ledger, dead letters, leases) would land in other slots than the stream. Name it \
-                 {{{bare}}} (`sensorhub rename-stream --to '{{{bare}}}'` renames an existing one \
-                 with its keys) or use SENSORHUB_STREAM_SHARDS, whose shards have hash tags"
-            );
-        }
-        for stream in streams.all() {
-            group::ensure_group(&mut conn.clone(), stream, &config.group, true)
-                .await
-                .with_context(|| format!("creating the consumer group on {stream}"))?;
-        }
+        let Database {
+            pool,
+            write_pool,
+            read_pool,
+            partitions,
+        } = open_database(&mut config, &metrics).await?;
+        let Redis {
+            target: redis,
+            conn,
+            read_conn,
+        } = open_redis(&config).await?;
 
         // A takeover after the holder died takes up to about 4/3 of the lease.
         let bridge_health = Arc::new(BridgeHealth::new(config.bridge_lease * 3));
@@ -315,6 +209,159 @@ impl Application {
         }
         self.server.stop(true).await;
     }
+}
+
+/// The PostgreSQL side, ready: the shared pool, the writer's and the read API's, the partitions.
+struct Database {
+    pool: deadpool_postgres::Pool,
+    write_pool: deadpool_postgres::Pool,
+    read_pool: deadpool_postgres::Pool,
+    partitions: Arc<Partitions>,
+}
+
+/// Connects to PostgreSQL (retrying while it does not answer), migrates, agrees the resolution
+/// set and the MQTT client id with other instances, prepares the partitions and starts the
+/// backfill and retention loops.
+async fn open_database(config: &mut Config, metrics: &Arc<Metrics>) -> anyhow::Result<Database> {
+    // SENSORHUB_DB_POOL_SIZE counts every connection: the writer's own, and the rest shared
+    // by the API, readiness and migrations.
+    let shared = config
+        .db_pool_size
+        .saturating_sub(config.write_connections)
+        .max(1);
+    // A URL that cannot be used as written stops the start at once; only connecting is
+    // retried.
+    let mut database = store::connection_target(
+        config.database_url.expose(),
+        "SENSORHUB_DATABASE_URL",
+        config.liveness,
+    )?;
+    // A name of this instance's own: another instance's connections tell it apart from ours
+    // (the resolution set is changed only with no other instance connected).
+    let application_name = deployment::instance_name();
+    database.config.application_name(&application_name);
+    let pool = retry_startup("PostgreSQL", || store::connect_to(&database, shared)).await?;
+    store::migrate(&pool).await?;
+    store::backfill::agree(&pool, &config.resolutions, &application_name).await?;
+    actix_web::rt::spawn(store::backfill::run(
+        pool.clone(),
+        config.resolutions.clone(),
+        config.limits.max_future_skew,
+    ));
+    let first_stream = config.streams().first().to_owned();
+    if let Some(mqtt) = &mut config.mqtt
+        && mqtt.client_id.is_none()
+    {
+        let candidate = deployment::new_mqtt_client_id(&first_stream);
+        let id = deployment::value_or_insert(&pool, deployment::MQTT_CLIENT_ID, &candidate);
+        mqtt.client_id = Some(id.await?);
+    }
+    let partitions = Arc::new(Partitions::new(config.partition));
+    {
+        let mut client = pool.get().await.context("connecting to PostgreSQL")?;
+        partitions
+            .prepare(&mut client)
+            .await
+            .context("creating the partitions of readings")?;
+    }
+    let write_pool = store::lazy_pool(&database, config.write_connections)?;
+    // The read API's connections: a replica's when one is named (opened as queries need
+    // them, as a replica may come up after sensorhub), else the shared pool.
+    let read_pool = match &config.database_read_url {
+        Some(url) => store::lazy_pool(
+            &store::connection_target(
+                url.expose(),
+                "SENSORHUB_DATABASE_READ_URL",
+                config.liveness,
+            )?,
+            shared,
+        )?,
+        None => pool.clone(),
+    };
+    if !config.retention.is_forever() {
+        actix_web::rt::spawn(retention_loop(
+            pool.clone(),
+            config.retention.clone(),
+            Arc::clone(&partitions),
+            Arc::clone(metrics),
+        ));
+    }
+    Ok(Database {
+        pool,
+        write_pool,
+        read_pool,
+        partitions,
+    })
+}
+
+/// The Redis side, ready: the target, the pooled connection and the reader's.
+struct Redis {
+    target: crate::redis::target::Target,
+    conn: Connection,
+    read_conn: Connection,
+}
+
+/// Connects to Redis (retrying while it does not answer), refuses an evicting one and stream
+/// names a cluster would scatter, and creates the consumer groups.
+async fn open_redis(config: &Config) -> anyhow::Result<Redis> {
+    let redis = redis_target::parse_live(
+        config.redis_url.expose(),
+        &config.redis_tls,
+        config.liveness,
+    )
+    .map_err(|why| anyhow::anyhow!("SENSORHUB_REDIS_URL: {why}"))?;
+    let redis_at = match &redis.cluster {
+        Some(_) => format!(
+            "Redis Cluster at {}",
+            redis
+                .reader
+                .seeds
+                .iter()
+                .map(redis_target::describe)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        None => format!("Redis at {}", redis_target::describe(&redis.reader.info)),
+    };
+    let conn = retry_startup(&redis_at, || {
+        Connection::open(&redis, REDIS_RESPONSE_TIMEOUT)
+    })
+    .await?;
+    let read_conn = Connection::open(&redis, REDIS_RESPONSE_TIMEOUT + READ_BLOCK).await?;
+    crate::redis::memory::note_version(&mut conn.clone())
+        .await
+        .with_context(|| format!("reading the version of {redis_at}"))?;
+    // A Redis that evicts at its limit could drop the stream, the ledger or a lease. (A
+    // cluster's nodes answer INFO each for itself: checked on one server only.)
+    if let Connection::Single(single) = &conn {
+        let memory = crate::redis::memory::memory(&mut single.clone())
+            .await
+            .with_context(|| format!("reading the memory settings of {redis_at}"))?;
+        if let Some(risk) = memory.eviction_risk() {
+            anyhow::bail!("{redis_at}: {risk}");
+        }
+    }
+    let streams = config.streams();
+    if redis.cluster.is_some()
+        && let Some(bare) = streams.all().iter().find(|s| !has_hash_tag(s))
+    {
+        anyhow::bail!(
+            "SENSORHUB_STREAM={bare} has no hash tag: in a Redis Cluster the keys beside it \
+             (ledger, dead letters, leases) would land in other slots than the stream. Name it \
+             {{{bare}}} (`sensorhub rename-stream --to '{{{bare}}}'` renames an existing one \
+             with its keys) or use SENSORHUB_STREAM_SHARDS, whose shards have hash tags"
+        );
+    }
+    for stream in streams.all() {
+        group::ensure_group(&mut conn.clone(), stream, &config.group, true)
+            .await
+            .with_context(|| format!("creating the consumer group on {stream}"))?;
+    }
+    Ok(Redis {
+        target: redis,
+        conn,
+        read_conn,
+    })
 }
 
 /// Retries a start-up connection for up to [`STARTUP_WAIT`], logging each failure.

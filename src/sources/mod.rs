@@ -10,6 +10,7 @@
 //! routed as the sources route, each message once under its request's key.
 
 pub mod append;
+mod leased;
 pub mod mqtt;
 pub mod pubsub;
 

@@ -13,7 +13,7 @@
 //! new holder bridges too. What the bridge received and could not append is counted in
 //! `sensorhub_messages_dropped_total{source="pubsub"}`.
 
-use crate::actor::{count_restart, guarded, stop_requested};
+use crate::actor::{count_restart, guarded};
 use crate::domain::Limits;
 use crate::domain::fields;
 use crate::health::Consuming;
@@ -21,6 +21,7 @@ use crate::redis::channel;
 use crate::redis::connection::Connection;
 use crate::retry::Backoff;
 use crate::sources::append::Appender;
+use crate::sources::leased::{self, Ended, Leased, LoopParts};
 use crate::stream::append::FencedError;
 use crate::stream::lease::{Leases, unique_token};
 use crate::stream::shards::Streams;
@@ -175,49 +176,46 @@ struct BridgeLoop {
     stop: watch::Receiver<bool>,
 }
 
+impl Leased for BridgeLoop {
+    const NAME: &'static str = "bridge";
+
+    fn parts(&mut self) -> LoopParts<'_> {
+        LoopParts {
+            leases: self.appender.leases(),
+            conn: &mut self.conn,
+            stop: &mut self.stop,
+            metrics: &self.metrics,
+            lease_ttl: self.settings.lease_ttl,
+        }
+    }
+
+    fn target(&self) -> String {
+        format!("channel {}", self.settings.channel)
+    }
+
+    async fn hold(&mut self) -> Ended {
+        match self.bridge().await {
+            Ok(()) => Ended::Done,
+            Err(error) => Ended::redis(error),
+        }
+    }
+
+    fn others_hold(&mut self) {
+        self.health.bridged();
+    }
+
+    fn failed(&mut self, why: &str) {
+        self.health.failed(why.to_owned());
+    }
+
+    fn turn_ended(&mut self) {
+        self.metrics.bridge_leader.set(0);
+    }
+}
+
 impl BridgeLoop {
     async fn run(mut self) {
-        let mut backoff = Backoff::new();
-        let retry_every = self.settings.lease_ttl / 3;
-        // One log line when the bridge starts failing, one when it works again.
-        let mut failing = false;
-        while !stop_requested(&self.stop) {
-            let failure = match self.appender.leases().acquire(&mut self.conn).await {
-                Ok(true) => {
-                    if std::mem::take(&mut failing) {
-                        tracing::info!(channel = %self.settings.channel, "pub/sub bridge works again");
-                    }
-                    let result = self.bridge().await;
-                    self.metrics.bridge_leader.set(0);
-                    result.err()
-                }
-                Ok(false) => {
-                    // Another instance holds the lease, and bridges.
-                    self.health.bridged();
-                    tokio::select! {
-                        _ = tokio::time::sleep(retry_every) => {}
-                        _ = self.stop.changed() => {}
-                    }
-                    None
-                }
-                Err(error) => Some(error),
-            };
-            match failure {
-                None => backoff.reset(),
-                Some(error) => {
-                    self.health.failed(error.to_string());
-                    self.metrics
-                        .redis_errors
-                        .with_label_values(&["bridge"])
-                        .inc();
-                    if !std::mem::replace(&mut failing, true) {
-                        tracing::warn!(%error, channel = %self.settings.channel, "pub/sub bridge interrupted, retrying");
-                    }
-                    backoff.wait().await;
-                }
-            }
-        }
-        let _ = self.appender.leases().release(&mut self.conn).await;
+        leased::run(&mut self).await;
     }
 
     /// Bridges while this instance holds the lease; returns when it is lost or on stop.

@@ -13,7 +13,6 @@ use sensorhub::stream::shards::Streams;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_postgres::NoTls;
 
 const SHARDS: usize = 16;
 const GROUP: &str = "sensorhub";
@@ -165,8 +164,7 @@ async fn wait_all_drained(access: &Access, produced: &Produced) {
 /// The stored `(sensor, ts in µs)` readings; asserts each is stored once and the aggregates equal
 /// the raw rows.
 async fn stored_readings(database_url: &str) -> HashSet<(String, i64)> {
-    let (pg, connection) = tokio_postgres::connect(database_url, NoTls).await.unwrap();
-    tokio::spawn(connection);
+    let pg = pg_client(database_url).await;
     let rows = stored_keys(&pg, "%").await;
     let stored: HashSet<(String, i64)> = rows.iter().cloned().collect();
     assert_eq!(stored.len(), rows.len(), "a reading is stored twice");
@@ -321,10 +319,7 @@ async fn the_bridge_moves_its_subscription_when_its_node_dies() {
     env.push(("SENSORHUB_CHANNEL", channel.clone()));
     let hub = spawn_ready(&env).await;
     let mut conn = cluster_conn(&access(&cluster)).await;
-    let (pg, connection) = tokio_postgres::connect(&res.database_url, NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let pg = pg_client(&res.database_url).await;
     let now = chrono::Utc::now();
     let readings = |prefix: &str, n: usize| -> Vec<String> {
         (0..n)
@@ -333,10 +328,8 @@ async fn the_bridge_moves_its_subscription_when_its_node_dies() {
     };
 
     // Pub/Sub keeps nothing for a subscriber still to come: publish once the bridge listens.
-    wait_for("the bridge subscribed", Duration::from_secs(30), || async {
-        (hub.metric("sensorhub_bridge_leader").await == 1.0).then_some(())
-    })
-    .await;
+    hub.wait_for_metric("sensorhub_bridge_leader", 1.0, Duration::from_secs(30))
+        .await;
     publish_all(&mut conn, &channel, &readings("before", 100)).await;
     wait_for_count(
         &pg,

@@ -6,13 +6,6 @@ use crate::helpers::*;
 use redis::aio::MultiplexedConnection;
 use sensorhub::redis::entry::EntryId;
 use std::time::Duration;
-use tokio_postgres::NoTls;
-
-async fn pg(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
-    tokio::spawn(connection);
-    client
-}
 
 /// Two sensorhub processes that differ only in their HTTP port: the same consumer name, the same
 /// stream, channel and database.
@@ -104,7 +97,7 @@ async fn two_processes_with_one_consumer_name_bridge_each_message_once() {
     let mut redis = redis_conn(REDIS_URL).await;
     publish_untimed(&mut redis, &res.stream, "twin", 100).await;
 
-    let db = pg(&res.database_url).await;
+    let db = pg_client(&res.database_url).await;
     wait_for_at_least(&db, "twin", 100).await;
     assert_eq!(
         readings_once_drained(&db, &mut redis, &res.stream, "twin").await,
@@ -138,24 +131,18 @@ async fn a_bridge_paused_past_its_lease_appends_nothing_when_it_resumes() {
     let (paused, other) = (&hubs[holder], &hubs[1 - holder]);
     let bridged_before = paused.metric(BRIDGED).await;
     signal(paused.pid(), "-STOP");
-    wait_for(
-        "the other to take the lease",
-        Duration::from_secs(15),
-        || async { (other.metric(LEADER).await == 1.0).then_some(()) },
-    )
-    .await;
+    other
+        .wait_for_metric(LEADER, 1.0, Duration::from_secs(15))
+        .await;
     let mut redis = redis_conn(REDIS_URL).await;
     publish_untimed(&mut redis, &res.stream, "paused", 50).await;
-    let db = pg(&res.database_url).await;
+    let db = pg_client(&res.database_url).await;
     wait_for_at_least(&db, "paused", 50).await;
 
     signal(paused.pid(), "-CONT");
-    wait_for(
-        "the resumed one to give up",
-        Duration::from_secs(15),
-        || async { (paused.metric(LEADER).await == 0.0).then_some(()) },
-    )
-    .await;
+    paused
+        .wait_for_metric(LEADER, 0.0, Duration::from_secs(15))
+        .await;
     assert_eq!(
         readings_once_drained(&db, &mut redis, &res.stream, "paused").await,
         50,
@@ -227,7 +214,7 @@ struct ReadingsLocked(tokio_postgres::Client);
 
 impl ReadingsLocked {
     async fn take(url: &str) -> Self {
-        let db = pg(url).await;
+        let db = pg_client(url).await;
         db.batch_execute("BEGIN; LOCK TABLE readings IN EXCLUSIVE MODE")
             .await
             .unwrap();

@@ -332,11 +332,7 @@ async fn a_blocked_write_lane_holds_back_acks_not_the_other_lane() {
         .xadd_data(reading_json(&blocked, 0.0, at(0)).as_bytes())
         .await;
     t.wait_drained(&first).await;
-    let (locker, connection) =
-        tokio_postgres::connect(t.config.database_url.expose(), tokio_postgres::NoTls)
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let locker = pg_client(t.config.database_url.expose()).await;
     locker
         .batch_execute(&format!(
             "BEGIN; SELECT 1 FROM sensors WHERE sensor_id = '{blocked}' FOR UPDATE"

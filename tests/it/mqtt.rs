@@ -379,10 +379,7 @@ async fn kill_9_while_a_qos1_publisher_runs_loses_and_doubles_nothing() {
     let hub = crate::helpers::Sensorhub::spawn(&env).await;
     publisher.await.unwrap();
 
-    let (pg, connection) = tokio_postgres::connect(&res.database_url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let pg = pg_client(&res.database_url).await;
     wait_for_count(
         &pg,
         "SELECT count(*) FROM readings",

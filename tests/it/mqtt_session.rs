@@ -22,10 +22,8 @@ fn mqtt_env(res: &Resources, port: u16, topics: &str) -> Vec<(&'static str, Stri
 
 /// Waits until `hub` holds the MQTT session with its subscriptions in place.
 async fn wait_subscribed(hub: &Sensorhub) {
-    wait_for("the mqtt subscription", Duration::from_secs(20), || async {
-        (hub.metric("sensorhub_mqtt_connected").await == 1.0).then_some(())
-    })
-    .await;
+    hub.wait_for_metric("sensorhub_mqtt_connected", 1.0, Duration::from_secs(20))
+        .await;
 }
 
 /// A publisher on the broker at `port`: sends `messages` at `qos` (retained or not), returns once

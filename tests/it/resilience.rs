@@ -7,7 +7,6 @@ use crate::helpers::*;
 use redis::aio::ConnectionManager;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
-use tokio_postgres::NoTls;
 
 /// What a producer publishes.
 #[derive(Clone, Copy)]
@@ -95,15 +94,9 @@ pub(crate) fn hub_env(
     ]
 }
 
-async fn pg_conn(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
-    tokio::spawn(connection);
-    client
-}
-
 /// The proof every scenario ends with.
 pub(crate) async fn assert_exactly_once(database_url: &str, produced: &Produced, extra_rows: i64) {
-    let pg = pg_conn(database_url).await;
+    let pg = pg_client(database_url).await;
     let rows: i64 = pg
         .query_one(
             "SELECT count(*) FROM readings WHERE sensor_id LIKE 'load-%'",
@@ -292,7 +285,7 @@ async fn redis_restart_with_persistence_resumes_by_itself() {
         }
     })
     .await;
-    let pg = &pg_conn(&res.database_url).await;
+    let pg = &pg_client(&res.database_url).await;
     wait_for_count(
         pg,
         "SELECT count(*) FROM readings WHERE sensor_id = 'after-restart'",
@@ -435,7 +428,7 @@ async fn several_instances_share_the_stream_and_survive_one_killed_for_good() {
     };
     wait_drained(&redis, &res.stream, "sensorhub", &tail).await;
     assert_exactly_once(&res.database_url, &produced, 200 + 1).await;
-    let pg = pg_conn(&res.database_url).await;
+    let pg = pg_client(&res.database_url).await;
     for prefix in ["pub-a-%", "pub-b-%"] {
         let n: i64 = pg
             .query_one(
@@ -465,7 +458,7 @@ async fn slow_database_keeps_the_in_flight_bound_and_memory() {
     env.push(("SENSORHUB_MAX_IN_FLIGHT", "3".into()));
     let hub = Sensorhub::spawn(&env).await;
     wait_ready_status(hub.port, 200, Duration::from_secs(20)).await;
-    let mut locker = pg_conn(&res.database_url).await;
+    let mut locker = pg_client(&res.database_url).await;
     let lock = locker.transaction().await.unwrap();
     lock.batch_execute("LOCK TABLE aggregates IN ACCESS EXCLUSIVE MODE")
         .await

@@ -45,11 +45,7 @@ async fn expired_partitions_go_under_load_and_a_reading_beyond_the_horizon_chang
         last
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let (mut client, connection) =
-        tokio_postgres::connect(t.config.database_url.expose(), tokio_postgres::NoTls)
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let mut client = pg_client(t.config.database_url.expose()).await;
     let retention = Retention {
         raw: Some(Duration::from_secs(30 * 86_400)),
         aggregates: Vec::new(),

@@ -82,10 +82,8 @@ async fn a_bridge_retrying_an_append_that_ran_stores_it_once() {
     // The lease outlives the pause: the bridge keeps it and retries (a pause past the lease
     // hands the bridge over, and what the old holder had is dropped, as docs/delivery.md says).
     let hub = Sensorhub::spawn(&bridging(&url, &res, "30s")).await;
-    wait_for("the bridge lease", Duration::from_secs(20), || async {
-        (hub.metric("sensorhub_bridge_leader").await == 1.0).then_some(())
-    })
-    .await;
+    hub.wait_for_metric("sensorhub_bridge_leader", 1.0, Duration::from_secs(20))
+        .await;
     // No response timeout: a PUBLISH waits out the pause (one that timed out would still run
     // after it, and a retry would publish twice).
     let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);

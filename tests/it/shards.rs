@@ -450,10 +450,7 @@ async fn one_in_flight_bound_covers_every_shard() {
     assert_eq!(peak, 2, "the bound is reached and never passed");
     pg.start_server();
 
-    let (client, connection) = tokio_postgres::connect(&pg.url("sensorhub"), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = pg_client(&pg.url("sensorhub")).await;
     wait_for_count(
         &client,
         "SELECT count(*) FROM readings",

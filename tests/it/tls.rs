@@ -118,10 +118,7 @@ async fn the_round_trip_runs_over_tls_everywhere_and_no_password_is_shown() {
         http_request(hub.port, "POST", "/api/v1/readings", &[], json.as_bytes()).await;
     assert_eq!(status, 202, "{body}");
 
-    let (client, connection) = tokio_postgres::connect(&pg.url(&name), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let client = pg_client(&pg.url(&name)).await;
     wait_for_count(
         &client,
         "SELECT count(*) FROM readings WHERE sensor_id LIKE 'tls.%'",
@@ -291,11 +288,7 @@ async fn a_redis_that_asks_for_a_client_certificate_gets_the_configured_one() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let (pg, connection) =
-        tokio_postgres::connect(config.database_url.expose(), tokio_postgres::NoTls)
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let pg = pg_client(config.database_url.expose()).await;
     wait_for_count(
         &pg,
         "SELECT count(*) FROM readings WHERE sensor_id = 'mtls'",

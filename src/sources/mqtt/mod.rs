@@ -36,14 +36,14 @@
 mod session;
 mod topics;
 
-use crate::actor::{count_restart, guarded, stop_requested};
+use crate::actor::{count_restart, guarded};
 use crate::config::MqttSettings;
 use crate::domain::Limits;
 use crate::domain::fields;
 use crate::health::Consuming;
 use crate::redis::connection::Connection;
-use crate::retry::Backoff;
 use crate::sources::append::{Appender, Entry};
+use crate::sources::leased::{self, Ended, Leased, LoopParts};
 use crate::stream::append::FencedError;
 use crate::stream::lease::{Leases, unique_token};
 use crate::stream::mqtt_session::SessionKeys;
@@ -180,48 +180,43 @@ struct SourceLoop {
     stop: watch::Receiver<bool>,
 }
 
-/// Why a session with the broker ended.
-enum Ended {
-    /// Stop requested, or the lease went to another instance.
-    Done,
-    Failed(String),
+impl Leased for SourceLoop {
+    const NAME: &'static str = "mqtt";
+
+    fn parts(&mut self) -> LoopParts<'_> {
+        LoopParts {
+            leases: self.appender.leases(),
+            conn: &mut self.conn,
+            stop: &mut self.stop,
+            metrics: &self.metrics,
+            lease_ttl: self.settings.lease_ttl,
+        }
+    }
+
+    fn target(&self) -> String {
+        format!("broker {}", self.settings.mqtt.host)
+    }
+
+    async fn hold(&mut self) -> Ended {
+        self.subscribed().await
+    }
+
+    fn others_hold(&mut self) {
+        self.health.consuming();
+    }
+
+    fn failed(&mut self, why: &str) {
+        self.health.not_consuming(why.to_owned());
+    }
+
+    fn turn_ended(&mut self) {
+        self.metrics.mqtt_connected.set(0);
+    }
 }
 
 impl SourceLoop {
     async fn run(mut self) {
-        let mut backoff = Backoff::new();
-        let retry_every = self.settings.lease_ttl / 3;
-        let mut failing = false;
-        while !stop_requested(&self.stop) {
-            let ended = match self.appender.leases().acquire(&mut self.conn).await {
-                Ok(true) => self.subscribed().await,
-                Ok(false) => {
-                    // Another instance holds the lease, and its own /readyz speaks for it.
-                    self.health.consuming();
-                    tokio::select! {
-                        _ = tokio::time::sleep(retry_every) => {}
-                        _ = self.stop.changed() => {}
-                    }
-                    Ended::Done
-                }
-                Err(error) => Ended::Failed(format!("redis: {error}")),
-            };
-            self.metrics.mqtt_connected.set(0);
-            match ended {
-                Ended::Done => {
-                    backoff.reset();
-                    failing = false;
-                }
-                Ended::Failed(error) => {
-                    self.health.not_consuming(error.clone());
-                    if !std::mem::replace(&mut failing, true) {
-                        tracing::warn!(%error, broker = %self.settings.mqtt.host, "mqtt source interrupted, retrying");
-                    }
-                    backoff.wait().await;
-                }
-            }
-        }
-        let _ = self.appender.leases().release(&mut self.conn).await;
+        leased::run(&mut self).await;
     }
 
     /// Connects, subscribes and appends messages while this instance holds the lease.
@@ -297,7 +292,8 @@ impl SourceLoop {
                         // The lease went elsewhere: unacknowledged, the messages stay in the
                         // session, which the new holder resumes.
                         Ok(false) => break Ended::Done,
-                        Err(error) => break Ended::Failed(error),
+                        // Counted where it failed.
+                        Err(error) => break Ended::other(error),
                     }
                 }
                 event = events.poll(), if batch.len() < BATCH => match event {
@@ -305,7 +301,7 @@ impl SourceLoop {
                         let held = if connack.session_present {
                             match self.session.subscriptions(&mut self.conn).await {
                                 Ok(held) => held,
-                                Err(error) => break Ended::Failed(format!("redis: {error}")),
+                                Err(error) => break Ended::redis(error),
                             }
                         } else {
                             BTreeSet::new()
@@ -313,7 +309,7 @@ impl SourceLoop {
                         let change = SessionChange::between(held, &wanted, !connack.session_present);
                         match change.send(&client, qos).await {
                             Ok(change) => changing = Some(change),
-                            Err(error) => break Ended::Failed(format!("subscribing: {error}")),
+                            Err(error) => break Ended::other(format!("subscribing: {error}")),
                         }
                     }
                     Ok(Event::Incoming(Packet::SubAck(suback)))
@@ -321,7 +317,7 @@ impl SourceLoop {
                     {
                         // Refused (an ACL, say): not consuming, and /readyz says why.
                         let filters = changing.as_ref().map(|c| c.subscribe.iter().map(|e| filter_of(e)).collect::<Vec<_>>().join(", ")).unwrap_or_default();
-                        break Ended::Failed(format!("the broker refused the subscription to {filters}"));
+                        break Ended::other(format!("the broker refused the subscription to {filters}"));
                     }
                     Ok(Event::Incoming(Packet::SubAck(_) | Packet::UnsubAck(_))) => {
                         if let Some(change) = &mut changing {
@@ -333,7 +329,7 @@ impl SourceLoop {
                         batch.push(publish);
                     }
                     Ok(_) => {}
-                    Err(error) => break Ended::Failed(format!("broker: {error}")),
+                    Err(error) => break Ended::other(format!("broker: {error}")),
                 },
                 // Nothing more from the broker at once: append what has arrived.
                 _ = std::future::ready(()), if !batch.is_empty() && appending.len() < APPENDS_IN_FLIGHT => {
@@ -342,13 +338,13 @@ impl SourceLoop {
                 _ = renew.tick() => match self.appender.leases().renew(&mut self.conn).await {
                     Ok(true) => {}
                     Ok(false) => break Ended::Done,
-                    Err(error) => break Ended::Failed(format!("redis: {error}")),
+                    Err(error) => break Ended::redis(error),
                 },
             }
             // Every subscription change acknowledged: recorded, and the source consumes.
             if let Some(change) = changing.take_if(|change| change.awaiting == 0) {
                 if let Err(error) = change.record(&self.session, &mut self.conn).await {
-                    break Ended::Failed(format!("redis: {error}"));
+                    break Ended::redis(error);
                 }
                 self.metrics.mqtt_connected.set(1);
                 self.health.consuming();

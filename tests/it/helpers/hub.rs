@@ -118,6 +118,16 @@ impl Sensorhub {
     }
 
     /// One metric's value from `/metrics` (the first line that starts with `name` then a space).
+    /// Waits until the metric `name` (with its labels, as `/metrics` writes it) reads `want`.
+    pub async fn wait_for_metric(&self, name: &str, want: f64, timeout: Duration) {
+        let port = self.port;
+        wait_for(&format!("{name} to read {want}"), timeout, || async move {
+            let (_, body) = http_get(port, "/metrics").await;
+            (metric_value(&body, name) == Some(want)).then_some(())
+        })
+        .await;
+    }
+
     pub async fn metric(&self, name: &str) -> f64 {
         let (_, body) = http_get(self.port, "/metrics").await;
         metric_value(&body, name).unwrap_or_else(|| panic!("{name} missing from /metrics"))
