@@ -141,11 +141,7 @@ async fn readyz(state: web::Data<HttpState>) -> HttpResponse {
 pub(crate) async fn health_checks(state: &HttpState) -> Health {
     let mut redis = state.redis.clone();
     let redis_check = checked(&state.targets.redis, async move {
-        redis::cmd("PING")
-            .query_async::<String>(&mut redis)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        redis.ping().await.map_err(|e| e.to_string())
     });
     let postgres_check = checked(&state.targets.postgres, answers(state.pool.clone()));
     let read_check = async {

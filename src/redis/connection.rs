@@ -46,6 +46,16 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// `PING`: whether the server (of a cluster, the node the crate picks) answers.
+    pub async fn ping(&mut self) -> RedisResult<()> {
+        redis::cmd("PING")
+            .query_async::<String>(self)
+            .await
+            .map(drop)
+    }
+}
+
 impl From<ConnectionManager> for Connection {
     fn from(conn: ConnectionManager) -> Self {
         Self::Single(conn)
