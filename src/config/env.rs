@@ -3,6 +3,7 @@
 
 use super::{ConfigError, Secret, VARIABLES};
 use crate::domain::Resolution;
+use crate::liveness::{Liveness, MIN_TIMEOUT};
 use crate::tls::TlsFiles;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -190,6 +191,20 @@ impl Env<'_> {
         let value = self.text(name);
         humantime::parse_duration(value.trim())
             .map_err(|_| Self::error(name, &value, "a duration such as 500ms, 30s, 5m, 1h or 30d"))
+    }
+
+    /// The network timeout every connection's dead-peer detection derives from: a duration of
+    /// at least [`MIN_TIMEOUT`] (keepalive probes are whole seconds apart).
+    pub(super) fn liveness(&self, name: &'static str) -> Result<Liveness, ConfigError> {
+        let timeout = self.duration(name)?;
+        if timeout < MIN_TIMEOUT {
+            let expected = format!(
+                "at least {} (keepalive probes are whole seconds apart)",
+                humantime::format_duration(MIN_TIMEOUT)
+            );
+            return Err(Self::error(name, &self.text(name), &expected));
+        }
+        Ok(Liveness::new(timeout))
     }
 
     /// A retention: a duration, or `forever` (also empty).

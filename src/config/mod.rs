@@ -212,7 +212,7 @@ impl Config {
             write_connections: env.number("SENSORHUB_WRITE_CONNECTIONS", 1, 32)?,
             db_pool_size: env.number("SENSORHUB_DB_POOL_SIZE", 1, 256)?,
             shutdown_timeout: env.duration("SENSORHUB_SHUTDOWN_TIMEOUT")?,
-            liveness: Liveness::new(env.duration("SENSORHUB_NETWORK_TIMEOUT")?),
+            liveness: env.liveness("SENSORHUB_NETWORK_TIMEOUT")?,
             api_token: token(&lookup, "SENSORHUB_API_TOKEN")?,
             ingest_token: match token(&lookup, "SENSORHUB_INGEST_TOKEN")? {
                 Some(token) => Some(token),
@@ -247,16 +247,6 @@ impl Config {
                 var: "SENSORHUB_PARTITION",
                 value: humantime::format_duration(config.partition).to_string(),
                 expected: "at least 1h (a partition per hour or longer)".into(),
-            });
-        }
-        if config.liveness.timeout() > env.duration("SENSORHUB_NETWORK_TIMEOUT")? {
-            return Err(ConfigError {
-                var: "SENSORHUB_NETWORK_TIMEOUT",
-                value: env.text("SENSORHUB_NETWORK_TIMEOUT"),
-                expected: format!(
-                    "at least {} (keepalive probes are whole seconds apart)",
-                    humantime::format_duration(crate::liveness::MIN_TIMEOUT)
-                ),
             });
         }
         if config.bridge_lease < Duration::from_millis(300) {
