@@ -331,7 +331,10 @@ impl ReadLoop {
             Some(_) => false,
             None => {
                 let record = ledger::record_history(&mut self.conn, &s.stream, &s.group, &identity);
-                let _ = bounded(record).await;
+                if bounded(record).await.is_none() {
+                    // Recorded on a later pass: unrecorded, a failover would go unnoticed.
+                    self.unchecked_history = Some(identity);
+                }
                 false
             }
         }
