@@ -4,6 +4,7 @@
 use crate::config::{Config, mask_password};
 use crate::health::WriteHealth;
 use crate::http::{self, ApiSettings, HttpState, Targets};
+use crate::liveness::Liveness;
 use crate::pipeline::assemble::{Pipeline, PipelineParts};
 use crate::pipeline::faults::Faults;
 use crate::pipeline::read::READ_BLOCK;
@@ -16,6 +17,7 @@ use crate::store;
 use crate::store::deployment;
 use crate::store::partition::Partitions;
 use crate::stream::group;
+use crate::stream::shards::Streams;
 use crate::stream::shards::has_hash_tag;
 use crate::telemetry::Metrics;
 use actix_web::dev::ServerHandle;
@@ -55,6 +57,7 @@ impl Application {
     async fn start(mut config: Config, faults: Arc<Faults>) -> anyhow::Result<Self> {
         let started = Instant::now();
         let metrics = Arc::new(Metrics::new());
+        let mqtt_tls = mqtt_tls(&config)?;
 
         let Database {
             pool,
@@ -103,6 +106,7 @@ impl Application {
                 bridge_health: Arc::clone(&bridge_health),
                 mqtt_health: Arc::clone(&mqtt_health),
                 stop: pipeline.stop_signal(),
+                mqtt_tls,
             },
             &pipeline.io_thread(),
         );
@@ -135,7 +139,7 @@ impl Application {
                 active_within: config.active_within,
                 resolutions: config.resolutions.clone(),
                 stream: config.stream.clone(),
-                streams: config.streams(),
+                streams: Streams::of(&config),
                 limits: config.limits.clone(),
             }),
         };
@@ -234,7 +238,7 @@ async fn open_database(config: &mut Config, metrics: &Arc<Metrics>) -> anyhow::R
     let mut database = store::connection_target(
         config.database_url.expose(),
         "SENSORHUB_DATABASE_URL",
-        config.liveness,
+        Liveness::new(config.network_timeout),
     )?;
     // A name of this instance's own: another instance's connections tell it apart from ours
     // (the resolution set is changed only with no other instance connected).
@@ -248,7 +252,7 @@ async fn open_database(config: &mut Config, metrics: &Arc<Metrics>) -> anyhow::R
         config.resolutions.clone(),
         config.limits.max_future_skew,
     ));
-    let first_stream = config.streams().first().to_owned();
+    let first_stream = Streams::of(config).first().to_owned();
     if let Some(mqtt) = &mut config.mqtt
         && mqtt.client_id.is_none()
     {
@@ -272,7 +276,7 @@ async fn open_database(config: &mut Config, metrics: &Arc<Metrics>) -> anyhow::R
             &store::connection_target(
                 url.expose(),
                 "SENSORHUB_DATABASE_READ_URL",
-                config.liveness,
+                Liveness::new(config.network_timeout),
             )?,
             shared,
         )?,
@@ -303,11 +307,18 @@ struct Redis {
 
 /// Connects to Redis (retrying while it does not answer), refuses an evicting one and stream
 /// names a cluster would scatter, and creates the consumer groups.
+/// The MQTT broker's TLS client configuration: a CA or client file that cannot be used stops
+/// start-up, naming it.
+pub(crate) fn mqtt_tls(config: &Config) -> anyhow::Result<Option<Arc<rustls::ClientConfig>>> {
+    let tls = config.mqtt.as_ref().and_then(|mqtt| mqtt.tls.as_ref());
+    Ok(tls.map(|tls| tls.client_config()).transpose()?)
+}
+
 async fn open_redis(config: &Config) -> anyhow::Result<Redis> {
     let redis = redis_target::parse_live(
         config.redis_url.expose(),
         &config.redis_tls,
-        config.liveness,
+        Liveness::new(config.network_timeout),
     )
     .map_err(|why| anyhow::anyhow!("SENSORHUB_REDIS_URL: {why}"))?;
     let redis_at = match &redis.cluster {
@@ -341,7 +352,7 @@ async fn open_redis(config: &Config) -> anyhow::Result<Redis> {
             anyhow::bail!("{redis_at}: {risk}");
         }
     }
-    let streams = config.streams();
+    let streams = Streams::of(config);
     if redis.cluster.is_some()
         && let Some(bare) = streams.all().iter().find(|s| !has_hash_tag(s))
     {

@@ -15,10 +15,13 @@
 //! - [`app`]: `Application::build(config)`, used by `main` and the tests alike.
 //! - [`domain`]: pure parsing and validation of readings, the entry's field names, the shard rule,
 //!   and window arithmetic.
-//! - [`sources`]: every way into the stream besides producers' own `XADD`: the Pub/Sub bridge and
-//!   the MQTT source, and the one append HTTP ingest uses; each message to its sensor's shard.
-//! - [`stream`]: what the stream means, kept in Redis beside it: entries, the consumer group and
-//!   trim, the ledger of committed entries, dead letters, leases, sharded streams.
+//! - [`sources`]: every way into the stream besides producers' own `XADD`: the Pub/Sub bridge, the
+//!   MQTT source, HTTP JSON and line protocol (their handlers are in [`http`]); each message to
+//!   its sensor's shard through one append.
+//! - [`stream`]: what the stream means, kept in Redis beside it: entries, how they are parsed into
+//!   readings, the consumer group and trim, the ledger of committed entries, dead letters and
+//!   their operations (list, count, replay, purge, for the API and the command line), leases,
+//!   sharded streams.
 //! - [`redis`]: the Redis client (one server or a Redis Cluster): connections, targets, the
 //!   reader's own socket and its reply parser, Pub/Sub, memory.
 //! - [`pipeline`]: the actors, one file per stage, the in-flight tickets that bound them, and
@@ -27,8 +30,6 @@
 //! - [`store`]: the PostgreSQL pool, migrations, the batch transaction, the deployment's agreed
 //!   facts (MQTT client id, resolutions), the backfill of an added resolution, and the database's
 //!   history (a failover).
-//! - [`dead_letters`]: what an operator does with dead letters: list, count, replay, purge (for the
-//!   API and the command line).
 //! - [`http`]: health, readiness, metrics, the read API, HTTP ingest (JSON and InfluxDB line
 //!   protocol) and the status page.
 //! - [`cli`]: the subcommands besides `serve`: demo sensors (`sensorhub simulate`), dead-letter
@@ -46,7 +47,6 @@ pub mod actor;
 pub mod app;
 pub mod cli;
 pub mod config;
-pub mod dead_letters;
 pub mod domain;
 pub mod health;
 pub mod http;

@@ -20,7 +20,7 @@ pub struct Liveness {
 /// The keepalive probes sent before a silent connection is given up.
 const PROBES: u32 = 3;
 /// The shortest timeout: probes a second apart, three of them, after a second of silence.
-pub const MIN_TIMEOUT: Duration = Duration::from_secs(5);
+pub use crate::config::MIN_NETWORK_TIMEOUT as MIN_TIMEOUT;
 
 impl Liveness {
     /// A timeout of at least [`MIN_TIMEOUT`] (the probes are whole seconds apart).

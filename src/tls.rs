@@ -9,7 +9,7 @@ use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 /// What of the server's certificate is checked.
@@ -25,14 +25,8 @@ pub enum Verify {
     Nothing,
 }
 
-/// Where the trusted roots and the client's own certificate come from.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// PEM file of the CA certificates to trust; the system's roots when `None`.
-    pub ca: Option<PathBuf>,
-    /// PEM files of the client certificate (chain) and its key, for servers that ask for one.
-    pub client: Option<(PathBuf, PathBuf)>,
-}
+use crate::config::MqttTls;
+pub use crate::config::TlsFiles;
 
 /// A TLS setting that cannot be used: names the file or setting and why.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +43,22 @@ pub fn provider() -> Arc<CryptoProvider> {
     // Fails only when a default is already installed: then it is this same provider.
     let _ = CryptoProvider::install_default((*provider).clone());
     provider
+}
+
+impl MqttTls {
+    /// The client configuration of the MQTT source: a file that cannot be used is named.
+    pub fn client_config(&self) -> Result<Arc<ClientConfig>, TlsError> {
+        let verify = if self.verify_server {
+            Verify::Full
+        } else {
+            Verify::Nothing
+        };
+        client_config(&self.files, verify).map_err(|e| {
+            TlsError(format!(
+                "SENSORHUB_MQTT_CA_FILE, _CERT_FILE or _KEY_FILE: {e}"
+            ))
+        })
+    }
 }
 
 /// A client configuration verifying as `verify` says.
@@ -195,5 +205,25 @@ impl ServerCertVerifier for Lenient {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn an_unusable_mqtt_ca_file_is_named_and_the_password_never() {
+        let config = Config::from_lookup(|name| match name {
+            "SENSORHUB_MQTT_URL" => Some("mqtts://u:pw@broker".into()),
+            "SENSORHUB_MQTT_CA_FILE" => Some("/nonexistent/ca.pem".into()),
+            _ => None,
+        })
+        .unwrap();
+        let tls = config.mqtt.unwrap().tls.unwrap();
+        let text = tls.client_config().unwrap_err().to_string();
+        assert!(text.contains("SENSORHUB_MQTT_CA_FILE"), "{text}");
+        assert!(text.contains("/nonexistent/ca.pem"), "{text}");
+        assert!(!text.contains("pw"), "{text}");
     }
 }

@@ -1,8 +1,10 @@
 //! `sensorhub dead-letters ...`: what an operator does with dead letters, from the command line
-//! ([`crate::dead_letters`] holds the operations, shared with the API).
+//! ([`crate::stream::dead_letter::operate`] holds the operations, shared with the API).
 
-use crate::dead_letters::{DeadLetterStore, LetterId, Selection};
+use crate::liveness::Liveness;
 use crate::stream::dead_letter::browse::Filter;
+use crate::stream::dead_letter::operate::{DeadLetterStore, LetterId, Selection};
+use crate::stream::shards::Streams;
 use chrono::{DateTime, Utc};
 
 /// `sensorhub dead-letters ...`: the same operations from the command line.
@@ -95,7 +97,7 @@ pub async fn run(config: &crate::config::Config, command: Command) -> anyhow::Re
     let target = crate::redis::target::parse_live(
         config.redis_url.expose(),
         &config.redis_tls,
-        config.liveness,
+        Liveness::new(config.network_timeout),
     )
     .map_err(|why| anyhow::anyhow!("SENSORHUB_REDIS_URL: {why}"))?;
     let conn = crate::redis::connection::Connection::open(
@@ -103,7 +105,7 @@ pub async fn run(config: &crate::config::Config, command: Command) -> anyhow::Re
         crate::redis::connection::TOOL_RESPONSE_TIMEOUT,
     )
     .await?;
-    let mut store = DeadLetterStore::new(conn, &config.streams());
+    let mut store = DeadLetterStore::new(conn, &Streams::of(config));
     let check = |store: &DeadLetterStore<_>, ids: &[LetterId]| {
         ids.iter()
             .try_for_each(|id| store.check(id))

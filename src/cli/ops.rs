@@ -2,6 +2,7 @@
 //! stream.
 
 use crate::config::Config;
+use crate::liveness::Liveness;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::process::ExitCode;
@@ -12,7 +13,7 @@ pub async fn rename_stream(config: &Config, to: &str) -> anyhow::Result<()> {
     let client = crate::redis::target::parse_live(
         config.redis_url.expose(),
         &config.redis_tls,
-        config.liveness,
+        Liveness::new(config.network_timeout),
     )
     .map_err(|why| anyhow::anyhow!("SENSORHUB_REDIS_URL: {why}"))?
     .client;

@@ -6,6 +6,7 @@
 //! `/api/v2/write`, at a steady rate, with a progress line every second.
 
 use crate::config::{Config, MqttSettings, Secret};
+use crate::liveness::Liveness;
 use crate::redis::channel::publish_payloads;
 use crate::redis::connection::Connection;
 use crate::stream::append::append_payloads;
@@ -150,7 +151,7 @@ pub async fn run(config: &Config, sim: &Simulation) -> anyhow::Result<u64> {
     if sim.sensors == 0 || !sim.rate.is_finite() || sim.rate <= 0.0 {
         bail!("--sensors and --rate must be greater than zero");
     }
-    let streams = config.streams();
+    let streams = Streams::of(config);
     let target = match sim.via {
         Via::Xadd if streams.len() > 1 => format!("{} shards of {}", streams.len(), config.stream),
         Via::Xadd => config.stream.clone(),
@@ -171,7 +172,9 @@ pub async fn run(config: &Config, sim: &Simulation) -> anyhow::Result<u64> {
         }
     };
     let mut sink = match (&config.mqtt, sim.via) {
-        (Some(mqtt), Via::Mqtt) => Sink::Mqtt(MqttPublisher::connect(mqtt)),
+        (Some(mqtt), Via::Mqtt) => {
+            Sink::Mqtt(MqttPublisher::connect(mqtt, crate::app::mqtt_tls(config)?))
+        }
         (_, Via::LineProtocol) => Sink::Http {
             client: awc::Client::builder()
                 .timeout(Duration::from_secs(10))
@@ -182,7 +185,7 @@ pub async fn run(config: &Config, sim: &Simulation) -> anyhow::Result<u64> {
             let target = crate::redis::target::parse_live(
                 config.redis_url.expose(),
                 &config.redis_tls,
-                config.liveness,
+                Liveness::new(config.network_timeout),
             )
             .map_err(|why| anyhow::anyhow!("SENSORHUB_REDIS_URL: {why}"))?;
             let conn = Connection::open(&target, crate::redis::connection::TOOL_RESPONSE_TIMEOUT)
@@ -348,16 +351,16 @@ struct MqttPublisher {
 }
 
 impl MqttPublisher {
-    fn connect(mqtt: &MqttSettings) -> Self {
+    fn connect(mqtt: &MqttSettings, tls: Option<Arc<rustls::ClientConfig>>) -> Self {
         let id = format!("sensorhub-simulate-{}", std::process::id());
         let mut options = MqttOptions::new(id, &mqtt.host, mqtt.port);
         options.set_keep_alive(Duration::from_secs(5));
         if let Some((user, password)) = &mqtt.credentials {
             options.set_credentials(user, password.expose());
         }
-        if let Some(tls) = &mqtt.tls {
+        if let Some(tls) = tls {
             options.set_transport(rumqttc::Transport::tls_with_config(
-                rumqttc::TlsConfiguration::Rustls(Arc::clone(tls)),
+                rumqttc::TlsConfiguration::Rustls(tls),
             ));
         }
         let (client, mut events) = AsyncClient::new(options, 1024);

@@ -2,9 +2,8 @@
 //! lists, each refusal naming the variable, the value and what is expected.
 
 use super::{ConfigError, Secret, VARIABLES};
+use super::{MIN_NETWORK_TIMEOUT, TlsFiles};
 use crate::domain::Resolution;
-use crate::liveness::{Liveness, MIN_TIMEOUT};
-use crate::tls::TlsFiles;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -194,17 +193,17 @@ impl Env<'_> {
     }
 
     /// The network timeout every connection's dead-peer detection derives from: a duration of
-    /// at least [`MIN_TIMEOUT`] (keepalive probes are whole seconds apart).
-    pub(super) fn liveness(&self, name: &'static str) -> Result<Liveness, ConfigError> {
+    /// at least [`MIN_NETWORK_TIMEOUT`] (keepalive probes are whole seconds apart).
+    pub(super) fn network_timeout(&self, name: &'static str) -> Result<Duration, ConfigError> {
         let timeout = self.duration(name)?;
-        if timeout < MIN_TIMEOUT {
+        if timeout < MIN_NETWORK_TIMEOUT {
             let expected = format!(
                 "at least {} (keepalive probes are whole seconds apart)",
-                humantime::format_duration(MIN_TIMEOUT)
+                humantime::format_duration(MIN_NETWORK_TIMEOUT)
             );
             return Err(Self::error(name, &self.text(name), &expected));
         }
-        Ok(Liveness::new(timeout))
+        Ok(timeout)
     }
 
     /// A retention: a duration, or `forever` (also empty).

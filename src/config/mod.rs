@@ -11,17 +11,52 @@ mod mqtt;
 mod variables;
 
 use env::{Env, TlsVariables, in_days, shard_list, tls_files, token};
-pub use mqtt::{MqttSettings, TopicRule};
+pub use mqtt::{MqttSettings, MqttTls, TopicRule};
 pub use variables::{SECRET_VARIABLES, VARIABLES, Variable, markdown_table};
 
-use crate::liveness::Liveness;
-use crate::store::retention::Retention;
-use crate::tls::TlsFiles;
 use chrono_tz::Tz;
 use std::fmt;
 use std::net::SocketAddr;
-
+use std::path::PathBuf;
 use std::time::Duration;
+
+/// The most streams readings can be spread over.
+pub const MAX_SHARDS: usize = 1024;
+
+/// The shortest network timeout: keepalive probes are whole seconds apart, three of them after a
+/// second of silence.
+pub const MIN_NETWORK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long what is kept; `None`: forever.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Retention {
+    pub raw: Option<Duration>,
+    /// Per resolution; a resolution not named is kept forever.
+    pub aggregates: Vec<(Resolution, Duration)>,
+}
+
+impl Retention {
+    pub fn is_forever(&self) -> bool {
+        self.raw.is_none() && self.aggregates.is_empty()
+    }
+
+    /// The shortest time anything is kept: readings older than this must be refused.
+    pub fn shortest(&self) -> Option<Duration> {
+        self.raw
+            .into_iter()
+            .chain(self.aggregates.iter().map(|(_, keep)| *keep))
+            .min()
+    }
+}
+
+/// Where the trusted roots and the client's own certificate come from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM file of the CA certificates to trust; the system's roots when `None`.
+    pub ca: Option<PathBuf>,
+    /// PEM files of the client certificate (chain) and its key, for servers that ask for one.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
 
 /// An invalid configuration value.
 #[derive(Debug, thiserror::Error)]
@@ -91,8 +126,8 @@ pub struct Config {
     pub write_connections: usize,
     pub db_pool_size: usize,
     pub shutdown_timeout: Duration,
-    /// Dead-peer detection of every connection.
-    pub liveness: Liveness,
+    /// After how long a silent peer is given up, on every connection ([`crate::liveness`]).
+    pub network_timeout: Duration,
     pub api_token: Option<Secret>,
     /// The token of HTTP ingest; the API token when `SENSORHUB_INGEST_TOKEN` is not set, so that
     /// setting only the API token never leaves ingest open.
@@ -164,11 +199,7 @@ impl Config {
             },
         )?;
         let mqtt = MqttSettings::from_env(&env, &mqtt_tls)?;
-        let shards = env.number(
-            "SENSORHUB_STREAM_SHARDS",
-            1,
-            crate::stream::shards::MAX_SHARDS,
-        )?;
+        let shards = env.number("SENSORHUB_STREAM_SHARDS", 1, MAX_SHARDS)?;
         let read_shards = shard_list(lookup("SENSORHUB_READ_SHARDS").as_deref(), shards)?;
         let mut config = Config {
             redis_url: Secret::new(env.text_or_fallback("SENSORHUB_REDIS_URL", "REDIS_URL")),
@@ -212,7 +243,7 @@ impl Config {
             write_connections: env.number("SENSORHUB_WRITE_CONNECTIONS", 1, 32)?,
             db_pool_size: env.number("SENSORHUB_DB_POOL_SIZE", 1, 256)?,
             shutdown_timeout: env.duration("SENSORHUB_SHUTDOWN_TIMEOUT")?,
-            liveness: env.liveness("SENSORHUB_NETWORK_TIMEOUT")?,
+            network_timeout: env.network_timeout("SENSORHUB_NETWORK_TIMEOUT")?,
             api_token: token(&lookup, "SENSORHUB_API_TOKEN")?,
             ingest_token: match token(&lookup, "SENSORHUB_INGEST_TOKEN")? {
                 Some(token) => Some(token),
@@ -262,11 +293,6 @@ impl Config {
     /// The dead-letter stream's key.
     pub fn dead_letter_stream(&self) -> String {
         format!("{}:dead", self.stream)
-    }
-
-    /// The streams readings go to: the stream, or its shards.
-    pub fn streams(&self) -> crate::stream::shards::Streams {
-        crate::stream::shards::Streams::new(&self.stream, self.shards)
     }
 }
 

@@ -1,10 +1,9 @@
 //! The MQTT source's settings: the broker URL (`mqtt://`, `mqtts://`), its TLS, and the topic
 //! rules that say how each topic's payloads are read.
 
+use super::TlsFiles;
 use super::{ConfigError, Env, Secret, mask_password};
 use crate::domain::reading::Form;
-use crate::tls::{TlsFiles, Verify, client_config};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Where the MQTT source connects and what it subscribes to.
@@ -13,8 +12,8 @@ pub struct MqttSettings {
     pub host: String,
     pub port: u16,
     pub credentials: Option<(String, Secret)>,
-    /// The TLS configuration of an `mqtts://` broker.
-    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The TLS of an `mqtts://` broker.
+    pub tls: Option<MqttTls>,
     /// The session's client id; `None`: the deployment's own, made once and kept in PostgreSQL
     /// ([`crate::store::deployment`]), so two deployments never share a session.
     pub client_id: Option<String>,
@@ -24,6 +23,15 @@ pub struct MqttSettings {
     /// How long the source may be without a subscribed connection (while it holds the lease)
     /// before `/readyz` reports it: longer than a broker restart or a lease handover takes.
     pub ready_grace: Duration,
+}
+
+/// The TLS of an `mqtts://` broker: its files are read when the source starts
+/// ([`MqttTls::client_config`](crate::tls)), so a file that cannot be used stops start-up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MqttTls {
+    pub files: TlsFiles,
+    /// False with `?insecure`: encrypted, the server's certificate not checked.
+    pub verify_server: bool,
 }
 
 /// A topic filter and the form its messages' payloads are read in.
@@ -63,21 +71,10 @@ impl MqttSettings {
                 "an mqtts:// URL, as SENSORHUB_MQTT_CA_FILE, _CERT_FILE or _KEY_FILE is set",
             ));
         }
-        let tls = if tls {
-            let verify = if insecure {
-                Verify::Nothing
-            } else {
-                Verify::Full
-            };
-            let config = client_config(tls_files, verify).map_err(|e| ConfigError {
-                var: "SENSORHUB_MQTT_CA_FILE",
-                value: String::new(),
-                expected: e.to_string(),
-            })?;
-            Some(config)
-        } else {
-            None
-        };
+        let tls = tls.then(|| MqttTls {
+            files: tls_files.clone(),
+            verify_server: !insecure,
+        });
         let rest = rest.trim_end_matches('/');
         let (credentials, host_port) = match rest.rsplit_once('@') {
             Some((user_password, host_port)) => {

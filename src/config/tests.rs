@@ -269,14 +269,6 @@ fn bad_mqtt_settings_name_the_variable_and_never_the_password() {
         (
             vec![
                 ("SENSORHUB_MQTT_URL", "mqtts://u:pw@broker"),
-                ("SENSORHUB_MQTT_CA_FILE", "/nonexistent/ca.pem"),
-            ],
-            "SENSORHUB_MQTT_CA_FILE",
-            "/nonexistent/ca.pem",
-        ),
-        (
-            vec![
-                ("SENSORHUB_MQTT_URL", "mqtts://u:pw@broker"),
                 ("SENSORHUB_MQTT_CERT_FILE", "/c.pem"),
             ],
             "SENSORHUB_MQTT_KEY_FILE",

@@ -8,17 +8,17 @@
 //! | `DELETE /api/v1/dead-letters?id=&reason=&sensor=&from=&to=&all=` | purges letters |
 //!
 //! With sharded streams the routes work over every shard's dead letters, a letter's id naming its
-//! shard (`3/1733054400000-0`: [`crate::dead_letters::LetterId`]).
+//! shard (`3/1733054400000-0`: [`crate::stream::dead_letter::operate::LetterId`]).
 //!
 //! Original bytes are answered as text when they are UTF-8 (`data`), else as base64
 //! (`data_base64`); either way inside a JSON string, which a page shows as text.
 
-use crate::dead_letters::{DeadLetterStore, LetterId, ReplayReport, Selection};
 use crate::http::HttpState;
 use crate::http::auth::{AdminAuthorized, Authorized};
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::params::{Params, ordered};
 use crate::stream::dead_letter::browse::{Filter, Letter};
+use crate::stream::dead_letter::operate::{DeadLetterStore, LetterId, ReplayReport, Selection};
 use actix_web::{HttpRequest, HttpResponse, web};
 use base64::Engine as _;
 use chrono::{DateTime, Utc};

@@ -1,5 +1,6 @@
 //! Errors of the HTTP API, answered as `{"error": "..."}` with the status that fits.
 
+use crate::sources::http::AppendError;
 use actix_web::http::StatusCode;
 use actix_web::http::header;
 use actix_web::{HttpResponse, ResponseError};
@@ -78,6 +79,19 @@ impl ResponseError for ApiError {
                 _ => None,
             },
         })
+    }
+}
+
+impl From<AppendError> for ApiError {
+    /// The 503 of a failed append: whether it may have been stored decides which retries are
+    /// safe.
+    fn from(error: AppendError) -> Self {
+        match error {
+            AppendError::NotStored(_) => ApiError::NotStored(error.to_string()),
+            AppendError::Unknown(_) | AppendError::Unrouted => {
+                ApiError::OutcomeUnknown(error.to_string())
+            }
+        }
     }
 }
 

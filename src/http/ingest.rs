@@ -1,27 +1,22 @@
 //! HTTP ingest for devices that speak only HTTP: `POST /api/v1/readings` appends the body to the
-//! stream as `XADD <stream> * data <body>` does, so HTTP readings get the stream's delivery
-//! guarantee.
+//! stream as `XADD <stream> * data <body>` does ([`crate::sources::http`]), so HTTP readings get
+//! the stream's delivery guarantee.
 //!
 //! The answer tells the truth about the append: 202 once Redis has the entry, 400 (or 413) when
 //! nothing in the body can be a reading, and a 503 that says whether nothing was stored (a retry
 //! is safe) or the outcome is unknown (Redis did not answer in time: the entry may exist). With
 //! an `Idempotency-Key` header, a retry of the same request stores its readings once, however
 //! the first attempt ended: the key is kept with the entry it was appended as and a digest of the
-//! body for [`append::IDEMPOTENCY_TTL`], and the key reused for another body is refused (422). Without
+//! body for [`crate::sources::append::IDEMPOTENCY_TTL`], and the key reused for another body is refused (422). Without
 //! one, the request appends under a key of its own, so the Redis client's own retry of a command
 //! that timed out cannot append it twice.
 
-use crate::domain::fields;
-use crate::domain::reading::parse_json;
-use crate::domain::{ParseContext, Reason};
 use crate::http::HttpState;
 use crate::http::auth::IngestAuthorized;
 use crate::http::body::read_limited;
 use crate::http::error::{ApiError, ErrorBody};
-use crate::sources::append::{self, route};
-use crate::stream::append::{Appended, Once};
+use crate::sources::http::JsonRefused;
 use actix_web::{HttpRequest, HttpResponse, web};
-use chrono::Utc;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -90,95 +85,47 @@ pub(crate) async fn ingest(
         state.api.body_timeout,
     )
     .await?;
-    let now = Utc::now();
-    let ctx = ParseContext::new(&state.api.limits, now, now);
-    let outcomes = parse_json(&body, &ctx);
-    let valid = outcomes.iter().filter(|o| o.is_ok()).count();
-    let shards = route(
-        outcomes
-            .iter()
-            .filter_map(|o| Some(&*o.as_ref().ok()?.sensor_id)),
-        &state.api.streams,
-    );
-    let rejected: Vec<RejectedReading> = outcomes
-        .into_iter()
-        .filter_map(Result::err)
-        .map(|r| RejectedReading {
-            index: r.index,
-            reason: r.reason.as_str().to_owned(),
-            detail: r.detail,
-        })
-        .collect();
-    if valid == 0 {
-        let problems: Vec<String> = rejected
-            .iter()
-            .map(|r| match r.index {
-                Some(i) => format!("[{i}] {}: {}", r.reason, r.detail),
-                None => format!("{}: {}", r.reason, r.detail),
-            })
-            .collect();
-        let error = format!("no valid reading in the body: {}", problems.join("; "));
-        return Err(
-            if rejected
+    let accepted = match state.ingest().json(&body, idempotency_key.as_deref()).await {
+        Ok(accepted) => accepted,
+        Err(JsonRefused::NoValidReading(rejected)) => {
+            let problems: Vec<String> = rejected
                 .iter()
-                .any(|r| r.reason == Reason::TooLarge.as_str())
-            {
+                .map(|r| match r.index {
+                    Some(i) => format!("[{i}] {}: {}", r.reason, r.detail),
+                    None => format!("{}: {}", r.reason, r.detail),
+                })
+                .collect();
+            let error = format!("no valid reading in the body: {}", problems.join("; "));
+            return Err(if JsonRefused::too_large(&rejected) {
                 ApiError::TooLarge(error)
             } else {
                 ApiError::BadRequest(error)
-            },
-        );
-    }
-    let appended = append_once(
-        &state,
-        &shards,
-        idempotency_key.as_deref(),
-        &[(fields::DATA, &body)],
-    )
-    .await?;
-    if appended.once == Once::KeyReused {
-        state.metrics.idempotency_keys_reused.inc();
-        return Err(ApiError::Unprocessable(format!(
-            "Idempotency-Key {:?} was used for another body (appended as entry {}); nothing was \
-             stored: send each request with a key of its own",
-            idempotency_key.unwrap_or_default(),
-            appended.id
-        )));
-    }
-    let (entry, repeated) = (appended.id, appended.once == Once::Repeated);
-    if !repeated {
-        state
-            .metrics
-            .messages_received
-            .with_label_values(&["http"])
-            .inc();
-    }
+            });
+        }
+        Err(JsonRefused::KeyReused(appended)) => {
+            return Err(ApiError::Unprocessable(format!(
+                "Idempotency-Key {:?} was used for another body (appended as entry {}); nothing \
+                 was stored: send each request with a key of its own",
+                idempotency_key.unwrap_or_default(),
+                appended.id
+            )));
+        }
+        Err(JsonRefused::Append(error)) => return Err(error.into()),
+    };
     Ok(HttpResponse::Accepted().json(Accepted {
-        entry: entry.to_string(),
-        readings: valid,
-        rejected,
-        repeated,
+        entry: accepted.appended.id.to_string(),
+        readings: accepted.readings,
+        rejected: accepted
+            .rejected
+            .into_iter()
+            .map(|r| RejectedReading {
+                index: r.index,
+                reason: r.reason.as_str().to_owned(),
+                detail: r.detail,
+            })
+            .collect(),
+        repeated: accepted.repeated,
     }))
-}
-
-/// Appends the message `fields` once ([`append::append_once`]), with sharded streams to each of
-/// the `shards` [`append::route`] gives; a failure is a 503 that says whether a retry is safe.
-pub(crate) async fn append_once(
-    state: &HttpState,
-    shards: &[usize],
-    idempotency_key: Option<&str>,
-    fields: &[(&str, &[u8])],
-) -> Result<Appended, ApiError> {
-    append::append_once(
-        &state.redis,
-        &state.api.streams,
-        shards,
-        idempotency_key,
-        fields,
-    )
-    .await
-    .map_err(append_failed)?
-    .ok_or_else(|| ApiError::OutcomeUnknown("the message was routed to no stream".into()))
 }
 
 /// The request's `Idempotency-Key`, if any: 1 to [`MAX_KEY_LEN`] visible ASCII characters.
@@ -196,26 +143,4 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
         return Err(bad());
     }
     Ok(Some(key.to_owned()))
-}
-
-/// The 503 of a failed append: whether it may have been stored decides which retries are safe.
-pub(crate) fn append_failed(error: redis::RedisError) -> ApiError {
-    // Redis answered with an error (out of memory, read-only replica, ...), or the connection
-    // was refused: the append never ran.
-    let answered_with_error = error.code().is_some()
-        || matches!(
-            error.kind(),
-            redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
-        );
-    if answered_with_error || error.is_connection_refusal() {
-        return ApiError::NotStored(format!(
-            "redis refused the append, nothing was stored: {error}; retrying is safe"
-        ));
-    }
-    ApiError::OutcomeUnknown(format!(
-        "redis did not answer in time ({error}): the readings may or may not be stored. A retry \
-         with the same Idempotency-Key header stores them once; without one, a retry is safe for \
-         readings that carry their own timestamp (a repeat is skipped as a duplicate), while a \
-         reading without a timestamp could be stored twice"
-    ))
 }

@@ -3,27 +3,21 @@
 //! `POST /api/v2/write?org=&bucket=&precision=` and `POST /write?db=&precision=`, with `GET
 //! /ping` for the clients that check the server first.
 //!
-//! The body (gzip accepted) is appended to the stream as one entry, with the form `line:<precision>`
-//! ([`crate::domain::reading::parse_line_protocol`] reads it there, as every entry is read), so
-//! these readings get the stream's guarantee. The answers are InfluxDB's, which these clients act
+//! The body (gzip accepted) is appended to the stream as one entry by
+//! [`crate::sources::line_protocol`], so these readings get the stream's guarantee. The answers are InfluxDB's, which these clients act
 //! on: 204 once the entry is in the stream; 400 when lines are bad, naming them by line number
 //! (from 1), while the good lines of the body are stored and the bad ones kept as dead letters;
 //! 413 above `SENSORHUB_MAX_MESSAGE_BYTES` (Telegraf then splits its batch); 401 without the
 //! ingest token; 503 when Redis did not take the entry (clients retry). `org`, `bucket` and `db`
 //! are accepted and ignored: everything goes to the one stream.
 
-use crate::domain::fields;
-use crate::domain::reading::{Form, Precision, parse_line_protocol};
-use crate::domain::{ParseContext, Reason, Rejection};
+use crate::domain::reading::Precision;
 use crate::http::HttpState;
 use crate::http::auth::{self, Scope};
 use crate::http::body::read_limited;
 use crate::http::error::ApiError;
-use crate::http::ingest::append_once;
-use crate::sources::append::route;
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
-use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -252,49 +246,11 @@ async fn write(
             "writing requires points: the body is empty".into(),
         ));
     }
-    // Read here only to answer; the validator reads the entry again, as it reads every entry.
-    let now = Utc::now();
-    let ctx = ParseContext::new(&state.api.limits, now, now);
-    // The sensors route the body to its shards; without shards there is one stream.
-    let sharded = state.api.streams.len() > 1;
-    let mut sensors = Vec::new();
-    let rejections: Vec<Rejection> = match std::str::from_utf8(&body) {
-        Ok(text) => parse_line_protocol(text, precision, &ctx)
-            .into_iter()
-            .filter_map(|outcome| match outcome {
-                Ok(reading) => {
-                    if sharded {
-                        sensors.push(reading.sensor_id);
-                    }
-                    None
-                }
-                Err(rejection) => Some(rejection),
-            })
-            .collect(),
-        Err(error) => vec![Rejection {
-            index: Some(0),
-            ..Rejection::new(
-                Reason::InvalidUtf8,
-                format!("the body is not UTF-8: {error}"),
-            )
-        }],
-    };
-    let form = Form::Line(precision).to_string();
-    // Under a key of this request's own: the Redis client's retry cannot append it twice.
-    let shards = route(sensors.iter().map(|id| &**id), &state.api.streams);
-    append_once(
-        &state,
-        &shards,
-        None,
-        &[(fields::DATA, &body), (fields::FORM, form.as_bytes())],
-    )
-    .await
-    .map_err(as_write_error)?;
-    state
-        .metrics
-        .messages_received
-        .with_label_values(&["line_protocol"])
-        .inc();
+    let rejections = state
+        .ingest()
+        .lines(&body, precision)
+        .await
+        .map_err(|e| as_write_error(e.into()))?;
     if rejections.is_empty() {
         return Ok(HttpResponse::NoContent().finish());
     }

@@ -24,6 +24,7 @@ pub mod status;
 use crate::config::Secret;
 use crate::domain::{Limits, Resolution};
 use crate::redis::connection::Connection;
+use crate::sources::http::Ingest;
 use crate::sources::mqtt::MqttHealth;
 use crate::sources::pubsub::BridgeHealth;
 use crate::telemetry::Metrics;
@@ -93,6 +94,18 @@ pub struct HttpState {
     /// The counters' recent snapshots, for the status page's rates.
     pub snapshots: Arc<status::Snapshots>,
     pub api: Arc<ApiSettings>,
+}
+
+impl HttpState {
+    /// What the ingest handlers append with.
+    pub(crate) fn ingest(&self) -> Ingest<'_> {
+        Ingest {
+            conn: &self.redis,
+            streams: &self.api.streams,
+            limits: &self.api.limits,
+            metrics: &self.metrics,
+        }
+    }
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {

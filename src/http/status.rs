@@ -7,11 +7,11 @@
 //! request keeps (at most one every few seconds): against the oldest of the last minute, or the
 //! start of the process in its first minute.
 
-use crate::dead_letters::DeadLetterStore;
 use crate::http::dead_letters::DeadLetterView;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::{HttpState, auth::Authorized, health_checks};
 use crate::stream::dead_letter::browse::Filter;
+use crate::stream::dead_letter::operate::DeadLetterStore;
 use crate::telemetry::{ACTORS, Metrics};
 use actix_web::{HttpResponse, web};
 use chrono::Utc;

@@ -20,6 +20,7 @@ use crate::pipeline::write::{WriteStore, Writer};
 use crate::redis::connection::Connection;
 use crate::stream::dead_letter::DeadLetters;
 use crate::stream::lease::unique_token;
+use crate::stream::shards::Streams;
 use crate::telemetry::Metrics;
 use actix::{Arbiter, ArbiterHandle, Supervisor};
 use deadpool_postgres::Pool;
@@ -97,7 +98,7 @@ impl Pipeline {
             validate: arbiter(),
             io: arbiter(),
         };
-        let streams = config.streams();
+        let streams = Streams::of(config);
         let permits = Arc::new(Semaphore::new(config.max_in_flight));
         let gauges = Arc::new(ShardGauges::new(streams.len()));
         let instance = unique_token(&config.consumer);

@@ -6,16 +6,21 @@
 //! - [`mqtt`]: MQTT subscriptions, each message appended with its topic and payload form, and
 //!   acknowledged to the broker once appended.
 //!
-//! HTTP ingest (JSON and line protocol, [`crate::http`]) appends through [`append::append_once`]:
-//! routed as the sources route, each message once under its request's key.
+//! - [`http`] and [`line_protocol`]: a JSON or line-protocol body posted over HTTP, appended once
+//!   ([`append::append_once`]) under its request's key; [`crate::http`] only reads the request and
+//!   answers.
 
 pub mod append;
+pub mod http;
 mod leased;
+pub mod line_protocol;
 pub mod mqtt;
 pub mod pubsub;
 
 use crate::config::Config;
+use crate::liveness::Liveness;
 use crate::redis::connection::Connection;
+use crate::stream::shards::Streams;
 use crate::telemetry::Metrics;
 use actix::{ArbiterHandle, Supervisor};
 use mqtt::{MqttHealth, MqttSource, MqttSourceSettings};
@@ -36,6 +41,9 @@ pub struct SourceParts {
     pub mqtt_health: Arc<MqttHealth>,
     /// Becomes true when the application stops.
     pub stop: watch::Receiver<bool>,
+    /// The MQTT broker's TLS client configuration, built (and its files checked) before anything
+    /// else starts.
+    pub mqtt_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Starts every configured source under a `Supervisor` on `thread`: the MQTT source when a broker
@@ -48,15 +56,17 @@ pub fn start(config: &Config, parts: SourceParts, thread: &ArbiterHandle) {
         bridge_health,
         mqtt_health,
         stop,
+        mqtt_tls,
     } = parts;
     if let Some(mqtt) = &config.mqtt {
         let settings = MqttSourceSettings {
             mqtt: mqtt.clone(),
-            streams: config.streams(),
+            streams: Streams::of(config),
             limits: config.limits.clone(),
             consumer: config.consumer.clone(),
             lease_ttl: config.bridge_lease,
-            liveness: config.liveness,
+            liveness: Liveness::new(config.network_timeout),
+            tls: mqtt_tls,
         };
         let (conn, metrics, stop) = (conn.clone(), Arc::clone(&metrics), stop.clone());
         Supervisor::start_in_arbiter(thread, move |_| {
@@ -66,7 +76,7 @@ pub fn start(config: &Config, parts: SourceParts, thread: &ArbiterHandle) {
     if let Some(channel) = &config.channel {
         let settings = BridgeSettings {
             channel: channel.clone(),
-            streams: config.streams(),
+            streams: Streams::of(config),
             limits: config.limits.clone(),
             consumer: config.consumer.clone(),
             lease_ttl: config.bridge_lease,

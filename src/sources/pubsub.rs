@@ -9,7 +9,7 @@
 //!
 //! The lease is held by a token unique to this process, not by the consumer name (two processes
 //! may share one), and every append checks that token in the same script that appends
-//! ([`crate::redis::entry::append_entries_fenced`]): a holder paused past its lease and resumed cannot append what the
+//! ([`crate::stream::append::append_entries_fenced`]): a holder paused past its lease and resumed cannot append what the
 //! new holder bridges too. What the bridge received and could not append is counted in
 //! `sensorhub_messages_dropped_total{source="pubsub"}`.
 

@@ -10,39 +10,16 @@
 //! and the writer refuses (dead-letters) a reading older than it. Validation refuses them
 //! earlier still, as `SENSORHUB_MAX_AGE` is at most the shortest retention (checked at start).
 
-use crate::domain::Resolution;
+pub use crate::config::Retention;
 use crate::store::StoreError;
 use crate::store::partition::{self, CREATE_LOCK};
 use chrono::{DateTime, TimeDelta, Utc};
-use std::time::Duration;
 
 /// Held by the instance running retention; the others skip their run.
 const RETENTION_LOCK: i64 = 7_358_203_917;
 
 /// Aggregate rows deleted per statement: short statements, so the writer never waits long.
 const DELETE_BATCH: i64 = 10_000;
-
-/// How long what is kept; `None`: forever.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Retention {
-    pub raw: Option<Duration>,
-    /// Per resolution; a resolution not named is kept forever.
-    pub aggregates: Vec<(Resolution, Duration)>,
-}
-
-impl Retention {
-    pub fn is_forever(&self) -> bool {
-        self.raw.is_none() && self.aggregates.is_empty()
-    }
-
-    /// The shortest time anything is kept: readings older than this must be refused.
-    pub fn shortest(&self) -> Option<Duration> {
-        self.raw
-            .into_iter()
-            .chain(self.aggregates.iter().map(|(_, keep)| *keep))
-            .min()
-    }
-}
 
 /// What one run did.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -124,6 +101,7 @@ pub async fn run_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn the_shortest_retention_bounds_what_may_be_accepted() {

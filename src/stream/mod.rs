@@ -5,7 +5,9 @@
 //! - [`group`]: the consumer group, its state, and trimming the stream behind it.
 //! - [`ledger`]: which delivered entries are committed (reads are `NOACK`), and re-reading those
 //!   that are not; the database history the commits were made to.
-//! - [`dead_letter`]: the dead-letter stream of rejected messages and readings.
+//! - [`parse`]: how a batch of entries becomes readings and dead letters.
+//! - [`dead_letter`]: the dead-letter stream of rejected messages and readings, and what an
+//!   operator does with it ([`dead_letter::operate`]).
 //! - [`lease`]: the lease that lets one instance of several do a job (bridging a channel), one
 //!   beside each shard of a sharded stream.
 //! - [`mqtt_session`]: what the MQTT source records of its broker session (its subscriptions,
@@ -19,5 +21,6 @@ pub mod group;
 pub mod lease;
 pub mod ledger;
 pub mod mqtt_session;
+pub mod parse;
 pub mod rename;
 pub mod shards;

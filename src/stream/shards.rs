@@ -16,9 +16,14 @@ pub struct Streams {
 }
 
 /// The most shards a deployment may have.
-pub const MAX_SHARDS: usize = 1024;
+pub use crate::config::MAX_SHARDS;
 
 impl Streams {
+    /// The streams `config` names: its stream, or that stream's shards.
+    pub fn of(config: &crate::config::Config) -> Self {
+        Self::new(&config.stream, config.shards)
+    }
+
     /// The stream `base` alone (`shards` = 1), or its `shards` shards.
     pub fn new(base: &str, shards: usize) -> Self {
         let names = if shards <= 1 {

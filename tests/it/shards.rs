@@ -6,7 +6,7 @@ use crate::helpers::*;
 use crate::mqtt::{mqtt_settings, publish, wait_subscribed};
 use sensorhub::domain::ParseContext;
 use sensorhub::domain::reading::parse_entry_fields;
-use sensorhub::stream::shards::shard_of;
+use sensorhub::stream::shards::{Streams, shard_of};
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -110,7 +110,7 @@ async fn every_source_puts_a_reading_in_its_sensors_shard() {
     let ctx = ParseContext::new(&t.config.limits, now, now);
     let mut seen = HashSet::new();
     let mut redis = t.redis.clone();
-    for (shard, stream) in t.config.streams().all().iter().enumerate() {
+    for (shard, stream) in Streams::of(&t.config).all().iter().enumerate() {
         let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
             .arg(stream)
             .arg("-")
@@ -243,7 +243,7 @@ async fn dead_letters_of_every_shard_are_listed_paged_purged_and_replayed() {
     .await;
     // A year ahead: refused now, valid once the limit is relaxed.
     let ahead = chrono::Utc::now() + chrono::TimeDelta::days(365);
-    let streams = t.config.streams();
+    let streams = Streams::of(&t.config);
     let mut redis = t.redis.clone();
     for i in 0..40 {
         let sensor = format!("dl-{i}");
@@ -381,7 +381,7 @@ async fn instances_reading_different_shards_together_store_everything_once() {
         Default::default(),
     )
     .await;
-    let streams = t.config.streams();
+    let streams = Streams::of(&t.config);
     let mut redis = t.redis.clone();
     let total = produce_sharded(&mut redis, &streams, 40, 25).await as i64;
     let in_first: i64 = (0..40)
@@ -440,7 +440,7 @@ async fn one_in_flight_bound_covers_every_shard() {
 
     pg.stop_server();
     let mut redis = redis_conn(REDIS_URL).await;
-    let total = produce_sharded(&mut redis, &config.streams(), 40, 50).await as i64;
+    let total = produce_sharded(&mut redis, &Streams::of(&config), 40, 50).await as i64;
     let mut peak = 0;
     let watching = std::time::Instant::now();
     while watching.elapsed() < Duration::from_secs(4) {

@@ -105,6 +105,8 @@ pub struct MqttSourceSettings {
     pub lease_ttl: Duration,
     /// How soon a silent broker is given up (the keepalive).
     pub liveness: crate::liveness::Liveness,
+    /// The client configuration of an `mqtts://` broker, built from `mqtt.tls` at start.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 pub struct MqttSource {
@@ -236,7 +238,7 @@ impl SourceLoop {
         if let Some((user, password)) = &mqtt.credentials {
             options.set_credentials(user, password.expose());
         }
-        if let Some(tls) = &mqtt.tls {
+        if let Some(tls) = &settings.tls {
             options.set_transport(rumqttc::Transport::tls_with_config(
                 rumqttc::TlsConfiguration::Rustls(Arc::clone(tls)),
             ));

@@ -43,7 +43,7 @@ impl Filter {
 pub struct Letter {
     pub id: EntryId,
     /// With sharded streams, the shard whose dead-letter stream holds it (set by the store that
-    /// read it: [`crate::dead_letters`]).
+    /// read it: [`crate::stream::dead_letter::operate`]).
     pub shard: Option<usize>,
     pub reason: String,
     pub detail: String,

@@ -14,6 +14,7 @@
 //! fields as `field.<name>`.
 
 pub mod browse;
+pub mod operate;
 pub mod replay;
 
 use crate::domain::Rejection;

@@ -3,10 +3,10 @@
 
 use crate::domain::Limits;
 use crate::domain::shard::StreamShard;
-use crate::pipeline::validate::parse_batch;
 use crate::redis::entry::{EntryId, StreamEntry};
 use crate::stream::dead_letter::browse::{self, Filter, Letter, Summary};
 use crate::stream::dead_letter::replay;
+use crate::stream::parse::parse_batch;
 use crate::stream::shards::Streams;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
