@@ -19,6 +19,7 @@
 
 use super::json::in_array;
 use super::line::{Precision, parse_line_protocol};
+use super::object::{ObjectOptions, PRESET_FORMS, parse_object, parse_state, preset_options};
 use super::{
     FieldValue, Fields, Outcomes, ParseContext, Reading, Reason, Rejection, check, excerpt,
     malformed, parse_json, too_large,
@@ -28,6 +29,7 @@ use smallvec::smallvec;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// How a payload is read.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +45,33 @@ pub enum Form {
     NodeLog,
     /// InfluxDB line protocol, timestamps in the given precision.
     Line(Precision),
+    /// A JSON object read whole, every leaf by its key path ([`super::object`]).
+    Object(Arc<ObjectOptions>),
+    /// A bare value or state word (`21.50`, `ON`).
+    State(Arc<ObjectOptions>),
+}
+
+/// `<form>` alone with default options, else `<form>:<options as JSON>`.
+fn with_options(f: &mut fmt::Formatter<'_>, form: &str, options: &ObjectOptions) -> fmt::Result {
+    if *options == ObjectOptions::default() {
+        return f.write_str(form);
+    }
+    if form == "object"
+        && let Some(name) = PRESET_FORMS
+            .iter()
+            .find(|name| preset_options(name).as_ref() == Some(options))
+    {
+        return f.write_str(name);
+    }
+    let json = serde_json::to_string(options).map_err(|_| fmt::Error)?;
+    write!(f, "{form}:{json}")
+}
+
+fn options(form: &str, json: &str) -> Result<Arc<ObjectOptions>, String> {
+    let options: ObjectOptions = serde_json::from_str(json)
+        .map_err(|e| format!("the options of the {form} form are not valid: {e}"))?;
+    options.check()?;
+    Ok(Arc::new(options))
 }
 
 impl FromStr for Form {
@@ -56,7 +85,12 @@ impl FromStr for Form {
             "number" => Form::Number,
             "nodelog" => Form::NodeLog,
             "line" => Form::Line(Precision::Nanoseconds),
+            "object" => Form::Object(Arc::default()),
+            "state" => Form::State(Arc::default()),
             _ if text.starts_with("line:") => Form::Line(text["line:".len()..].parse()?),
+            _ if text.starts_with("object:") => Form::Object(options("object", &text[7..])?),
+            _ if text.starts_with("state:") => Form::State(options("state", &text[6..])?),
+            _ if let Some(options) = preset_options(text) => Form::Object(Arc::new(options)),
             _ => match text.strip_prefix("channels:") {
                 Some(key) if !key.is_empty() => Form::Channels {
                     key: key.to_owned(),
@@ -64,7 +98,8 @@ impl FromStr for Form {
                 _ => {
                     return Err(format!(
                         "{text:?} is not a payload form: json, fields, channels:<key>, named, \
-                         number, nodelog or line[:ns|us|ms|s]"
+                         number, nodelog, line[:ns|us|ms|s], object, state, tasmota, shelly, \
+                         shelly:rpc or zigbee2mqtt"
                     ));
                 }
             },
@@ -82,6 +117,8 @@ impl fmt::Display for Form {
             Form::Number => f.write_str("number"),
             Form::NodeLog => f.write_str("nodelog"),
             Form::Line(precision) => write!(f, "line:{precision}"),
+            Form::Object(options) => with_options(f, "object", options),
+            Form::State(options) => with_options(f, "state", options),
         }
     }
 }
@@ -114,6 +151,8 @@ pub fn parse_form(form: &Form, prefix: &str, payload: &[u8], ctx: &ParseContext)
         Form::Number => smallvec![number(prefix, text, ctx)],
         Form::NodeLog => node_log(text, ctx),
         Form::Line(precision) => parse_line_protocol(text, *precision, ctx),
+        Form::Object(options) => parse_object(options, prefix, text, ctx),
+        Form::State(options) => parse_state(options, prefix, text, ctx),
     }
 }
 
@@ -412,188 +451,4 @@ fn node_line(line: &str) -> Result<NodeLine<'_>, Rejection> {
         time: fields[2],
         values,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::Limits;
-    use chrono::{DateTime, Utc};
-
-    fn read(form: &str, prefix: &str, payload: &str) -> Vec<Result<Reading, Rejection>> {
-        let limits = Limits::default();
-        let now: DateTime<Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
-        let ctx = ParseContext::new(&limits, now, now);
-        parse_form(&form.parse().unwrap(), prefix, payload.as_bytes(), &ctx).into_vec()
-    }
-
-    /// `(sensor id, value)` of each reading, or the rejection's reason.
-    fn summary(outcomes: &[Result<Reading, Rejection>]) -> Vec<Result<(String, f64), Reason>> {
-        outcomes
-            .iter()
-            .map(|o| match o {
-                Ok(r) => Ok((r.sensor_id.to_string(), r.value)),
-                Err(e) => Err(e.reason),
-            })
-            .collect()
-    }
-
-    fn ok(id: &str, value: f64) -> Result<(String, f64), Reason> {
-        Ok((id.to_owned(), value))
-    }
-
-    #[test]
-    fn forms_parse_back_from_their_names() {
-        for name in [
-            "json",
-            "fields",
-            "channels:number",
-            "named",
-            "number",
-            "nodelog",
-        ] {
-            assert_eq!(name.parse::<Form>().unwrap().to_string(), name);
-        }
-        for bad in ["", "csv", "channels:", "JSON"] {
-            assert!(bad.parse::<Form>().is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn named_numeric_fields_are_one_reading_each() {
-        let outcomes = read(
-            "fields",
-            "sensor_1",
-            r#"{"meas1": 0.84, "meas2": 0.5, "note": "ok"}"#,
-        );
-        assert_eq!(
-            summary(&outcomes),
-            vec![ok("sensor_1.meas1", 0.84), ok("sensor_1.meas2", 0.5)]
-        );
-        // Without a timestamp: the time of receipt; with one, that time for every field.
-        let at = read(
-            "fields",
-            "s",
-            r#"{"t": 1, "timestamp": "2025-12-31T12:00:00Z"}"#,
-        );
-        assert_eq!(
-            at[0].as_ref().unwrap().ts,
-            "2025-12-31T12:00:00Z".parse::<DateTime<Utc>>().unwrap()
-        );
-        assert_eq!(
-            summary(&read("fields", "s", "[1]")),
-            vec![Err(Reason::WrongShape)]
-        );
-        assert_eq!(
-            summary(&read("fields", "s", "{")),
-            vec![Err(Reason::MalformedJson)]
-        );
-        assert_eq!(
-            summary(&read("fields", "s", r#"{"note": "no numbers"}"#)),
-            vec![Err(Reason::MissingField)]
-        );
-    }
-
-    #[test]
-    fn channel_arrays_name_each_element_by_its_key() {
-        let outcomes = read(
-            "channels:number",
-            "hv",
-            r#"[{"number": 0, "on": 0, "vreq": 0.0}, {"number": 1, "on": 1, "vreq": 12.5}, {"on": 1}]"#,
-        );
-        assert_eq!(
-            summary(&outcomes),
-            vec![
-                ok("hv.0.on", 0.0),
-                ok("hv.0.vreq", 0.0),
-                ok("hv.1.on", 1.0),
-                ok("hv.1.vreq", 12.5),
-                Err(Reason::MissingField),
-            ]
-        );
-        assert_eq!(outcomes[4].as_ref().unwrap_err().index, Some(2));
-    }
-
-    #[test]
-    fn a_named_reading_takes_its_id_from_sensor_and_measurement() {
-        let outcomes = read(
-            "named",
-            "ignored",
-            r#"{"topic": "/sensor/room/temperature", "sensor": "room", "measurement": "temperature", "value": 23.4}"#,
-        );
-        assert_eq!(summary(&outcomes), vec![ok("room.temperature", 23.4)]);
-        assert_eq!(
-            summary(&read("named", "", r#"{"measurement": "t", "value": 1}"#)),
-            vec![Err(Reason::MissingField)]
-        );
-    }
-
-    #[test]
-    fn a_bare_number_takes_its_id_from_the_topic() {
-        assert_eq!(
-            summary(&read("number", "hv.cmd.setv.3", " 100\n")),
-            vec![ok("hv.cmd.setv.3", 100.0)]
-        );
-        assert_eq!(
-            summary(&read("number", "", "100")),
-            vec![Err(Reason::BadSensorId)]
-        );
-        assert_eq!(
-            summary(&read("number", "x", "on")),
-            vec![Err(Reason::NotANumber)]
-        );
-    }
-
-    #[test]
-    fn a_node_log_line_whose_time_is_refused_is_one_rejection() {
-        let bad_time = "Elektra-Dach;1;yesterday;ATmega8_A_1;711;0;18.614;18.614;14.073;100;100;28;11.67;14.086;7;20;52.507309;13.458635";
-        let outcomes = read("nodelog", "", bad_time);
-        assert_eq!(summary(&outcomes), vec![Err(Reason::BadTimestamp)]);
-        let rejection = outcomes[0].as_ref().unwrap_err();
-        assert_eq!(rejection.part, Some(0..bad_time.len()), "the line, once");
-    }
-
-    #[test]
-    fn node_log_lines_are_read_one_by_one() {
-        let good = "Elektra-Dach;1;1530364575;ATmega8_A_1;711;0;18.614;18.614;14.073;100;100;28;11.67;14.086;7;20;52.507309;13.458635";
-        let with_status = format!("{good};300");
-        let short = "Elektra-Dach;1;1530364575";
-        let not_a_number = good.replace("14.073", "n/a");
-        let payload = format!("{good}\n{short}\n{with_status}\r\n{not_a_number}\n");
-        let outcomes = read("nodelog", "", &payload);
-        let read_ok: Vec<&Reading> = outcomes.iter().filter_map(|o| o.as_ref().ok()).collect();
-        assert_eq!(
-            read_ok.len(),
-            14 + 15,
-            "two good lines, the second with status"
-        );
-        let battery = read_ok
-            .iter()
-            .find(|r| &*r.sensor_id == "Elektra-Dach.battery_voltage")
-            .unwrap();
-        assert_eq!(battery.value, 14.073);
-        assert_eq!(battery.ts.timestamp(), 1_530_364_575);
-        let status = read_ok
-            .iter()
-            .find(|r| &*r.sensor_id == "Elektra-Dach.status")
-            .unwrap();
-        assert_eq!(status.value, 768.0);
-        let rejected: Vec<(Option<usize>, Reason)> = outcomes
-            .iter()
-            .filter_map(|o| o.as_ref().err())
-            .map(|e| (e.index, e.reason))
-            .collect();
-        assert_eq!(
-            rejected,
-            vec![(Some(1), Reason::WrongShape), (Some(3), Reason::NotANumber)]
-        );
-    }
-
-    #[test]
-    fn the_json_form_is_sensorhubs_own() {
-        assert_eq!(
-            summary(&read("json", "ignored", r#"{"sensor": "t", "value": 14}"#)),
-            vec![ok("t", 14.0)]
-        );
-    }
 }

@@ -24,6 +24,7 @@ mod fast_json;
 mod forms;
 mod json;
 mod line;
+mod object;
 mod text;
 mod timestamp;
 mod value;
@@ -38,6 +39,7 @@ use value::check_value;
 pub use forms::{Form, parse_form};
 pub use json::{MAX_JSON_DEPTH, parse_json};
 pub use line::{Precision, parse_line_protocol};
+pub use object::{DEFAULT_STATES, NO_VALUE, ObjectOptions, Skip, Skipped, TimeFormat};
 pub use timestamp::parse_timestamp_text;
 
 /// One valid sensor reading, ready to be stored.
@@ -232,6 +234,8 @@ pub struct ParseContext<'a> {
     earliest: DateTime<Utc>,
     /// Where the sensor ids of the readings parsed with this context are kept once each.
     ids: Option<&'a SensorIds>,
+    /// Where values that are not readings (states meaning "no value", text) are counted.
+    skipped: Option<&'a Skipped>,
 }
 
 /// Why a stream entry cannot give a reading without a timestamp a time of its own.
@@ -298,6 +302,7 @@ impl<'a> ParseContext<'a> {
                 .checked_sub_signed(age)
                 .unwrap_or(DateTime::<Utc>::MIN_UTC),
             ids: None,
+            skipped: None,
         }
     }
 
@@ -312,6 +317,14 @@ impl<'a> ParseContext<'a> {
             Ok(ms) if seq < 1000 && ms < i64::MAX / 1000 => Ok(ms * 1000 + seq as i64),
             _ => Err(NoUniqueTime { ms, seq }),
         };
+    }
+
+    /// The same context, counting the values it skips in `skipped`.
+    pub fn with_skipped(self, skipped: &'a Skipped) -> Self {
+        Self {
+            skipped: Some(skipped),
+            ..self
+        }
     }
 
     /// The same context, keeping the sensor ids it meets in `ids`.

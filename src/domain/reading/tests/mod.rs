@@ -444,7 +444,9 @@ fn sensor_id_length_limit() {
     assert!(one(ok.as_bytes()).is_ok());
 }
 
+mod forms;
 mod fuzz;
+mod object;
 
 #[test]
 fn an_entry_naming_its_form_is_read_in_it() {
