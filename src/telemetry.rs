@@ -6,6 +6,7 @@
 //! each stream entry (a few atomic adds).
 
 use crate::domain::Reason;
+use crate::domain::reading::Skip;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
@@ -97,6 +98,11 @@ pub struct Metrics {
     pub redis_memory_used_ratio: Gauge,
     /// Retained MQTT messages sent again for a new subscription and not appended again.
     pub mqtt_retained_skipped: IntCounter,
+    /// Values of MQTT payloads that are not readings (a state meaning "no value", text, an
+    /// array), by reason.
+    pub mqtt_values_skipped: IntCounterVec,
+    /// MQTT messages of topics a rule ignores (a device's control and availability topics).
+    pub mqtt_messages_ignored: IntCounter,
     /// Build information, value 1.
     pub build_info: IntGaugeVec,
 }
@@ -287,6 +293,15 @@ impl Metrics {
                 "sensorhub_mqtt_retained_skipped_total",
                 "Retained MQTT messages the broker sent again for a new subscription, skipped as already appended.",
             ),
+            mqtt_values_skipped: counter_vec(
+                "sensorhub_mqtt_values_skipped_total",
+                "Values of MQTT payloads that are not readings, skipped rather than dead-lettered: no_value (unavailable, unknown, None, null, nan), text, array.",
+                "reason",
+            ),
+            mqtt_messages_ignored: counter(
+                "sensorhub_mqtt_messages_ignored_total",
+                "MQTT messages of topics an ignore rule matches, not appended.",
+            ),
             build_info: {
                 let metric = IntGaugeVec::new(
                     Opts::new("sensorhub_build_info", "Build information; the value is 1."),
@@ -324,6 +339,11 @@ impl Metrics {
             metrics.messages_received.with_label_values(&[source]);
         }
         metrics.messages_dropped.with_label_values(&["pubsub"]);
+        for skip in Skip::ALL {
+            metrics
+                .mqtt_values_skipped
+                .with_label_values(&[skip.as_str()]);
+        }
         metrics
     }
 

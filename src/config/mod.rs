@@ -8,10 +8,12 @@
 use crate::domain::{Limits, Resolution};
 mod env;
 mod mqtt;
+mod rules;
 mod variables;
 
 use env::{Env, TlsVariables, in_days, shard_list, tls_files, token};
-pub use mqtt::{MqttSettings, MqttTls, TopicRule};
+pub use mqtt::{MqttSettings, MqttTls};
+pub use rules::{Action, IdTemplate, Preset, TopicRule, merged, parse_rules_file};
 pub use variables::{SECRET_VARIABLES, VARIABLES, Variable, markdown_table};
 
 use chrono_tz::Tz;

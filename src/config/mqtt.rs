@@ -2,8 +2,8 @@
 //! rules that say how each topic's payloads are read.
 
 use super::TlsFiles;
+use super::rules::{TopicRule, parse_rules, parse_rules_file};
 use super::{ConfigError, Env, Secret, mask_password};
-use crate::domain::reading::Form;
 use std::time::Duration;
 
 /// Where the MQTT source connects and what it subscribes to.
@@ -32,13 +32,6 @@ pub struct MqttTls {
     pub files: TlsFiles,
     /// False with `?insecure`: encrypted, the server's certificate not checked.
     pub verify_server: bool,
-}
-
-/// A topic filter and the form its messages' payloads are read in.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TopicRule {
-    pub filter: String,
-    pub form: Form,
 }
 
 impl MqttSettings {
@@ -111,7 +104,7 @@ impl MqttSettings {
                 });
             }
         };
-        let rules = parse_rules(&env.text("SENSORHUB_MQTT_TOPICS"))?;
+        let rules = rules(env)?;
         Ok(Some(Self {
             host: host.to_owned(),
             port,
@@ -125,38 +118,31 @@ impl MqttSettings {
     }
 }
 
-/// `filter=form; filter=form; ...`.
-fn parse_rules(text: &str) -> Result<Vec<TopicRule>, ConfigError> {
+/// The rules of `SENSORHUB_MQTT_TOPICS_FILE` when it is set (then `SENSORHUB_MQTT_TOPICS` must
+/// not be), else of `SENSORHUB_MQTT_TOPICS`.
+fn rules(env: &Env) -> Result<Vec<TopicRule>, ConfigError> {
+    const FILE: &str = "SENSORHUB_MQTT_TOPICS_FILE";
+    const TOPICS: &str = "SENSORHUB_MQTT_TOPICS";
+    let file = (env.lookup)(FILE).filter(|path| !path.trim().is_empty());
+    let Some(path) = file else {
+        let text = env.text(TOPICS);
+        return parse_rules(&text).map_err(|expected| ConfigError {
+            var: TOPICS,
+            value: text,
+            expected,
+        });
+    };
     let bad = |expected: String| ConfigError {
-        var: "SENSORHUB_MQTT_TOPICS",
-        value: text.to_owned(),
+        var: FILE,
+        value: path.clone(),
         expected,
     };
-    let mut rules = Vec::new();
-    for rule in text.split(';').map(str::trim).filter(|r| !r.is_empty()) {
-        let (filter, form) = rule
-            .rsplit_once('=')
-            .ok_or_else(|| bad(format!("rules of the form filter=form, not {rule:?}")))?;
-        let filter = filter.trim();
-        let valid_filter = !filter.is_empty()
-            && filter.split('/').enumerate().all(|(i, level)| {
-                let last = i == filter.split('/').count() - 1;
-                (level != "#" || last)
-                    && (level == "#" || level == "+" || !level.contains(['#', '+']))
-            });
-        if !valid_filter {
-            return Err(bad(format!(
-                "an MQTT topic filter ('+' for one level, '#' only last), not {filter:?}"
-            )));
-        }
-        let form = form.trim().parse::<Form>().map_err(bad)?;
-        rules.push(TopicRule {
-            filter: filter.to_owned(),
-            form,
-        });
+    if (env.lookup)(TOPICS).is_some() {
+        return Err(bad(format!(
+            "{TOPICS} unset: the rules are in the file or in {TOPICS}, not both"
+        )));
     }
-    if rules.is_empty() {
-        return Err(bad("at least one rule filter=form".into()));
-    }
-    Ok(rules)
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| bad(format!("a readable TOML file of topic rules ({e})")))?;
+    parse_rules_file(&text).map_err(bad)
 }

@@ -226,13 +226,7 @@ fn mqtt_is_off_unless_a_url_is_set_and_reads_its_rules() {
         mqtt.client_id, None,
         "made once per deployment, kept in Redis"
     );
-    assert_eq!(
-        mqtt.rules,
-        vec![TopicRule {
-            filter: "sensors/#".into(),
-            form: Form::Json
-        }]
-    );
+    assert_eq!(mqtt.rules, vec![TopicRule::read("sensors/#", Form::Json)]);
     let c = config(&[
         ("SENSORHUB_MQTT_URL", "mqtt://user:s3cret@broker:1884"),
         (
@@ -346,4 +340,144 @@ fn an_empty_token_is_refused_rather_than_leaving_its_routes_open() {
     let c = config(&[("SENSORHUB_API_TOKEN", "read")]).unwrap();
     assert_eq!(c.ingest_token.unwrap().expose(), "read");
     assert!(c.admin_token.is_none());
+}
+
+/// A rules file as docs/mqtt.md shows it.
+const RULES_FILE: &str = r#"
+[[rule]]
+filter = "zigbee2mqtt/#"
+preset = "zigbee2mqtt"
+
+[[rule]]
+filter = "tele/#"
+preset = "tasmota"
+zone = "Europe/Berlin"
+
+[[rule]]
+filter = "home/+/+/climate"
+form = "object"
+id = "{2}.{3}"
+time = "ts"
+time_format = "epoch_ms"
+include = ["temp", "hum"]
+states = { heating = 1, idle = 0 }
+
+[[rule]]
+filter = "home/+/+/set"
+ignore = true
+"#;
+
+fn rules_file(text: &str) -> Result<Config, ConfigError> {
+    let path = std::env::temp_dir().join(format!(
+        "sensorhub-rules-{}-{}.toml",
+        std::process::id(),
+        text.len()
+    ));
+    std::fs::write(&path, text).unwrap();
+    let result = config(&[
+        ("SENSORHUB_MQTT_URL", "mqtt://b"),
+        ("SENSORHUB_MQTT_TOPICS_FILE", path.to_str().unwrap()),
+    ]);
+    std::fs::remove_file(&path).unwrap();
+    result
+}
+
+#[test]
+fn a_rules_file_gives_forms_presets_templates_and_ignores() {
+    let rules = rules_file(RULES_FILE).unwrap().mqtt.unwrap().rules;
+    let shown: Vec<String> = rules.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        shown,
+        [
+            "zigbee2mqtt/#=zigbee2mqtt",
+            "tele/#=tasmota",
+            r#"home/+/+/climate=object:{"time":"ts","time_format":"epoch_ms","include":["temp","hum"],"states":{"heating":1.0,"idle":0.0}}"#,
+            "home/+/+/set=ignore",
+        ]
+    );
+    let Action::Read { id: Some(id), .. } = &rules[2].action else {
+        panic!("an id template");
+    };
+    assert_eq!(
+        id.expand("home/+/+/climate", "home/f1/kitchen/climate"),
+        "f1.kitchen"
+    );
+    assert!(!rules[3].subscribes(), "an ignore rule only shadows");
+}
+
+#[test]
+fn a_bad_rule_stops_start_up_naming_the_rule_and_the_problem() {
+    for (text, expected) in [
+        (
+            "[[rule]]\nfilter = \"a/#/b\"\nform = \"json\"\n",
+            "rule 1 (filter \"a/#/b\")",
+        ),
+        (
+            "[[rule]]\nfilter = \"a\"\n\n[[rule]]\nfilter = \"b/#\"\npreset = \"sonoff\"\n",
+            "rule 2",
+        ),
+        (
+            "[[rule]]\nfilter = \"b/+\"\npreset = \"tasmota\"\n",
+            "ending in '#'",
+        ),
+        (
+            "[[rule]]\nfilter = \"b\"\nform = \"fields\"\ntime = \"t\"\n",
+            "takes no options",
+        ),
+        (
+            "[[rule]]\nfilter = \"b\"\nform = \"object\"\nzone = \"Mars/Base\"\n",
+            "Mars/Base",
+        ),
+        (
+            "[[rule]]\nfilter = \"b/+\"\nform = \"number\"\nid = \"{+2}\"\n",
+            "{+2}",
+        ),
+        (
+            "[[rule]]\nfilter = \"b\"\nignore = true\nform = \"json\"\n",
+            "ignore rule",
+        ),
+        (
+            "[[rule]]\nfilter = \"b\"\nfrom = \"json\"\n",
+            "unknown field",
+        ),
+        ("", "no [[rule]]"),
+    ] {
+        let error = rules_file(text).unwrap_err();
+        assert_eq!(error.var, "SENSORHUB_MQTT_TOPICS_FILE", "{error}");
+        assert!(
+            error.to_string().contains(expected),
+            "{expected:?} in {error}"
+        );
+    }
+    let both = config(&[
+        ("SENSORHUB_MQTT_URL", "mqtt://b"),
+        ("SENSORHUB_MQTT_TOPICS", "a=json"),
+        ("SENSORHUB_MQTT_TOPICS_FILE", "/rules.toml"),
+    ])
+    .unwrap_err();
+    assert!(both.to_string().contains("not both"), "{both}");
+}
+
+#[test]
+fn topic_rules_in_the_variable_name_ignores_and_presets() {
+    let rules = config(&[
+        ("SENSORHUB_MQTT_URL", "mqtt://b"),
+        (
+            "SENSORHUB_MQTT_TOPICS",
+            "z/bridge/#=ignore; z/#=zigbee2mqtt; s/+=state",
+        ),
+    ])
+    .unwrap()
+    .mqtt
+    .unwrap()
+    .rules;
+    assert_eq!(rules[0].action, Action::Ignore);
+    assert!(matches!(
+        rules[1].action,
+        Action::Preset {
+            preset: Preset::Zigbee2Mqtt,
+            ..
+        }
+    ));
+    assert_eq!(rules[2].to_string(), "s/+=state");
 }

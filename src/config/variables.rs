@@ -85,7 +85,12 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "SENSORHUB_MQTT_TOPICS",
         default: "sensors/#=json",
-        meaning: "topic rules `filter=form`, `;`-separated (see MQTT)",
+        meaning: "topic rules `filter=form`, `filter=ignore` or `filter=<preset>`, `;`-separated (see MQTT)",
+    },
+    Variable {
+        name: "SENSORHUB_MQTT_TOPICS_FILE",
+        default: "(none)",
+        meaning: "topic rules in a TOML file (filter, form or preset, id template, time field and zone, include/exclude, states), instead of `SENSORHUB_MQTT_TOPICS` (docs/mqtt.md)",
     },
     Variable {
         name: "SENSORHUB_MQTT_CLIENT_ID",

@@ -4,12 +4,13 @@
 
 use crate::actor::{count_restart, guarded, off_thread};
 use crate::domain::Limits;
+use crate::domain::reading::{Skip, Skipped};
 use crate::domain::shard::StreamShard;
 use crate::pipeline::faults::Faults;
 use crate::pipeline::messages::{RawBatch, Readings};
 use crate::redis::connection::Connection;
 use crate::stream::dead_letter::DeadLetters;
-use crate::stream::parse::parse_batch;
+use crate::stream::parse::parse_batch_counting;
 use crate::telemetry::Metrics;
 use actix::prelude::*;
 use std::sync::Arc;
@@ -76,11 +77,20 @@ impl Handler<RawBatch> for Validator {
         let work = async move {
             let RawBatch { entries, ticket } = batch;
             // The entries' ids are taken there too, so their bytes are freed off the actor thread.
-            let (entries, (readings, origins, letters)) = off_thread(move || {
-                let parsed = parse_batch(&entries, &limits, reads);
-                (entries.iter().map(|e| e.id).collect::<Vec<_>>(), parsed)
+            let (entries, (readings, origins, letters), skipped) = off_thread(move || {
+                let skipped = Skipped::default();
+                let parsed = parse_batch_counting(&entries, &limits, reads, &skipped);
+                let skipped: Vec<(Skip, u64)> = skipped.counts().filter(|(_, n)| *n > 0).collect();
+                let ids = entries.iter().map(|e| e.id).collect::<Vec<_>>();
+                (ids, parsed, skipped)
             })
             .await;
+            for (skip, count) in skipped {
+                metrics
+                    .mqtt_values_skipped
+                    .with_label_values(&[skip.as_str()])
+                    .inc_by(count);
+            }
             ticket.record_shape(entries.len(), readings.len() + letters.len());
             faults.check("validate", readings.iter());
             if !letters.is_empty() {

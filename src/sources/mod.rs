@@ -67,6 +67,7 @@ pub fn start(config: &Config, parts: SourceParts, thread: &ArbiterHandle) {
             lease_ttl: config.bridge_lease,
             liveness: Liveness::new(config.network_timeout),
             tls: mqtt_tls,
+            routes: mqtt::Routes::new(&mqtt.rules),
         };
         let (conn, metrics, stop) = (conn.clone(), Arc::clone(&metrics), stop.clone());
         Supervisor::start_in_arbiter(thread, move |_| {

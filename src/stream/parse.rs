@@ -3,7 +3,7 @@
 //! kept to its shard's sensors. The validator ([`crate::pipeline::validate`]) runs it on each batch;
 //! a dead-letter replay's dry run ([`crate::stream::dead_letter::operate`]) on the letters.
 
-use crate::domain::reading::SensorIds;
+use crate::domain::reading::{SensorIds, Skipped};
 use crate::domain::shard::{OWNER, SPLIT, StreamShard, shard_of};
 use crate::domain::{Limits, ParseContext, Reading, Reason, Rejection, reading};
 use crate::redis::entry::{EntryId, StreamEntry};
@@ -22,8 +22,20 @@ pub fn parse_batch(
     limits: &Limits,
     reads: StreamShard,
 ) -> (Vec<Reading>, Vec<EntryId>, Vec<DeadLetter>) {
+    parse_batch_counting(entries, limits, reads, &Skipped::default())
+}
+
+/// [`parse_batch`], counting the values that are not readings in `skipped`.
+pub fn parse_batch_counting(
+    entries: &[StreamEntry],
+    limits: &Limits,
+    reads: StreamShard,
+    skipped: &Skipped,
+) -> (Vec<Reading>, Vec<EntryId>, Vec<DeadLetter>) {
     let ids = SensorIds::default();
-    let mut ctx = ParseContext::new(limits, Utc::now(), Utc::now()).with_ids(&ids);
+    let mut ctx = ParseContext::new(limits, Utc::now(), Utc::now())
+        .with_ids(&ids)
+        .with_skipped(skipped);
     let mut readings = Vec::with_capacity(entries.len());
     let mut origins = Vec::with_capacity(entries.len());
     let mut letters = Vec::new();

@@ -23,10 +23,7 @@ pub fn mqtt_settings(rules: &[(String, &str)]) -> MqttSettings {
         qos: 1,
         rules: rules
             .iter()
-            .map(|(filter, form)| TopicRule {
-                filter: filter.clone(),
-                form: form.parse().unwrap(),
-            })
+            .map(|(filter, form)| TopicRule::read(filter, form.parse().unwrap()))
             .collect(),
         ready_grace: Duration::from_secs(30),
     }

@@ -502,7 +502,8 @@ fn time(
 }
 
 /// Reads a bare state (`21.50`, `ON`, `unavailable`) as the reading `prefix`: a number or a state
-/// word is a reading; "no value" and other text are skipped and counted.
+/// word is a reading; "no value" and other text are skipped and counted. An object (a light's
+/// state) is read as the object form reads it.
 pub(super) fn parse_state(
     options: &ObjectOptions,
     prefix: &str,
@@ -514,6 +515,10 @@ pub(super) fn parse_state(
             Reason::BadSensorId,
             "the topic gives no sensor id for a bare state",
         ))];
+    }
+    // ESPHome publishes lights' and fans' states as objects.
+    if text.trim_start().starts_with('{') {
+        return parse_object(options, prefix, text, ctx);
     }
     let unquoted = match text.trim() {
         quoted if quoted.starts_with('"') => match json_string(quoted) {

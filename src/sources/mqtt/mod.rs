@@ -33,6 +33,7 @@
 //! Here the source loop and the appends; [`session`] brings the session's subscriptions to the
 //! configured ones; [`topics`] reads a topic by its rule.
 
+mod presets;
 mod session;
 mod topics;
 
@@ -68,7 +69,7 @@ use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-pub use topics::{matches, rule_for, topic_prefix};
+pub use topics::{Route, Routes, matches, topic_prefix};
 
 /// Requests (acknowledgements, subscriptions) queued for the MQTT connection at once.
 const REQUESTS: usize = 256;
@@ -107,6 +108,8 @@ pub struct MqttSourceSettings {
     pub liveness: crate::liveness::Liveness,
     /// The client configuration of an `mqtts://` broker, built from `mqtt.tls` at start.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// `mqtt.rules`, ready to route topics.
+    pub routes: Routes,
 }
 
 pub struct MqttSource {
@@ -252,6 +255,7 @@ impl SourceLoop {
         let wanted: BTreeSet<String> = mqtt
             .rules
             .iter()
+            .filter(|rule| rule.subscribes())
             .map(|rule| format!("{} {}", mqtt.qos, rule.filter))
             .collect();
         let (client, mut events) = AsyncClient::new(options, REQUESTS);
@@ -416,22 +420,22 @@ async fn append_all(on: &AppendJob, publishes: &[Publish]) -> Result<bool, Strin
     if skipped > 0 {
         on.metrics.mqtt_retained_skipped.inc_by(skipped as u64);
     }
-    let described: Vec<(String, String)> = fresh
+    // Ignored topics (a device's availability and command topics) are acknowledged with the
+    // others, not appended.
+    let routed: Vec<(&Publish, &str, String)> = fresh
         .iter()
-        .map(
-            |publish| match rule_for(&on.settings.mqtt.rules, &publish.topic) {
-                Some(rule) => (
-                    rule.form.to_string(),
-                    topic_prefix(&rule.filter, &publish.topic),
-                ),
-                None => ("json".to_owned(), String::new()),
-            },
-        )
+        .filter_map(|publish| match on.settings.routes.route(&publish.topic) {
+            Route::Read { form, prefix } => Some((*publish, form, prefix)),
+            Route::Ignore => None,
+        })
         .collect();
-    let entries: Vec<Entry> = fresh
+    let ignored = fresh.len() - routed.len();
+    if ignored > 0 {
+        on.metrics.mqtt_messages_ignored.inc_by(ignored as u64);
+    }
+    let entries: Vec<Entry> = routed
         .iter()
-        .zip(&described)
-        .map(|(publish, (form, prefix))| {
+        .map(|(publish, form, prefix)| {
             vec![
                 (fields::DATA, payload(publish)),
                 (fields::TOPIC, publish.topic.as_bytes()),
