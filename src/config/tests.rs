@@ -481,3 +481,12 @@ fn topic_rules_in_the_variable_name_ignores_and_presets() {
     ));
     assert_eq!(rules[2].to_string(), "s/+=state");
 }
+
+#[test]
+fn the_rules_file_in_the_docs_is_read() {
+    let docs = include_str!("../../docs/mqtt.md");
+    let start = docs.find("```toml\n").expect("an example") + "```toml\n".len();
+    let example = &docs[start..start + docs[start..].find("```").unwrap()];
+    let rules = parse_rules_file(example).unwrap();
+    assert_eq!(rules.len(), 4);
+}

@@ -6,6 +6,7 @@ mod api;
 mod cluster;
 mod dashboard;
 mod dead_letters;
+mod devices;
 mod disk_full;
 mod edges;
 mod failover;
