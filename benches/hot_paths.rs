@@ -1,5 +1,5 @@
 //! Criterion benchmarks of the pure hot paths: parsing and validating messages (JSON, stream
-//! fields, InfluxDB line protocol), folding readings
+//! fields, InfluxDB line protocol, the MQTT payload forms and firmware presets), folding readings
 //! into windows, and the window stage's batch building (in-batch dedup, fold, split into write
 //! shards in key order), and the reader's finding and parsing of an `XREADGROUP` reply.
 //!
@@ -7,7 +7,9 @@
 
 use chrono::{DateTime, Duration, Utc};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use sensorhub::domain::reading::{Precision, parse_entry_fields, parse_json, parse_line_protocol};
+use sensorhub::domain::reading::{
+    Form, Precision, parse_entry_fields, parse_form, parse_json, parse_line_protocol,
+};
 use sensorhub::domain::{Limits, ParseContext, Reading, Resolution, Windows};
 use sensorhub::pipeline::aggregate::prepare;
 use sensorhub::redis::entry::EntryId;
@@ -87,6 +89,59 @@ fn parse(c: &mut Criterion) {
     group.finish();
 }
 
+/// The MQTT payload forms, each on a payload its firmware documents: rates per message, with the
+/// readings each gives as the throughput.
+fn forms(c: &mut Criterion) {
+    let limits = Limits::default();
+    let now = Utc::now();
+    let local = now.format("%Y-%m-%dT%H:%M:%S");
+    let cases: Vec<(&str, &str, String, u64)> = vec![
+        ("fields", "sensor_1", r#"{"meas1": 0.84, "meas2": 0.5, "timestamp": "2024-12-01T12:00:00Z"}"#.to_owned(), 2),
+        ("number", "hv.cmd.setv.3", "100".to_owned(), 1),
+        ("state", "livingroom.binary_sensor.motion", "ON".to_owned(), 1),
+        (
+            "tasmota",
+            "plug1",
+            format!(r#"{{"Time":"{local}","ENERGY":{{"Total":79.788,"Yesterday":0.312,"Today":0.101,"Power":1,"Voltage":230,"Current":"0.012"}},"AM2301":{{"Temperature":21.5,"Humidity":40.1}},"TempUnit":"C"}}"#),
+            8,
+        ),
+        (
+            "shelly:rpc",
+            "shellyplus1pm-a8",
+            format!(r#"{{"src":"shellyplus1pm-a8","method":"NotifyStatus","params":{{"ts":{}.12,"switch:0":{{"id":0,"apower":12.5,"voltage":229.8,"aenergy":{{"by_minute":[3.2,0,0],"minute_ts":1733054400,"total":1205.1}},"temperature":{{"tC":41.2}}}}}}}}"#, now.timestamp()),
+            4,
+        ),
+        (
+            "zigbee2mqtt",
+            "kitchen/fridge",
+            r#"{"temperature":21.3,"humidity":44.7,"battery":90,"linkquality":120,"occupancy":true,"state":"ON"}"#.to_owned(),
+            6,
+        ),
+    ];
+    let mut group = c.benchmark_group("forms");
+    for (form, prefix, payload, readings) in &cases {
+        let parsed: Form = form.parse().unwrap();
+        let outcomes = parse_form(&parsed, prefix, payload.as_bytes(), &context(&limits));
+        assert_eq!(
+            outcomes.iter().filter(|o| o.is_ok()).count() as u64,
+            *readings,
+            "{form}: {outcomes:?}"
+        );
+        group.throughput(Throughput::Elements(*readings));
+        group.bench_function(*form, |b| {
+            b.iter(|| {
+                parse_form(
+                    &parsed,
+                    prefix,
+                    black_box(payload.as_bytes()),
+                    &context(&limits),
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
 fn windows(c: &mut Criterion) {
     let resolutions: Vec<Resolution> = vec!["1m".parse().unwrap(), "1h".parse().unwrap()];
     let batch = readings(10_000, 1000);
@@ -150,5 +205,5 @@ fn reply(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parse, windows, reply);
+criterion_group!(benches, parse, forms, windows, reply);
 criterion_main!(benches);

@@ -21,6 +21,7 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use smallvec::smallvec;
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::collections::BTreeMap;
 
@@ -196,6 +197,9 @@ impl ObjectOptions {
 
     /// Whether the leaf at `path` is read.
     fn reads(&self, path: &str) -> bool {
+        if self.include.is_empty() && self.exclude.is_empty() {
+            return true;
+        }
         let levels: Vec<&str> = path.split('.').collect();
         (self.include.is_empty() || self.include.iter().any(|p| covers(p, &levels)))
             && !self.exclude.iter().any(|p| covers(p, &levels))
@@ -218,17 +222,35 @@ fn covers(pattern: &str, path: &[&str]) -> bool {
     from(&pattern, path)
 }
 
-/// An object's members, raw, by key.
-type Members<'a> = BTreeMap<String, &'a RawValue>;
-
-fn members(raw: &RawValue) -> Option<Members<'_>> {
-    serde_json::from_str(raw.get()).ok()
+/// An object's members, raw, by key: borrowed from the payload, unless a key has escapes.
+fn members(raw: &RawValue) -> Option<Vec<(Cow<'_, str>, &RawValue)>> {
+    let text = raw.get();
+    match serde_json::from_str::<BTreeMap<&str, &RawValue>>(text) {
+        Ok(members) => Some(
+            members
+                .into_iter()
+                .map(|(k, v)| (Cow::Borrowed(k), v))
+                .collect(),
+        ),
+        Err(_) => serde_json::from_str::<BTreeMap<String, &RawValue>>(text)
+            .ok()
+            .map(|members| {
+                members
+                    .into_iter()
+                    .map(|(k, v)| (Cow::Owned(k), v))
+                    .collect()
+            }),
+    }
 }
 
 /// The value at a key path, under `object`.
 fn at<'a>(object: &'a RawValue, path: &str) -> Option<&'a RawValue> {
-    path.split('.')
-        .try_fold(object, |raw, key| members(raw)?.get(key).copied())
+    path.split('.').try_fold(object, |raw, key| {
+        members(raw)?
+            .into_iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
+    })
 }
 
 /// `<prefix>.<path>`, or `path` alone without a prefix.
