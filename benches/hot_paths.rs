@@ -139,6 +139,20 @@ fn forms(c: &mut Criterion) {
             })
         });
     }
+    // A stream entry as the MQTT source appends it: the form (with a rule's options) is read
+    // from the entry each time.
+    let entry: Vec<(&[u8], Vec<u8>)> = vec![
+        (b"data", cases[3].2.clone().into_bytes()),
+        (
+            b"form",
+            br#"object:{"time":"Time","zone":"Europe/Berlin"}"#.to_vec(),
+        ),
+        (b"prefix", b"plug1".to_vec()),
+    ];
+    group.throughput(Throughput::Elements(8));
+    group.bench_function("tasmota_entry_with_zone", |b| {
+        b.iter(|| parse_entry_fields(black_box(&entry), &context(&limits)))
+    });
     group.finish();
 }
 
