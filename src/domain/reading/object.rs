@@ -303,7 +303,7 @@ pub(super) fn parse_object(
         leaves: 0,
     };
     read.object(root, &mut String::new(), 0);
-    if read.leaves == 0 {
+    if read.leaves == 0 && read.outcomes.is_empty() {
         read.outcomes.push(Err(Rejection::new(
             Reason::MissingField,
             format!("payload has no value to read: {}", excerpt(text)),

@@ -339,3 +339,35 @@ fn what_is_not_an_object_or_has_nothing_to_read_is_refused() {
         vec![Err(Reason::BadSensorId)]
     );
 }
+
+#[test]
+fn hostile_objects_are_refused_or_read_never_a_panic() {
+    // Escaped keys are read (keys are borrowed only when they have no escapes); a key that makes
+    // an id with a quote is refused as any such id is.
+    assert_eq!(
+        values(&read("object", "p", r#"{"a\"b":1,"\u0063":2}"#)),
+        vec![Err(Reason::BadSensorId), Ok(("p.c".to_owned(), 2.0))]
+    );
+    // Nesting beyond what the JSON reader takes is refused once.
+    let deep = format!("{}1{}", r#"{"a":"#.repeat(200), "}".repeat(200));
+    assert_eq!(
+        values(&read("object", "p", &deep)),
+        vec![Err(Reason::MalformedJson)]
+    );
+    // A time field that is an object, and numbers beyond a double.
+    assert_eq!(
+        values(&read(
+            r#"object:{"time":"t"}"#,
+            "p",
+            r#"{"t":{"x":1},"v":1}"#
+        )),
+        vec![Err(Reason::WrongType)]
+    );
+    assert_eq!(
+        values(&read("object", "p", r#"{"v":1e400,"w":"1e400"}"#)),
+        vec![Err(Reason::NotFinite)],
+        "the string is text, skipped"
+    );
+    // A rule's state value cannot be infinite.
+    assert!(r#"state:{"states":{"on":1e400}}"#.parse::<Form>().is_err());
+}
