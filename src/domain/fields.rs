@@ -15,3 +15,8 @@ pub const TOPIC: &str = "topic";
 pub const RECEIVED: &str = "received";
 /// Of a replayed entry: the one element of its payload it replays.
 pub const ONLY: &str = "only";
+/// A Sparkplug B entry's alias names, `alias=name` lines (the node's BIRTH gave them).
+pub const NAMES: &str = "names";
+/// Why the source could not read a Sparkplug B message (an alias no BIRTH gave, a `seq` gap): the
+/// entry is refused with it, and kept as a dead letter to replay.
+pub const UNREAD: &str = "unread";

@@ -8,6 +8,9 @@
 //!   message again.
 //! - `<stream>:mqtt-retained`: per topic, the SHA-1 of the last retained message appended, so
 //!   that a retained message sent again for a new subscription is not a new reading.
+//! - `<stream>:sparkplug-names`: per Sparkplug B edge node (`<group>/<node>`), the alias names of
+//!   its last BIRTH, so that a dead letter of a message that came before it can be replayed
+//!   ([`crate::stream::dead_letter::replay`]).
 
 use redis::RedisResult;
 use redis::aio::ConnectionLike;
@@ -18,6 +21,7 @@ use std::collections::BTreeSet;
 pub struct SessionKeys {
     pub subscriptions: String,
     pub retained: String,
+    pub sparkplug_names: String,
 }
 
 impl SessionKeys {
@@ -26,6 +30,7 @@ impl SessionKeys {
         Self {
             subscriptions: format!("{stream}:mqtt-subscriptions"),
             retained: format!("{stream}:mqtt-retained"),
+            sparkplug_names: format!("{stream}:sparkplug-names"),
         }
     }
 
@@ -112,5 +117,32 @@ impl SessionKeys {
             cmd.arg(*topic).arg(*payload);
         }
         cmd.query_async(conn).await
+    }
+
+    /// Records the alias names (`alias=name` lines) of edge nodes' BIRTHs, by `<group>/<node>`.
+    pub async fn record_sparkplug_names(
+        &self,
+        conn: &mut impl ConnectionLike,
+        nodes: &[(&str, &str)],
+    ) -> RedisResult<()> {
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(&self.sparkplug_names);
+        for (node, names) in nodes {
+            cmd.arg(*node).arg(*names);
+        }
+        cmd.query_async(conn).await
+    }
+
+    /// The alias names of `<group>/<node>`'s last BIRTH, if one was recorded.
+    pub async fn sparkplug_names(
+        &self,
+        conn: &mut impl ConnectionLike,
+        node: &str,
+    ) -> RedisResult<Option<String>> {
+        redis::cmd("HGET")
+            .arg(&self.sparkplug_names)
+            .arg(node)
+            .query_async(conn)
+            .await
     }
 }

@@ -7,13 +7,14 @@ use redis::aio::ConnectionLike;
 use redis::{ErrorKind, RedisError, RedisResult};
 
 /// Keys beside the stream with a fixed name.
-const FIXED: [&str; 6] = [
+const FIXED: [&str; 7] = [
     "dead",
     "dead:bytes",
     "bridge-lease",
     "mqtt-lease",
     "mqtt-subscriptions",
     "mqtt-retained",
+    "sparkplug-names",
 ];
 /// Keys beside the stream with a name of their own after the prefix (a group, a key).
 const FAMILIES: [&str; 4] = ["committed", "committed-through", "in-flight", "idempotency"];

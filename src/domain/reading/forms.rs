@@ -49,6 +49,8 @@ pub enum Form {
     Object(Arc<ObjectOptions>),
     /// A bare value or state word (`21.50`, `ON`).
     State(Arc<ObjectOptions>),
+    /// Sparkplug B protobuf, read with its entry's topic and alias names ([`super::sparkplug`]).
+    Sparkplug,
 }
 
 /// `<form>` alone with default options, else `<form>:<options as JSON>`.
@@ -87,6 +89,7 @@ impl FromStr for Form {
             "line" => Form::Line(Precision::Nanoseconds),
             "object" => Form::Object(Arc::default()),
             "state" => Form::State(Arc::default()),
+            "sparkplug" => Form::Sparkplug,
             _ if text.starts_with("line:") => Form::Line(text["line:".len()..].parse()?),
             _ if text.starts_with("object:") => Form::Object(options("object", &text[7..])?),
             _ if text.starts_with("state:") => Form::State(options("state", &text[6..])?),
@@ -98,8 +101,8 @@ impl FromStr for Form {
                 _ => {
                     return Err(format!(
                         "{text:?} is not a payload form: json, fields, channels:<key>, named, \
-                         number, nodelog, line[:ns|us|ms|s], object, state, tasmota, shelly, \
-                         shelly:rpc or zigbee2mqtt"
+                         number, nodelog, line[:ns|us|ms|s], object, state, sparkplug, \
+                         tasmota, shelly, shelly:rpc or zigbee2mqtt"
                     ));
                 }
             },
@@ -119,6 +122,7 @@ impl fmt::Display for Form {
             Form::Line(precision) => write!(f, "line:{precision}"),
             Form::Object(options) => with_options(f, "object", options),
             Form::State(options) => with_options(f, "state", options),
+            Form::Sparkplug => f.write_str("sparkplug"),
         }
     }
 }
@@ -130,6 +134,13 @@ pub fn parse_form(form: &Form, prefix: &str, payload: &[u8], ctx: &ParseContext)
     }
     if *form == Form::Json {
         return parse_json(payload, ctx);
+    }
+    if *form == Form::Sparkplug {
+        // Binary, and read with its entry's topic and names: `parse_entry_fields` reads it.
+        return smallvec![Err(Rejection::new(
+            Reason::WrongShape,
+            "a Sparkplug B payload is read from its stream entry, with its topic",
+        ))];
     }
     let text = match std::str::from_utf8(payload) {
         Ok(text) => text,
@@ -153,6 +164,7 @@ pub fn parse_form(form: &Form, prefix: &str, payload: &[u8], ctx: &ParseContext)
         Form::Line(precision) => parse_line_protocol(text, *precision, ctx),
         Form::Object(options) => parse_object(options, prefix, text, ctx),
         Form::State(options) => parse_state(options, prefix, text, ctx),
+        Form::Sparkplug => unreachable!("read above"),
     }
 }
 

@@ -25,6 +25,7 @@ mod forms;
 mod json;
 mod line;
 mod object;
+pub mod sparkplug;
 mod text;
 mod timestamp;
 mod value;
@@ -377,6 +378,19 @@ pub fn parse_entry_fields<N: AsRef<[u8]>, V: AsRef<[u8]>>(
     if let Some(data) = field(fields::DATA.as_bytes()) {
         // A message from a source that names its payload's form (MQTT): read in that form.
         if let Some(form) = field(fields::FORM.as_bytes()) {
+            if form == b"sparkplug" {
+                let text = |name: &str| {
+                    field(name.as_bytes()).and_then(|value| std::str::from_utf8(value).ok())
+                };
+                return sparkplug::parse_sparkplug(
+                    text(fields::TOPIC).unwrap_or_default(),
+                    text(fields::PREFIX).unwrap_or_default(),
+                    text(fields::NAMES).unwrap_or_default(),
+                    text(fields::UNREAD),
+                    data,
+                    ctx,
+                );
+            }
             let form = match std::str::from_utf8(form).map_err(|e| e.to_string()) {
                 Ok(text) => text.parse::<Form>(),
                 Err(error) => Err(error),

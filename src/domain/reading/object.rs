@@ -34,10 +34,12 @@ pub enum Skip {
     Text,
     /// An array, not asked for.
     Array,
+    /// A kind of value sensorhub does not read (Sparkplug B datasets, templates, bytes, files).
+    Unsupported,
 }
 
 impl Skip {
-    pub const ALL: [Skip; 3] = [Skip::NoValue, Skip::Text, Skip::Array];
+    pub const ALL: [Skip; 4] = [Skip::NoValue, Skip::Text, Skip::Array, Skip::Unsupported];
 
     /// The metric label.
     pub fn as_str(self) -> &'static str {
@@ -45,13 +47,14 @@ impl Skip {
             Skip::NoValue => "no_value",
             Skip::Text => "text",
             Skip::Array => "array",
+            Skip::Unsupported => "unsupported",
         }
     }
 }
 
 /// Values skipped while parsing with one [`ParseContext`], by [`Skip`].
 #[derive(Debug, Default)]
-pub struct Skipped([Cell<u64>; 3]);
+pub struct Skipped([Cell<u64>; 4]);
 
 impl Skipped {
     pub(super) fn add(&self, skip: Skip) {

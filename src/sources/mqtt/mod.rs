@@ -35,6 +35,7 @@
 
 mod presets;
 mod session;
+mod sparkplug;
 mod topics;
 
 use crate::actor::{count_restart, guarded};
@@ -61,10 +62,12 @@ pub type MqttHealth = Consuming;
 pub fn mqtt_health(grace: Duration) -> MqttHealth {
     Consuming::new(grace, "not consuming", "starting")
 }
+use crate::domain::reading::sparkplug::Topic;
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesOrdered;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use session::{SessionChange, filter_of};
+use sparkplug::Nodes;
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -156,6 +159,7 @@ impl Actor for MqttSource {
                 self.settings.limits.clone(),
             )),
             session: SessionKeys::beside(self.settings.streams.first()),
+            sparkplug: Nodes::default(),
             settings: Arc::clone(&self.settings),
             conn: self.conn.clone(),
             metrics: Arc::clone(&self.metrics),
@@ -179,6 +183,8 @@ struct SourceLoop {
     appender: Arc<Appender>,
     /// Where the session's client id, subscriptions and retained digests are kept.
     session: SessionKeys,
+    /// The Sparkplug B edge nodes seen: their alias names and next `seq`.
+    sparkplug: Nodes,
     conn: Connection,
     metrics: Arc<Metrics>,
     health: Arc<MqttHealth>,
@@ -203,7 +209,9 @@ impl Leased for SourceLoop {
     }
 
     async fn hold(&mut self) -> Ended {
-        self.subscribed().await
+        let ended = self.subscribed().await;
+        self.sparkplug.session_ended();
+        ended
     }
 
     fn others_hold(&mut self) {
@@ -272,6 +280,8 @@ impl SourceLoop {
         // Messages received and not yet handed to an append: appended together once the
         // connection has no more at once, or the batch is full.
         let mut batch: Vec<Publish> = Vec::new();
+        // Per message of `batch`: what its Sparkplug B entry carries, for that form.
+        let mut extras: Vec<Option<sparkplug::Read>> = Vec::new();
         // Acknowledgements not yet handed to the connection. Handed over without waiting: this
         // task also drives the connection, so waiting for room in its request queue would wait
         // for itself.
@@ -286,7 +296,8 @@ impl SourceLoop {
                 acks.pop_front();
             }
             if batch.len() >= BATCH && appending.len() < APPENDS_IN_FLIGHT {
-                appending.push_back(append(self.job(), std::mem::take(&mut batch)));
+                let extras = std::mem::take(&mut extras);
+                appending.push_back(append(self.job(), std::mem::take(&mut batch), extras));
             }
             tokio::select! {
                 biased;
@@ -332,6 +343,7 @@ impl SourceLoop {
                     }
                     Ok(Event::Incoming(Packet::Publish(publish))) => {
                         self.metrics.mqtt_awaiting_ack.inc();
+                        extras.push(self.sparkplug_read(&client, &publish));
                         batch.push(publish);
                     }
                     Ok(_) => {}
@@ -339,7 +351,8 @@ impl SourceLoop {
                 },
                 // Nothing more from the broker at once: append what has arrived.
                 _ = std::future::ready(()), if !batch.is_empty() && appending.len() < APPENDS_IN_FLIGHT => {
-                    appending.push_back(append(self.job(), std::mem::take(&mut batch)));
+                    let extras = std::mem::take(&mut extras);
+                    appending.push_back(append(self.job(), std::mem::take(&mut batch), extras));
                 }
                 _ = renew.tick() => match self.appender.leases().renew(&mut self.conn).await {
                     Ok(true) => {}
@@ -363,6 +376,35 @@ impl SourceLoop {
         drop(appending);
         let _ = client.try_disconnect();
         ended
+    }
+
+    /// A Sparkplug B message, read in the order it arrived: the names its entry carries, and a
+    /// rebirth request published when it cannot be read. `None` for other messages.
+    fn sparkplug_read(
+        &mut self,
+        client: &AsyncClient,
+        publish: &Publish,
+    ) -> Option<sparkplug::Read> {
+        let Route::Read {
+            form: "sparkplug", ..
+        } = self.settings.routes.route(&publish.topic)
+        else {
+            return None;
+        };
+        let topic = Topic::parse(&publish.topic)?;
+        let (read, rebirth) = self.sparkplug.read(&topic, &publish.payload);
+        if let Some((topic, payload)) = rebirth {
+            tracing::warn!(%topic, why = read.unread.as_deref().unwrap_or_default(), "asking a Sparkplug B node for a rebirth");
+            // Not waited for: the connection's request queue is served by this same task. A
+            // full queue drops the request; the next unreadable message asks again.
+            if client
+                .try_publish(&topic, QoS::AtLeastOnce, false, payload)
+                .is_err()
+            {
+                self.sparkplug.rebirth_not_sent(&topic);
+            }
+        }
+        Some(read)
     }
 
     /// What one append needs, cloned for it.
@@ -390,12 +432,20 @@ struct AppendJob {
 /// fails the message is left unacknowledged and the session dropped, rather than retried
 /// here while the connection to the broker goes unserved: the broker keeps the message in the
 /// session and delivers it again once the source is back, Redis with it.
-async fn append(on: AppendJob, publishes: Vec<Publish>) -> (Vec<Publish>, Result<bool, String>) {
-    let appended = append_all(&on, &publishes).await;
+async fn append(
+    on: AppendJob,
+    publishes: Vec<Publish>,
+    extras: Vec<Option<sparkplug::Read>>,
+) -> (Vec<Publish>, Result<bool, String>) {
+    let appended = append_all(&on, &publishes, &extras).await;
     (publishes, appended)
 }
 
-async fn append_all(on: &AppendJob, publishes: &[Publish]) -> Result<bool, String> {
+async fn append_all(
+    on: &AppendJob,
+    publishes: &[Publish],
+    extras: &[Option<sparkplug::Read>],
+) -> Result<bool, String> {
     let max = on.settings.limits.max_message_bytes;
     let payload = |publish| cut(publish, max);
     // Retained messages sent again for a new subscription are skipped when their topic's last
@@ -412,9 +462,15 @@ async fn append_all(on: &AppendJob, publishes: &[Publish]) -> Result<bool, Strin
         .await
         .map_err(|error| redis_failed(on, &error))?;
     let mut seen = seen.into_iter();
-    let fresh: Vec<&Publish> = publishes
+    let fresh: Vec<(&Publish, Option<&sparkplug::Read>)> = publishes
         .iter()
-        .filter(|publish| !(publish.retain && seen.next().unwrap_or(false)))
+        .zip(
+            extras
+                .iter()
+                .map(Option::as_ref)
+                .chain(std::iter::repeat(None)),
+        )
+        .filter(|(publish, _)| !(publish.retain && seen.next().unwrap_or(false)))
         .collect();
     let skipped = publishes.len() - fresh.len();
     if skipped > 0 {
@@ -422,12 +478,19 @@ async fn append_all(on: &AppendJob, publishes: &[Publish]) -> Result<bool, Strin
     }
     // Ignored topics (a device's availability and command topics) are acknowledged with the
     // others, not appended.
-    let routed: Vec<(&Publish, &str, String)> = fresh
+    let routed: Vec<(&Publish, &str, String, Option<&sparkplug::Read>)> = fresh
         .iter()
-        .filter_map(|publish| match on.settings.routes.route(&publish.topic) {
-            Route::Read { form, prefix } => Some((*publish, form, prefix)),
-            Route::Ignore => None,
-        })
+        .filter_map(
+            |(publish, read)| match on.settings.routes.route(&publish.topic) {
+                // A Sparkplug B node's sensors are named by its group, node and device.
+                Route::Read { form, prefix } if form == "sparkplug" => {
+                    let prefix = Topic::parse(&publish.topic).map_or(prefix, |t| t.prefix());
+                    Some((*publish, form, prefix, *read))
+                }
+                Route::Read { form, prefix } => Some((*publish, form, prefix, *read)),
+                Route::Ignore => None,
+            },
+        )
         .collect();
     let ignored = fresh.len() - routed.len();
     if ignored > 0 {
@@ -435,13 +498,22 @@ async fn append_all(on: &AppendJob, publishes: &[Publish]) -> Result<bool, Strin
     }
     let entries: Vec<Entry> = routed
         .iter()
-        .map(|(publish, form, prefix)| {
-            vec![
+        .map(|(publish, form, prefix, read)| {
+            let mut entry = vec![
                 (fields::DATA, payload(publish)),
                 (fields::TOPIC, publish.topic.as_bytes()),
                 (fields::FORM, form.as_bytes()),
                 (fields::PREFIX, prefix.as_bytes()),
-            ]
+            ];
+            if let Some(read) = read {
+                if !read.names.is_empty() {
+                    entry.push((fields::NAMES, read.names.as_bytes()));
+                }
+                if let Some(why) = &read.unread {
+                    entry.push((fields::UNREAD, why.as_bytes()));
+                }
+            }
+            entry
         })
         .collect();
     if entries.is_empty() {
@@ -465,12 +537,24 @@ async fn append_all(on: &AppendJob, publishes: &[Publish]) -> Result<bool, Strin
                 .messages_received
                 .with_label_values(&["mqtt"])
                 .inc_by(entries.len() as u64);
+            // The names a BIRTH gave, for a replay of a message that came before it.
+            let births: Vec<(&str, &str)> = routed
+                .iter()
+                .filter_map(|(_, _, _, read)| read.and_then(|r| r.birth.as_ref()))
+                .map(|(node, names)| (node.as_str(), names.as_str()))
+                .collect();
+            if !births.is_empty() {
+                on.session
+                    .record_sparkplug_names(&mut conn, &births)
+                    .await
+                    .map_err(|error| redis_failed(on, &error))?;
+            }
             // Recorded once appended: a crash between the two appends a retained message sent
             // again once more, never loses one.
             let appended_retained: Vec<(&str, &[u8])> = fresh
                 .iter()
-                .filter(|publish| publish.retain)
-                .map(|publish| (publish.topic.as_str(), payload(publish)))
+                .filter(|(publish, _)| publish.retain)
+                .map(|(publish, _)| (publish.topic.as_str(), payload(publish)))
                 .collect();
             on.session
                 .record_retained(&mut conn, &appended_retained)

@@ -2,10 +2,13 @@
 //! list and count them, replay them into the stream after fixing the cause, purge them.
 
 use crate::domain::Limits;
+use crate::domain::fields;
+use crate::domain::reading::sparkplug::Topic;
 use crate::domain::shard::StreamShard;
 use crate::redis::entry::{EntryId, StreamEntry};
 use crate::stream::dead_letter::browse::{self, Filter, Letter, Summary};
 use crate::stream::dead_letter::replay;
+use crate::stream::mqtt_session::SessionKeys;
 use crate::stream::parse::parse_batch;
 use crate::stream::shards::Streams;
 use bytes::Bytes;
@@ -279,10 +282,11 @@ impl<C: ConnectionLike + Clone> DeadLetterStore<C> {
         let mut report = ReplayReport::default();
         let mut cursor = Cursor::default();
         loop {
-            let page = self.next_page(selection, &mut cursor).await?;
+            let mut page = self.next_page(selection, &mut cursor).await?;
             if page.is_empty() {
                 return Ok(report);
             }
+            self.name_sparkplug_aliases(&mut page).await?;
             report.add(check(&page, limits));
             if dry_run {
                 continue;
@@ -298,6 +302,32 @@ impl<C: ConnectionLike + Clone> DeadLetterStore<C> {
                     .await?;
             }
         }
+    }
+
+    /// A Sparkplug B letter the source could not read (an alias no BIRTH had given, a `seq`
+    /// gap) is replayed with the names of its node's last BIRTH, recorded since; without them it
+    /// is refused again, saying so.
+    async fn name_sparkplug_aliases(&mut self, letters: &mut [Letter]) -> RedisResult<()> {
+        let keys = SessionKeys::beside(self.streams[0].0.as_str());
+        for letter in letters {
+            let field = |name: &str| letter.fields.iter().position(|(n, _)| n == name);
+            let (Some(unread), Some(topic)) = (field(fields::UNREAD), field(fields::TOPIC)) else {
+                continue;
+            };
+            let topic = String::from_utf8_lossy(&letter.fields[topic].1).into_owned();
+            let Some(node) = Topic::parse(&topic).map(|t| format!("{}/{}", t.group, t.node)) else {
+                continue;
+            };
+            let Some(names) = keys.sparkplug_names(&mut self.conn, &node).await? else {
+                continue;
+            };
+            letter.fields.remove(unread);
+            letter.fields.retain(|(name, _)| name != fields::NAMES);
+            letter
+                .fields
+                .push((fields::NAMES.to_owned(), names.into_bytes()));
+        }
+        Ok(())
     }
 
     /// Deletes the selected letters, a page at a time; returns how many there were.

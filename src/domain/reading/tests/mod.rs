@@ -447,6 +447,7 @@ fn sensor_id_length_limit() {
 mod forms;
 mod fuzz;
 mod object;
+mod sparkplug;
 
 #[test]
 fn an_entry_naming_its_form_is_read_in_it() {
