@@ -112,14 +112,15 @@ if [ "$with_tools" = yes ]; then
     if ! command -v ip >/dev/null; then apt_install iproute2; fi
     if ! command -v nft >/dev/null; then apt_install nftables; fi
     log "ip: $(command -v ip), nft: $(command -v nft)"
-    # Python programs the tests drive sensorhub with (InfluxDB's own client library, and
-    # schemathesis, which fuzzes the API from its OpenAPI document), in a venv of the checkout's
-    # own so that nothing outside it changes.
+    # Python programs the tests drive sensorhub with (InfluxDB's own client library,
+    # schemathesis, which fuzzes the API from its OpenAPI document, and pysparkplug, a Sparkplug B
+    # edge node), in a venv of the checkout's own so that nothing outside it changes.
     venv="$(cd "$(dirname "$0")/.." && pwd)/.tools/python"
-    if ! "$venv/bin/python" -c 'import influxdb_client, schemathesis' >/dev/null 2>&1; then
+    if ! "$venv/bin/python" -c 'import influxdb_client, schemathesis, pysparkplug' >/dev/null 2>&1; then
         if ! python3 -m venv "$venv" >/dev/null 2>&1; then apt_install python3-venv; python3 -m venv "$venv"; fi
-        log "installing influxdb-client and schemathesis into $venv"
-        "$venv/bin/pip" install -q --disable-pip-version-check 'influxdb-client==1.50.0' 'schemathesis==4.32.5'
+        log "installing influxdb-client, schemathesis and pysparkplug into $venv"
+        "$venv/bin/pip" install -q --disable-pip-version-check 'influxdb-client==1.50.0' \
+            'schemathesis==4.32.5' 'pysparkplug==0.6.1' 'paho-mqtt==1.6.1'
     fi
     log "python test clients: $venv"
 fi

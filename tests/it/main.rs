@@ -29,5 +29,6 @@ mod retries;
 mod security;
 mod shards;
 mod silent_network;
+mod sparkplug;
 mod supervision;
 mod tls;

@@ -137,18 +137,41 @@ pub fn is_control(name: &str) -> bool {
     name == "bdSeq" || name.starts_with("Node Control/") || name.starts_with("Device Control/")
 }
 
-/// The `names` field: `alias=name` lines.
-pub fn encode_names<'a>(names: impl IntoIterator<Item = (u64, &'a str)>) -> String {
-    names
+/// What a BIRTH said of one metric, for the DATA that names it by alias or leaves out its
+/// datatype.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Known<'a> {
+    pub alias: Option<u64>,
+    pub datatype: u32,
+    pub name: &'a str,
+}
+
+/// The `names` field: a line `<alias>:<datatype>=<name>` per metric (`:<datatype>=<name>`
+/// without an alias).
+pub fn encode_names<'a>(known: impl IntoIterator<Item = Known<'a>>) -> String {
+    known
         .into_iter()
-        .map(|(alias, name)| format!("{alias}={name}\n"))
+        .map(|k| match k.alias {
+            Some(alias) => format!("{alias}:{}={}\n", k.datatype, k.name),
+            None => format!(":{}={}\n", k.datatype, k.name),
+        })
         .collect()
 }
 
-fn name_of(names: &str, alias: u64) -> Option<&str> {
-    names.lines().find_map(|line| {
-        let (a, name) = line.split_once('=')?;
-        (a.parse::<u64>().ok()? == alias).then_some(name)
+/// The lines of a `names` field.
+pub fn decode_names(names: &str) -> impl Iterator<Item = Known<'_>> {
+    names.lines().filter_map(|line| {
+        let (key, name) = line.split_once('=')?;
+        let (alias, datatype) = key.split_once(':')?;
+        Some(Known {
+            alias: if alias.is_empty() {
+                None
+            } else {
+                Some(alias.parse().ok()?)
+            },
+            datatype: datatype.parse().ok()?,
+            name,
+        })
     })
 }
 
@@ -209,8 +232,8 @@ pub(super) fn parse_sparkplug(
     for metric in &payload.metrics {
         let name = match (&metric.name, metric.alias) {
             (Some(name), _) => name.as_str(),
-            (None, Some(alias)) => match name_of(names, alias) {
-                Some(name) => name,
+            (None, Some(alias)) => match decode_names(names).find(|k| k.alias == Some(alias)) {
+                Some(known) => known.name,
                 None => {
                     outcomes.push(Err(Rejection::new(
                         Reason::MissingField,
@@ -230,7 +253,12 @@ pub(super) fn parse_sparkplug(
         if is_control(name) {
             continue;
         }
-        let datatype = metric.datatype.unwrap_or(0);
+        // DATA may leave the datatype out: its BIRTH's.
+        let datatype = metric.datatype.unwrap_or_else(|| {
+            decode_names(names)
+                .find(|k| k.name == name)
+                .map_or(0, |k| k.datatype)
+        });
         let value = match (metric.is_null, &metric.value) {
             (Some(true), _) => Err(Skip::NoValue),
             (_, Some(value)) => number(datatype, value),

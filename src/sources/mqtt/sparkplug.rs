@@ -5,7 +5,7 @@
 //! carries why instead (refused, kept as a dead letter with its bytes) and makes the source ask the
 //! node for a rebirth (`NCMD` with `Node Control/Rebirth`), once until its BIRTH comes.
 
-use crate::domain::reading::sparkplug::{Kind, Metric, Payload, Topic, Value, encode_names};
+use crate::domain::reading::sparkplug::{Kind, Known, Metric, Payload, Topic, Value, encode_names};
 use prost::Message as _;
 use std::collections::HashMap;
 
@@ -24,9 +24,20 @@ pub struct Read {
 /// A rebirth request to publish: topic and payload.
 pub type Rebirth = (String, Vec<u8>);
 
+/// A metric as its BIRTH gave it.
+#[derive(Clone, Debug)]
+struct Birth {
+    name: String,
+    alias: Option<u64>,
+    datatype: u32,
+}
+
 #[derive(Default)]
 struct Node {
-    names: HashMap<u64, String>,
+    /// By name.
+    metrics: HashMap<String, Birth>,
+    /// Alias to name.
+    aliases: HashMap<u64, String>,
     /// `None` until a BIRTH, or after a session with the broker ended (a message may come again).
     next_seq: Option<u64>,
     /// A rebirth was asked for and its NBIRTH has not come.
@@ -50,11 +61,12 @@ impl Nodes {
         let mut read = Read::default();
         match topic.kind {
             Kind::NBirth => {
-                node.names.clear();
-                learn(&mut node.names, &decoded.metrics);
+                node.metrics.clear();
+                node.aliases.clear();
+                node.learn(&decoded.metrics);
                 node.next_seq = seq.map(|s| (s + 1) % 256);
                 node.rebirth_asked = false;
-                read.birth = Some((key, encode_names(sorted(&node.names))));
+                read.birth = Some((key, node.all_names()));
                 return (read, None);
             }
             Kind::NDeath => {
@@ -72,24 +84,26 @@ impl Nodes {
         };
         node.next_seq = seq.map(|s| (s + 1) % 256).or(node.next_seq);
         if topic.kind == Kind::DBirth {
-            learn(&mut node.names, &decoded.metrics);
-            read.birth = Some((key.clone(), encode_names(sorted(&node.names))));
+            node.learn(&decoded.metrics);
+            read.birth = Some((key.clone(), node.all_names()));
         }
         let unknown: Vec<u64> = decoded
             .metrics
             .iter()
             .filter(|m| m.name.is_none())
             .filter_map(|m| m.alias)
-            .filter(|alias| !node.names.contains_key(alias))
+            .filter(|alias| !node.aliases.contains_key(alias))
             .collect();
-        read.names = encode_names(
-            decoded
-                .metrics
-                .iter()
-                .filter(|m| m.name.is_none())
-                .filter_map(|m| m.alias)
-                .filter_map(|alias| Some((alias, node.names.get(&alias)?.as_str()))),
-        );
+        // The metrics this message names by alias or sends without their datatype.
+        let needed = decoded.metrics.iter().filter_map(|m| {
+            let name = match (&m.name, m.alias) {
+                (Some(name), _) if m.datatype.is_none() => name,
+                (None, Some(alias)) => node.aliases.get(&alias)?,
+                _ => return None,
+            };
+            node.metrics.get(name).map(Birth::known)
+        });
+        read.names = encode_names(needed);
         let why = match (gap, unknown.is_empty()) {
             (Some(gap), _) => Some(gap),
             (None, false) => Some(format!(
@@ -133,18 +147,38 @@ impl Nodes {
     }
 }
 
-fn learn(names: &mut HashMap<u64, String>, metrics: &[Metric]) {
-    for metric in metrics {
-        if let (Some(name), Some(alias)) = (&metric.name, metric.alias) {
-            names.insert(alias, name.clone());
+impl Birth {
+    fn known(&self) -> Known<'_> {
+        Known {
+            alias: self.alias,
+            datatype: self.datatype,
+            name: &self.name,
         }
     }
 }
 
-fn sorted(names: &HashMap<u64, String>) -> Vec<(u64, &str)> {
-    let mut sorted: Vec<(u64, &str)> = names.iter().map(|(a, n)| (*a, n.as_str())).collect();
-    sorted.sort_unstable();
-    sorted
+impl Node {
+    fn learn(&mut self, metrics: &[Metric]) {
+        for metric in metrics {
+            let Some(name) = &metric.name else { continue };
+            if let Some(alias) = metric.alias {
+                self.aliases.insert(alias, name.clone());
+            }
+            let birth = Birth {
+                name: name.clone(),
+                alias: metric.alias,
+                datatype: metric.datatype.unwrap_or(0),
+            };
+            self.metrics.insert(name.clone(), birth);
+        }
+    }
+
+    /// Every metric the node's BIRTHs gave, as the `names` field writes them, in name order.
+    fn all_names(&self) -> String {
+        let mut births: Vec<&Birth> = self.metrics.values().collect();
+        births.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        encode_names(births.into_iter().map(Birth::known))
+    }
 }
 
 /// `NCMD` to `<group>/<node>` asking for a rebirth.
@@ -206,11 +240,14 @@ mod tests {
         assert!(again.is_none(), "asked once until the BIRTH comes");
         // The BIRTH names alias 1; DATA then carries the name.
         let (read, _) = nodes.read(&birth, &payload(0, vec![metric(Some("Temp"), 1, 20.0)]));
-        assert_eq!(read.birth, Some(("plant/edge1".into(), "1=Temp\n".into())));
+        assert_eq!(
+            read.birth,
+            Some(("plant/edge1".into(), "1:10=Temp\n".into()))
+        );
         let (read, rebirth) = nodes.read(&data, &payload(1, vec![metric(None, 1, 21.0)]));
         assert_eq!(
             (read.names.as_str(), read.unread, rebirth),
-            ("1=Temp\n", None, None)
+            ("1:10=Temp\n", None, None)
         );
         // seq 3 after 1: a gap.
         let (read, rebirth) = nodes.read(&data, &payload(3, vec![metric(None, 1, 22.0)]));

@@ -126,7 +126,7 @@ fn data_is_named_by_the_entrys_names_and_what_the_source_could_not_read_is_refus
     ];
     let outcomes = read(
         "spBv1.0/plant/DDATA/edge1/pump",
-        "1=Flow\n",
+        "1:10=Flow\n",
         None,
         data.clone(),
         &skipped,
@@ -135,7 +135,7 @@ fn data_is_named_by_the_entrys_names_and_what_the_source_could_not_read_is_refus
     assert_eq!(outcomes[1].1, Err(Reason::MissingField), "alias 7 unnamed");
     let refused = read(
         "spBv1.0/plant/DDATA/edge1/pump",
-        "1=Flow\n",
+        "1:10=Flow\n",
         Some("Sparkplug B seq 3 where 2 was next"),
         data,
         &skipped,
