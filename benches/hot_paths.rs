@@ -7,6 +7,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use sensorhub::domain::reading::sparkplug::{Metric, Payload, Value};
 use sensorhub::domain::reading::{
     Form, Precision, parse_entry_fields, parse_form, parse_json, parse_line_protocol,
 };
@@ -152,6 +153,44 @@ fn forms(c: &mut Criterion) {
     group.throughput(Throughput::Elements(8));
     group.bench_function("tasmota_entry_with_zone", |b| {
         b.iter(|| parse_entry_fields(black_box(&entry), &context(&limits)))
+    });
+    // A Sparkplug B NDATA of 10 doubles named by alias, as the MQTT source appends it.
+    let ms = u64::try_from(now.timestamp_millis()).unwrap();
+    let metrics = (0..10)
+        .map(|alias| Metric {
+            name: None,
+            alias: Some(alias),
+            timestamp: Some(ms),
+            datatype: None,
+            is_null: None,
+            value: Some(Value::Double(20.0 + alias as f64 / 4.0)),
+        })
+        .collect();
+    let payload = Payload {
+        timestamp: Some(ms),
+        metrics,
+        seq: Some(1),
+    };
+    let names: String = (0..10)
+        .map(|alias| format!("{alias}:10=Temperature {alias}\n"))
+        .collect();
+    let ndata: Vec<(&[u8], Vec<u8>)> = vec![
+        (b"data", prost::Message::encode_to_vec(&payload)),
+        (b"form", b"sparkplug".to_vec()),
+        (b"topic", b"spBv1.0/plant/NDATA/edge1".to_vec()),
+        (b"prefix", b"plant.edge1".to_vec()),
+        (b"names", names.into_bytes()),
+    ];
+    assert_eq!(
+        parse_entry_fields(&ndata, &context(&limits))
+            .iter()
+            .filter(|o| o.is_ok())
+            .count(),
+        10
+    );
+    group.throughput(Throughput::Elements(10));
+    group.bench_function("sparkplug_ndata_10_aliases", |b| {
+        b.iter(|| parse_entry_fields(black_box(&ndata), &context(&limits)))
     });
     group.finish();
 }

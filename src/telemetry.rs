@@ -295,7 +295,7 @@ impl Metrics {
             ),
             mqtt_values_skipped: counter_vec(
                 "sensorhub_mqtt_values_skipped_total",
-                "Values of MQTT payloads that are not readings, skipped rather than dead-lettered: no_value (unavailable, unknown, None, null, nan), text, array.",
+                "Values of MQTT payloads that are not readings, skipped rather than dead-lettered: no_value (unavailable, unknown, None, null, nan), text, array, unsupported (Sparkplug B datasets, templates, bytes).",
                 "reason",
             ),
             mqtt_messages_ignored: counter(

@@ -12,6 +12,7 @@ use super::object::Skip;
 use super::{Outcomes, ParseContext, Reason, Rejection, validated};
 use chrono::DateTime;
 use smallvec::smallvec;
+use std::collections::HashMap;
 
 /// A Sparkplug B payload (`org.eclipse.tahu.protobuf.Payload`), the fields sensorhub reads.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -212,6 +213,11 @@ pub(super) fn parse_sparkplug(
             .and_then(|ms| i64::try_from(ms).ok())
             .and_then(DateTime::from_timestamp_millis)
     };
+    // Looked up once per metric: a message may name a thousand metrics by alias.
+    let by_alias: HashMap<u64, Known> = decode_names(names)
+        .filter_map(|k| Some((k.alias?, k)))
+        .collect();
+    let by_name: HashMap<&str, u32> = decode_names(names).map(|k| (k.name, k.datatype)).collect();
     let mut outcomes = Outcomes::new();
     let online = match topic.kind {
         Kind::NBirth | Kind::DBirth => Some(1.0),
@@ -232,7 +238,7 @@ pub(super) fn parse_sparkplug(
     for metric in &payload.metrics {
         let name = match (&metric.name, metric.alias) {
             (Some(name), _) => name.as_str(),
-            (None, Some(alias)) => match decode_names(names).find(|k| k.alias == Some(alias)) {
+            (None, Some(alias)) => match by_alias.get(&alias) {
                 Some(known) => known.name,
                 None => {
                     outcomes.push(Err(Rejection::new(
@@ -254,11 +260,9 @@ pub(super) fn parse_sparkplug(
             continue;
         }
         // DATA may leave the datatype out: its BIRTH's.
-        let datatype = metric.datatype.unwrap_or_else(|| {
-            decode_names(names)
-                .find(|k| k.name == name)
-                .map_or(0, |k| k.datatype)
-        });
+        let datatype = metric
+            .datatype
+            .unwrap_or_else(|| by_name.get(name).copied().unwrap_or(0));
         let value = match (metric.is_null, &metric.value) {
             (Some(true), _) => Err(Skip::NoValue),
             (_, Some(value)) => number(datatype, value),
