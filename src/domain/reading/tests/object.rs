@@ -85,7 +85,12 @@ fn tasmota_sensor_messages_are_read_whole_at_the_devices_local_time() {
     let counts: Vec<(Skip, u64)> = skipped.counts().collect();
     assert_eq!(
         counts,
-        [(Skip::NoValue, 0), (Skip::Text, 2), (Skip::Array, 0)],
+        [
+            (Skip::NoValue, 0),
+            (Skip::Text, 2),
+            (Skip::Array, 0),
+            (Skip::Unsupported, 0)
+        ],
         "TotalStartTime, TempUnit"
     );
 }
@@ -232,7 +237,12 @@ fn bare_states_are_numbers_and_words_without_a_value_are_skipped_and_counted() {
     let counts: Vec<(Skip, u64)> = skipped.counts().collect();
     assert_eq!(
         counts,
-        [(Skip::NoValue, 5), (Skip::Text, 1), (Skip::Array, 0)]
+        [
+            (Skip::NoValue, 5),
+            (Skip::Text, 1),
+            (Skip::Array, 0),
+            (Skip::Unsupported, 0)
+        ]
     );
 }
 
