@@ -133,6 +133,17 @@ impl SessionKeys {
         cmd.query_async(conn).await
     }
 
+    /// The alias names of every node's last BIRTH, by `<group>/<node>`.
+    pub async fn all_sparkplug_names(
+        &self,
+        conn: &mut impl ConnectionLike,
+    ) -> RedisResult<Vec<(String, String)>> {
+        redis::cmd("HGETALL")
+            .arg(&self.sparkplug_names)
+            .query_async(conn)
+            .await
+    }
+
     /// The alias names of `<group>/<node>`'s last BIRTH, if one was recorded.
     pub async fn sparkplug_names(
         &self,

@@ -151,3 +151,107 @@ async fn an_edge_node_through_birth_aliases_a_gap_a_rebirth_and_death_is_stored_
         [(20.5, t0), (21.5, t1), (22.5, t2), (23.5, t3)]
     );
 }
+
+/// An NBIRTH or NDATA of `group`/edge1 with one double, `Temp` (alias 1), named in a BIRTH and by
+/// alias alone in DATA.
+fn temp_message(group: &str, kind: &str, seq: u64, ms: i64, value: f64) -> (String, Vec<u8>) {
+    use sensorhub::domain::reading::sparkplug::{Metric, Payload, Value};
+    let birth = kind == "NBIRTH";
+    let payload = Payload {
+        timestamp: Some(ms as u64),
+        metrics: vec![Metric {
+            name: birth.then(|| "Temp".to_owned()),
+            alias: Some(1),
+            timestamp: Some(ms as u64),
+            datatype: birth.then_some(10),
+            is_null: None,
+            value: Some(Value::Double(value)),
+        }],
+        seq: Some(seq),
+    };
+    (
+        format!("spBv1.0/{group}/{kind}/edge1"),
+        prost::Message::encode_to_vec(&payload),
+    )
+}
+
+/// An instance taking over the MQTT session reads a node's DATA by the names of the BIRTH the
+/// one before it recorded, without asking for a rebirth (it knew no names, dead-lettered the DATA
+/// and asked the node for a rebirth).
+#[actix_web::test]
+async fn an_instance_taking_over_the_session_knows_the_nodes_names() {
+    let res = Resources::new();
+    let group = unique_name("plant");
+    let mut env = res.hub_env();
+    env.extend([
+        ("SENSORHUB_BRIDGE_LEASE", "1s".to_owned()),
+        ("SENSORHUB_MQTT_URL", "mqtt://127.0.0.1:1883".to_owned()),
+        (
+            "SENSORHUB_MQTT_TOPICS",
+            format!("spBv1.0/{group}/#=sparkplug"),
+        ),
+    ]);
+    let mut first = Sensorhub::spawn(&env).await;
+    first
+        .wait_for_metric("sensorhub_mqtt_connected", 1.0, Duration::from_secs(20))
+        .await;
+    // Rebirth requests, as the node would receive them.
+    let mut options = rumqttc::MqttOptions::new(unique_name("node"), "127.0.0.1", 1883);
+    options.set_keep_alive(Duration::from_secs(5));
+    let (watcher, mut events) = rumqttc::AsyncClient::new(options, 16);
+    watcher
+        .subscribe(format!("spBv1.0/{group}/NCMD/#"), rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let commands = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&commands);
+    let watching = tokio::spawn(async move {
+        while let Ok(event) = events.poll().await {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(_)) = event {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    let t0 = Utc::now().timestamp_millis() - 3_600_000;
+    let pg = pg_client(&res.database_url).await;
+    let temp = format!("{group}.edge1.Temp");
+    crate::mqtt::publish(&[temp_message(&group, "NBIRTH", 0, t0, 20.5)]).await;
+    wait_for_count(
+        &pg,
+        &format!("SELECT count(*) FROM readings WHERE sensor_id = '{temp}'"),
+        1,
+        Duration::from_secs(20),
+    )
+    .await;
+    first.kill9();
+    let mut second_env = env.clone();
+    second_env.push(("SENSORHUB_CONSUMER", "second".to_owned()));
+    let second = Sensorhub::spawn(&second_env).await;
+    second
+        .wait_for_metric("sensorhub_mqtt_connected", 1.0, Duration::from_secs(20))
+        .await;
+    crate::mqtt::publish(&[temp_message(&group, "NDATA", 1, t0 + 1000, 21.5)]).await;
+    wait_for_count(
+        &pg,
+        &format!("SELECT count(*) FROM readings WHERE sensor_id = '{temp}'"),
+        2,
+        Duration::from_secs(20),
+    )
+    .await;
+    let (_, letters) = json_request(
+        second.port,
+        "GET",
+        "/api/v1/dead-letters",
+        &[],
+        &Value::Null,
+    )
+    .await;
+    assert_eq!(letters["letters"], json!([]), "nothing dead-lettered");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        commands.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "no rebirth asked for"
+    );
+    watching.abort();
+}

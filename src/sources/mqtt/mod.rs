@@ -315,6 +315,9 @@ impl SourceLoop {
                 }
                 event = events.poll(), if batch.len() < BATCH => match event {
                     Ok(Event::Incoming(Packet::ConnAck(connack))) => {
+                        if let Err(error) = self.sparkplug_resume(connack.session_present).await {
+                            break Ended::redis(error);
+                        }
                         let held = if connack.session_present {
                             match self.session.subscriptions(&mut self.conn).await {
                                 Ok(held) => held,
@@ -405,6 +408,19 @@ impl SourceLoop {
             }
         }
         Some(read)
+    }
+
+    /// What the Sparkplug B nodes' names are worth on a new connection: a session the broker
+    /// kept delivers what came after the BIRTHs recorded (taken when this instance knows none);
+    /// a lost one may have lost a BIRTH, so every node is asked again at its next DATA.
+    async fn sparkplug_resume(&mut self, session_present: bool) -> redis::RedisResult<()> {
+        if !session_present {
+            self.sparkplug.clear();
+        } else if self.sparkplug.is_empty() {
+            let recorded = self.session.all_sparkplug_names(&mut self.conn).await?;
+            self.sparkplug.restore(&recorded);
+        }
+        Ok(())
     }
 
     /// What one append needs, cloned for it.

@@ -5,7 +5,9 @@
 //! carries why instead (refused, kept as a dead letter with its bytes) and makes the source ask the
 //! node for a rebirth (`NCMD` with `Node Control/Rebirth`), once until its BIRTH comes.
 
-use crate::domain::reading::sparkplug::{Kind, Known, Metric, Payload, Topic, Value, encode_names};
+use crate::domain::reading::sparkplug::{
+    Kind, Known, Metric, Payload, Topic, Value, decode_names, encode_names,
+};
 use prost::Message as _;
 use std::collections::HashMap;
 
@@ -138,6 +140,37 @@ impl Nodes {
         }
     }
 
+    /// Whether no node is known (a new instance, or after [`Nodes::clear`]).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Forgets every node: the broker's session was lost, so a BIRTH may have been missed and
+    /// the names known could be stale. The next DATA of each node asks for a rebirth.
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    /// Takes the names recorded at the nodes' last BIRTHs (`<group>/<node>`, `names` lines), as
+    /// an instance taking over a session the broker kept: what the session still holds for it
+    /// came after those BIRTHs. The `seq` is taken from the next message.
+    pub fn restore(&mut self, recorded: &[(String, String)]) {
+        for (key, names) in recorded {
+            let node = self.0.entry(key.clone()).or_default();
+            for known in decode_names(names) {
+                if let Some(alias) = known.alias {
+                    node.aliases.insert(alias, known.name.to_owned());
+                }
+                let birth = Birth {
+                    name: known.name.to_owned(),
+                    alias: known.alias,
+                    datatype: known.datatype,
+                };
+                node.metrics.insert(known.name.to_owned(), birth);
+            }
+        }
+    }
+
     /// A session with the broker ended: what it delivered may come again, so the next message of
     /// each node sets its `seq` rather than being checked against it.
     pub fn session_ended(&mut self) {
@@ -258,5 +291,26 @@ mod tests {
         nodes.session_ended();
         let (read, _) = nodes.read(&data, &payload(9, vec![metric(None, 1, 23.0)]));
         assert_eq!(read.unread, None);
+    }
+
+    #[test]
+    fn recorded_names_are_restored_and_a_lost_session_forgets_them() {
+        let mut nodes = Nodes::default();
+        let birth = Topic::parse("spBv1.0/plant/NBIRTH/edge1").unwrap();
+        let data = Topic::parse("spBv1.0/plant/NDATA/edge1").unwrap();
+        let (read, _) = nodes.read(&birth, &payload(0, vec![metric(Some("Temp"), 1, 20.0)]));
+        let recorded = vec![read.birth.unwrap()];
+        // Another instance, resuming the session: names from the record, seq from the message.
+        let mut taker = Nodes::default();
+        assert!(taker.is_empty());
+        taker.restore(&recorded);
+        let (read, rebirth) = taker.read(&data, &payload(17, vec![metric(None, 1, 21.0)]));
+        assert_eq!(
+            (read.names.as_str(), read.unread, rebirth),
+            ("1:10=Temp\n", None, None)
+        );
+        taker.clear();
+        let (read, rebirth) = taker.read(&data, &payload(18, vec![metric(None, 1, 22.0)]));
+        assert!(read.unread.is_some() && rebirth.is_some());
     }
 }
