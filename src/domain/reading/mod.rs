@@ -379,6 +379,11 @@ pub fn parse_entry_fields<N: AsRef<[u8]>, V: AsRef<[u8]>>(
         // A message from a source that names its payload's form (MQTT): read in that form.
         if let Some(form) = field(fields::FORM.as_bytes()) {
             if form == b"sparkplug" {
+                // As every form: a payload over the limit (the source cuts it just past) is
+                // refused for its size, not for the bytes cut off.
+                if data.len() > ctx.limits.max_message_bytes {
+                    return smallvec![Err(too_large(data.len(), ctx.limits))];
+                }
                 let text = |name: &str| {
                     field(name.as_bytes()).and_then(|value| std::str::from_utf8(value).ok())
                 };

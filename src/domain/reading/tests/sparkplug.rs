@@ -170,3 +170,22 @@ fn topics_outside_the_namespace_are_not_sparkplug() {
         assert!(Topic::parse(bad).is_none(), "{bad}");
     }
 }
+
+#[test]
+fn a_payload_over_the_limit_is_refused_for_its_size() {
+    let big = Metric {
+        value: Some(Value::String(
+            "x".repeat(Limits::default().max_message_bytes),
+        )),
+        ..metric(Some("Blob"), None, 12, None)
+    };
+    let outcomes = read(
+        "spBv1.0/plant/NDATA/edge1",
+        "",
+        None,
+        vec![big],
+        &Skipped::default(),
+    );
+    assert_eq!(outcomes.len(), 1);
+    assert_eq!(outcomes[0].1, Err(Reason::TooLarge));
+}
