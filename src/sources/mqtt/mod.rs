@@ -388,6 +388,9 @@ impl SourceLoop {
         client: &AsyncClient,
         publish: &Publish,
     ) -> Option<sparkplug::Read> {
+        if !self.settings.routes.reads_sparkplug() {
+            return None;
+        }
         let Route::Read {
             form: "sparkplug", ..
         } = self.settings.routes.route(&publish.topic)
@@ -498,11 +501,6 @@ async fn append_all(
         .iter()
         .filter_map(
             |(publish, read)| match on.settings.routes.route(&publish.topic) {
-                // A Sparkplug B node's sensors are named by its group, node and device.
-                Route::Read { form, prefix } if form == "sparkplug" => {
-                    let prefix = Topic::parse(&publish.topic).map_or(prefix, |t| t.prefix());
-                    Some((*publish, form, prefix, *read))
-                }
                 Route::Read { form, prefix } => Some((*publish, form, prefix, *read)),
                 Route::Ignore => None,
             },

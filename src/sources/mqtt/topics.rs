@@ -3,6 +3,7 @@
 
 use super::presets::{self, Slot};
 use crate::config::{Action, IdTemplate, Preset, TopicRule};
+use crate::domain::reading::sparkplug::{Kind as SparkplugKind, Topic};
 use crate::domain::reading::{Form, ObjectOptions, preset_options};
 use std::sync::Arc;
 
@@ -61,6 +62,13 @@ impl Routes {
         )
     }
 
+    /// Whether a rule reads Sparkplug B, whose messages the source reads as they arrive.
+    pub fn reads_sparkplug(&self) -> bool {
+        self.0
+            .iter()
+            .any(|rule| matches!(&rule.kind, Kind::Read { form, .. } if form == "sparkplug"))
+    }
+
     /// What the first rule whose filter matches `topic` says; sensorhub's JSON without a prefix
     /// when none does (a broker may send a topic of an overlapping subscription).
     pub fn route(&self, topic: &str) -> Route<'_> {
@@ -72,6 +80,9 @@ impl Routes {
         };
         match &rule.kind {
             Kind::Ignore => Route::Ignore,
+            Kind::Read { form, .. } if form == "sparkplug" => {
+                sparkplug_route(form, &rule.filter, topic)
+            }
             Kind::Read { form, id } => Route::Read {
                 form,
                 prefix: match id {
@@ -96,6 +107,24 @@ impl Routes {
                 }
             }
         }
+    }
+}
+
+/// A Sparkplug B topic: its sensors named by group, node and device; commands (`NCMD`, `DCMD`,
+/// this source's rebirth requests among them) and host applications' `STATE` carry no readings.
+/// A topic outside the namespace is read as the rule's, and refused naming it.
+fn sparkplug_route<'a>(form: &'a str, filter: &str, topic: &str) -> Route<'a> {
+    match Topic::parse(topic) {
+        Some(t) if matches!(t.kind, SparkplugKind::NCmd | SparkplugKind::DCmd) => Route::Ignore,
+        Some(t) => Route::Read {
+            form,
+            prefix: t.prefix(),
+        },
+        None if topic.split('/').nth(1) == Some("STATE") => Route::Ignore,
+        None => Route::Read {
+            form,
+            prefix: topic_prefix(filter, topic),
+        },
     }
 }
 
@@ -303,6 +332,28 @@ mod tests {
             };
             assert_eq!(routes.route(topic), expected, "{topic}");
         }
+    }
+
+    #[test]
+    fn sparkplug_topics_are_named_by_group_node_and_device_and_commands_ignored() {
+        assert!(!routes("sensors/#=json").reads_sparkplug());
+        let routes = routes("spBv1.0/#=sparkplug");
+        assert!(routes.reads_sparkplug());
+        assert_eq!(
+            routes.route("spBv1.0/plant/NDATA/edge1"),
+            read("sparkplug", "plant.edge1")
+        );
+        assert_eq!(
+            routes.route("spBv1.0/plant/DBIRTH/edge1/pump"),
+            read("sparkplug", "plant.edge1.pump")
+        );
+        assert_eq!(routes.route("spBv1.0/plant/NCMD/edge1"), Route::Ignore);
+        assert_eq!(routes.route("spBv1.0/plant/DCMD/edge1/pump"), Route::Ignore);
+        assert_eq!(routes.route("spBv1.0/STATE/host1"), Route::Ignore);
+        assert_eq!(
+            routes.route("spBv1.0/plant/NOPE/edge1"),
+            read("sparkplug", "spBv1.0.plant.NOPE.edge1")
+        );
     }
 
     #[test]
