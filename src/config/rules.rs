@@ -220,16 +220,15 @@ pub(super) fn parse_rules(text: &str) -> Result<Vec<TopicRule>, String> {
             .rsplit_once('=')
             .ok_or_else(|| format!("rules of the form filter=form, not {rule:?}"))?;
         let (filter, what) = (filter.trim(), what.trim());
-        let spec = RuleSpec {
+        let mut spec = RuleSpec {
             filter: filter.to_owned(),
-            ignore: what == "ignore",
-            preset: Preset::ALL
-                .iter()
-                .any(|p| p.name() == what)
-                .then(|| what.to_owned()),
-            form: (what != "ignore" && what.parse::<Preset>().is_err()).then(|| what.to_owned()),
             ..RuleSpec::default()
         };
+        match what {
+            "ignore" => spec.ignore = true,
+            _ if what.parse::<Preset>().is_ok() => spec.preset = Some(what.to_owned()),
+            _ => spec.form = Some(what.to_owned()),
+        }
         rules.push(spec.rule()?);
     }
     if rules.is_empty() {
