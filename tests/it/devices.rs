@@ -19,18 +19,11 @@ async fn stored(pg: &tokio_postgres::Client) -> BTreeMap<String, (f64, DateTime<
         .collect()
 }
 
-/// A file removed when dropped.
-struct Scratch(std::path::PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 /// A sensorhub with the rules `file` (TOML), subscribed to the shared broker.
-async fn hub_with_rules(res: &Resources, file: &str) -> (Sensorhub, Scratch) {
-    let path = std::env::temp_dir().join(format!("{}.toml", unique_name("rules")));
+async fn hub_with_rules(res: &Resources, file: &str) -> (Sensorhub, RemovedOnDrop) {
+    let dir = RemovedOnDrop(std::env::temp_dir().join(unique_name("rules")));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let path = dir.0.join("rules.toml");
     std::fs::write(&path, file).unwrap();
     let mut env = res.hub_env();
     env.extend([
@@ -40,7 +33,7 @@ async fn hub_with_rules(res: &Resources, file: &str) -> (Sensorhub, Scratch) {
     let hub = Sensorhub::spawn(&env).await;
     hub.wait_for_metric("sensorhub_mqtt_connected", 1.0, Duration::from_secs(20))
         .await;
-    (hub, Scratch(path))
+    (hub, dir)
 }
 
 #[actix_web::test]

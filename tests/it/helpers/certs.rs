@@ -18,7 +18,8 @@ pub struct TestCerts {
     _dir: std::sync::Arc<RemovedOnDrop>,
 }
 
-struct RemovedOnDrop(PathBuf);
+/// A scratch directory of a test, removed with everything in it when dropped.
+pub struct RemovedOnDrop(pub PathBuf);
 
 impl Drop for RemovedOnDrop {
     fn drop(&mut self) {
