@@ -1,12 +1,14 @@
 //! Pure types and logic: no actix, no I/O.
 //!
 //! - [`fields`]: the names of a stream entry's fields.
+//! - [`increase`]: the steps of a counter, and what a batch changes of them.
 //! - [`reading`]: turning the bytes of a stream entry into [`Reading`]s, or a [`Rejection`] with a
 //!   bounded reason code.
 //! - [`shard`]: the shard a sensor's readings belong to, and messages split over shards.
 //! - [`window`]: epoch-aligned tumbling windows and the mergeable partial [`Aggregate`].
 
 pub mod fields;
+pub mod increase;
 pub mod reading;
 pub mod shard;
 pub mod window;

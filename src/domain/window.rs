@@ -38,7 +38,7 @@ impl Resolution {
     }
 
     /// The start of the window holding the instant `micros` (microseconds since the epoch).
-    fn bucket_micros(self, micros: i64) -> i64 {
+    pub fn bucket_micros(self, micros: i64) -> i64 {
         let width = i64::from(self.seconds) * 1_000_000;
         micros.div_euclid(width) * width
     }
@@ -74,6 +74,10 @@ impl FromStr for Resolution {
 }
 
 /// A partial or complete window aggregate. `mean` and `diff` are derived, not stored.
+///
+/// `increase` is the sum of its readings' steps (`domain::increase`), which depend on readings
+/// outside the window: the fold leaves it 0, and the writer adds the steps it works out against the
+/// stored readings. Partials add up like `count`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Aggregate {
     pub count: i64,
@@ -84,6 +88,7 @@ pub struct Aggregate {
     pub first_value: f64,
     pub last_ts: DateTime<Utc>,
     pub last_value: f64,
+    pub increase: f64,
 }
 
 impl Aggregate {
@@ -97,6 +102,7 @@ impl Aggregate {
             first_value: value,
             last_ts: ts,
             last_value: value,
+            increase: 0.0,
         }
     }
 
@@ -119,6 +125,7 @@ impl Aggregate {
     /// Merges another partial of the same window. Same rules as the SQL upsert in `store::sql`.
     pub fn merge(&mut self, other: &Aggregate) {
         self.count += other.count;
+        self.increase += other.increase;
         self.sum += other.sum;
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);

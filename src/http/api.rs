@@ -5,26 +5,26 @@
 //! | `GET /api/v1/sensors[?all=true]` | sensors seen within `SENSORHUB_ACTIVE_WITHIN` (all with `all=true`) |
 //! | `GET /api/v1/sensors/{id}` | the sensor's current value: the reading with the newest timestamp |
 //! | `GET /api/v1/sensors/{id}/readings?from=&to=&limit=` | raw readings, newest first (default limit 1440) |
-//! | `GET /api/v1/sensors/{id}/aggregates?resolution=&from=&to=&limit=` | window aggregates with mean and diff, newest first |
+//! | `GET /api/v1/sensors/{id}/aggregates?resolution=&from=&to=&limit=&tz=&fill=&points=` | windows, newest first ([`windows`]) |
 //!
 //! Times are RFC 3339; `from` and `to` are inclusive. A bad parameter gets a 400 with a JSON
 //! `{"error": ...}` naming it, an unknown sensor a 404. With `SENSORHUB_API_TOKEN` set, every route
 //! here needs `Authorization: Bearer <token>` ([`Authorized`]).
 
-use crate::domain::Resolution;
 use crate::domain::reading::{could_be_sensor_id, excerpt};
 use crate::http::HttpState;
 use crate::http::auth::Authorized;
 use crate::http::error::{ApiError, ErrorBody, unavailable};
 use crate::http::params::Params;
+use crate::http::windows;
 use crate::store::sql;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-const DEFAULT_LIMIT: u32 = 1440;
-const MAX_LIMIT: u32 = 100_000;
+pub(crate) const DEFAULT_LIMIT: u32 = 1440;
+pub(crate) const MAX_LIMIT: u32 = 100_000;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/api/v1/sensors").route(web::get().to(list_sensors)))
@@ -34,7 +34,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .service(
             web::resource("/api/v1/sensors/{id}/aggregates")
-                .route(web::get().to(sensor_aggregates)),
+                .route(web::get().to(windows::sensor_aggregates)),
         );
 }
 
@@ -83,34 +83,6 @@ pub struct ReadingList {
     pub readings: Vec<ReadingPoint>,
 }
 
-/// One window aggregate (named `Window` in the OpenAPI document).
-#[derive(Serialize, ToSchema)]
-#[schema(as = Window)]
-pub struct AggregateWindow {
-    /// Start of the window (epoch-aligned).
-    pub bucket: DateTime<Utc>,
-    pub count: i64,
-    pub sum: f64,
-    pub min: f64,
-    pub max: f64,
-    /// `sum / count`.
-    pub mean: f64,
-    pub first_ts: DateTime<Utc>,
-    pub first_value: f64,
-    pub last_ts: DateTime<Utc>,
-    pub last_value: f64,
-    /// `last_value - first_value`: what a meter consumed over the window.
-    pub diff: f64,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct WindowList {
-    pub sensor: String,
-    pub resolution: String,
-    /// Newest window first.
-    pub aggregates: Vec<AggregateWindow>,
-}
-
 /// Sensors seen recently.
 #[utoipa::path(
     get,
@@ -148,7 +120,7 @@ pub(crate) async fn list_sensors(
     }))
 }
 
-async fn find_sensor(state: &HttpState, id: &str) -> Result<Sensor, ApiError> {
+pub(crate) async fn find_sensor(state: &HttpState, id: &str) -> Result<Sensor, ApiError> {
     if !could_be_sensor_id(id, &state.api.limits) {
         return Err(ApiError::NotFound(format!(
             "unknown sensor {}",
@@ -219,81 +191,5 @@ pub(crate) async fn sensor_readings(
     Ok(HttpResponse::Ok().json(ReadingList {
         sensor: sensor.id,
         readings,
-    }))
-}
-
-/// Window aggregates of a sensor, newest window first.
-#[utoipa::path(
-    get,
-    path = "/api/v1/sensors/{id}/aggregates",
-    params(
-        ("id" = String, Path, description = "sensor id"),
-        ("resolution" = Option<String>, Query, description = "one of the configured resolutions (default: the finest)"),
-        ("from" = Option<DateTime<Utc>>, Query, description = "RFC 3339, inclusive, on the window start"),
-        ("to" = Option<DateTime<Utc>>, Query, description = "RFC 3339, inclusive, on the window start"),
-        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100000, description = "at most this many windows (default 1440)"),
-    ),
-    responses((status = 200, body = WindowList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
-    security(("bearer" = []))
-)]
-pub(crate) async fn sensor_aggregates(
-    _: Authorized,
-    state: web::Data<HttpState>,
-    id: web::Path<String>,
-    req: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
-    let params = Params::new(req.query_string(), &["resolution", "from", "to", "limit"])?;
-    let configured: Vec<String> = state
-        .api
-        .resolutions
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    let resolution = match params.get("resolution") {
-        None => configured.first().cloned().unwrap_or_default(),
-        Some(text) => text
-            .parse::<Resolution>()
-            .ok()
-            .map(|r| r.to_string())
-            .filter(|label| configured.contains(label))
-            .ok_or_else(|| {
-                ApiError::BadRequest(format!(
-                    "resolution={} is not one of the configured resolutions: {}",
-                    excerpt(text),
-                    configured.join(", ")
-                ))
-            })?,
-    };
-    let (from, to) = params.range()?;
-    let limit = params.limit(DEFAULT_LIMIT, MAX_LIMIT)?;
-    let sensor = find_sensor(&state, &id).await?;
-    let client = state.read_pool.get().await.map_err(unavailable)?;
-    let rows = client
-        .query(
-            sql::SENSOR_AGGREGATES,
-            &[&sensor.id, &resolution, &from, &to, &limit],
-        )
-        .await
-        .map_err(unavailable)?;
-    let aggregates = rows
-        .iter()
-        .map(|r| AggregateWindow {
-            bucket: r.get(0),
-            count: r.get(1),
-            sum: r.get(2),
-            min: r.get(3),
-            max: r.get(4),
-            mean: r.get(5),
-            first_ts: r.get(6),
-            first_value: r.get(7),
-            last_ts: r.get(8),
-            last_value: r.get(9),
-            diff: r.get(10),
-        })
-        .collect();
-    Ok(HttpResponse::Ok().json(WindowList {
-        sensor: sensor.id,
-        resolution,
-        aggregates,
     }))
 }

@@ -20,6 +20,7 @@ pub mod line_protocol;
 pub mod openapi;
 pub mod params;
 pub mod status;
+pub mod windows;
 
 use crate::config::Secret;
 use crate::domain::{Limits, Resolution};

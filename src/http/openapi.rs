@@ -2,9 +2,7 @@
 //! the handlers' annotations.
 
 use crate::http::HttpState;
-use crate::http::api::{
-    self, AggregateWindow, ReadingList, ReadingPoint, Sensor, SensorList, WindowList,
-};
+use crate::http::api::{self, ReadingList, ReadingPoint, Sensor, SensorList};
 use crate::http::dead_letters::{
     self, DeadLetterPage, DeadLetterSummary, DeadLetterView, PurgeAnswer, ReplayAnswer,
     ReplayRequest,
@@ -13,6 +11,7 @@ use crate::http::error::ErrorBody;
 use crate::http::ingest::{self, Accepted, RejectedReading};
 use crate::http::line_protocol::{self, BadLine, WriteErrorBody};
 use crate::http::status::{self, DeadLetterPanel, PipelineStatus};
+use crate::http::windows::{self, AggregateWindow, WindowList};
 use actix_web::{HttpResponse, web};
 use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{ObjectBuilder, Type};
@@ -67,7 +66,7 @@ impl Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "sensorhub", description = "Read API and HTTP ingest of sensorhub. The bearer token is required only when SENSORHUB_API_TOKEN (read API) or SENSORHUB_INGEST_TOKEN (ingest) is set."),
-    paths(api::list_sensors, api::get_sensor, api::sensor_readings, api::sensor_aggregates, ingest::ingest, line_protocol::write_v2, line_protocol::write_v1, dead_letters::list, dead_letters::summary, dead_letters::replay, dead_letters::purge, status::pipeline),
+    paths(api::list_sensors, api::get_sensor, api::sensor_readings, windows::sensor_aggregates, ingest::ingest, line_protocol::write_v2, line_protocol::write_v1, dead_letters::list, dead_letters::summary, dead_letters::replay, dead_letters::purge, status::pipeline),
     components(schemas(Sensor, SensorList, ReadingPoint, ReadingList, AggregateWindow, WindowList, Accepted, RejectedReading, ErrorBody, BadLine, WriteErrorBody, DeadLetterView, DeadLetterPage, DeadLetterSummary, ReplayRequest, ReplayAnswer, PurgeAnswer, PipelineStatus, DeadLetterPanel)),
     modifiers(&BearerAuth)
 )]

@@ -268,15 +268,26 @@ async fn recompute(
     )
     .await?;
     tx.execute(
+        // A step is from the sensor's previous reading wherever it lies: for the first reading
+        // of the span, the latest one before it (looked up for that reading alone).
         "INSERT INTO aggregates
              (sensor_id, resolution, bucket, count, sum, min, max, first_ts, first_value,
-              last_ts, last_value)
+              last_ts, last_value, increase)
          SELECT sensor_id, $1, to_timestamp(floor(extract(epoch FROM ts) / $4::int8) * $4::int8),
                 count(*), sum(value), min(value), max(value),
                 (array_agg(ts ORDER BY ts))[1], (array_agg(value ORDER BY ts))[1],
-                (array_agg(ts ORDER BY ts DESC))[1], (array_agg(value ORDER BY ts DESC))[1]
-         FROM readings
-         WHERE ts >= $2 AND ts < $3
+                (array_agg(ts ORDER BY ts DESC))[1], (array_agg(value ORDER BY ts DESC))[1],
+                sum(CASE WHEN previous IS NULL THEN 0
+                         WHEN value >= previous THEN value - previous
+                         ELSE value END)
+         FROM (SELECT sensor_id, ts, value,
+                      coalesce(lag(value) OVER (PARTITION BY sensor_id ORDER BY ts),
+                               CASE WHEN row_number() OVER (PARTITION BY sensor_id ORDER BY ts) = 1
+                                    THEN (SELECT p.value FROM readings p
+                                          WHERE p.sensor_id = r.sensor_id AND p.ts < $2
+                                          ORDER BY p.ts DESC LIMIT 1) END) AS previous
+               FROM readings r
+               WHERE ts >= $2 AND ts < $3) spanned
          GROUP BY sensor_id, 3",
         &[&label, &begin, &end, &width],
     )

@@ -1,11 +1,13 @@
 //! PostgreSQL: the pool, the migrations, errors by whether a retry helps, the batch transaction
-//! ([`batch`]), the deployment's shared facts ([`deployment`]: the MQTT client id) and the
+//! ([`batch`], with the `increase` steps it works out in `increase`), the deployment's shared facts ([`deployment`]: the MQTT client id) and the
 //! resolution set with the backfill of an added resolution ([`backfill`]).
 
 pub mod backfill;
 pub mod batch;
 pub mod deployment;
+mod encode;
 pub mod history;
+mod increase;
 pub mod partition;
 pub mod retention;
 pub mod sql;
@@ -40,6 +42,9 @@ pub enum StoreError {
     /// of a reading stored there could no longer be recognised.
     #[error("a reading is older than the retention horizon")]
     BeyondHorizon,
+    /// A sensor of the batch was created by another transaction after this one took its locks.
+    #[error("a sensor of the batch was created by another writer meanwhile")]
+    Contended,
 }
 
 /// The server's own message and SQLSTATE when there is one (`Display` of the driver's error
@@ -67,7 +72,7 @@ impl StoreError {
     /// transaction is right. Anything else is a refusal of the data or a bug.
     pub fn is_transient(&self) -> bool {
         match self {
-            StoreError::Pool(_) => true,
+            StoreError::Pool(_) | StoreError::Contended => true,
             StoreError::BeyondHorizon => false,
             StoreError::Db(error) => match error.code() {
                 None => true,
@@ -90,6 +95,7 @@ impl StoreError {
             StoreError::Db(error) => error.code().map_or("connection", |code| code.code()),
             StoreError::Pool(_) => "connection",
             StoreError::BeyondHorizon => "horizon",
+            StoreError::Contended => "40001",
         }
     }
 

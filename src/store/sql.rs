@@ -2,39 +2,71 @@
 //! partitions, retention, backfill, deployment and the read API write their own statements beside
 //! their code).
 
-/// The fast path for raw readings: a binary COPY. A reading already stored makes it fail with a
-/// unique violation (SQLSTATE 23505), and the batch is redone with [`INSERT_READINGS_RETURNING`].
+/// Raw readings, as a binary COPY: only readings found not stored under the batch's sensor locks,
+/// so a unique violation (SQLSTATE 23505) means a writer that does not take them.
 pub const COPY_READINGS: &str = "COPY readings (sensor_id, ts, value) FROM STDIN (FORMAT binary)";
 
-/// Inserts a batch of raw readings skipping `(sensor_id, ts)` already stored, returning the rows
-/// that were new: used when a batch held duplicates, so that only new rows contribute to the
-/// aggregates.
-pub const INSERT_READINGS_RETURNING: &str = "
-INSERT INTO readings (sensor_id, ts, value)
-SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::float8[])
-ON CONFLICT DO NOTHING
-RETURNING sensor_id, ts";
+/// Locks the rows of a batch's sensors, in one order for every writer, and gives each one's newest
+/// reading. Two transactions writing one sensor's readings therefore run one after the other: the
+/// steps of `increase` are worked out against everything committed before.
+pub const LOCK_SENSORS: &str = "
+SELECT sensor_id, last_seen, last_value
+FROM sensors
+WHERE sensor_id = ANY($1::text[])
+ORDER BY sensor_id
+FOR NO KEY UPDATE";
 
-/// The stored values of the given keys (readings skipped as already stored), to tell a
-/// redelivery (the same value) from a conflict (another value).
-pub const STORED_VALUES: &str = "
-SELECT r.sensor_id, r.ts, r.value
-FROM readings r
-JOIN unnest($1::text[], $2::timestamptz[]) AS k(sensor_id, ts) USING (sensor_id, ts)";
+/// Creates the rows of sensors seen for the first time, which locks them like [`LOCK_SENSORS`];
+/// returns those it created (one another transaction created meanwhile is not among them).
+pub const CREATE_SENSORS: &str = "
+INSERT INTO sensors (sensor_id, unit, first_seen, last_seen, last_value)
+SELECT sensor_id, unit, first_seen, last_seen, last_value
+FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::float8[])
+     WITH ORDINALITY AS p(sensor_id, unit, first_seen, last_seen, last_value, position)
+ORDER BY position
+ON CONFLICT (sensor_id) DO NOTHING
+RETURNING sensor_id";
+
+/// The stored readings around each given `(sensor_id, ts)`: the latest before it and the earliest
+/// at or after it (at it: stored already), by the position in the arrays.
+pub const NEIGHBOURS: &str = "
+SELECT k.position, b.ts, b.value, a.ts, a.value
+FROM unnest($1::text[], $2::timestamptz[]) WITH ORDINALITY AS k(sensor_id, ts, position)
+LEFT JOIN LATERAL (
+    SELECT ts, value FROM readings r
+    WHERE r.sensor_id = k.sensor_id AND r.ts < k.ts
+    ORDER BY r.ts DESC LIMIT 1) b ON true
+LEFT JOIN LATERAL (
+    SELECT ts, value FROM readings r
+    WHERE r.sensor_id = k.sensor_id AND r.ts >= k.ts
+    ORDER BY r.ts LIMIT 1) a ON true";
+
+/// Adds to the `increase` of stored windows: those of stored readings whose step a new reading
+/// before them changed. A window not stored yet (of a resolution still being backfilled) is
+/// computed from the raw readings when the backfill reaches it.
+pub const ADD_INCREASE: &str = "
+UPDATE aggregates a SET increase = a.increase + d.increase
+FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::float8[])
+     AS d(sensor_id, resolution, bucket, increase)
+WHERE a.sensor_id = d.sensor_id AND a.resolution = d.resolution AND a.bucket = d.bucket";
 
 /// Merges partial aggregates into the stored rows with the rules of `Aggregate::merge`. Rows arrive
 /// sorted by key (`WITH ORDINALITY ... ORDER BY`), so concurrent writers lock rows in one order.
 pub const UPSERT_AGGREGATES: &str = "
 INSERT INTO aggregates AS a
-    (sensor_id, resolution, bucket, count, sum, min, max, first_ts, first_value, last_ts, last_value)
-SELECT sensor_id, resolution, bucket, count, sum, min, max, first_ts, first_value, last_ts, last_value
+    (sensor_id, resolution, bucket, count, sum, min, max, first_ts, first_value, last_ts, last_value,
+     increase)
+SELECT sensor_id, resolution, bucket, count, sum, min, max, first_ts, first_value, last_ts, last_value,
+       increase
 FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::int8[], $5::float8[], $6::float8[],
-            $7::float8[], $8::timestamptz[], $9::float8[], $10::timestamptz[], $11::float8[])
+            $7::float8[], $8::timestamptz[], $9::float8[], $10::timestamptz[], $11::float8[],
+            $12::float8[])
      WITH ORDINALITY AS p(sensor_id, resolution, bucket, count, sum, min, max, first_ts,
-                          first_value, last_ts, last_value, position)
+                          first_value, last_ts, last_value, increase, position)
 ORDER BY position
 ON CONFLICT (sensor_id, resolution, bucket) DO UPDATE SET
     count       = a.count + excluded.count,
+    increase    = a.increase + excluded.increase,
     sum         = a.sum + excluded.sum,
     min         = least(a.min, excluded.min),
     max         = greatest(a.max, excluded.max),
@@ -80,12 +112,13 @@ WHERE sensor_id = $1
 ORDER BY ts DESC
 LIMIT $4";
 
-/// Window aggregates of a sensor at one resolution, newest window first.
-pub const SENSOR_AGGREGATES: &str = "
-SELECT bucket, count, sum, min, max, mean, first_ts, first_value, last_ts, last_value, diff
-FROM aggregate_windows
-WHERE sensor_id = $1 AND resolution = $2
-  AND bucket >= coalesce($3::timestamptz, '-infinity')
-  AND bucket <= coalesce($4::timestamptz, 'infinity')
-ORDER BY bucket DESC
-LIMIT $5";
+/// A sensor's windows from `sensorhub_windows` (sensor, from, to, window, zone, fill), newest
+/// first, with the zone's UTC offset in seconds at each window's start and end.
+pub const SENSOR_WINDOWS: &str = "
+SELECT w.bucket, w.bucket_end, w.count, w.sum, w.min, w.max, w.mean, w.first_ts, w.first_value,
+       w.last_ts, w.last_value, w.diff, w.increase, w.rate, w.source,
+       extract(epoch FROM (w.bucket AT TIME ZONE $5) - (w.bucket AT TIME ZONE 'UTC'))::int4,
+       extract(epoch FROM (w.bucket_end AT TIME ZONE $5) - (w.bucket_end AT TIME ZONE 'UTC'))::int4
+FROM sensorhub_windows($1, $2, $3, $4, $5, $6) w
+ORDER BY w.bucket DESC
+LIMIT $7";
