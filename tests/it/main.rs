@@ -32,3 +32,4 @@ mod silent_network;
 mod sparkplug;
 mod supervision;
 mod tls;
+mod windows;
