@@ -1,6 +1,6 @@
 //! The `sensorhub` binary: `serve` (the default) runs the service; `healthcheck` exits 0 when the
 //! local instance is ready (for a container `HEALTHCHECK`, no curl needed); `simulate` publishes
-//! demo sensor readings; `dead-letters` lists, counts, replays and purges the dead letters. Configuration comes from `SENSORHUB_*` variables (see the README).
+//! demo sensor readings; `dead-letters` lists, counts, replays and purges the dead letters; `export` streams readings or windows as CSV or NDJSON. Configuration comes from `SENSORHUB_*` variables (see the README).
 
 use clap::{Parser, Subcommand};
 use sensorhub::cli::ops::{healthcheck, rename_stream};
@@ -56,6 +56,8 @@ enum Command {
     /// List, count, replay or purge the dead letters of SENSORHUB_STREAM.
     #[command(subcommand)]
     DeadLetters(sensorhub::cli::dead_letters::Command),
+    /// Stream raw readings or windows as CSV or NDJSON, as GET /api/v1/export does.
+    Export(sensorhub::cli::export::Args),
     /// Rename SENSORHUB_STREAM and every key beside it (dead letters, ledger, leases), e.g. to
     /// give them a hash tag before moving to a Redis Cluster. Stop every instance first.
     RenameStream {
@@ -96,6 +98,19 @@ fn main() -> ExitCode {
                 .expect("a tokio runtime");
             match runtime.block_on(sensorhub::cli::dead_letters::run(&config, command)) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("sensorhub: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Export(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime");
+            match runtime.block_on(sensorhub::cli::export::run(&config, args)) {
+                Ok(_) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("sensorhub: {error:#}");
                     ExitCode::FAILURE

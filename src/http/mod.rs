@@ -15,6 +15,7 @@ pub mod auth;
 pub mod body;
 pub mod dead_letters;
 pub mod error;
+pub mod export;
 pub mod ingest;
 pub mod line_protocol;
 pub mod openapi;
@@ -111,6 +112,7 @@ impl HttpState {
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.configure(api::routes)
+        .configure(export::routes)
         .configure(ingest::routes)
         .configure(dead_letters::routes)
         .service(web::resource("/api/v1/pipeline").route(web::get().to(status::pipeline)))

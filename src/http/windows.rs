@@ -22,7 +22,7 @@ use tokio_postgres::error::SqlState;
 use utoipa::ToSchema;
 
 /// Calendar windows, from local midnight in the zone asked for.
-const CALENDAR: [&str; 4] = ["1d", "1w", "1mo", "1y"];
+pub(crate) const CALENDAR: [&str; 4] = ["1d", "1w", "1mo", "1y"];
 /// Fill modes; `none` leaves empty windows out.
 const FILLS: [&str; 4] = ["none", "null", "previous", "linear"];
 
@@ -236,7 +236,10 @@ fn known_zones() -> &'static Mutex<HashSet<String>> {
 /// Refuses a `tz` that is not an IANA zone name. PostgreSQL alone would also take abbreviations
 /// and POSIX specifications such as `UTC+3` — three hours *west* of UTC — which a user of an
 /// API that promises IANA names would read the other way round.
-async fn check_zone(client: &deadpool_postgres::Client, tz: &str) -> Result<(), ApiError> {
+pub(crate) async fn check_zone(
+    client: &deadpool_postgres::Client,
+    tz: &str,
+) -> Result<(), ApiError> {
     if known_zones().lock().is_ok_and(|zones| zones.contains(tz)) {
         return Ok(());
     }

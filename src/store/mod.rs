@@ -6,6 +6,7 @@ pub mod backfill;
 pub mod batch;
 pub mod deployment;
 mod encode;
+pub mod export;
 pub mod history;
 mod increase;
 pub mod partition;

@@ -9,6 +9,7 @@ mod dead_letters;
 mod devices;
 mod disk_full;
 mod edges;
+mod export;
 mod failover;
 mod helpers;
 mod hostile;
