@@ -112,6 +112,18 @@ BEGIN
              ELSE date_trunc(unit, first_at AT TIME ZONE zone) AT TIME ZONE zone END);
     range_to := coalesce(range_to, last_at);
 
+    IF unit IS NULL AND fill = 'none' THEN
+        -- The stored windows as they are: no window to make, however long the range.
+        RETURN QUERY
+        SELECT a.bucket, a.bucket + make_interval(secs => width), a.count, a.sum, a.min, a.max,
+               a.sum / a.count, a.first_ts, a.first_value, a.last_ts, a.last_value,
+               a.last_value - a.first_value, a.increase, a.increase / width, src
+        FROM aggregates a
+        WHERE a.sensor_id = sensor AND a.resolution = src
+          AND a.bucket >= range_from AND a.bucket <= range_to
+        ORDER BY a.bucket;
+        RETURN;
+    END IF;
     IF unit IS NOT NULL THEN
         -- The coarsest stored resolution that every boundary is a multiple of.
         SELECT c INTO src

@@ -138,17 +138,25 @@ pub(crate) async fn sensor_aggregates(
                 ))
             })?,
     };
-    if fill != "none"
-        && let Ok(fixed) = resolution.parse::<Resolution>()
-        && !CALENDAR.contains(&resolution.as_str())
-    {
-        // Every window of the range is made: a range too long for the resolution is refused
-        // before PostgreSQL builds millions of them.
+    // Every window of the range is made for calendar windows and for fill: a range too long for
+    // the resolution is refused before PostgreSQL builds millions of them.
+    let width = match resolution.as_str() {
+        "1d" => Some(86_400),
+        "1w" => Some(7 * 86_400),
+        "1mo" => Some(28 * 86_400),
+        "1y" => Some(365 * 86_400),
+        fixed if fill != "none" => fixed
+            .parse::<Resolution>()
+            .ok()
+            .map(|r| i64::from(r.seconds())),
+        _ => None,
+    };
+    if let Some(width) = width {
         let span = to.unwrap_or(sensor.last_seen) - from.unwrap_or(sensor.first_seen);
-        let windows = span.num_seconds().max(0) / i64::from(fixed.seconds());
+        let windows = span.num_seconds().max(0) / width;
         if windows > i64::from(MAX_LIMIT) {
             return Err(ApiError::BadRequest(format!(
-                "fill over {windows} windows of {resolution}: at most {MAX_LIMIT}; narrow from/to or take a coarser resolution"
+                "{windows} windows of {resolution} from from to to: at most {MAX_LIMIT}; narrow from/to or take a coarser resolution"
             )));
         }
     }

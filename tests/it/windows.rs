@@ -263,6 +263,15 @@ async fn calendar_windows_in_a_zone_equal_group_by_with_local_boundaries() {
     );
     assert_calendar_exact(&t, "meter", "1d", "UTC").await;
 
+    // Stored windows over decades answer at once: none is made where none is stored.
+    let (status, body) = get_json(
+        &t,
+        "/api/v1/sensors/meter/aggregates?resolution=1m&from=2000-01-01T00:00:00Z&limit=5",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["aggregates"].as_array().unwrap().len(), 5);
+
     // The SQL function answers as the API does.
     let sql_total: f64 = t
         .pg
@@ -288,6 +297,11 @@ async fn calendar_windows_in_a_zone_equal_group_by_with_local_boundaries() {
         ("resolution=2d", "resolution="),
         ("resolution=auto", "points"),
         ("points=5", "points"),
+        (
+            "resolution=1m&fill=null&from=2000-01-01T00:00:00Z",
+            "windows of 1m",
+        ),
+        ("resolution=1d&from=0001-01-01T00:00:00Z", "windows of 1d"),
     ] {
         let (status, body) =
             get_json(&t, &format!("/api/v1/sensors/meter/aggregates?{query}")).await;
