@@ -3,7 +3,7 @@
 //!     cargo bench --bench e2e -- [--readings N] [--sensors N] [--batch-size N]
 //!                                [--steady-rate R] [--steady-seconds S] [--per-entry N]
 //!                                [--env SENSORHUB_X=V ...] [--plot PATH] [--rounds N]
-//!                                [--binary PATH] [--tls]
+//!                                [--binary PATH] [--tls] [--only-throughput]
 //!
 //! The binary measured is the release build as users build it (`cargo build --release`, run by the
 //! benchmark), or `--binary PATH` (another build, to compare two).
@@ -26,6 +26,10 @@
 //! 4. **latency**: a steady producer at R readings/s (default 20,000) for S seconds; p50/p99 of
 //!    `sensorhub_end_to_end_latency_seconds` (stream entry time to commit), read from the histogram
 //!    as the upper bound of the bucket holding the quantile.
+//!
+//!    Then the **answers** on that database (`e2e/answers.rs`): a year of one meter's `1h`
+//!    windows as Berlin days (SQL and API, median of 21), and a CSV export of raw readings
+//!    through the API in rows/s.
 //!
 //! 5. **Redis's own share**: the same entries preloaded anew and delivered to a consumer group that
 //!    does nothing else (`XREADGROUP` + `XACK` per batch, as sensorhub read before its ledger, then
@@ -56,6 +60,8 @@
 //! It ends by checking the result is exact (row count and aggregate equality with a GROUP BY), so a
 //! fast wrong run cannot pass for a fast run.
 
+#[path = "e2e/answers.rs"]
+mod answers;
 #[path = "e2e/cluster.rs"]
 mod cluster;
 #[path = "e2e/data.rs"]
@@ -111,6 +117,9 @@ struct Args {
     binary: Option<String>,
     /// `--tls`: sensorhub and the reference speak TLS to Redis and PostgreSQL.
     tls: bool,
+    /// `--only-throughput`: the rounds of reference and throughput, nothing after them (to compare
+    /// two builds' ingest in alternating runs).
+    only_throughput: bool,
     /// The Redis every phase uses: the local one, or with `--tls` a TLS-only one of the run's own.
     redis_url: String,
     /// The CA file that Redis's certificate is verified against (`--tls`).
@@ -130,6 +139,7 @@ fn args() -> Args {
         rounds: 5,
         binary: None,
         tls: false,
+        only_throughput: false,
         redis_url: "redis://127.0.0.1:6379".into(),
         redis_ca: None,
     };
@@ -156,6 +166,7 @@ fn args() -> Args {
             "--plot" => args.plot = iter.next().expect("--plot needs a path"),
             "--binary" => args.binary = Some(iter.next().expect("--binary needs a path")),
             "--tls" => args.tls = true,
+            "--only-throughput" => args.only_throughput = true,
             _ => {} // cargo bench passes --bench
         }
     }
@@ -282,6 +293,18 @@ async fn main() {
                 .join(", ")
         );
     }
+    if args.only_throughput {
+        for (round, measured) in rounds.iter().enumerate() {
+            println!(
+                "round {}: sensorhub {:.0} readings/s, reference {:.0} rows/s",
+                round + 1,
+                measured.rate,
+                measured.reference_rate
+            );
+        }
+        drop_run(&admin, &mut redis, &name).await;
+        return;
+    }
     let reference_rate = median.reference_rate;
     let reference_pg_cpu = median.reference_pg_cpu;
     let reference_elapsed = args.readings as f64 / reference_rate;
@@ -345,6 +368,7 @@ async fn main() {
         quantile(&before, &after, 0.5),
         quantile(&before, &after, 0.99),
     );
+    answers::answers_phase(&db_url, port, args.sensors).await;
     drop(hub);
 
     println!(
