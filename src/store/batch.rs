@@ -69,15 +69,22 @@ pub async fn write_batch(
     if readings.is_empty() {
         return Ok(BatchOutcome::default());
     }
-    let sorted: Vec<(usize, &Reading)> =
-        if readings.is_sorted_by(|a, b| (&*a.sensor_id, a.ts) <= (&*b.sensor_id, b.ts)) {
-            readings.iter().enumerate().collect()
+    // Batches come in key order; the ids are compared as text only where the sensor changes.
+    let in_key_order = readings.windows(2).all(|pair| {
+        if pair[0].same_sensor(&pair[1]) {
+            pair[0].ts < pair[1].ts
         } else {
-            Windows::key_order(readings)
-                .into_iter()
-                .map(|i| (i as usize, &readings[i as usize]))
-                .collect()
-        };
+            *pair[0].sensor_id < *pair[1].sensor_id
+        }
+    });
+    let sorted: Vec<(usize, &Reading)> = if in_key_order {
+        readings.iter().enumerate().collect()
+    } else {
+        Windows::key_order(readings)
+            .into_iter()
+            .map(|i| (i as usize, &readings[i as usize]))
+            .collect()
+    };
     match write_locked(client, &sorted, partials, resolutions, false).await {
         Err(StoreError::Db(error)) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
             write_locked(client, &sorted, partials, resolutions, true).await

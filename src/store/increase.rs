@@ -170,6 +170,9 @@ pub fn place(
     resolutions: &[Resolution],
 ) -> (Vec<f64>, Elsewhere) {
     let mut increases = vec![0.0; partials.len()];
+    // Each reading's instant once, not once per resolution: the calendar conversion costs more
+    // than the rest of the walk.
+    let micros: Vec<i64> = new.iter().map(|(r, _)| r.ts.timestamp_micros()).collect();
     let buckets: Vec<i64> = partials
         .iter()
         .map(|(key, _)| key.bucket.timestamp_micros())
@@ -195,8 +198,8 @@ pub fn place(
                 })
                 .count();
             let mut w = p;
-            for &(reading, step) in &new[k..end] {
-                let bucket = resolution.bucket_micros(reading.ts.timestamp_micros());
+            for (&(_, step), &at) in new[k..end].iter().zip(&micros[k..end]) {
+                let bucket = resolution.bucket_micros(at);
                 while w + 1 < run_end && buckets[w] < bucket {
                     w += 1;
                 }

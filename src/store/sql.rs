@@ -13,7 +13,7 @@ pub const LOCK_SENSORS: &str = "
 SELECT sensor_id, last_seen, last_value
 FROM sensors
 WHERE sensor_id = ANY($1::text[])
-ORDER BY sensor_id
+ORDER BY sensor_id COLLATE \"C\"
 FOR NO KEY UPDATE";
 
 /// Creates the rows of sensors seen for the first time, which locks them like [`LOCK_SENSORS`];
