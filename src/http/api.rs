@@ -16,7 +16,6 @@ use crate::http::HttpState;
 use crate::http::auth::Authorized;
 use crate::http::error::{ApiError, ErrorBody, unavailable};
 use crate::http::params::Params;
-use crate::http::windows;
 use crate::store::sql;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
@@ -31,10 +30,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/api/v1/sensors/{id}").route(web::get().to(get_sensor)))
         .service(
             web::resource("/api/v1/sensors/{id}/readings").route(web::get().to(sensor_readings)),
-        )
-        .service(
-            web::resource("/api/v1/sensors/{id}/aggregates")
-                .route(web::get().to(windows::sensor_aggregates)),
         );
 }
 

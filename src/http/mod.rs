@@ -112,6 +112,7 @@ impl HttpState {
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.configure(api::routes)
+        .configure(windows::routes)
         .configure(export::routes)
         .configure(ingest::routes)
         .configure(dead_letters::routes)

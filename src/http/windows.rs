@@ -21,6 +21,12 @@ use std::sync::{Mutex, OnceLock};
 use tokio_postgres::error::SqlState;
 use utoipa::ToSchema;
 
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/api/v1/sensors/{id}/aggregates").route(web::get().to(sensor_aggregates)),
+    );
+}
+
 /// Calendar windows, from local midnight in the zone asked for.
 pub(crate) const CALENDAR: [&str; 4] = ["1d", "1w", "1mo", "1y"];
 /// Fill modes; `none` leaves empty windows out.

@@ -4,16 +4,16 @@
 //! their contribution into the aggregates. A replayed or concurrently written reading therefore
 //! never counts twice, and every window's `increase` stays the sum of its readings' steps.
 
-use crate::domain::{AggKey, Aggregate, FastState, Reading, Resolution, Windows, same_id};
+use crate::domain::{AggKey, Aggregate, Reading, Resolution, Windows};
 use crate::store::StoreError;
-use crate::store::encode::{COPY_CHUNK_BYTES, COPY_HEADER, PgTimestamp, encode_copy_row};
+use crate::store::encode::{
+    COPY_CHUNK_BYTES, COPY_HEADER, PgTimestamp, SensorRows, encode_copy_row,
+};
 use crate::store::increase::{self, Steps};
 use crate::store::sql;
 use bytes::{BufMut as _, Bytes, BytesMut};
-use chrono::{DateTime, Utc};
 use futures_util::SinkExt as _;
 use std::borrow::Cow;
-use std::collections::HashMap;
 use tokio_postgres::error::SqlState;
 
 /// What one committed batch did.
@@ -237,15 +237,6 @@ async fn upsert_aggregates(
     Ok(rows)
 }
 
-/// The newest-reading summary of one sensor within a batch.
-struct SensorSummary<'a> {
-    unit: Option<&'a str>,
-    unit_ts: DateTime<Utc>,
-    first_seen: DateTime<Utc>,
-    last_seen: DateTime<Utc>,
-    last_value: f64,
-}
-
 async fn upsert_sensors<'a>(
     tx: &deadpool_postgres::Transaction<'_>,
     readings: impl Iterator<Item = &'a Reading>,
@@ -256,74 +247,4 @@ async fn upsert_sensors<'a>(
     let upsert = tx.prepare_cached(sql::UPSERT_SENSORS).await?;
     tx.execute(&upsert, &rows.params()).await?;
     Ok(())
-}
-
-/// The `sensors` rows a batch's readings make, sorted by id: the arrays of [`sql::UPSERT_SENSORS`]
-/// and [`sql::CREATE_SENSORS`].
-pub(super) struct SensorRows<'a> {
-    pub ids: Vec<&'a str>,
-    units: Vec<Option<&'a str>>,
-    first_seen: Vec<PgTimestamp>,
-    last_seen: Vec<PgTimestamp>,
-    last_values: Vec<f64>,
-}
-
-impl<'a> SensorRows<'a> {
-    pub fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 5] {
-        [
-            &self.ids,
-            &self.units,
-            &self.first_seen,
-            &self.last_seen,
-            &self.last_values,
-        ]
-    }
-
-    /// `None` without readings.
-    pub fn of(readings: impl Iterator<Item = &'a Reading>) -> Option<Self> {
-        // Summaries in order of first appearance, found by id; a reading of the same sensor as the one
-        // before (batches arrive in key order) skips the lookup.
-        let mut sensors: Vec<(&str, SensorSummary)> = Vec::new();
-        let mut index: HashMap<&str, usize, FastState> = HashMap::default();
-        for r in readings {
-            let at = match sensors.last() {
-                Some((id, _)) if same_id(id, &r.sensor_id) => sensors.len() - 1,
-                _ => *index.entry(&r.sensor_id).or_insert_with(|| {
-                    sensors.push((
-                        &r.sensor_id,
-                        SensorSummary {
-                            unit: None,
-                            unit_ts: r.ts,
-                            first_seen: r.ts,
-                            last_seen: r.ts,
-                            last_value: r.value,
-                        },
-                    ));
-                    sensors.len() - 1
-                }),
-            };
-            let summary = &mut sensors[at].1;
-            summary.first_seen = summary.first_seen.min(r.ts);
-            if r.ts >= summary.last_seen {
-                summary.last_seen = r.ts;
-                summary.last_value = r.value;
-            }
-            if r.unit.is_some() && (summary.unit.is_none() || r.ts >= summary.unit_ts) {
-                summary.unit = r.unit.as_deref();
-                summary.unit_ts = r.ts;
-            }
-        }
-        if sensors.is_empty() {
-            return None;
-        }
-        let mut sorted = sensors;
-        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        Some(SensorRows {
-            ids: sorted.iter().map(|(id, _)| *id).collect(),
-            units: sorted.iter().map(|(_, s)| s.unit).collect(),
-            first_seen: sorted.iter().map(|(_, s)| s.first_seen.into()).collect(),
-            last_seen: sorted.iter().map(|(_, s)| s.last_seen.into()).collect(),
-            last_values: sorted.iter().map(|(_, s)| s.last_value).collect(),
-        })
-    }
 }

@@ -6,8 +6,7 @@
 use crate::domain::increase::{Around, Fate, Point, plan};
 use crate::domain::{AggKey, Aggregate, FastState, Reading, Resolution, same_id};
 use crate::store::StoreError;
-use crate::store::batch::SensorRows;
-use crate::store::encode::PgTimestamp;
+use crate::store::encode::{PgTimestamp, SensorRows};
 use crate::store::sql;
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashMap};
