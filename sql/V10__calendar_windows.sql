@@ -23,6 +23,12 @@ LANGUAGE sql IMMUTABLE STRICT AS $$
     WHERE label ~ '^[0-9]+[smhd]$'
 $$;
 
+-- The UTC offset of `zone` at `at`, in seconds east: what an RFC 3339 time in that zone ends with.
+CREATE FUNCTION sensorhub_utc_offset(at timestamptz, zone text) RETURNS integer
+LANGUAGE sql STABLE STRICT AS $$
+    SELECT extract(epoch FROM (at AT TIME ZONE zone) - (at AT TIME ZONE 'UTC'))::integer
+$$;
+
 -- The windows whose start lies in [range_from, range_to]: calendar ones (unit and step given) from
 -- local midnight in `zone`, or epoch-aligned ones `width` seconds long.
 CREATE FUNCTION sensorhub_spans(range_from timestamptz, range_to timestamptz, unit text,
@@ -176,9 +182,7 @@ BEGIN
                (array_agg(s.value ORDER BY s.ts))[1] AS first_value,
                (array_agg(s.ts ORDER BY s.ts DESC))[1] AS last_ts,
                (array_agg(s.value ORDER BY s.ts DESC))[1] AS last_value,
-               sum(CASE WHEN s.previous IS NULL THEN 0
-                        WHEN s.value >= s.previous THEN s.value - s.previous
-                        ELSE s.value END) AS increase
+               sum(sensorhub_step(s.previous, s.value)) AS increase
         FROM steps s
         GROUP BY 1
     ), joined AS (

@@ -3,11 +3,18 @@
 -- windows already stored get theirs here, from the raw readings they were built from.
 ALTER TABLE aggregates ADD COLUMN increase double precision NOT NULL DEFAULT 0;
 
-WITH steps AS (
-    SELECT sensor_id, ts,
-           CASE WHEN previous IS NULL THEN 0
+-- A reading's step from the previous one (null: none, the sensor's first reading): the rise, or the
+-- value itself after a fall. The one SQL definition: the backfill and sensorhub_windows use it.
+CREATE FUNCTION sensorhub_step(previous double precision, value double precision)
+RETURNS double precision
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN previous IS NULL THEN 0
                 WHEN value >= previous THEN value - previous
-                ELSE value END AS step
+                ELSE value END
+$$;
+
+WITH steps AS (
+    SELECT sensor_id, ts, sensorhub_step(previous, value) AS step
     FROM (SELECT sensor_id, ts, value,
                  lag(value) OVER (PARTITION BY sensor_id ORDER BY ts) AS previous
           FROM readings) r

@@ -3,7 +3,7 @@
 //! output, with a progress line on standard error.
 
 use crate::config::Config;
-use crate::store::export::{Export, Format, Layout, WINDOW_FIELDS, WindowSpec};
+use crate::store::export::{Export, Format, Layout, WindowSpec, field};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt as _;
 use std::io::Write as _;
@@ -44,27 +44,20 @@ pub struct Args {
 
 impl Args {
     fn export(self) -> anyhow::Result<(Export, Option<PathBuf>)> {
-        let format = match self.format.as_str() {
-            "csv" => Format::Csv,
-            "ndjson" => Format::Ndjson,
-            other => anyhow::bail!("--format {other:?} is not csv or ndjson"),
-        };
-        let layout = match self.layout.as_str() {
-            "long" => Layout::Long,
-            "wide" => Layout::Wide,
-            other => anyhow::bail!("--layout {other:?} is not long or wide"),
-        };
-        if !WINDOW_FIELDS[..10].contains(&self.field.as_str()) {
-            anyhow::bail!(
-                "--field {:?} is not one of {}",
-                self.field,
-                WINDOW_FIELDS[..10].join(", ")
-            );
-        }
+        let format: Format = self
+            .format
+            .parse()
+            .map_err(|why| anyhow::anyhow!("--format {:?} {why}", self.format))?;
+        let layout: Layout = self
+            .layout
+            .parse()
+            .map_err(|why| anyhow::anyhow!("--layout {:?} {why}", self.layout))?;
+        let field =
+            field(&self.field).map_err(|why| anyhow::anyhow!("--field {:?} {why}", self.field))?;
         let windows = self.resolution.map(|resolution| WindowSpec {
             resolution,
             tz: self.tz,
-            field: self.field,
+            field,
         });
         let export = Export {
             sensors: self.sensors,

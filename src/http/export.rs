@@ -2,14 +2,13 @@
 //! raw readings or windows streamed as CSV or NDJSON ([`store::export`](crate::store::export)),
 //! behind the read token.
 
-use crate::domain::Resolution;
 use crate::domain::reading::{could_be_sensor_id, excerpt};
 use crate::http::HttpState;
 use crate::http::auth::Authorized;
 use crate::http::error::{ApiError, unavailable};
 use crate::http::params::Params;
-use crate::http::windows::{CALENDAR, check_zone};
-use crate::store::export::{Export, Format, Layout, WINDOW_FIELDS, WindowSpec};
+use crate::http::windows::{check_zone, window_size};
+use crate::store::export::{Export, Format, Layout, WindowSpec, field};
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::TryStreamExt as _;
 
@@ -39,26 +38,18 @@ pub fn parse(params: &Params, state: &HttpState) -> Result<Export, ApiError> {
         )));
     }
     let (from, to) = params.range()?;
-    let format = match params.get("format") {
-        None | Some("csv") => Format::Csv,
-        Some("ndjson") => Format::Ndjson,
-        Some(other) => {
-            return Err(ApiError::BadRequest(format!(
-                "format={} is not csv or ndjson",
-                excerpt(other)
-            )));
-        }
-    };
-    let layout = match params.get("layout") {
-        None | Some("long") => Layout::Long,
-        Some("wide") => Layout::Wide,
-        Some(other) => {
-            return Err(ApiError::BadRequest(format!(
-                "layout={} is not long or wide",
-                excerpt(other)
-            )));
-        }
-    };
+    // The value of a parameter read with `parse`, refused naming it.
+    fn read<T>(
+        params: &Params,
+        name: &str,
+        default: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<T, ApiError> {
+        let text = params.get(name).unwrap_or(default);
+        parse(text).map_err(|why| ApiError::BadRequest(format!("{name}={} {why}", excerpt(text))))
+    }
+    let format: Format = read(params, "format", "csv", str::parse)?;
+    let layout: Layout = read(params, "layout", "long", str::parse)?;
     let windows = match params.get("resolution") {
         None => {
             if let Some(name) = ["tz", "field"]
@@ -72,33 +63,12 @@ pub fn parse(params: &Params, state: &HttpState) -> Result<Export, ApiError> {
             None
         }
         Some(text) => {
-            let configured = &state.api.resolutions;
-            let resolution = if CALENDAR.contains(&text) {
-                text.to_owned()
-            } else {
-                text.parse::<Resolution>()
-                    .ok()
-                    .filter(|r| configured.contains(r))
-                    .map(|r| r.to_string())
-                    .ok_or_else(|| {
-                        ApiError::BadRequest(format!(
-                            "resolution={} is not a configured resolution, 1d, 1w, 1mo or 1y",
-                            excerpt(text)
-                        ))
-                    })?
-            };
-            let field = params.get("field").unwrap_or("mean");
-            if !WINDOW_FIELDS[..10].contains(&field) {
-                return Err(ApiError::BadRequest(format!(
-                    "field={} is not one of {}",
-                    excerpt(field),
-                    WINDOW_FIELDS[..10].join(", ")
-                )));
-            }
+            let resolution = window_size(text, &state.api.resolutions, "")?;
+            let field = read(params, "field", "mean", field)?;
             Some(WindowSpec {
                 resolution,
                 tz: params.get("tz").unwrap_or("UTC").to_owned(),
-                field: field.to_owned(),
+                field,
             })
         }
     };

@@ -12,9 +12,10 @@ use crate::http::api::{DEFAULT_LIMIT, MAX_LIMIT, find_sensor};
 use crate::http::auth::Authorized;
 use crate::http::error::{ApiError, ErrorBody, unavailable};
 use crate::http::params::Params;
+use crate::store::export::at_offset;
 use crate::store::sql;
 use actix_web::{HttpRequest, HttpResponse, web};
-use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::collections::HashSet;
 use std::sync::{Mutex, OnceLock};
@@ -28,7 +29,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 /// Calendar windows, from local midnight in the zone asked for.
-pub(crate) const CALENDAR: [&str; 4] = ["1d", "1w", "1mo", "1y"];
+const CALENDAR: [&str; 4] = ["1d", "1w", "1mo", "1y"];
 /// Fill modes; `none` leaves empty windows out.
 const FILLS: [&str; 4] = ["none", "null", "previous", "linear"];
 
@@ -128,21 +129,11 @@ pub(crate) async fn sensor_aggregates(
                 "points is for resolution=auto".to_owned(),
             ));
         }
-        None => configured.first().map(ToString::to_string).unwrap_or_default(),
-        Some(text) if CALENDAR.contains(&text) => text.to_owned(),
-        Some(text) => text
-            .parse::<Resolution>()
-            .ok()
-            .filter(|r| configured.contains(r))
-            .map(|r| r.to_string())
-            .ok_or_else(|| {
-                let labels: Vec<String> = configured.iter().map(ToString::to_string).collect();
-                ApiError::BadRequest(format!(
-                    "resolution={} is not one of the configured resolutions ({}), 1d, 1w, 1mo, 1y or auto",
-                    excerpt(text),
-                    labels.join(", ")
-                ))
-            })?,
+        None => configured
+            .first()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        Some(text) => window_size(text, &configured, ", or auto")?,
     };
     // Every window of the range is made for calendar windows and for fill: a range too long for
     // the resolution is refused before PostgreSQL builds millions of them.
@@ -178,33 +169,21 @@ pub(crate) async fn sensor_aggregates(
     let source = rows.first().map(|r| r.get::<_, String>(14));
     let aggregates = rows
         .iter()
-        .map(|r| {
-            let offset =
-                FixedOffset::east_opt(r.get(15)).unwrap_or(FixedOffset::east_opt(0).unwrap());
-            let local = |at: DateTime<Utc>| {
-                at.with_timezone(&offset)
-                    .to_rfc3339_opts(SecondsFormat::AutoSi, true)
-            };
-            let end: DateTime<Utc> = r.get(1);
-            let end_offset = FixedOffset::east_opt(r.get(16)).unwrap_or(offset);
-            AggregateWindow {
-                bucket: local(r.get(0)),
-                bucket_end: end
-                    .with_timezone(&end_offset)
-                    .to_rfc3339_opts(SecondsFormat::AutoSi, true),
-                count: r.get(2),
-                sum: r.get(3),
-                min: r.get(4),
-                max: r.get(5),
-                mean: r.get(6),
-                first_ts: r.get(7),
-                first_value: r.get(8),
-                last_ts: r.get(9),
-                last_value: r.get(10),
-                diff: r.get(11),
-                increase: r.get(12),
-                rate: r.get(13),
-            }
+        .map(|r| AggregateWindow {
+            bucket: at_offset(r.get(0), r.get(15)),
+            bucket_end: at_offset(r.get(1), r.get(16)),
+            count: r.get(2),
+            sum: r.get(3),
+            min: r.get(4),
+            max: r.get(5),
+            mean: r.get(6),
+            first_ts: r.get(7),
+            first_value: r.get(8),
+            last_ts: r.get(9),
+            last_value: r.get(10),
+            diff: r.get(11),
+            increase: r.get(12),
+            rate: r.get(13),
         })
         .collect();
     Ok(HttpResponse::Ok().json(WindowList {
@@ -214,6 +193,30 @@ pub(crate) async fn sensor_aggregates(
         source,
         aggregates,
     }))
+}
+
+/// The window size `text` names: `1d`, `1w`, `1mo`, `1y`, or one of the `configured` resolutions
+/// (as its label); refused naming the choices (and `more` of them the route takes).
+pub(crate) fn window_size(
+    text: &str,
+    configured: &[Resolution],
+    more: &str,
+) -> Result<String, ApiError> {
+    if CALENDAR.contains(&text) {
+        return Ok(text.to_owned());
+    }
+    text.parse::<Resolution>()
+        .ok()
+        .filter(|r| configured.contains(r))
+        .map(|r| r.to_string())
+        .ok_or_else(|| {
+            let labels: Vec<String> = configured.iter().map(ToString::to_string).collect();
+            ApiError::BadRequest(format!(
+                "resolution={} is not one of the configured resolutions ({}), 1d, 1w, 1mo, 1y{more}",
+                excerpt(text),
+                labels.join(", ")
+            ))
+        })
 }
 
 fn points(params: &Params) -> Result<i64, ApiError> {

@@ -277,9 +277,7 @@ async fn recompute(
                 count(*), sum(value), min(value), max(value),
                 (array_agg(ts ORDER BY ts))[1], (array_agg(value ORDER BY ts))[1],
                 (array_agg(ts ORDER BY ts DESC))[1], (array_agg(value ORDER BY ts DESC))[1],
-                sum(CASE WHEN previous IS NULL THEN 0
-                         WHEN value >= previous THEN value - previous
-                         ELSE value END)
+                sum(sensorhub_step(previous, value))
          FROM (SELECT sensor_id, ts, value,
                       coalesce(lag(value) OVER (PARTITION BY sensor_id ORDER BY ts),
                                CASE WHEN row_number() OVER (PARTITION BY sensor_id ORDER BY ts) = 1

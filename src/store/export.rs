@@ -4,7 +4,7 @@
 //! `GET /api/v1/export` and `sensorhub export` both stream [`Export::stream`].
 
 use bytes::Bytes;
-use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
+use chrono::{DateTime, FixedOffset, Offset as _, SecondsFormat, Utc};
 use futures_util::Stream;
 
 /// Rows fetched from the cursor per chunk of output.
@@ -20,6 +20,39 @@ pub enum Format {
 pub enum Layout {
     Long,
     Wide,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "csv" => Ok(Format::Csv),
+            "ndjson" => Ok(Format::Ndjson),
+            _ => Err("is not csv or ndjson".to_owned()),
+        }
+    }
+}
+
+impl std::str::FromStr for Layout {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "long" => Ok(Layout::Long),
+            "wide" => Ok(Layout::Wide),
+            _ => Err("is not long or wide".to_owned()),
+        }
+    }
+}
+
+/// The window field named `text`, for the wide layout's cells.
+pub fn field(text: &str) -> Result<String, String> {
+    if WINDOW_FIELDS[..10].contains(&text) {
+        Ok(text.to_owned())
+    } else {
+        Err(format!("is not one of {}", WINDOW_FIELDS[..10].join(", ")))
+    }
 }
 
 /// Window fields, in the order of the long layout's columns.
@@ -85,10 +118,10 @@ impl Export {
             ),
             Some(_) => format!(
                 "SELECT s.sensor, w.bucket,
-                        extract(epoch FROM (w.bucket AT TIME ZONE $5) - (w.bucket AT TIME ZONE 'UTC'))::int4,
+                        sensorhub_utc_offset(w.bucket, $5),
                         w.count::float8, w.sum, w.min, w.max, w.mean, w.first_value, w.last_value,
                         w.diff, w.increase, w.rate, w.bucket_end,
-                        extract(epoch FROM (w.bucket_end AT TIME ZONE $5) - (w.bucket_end AT TIME ZONE 'UTC'))::int4,
+                        sensorhub_utc_offset(w.bucket_end, $5),
                         s.n
                  FROM unnest($1::text[]) WITH ORDINALITY AS s(sensor, n),
                       LATERAL sensorhub_windows(s.sensor, $2, $3, $4, $5, 'none') w
@@ -228,14 +261,11 @@ impl State {
         let windows = self.export.windows.is_some();
         for row in &rows {
             let row = if windows {
-                let offset =
-                    FixedOffset::east_opt(row.get(2)).unwrap_or(FixedOffset::east_opt(0).unwrap());
-                let end_offset = FixedOffset::east_opt(row.get(14)).unwrap_or(offset);
                 Row {
                     sensor: row.get(0),
-                    at: local(row.get(1), offset),
+                    at: at_offset(row.get(1), row.get(2)),
                     values: (3..13).map(|i| row.get(i)).collect(),
-                    bucket_end: Some(local(row.get(13), end_offset)),
+                    bucket_end: Some(at_offset(row.get(13), row.get(14))),
                 }
             } else {
                 Row {
@@ -356,8 +386,10 @@ fn csv_writer() -> csv::Writer<Vec<u8>> {
         .from_writer(Vec::new())
 }
 
-/// RFC 3339 with the offset (`Z` for UTC), microseconds only when there are any.
-fn local(at: DateTime<Utc>, offset: FixedOffset) -> String {
+/// `at` in RFC 3339 at a UTC offset of `seconds` (from `sensorhub_utc_offset`; `Z` for UTC),
+/// microseconds only when there are any.
+pub fn at_offset(at: DateTime<Utc>, seconds: i32) -> String {
+    let offset = FixedOffset::east_opt(seconds).unwrap_or(Utc.fix());
     at.with_timezone(&offset)
         .to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }

@@ -117,8 +117,7 @@ LIMIT $4";
 pub const SENSOR_WINDOWS: &str = "
 SELECT w.bucket, w.bucket_end, w.count, w.sum, w.min, w.max, w.mean, w.first_ts, w.first_value,
        w.last_ts, w.last_value, w.diff, w.increase, w.rate, w.source,
-       extract(epoch FROM (w.bucket AT TIME ZONE $5) - (w.bucket AT TIME ZONE 'UTC'))::int4,
-       extract(epoch FROM (w.bucket_end AT TIME ZONE $5) - (w.bucket_end AT TIME ZONE 'UTC'))::int4
+       sensorhub_utc_offset(w.bucket, $5), sensorhub_utc_offset(w.bucket_end, $5)
 FROM sensorhub_windows($1, $2, $3, $4, $5, $6) w
 ORDER BY w.bucket DESC
 LIMIT $7";
