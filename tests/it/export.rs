@@ -220,3 +220,53 @@ async fn layouts_formats_windows_and_the_command_line() {
         std::fs::read(dir.0.join("long.csv")).unwrap()
     );
 }
+
+/// A client that goes away in the middle of an export leaves no connection behind in its
+/// transaction: the next requests of the read pool answer, and no session of the database stays
+/// idle in a transaction.
+#[actix_web::test]
+async fn a_client_leaving_mid_export_leaves_no_transaction_open() {
+    use std::io::{Read as _, Write as _};
+    let resources = Resources::new();
+    let hub = Sensorhub::spawn(&resources.hub_env()).await;
+    wait_ready_status(hub.port, 200, std::time::Duration::from_secs(30)).await;
+    let pg = pg_client(&resources.database_url).await;
+    pg.batch_execute(
+        "CREATE TABLE readings_export_test PARTITION OF readings
+             FOR VALUES FROM ('2026-01-05T00:00:00Z') TO ('2026-01-06T00:00:00Z');
+         INSERT INTO readings
+         SELECT 'left', '2026-01-05T00:00:00Z'::timestamptz + i * interval '100 ms', i
+         FROM generate_series(0, 499999) i;
+         INSERT INTO sensors VALUES ('left', NULL, '2026-01-05', '2026-01-05', 0);",
+    )
+    .await
+    .unwrap();
+    for _ in 0..4 {
+        let mut socket = std::net::TcpStream::connect(("127.0.0.1", hub.port)).unwrap();
+        socket
+            .write_all(b"GET /api/v1/export?sensor=left HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut first = [0u8; 4096];
+        let n = socket.read(&mut first).unwrap();
+        assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+        drop(socket); // gone with most of the export unread
+    }
+    wait_for_count(
+        &pg,
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
+        0,
+        std::time::Duration::from_secs(20),
+    )
+    .await;
+    // The pool still answers, export included.
+    for _ in 0..6 {
+        let (status, body) = http_get(hub.port, "/api/v1/sensors/left/readings?limit=1").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let dir = scratch();
+    let file = dir.0.join("after.csv");
+    assert_eq!(download(&hub, "/api/v1/export?sensor=left", &file), 200);
+    let lines = std::fs::read_to_string(&file).unwrap().lines().count();
+    assert_eq!(lines, 500_001);
+}
