@@ -210,7 +210,15 @@ fn windows(c: &mut Criterion) {
     group.bench_function("build_write_batch_10k", |b| {
         b.iter_batched(
             || (batch.clone(), origins.clone()),
-            |(readings, origins)| prepare(readings, origins, &resolutions, 2),
+            |(readings, origins)| {
+                prepare(
+                    readings,
+                    origins,
+                    &resolutions,
+                    2,
+                    sensorhub::domain::OnConflict::KeepFirst,
+                )
+            },
             criterion::BatchSize::LargeInput,
         )
     });

@@ -1,6 +1,6 @@
 //! The `sensorhub` binary: `serve` (the default) runs the service; `healthcheck` exits 0 when the
 //! local instance is ready (for a container `HEALTHCHECK`, no curl needed); `simulate` publishes
-//! demo sensor readings; `dead-letters` lists, counts, replays and purges the dead letters; `export` streams readings or windows as CSV or NDJSON. Configuration comes from `SENSORHUB_*` variables (see the README).
+//! demo sensor readings; `dead-letters` lists, counts, replays and purges the dead letters; `export` streams readings or windows as CSV or NDJSON; `delete` deletes readings in a range. Configuration comes from `SENSORHUB_*` variables (see the README).
 
 use clap::{Parser, Subcommand};
 use sensorhub::cli::ops::{healthcheck, rename_stream};
@@ -58,6 +58,8 @@ enum Command {
     DeadLetters(sensorhub::cli::dead_letters::Command),
     /// Stream raw readings or windows as CSV or NDJSON, as GET /api/v1/export does.
     Export(sensorhub::cli::export::Args),
+    /// Delete readings in [from, to), as POST /api/v1/delete does.
+    Delete(sensorhub::cli::delete::Args),
     /// Rename SENSORHUB_STREAM and every key beside it (dead letters, ledger, leases), e.g. to
     /// give them a hash tag before moving to a Redis Cluster. Stop every instance first.
     RenameStream {
@@ -65,6 +67,21 @@ enum Command {
         #[arg(long)]
         to: String,
     },
+}
+
+/// Runs a tool subcommand to its end on a runtime of its own; an error is one line.
+fn run_tool(work: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    match runtime.block_on(work) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("sensorhub: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -78,45 +95,14 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config),
-        Command::RenameStream { to } => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a tokio runtime");
-            match runtime.block_on(rename_stream(&config, &to)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("sensorhub: {error:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::RenameStream { to } => run_tool(rename_stream(&config, &to)),
         Command::DeadLetters(command) => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a tokio runtime");
-            match runtime.block_on(sensorhub::cli::dead_letters::run(&config, command)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("sensorhub: {error:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            run_tool(sensorhub::cli::dead_letters::run(&config, command))
         }
         Command::Export(args) => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a tokio runtime");
-            match runtime.block_on(sensorhub::cli::export::run(&config, args)) {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("sensorhub: {error:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            run_tool(async { sensorhub::cli::export::run(&config, args).await.map(drop) })
         }
+        Command::Delete(args) => run_tool(sensorhub::cli::delete::run(&config, args)),
         Command::Healthcheck => healthcheck(config.http_addr),
         Command::Simulate {
             sensors,

@@ -51,6 +51,10 @@ pub struct Metrics {
     pub readings_duplicate: IntCounter,
     /// Readings whose `(sensor_id, ts)` is stored with another value: dead-lettered.
     pub readings_conflicting: IntCounter,
+    /// Values replaced by one from a later stream position (`keep_last`).
+    pub readings_replaced: IntCounter,
+    /// Readings removed by deletions.
+    pub readings_deleted: IntCounter,
     /// Aggregate rows inserted or merged into.
     pub aggregate_rows_upserted: IntCounter,
     /// Time of one batch transaction, retries included.
@@ -187,6 +191,14 @@ impl Metrics {
             readings_conflicting: counter(
                 "sensorhub_readings_conflicting_total",
                 "Readings whose (sensor_id, ts) is stored with a different value: dead-lettered as conflicting_value.",
+            ),
+            readings_replaced: counter(
+                "sensorhub_readings_replaced_total",
+                "Values of a (sensor_id, ts) replaced by one from a later stream position (SENSORHUB_ON_CONFLICT=keep_last).",
+            ),
+            readings_deleted: counter(
+                "sensorhub_readings_deleted_total",
+                "Readings removed by deletions (POST /api/v1/delete, /api/v2/delete, sensorhub delete).",
             ),
             aggregate_rows_upserted: counter(
                 "sensorhub_aggregate_rows_upserted_total",

@@ -40,7 +40,16 @@ pub(crate) async fn reference(
             })
             .collect();
         let origins = vec![EntryId::ZERO; readings.len()];
-        batches.push(prepare(readings, origins, &resolutions, connections).shards);
+        batches.push(
+            prepare(
+                readings,
+                origins,
+                &resolutions,
+                connections,
+                sensorhub::domain::OnConflict::KeepFirst,
+            )
+            .shards,
+        );
         n = end;
     }
     // One lane per connection, as sensorhub's writer: each writes its shards of every batch in
@@ -58,11 +67,21 @@ pub(crate) async fn reference(
         async move {
             let mut client = pool.get().await.unwrap();
             for shard in shards {
+                let origins: Vec<sensorhub::domain::Origin> = shard
+                    .origins
+                    .iter()
+                    .map(|e| sensorhub::domain::conflict::origin(e.ms, e.seq))
+                    .collect();
+                let batch = sensorhub::store::Batch {
+                    readings: &shard.readings,
+                    origins: &origins,
+                    partials: &shard.partials,
+                };
                 sensorhub::store::write_batch(
                     &mut client,
-                    &shard.readings,
-                    &shard.partials,
+                    batch,
                     &resolutions,
+                    sensorhub::domain::OnConflict::KeepFirst,
                 )
                 .await
                 .unwrap();

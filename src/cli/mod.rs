@@ -1,7 +1,8 @@
 //! The `sensorhub` subcommands besides `serve`: demo sensors ([`simulate`]), dead-letter operations
-//! ([`dead_letters`]), exports ([`export`]), the container healthcheck and renaming the stream ([`ops`]).
+//! ([`dead_letters`]), deletions ([`delete`]), exports ([`export`]), the container healthcheck and renaming the stream ([`ops`]).
 
 pub mod dead_letters;
+pub mod delete;
 pub mod export;
 pub mod ops;
 pub mod simulate;

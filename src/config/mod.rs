@@ -5,7 +5,7 @@
 //! documentation cannot drift. A bad value gives one line naming the variable, the value and what is
 //! expected ([`ConfigError`]).
 
-use crate::domain::{Limits, Resolution};
+use crate::domain::{Limits, OnConflict, Resolution};
 mod env;
 mod mqtt;
 mod rules;
@@ -126,6 +126,8 @@ pub struct Config {
     pub claim_idle: Duration,
     pub bridge_lease: Duration,
     pub write_connections: usize,
+    /// Which value of a `(sensor_id, ts)` stays when another arrives.
+    pub on_conflict: OnConflict,
     pub db_pool_size: usize,
     pub shutdown_timeout: Duration,
     /// After how long a silent peer is given up, on every connection ([`crate::liveness`]).
@@ -243,6 +245,7 @@ impl Config {
             claim_idle: env.duration("SENSORHUB_CLAIM_IDLE")?,
             bridge_lease: env.duration("SENSORHUB_BRIDGE_LEASE")?,
             write_connections: env.number("SENSORHUB_WRITE_CONNECTIONS", 1, 32)?,
+            on_conflict: env.parsed("SENSORHUB_ON_CONFLICT", "keep_first or keep_last")?,
             db_pool_size: env.number("SENSORHUB_DB_POOL_SIZE", 1, 256)?,
             shutdown_timeout: env.duration("SENSORHUB_SHUTDOWN_TIMEOUT")?,
             network_timeout: env.network_timeout("SENSORHUB_NETWORK_TIMEOUT")?,

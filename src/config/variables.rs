@@ -213,6 +213,11 @@ pub const VARIABLES: &[Variable] = &[
         meaning: "write lanes: connections each writing its sensors' part of every batch",
     },
     Variable {
+        name: "SENSORHUB_ON_CONFLICT",
+        default: "keep_first",
+        meaning: "a reading whose sensor and time are stored with another value: `keep_first` dead-letters it (`conflicting_value`), `keep_last` lets the later stream position replace the stored value (docs/corrections.md)",
+    },
+    Variable {
         name: "SENSORHUB_DB_POOL_SIZE",
         default: "4",
         meaning: "PostgreSQL connections: the write connections, the rest (at least one) for the API",

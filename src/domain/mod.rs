@@ -1,5 +1,7 @@
 //! Pure types and logic: no actix, no I/O.
 //!
+//! - [`conflict`]: which value of a `(sensor_id, ts)` stays, and the stream positions that order
+//!   them.
 //! - [`fields`]: the names of a stream entry's fields.
 //! - [`increase`]: the steps of a counter, and what a batch changes of them.
 //! - [`reading`]: turning the bytes of a stream entry into [`Reading`]s, or a [`Rejection`] with a
@@ -7,12 +9,14 @@
 //! - [`shard`]: the shard a sensor's readings belong to, and messages split over shards.
 //! - [`window`]: epoch-aligned tumbling windows and the mergeable partial [`Aggregate`].
 
+pub mod conflict;
 pub mod fields;
 pub mod increase;
 pub mod reading;
 pub mod shard;
 pub mod window;
 
+pub use conflict::{OnConflict, Origin};
 pub use reading::{Limits, ParseContext, Reading, Reason, Rejection, same_id};
 pub use window::{AggKey, Aggregate, Resolution, Windows};
 

@@ -134,6 +134,53 @@ impl FromRequest for AdminAuthorized {
     }
 }
 
+/// Whether `req` may delete readings: with the ingest token (what writes the data may correct
+/// it) or the admin token; open only when no token at all is configured.
+pub fn check_delete(req: &HttpRequest) -> Result<(), &'static str> {
+    let Some(state) = req.app_data::<web::Data<HttpState>>() else {
+        return Ok(());
+    };
+    let api = &state.api;
+    if api.token.is_none() && api.ingest_token.is_none() && api.admin_token.is_none() {
+        return Ok(());
+    }
+    let opens = |expected: &Option<crate::config::Secret>, scope: Scope| {
+        matches!(
+            (expected, presented(req, scope)),
+            (Some(expected), Some(token))
+                if bool::from(token.as_bytes().ct_eq(expected.expose().as_bytes()))
+        )
+    };
+    if opens(&api.ingest_token, Scope::Ingest) || opens(&api.admin_token, Scope::Admin) {
+        return Ok(());
+    }
+    state
+        .metrics
+        .unauthorized_requests
+        .with_label_values(&["delete"])
+        .inc();
+    Err(
+        "deleting readings needs the ingest token ('Authorization: Token <token>' or 'Bearer \
+         <token>') or the admin token ('Bearer <admin token>')",
+    )
+}
+
+/// Extractor that passes only with a token that may delete readings ([`check_delete`]).
+pub struct DeleteAuthorized;
+
+impl FromRequest for DeleteAuthorized {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        ready(
+            check_delete(req)
+                .map(|()| DeleteAuthorized)
+                .map_err(ApiError::Unauthorized),
+        )
+    }
+}
+
 /// Extractor that passes only with the ingest token (or when none is configured).
 pub struct IngestAuthorized;
 

@@ -14,6 +14,7 @@ pub mod api;
 pub mod auth;
 pub mod body;
 pub mod dead_letters;
+pub mod delete;
 pub mod error;
 pub mod export;
 pub mod ingest;
@@ -116,6 +117,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(export::routes)
         .configure(ingest::routes)
         .configure(dead_letters::routes)
+        .configure(delete::routes)
         .service(web::resource("/api/v1/pipeline").route(web::get().to(status::pipeline)))
         .configure(line_protocol::routes)
         .configure(openapi::routes)

@@ -7,6 +7,7 @@ use crate::http::dead_letters::{
     self, DeadLetterPage, DeadLetterSummary, DeadLetterView, PurgeAnswer, ReplayAnswer,
     ReplayRequest,
 };
+use crate::http::delete::{self, DeleteAnswer, DeleteRequest};
 use crate::http::error::ErrorBody;
 use crate::http::ingest::{self, Accepted, RejectedReading};
 use crate::http::line_protocol::{self, BadLine, WriteErrorBody};
@@ -66,8 +67,8 @@ impl Modify for BearerAuth {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "sensorhub", description = "Read API and HTTP ingest of sensorhub. The bearer token is required only when SENSORHUB_API_TOKEN (read API) or SENSORHUB_INGEST_TOKEN (ingest) is set."),
-    paths(api::list_sensors, api::get_sensor, api::sensor_readings, windows::sensor_aggregates, ingest::ingest, line_protocol::write_v2, line_protocol::write_v1, dead_letters::list, dead_letters::summary, dead_letters::replay, dead_letters::purge, status::pipeline),
-    components(schemas(Sensor, SensorList, ReadingPoint, ReadingList, AggregateWindow, WindowList, Accepted, RejectedReading, ErrorBody, BadLine, WriteErrorBody, DeadLetterView, DeadLetterPage, DeadLetterSummary, ReplayRequest, ReplayAnswer, PurgeAnswer, PipelineStatus, DeadLetterPanel)),
+    paths(api::list_sensors, api::get_sensor, api::sensor_readings, windows::sensor_aggregates, ingest::ingest, line_protocol::write_v2, line_protocol::write_v1, dead_letters::list, dead_letters::summary, dead_letters::replay, dead_letters::purge, delete::delete_v1, status::pipeline),
+    components(schemas(Sensor, SensorList, ReadingPoint, ReadingList, AggregateWindow, WindowList, Accepted, RejectedReading, ErrorBody, BadLine, WriteErrorBody, DeadLetterView, DeadLetterPage, DeadLetterSummary, ReplayRequest, ReplayAnswer, PurgeAnswer, DeleteRequest, DeleteAnswer, PipelineStatus, DeadLetterPanel)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

@@ -4,7 +4,7 @@
 //! PostgreSQL, and this work overlaps the previous batch's transactions.
 
 use crate::actor::{count_restart, guarded, off_thread};
-use crate::domain::{Reading, Resolution, Windows};
+use crate::domain::{OnConflict, Reading, Resolution, Windows};
 use crate::pipeline::faults::Faults;
 use crate::pipeline::lanes::{Shard, split};
 use crate::pipeline::messages::{Readings, Repeat, WriteBatch};
@@ -17,6 +17,8 @@ pub struct Aggregator {
     resolutions: Arc<[Resolution]>,
     /// Write connections: shards per batch.
     shards: usize,
+    /// Which of a key's readings in one batch is written.
+    on_conflict: OnConflict,
     writer: Recipient<WriteBatch>,
     metrics: Arc<Metrics>,
     faults: Arc<Faults>,
@@ -26,6 +28,7 @@ impl Aggregator {
     pub fn new(
         resolutions: &[Resolution],
         shards: usize,
+        on_conflict: OnConflict,
         writer: Recipient<WriteBatch>,
         metrics: Arc<Metrics>,
         faults: Arc<Faults>,
@@ -33,6 +36,7 @@ impl Aggregator {
         Self {
             resolutions: resolutions.into(),
             shards: shards.max(1),
+            on_conflict,
             writer,
             metrics,
             faults,
@@ -60,6 +64,7 @@ impl Handler<Readings> for Aggregator {
     fn handle(&mut self, batch: Readings, ctx: &mut Self::Context) {
         let resolutions = Arc::clone(&self.resolutions);
         let shards = self.shards;
+        let on_conflict = self.on_conflict;
         let writer = self.writer.clone();
         let faults = Arc::clone(&self.faults);
         let work = async move {
@@ -71,7 +76,8 @@ impl Handler<Readings> for Aggregator {
                 ticket,
             } = batch;
             let prepared =
-                off_thread(move || prepare(readings, origins, &resolutions, shards)).await;
+                off_thread(move || prepare(readings, origins, &resolutions, shards, on_conflict))
+                    .await;
             let message = WriteBatch {
                 shards: prepared.shards,
                 repeats: prepared.repeats,
@@ -94,34 +100,55 @@ pub struct Prepared {
     pub repeats: Vec<Repeat>,
 }
 
-/// What this stage does to a batch: drops readings repeated within it (the first of each key
-/// stays), folds the rest into partials and splits both into `shards` write shards. One sort into
-/// key order serves all three: repeated keys are neighbours, each sensor's windows are
-/// consecutive runs, and every shard receives its rows already in order.
+/// What this stage does to a batch: drops readings repeated within it (of each key, the first
+/// stays under `keep_first`, the one from the latest stream position under `keep_last`), folds
+/// the rest into partials and splits both into `shards` write shards. One sort into key order
+/// serves all three: repeated keys are neighbours, each sensor's windows are consecutive runs,
+/// and every shard receives its rows already in order.
 pub fn prepare(
     readings: Vec<Reading>,
     origins: Vec<EntryId>,
     resolutions: &[Resolution],
     shards: usize,
+    on_conflict: OnConflict,
 ) -> Prepared {
     let mut kept: Vec<u32> = Vec::with_capacity(readings.len());
-    let mut repeats = Vec::new();
+    let mut dropped: Vec<u32> = Vec::new();
     for position in Windows::key_order(&readings) {
         let reading = &readings[position as usize];
-        // Equal keys are in arrival order: the first one stays.
-        let repeated = kept
-            .last()
-            .map(|&last| &readings[last as usize])
-            .filter(|last| last.ts == reading.ts && last.sensor_id == reading.sensor_id);
+        let repeated = kept.last_mut().filter(|last| {
+            let last = &readings[**last as usize];
+            last.ts == reading.ts && last.sensor_id == reading.sensor_id
+        });
         match repeated {
             None => kept.push(position),
-            Some(first) => repeats.push(Repeat {
-                reading: reading.clone(),
-                entry: origins[position as usize],
-                first: first.value,
-            }),
+            // Equal keys are in arrival order, which within one stream is stream order; a
+            // replayed dead letter keeps the position it first came from.
+            Some(last)
+                if on_conflict == OnConflict::KeepLast
+                    && origins[position as usize] >= origins[*last as usize] =>
+            {
+                dropped.push(std::mem::replace(last, position));
+            }
+            Some(_) => dropped.push(position),
         }
     }
+    let repeats = dropped
+        .into_iter()
+        .map(|position| {
+            let reading = &readings[position as usize];
+            // The kept reading of its key: the one before it in key order is of another key.
+            let at = kept.partition_point(|&k| {
+                let k = &readings[k as usize];
+                (&*k.sensor_id, k.ts) < (&*reading.sensor_id, reading.ts)
+            });
+            Repeat {
+                reading: reading.clone(),
+                entry: origins[position as usize],
+                first: readings[kept[at] as usize].value,
+            }
+        })
+        .collect();
     let partials = Windows::fold_sorted(resolutions, kept.iter().map(|&i| &readings[i as usize]));
     Prepared {
         shards: split(readings, origins, &kept, partials, shards),
@@ -168,7 +195,7 @@ mod tests {
             let resolutions: Vec<Resolution> = vec!["1m".parse().unwrap(), "1h".parse().unwrap()];
             let expected_partials = Windows::fold(&resolutions, &kept);
 
-            let prepared = prepare(readings.clone(), origins.clone(), &resolutions, shards);
+            let prepared = prepare(readings.clone(), origins.clone(), &resolutions, shards, OnConflict::KeepFirst);
             let out = prepared.shards;
             prop_assert_eq!(prepared.repeats.len(), readings.len() - first.len());
             for repeat in &prepared.repeats {
@@ -210,7 +237,7 @@ mod tests {
             .map(|seq| EntryId { ms: 1, seq })
             .collect();
         let resolutions: Vec<Resolution> = vec!["1m".parse().unwrap()];
-        let prepared = prepare(readings, origins, &resolutions, 3);
+        let prepared = prepare(readings, origins, &resolutions, 3, OnConflict::KeepFirst);
         let shards = prepared.shards;
         assert!(prepared.repeats.is_empty());
         assert_eq!(shards.iter().map(|s| s.readings.len()).sum::<usize>(), 100);

@@ -16,8 +16,11 @@
 //! row cannot block the stream forever.
 
 use crate::actor::{count_restart, guarded};
+use crate::domain::conflict::origin;
 use crate::domain::fields;
-use crate::domain::{AggKey, Aggregate, Reading, Reason, Rejection, Resolution, Windows};
+use crate::domain::{
+    AggKey, Aggregate, OnConflict, Origin, Reading, Reason, Rejection, Resolution, Windows,
+};
 use crate::health::WriteHealth;
 use crate::pipeline::faults::Faults;
 use crate::pipeline::flow::Ticket;
@@ -49,6 +52,8 @@ pub struct WriteStore {
     pub partitions: Arc<Partitions>,
     /// Whether batches commit, for `/readyz`.
     pub health: Arc<WriteHealth>,
+    /// Which value of a `(sensor_id, ts)` stays.
+    pub on_conflict: OnConflict,
 }
 
 /// What the writer needs besides the batch.
@@ -64,6 +69,7 @@ struct WriteContext {
     conn: Connection,
     /// Whether writes fail, shared by every transaction in progress.
     health: Arc<WriteHealth>,
+    on_conflict: OnConflict,
 }
 
 /// One shard handed to its lane, and where its outcome goes.
@@ -126,6 +132,7 @@ impl Writer {
                 dead: Arc::new(dead),
                 conn,
                 health: store.health,
+                on_conflict: store.on_conflict,
             },
             acker,
             faults,
@@ -261,6 +268,7 @@ async fn complete(
         for done in outcomes.iter().flatten() {
             metrics.readings_written.inc_by(done.outcome.inserted);
             metrics.readings_duplicate.inc_by(done.outcome.duplicates);
+            metrics.readings_replaced.inc_by(done.outcome.replaced);
             metrics
                 .aggregate_rows_upserted
                 .inc_by(done.outcome.aggregate_rows);
@@ -276,13 +284,16 @@ async fn complete(
             stored_elsewhere.insert(key, stored);
             letters.push(letter);
         }
-        // A reading repeated within the batch: the first of its key was written, and is stored
-        // unless the store refused it for another value already there.
+        // A reading repeated within the batch: one of its key was written (the first, or under
+        // keep_last the latest), and is stored unless the store refused it for another value
+        // already there. Under keep_last a repeat of another value was replaced by a later one.
         for repeat in &batch.repeats {
             let key = (Arc::clone(&repeat.reading.sensor_id), repeat.reading.ts);
             let stored = stored_elsewhere.get(&key).copied().unwrap_or(repeat.first);
             if repeat.reading.value == stored {
                 metrics.readings_duplicate.inc();
+            } else if context.on_conflict == OnConflict::KeepLast {
+                metrics.readings_replaced.inc();
             } else {
                 letters.push(conflict_letter(&repeat.reading, repeat.entry, stored));
             }
@@ -328,7 +339,7 @@ async fn write_until_committed(context: &WriteContext, batch: &mut Shard) -> Bat
     let mut refusals = 0;
     loop {
         refuse_beyond_horizon(context, batch).await;
-        let result = try_write(context, &batch.readings, &batch.partials).await;
+        let result = try_write(context, &batch.readings, &batch.origins, &batch.partials).await;
         match result {
             // The horizon moved (another instance's retention): refused above on the next turn.
             Err(StoreError::BeyondHorizon) => continue,
@@ -381,6 +392,7 @@ async fn write_until_committed(context: &WriteContext, batch: &mut Shard) -> Bat
 async fn try_write(
     context: &WriteContext,
     readings: &[Reading],
+    entries: &[EntryId],
     partials: &[(AggKey, Aggregate)],
 ) -> Result<BatchOutcome, StoreError> {
     let mut client = context.pool.get().await?;
@@ -389,7 +401,19 @@ async fn try_write(
         .partitions
         .ensure(&mut client, readings.iter().map(|r| r.ts))
         .await?;
-    store::write_batch(&mut client, readings, partials, &context.resolutions).await
+    let origins: Vec<Origin> = entries.iter().map(|e| origin(e.ms, e.seq)).collect();
+    let batch = store::Batch {
+        readings,
+        origins: &origins,
+        partials,
+    };
+    store::write_batch(
+        &mut client,
+        batch,
+        &context.resolutions,
+        context.on_conflict,
+    )
+    .await
 }
 
 /// Bisects the batch into smaller transactions until every reading PostgreSQL refuses stands
@@ -402,7 +426,7 @@ async fn isolate_poison(context: &WriteContext, batch: &Shard) -> BatchOutcome {
     while let Some((lo, hi)) = ranges.pop() {
         let part = &batch.readings[lo..hi];
         let partials = Windows::fold(&context.resolutions, part);
-        match try_write(context, part, &partials).await {
+        match try_write(context, part, &batch.origins[lo..hi], &partials).await {
             Ok(outcome) => {
                 total.add(outcome, lo);
                 backoff.reset();

@@ -1,15 +1,18 @@
 //! The one batch transaction, the heart of the delivery guarantee. Under locks on the batch's
 //! sensors it finds which readings are stored already and what the new ones change of the
 //! `increase` steps (`store::increase`), stores the new readings (a binary COPY) and merges exactly
-//! their contribution into the aggregates. A replayed or concurrently written reading therefore
+//! their contribution into the aggregates. Under `keep_last` a stored value is replaced by one
+//! from a later stream position and its windows recomputed (`store::replace`); readings a
+//! deletion covered are left out (`store::deletion`). A replayed or concurrently written reading therefore
 //! never counts twice, and every window's `increase` stays the sum of its readings' steps.
 
-use crate::domain::{AggKey, Aggregate, Reading, Resolution, Windows};
+use crate::domain::{AggKey, Aggregate, OnConflict, Origin, Reading, Resolution, Windows};
 use crate::store::StoreError;
 use crate::store::encode::{
     COPY_CHUNK_BYTES, COPY_HEADER, PgTimestamp, SensorRows, encode_copy_row,
 };
 use crate::store::increase::{self, Steps};
+use crate::store::replace::{self, Replacing};
 use crate::store::sql;
 use bytes::{BufMut as _, Bytes, BytesMut};
 use futures_util::SinkExt as _;
@@ -21,10 +24,15 @@ use tokio_postgres::error::SqlState;
 pub struct BatchOutcome {
     /// Readings newly stored.
     pub inserted: u64,
-    /// Readings skipped because their `(sensor_id, ts)` was already stored with the same value.
+    /// Readings skipped because their `(sensor_id, ts)` was already stored with the same value
+    /// (or, under `keep_last`, with a value from a later stream position), or because a deletion
+    /// covered them.
     pub duplicates: u64,
-    /// Readings skipped because their `(sensor_id, ts)` was already stored with another value.
+    /// Readings skipped because their `(sensor_id, ts)` was already stored with another value
+    /// (`keep_first`).
     pub conflicts: Vec<Conflict>,
+    /// Stored values replaced by one from a later stream position (`keep_last`).
+    pub replaced: u64,
     /// Aggregate rows inserted or merged into.
     pub aggregate_rows: u64,
 }
@@ -44,6 +52,7 @@ impl BatchOutcome {
     pub fn add(&mut self, part: BatchOutcome, offset: usize) {
         self.inserted += part.inserted;
         self.duplicates += part.duplicates;
+        self.replaced += part.replaced;
         self.aggregate_rows += part.aggregate_rows;
         self.conflicts
             .extend(part.conflicts.into_iter().map(|c| Conflict {
@@ -53,8 +62,16 @@ impl BatchOutcome {
     }
 }
 
-/// Writes one batch in one transaction. `readings` hold no two rows with the same
-/// `(sensor_id, ts)`; `partials` are their folded aggregates, sorted by key.
+/// One batch to write: readings holding no two rows with the same `(sensor_id, ts)`, the stream
+/// position each came from (same index), and their folded aggregates, sorted by key.
+#[derive(Clone, Copy)]
+pub struct Batch<'a> {
+    pub readings: &'a [Reading],
+    pub origins: &'a [Origin],
+    pub partials: &'a [(AggKey, Aggregate)],
+}
+
+/// Writes one batch in one transaction.
 ///
 /// Readings after their sensor's newest stored one — nearly all of them — need no lookup: they
 /// are new, and the step of the first is from that newest reading. Only readings at or before it
@@ -62,10 +79,11 @@ impl BatchOutcome {
 /// older version during an upgrade): the batch is redone once looking every reading up.
 pub async fn write_batch(
     client: &mut deadpool_postgres::Client,
-    readings: &[Reading],
-    partials: &[(AggKey, Aggregate)],
+    batch: Batch<'_>,
     resolutions: &[Resolution],
+    on_conflict: OnConflict,
 ) -> Result<BatchOutcome, StoreError> {
+    let readings = batch.readings;
     if readings.is_empty() {
         return Ok(BatchOutcome::default());
     }
@@ -85,45 +103,81 @@ pub async fn write_batch(
             .map(|i| (i as usize, &readings[i as usize]))
             .collect()
     };
-    match write_locked(client, &sorted, partials, resolutions, false).await {
+    let write = Write {
+        sorted: &sorted,
+        origins: batch.origins,
+        partials: batch.partials,
+        resolutions,
+        on_conflict,
+    };
+    match write_locked(client, &write, false).await {
         Err(StoreError::Db(error)) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-            write_locked(client, &sorted, partials, resolutions, true).await
+            write_locked(client, &write, true).await
         }
         other => other,
     }
 }
 
+/// A batch in key order, with what writing it needs.
+struct Write<'w, 'a> {
+    sorted: &'w [(usize, &'a Reading)],
+    origins: &'w [Origin],
+    partials: &'w [(AggKey, Aggregate)],
+    resolutions: &'w [Resolution],
+    on_conflict: OnConflict,
+}
+
 async fn write_locked(
     client: &mut deadpool_postgres::Client,
-    sorted: &[(usize, &Reading)],
-    partials: &[(AggKey, Aggregate)],
-    resolutions: &[Resolution],
+    write: &Write<'_, '_>,
     look_up_all: bool,
 ) -> Result<BatchOutcome, StoreError> {
+    let Write {
+        sorted,
+        origins,
+        partials,
+        resolutions,
+        on_conflict,
+    } = *write;
     let tx = client.transaction().await?;
     let Steps {
         new,
+        new_at,
+        deleted,
         stored,
         changed,
-    } = increase::work_out(&tx, sorted, look_up_all).await?;
+    } = increase::work_out(&tx, sorted, origins, look_up_all).await?;
     let mut outcome = BatchOutcome {
         inserted: new.len() as u64,
+        duplicates: deleted,
         ..BatchOutcome::default()
     };
-    for (index, reading, value) in stored {
-        if value == reading.value {
-            outcome.duplicates += 1; // a redelivery
-        } else {
-            outcome.conflicts.push(Conflict {
-                index,
-                stored: value,
-            });
+    let replacing = match on_conflict {
+        OnConflict::KeepFirst => {
+            for &(index, reading, value) in &stored {
+                if value == reading.value {
+                    outcome.duplicates += 1; // a redelivery
+                } else {
+                    outcome.conflicts.push(Conflict {
+                        index,
+                        stored: value,
+                    });
+                }
+            }
+            Replacing::default()
         }
-    }
-    if new.is_empty() {
+        OnConflict::KeepLast => {
+            let replacing = replace::decide(&tx, &stored, origins).await?;
+            outcome.replaced = replacing.replaced.len() as u64;
+            outcome.duplicates += (stored.len() - replacing.replaced.len()) as u64;
+            replacing
+        }
+    };
+    if new.is_empty() && replacing.is_empty() {
         tx.commit().await?;
         return Ok(outcome);
     }
+    replace::apply(&tx, &replacing).await?;
     // The partials folded upstream hold every reading; refolded when some were stored already.
     let partials: Cow<[(AggKey, Aggregate)]> = if new.len() == sorted.len() {
         Cow::Borrowed(partials)
@@ -134,12 +188,19 @@ async fn write_locked(
         ))
     };
     let (increases, elsewhere) = increase::place(&new, &changed, &partials, resolutions);
-    let sink = tx.copy_in::<_, Bytes>(sql::COPY_READINGS).await?;
+    let with_origin = on_conflict == OnConflict::KeepLast;
+    let sink = tx
+        .copy_in::<_, Bytes>(if with_origin {
+            sql::COPY_READINGS_WITH_ORIGIN
+        } else {
+            sql::COPY_READINGS
+        })
+        .await?;
     let mut sink = std::pin::pin!(sink);
     let mut buf = BytesMut::with_capacity(COPY_CHUNK_BYTES + 256);
     buf.extend_from_slice(COPY_HEADER);
-    for (r, _) in &new {
-        encode_copy_row(r, &mut buf);
+    for ((r, _), &at) in new.iter().zip(&new_at) {
+        encode_copy_row(r, origins.get(at).filter(|_| with_origin), &mut buf);
         if buf.len() >= COPY_CHUNK_BYTES {
             sink.send(buf.split().freeze()).await?;
         }
@@ -160,6 +221,8 @@ async fn write_locked(
     outcome.aggregate_rows = aggregate_rows?;
     moved?;
     sensors?;
+    // Last: the windows a replaced value changed are recomputed over what is now stored.
+    outcome.aggregate_rows += replace::recompute(&tx, &replacing, resolutions).await?;
     tx.commit().await?;
     Ok(outcome)
 }

@@ -5,7 +5,7 @@ use bytes::{BufMut as _, BytesMut};
 use chrono::{DateTime, Utc};
 use tokio_postgres::types::{IsNull, ToSql, Type, accepts, to_sql_checked};
 
-use crate::domain::{FastState, Reading, same_id};
+use crate::domain::{FastState, Origin, Reading, same_id};
 use std::collections::HashMap;
 
 /// The start of a binary COPY stream: signature, flags (no OIDs), no header extension. The
@@ -20,13 +20,14 @@ pub(super) const COPY_CHUNK_BYTES: usize = 64 * 1024;
 /// Microseconds from the Unix epoch to PostgreSQL's, 2000-01-01 00:00:00 UTC.
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
-/// One row of `readings (sensor_id text, ts timestamptz, value float8)` in binary COPY format:
-/// the field count, then each field's length and bytes (text as UTF-8, timestamptz as
-/// microseconds since 2000 and float8 as IEEE 754 bits, both big-endian).
-pub(super) fn encode_copy_row(reading: &Reading, buf: &mut BytesMut) {
+/// One row of `readings (sensor_id text, ts timestamptz, value float8[, origin bytea])` in binary
+/// COPY format: the field count, then each field's length and bytes (text as UTF-8, timestamptz as
+/// microseconds since 2000 and float8 as IEEE 754 bits, both big-endian, bytea as it is). The
+/// origin only when the COPY names the column (`keep_last`).
+pub(super) fn encode_copy_row(reading: &Reading, origin: Option<&Origin>, buf: &mut BytesMut) {
     let id = reading.sensor_id.as_bytes();
-    buf.reserve(2 + 4 + id.len() + 4 + 8 + 4 + 8);
-    buf.put_i16(3);
+    buf.reserve(2 + 4 + id.len() + 4 + 8 + 4 + 8 + 4 + 16);
+    buf.put_i16(if origin.is_some() { 4 } else { 3 });
     // Sensor ids are at most a few hundred bytes (`Limits::max_sensor_id_len`).
     buf.put_i32(id.len() as i32);
     buf.put_slice(id);
@@ -34,6 +35,10 @@ pub(super) fn encode_copy_row(reading: &Reading, buf: &mut BytesMut) {
     buf.put_i64(reading.ts.timestamp_micros() - PG_EPOCH_MICROS);
     buf.put_i32(8);
     buf.put_f64(reading.value);
+    if let Some(origin) = origin {
+        buf.put_i32(origin.len() as i32);
+        buf.put_slice(origin);
+    }
 }
 
 /// A `timestamptz` as PostgreSQL sends it in binary: microseconds since 2000-01-01 UTC. chrono's
@@ -157,11 +162,19 @@ mod tests {
             unit: None,
         };
         let mut buf = BytesMut::new();
-        encode_copy_row(&reading, &mut buf);
+        encode_copy_row(&reading, None, &mut buf);
         let mut expected = vec![0, 3, 0, 0, 0, 3, b's', b'-', b'1', 0, 0, 0, 8];
         expected.extend_from_slice(&(-1_000_001i64).to_be_bytes());
         expected.extend_from_slice(&[0, 0, 0, 8]);
         expected.extend_from_slice(&(-1.5f64).to_be_bytes());
+        assert_eq!(&buf[..], &expected[..]);
+        // With the stream position: four fields, the last 16 bytes as they are.
+        let origin = crate::domain::conflict::origin(1, 2);
+        let mut buf = BytesMut::new();
+        encode_copy_row(&reading, Some(&origin), &mut buf);
+        expected[1] = 4;
+        expected.extend_from_slice(&[0, 0, 0, 16]);
+        expected.extend_from_slice(&origin);
         assert_eq!(&buf[..], &expected[..]);
     }
 

@@ -4,8 +4,9 @@
 //! step a new one changed, in windows the batch does not otherwise touch.
 
 use crate::domain::increase::{Around, Fate, Point, plan};
-use crate::domain::{AggKey, Aggregate, FastState, Reading, Resolution, same_id};
+use crate::domain::{AggKey, Aggregate, FastState, Origin, Reading, Resolution, same_id};
 use crate::store::StoreError;
+use crate::store::deletion;
 use crate::store::encode::{PgTimestamp, SensorRows};
 use crate::store::sql;
 use chrono::{DateTime, Utc};
@@ -16,6 +17,10 @@ use std::ops::Range;
 pub struct Steps<'a> {
     /// The readings to store, in key order, each with its step.
     pub new: Vec<(&'a Reading, f64)>,
+    /// Their positions in the batch.
+    pub new_at: Vec<usize>,
+    /// Readings a deletion covered (re-read from the stream after it): not stored again.
+    pub deleted: u64,
     /// Readings stored already: their position in the batch, and the value stored.
     pub stored: Vec<(usize, &'a Reading, f64)>,
     /// Stored readings whose step changes: sensor, time, change.
@@ -23,10 +28,13 @@ pub struct Steps<'a> {
 }
 
 /// Locks the sensors of `sorted` (the batch in key order, with each reading's position in the
-/// batch) and works out their readings' fates and steps. See `write_batch` for `look_up_all`.
+/// batch, whose stream position is at the same place of `origins`), leaves out the readings a
+/// deletion covered, and works out the others' fates and steps. See `write_batch` for
+/// `look_up_all`.
 pub async fn work_out<'a>(
     tx: &deadpool_postgres::Transaction<'_>,
     sorted: &[(usize, &'a Reading)],
+    origins: &[Origin],
     look_up_all: bool,
 ) -> Result<Steps<'a>, StoreError> {
     let groups = sensor_runs(sorted);
@@ -36,6 +44,15 @@ pub async fn work_out<'a>(
         .collect();
     let lock = tx.prepare_cached(sql::LOCK_SENSORS).await?;
     let rows = tx.query(&lock, &[&ids]).await?;
+    // Read under the locks: a deletion holds its sensor's lock until its record is committed.
+    let kept = deletion::not_covered(tx, &ids, sorted, origins).await?;
+    let deleted = (sorted.len() - kept.len()) as u64;
+    let sorted: &[(usize, &'a Reading)] = &kept;
+    let groups = if deleted == 0 {
+        groups
+    } else {
+        sensor_runs(sorted)
+    };
     let latest: HashMap<&str, Point, FastState> = rows
         .iter()
         .map(|row| {
@@ -75,6 +92,8 @@ pub async fn work_out<'a>(
     let arounds = neighbours(tx, sorted, &wanted).await?;
     let mut steps = Steps {
         new: Vec::with_capacity(sorted.len()),
+        new_at: Vec::with_capacity(sorted.len()),
+        deleted,
         stored: Vec::new(),
         changed: Vec::new(),
     };
@@ -95,7 +114,10 @@ pub async fn work_out<'a>(
         });
         for (&(index, reading), fate) in run.iter().zip(planned.fates) {
             match fate {
-                Fate::New { step } => steps.new.push((reading, step)),
+                Fate::New { step } => {
+                    steps.new.push((reading, step));
+                    steps.new_at.push(index);
+                }
                 Fate::Stored { value } => steps.stored.push((index, reading, value)),
             }
         }

@@ -4,17 +4,19 @@
 
 pub mod backfill;
 pub mod batch;
+pub mod deletion;
 pub mod deployment;
 mod encode;
 pub mod export;
 pub mod history;
 mod increase;
 pub mod partition;
+mod replace;
 pub mod retention;
 pub mod sql;
 pub mod target;
 
-pub use batch::{BatchOutcome, Conflict, write_batch};
+pub use batch::{Batch, BatchOutcome, Conflict, write_batch};
 
 use crate::liveness::Liveness;
 use anyhow::Context as _;

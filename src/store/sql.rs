@@ -6,6 +6,38 @@
 /// so a unique violation (SQLSTATE 23505) means a writer that does not take them.
 pub const COPY_READINGS: &str = "COPY readings (sensor_id, ts, value) FROM STDIN (FORMAT binary)";
 
+/// [`COPY_READINGS`] with each reading's stream position (`keep_last`).
+pub const COPY_READINGS_WITH_ORIGIN: &str =
+    "COPY readings (sensor_id, ts, value, origin) FROM STDIN (FORMAT binary)";
+
+/// What deletions of a batch's sensors covered: a reading in one of the ranges from a stream
+/// position up to `through` was deleted, and is not stored again when re-read.
+pub const DELETIONS_OF: &str = "
+SELECT sensor_id, from_ts, to_ts, through FROM deletions WHERE sensor_id = ANY($1::text[])";
+
+/// The stream positions of stored readings (`keep_last`), by the position in the arrays.
+pub const STORED_ORIGINS: &str = "
+SELECT k.position, r.origin
+FROM unnest($1::text[], $2::timestamptz[]) WITH ORDINALITY AS k(sensor_id, ts, position)
+JOIN readings r ON r.sensor_id = k.sensor_id AND r.ts = k.ts";
+
+/// Stored readings given a value from a later stream position (or the same value, with the later
+/// position: a value sent again must not lose to one sent between).
+pub const REPLACE_VALUES: &str = "
+UPDATE readings r SET value = u.value, origin = u.origin
+FROM unnest($1::text[], $2::timestamptz[], $3::float8[], $4::bytea[]) AS u(sensor_id, ts, value, origin)
+WHERE r.sensor_id = u.sensor_id AND r.ts = u.ts";
+
+/// A sensor's latest value, when the reading replaced is its newest.
+pub const REPLACE_LAST_VALUES: &str = "
+UPDATE sensors s SET last_value = u.value
+FROM unnest($1::text[], $2::timestamptz[], $3::float8[]) AS u(sensor_id, ts, value)
+WHERE s.sensor_id = u.sensor_id AND s.last_seen = u.ts";
+
+/// One sensor's windows around the given instants, recomputed from the raw readings
+/// (`sql/V11__corrections_and_deletions.sql`).
+pub const RECOMPUTE: &str = "SELECT sensorhub_recompute($1, $2, $3)";
+
 /// Locks the rows of a batch's sensors, in one order for every writer, and gives each one's newest
 /// reading. Two transactions writing one sensor's readings therefore run one after the other: the
 /// steps of `increase` are worked out against everything committed before.

@@ -6,6 +6,7 @@
 //! - [`ledger`]: which delivered entries are committed (reads are `NOACK`), and re-reading those
 //!   that are not; the database history the commits were made to.
 //! - [`parse`]: how a batch of entries becomes readings and dead letters.
+//! - [`deletion`]: deleting readings, recorded with the stream positions they came before.
 //! - [`dead_letter`]: the dead-letter stream of rejected messages and readings, and what an
 //!   operator does with it ([`dead_letter::operate`]).
 //! - [`lease`]: the lease that lets one instance of several do a job (bridging a channel), one
@@ -17,6 +18,7 @@
 
 pub mod append;
 pub mod dead_letter;
+pub mod deletion;
 pub mod group;
 pub mod lease;
 pub mod ledger;

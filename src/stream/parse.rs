@@ -10,7 +10,8 @@ use crate::redis::entry::{EntryId, StreamEntry};
 use crate::stream::dead_letter::{DeadLetter, REPLAY_ONLY, REPLAY_RECEIVED};
 use chrono::Utc;
 
-/// Parses every entry into readings (with the entry each came from) and dead letters; pure apart
+/// Parses every entry into readings (with the entry each came from: for a replayed dead letter,
+/// the entry it first came in as, its place in the stream's order) and dead letters; pure apart
 /// from reading the clock. `reads` is the shard of the stream the entries come from: a copy of a
 /// message split over shards ([`crate::domain::shard`]) gives only this shard's sensors'
 /// readings, and its rejections only in the owner's copy; a reading without a timestamp of
@@ -57,13 +58,13 @@ pub fn parse_batch_counting(
             match outcome {
                 Ok(reading) if reads.holds(&reading.sensor_id) => {
                     readings.push(reading);
-                    origins.push(entry.id);
+                    origins.push(received);
                 }
                 // Another shard's sensor: its copy of the message is there.
                 Ok(_) if split.is_some() => {}
                 Ok(reading) if reading.ts != received.time() => {
                     readings.push(reading);
-                    origins.push(entry.id);
+                    origins.push(received);
                 }
                 Ok(reading) => letters.push(DeadLetter {
                     entry: entry.id,

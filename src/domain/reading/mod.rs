@@ -39,7 +39,7 @@ use value::check_value;
 
 pub use forms::{Form, parse_form};
 pub use json::{MAX_JSON_DEPTH, parse_json};
-pub use line::{Precision, parse_line_protocol};
+pub use line::{Precision, Predicate, parse_line_protocol};
 pub use object::{
     DEFAULT_STATES, NO_VALUE, ObjectOptions, PRESET_FORMS, Skip, Skipped, TimeFormat,
     preset_options,

@@ -1,0 +1,125 @@
+//! `keep_last`: a stored value replaced by one from a later stream position, in the batch's
+//! transaction under its sensors' locks.
+//!
+//! Of a reading whose `(sensor_id, ts)` is stored, the stored reading's position (`origin`) is
+//! read: a later position replaces the value (or, for the same value, only the position: a value
+//! sent again must not lose to one sent in between); an earlier or equal one is a redelivery or
+//! an older value, skipped. Min, max, first, last and `increase` cannot be corrected by a
+//! difference, so every window a replaced value lies in, and every window of the reading after it
+//! (whose step changed), is recomputed from the raw readings once the batch is stored.
+
+use crate::domain::{Origin, Reading, Resolution};
+use crate::store::StoreError;
+use crate::store::encode::PgTimestamp;
+use crate::store::sql;
+
+/// What a batch's stored keys get under `keep_last`.
+#[derive(Default)]
+pub struct Replacing<'a> {
+    /// Readings whose value replaces the stored one, in key order.
+    pub replaced: Vec<(&'a Reading, Origin)>,
+    /// Readings whose value is the stored one, from a later position: only the position moves.
+    pub moved: Vec<(&'a Reading, Origin)>,
+}
+
+impl Replacing<'_> {
+    pub fn is_empty(&self) -> bool {
+        self.replaced.is_empty() && self.moved.is_empty()
+    }
+}
+
+/// Sorts the batch's readings stored already (position in the batch, reading, value stored) by
+/// the stream position of the stored value.
+pub async fn decide<'a>(
+    tx: &deadpool_postgres::Transaction<'_>,
+    stored: &[(usize, &'a Reading, f64)],
+    origins: &[Origin],
+) -> Result<Replacing<'a>, StoreError> {
+    let mut replacing = Replacing::default();
+    if stored.is_empty() {
+        return Ok(replacing);
+    }
+    let ids: Vec<&str> = stored.iter().map(|(_, r, _)| &*r.sensor_id).collect();
+    let times: Vec<PgTimestamp> = stored.iter().map(|(_, r, _)| r.ts.into()).collect();
+    let query = tx.prepare_cached(sql::STORED_ORIGINS).await?;
+    let rows = tx.query(&query, &[&ids, &times]).await?;
+    let mut stored_origins: Vec<Option<Vec<u8>>> = vec![None; stored.len()];
+    for row in rows {
+        let position: i64 = row.get(0);
+        if let Some(slot) = usize::try_from(position - 1)
+            .ok()
+            .and_then(|k| stored_origins.get_mut(k))
+        {
+            *slot = row.get(1);
+        }
+    }
+    for (&(index, reading, value), stored_origin) in stored.iter().zip(stored_origins) {
+        let Some(&origin) = origins.get(index) else {
+            continue;
+        };
+        // A value stored without a position (under keep_first, or before positions were
+        // kept) is older than every position.
+        let later = stored_origin.is_none_or(|stored| origin[..] > stored[..]);
+        if !later {
+            continue;
+        }
+        if value == reading.value {
+            replacing.moved.push((reading, origin));
+        } else {
+            replacing.replaced.push((reading, origin));
+        }
+    }
+    Ok(replacing)
+}
+
+/// Writes the new values and positions, and the sensors' latest values where a replaced reading
+/// is the newest.
+pub async fn apply(
+    tx: &deadpool_postgres::Transaction<'_>,
+    replacing: &Replacing<'_>,
+) -> Result<(), StoreError> {
+    if replacing.is_empty() {
+        return Ok(());
+    }
+    let all = || replacing.replaced.iter().chain(&replacing.moved);
+    let ids: Vec<&str> = all().map(|(r, _)| &*r.sensor_id).collect();
+    let times: Vec<PgTimestamp> = all().map(|(r, _)| r.ts.into()).collect();
+    let values: Vec<f64> = all().map(|(r, _)| r.value).collect();
+    let origins: Vec<&[u8]> = all().map(|(_, o)| &o[..]).collect();
+    let update = tx.prepare_cached(sql::REPLACE_VALUES).await?;
+    tx.execute(&update, &[&ids, &times, &values, &origins])
+        .await?;
+    let n = replacing.replaced.len();
+    if n > 0 {
+        let latest = tx.prepare_cached(sql::REPLACE_LAST_VALUES).await?;
+        tx.execute(&latest, &[&&ids[..n], &&times[..n], &&values[..n]])
+            .await?;
+    }
+    Ok(())
+}
+
+/// Recomputes the windows the replaced values changed, per sensor; returns the rows written or
+/// removed.
+pub async fn recompute(
+    tx: &deadpool_postgres::Transaction<'_>,
+    replacing: &Replacing<'_>,
+    resolutions: &[Resolution],
+) -> Result<u64, StoreError> {
+    if replacing.replaced.is_empty() {
+        return Ok(0);
+    }
+    let labels: Vec<String> = resolutions.iter().map(ToString::to_string).collect();
+    let query = tx.prepare_cached(sql::RECOMPUTE).await?;
+    let mut rows = 0;
+    for run in replacing
+        .replaced
+        .chunk_by(|(a, _), (b, _)| a.same_sensor(b))
+    {
+        let instants: Vec<PgTimestamp> = run.iter().map(|(r, _)| r.ts.into()).collect();
+        let row = tx
+            .query_one(&query, &[&&*run[0].0.sensor_id, &instants, &labels])
+            .await?;
+        rows += row.get::<_, Option<i64>>(0).unwrap_or(0).max(0) as u64;
+    }
+    Ok(rows)
+}
