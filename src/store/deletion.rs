@@ -41,7 +41,12 @@ pub struct Deleted {
 }
 
 /// What one recorded deletion covered: sensor, from, to (unbounded: `None`), last position.
-type Cover<'r> = (&'r str, Option<DateTime<Utc>>, Option<DateTime<Utc>>, &'r [u8]);
+type Cover<'r> = (
+    &'r str,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+    &'r [u8],
+);
 
 /// The readings of `sorted` (each with its position in the batch, whose stream position is at
 /// that place of `origins`) that no deletion of their sensor (`ids`) covered. Runs under the

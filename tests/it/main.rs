@@ -7,6 +7,7 @@ mod cluster;
 mod corrections;
 mod dashboard;
 mod dead_letters;
+mod deletions;
 mod devices;
 mod disk_full;
 mod edges;
