@@ -27,8 +27,8 @@ CREATE INDEX deletions_sensor ON deletions (sensor_id);
 -- One sensor's windows recomputed from the raw readings: those holding the given instants and
 -- those holding the first reading after each (whose step from its previous reading changed).
 -- Every field as a GROUP BY over the readings gives it, `increase` from lag() with the reading
--- before the window looked up; a window left without readings is removed. What a replaced value
--- or a deletion changes, for every resolution in `labels`.
+-- before the window looked up; a window left without readings is removed. What a deletion
+-- changes, for every resolution in `labels`.
 CREATE FUNCTION sensorhub_recompute(sensor text, instants timestamptz[], labels text[])
 RETURNS bigint
 LANGUAGE sql VOLATILE AS $$
@@ -85,4 +85,77 @@ LANGUAGE sql VOLATILE AS $$
         RETURNING 1
     )
     SELECT (SELECT count(*) FROM kept) + (SELECT count(*) FROM removed)
+$$;
+
+-- Stored values replaced (keep_last), once the readings hold the new values: the windows of every
+-- resolution in `labels` moved from what the old values gave to what the new ones give, without
+-- reading the windows whole. count stays; sum moves by the difference; first and last take the
+-- new value where the replaced reading is the window's first or last; min and max take the new
+-- value when it is beyond them, and are recomputed from the window's readings only when an old
+-- value was the extreme; increase moves by the change of the steps that changed: the replaced
+-- readings' own and their next readings' (a step is from the previous reading, with its old value
+-- where that one was replaced too). Returns the windows updated.
+CREATE FUNCTION sensorhub_replace(ids text[], times timestamptz[], olds double precision[],
+                                  labels text[])
+RETURNS bigint
+LANGUAGE sql VOLATILE AS $$
+    WITH replaced AS (
+        SELECT * FROM unnest(ids, times, olds) AS r(sensor_id, ts, old)
+    ), affected AS (
+        SELECT sensor_id, ts FROM replaced
+        UNION
+        SELECT r.sensor_id, n.ts FROM replaced r
+        CROSS JOIN LATERAL (SELECT x.ts FROM readings x
+                            WHERE x.sensor_id = r.sensor_id AND x.ts > r.ts
+                            ORDER BY x.ts LIMIT 1) n
+    ), changes AS (
+        SELECT x.sensor_id, x.ts, x.value AS new, coalesce(rx.old, x.value) AS old,
+               sensorhub_step(p.value, x.value)
+                 - sensorhub_step(coalesce(rp.old, p.value), coalesce(rx.old, x.value)) AS step
+        FROM affected a
+        JOIN readings x ON x.sensor_id = a.sensor_id AND x.ts = a.ts
+        LEFT JOIN LATERAL (SELECT y.ts, y.value FROM readings y
+                           WHERE y.sensor_id = x.sensor_id AND y.ts < x.ts
+                           ORDER BY y.ts DESC LIMIT 1) p ON true
+        LEFT JOIN replaced rx ON rx.sensor_id = x.sensor_id AND rx.ts = x.ts
+        LEFT JOIN replaced rp ON rp.sensor_id = x.sensor_id AND rp.ts = p.ts
+    ), windows AS (
+        SELECT c.sensor_id, l AS resolution,
+               to_timestamp(floor(extract(epoch FROM c.ts) / sensorhub_resolution_seconds(l))
+                            * sensorhub_resolution_seconds(l)) AS bucket,
+               make_interval(secs => sensorhub_resolution_seconds(l)) AS width,
+               sum(c.new - c.old) AS sum_change,
+               sum(c.step) AS increase_change,
+               min(c.new) AS min_new, max(c.new) AS max_new,
+               coalesce(array_agg(c.old) FILTER (WHERE c.old <> c.new), '{}') AS gone,
+               array_agg(c.ts) FILTER (WHERE c.old <> c.new) AS times
+        FROM changes c CROSS JOIN unnest(labels) AS l
+        GROUP BY 1, 2, 3, 4
+    ), updated AS (
+        UPDATE aggregates a SET
+            sum = a.sum + w.sum_change,
+            increase = a.increase + w.increase_change,
+            min = CASE WHEN a.min = ANY (w.gone)
+                       THEN (SELECT min(value) FROM readings r
+                             WHERE r.sensor_id = a.sensor_id AND r.ts >= a.bucket
+                               AND r.ts < a.bucket + w.width)
+                       ELSE least(a.min, w.min_new) END,
+            max = CASE WHEN a.max = ANY (w.gone)
+                       THEN (SELECT max(value) FROM readings r
+                             WHERE r.sensor_id = a.sensor_id AND r.ts >= a.bucket
+                               AND r.ts < a.bucket + w.width)
+                       ELSE greatest(a.max, w.max_new) END,
+            first_value = CASE WHEN a.first_ts = ANY (w.times)
+                               THEN (SELECT value FROM readings r
+                                     WHERE r.sensor_id = a.sensor_id AND r.ts = a.first_ts)
+                               ELSE a.first_value END,
+            last_value = CASE WHEN a.last_ts = ANY (w.times)
+                              THEN (SELECT value FROM readings r
+                                    WHERE r.sensor_id = a.sensor_id AND r.ts = a.last_ts)
+                              ELSE a.last_value END
+        FROM windows w
+        WHERE a.sensor_id = w.sensor_id AND a.resolution = w.resolution AND a.bucket = w.bucket
+        RETURNING 1
+    )
+    SELECT count(*) FROM updated
 $$;

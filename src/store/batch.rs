@@ -2,7 +2,7 @@
 //! sensors it finds which readings are stored already and what the new ones change of the
 //! `increase` steps (`store::increase`), stores the new readings (a binary COPY) and merges exactly
 //! their contribution into the aggregates. Under `keep_last` a stored value is replaced by one
-//! from a later stream position and its windows recomputed (`store::replace`); readings a
+//! from a later stream position and its windows follow (`store::replace`); readings a
 //! deletion covered are left out (`store::deletion`). A replayed or concurrently written reading therefore
 //! never counts twice, and every window's `increase` stays the sum of its readings' steps.
 
@@ -221,8 +221,9 @@ async fn write_locked(
     outcome.aggregate_rows = aggregate_rows?;
     moved?;
     sensors?;
-    // Last: the windows a replaced value changed are recomputed over what is now stored.
-    outcome.aggregate_rows += replace::recompute(&tx, &replacing, resolutions).await?;
+    // Last: the windows move from the replaced values, which every step above was worked out
+    // against, to the new ones.
+    outcome.aggregate_rows += replace::move_windows(&tx, &replacing, resolutions).await?;
     tx.commit().await?;
     Ok(outcome)
 }

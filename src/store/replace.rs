@@ -4,9 +4,12 @@
 //! Of a reading whose `(sensor_id, ts)` is stored, the stored reading's position (`origin`) is
 //! read: a later position replaces the value (or, for the same value, only the position: a value
 //! sent again must not lose to one sent in between); an earlier or equal one is a redelivery or
-//! an older value, skipped. Min, max, first, last and `increase` cannot be corrected by a
-//! difference, so every window a replaced value lies in, and every window of the reading after it
-//! (whose step changed), is recomputed from the raw readings once the batch is stored.
+//! an older value, skipped. Once the batch is stored, the windows (every resolution) of the
+//! replaced readings and of the readings after them (whose step changed) are moved from the old
+//! values to the new ones by `sensorhub_replace` (migration V11): sum and `increase` by
+//! differences, first and last by the new value, min and max by the new value unless an old one
+//! was the extreme, when they are recomputed from that window's readings. A correction costs a few
+//! index lookups, not a read of its windows.
 
 use crate::domain::{Origin, Reading, Resolution};
 use crate::store::StoreError;
@@ -16,8 +19,8 @@ use crate::store::sql;
 /// What a batch's stored keys get under `keep_last`.
 #[derive(Default)]
 pub struct Replacing<'a> {
-    /// Readings whose value replaces the stored one, in key order.
-    pub replaced: Vec<(&'a Reading, Origin)>,
+    /// Readings whose value replaces the stored one, in key order, with the value they replace.
+    pub replaced: Vec<(&'a Reading, Origin, f64)>,
     /// Readings whose value is the stored one, from a later position: only the position moves.
     pub moved: Vec<(&'a Reading, Origin)>,
 }
@@ -66,7 +69,7 @@ pub async fn decide<'a>(
         if value == reading.value {
             replacing.moved.push((reading, origin));
         } else {
-            replacing.replaced.push((reading, origin));
+            replacing.replaced.push((reading, origin, value));
         }
     }
     Ok(replacing)
@@ -81,7 +84,13 @@ pub async fn apply(
     if replacing.is_empty() {
         return Ok(());
     }
-    let all = || replacing.replaced.iter().chain(&replacing.moved);
+    let all = || {
+        replacing
+            .replaced
+            .iter()
+            .map(|(r, o, _)| (*r, o))
+            .chain(replacing.moved.iter().map(|(r, o)| (*r, o)))
+    };
     let ids: Vec<&str> = all().map(|(r, _)| &*r.sensor_id).collect();
     let times: Vec<PgTimestamp> = all().map(|(r, _)| r.ts.into()).collect();
     let values: Vec<f64> = all().map(|(r, _)| r.value).collect();
@@ -98,9 +107,9 @@ pub async fn apply(
     Ok(())
 }
 
-/// Recomputes the windows the replaced values changed, per sensor; returns the rows written or
-/// removed.
-pub async fn recompute(
+/// Moves the windows the replaced values lie in, and those of the readings after them, from the
+/// old values to the new ones; returns the windows updated.
+pub async fn move_windows(
     tx: &deadpool_postgres::Transaction<'_>,
     replacing: &Replacing<'_>,
     resolutions: &[Resolution],
@@ -109,17 +118,20 @@ pub async fn recompute(
         return Ok(0);
     }
     let labels: Vec<String> = resolutions.iter().map(ToString::to_string).collect();
-    let query = tx.prepare_cached(sql::RECOMPUTE).await?;
-    let mut rows = 0;
-    for run in replacing
+    let ids: Vec<&str> = replacing
         .replaced
-        .chunk_by(|(a, _), (b, _)| a.same_sensor(b))
-    {
-        let instants: Vec<PgTimestamp> = run.iter().map(|(r, _)| r.ts.into()).collect();
-        let row = tx
-            .query_one(&query, &[&&*run[0].0.sensor_id, &instants, &labels])
-            .await?;
-        rows += row.get::<_, Option<i64>>(0).unwrap_or(0).max(0) as u64;
-    }
-    Ok(rows)
+        .iter()
+        .map(|(r, _, _)| &*r.sensor_id)
+        .collect();
+    let times: Vec<PgTimestamp> = replacing
+        .replaced
+        .iter()
+        .map(|(r, _, _)| r.ts.into())
+        .collect();
+    let olds: Vec<f64> = replacing.replaced.iter().map(|&(_, _, old)| old).collect();
+    let query = tx.prepare_cached(sql::REPLACE_IN_WINDOWS).await?;
+    let row = tx
+        .query_one(&query, &[&ids, &times, &olds, &labels])
+        .await?;
+    Ok(row.get::<_, Option<i64>>(0).unwrap_or(0).max(0) as u64)
 }

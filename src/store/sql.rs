@@ -35,8 +35,12 @@ FROM unnest($1::text[], $2::timestamptz[], $3::float8[]) AS u(sensor_id, ts, val
 WHERE s.sensor_id = u.sensor_id AND s.last_seen = u.ts";
 
 /// One sensor's windows around the given instants, recomputed from the raw readings
-/// (`sql/V11__corrections_and_deletions.sql`).
+/// (`sql/V11__corrections_and_deletions.sql`): what a deletion changes.
 pub const RECOMPUTE: &str = "SELECT sensorhub_recompute($1, $2, $3)";
+
+/// The windows moved from the replaced readings' old values to their new ones
+/// (`sql/V11__corrections_and_deletions.sql`): sensors, times, old values, resolutions.
+pub const REPLACE_IN_WINDOWS: &str = "SELECT sensorhub_replace($1, $2, $3, $4)";
 
 /// Locks the rows of a batch's sensors, in one order for every writer, and gives each one's newest
 /// reading. Two transactions writing one sensor's readings therefore run one after the other: the

@@ -64,6 +64,30 @@ async fn the_third_of_three_values_stays_and_the_windows_follow() {
     assert_eq!(value_at(&t, "meter", key).await, 301.0);
     t.assert_aggregates_exact().await;
 
+    // In one message: consecutive stored readings replaced (the window's new maximum and
+    // minimum), late new readings between them, and in the next message the extremes replaced
+    // again, so that min and max must be found anew among the window's readings.
+    let at = |m: i64, s: i64| start + TimeDelta::minutes(m) + TimeDelta::seconds(s);
+    let body = format!(
+        "[{},{},{},{},{}]",
+        reading_json("meter", 99_999.0, at(40, 0)),
+        reading_json("meter", 4.0, at(40, 30)),
+        reading_json("meter", -5.0, at(41, 0)),
+        reading_json("meter", 415.0, at(41, 30)),
+        reading_json("meter", 0.5, at(42, 0))
+    );
+    let last = t.xadd_many(&[body.into_bytes()]).await;
+    t.wait_drained(&last).await;
+    t.assert_aggregates_exact().await;
+    let body = format!(
+        "[{},{}]",
+        reading_json("meter", 400.0, at(40, 0)),
+        reading_json("meter", 410.0, at(41, 0))
+    );
+    let last = t.xadd_many(&[body.into_bytes()]).await;
+    t.wait_drained(&last).await;
+    t.assert_aggregates_exact().await;
+
     // Three values of one key in one message: the last of them.
     let other = start + TimeDelta::minutes(61);
     let body = format!(
@@ -91,17 +115,17 @@ async fn the_third_of_three_values_stays_and_the_windows_follow() {
     // The same value again is a duplicate: nothing changes, nothing is dead-lettered.
     send_one_by_one(&mut t, &[("meter", newest, 2.5)]).await;
     t.assert_aggregates_exact().await;
-    assert_eq!(t.readings().await, 120);
+    assert_eq!(t.readings().await, 122);
     let metrics = t.metrics();
-    // Three replacements of the stored 300, two values of the message and the stored 610, and
-    // the newest reading's.
-    assert_eq!(metrics.readings_replaced.get(), 7);
+    // Three replacements of the stored 300, three in the mixed message and two after it, two
+    // values of the message and the stored 610, and the newest reading's.
+    assert_eq!(metrics.readings_replaced.get(), 12);
     assert_eq!(metrics.readings_conflicting.get(), 0);
     assert_eq!(t.count("SELECT count(*) FROM sensors").await, 1);
     let (_, body) = t.get("/metrics").await;
     assert_eq!(
         metric_value(&body, "sensorhub_readings_replaced_total"),
-        Some(7.0)
+        Some(12.0)
     );
     t.stop().await;
 }
