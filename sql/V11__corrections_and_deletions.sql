@@ -39,12 +39,14 @@ LANGUAGE sql VOLATILE AS $$
         CROSS JOIN LATERAL (SELECT r.ts FROM readings r
                             WHERE r.sensor_id = sensor AND r.ts > i
                             ORDER BY r.ts LIMIT 1) n
+    ), resolutions AS MATERIALIZED (
+        SELECT l AS resolution, sensorhub_resolution_seconds(l) AS seconds
+        FROM unnest(labels) AS l
     ), windows AS (
-        SELECT DISTINCT l AS resolution,
-               to_timestamp(floor(extract(epoch FROM p.ts) / sensorhub_resolution_seconds(l))
-                            * sensorhub_resolution_seconds(l)) AS bucket,
-               sensorhub_resolution_seconds(l) AS seconds
-        FROM points p CROSS JOIN unnest(labels) AS l
+        SELECT DISTINCT r.resolution,
+               to_timestamp(floor(extract(epoch FROM p.ts) / r.seconds) * r.seconds) AS bucket,
+               r.seconds
+        FROM points p CROSS JOIN resolutions r
     ), computed AS (
         SELECT w.resolution, w.bucket, s.*
         FROM windows w
@@ -108,7 +110,7 @@ LANGUAGE sql VOLATILE AS $$
         CROSS JOIN LATERAL (SELECT x.ts FROM readings x
                             WHERE x.sensor_id = r.sensor_id AND x.ts > r.ts
                             ORDER BY x.ts LIMIT 1) n
-    ), changes AS (
+    ), changes AS MATERIALIZED (
         SELECT x.sensor_id, x.ts, x.value AS new, coalesce(rx.old, x.value) AS old,
                sensorhub_step(p.value, x.value)
                  - sensorhub_step(coalesce(rp.old, p.value), coalesce(rx.old, x.value)) AS step
@@ -119,17 +121,20 @@ LANGUAGE sql VOLATILE AS $$
                            ORDER BY y.ts DESC LIMIT 1) p ON true
         LEFT JOIN replaced rx ON rx.sensor_id = x.sensor_id AND rx.ts = x.ts
         LEFT JOIN replaced rp ON rp.sensor_id = x.sensor_id AND rp.ts = p.ts
+    ), resolutions AS MATERIALIZED (
+        -- Each width worked out once: the function is called per label, not per row.
+        SELECT l AS resolution, sensorhub_resolution_seconds(l) AS seconds
+        FROM unnest(labels) AS l
     ), windows AS (
-        SELECT c.sensor_id, l AS resolution,
-               to_timestamp(floor(extract(epoch FROM c.ts) / sensorhub_resolution_seconds(l))
-                            * sensorhub_resolution_seconds(l)) AS bucket,
-               make_interval(secs => sensorhub_resolution_seconds(l)) AS width,
+        SELECT c.sensor_id, r.resolution,
+               to_timestamp(floor(extract(epoch FROM c.ts) / r.seconds) * r.seconds) AS bucket,
+               make_interval(secs => r.seconds) AS width,
                sum(c.new - c.old) AS sum_change,
                sum(c.step) AS increase_change,
                min(c.new) AS min_new, max(c.new) AS max_new,
                coalesce(array_agg(c.old) FILTER (WHERE c.old <> c.new), '{}') AS gone,
                array_agg(c.ts) FILTER (WHERE c.old <> c.new) AS times
-        FROM changes c CROSS JOIN unnest(labels) AS l
+        FROM changes c CROSS JOIN resolutions r
         GROUP BY 1, 2, 3, 4
     ), updated AS (
         UPDATE aggregates a SET

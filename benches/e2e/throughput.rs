@@ -3,6 +3,16 @@
 
 use super::*;
 
+/// The run's `SENSORHUB_ON_CONFLICT` (`--env`), which the reference writes with too.
+pub(crate) fn on_conflict(args: &Args) -> sensorhub::domain::OnConflict {
+    args.env
+        .iter()
+        .find(|(k, _)| k == "SENSORHUB_ON_CONFLICT")
+        .map_or_else(Default::default, |(_, v)| {
+            v.parse().expect("SENSORHUB_ON_CONFLICT")
+        })
+}
+
 /// Phase 1: the write path alone, straight into PostgreSQL. Returns rows/s.
 pub(crate) async fn reference(
     args: &Args,
@@ -30,7 +40,7 @@ pub(crate) async fn reference(
         let end = (n + args.batch_size).min(args.readings);
         let readings: Vec<Reading> = (n..end)
             .map(|i| {
-                let (sensor_id, ts, value) = synthetic(i, args.sensors, base);
+                let (sensor_id, ts, value) = run_reading(args, i, base);
                 Reading {
                     sensor_id: sensor_id.into(),
                     ts,
@@ -39,14 +49,15 @@ pub(crate) async fn reference(
                 }
             })
             .collect();
-        let origins = vec![EntryId::ZERO; readings.len()];
+        // Stream positions in order, as the entries' ids are: the corrections are later.
+        let origins = (n..end).map(|seq| EntryId { ms: 1, seq }).collect();
         batches.push(
             prepare(
                 readings,
                 origins,
                 &resolutions,
                 connections,
-                sensorhub::domain::OnConflict::KeepFirst,
+                on_conflict(args),
             )
             .shards,
         );
@@ -77,14 +88,9 @@ pub(crate) async fn reference(
                     origins: &origins,
                     partials: &shard.partials,
                 };
-                sensorhub::store::write_batch(
-                    &mut client,
-                    batch,
-                    &resolutions,
-                    sensorhub::domain::OnConflict::KeepFirst,
-                )
-                .await
-                .unwrap();
+                sensorhub::store::write_batch(&mut client, batch, &resolutions, on_conflict(args))
+                    .await
+                    .unwrap();
             }
         }
     });
