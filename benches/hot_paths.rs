@@ -211,13 +211,8 @@ fn windows(c: &mut Criterion) {
         b.iter_batched(
             || (batch.clone(), origins.clone()),
             |(readings, origins)| {
-                prepare(
-                    readings,
-                    origins,
-                    &resolutions,
-                    2,
-                    sensorhub::domain::OnConflict::KeepFirst,
-                )
+                let replaces = vec![false; readings.len()];
+                prepare(readings, origins, replaces, &resolutions, 2)
             },
             criterion::BatchSize::LargeInput,
         )

@@ -34,6 +34,7 @@ pub(crate) async fn reference(
     let resolutions: Vec<Resolution> = vec!["1m".parse().unwrap(), "1h".parse().unwrap()];
     // Batches are built (folded, split) before the clock starts: the reference is what
     // PostgreSQL absorbs through the write path, not the client's preparation.
+    let keep_last = on_conflict(args) == sensorhub::domain::OnConflict::KeepLast;
     let mut batches = Vec::new();
     let mut n = 0;
     while n < args.readings {
@@ -55,9 +56,9 @@ pub(crate) async fn reference(
             prepare(
                 readings,
                 origins,
+                vec![keep_last; (end - n) as usize],
                 &resolutions,
                 connections,
-                on_conflict(args),
             )
             .shards,
         );
@@ -86,9 +87,10 @@ pub(crate) async fn reference(
                 let batch = sensorhub::store::Batch {
                     readings: &shard.readings,
                     origins: &origins,
+                    replaces: &shard.replaces,
                     partials: &shard.partials,
                 };
-                sensorhub::store::write_batch(&mut client, batch, &resolutions, on_conflict(args))
+                sensorhub::store::write_batch(&mut client, batch, &resolutions, keep_last)
                     .await
                     .unwrap();
             }

@@ -5,7 +5,7 @@
 //! documentation cannot drift. A bad value gives one line naming the variable, the value and what is
 //! expected ([`ConfigError`]).
 
-use crate::domain::{Limits, OnConflict, Resolution};
+use crate::domain::{Limits, OnConflict, Policies, Resolution};
 mod env;
 mod mqtt;
 mod rules;
@@ -128,6 +128,8 @@ pub struct Config {
     pub write_connections: usize,
     /// Which value of a `(sensor_id, ts)` stays when another arrives.
     pub on_conflict: OnConflict,
+    /// The same for readings sent as line protocol; `None`: as `on_conflict`.
+    pub line_protocol_on_conflict: Option<OnConflict>,
     pub db_pool_size: usize,
     pub shutdown_timeout: Duration,
     /// After how long a silent peer is given up, on every connection ([`crate::liveness`]).
@@ -147,6 +149,14 @@ pub struct Config {
 }
 
 impl Config {
+    /// Which value stays, for each way in.
+    pub fn policies(&self) -> Policies {
+        Policies {
+            default: self.on_conflict,
+            line_protocol: self.line_protocol_on_conflict.unwrap_or(self.on_conflict),
+        }
+    }
+
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|name| std::env::var(name).ok())
@@ -246,6 +256,13 @@ impl Config {
             bridge_lease: env.duration("SENSORHUB_BRIDGE_LEASE")?,
             write_connections: env.number("SENSORHUB_WRITE_CONNECTIONS", 1, 32)?,
             on_conflict: env.parsed("SENSORHUB_ON_CONFLICT", "keep_first or keep_last")?,
+            line_protocol_on_conflict: match lookup("SENSORHUB_LINE_PROTOCOL_ON_CONFLICT") {
+                Some(value) if !value.trim().is_empty() => Some(env.parsed(
+                    "SENSORHUB_LINE_PROTOCOL_ON_CONFLICT",
+                    "keep_first or keep_last",
+                )?),
+                _ => None,
+            },
             db_pool_size: env.number("SENSORHUB_DB_POOL_SIZE", 1, 256)?,
             shutdown_timeout: env.duration("SENSORHUB_SHUTDOWN_TIMEOUT")?,
             network_timeout: env.network_timeout("SENSORHUB_NETWORK_TIMEOUT")?,

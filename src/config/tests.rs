@@ -61,6 +61,11 @@ fn bad_values_name_variable_value_and_expectation() {
         ("SENSORHUB_BATCH_SIZE", "0", "from 1"),
         ("SENSORHUB_HTTP_ADDR", "nowhere", "address"),
         ("SENSORHUB_ON_CONFLICT", "last", "keep_first or keep_last"),
+        (
+            "SENSORHUB_LINE_PROTOCOL_ON_CONFLICT",
+            "newest",
+            "keep_first or keep_last",
+        ),
         ("SENSORHUB_RESOLUTIONS", "1m,forever", "durations"),
         ("SENSORHUB_TIMEZONE", "Mars/Olympus", "IANA"),
         ("SENSORHUB_MAX_FUTURE_SKEW", "-5", "duration"),

@@ -218,6 +218,11 @@ pub const VARIABLES: &[Variable] = &[
         meaning: "a reading whose sensor and time are stored with another value: `keep_first` dead-letters it (`conflicting_value`), `keep_last` lets the later stream position replace the stored value (docs/corrections.md)",
     },
     Variable {
+        name: "SENSORHUB_LINE_PROTOCOL_ON_CONFLICT",
+        default: "(SENSORHUB_ON_CONFLICT)",
+        meaning: "the same for readings sent as InfluxDB line protocol (HTTP or MQTT), whose writers may expect InfluxDB's last write to win: `keep_last`",
+    },
+    Variable {
         name: "SENSORHUB_DB_POOL_SIZE",
         default: "4",
         meaning: "PostgreSQL connections: the write connections, the rest (at least one) for the API",

@@ -46,6 +46,30 @@ impl FromStr for OnConflict {
     }
 }
 
+/// The policy of each way in: `SENSORHUB_ON_CONFLICT`, and line protocol's own
+/// (`SENSORHUB_LINE_PROTOCOL_ON_CONFLICT`, for writers that expect InfluxDB's last write to win).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Policies {
+    pub default: OnConflict,
+    pub line_protocol: OnConflict,
+}
+
+impl Policies {
+    /// The policy of a reading, by whether it came as line protocol.
+    pub fn of(self, line_protocol: bool) -> OnConflict {
+        if line_protocol {
+            self.line_protocol
+        } else {
+            self.default
+        }
+    }
+
+    /// Whether some reading may replace a stored value: then every reading keeps its position.
+    pub fn keeps_origins(self) -> bool {
+        self.default == OnConflict::KeepLast || self.line_protocol == OnConflict::KeepLast
+    }
+}
+
 /// The stream position a reading came from: its entry id's milliseconds then sequence number,
 /// big-endian, so that the bytes order as the stream does (and as PostgreSQL compares `bytea`).
 /// Readings of one entry share it: the entry's own order among them is kept within a batch, and

@@ -16,7 +16,7 @@ pub mod reading;
 pub mod shard;
 pub mod window;
 
-pub use conflict::{OnConflict, Origin};
+pub use conflict::{OnConflict, Origin, Policies};
 pub use reading::{Limits, ParseContext, Reading, Reason, Rejection, same_id};
 pub use window::{AggKey, Aggregate, Resolution, Windows};
 

@@ -4,7 +4,7 @@
 //! PostgreSQL, and this work overlaps the previous batch's transactions.
 
 use crate::actor::{count_restart, guarded, off_thread};
-use crate::domain::{OnConflict, Reading, Resolution, Windows};
+use crate::domain::{Policies, Reading, Resolution, Windows};
 use crate::pipeline::faults::Faults;
 use crate::pipeline::lanes::{Shard, split};
 use crate::pipeline::messages::{Readings, Repeat, WriteBatch};
@@ -17,8 +17,8 @@ pub struct Aggregator {
     resolutions: Arc<[Resolution]>,
     /// Write connections: shards per batch.
     shards: usize,
-    /// Which of a key's readings in one batch is written.
-    on_conflict: OnConflict,
+    /// Which of a key's readings in one batch is written, by the way each came in.
+    policies: Policies,
     writer: Recipient<WriteBatch>,
     metrics: Arc<Metrics>,
     faults: Arc<Faults>,
@@ -28,7 +28,7 @@ impl Aggregator {
     pub fn new(
         resolutions: &[Resolution],
         shards: usize,
-        on_conflict: OnConflict,
+        policies: Policies,
         writer: Recipient<WriteBatch>,
         metrics: Arc<Metrics>,
         faults: Arc<Faults>,
@@ -36,7 +36,7 @@ impl Aggregator {
         Self {
             resolutions: resolutions.into(),
             shards: shards.max(1),
-            on_conflict,
+            policies,
             writer,
             metrics,
             faults,
@@ -64,7 +64,7 @@ impl Handler<Readings> for Aggregator {
     fn handle(&mut self, batch: Readings, ctx: &mut Self::Context) {
         let resolutions = Arc::clone(&self.resolutions);
         let shards = self.shards;
-        let on_conflict = self.on_conflict;
+        let policies = self.policies;
         let writer = self.writer.clone();
         let faults = Arc::clone(&self.faults);
         let work = async move {
@@ -72,11 +72,16 @@ impl Handler<Readings> for Aggregator {
             let Readings {
                 readings,
                 origins,
+                line_protocol,
                 entries,
                 ticket,
             } = batch;
+            let replaces = line_protocol
+                .iter()
+                .map(|&line| policies.of(line) == crate::domain::OnConflict::KeepLast)
+                .collect();
             let prepared =
-                off_thread(move || prepare(readings, origins, &resolutions, shards, on_conflict))
+                off_thread(move || prepare(readings, origins, replaces, &resolutions, shards))
                     .await;
             let message = WriteBatch {
                 shards: prepared.shards,
@@ -100,20 +105,21 @@ pub struct Prepared {
     pub repeats: Vec<Repeat>,
 }
 
-/// What this stage does to a batch: drops readings repeated within it (of each key, the first
-/// stays under `keep_first`, the one from the latest stream position under `keep_last`), folds
-/// the rest into partials and splits both into `shards` write shards. One sort into key order
-/// serves all three: repeated keys are neighbours, each sensor's windows are consecutive runs,
-/// and every shard receives its rows already in order.
+/// What this stage does to a batch: drops readings repeated within it, folds the rest into
+/// partials and splits both into `shards` write shards. Of each key the first reading stays,
+/// unless a reading that `replaces` (its way in is `keep_last`) comes from a later stream
+/// position: then the latest such one. One sort into key order serves all three: repeated keys
+/// are neighbours, each sensor's windows are consecutive runs, and every shard receives its rows
+/// already in order.
 pub fn prepare(
     readings: Vec<Reading>,
     origins: Vec<EntryId>,
+    replaces: Vec<bool>,
     resolutions: &[Resolution],
     shards: usize,
-    on_conflict: OnConflict,
 ) -> Prepared {
     let mut kept: Vec<u32> = Vec::with_capacity(readings.len());
-    let mut dropped: Vec<u32> = Vec::new();
+    let mut dropped: Vec<(u32, bool)> = Vec::new();
     for position in Windows::key_order(&readings) {
         let reading = &readings[position as usize];
         let repeated = kept.last_mut().filter(|last| {
@@ -125,17 +131,17 @@ pub fn prepare(
             // Equal keys are in arrival order, which within one stream is stream order; a
             // replayed dead letter keeps the position it first came from.
             Some(last)
-                if on_conflict == OnConflict::KeepLast
+                if replaces.get(position as usize).copied().unwrap_or(false)
                     && origins[position as usize] >= origins[*last as usize] =>
             {
-                dropped.push(std::mem::replace(last, position));
+                dropped.push((std::mem::replace(last, position), true));
             }
-            Some(_) => dropped.push(position),
+            Some(_) => dropped.push((position, false)),
         }
     }
     let repeats = dropped
         .into_iter()
-        .map(|position| {
+        .map(|(position, superseded)| {
             let reading = &readings[position as usize];
             // The kept reading of its key: the one before it in key order is of another key.
             let at = kept.partition_point(|&k| {
@@ -146,12 +152,13 @@ pub fn prepare(
                 reading: reading.clone(),
                 entry: origins[position as usize],
                 first: readings[kept[at] as usize].value,
+                superseded,
             }
         })
         .collect();
     let partials = Windows::fold_sorted(resolutions, kept.iter().map(|&i| &readings[i as usize]));
     Prepared {
-        shards: split(readings, origins, &kept, partials, shards),
+        shards: split(readings, origins, replaces, &kept, partials, shards),
         repeats,
     }
 }
@@ -195,7 +202,7 @@ mod tests {
             let resolutions: Vec<Resolution> = vec!["1m".parse().unwrap(), "1h".parse().unwrap()];
             let expected_partials = Windows::fold(&resolutions, &kept);
 
-            let prepared = prepare(readings.clone(), origins.clone(), &resolutions, shards, OnConflict::KeepFirst);
+            let prepared = prepare(readings.clone(), origins.clone(), vec![false; readings.len()], &resolutions, shards);
             let out = prepared.shards;
             prop_assert_eq!(prepared.repeats.len(), readings.len() - first.len());
             for repeat in &prepared.repeats {
@@ -221,6 +228,52 @@ mod tests {
         }
     }
 
+    proptest! {
+        /// Readings that may replace (keep_last) among others: of each key the one written is
+        /// the latest stream position among the first reading and those that may replace (the
+        /// later of equal positions); every other is a repeat, superseded when it lost to one
+        /// that may replace.
+        #[test]
+        fn prepare_keeps_the_latest_position_of_readings_that_replace(
+            values in prop::collection::vec((0usize..3, 0i64..20, -3i32..3, 0u64..50, any::<bool>()), 0..120),
+        ) {
+            let base = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+            let readings: Vec<Reading> = values.iter()
+                .map(|&(sensor, s, v, _, _)| Reading {
+                    sensor_id: format!("s{sensor}").into(),
+                    ts: base + chrono::TimeDelta::seconds(s),
+                    value: f64::from(v),
+                    unit: None,
+                })
+                .collect();
+            // Replayed letters keep older positions: origins are not in arrival order.
+            let origins: Vec<EntryId> = values.iter().map(|&(_, _, _, ms, _)| EntryId { ms, seq: 0 }).collect();
+            let replaces: Vec<bool> = values.iter().map(|&(_, _, _, _, r)| r).collect();
+            let mut expected: BTreeMap<(Arc<str>, DateTime<Utc>), usize> = BTreeMap::new();
+            for (i, r) in readings.iter().enumerate() {
+                let key = (r.sensor_id.clone(), r.ts);
+                match expected.get(&key) {
+                    None => { expected.insert(key, i); }
+                    Some(&kept) if replaces[i] && origins[i] >= origins[kept] => { expected.insert(key, i); }
+                    Some(_) => {}
+                }
+            }
+            let resolutions: Vec<Resolution> = vec!["1m".parse().unwrap()];
+            let prepared = prepare(readings.clone(), origins.clone(), replaces, &resolutions, 2);
+            let mut written = BTreeMap::new();
+            for shard in &prepared.shards {
+                for (r, origin) in shard.readings.iter().zip(&shard.origins) {
+                    written.insert((r.sensor_id.clone(), r.ts), (r.value, *origin));
+                }
+            }
+            let wanted: BTreeMap<_, _> = expected.iter()
+                .map(|(key, &i)| (key.clone(), (readings[i].value, origins[i])))
+                .collect();
+            prop_assert_eq!(written, wanted);
+            prop_assert_eq!(prepared.repeats.len(), readings.len() - expected.len());
+        }
+    }
+
     #[test]
     fn shards_keep_each_sensor_whole_and_rows_in_key_order() {
         let ts = chrono::Utc::now();
@@ -237,7 +290,7 @@ mod tests {
             .map(|seq| EntryId { ms: 1, seq })
             .collect();
         let resolutions: Vec<Resolution> = vec!["1m".parse().unwrap()];
-        let prepared = prepare(readings, origins, &resolutions, 3, OnConflict::KeepFirst);
+        let prepared = prepare(readings, origins, vec![false; 100], &resolutions, 3);
         let shards = prepared.shards;
         assert!(prepared.repeats.is_empty());
         assert_eq!(shards.iter().map(|s| s.readings.len()).sum::<usize>(), 100);

@@ -271,14 +271,14 @@ impl StreamStages {
             let dead_letters = dead_letters.clone();
             let (conn, metrics, faults) = (conn.clone(), Arc::clone(&metrics), Arc::clone(&faults));
             let committed = acker.recipient();
-            let on_conflict = config.on_conflict;
+            let keep_origins = config.policies().keeps_origins();
             Supervisor::start_in_arbiter(&threads.write, move |_| {
                 Writer::new(
                     WriteStore {
                         pool: write_pool,
                         partitions,
                         health: write_health,
-                        on_conflict,
+                        keep_origins,
                     },
                     &resolutions,
                     dead_letters,
@@ -293,14 +293,14 @@ impl StreamStages {
         let aggregator = {
             let resolutions = config.resolutions.clone();
             let write_connections = config.write_connections;
-            let on_conflict = config.on_conflict;
+            let policies = config.policies();
             let (metrics, faults) = (Arc::clone(&metrics), Arc::clone(&faults));
             let write_batches = writer.recipient();
             Supervisor::start_in_arbiter(&threads.window, move |_| {
                 Aggregator::new(
                     &resolutions,
                     write_connections,
-                    on_conflict,
+                    policies,
                     write_batches,
                     metrics,
                     faults,

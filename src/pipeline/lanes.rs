@@ -12,6 +12,8 @@ pub struct Shard {
     pub lane: usize,
     pub readings: Vec<Reading>,
     pub origins: Vec<EntryId>,
+    /// Whether each reading may replace a stored value of its key (its way in is `keep_last`).
+    pub replaces: Vec<bool>,
     pub partials: Vec<(AggKey, Aggregate)>,
 }
 
@@ -35,17 +37,20 @@ pub fn lane_of(sensor_id: &str, shards: usize) -> usize {
 pub fn split(
     readings: Vec<Reading>,
     origins: Vec<EntryId>,
+    replaces: Vec<bool>,
     order: &[u32],
     partials: Vec<(AggKey, Aggregate)>,
     shards: usize,
 ) -> Vec<Shard> {
     let mut slots: Vec<Option<(Reading, EntryId)>> =
         readings.into_iter().zip(origins).map(Some).collect();
+    let replaces_at = |position: u32| replaces.get(position as usize).copied().unwrap_or(false);
     let mut out: Vec<Shard> = (0..shards)
         .map(|lane| Shard {
             lane,
             readings: Vec::with_capacity(order.len() / shards + 1),
             origins: Vec::with_capacity(order.len() / shards + 1),
+            replaces: Vec::with_capacity(order.len() / shards + 1),
             partials: Vec::new(),
         })
         .collect();
@@ -65,6 +70,7 @@ pub fn split(
         }
         out[current].readings.push(reading);
         out[current].origins.push(origin);
+        out[current].replaces.push(replaces_at(position));
     }
     for partial in partials {
         out[lane_of(&partial.0.sensor_id, shards)]

@@ -22,6 +22,8 @@ pub struct Readings {
     pub readings: Vec<Reading>,
     /// The stream entry each reading came from (same index).
     pub origins: Vec<EntryId>,
+    /// Whether each reading came as line protocol (same index).
+    pub line_protocol: Vec<bool>,
     /// Every entry of the batch, valid or not: all are acknowledged together after the commit.
     pub entries: Vec<EntryId>,
     pub ticket: Ticket,
@@ -35,8 +37,11 @@ pub struct Repeat {
     pub reading: Reading,
     /// The stream entry it came from.
     pub entry: EntryId,
-    /// The value of the first reading of its key in the batch, the one written.
+    /// The value of the reading of its key in the batch that is written.
     pub first: f64,
+    /// Whether that reading was written instead of this one as the later of the two (`keep_last`):
+    /// a different value here was replaced, not refused.
+    pub superseded: bool,
 }
 
 /// window → write: unique readings and their partial aggregates, split by sensor into one shard

@@ -77,7 +77,7 @@ impl Handler<RawBatch> for Validator {
         let work = async move {
             let RawBatch { entries, ticket } = batch;
             // The entries' ids are taken there too, so their bytes are freed off the actor thread.
-            let (entries, (readings, origins, letters), skipped) = off_thread(move || {
+            let (entries, parsed, skipped) = off_thread(move || {
                 let skipped = Skipped::default();
                 let parsed = parse_batch_counting(&entries, &limits, reads, &skipped);
                 let skipped: Vec<(Skip, u64)> = skipped.counts().filter(|(_, n)| *n > 0).collect();
@@ -85,6 +85,12 @@ impl Handler<RawBatch> for Validator {
                 (ids, parsed, skipped)
             })
             .await;
+            let crate::stream::parse::Parsed {
+                readings,
+                origins,
+                line_protocol,
+                letters,
+            } = parsed;
             for (skip, count) in skipped {
                 metrics
                     .mqtt_values_skipped
@@ -99,6 +105,7 @@ impl Handler<RawBatch> for Validator {
             let message = Readings {
                 readings,
                 origins,
+                line_protocol,
                 entries,
                 ticket,
             };

@@ -18,9 +18,7 @@
 use crate::actor::{count_restart, guarded};
 use crate::domain::conflict::origin;
 use crate::domain::fields;
-use crate::domain::{
-    AggKey, Aggregate, OnConflict, Origin, Reading, Reason, Rejection, Resolution, Windows,
-};
+use crate::domain::{AggKey, Aggregate, Origin, Reading, Reason, Rejection, Resolution, Windows};
 use crate::health::WriteHealth;
 use crate::pipeline::faults::Faults;
 use crate::pipeline::flow::Ticket;
@@ -52,8 +50,8 @@ pub struct WriteStore {
     pub partitions: Arc<Partitions>,
     /// Whether batches commit, for `/readyz`.
     pub health: Arc<WriteHealth>,
-    /// Which value of a `(sensor_id, ts)` stays.
-    pub on_conflict: OnConflict,
+    /// Whether readings are stored with their stream positions (some way in is `keep_last`).
+    pub keep_origins: bool,
 }
 
 /// What the writer needs besides the batch.
@@ -69,7 +67,7 @@ struct WriteContext {
     conn: Connection,
     /// Whether writes fail, shared by every transaction in progress.
     health: Arc<WriteHealth>,
-    on_conflict: OnConflict,
+    keep_origins: bool,
 }
 
 /// One shard handed to its lane, and where its outcome goes.
@@ -132,7 +130,7 @@ impl Writer {
                 dead: Arc::new(dead),
                 conn,
                 health: store.health,
-                on_conflict: store.on_conflict,
+                keep_origins: store.keep_origins,
             },
             acker,
             faults,
@@ -292,7 +290,7 @@ async fn complete(
             let stored = stored_elsewhere.get(&key).copied().unwrap_or(repeat.first);
             if repeat.reading.value == stored {
                 metrics.readings_duplicate.inc();
-            } else if context.on_conflict == OnConflict::KeepLast {
+            } else if repeat.superseded {
                 metrics.readings_replaced.inc();
             } else {
                 letters.push(conflict_letter(&repeat.reading, repeat.entry, stored));
@@ -339,7 +337,7 @@ async fn write_until_committed(context: &WriteContext, batch: &mut Shard) -> Bat
     let mut refusals = 0;
     loop {
         refuse_beyond_horizon(context, batch).await;
-        let result = try_write(context, &batch.readings, &batch.origins, &batch.partials).await;
+        let result = try_write(context, batch, 0..batch.readings.len(), &batch.partials).await;
         match result {
             // The horizon moved (another instance's retention): refused above on the next turn.
             Err(StoreError::BeyondHorizon) => continue,
@@ -391,27 +389,32 @@ async fn write_until_committed(context: &WriteContext, batch: &mut Shard) -> Bat
 
 async fn try_write(
     context: &WriteContext,
-    readings: &[Reading],
-    entries: &[EntryId],
+    shard: &Shard,
+    part: std::ops::Range<usize>,
     partials: &[(AggKey, Aggregate)],
 ) -> Result<BatchOutcome, StoreError> {
+    let readings = &shard.readings[part.clone()];
     let mut client = context.pool.get().await?;
     // A partition for every reading first: nearly always known already, with no query.
     context
         .partitions
         .ensure(&mut client, readings.iter().map(|r| r.ts))
         .await?;
-    let origins: Vec<Origin> = entries.iter().map(|e| origin(e.ms, e.seq)).collect();
+    let origins: Vec<Origin> = shard.origins[part.clone()]
+        .iter()
+        .map(|e| origin(e.ms, e.seq))
+        .collect();
     let batch = store::Batch {
         readings,
         origins: &origins,
+        replaces: &shard.replaces[part],
         partials,
     };
     store::write_batch(
         &mut client,
         batch,
         &context.resolutions,
-        context.on_conflict,
+        context.keep_origins,
     )
     .await
 }
@@ -424,9 +427,8 @@ async fn isolate_poison(context: &WriteContext, batch: &Shard) -> BatchOutcome {
     let mut ranges = vec![(0, batch.readings.len())];
     let mut backoff = Backoff::new();
     while let Some((lo, hi)) = ranges.pop() {
-        let part = &batch.readings[lo..hi];
-        let partials = Windows::fold(&context.resolutions, part);
-        match try_write(context, part, &batch.origins[lo..hi], &partials).await {
+        let partials = Windows::fold(&context.resolutions, &batch.readings[lo..hi]);
+        match try_write(context, batch, lo..hi, &partials).await {
             Ok(outcome) => {
                 total.add(outcome, lo);
                 backoff.reset();
@@ -476,8 +478,14 @@ async fn refuse_beyond_horizon(context: &WriteContext, shard: &mut Shard) {
         return;
     }
     let mut letters = Vec::new();
-    let (mut readings, mut origins) = (Vec::new(), Vec::new());
-    for (reading, origin) in shard.readings.drain(..).zip(shard.origins.drain(..)) {
+    let (mut readings, mut origins, mut replaces) = (Vec::new(), Vec::new(), Vec::new());
+    let kept_replaces = std::mem::take(&mut shard.replaces);
+    for ((reading, origin), replace) in shard
+        .readings
+        .drain(..)
+        .zip(shard.origins.drain(..))
+        .zip(kept_replaces)
+    {
         if reading.ts < horizon {
             let detail = format!(
                 "timestamp {} of sensor {:?} is older than the retention horizon {} \
@@ -491,11 +499,13 @@ async fn refuse_beyond_horizon(context: &WriteContext, shard: &mut Shard) {
         } else {
             readings.push(reading);
             origins.push(origin);
+            replaces.push(replace);
         }
     }
     shard.partials = Windows::fold(&context.resolutions, &readings);
     shard.readings = readings;
     shard.origins = origins;
+    shard.replaces = replaces;
     let mut conn = context.conn.clone();
     context
         .dead

@@ -6,13 +6,13 @@
 //! deletion covered are left out (`store::deletion`). A replayed or concurrently written reading therefore
 //! never counts twice, and every window's `increase` stays the sum of its readings' steps.
 
-use crate::domain::{AggKey, Aggregate, OnConflict, Origin, Reading, Resolution, Windows};
+use crate::domain::{AggKey, Aggregate, Origin, Reading, Resolution, Windows};
 use crate::store::StoreError;
 use crate::store::encode::{
     COPY_CHUNK_BYTES, COPY_HEADER, PgTimestamp, SensorRows, encode_copy_row,
 };
 use crate::store::increase::{self, Steps};
-use crate::store::replace::{self, Replacing};
+use crate::store::replace;
 use crate::store::sql;
 use bytes::{BufMut as _, Bytes, BytesMut};
 use futures_util::SinkExt as _;
@@ -63,11 +63,13 @@ impl BatchOutcome {
 }
 
 /// One batch to write: readings holding no two rows with the same `(sensor_id, ts)`, the stream
-/// position each came from (same index), and their folded aggregates, sorted by key.
+/// position each came from and whether it may replace a stored value of its key (`keep_last`;
+/// same index), and their folded aggregates, sorted by key.
 #[derive(Clone, Copy)]
 pub struct Batch<'a> {
     pub readings: &'a [Reading],
     pub origins: &'a [Origin],
+    pub replaces: &'a [bool],
     pub partials: &'a [(AggKey, Aggregate)],
 }
 
@@ -77,11 +79,14 @@ pub struct Batch<'a> {
 /// are new, and the step of the first is from that newest reading. Only readings at or before it
 /// are looked up. A unique violation despite the locks means a writer that does not take them (an
 /// older version during an upgrade): the batch is redone once looking every reading up.
+///
+/// `keep_origins`: whether readings are stored with their stream positions — when any way in is
+/// `keep_last`, so that a later value can be told from an earlier one.
 pub async fn write_batch(
     client: &mut deadpool_postgres::Client,
     batch: Batch<'_>,
     resolutions: &[Resolution],
-    on_conflict: OnConflict,
+    keep_origins: bool,
 ) -> Result<BatchOutcome, StoreError> {
     let readings = batch.readings;
     if readings.is_empty() {
@@ -106,9 +111,10 @@ pub async fn write_batch(
     let write = Write {
         sorted: &sorted,
         origins: batch.origins,
+        replaces: batch.replaces,
         partials: batch.partials,
         resolutions,
-        on_conflict,
+        keep_origins,
     };
     match write_locked(client, &write, false).await {
         Err(StoreError::Db(error)) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
@@ -122,9 +128,10 @@ pub async fn write_batch(
 struct Write<'w, 'a> {
     sorted: &'w [(usize, &'a Reading)],
     origins: &'w [Origin],
+    replaces: &'w [bool],
     partials: &'w [(AggKey, Aggregate)],
     resolutions: &'w [Resolution],
-    on_conflict: OnConflict,
+    keep_origins: bool,
 }
 
 async fn write_locked(
@@ -135,9 +142,10 @@ async fn write_locked(
     let Write {
         sorted,
         origins,
+        replaces,
         partials,
         resolutions,
-        on_conflict,
+        keep_origins,
     } = *write;
     let tx = client.transaction().await?;
     let Steps {
@@ -152,27 +160,24 @@ async fn write_locked(
         duplicates: deleted,
         ..BatchOutcome::default()
     };
-    let replacing = match on_conflict {
-        OnConflict::KeepFirst => {
-            for &(index, reading, value) in &stored {
-                if value == reading.value {
-                    outcome.duplicates += 1; // a redelivery
-                } else {
-                    outcome.conflicts.push(Conflict {
-                        index,
-                        stored: value,
-                    });
-                }
-            }
-            Replacing::default()
+    // A stored key's reading that may replace the stored value is decided by positions; any
+    // other is a redelivery (same value) or a conflict (keep_first).
+    let (may_replace, first_stays): (Vec<_>, Vec<_>) = stored
+        .into_iter()
+        .partition(|&(index, _, _)| replaces.get(index).copied().unwrap_or(false));
+    for (index, reading, value) in first_stays {
+        if value == reading.value {
+            outcome.duplicates += 1; // a redelivery
+        } else {
+            outcome.conflicts.push(Conflict {
+                index,
+                stored: value,
+            });
         }
-        OnConflict::KeepLast => {
-            let replacing = replace::decide(&tx, &stored, origins).await?;
-            outcome.replaced = replacing.replaced.len() as u64;
-            outcome.duplicates += (stored.len() - replacing.replaced.len()) as u64;
-            replacing
-        }
-    };
+    }
+    let replacing = replace::decide(&tx, &may_replace, origins).await?;
+    outcome.replaced = replacing.replaced.len() as u64;
+    outcome.duplicates += (may_replace.len() - replacing.replaced.len()) as u64;
     if new.is_empty() && replacing.is_empty() {
         tx.commit().await?;
         return Ok(outcome);
@@ -188,7 +193,7 @@ async fn write_locked(
         ))
     };
     let (increases, elsewhere) = increase::place(&new, &changed, &partials, resolutions);
-    let with_origin = on_conflict == OnConflict::KeepLast;
+    let with_origin = keep_origins;
     let sink = tx
         .copy_in::<_, Bytes>(if with_origin {
             sql::COPY_READINGS_WITH_ORIGIN

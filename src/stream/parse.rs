@@ -23,22 +23,36 @@ pub fn parse_batch(
     limits: &Limits,
     reads: StreamShard,
 ) -> (Vec<Reading>, Vec<EntryId>, Vec<DeadLetter>) {
-    parse_batch_counting(entries, limits, reads, &Skipped::default())
+    let parsed = parse_batch_counting(entries, limits, reads, &Skipped::default());
+    (parsed.readings, parsed.origins, parsed.letters)
 }
 
-/// [`parse_batch`], counting the values that are not readings in `skipped`.
+/// A batch of entries parsed.
+pub struct Parsed {
+    pub readings: Vec<Reading>,
+    /// The entry each reading came from (same index).
+    pub origins: Vec<EntryId>,
+    /// Whether each reading came as InfluxDB line protocol (same index): its writers may expect
+    /// InfluxDB's last write to win (`SENSORHUB_LINE_PROTOCOL_ON_CONFLICT`).
+    pub line_protocol: Vec<bool>,
+    pub letters: Vec<DeadLetter>,
+}
+
+/// [`parse_batch`], counting the values that are not readings in `skipped`, and telling the
+/// readings that came as line protocol.
 pub fn parse_batch_counting(
     entries: &[StreamEntry],
     limits: &Limits,
     reads: StreamShard,
     skipped: &Skipped,
-) -> (Vec<Reading>, Vec<EntryId>, Vec<DeadLetter>) {
+) -> Parsed {
     let ids = SensorIds::default();
     let mut ctx = ParseContext::new(limits, Utc::now(), Utc::now())
         .with_ids(&ids)
         .with_skipped(skipped);
     let mut readings = Vec::with_capacity(entries.len());
     let mut origins = Vec::with_capacity(entries.len());
+    let mut line_protocol = Vec::with_capacity(entries.len());
     let mut letters = Vec::new();
     for entry in entries {
         let Some(fields) = &entry.fields else {
@@ -49,6 +63,7 @@ pub fn parse_batch_counting(
         let received = replay.received.unwrap_or(entry.id);
         ctx.set_received_entry(received.ms, received.seq);
         let split = split_copy(fields);
+        let line = is_line_protocol(fields);
         for outcome in reading::parse_entry_fields(fields, &ctx) {
             if let Err(rejection) = &outcome
                 && (!replay.keeps(rejection) || split == Some(false))
@@ -59,12 +74,14 @@ pub fn parse_batch_counting(
                 Ok(reading) if reads.holds(&reading.sensor_id) => {
                     readings.push(reading);
                     origins.push(received);
+                    line_protocol.push(line);
                 }
                 // Another shard's sensor: its copy of the message is there.
                 Ok(_) if split.is_some() => {}
                 Ok(reading) if reading.ts != received.time() => {
                     readings.push(reading);
                     origins.push(received);
+                    line_protocol.push(line);
                 }
                 Ok(reading) => letters.push(DeadLetter {
                     entry: entry.id,
@@ -79,7 +96,20 @@ pub fn parse_batch_counting(
             }
         }
     }
-    (readings, origins, letters)
+    Parsed {
+        readings,
+        origins,
+        line_protocol,
+        letters,
+    }
+}
+
+/// Whether an entry's payload is InfluxDB line protocol (`form` `line:<precision>`, from the write
+/// endpoints or an MQTT rule's `line` form).
+fn is_line_protocol(fields: &[crate::redis::entry::Field]) -> bool {
+    fields.iter().any(|(name, value)| {
+        name.as_ref() == crate::domain::fields::FORM.as_bytes() && value.starts_with(b"line")
+    })
 }
 
 /// `Some(true)` for the owner's copy of a message split over shards, `Some(false)` for another

@@ -324,3 +324,49 @@ async fn two_instances_end_with_the_value_of_the_latest_stream_position() {
     assert!(replaced > 0.0, "corrections were made");
     drop((first, second));
 }
+
+/// Line protocol with its own policy (`SENSORHUB_LINE_PROTOCOL_ON_CONFLICT=keep_last`, the rest
+/// `keep_first`): a point written again replaces the stored value, as in InfluxDB, even one first
+/// sent as JSON; a JSON reading of another value is still refused as a conflict.
+#[actix_web::test]
+async fn line_protocol_writes_win_by_their_own_policy() {
+    let mut t = spawn_app_with(
+        |c| c.line_protocol_on_conflict = Some(OnConflict::KeepLast),
+        Default::default(),
+    )
+    .await;
+    let ts = base();
+    let seconds = ts.timestamp();
+    let write = |value: f64| format!("meter,site=a kwh={value} {seconds}");
+    for value in [1.0, 2.0, 3.0] {
+        let (status, _) = crate::line_protocol::post(
+            &t,
+            "/api/v2/write?precision=s",
+            &[],
+            write(value).as_bytes(),
+        )
+        .await;
+        assert_eq!(status, 204);
+        let entry = crate::line_protocol::last_entry(&mut t).await;
+        t.wait_drained(&entry).await;
+    }
+    let sensor = "meter,site=a.kwh";
+    assert_eq!(value_at(&t, sensor, ts).await, 3.0);
+    // JSON keeps the first value: refused, dead-lettered.
+    send_one_by_one(&mut t, &[(sensor, ts, 4.0)]).await;
+    assert_eq!(value_at(&t, sensor, ts).await, 3.0);
+    assert_eq!(t.metrics().readings_conflicting.get(), 1);
+    // A JSON reading first, then line protocol for its key: replaced.
+    let other = ts + TimeDelta::minutes(1);
+    send_one_by_one(&mut t, &[(sensor, other, 10.0)]).await;
+    let body = format!("meter,site=a kwh=11 {}", other.timestamp());
+    let (status, _) =
+        crate::line_protocol::post(&t, "/api/v2/write?precision=s", &[], body.as_bytes()).await;
+    assert_eq!(status, 204);
+    let entry = crate::line_protocol::last_entry(&mut t).await;
+    t.wait_drained(&entry).await;
+    assert_eq!(value_at(&t, sensor, other).await, 11.0);
+    assert_eq!(t.metrics().readings_replaced.get(), 3);
+    t.assert_aggregates_exact().await;
+    t.stop().await;
+}
