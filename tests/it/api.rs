@@ -321,6 +321,7 @@ async fn openapi_document_lists_every_route() {
         "/api/v1/dead-letters",
         "/api/v1/dead-letters/summary",
         "/api/v1/dead-letters/replay",
+        "/api/v1/delete",
         "/api/v1/pipeline",
     ];
     let documented: std::collections::BTreeSet<&str> = doc["paths"]
