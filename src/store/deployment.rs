@@ -7,11 +7,17 @@ use deadpool_postgres::Pool;
 /// The deployment's MQTT client id, when none is configured.
 pub const MQTT_CLIENT_ID: &str = "mqtt_client_id";
 
-/// 16 hex digits no other process or start shares.
+/// 16 hex digits no other process or start shares: a randomly keyed hash (each `RandomState` of
+/// a process has its own keys) of the process id and the time.
 fn unique_hex() -> String {
     use std::hash::{BuildHasher as _, Hasher as _};
     let mut hasher = std::hash::RandomState::new().build_hasher();
-    hasher.write(crate::stream::lease::unique_token("").as_bytes());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    hasher.write_u32(std::process::id());
+    hasher.write_u128(nanos);
     format!("{:016x}", hasher.finish())
 }
 
