@@ -511,3 +511,49 @@ async fn influxdbs_python_client_deletes_by_measurement_and_tags() {
     t.assert_aggregates_exact().await;
     t.stop().await;
 }
+
+/// With Redis gone (its positions cannot be read, so the deletion could not be recorded against
+/// the stream), a deletion is refused with a 503 that says nothing was deleted, and nothing is.
+#[actix_web::test]
+async fn without_redis_a_deletion_is_refused_whole() {
+    let server = PrivateRedis::start(false);
+    let url = server.url();
+    let mut t = spawn_app_with(
+        |c| c.redis_url = Secret::new(url.clone()),
+        Default::default(),
+    )
+    .await;
+    let mut redis = redis_conn(&url).await;
+    let start = day_start();
+    let mut pipe = redis::pipe();
+    for i in 0..50 {
+        pipe.cmd("XADD")
+            .arg(t.stream())
+            .arg("*")
+            .arg("data")
+            .arg(reading_json(
+                "gone",
+                f64::from(i),
+                start + TimeDelta::minutes(i.into()),
+            ));
+    }
+    let ids: Vec<String> = pipe.query_async(&mut redis).await.unwrap();
+    wait_drained(&redis, t.stream(), &t.config.group, ids.last().unwrap()).await;
+    assert_eq!(t.readings().await, 50);
+    let _: redis::RedisResult<()> = redis::cmd("SHUTDOWN")
+        .arg("NOSAVE")
+        .query_async(&mut redis)
+        .await;
+    let (status, answer) = delete(&t, &[], r#"{"sensor": "gone"}"#).await;
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("nothing was deleted"),
+        "{answer}"
+    );
+    assert_eq!(t.readings().await, 50);
+    assert_eq!(t.count("SELECT count(*) FROM deletions").await, 0);
+    t.stop().await;
+}
