@@ -130,8 +130,9 @@ async fn delete_v2(
             request.start.to_rfc3339()
         ));
     }
+    // The primary: a replica may not have a sensor created a moment ago.
     let client = state
-        .read_pool
+        .pool
         .get()
         .await
         .map_err(|e| ApiError::Unavailable(format!("PostgreSQL is unavailable: {e}")))?;

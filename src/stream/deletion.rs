@@ -75,16 +75,6 @@ pub enum DeleteError {
     Pool(#[from] deadpool_postgres::PoolError),
 }
 
-impl DeleteError {
-    /// Whether the same request may work later (a server unreachable, a lock timeout).
-    pub fn is_transient(&self) -> bool {
-        match self {
-            DeleteError::Store(error) => error.is_transient(),
-            DeleteError::Redis(_) | DeleteError::Pool(_) => true,
-        }
-    }
-}
-
 /// Deletes the readings of `sensors` in `[from, to)` (`None`: unbounded), in one transaction;
 /// logs and counts what it removed.
 pub async fn delete(

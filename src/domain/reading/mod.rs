@@ -25,6 +25,7 @@ mod forms;
 mod json;
 mod line;
 mod object;
+mod predicate;
 pub mod sparkplug;
 mod text;
 mod timestamp;
@@ -39,11 +40,12 @@ use value::check_value;
 
 pub use forms::{Form, parse_form};
 pub use json::{MAX_JSON_DEPTH, parse_json};
-pub use line::{Precision, Predicate, parse_line_protocol};
+pub use line::{Precision, parse_line_protocol};
 pub use object::{
     DEFAULT_STATES, NO_VALUE, ObjectOptions, PRESET_FORMS, Skip, Skipped, TimeFormat,
     preset_options,
 };
+pub use predicate::Predicate;
 pub use timestamp::parse_timestamp_text;
 
 /// One valid sensor reading, ready to be stored.
