@@ -156,7 +156,7 @@ async fn an_older_position_never_rolls_a_correction_back() {
     .await;
     assert_eq!(status, 200, "{answer}");
     assert!(answer.contains("\"replayed\":1"), "{answer}");
-    let last = last_id(&mut t).await;
+    let last = crate::line_protocol::last_entry(&mut t).await;
     t.wait_drained(&last).await;
     assert_eq!(
         value_at(&t, "gauge", key).await,
@@ -165,26 +165,11 @@ async fn an_older_position_never_rolls_a_correction_back() {
     );
 
     // An entry marked as coming from the first one's position (the letters' own mark).
-    let first: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(t.stream())
-        .arg("-")
-        .arg("+")
-        .arg("COUNT")
-        .arg(1)
-        .query_async(&mut t.redis)
-        .await
-        .unwrap();
-    let first = first.ids[0].id.clone();
-    let last: String = redis::cmd("XADD")
-        .arg(t.stream())
-        .arg("*")
-        .arg("data")
-        .arg(reading_json("gauge", 9.0, key))
-        .arg("received")
-        .arg(&first)
-        .query_async(&mut t.redis)
-        .await
-        .unwrap();
+    let first = t.first_entry().await;
+    let data = reading_json("gauge", 9.0, key);
+    let last = t
+        .xadd_fields(&[("data", data.as_bytes()), ("received", first.as_bytes())])
+        .await;
     t.wait_drained(&last).await;
     assert_eq!(value_at(&t, "gauge", key).await, 3.0);
     // A value sent now is later than everything: it replaces.
@@ -192,19 +177,6 @@ async fn an_older_position_never_rolls_a_correction_back() {
     assert_eq!(value_at(&t, "gauge", key).await, 4.0);
     t.assert_aggregates_exact().await;
     t.stop().await;
-}
-
-async fn last_id(t: &mut TestApp) -> String {
-    let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
-        .arg(t.stream())
-        .arg("+")
-        .arg("-")
-        .arg("COUNT")
-        .arg(1)
-        .query_async(&mut t.redis)
-        .await
-        .unwrap();
-    reply.ids[0].id.clone()
 }
 
 /// Corrections of a few hundred keys, each key written three to five times, appended in small

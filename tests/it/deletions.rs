@@ -184,6 +184,10 @@ async fn ranges_whole_sensors_and_partitions_follow_exactly() {
         answer["error"].as_str().unwrap().contains("is not after"),
         "{answer}"
     );
+    // Oversized: refused before it is read whole, nothing deleted.
+    let huge = format!(r#"{{"sensor": "d1", "pad": "{}"}}"#, "x".repeat(1 << 20));
+    let (status, _) = delete(&t, &auth, &huge).await;
+    assert_eq!(status, 413);
     let (status, _) = delete(&t, &[], r#"{"sensor": "d1"}"#).await;
     assert_eq!(status, 401);
     let (status, _) = delete(
@@ -253,25 +257,11 @@ async fn a_deleted_range_re_read_from_the_stream_stays_deleted() {
     assert_eq!(t.readings().await, 400);
 
     // An entry that says it first came in as the first one (a replay's mark): still deleted.
-    let first: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(&stream)
-        .arg("-")
-        .arg("+")
-        .arg("COUNT")
-        .arg(1)
-        .query_async(&mut t.redis)
-        .await
-        .unwrap();
-    let replayed: String = redis::cmd("XADD")
-        .arg(&stream)
-        .arg("*")
-        .arg("data")
-        .arg(reading_json("rr", 42.0, from + TimeDelta::minutes(1)))
-        .arg("received")
-        .arg(&first.ids[0].id)
-        .query_async(&mut t.redis)
-        .await
-        .unwrap();
+    let first = t.first_entry().await;
+    let data = reading_json("rr", 42.0, from + TimeDelta::minutes(1));
+    let replayed = t
+        .xadd_fields(&[("data", data.as_bytes()), ("received", first.as_bytes())])
+        .await;
     t.wait_drained(&replayed).await;
     assert_eq!(count_in(&t, "rr", from, to).await, 0);
     // Sent after the deletion: stored.

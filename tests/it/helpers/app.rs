@@ -228,6 +228,20 @@ impl TestApp {
         cmd.query_async(&mut self.redis).await.expect("XADD")
     }
 
+    /// The id of the stream's oldest entry.
+    pub async fn first_entry(&mut self) -> String {
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&self.config.stream)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut self.redis)
+            .await
+            .expect("XRANGE");
+        reply.ids.first().expect("an entry").id.clone()
+    }
+
     /// Appends many payloads in one pipeline; returns the last entry id.
     pub async fn xadd_many(&mut self, payloads: &[Vec<u8>]) -> String {
         let mut pipe = redis::pipe();
