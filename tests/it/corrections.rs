@@ -156,7 +156,7 @@ async fn an_older_position_never_rolls_a_correction_back() {
     .await;
     assert_eq!(status, 200, "{answer}");
     assert!(answer.contains("\"replayed\":1"), "{answer}");
-    let last = crate::line_protocol::last_entry(&mut t).await;
+    let last = t.last_entry().await;
     t.wait_drained(&last).await;
     assert_eq!(
         value_at(&t, "gauge", key).await,
@@ -319,7 +319,7 @@ async fn line_protocol_writes_win_by_their_own_policy() {
         )
         .await;
         assert_eq!(status, 204);
-        let entry = crate::line_protocol::last_entry(&mut t).await;
+        let entry = t.last_entry().await;
         t.wait_drained(&entry).await;
     }
     let sensor = "meter,site=a.kwh";
@@ -335,7 +335,7 @@ async fn line_protocol_writes_win_by_their_own_policy() {
     let (status, _) =
         crate::line_protocol::post(&t, "/api/v2/write?precision=s", &[], body.as_bytes()).await;
     assert_eq!(status, 204);
-    let entry = crate::line_protocol::last_entry(&mut t).await;
+    let entry = t.last_entry().await;
     t.wait_drained(&entry).await;
     assert_eq!(value_at(&t, sensor, other).await, 11.0);
     assert_eq!(t.metrics().readings_replaced.get(), 3);

@@ -466,7 +466,7 @@ async fn influxdbs_python_client_deletes_by_measurement_and_tags() {
         "{:?}",
         child.wait_with_output().await
     );
-    let entry = crate::line_protocol::last_entry(&mut t).await;
+    let entry = t.last_entry().await;
     t.wait_drained(&entry).await;
     assert_eq!(t.readings().await, 240);
     let mut stdin = child.stdin.take().unwrap();

@@ -46,20 +46,6 @@ pub(crate) async fn stream_len(t: &mut TestApp) -> i64 {
         .unwrap()
 }
 
-/// The newest entry of the stream: every write is one entry.
-pub(crate) async fn last_entry(t: &mut TestApp) -> String {
-    let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
-        .arg(t.stream())
-        .arg("+")
-        .arg("-")
-        .arg("COUNT")
-        .arg(1)
-        .query_async(&mut t.redis)
-        .await
-        .unwrap();
-    reply.ids[0].id.clone()
-}
-
 /// A batch as Telegraf's `influxdb_v2` output sends it: cpu, mem and system lines of ten hosts,
 /// tags sorted, integer and string fields among the floats, nanosecond timestamps. Returns the
 /// body and, per numeric field, (sensor id, ts in ns, value).
@@ -136,7 +122,7 @@ async fn a_telegraf_batch_of_5000_gzipped_lines_is_stored_exactly_once() {
     let (status, answer) = post(&t, path, &headers, &compressed).await;
     assert_eq!(status, 204, "{answer}");
     assert_eq!(stream_len(&mut t).await, 1, "one entry per write");
-    let entry = last_entry(&mut t).await;
+    let entry = t.last_entry().await;
     t.wait_drained(&entry).await;
     assert_eq!(t.readings().await, expected.len() as i64);
 
@@ -163,7 +149,7 @@ async fn a_telegraf_batch_of_5000_gzipped_lines_is_stored_exactly_once() {
     // Telegraf retries a batch it could not confirm: the repeat stores nothing new.
     let (status, _) = post(&t, path, &headers, &compressed).await;
     assert_eq!(status, 204);
-    let entry = last_entry(&mut t).await;
+    let entry = t.last_entry().await;
     t.wait_drained(&entry).await;
     assert_eq!(t.readings().await, wanted.len() as i64);
     let metrics = t.metrics();
@@ -215,7 +201,7 @@ async fn every_precision_of_both_endpoints_names_the_same_time() {
         .await;
         assert_eq!(status, 204, "{path}: {answer}");
     }
-    let entry = last_entry(&mut t).await;
+    let entry = t.last_entry().await;
     t.wait_drained(&entry).await;
     let rows =
         t.pg.query("SELECT sensor_id, ts FROM readings ORDER BY sensor_id", &[])
@@ -256,7 +242,7 @@ async fn escapes_and_home_assistant_ids_are_stored_and_served_url_encoded() {
     );
     let (status, answer) = post(&t, "/api/v2/write?precision=s", &[], body.as_bytes()).await;
     assert_eq!(status, 204, "{answer}");
-    let entry = last_entry(&mut t).await;
+    let entry = t.last_entry().await;
     t.wait_drained(&entry).await;
     for (id, encoded, value) in [
         (
@@ -317,7 +303,7 @@ async fn bad_lines_are_named_and_dead_lettered_alone_while_good_lines_are_stored
         message.contains("line 2") && message.contains("garbage"),
         "{message}"
     );
-    let entry = last_entry(&mut t).await;
+    let entry = t.last_entry().await;
     t.wait_drained(&entry).await;
     assert_eq!(t.readings().await, 2, "the good lines are stored");
 
@@ -369,7 +355,7 @@ async fn bad_lines_are_named_and_dead_lettered_alone_while_good_lines_are_stored
         answer["error"].as_str().unwrap().contains("line 1"),
         "{answer}"
     );
-    let entry = last_entry(&mut t).await;
+    let entry = t.last_entry().await;
     t.wait_drained(&entry).await;
     assert_eq!(t.dead_letters().await.ids.len(), 4);
     // An empty body: nothing to store or keep.

@@ -2,7 +2,7 @@
 //! the size limit before and after decompression, and InfluxDB's own Python client.
 
 use crate::helpers::*;
-use crate::line_protocol::{an_hour_yesterday, gzip, last_entry, post, stream_len};
+use crate::line_protocol::{an_hour_yesterday, gzip, post, stream_len};
 use base64::Engine as _;
 use chrono::Utc;
 use sensorhub::config::Secret;
@@ -115,7 +115,7 @@ async fn bodies_above_the_limit_are_refused_before_and_after_decompression() {
     let fits: String = lines.lines().take(20).map(|l| format!("{l}\n")).collect();
     let (status, _) = post(&t, "/api/v2/write?precision=s", &gz, &gzip(fits.as_bytes())).await;
     assert_eq!(status, 204);
-    let entry = last_entry(&mut t).await;
+    let entry = t.last_entry().await;
     t.wait_drained(&entry).await;
     assert_eq!(t.readings().await, 20);
     // JSON ingest reads compressed bodies the same way.
@@ -183,7 +183,7 @@ async fn influxdbs_own_python_client_writes_to_the_v2_endpoint() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("refused 401"), "{stdout}");
-    let entry = last_entry(&mut t).await;
+    let entry = t.last_entry().await;
     t.wait_drained(&entry).await;
     wait_for_count(
         &t.pg,

@@ -230,15 +230,25 @@ impl TestApp {
 
     /// The id of the stream's oldest entry.
     pub async fn first_entry(&mut self) -> String {
-        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        self.end_entry("XRANGE", "-", "+").await
+    }
+
+    /// The id of the stream's newest entry.
+    pub async fn last_entry(&mut self) -> String {
+        self.end_entry("XREVRANGE", "+", "-").await
+    }
+
+    /// The first entry `command` reads from `start` to `end`.
+    async fn end_entry(&mut self, command: &str, start: &str, end: &str) -> String {
+        let reply: redis::streams::StreamRangeReply = redis::cmd(command)
             .arg(&self.config.stream)
-            .arg("-")
-            .arg("+")
+            .arg(start)
+            .arg(end)
             .arg("COUNT")
             .arg(1)
             .query_async(&mut self.redis)
             .await
-            .expect("XRANGE");
+            .expect(command);
         reply.ids.first().expect("an entry").id.clone()
     }
 
