@@ -10,7 +10,7 @@ use crate::pipeline::faults::Faults;
 use crate::pipeline::read::READ_BLOCK;
 use crate::redis::connection::Connection;
 use crate::redis::target as redis_target;
-use crate::sources::mqtt::mqtt_health;
+use crate::sources::mqtt::MqttHealth;
 use crate::sources::pubsub::BridgeHealth;
 use crate::sources::{self, SourceParts};
 use crate::store;
@@ -73,12 +73,10 @@ impl Application {
 
         // A takeover after the holder died takes up to about 4/3 of the lease.
         let bridge_health = Arc::new(BridgeHealth::new(config.bridge_lease * 3));
-        let mqtt_health = Arc::new(mqtt_health(
-            config
-                .mqtt
-                .as_ref()
-                .map_or(Duration::ZERO, |mqtt| mqtt.ready_grace),
-        ));
+        let mqtt_health = Arc::new(match &config.mqtt {
+            Some(mqtt) => MqttHealth::new(mqtt.ready_grace, mqtt.connections),
+            None => MqttHealth::new(Duration::ZERO, 1),
+        });
         let write_health = Arc::new(WriteHealth::default());
         let (history_tx, history) = tokio::sync::watch::channel(None);
         actix_web::rt::spawn(store::history::watch(pool.clone(), history_tx));
@@ -107,6 +105,7 @@ impl Application {
                 mqtt_health: Arc::clone(&mqtt_health),
                 stop: pipeline.stop_signal(),
                 mqtt_tls,
+                running: pipeline.sources_running(),
             },
             &pipeline.io_thread(),
         );

@@ -186,6 +186,16 @@ impl Env<'_> {
         Ok(number)
     }
 
+    /// `true` or `false`.
+    pub(super) fn flag(&self, name: &'static str) -> Result<bool, ConfigError> {
+        let value = self.text(name);
+        match value.trim() {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err(Self::error(name, &value, "true or false")),
+        }
+    }
+
     pub(super) fn duration(&self, name: &'static str) -> Result<Duration, ConfigError> {
         let value = self.text(name);
         humantime::parse_duration(value.trim())

@@ -2,8 +2,9 @@
 //! rules that say how each topic's payloads are read.
 
 use super::TlsFiles;
-use super::rules::{TopicRule, parse_rules, parse_rules_file};
+use super::rules::{Action, TopicRule, parse_rules, parse_rules_file};
 use super::{ConfigError, Env, Secret, mask_password};
+use crate::domain::reading::Form;
 use std::time::Duration;
 
 /// Where the MQTT source connects and what it subscribes to.
@@ -20,6 +21,11 @@ pub struct MqttSettings {
     /// 1 or 2.
     pub qos: u8,
     pub rules: Vec<TopicRule>,
+    /// Whether every instance subscribes through a shared subscription, on sessions of its own,
+    /// instead of one instance at a time under the lease.
+    pub shared: bool,
+    /// Connections per instance, each a member of the shared subscription (1 without one).
+    pub connections: usize,
     /// How long the source may be without a subscribed connection (while it holds the lease)
     /// before `/readyz` reports it: longer than a broker restart or a lease handover takes.
     pub ready_grace: Duration,
@@ -105,6 +111,35 @@ impl MqttSettings {
             }
         };
         let rules = rules(env)?;
+        let shared = env.flag("SENSORHUB_MQTT_SHARED")?;
+        let connections = env.number("SENSORHUB_MQTT_CONNECTIONS", 1, 64)?;
+        if connections > 1 && !shared {
+            return Err(ConfigError {
+                var: "SENSORHUB_MQTT_CONNECTIONS",
+                value: connections.to_string(),
+                expected: "1 unless SENSORHUB_MQTT_SHARED=true (connections of one session would \
+                           take it from each other)"
+                    .into(),
+            });
+        }
+        let sparkplug = rules.iter().any(|rule| {
+            matches!(
+                &rule.action,
+                Action::Read {
+                    form: Form::Sparkplug,
+                    ..
+                }
+            )
+        });
+        if shared && sparkplug {
+            return Err(ConfigError {
+                var: "SENSORHUB_MQTT_SHARED",
+                value: "true".into(),
+                expected: "false while a topic rule reads sparkplug: a node's BIRTH and the DATA \
+                           after it must reach one connection, in order"
+                    .into(),
+            });
+        }
         Ok(Some(Self {
             host: host.to_owned(),
             port,
@@ -113,6 +148,8 @@ impl MqttSettings {
             client_id,
             qos,
             rules,
+            shared,
+            connections,
             ready_grace: env.duration("SENSORHUB_MQTT_READY_GRACE")?,
         }))
     }

@@ -233,6 +233,20 @@ fn mqtt_is_off_unless_a_url_is_set_and_reads_its_rules() {
         "made once per deployment, kept in Redis"
     );
     assert_eq!(mqtt.rules, vec![TopicRule::read("sensors/#", Form::Json)]);
+    assert_eq!(
+        (mqtt.shared, mqtt.connections),
+        (false, 1),
+        "one session, leased"
+    );
+    let shared = config(&[
+        ("SENSORHUB_MQTT_URL", "mqtt://broker"),
+        ("SENSORHUB_MQTT_SHARED", "true"),
+        ("SENSORHUB_MQTT_CONNECTIONS", "4"),
+    ])
+    .unwrap()
+    .mqtt
+    .unwrap();
+    assert_eq!((shared.shared, shared.connections), (true, 4));
     let c = config(&[
         ("SENSORHUB_MQTT_URL", "mqtt://user:s3cret@broker:1884"),
         (
@@ -302,6 +316,40 @@ fn bad_mqtt_settings_name_the_variable_and_never_the_password() {
             ],
             "SENSORHUB_MQTT_QOS",
             "1 or 2",
+        ),
+        (
+            vec![
+                ("SENSORHUB_MQTT_URL", "mqtt://b"),
+                ("SENSORHUB_MQTT_SHARED", "yes"),
+            ],
+            "SENSORHUB_MQTT_SHARED",
+            "true or false",
+        ),
+        (
+            vec![
+                ("SENSORHUB_MQTT_URL", "mqtt://b"),
+                ("SENSORHUB_MQTT_CONNECTIONS", "3"),
+            ],
+            "SENSORHUB_MQTT_CONNECTIONS",
+            "SENSORHUB_MQTT_SHARED=true",
+        ),
+        (
+            vec![
+                ("SENSORHUB_MQTT_URL", "mqtt://b"),
+                ("SENSORHUB_MQTT_SHARED", "true"),
+                ("SENSORHUB_MQTT_CONNECTIONS", "0"),
+            ],
+            "SENSORHUB_MQTT_CONNECTIONS",
+            "from 1 to 64",
+        ),
+        (
+            vec![
+                ("SENSORHUB_MQTT_URL", "mqtt://b"),
+                ("SENSORHUB_MQTT_SHARED", "true"),
+                ("SENSORHUB_MQTT_TOPICS", "spBv1.0/#=sparkplug"),
+            ],
+            "SENSORHUB_MQTT_SHARED",
+            "BIRTH",
         ),
     ] {
         let error = config(&vars).unwrap_err();

@@ -98,6 +98,16 @@ pub const VARIABLES: &[Variable] = &[
         meaning: "client id of the persistent MQTT session, shared by the instances; by default `sensorhub-<stream>-<random>`, made once and kept in PostgreSQL",
     },
     Variable {
+        name: "SENSORHUB_MQTT_SHARED",
+        default: "false",
+        meaning: "`true`: every instance subscribes through a shared subscription (`$share/<client id>/<filter>`) on sessions of its own, and the broker spreads the messages; `false`: one instance at a time, under a lease (docs/mqtt.md)",
+    },
+    Variable {
+        name: "SENSORHUB_MQTT_CONNECTIONS",
+        default: "1",
+        meaning: "connections per instance to the broker, each a member of the shared subscription (more than 1 needs `SENSORHUB_MQTT_SHARED=true`)",
+    },
+    Variable {
         name: "SENSORHUB_MQTT_READY_GRACE",
         default: "30s",
         meaning: "how long MQTT may be unsubscribed before `/readyz` says so",

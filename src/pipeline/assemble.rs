@@ -25,7 +25,7 @@ use crate::telemetry::Metrics;
 use actix::{Arbiter, ArbiterHandle, Supervisor};
 use deadpool_postgres::Pool;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, watch};
 
@@ -58,6 +58,9 @@ pub struct Pipeline {
     flows: Vec<Arc<Flow>>,
     stop: watch::Sender<bool>,
     readers_running: ReadersRunning,
+    /// The sources' loops that have not ended: a stop waits for them (a member leaving a shared
+    /// subscription settles its messages) before it stops the threads.
+    sources_running: Arc<AtomicUsize>,
 }
 
 /// The threads the stages run on: each stage of every stream read on its stage's thread.
@@ -140,6 +143,7 @@ impl Pipeline {
             flows,
             stop,
             readers_running: ReadersRunning::new(running),
+            sources_running: Arc::default(),
         }
     }
 
@@ -152,6 +156,11 @@ impl Pipeline {
     /// Becomes true when the pipeline stops: the sources stop with it.
     pub fn stop_signal(&self) -> watch::Receiver<bool> {
         self.stop.subscribe()
+    }
+
+    /// The count of the sources' loops still running, for a stop to wait for.
+    pub fn sources_running(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.sources_running)
     }
 
     /// The readers' running flags, for readiness.
@@ -171,7 +180,9 @@ impl Pipeline {
     pub async fn shutdown(&mut self, timeout: Duration) -> bool {
         let _ = self.stop.send(true);
         let deadline = Instant::now() + timeout;
-        while self.is_running() && Instant::now() < deadline {
+        while (self.is_running() || self.sources_running.load(Ordering::Acquire) > 0)
+            && Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let left = deadline.saturating_duration_since(Instant::now());

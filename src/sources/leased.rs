@@ -109,7 +109,12 @@ pub(crate) async fn run<S: Leased>(source: &mut S) {
                 if !std::mem::replace(&mut failing, true) {
                     tracing::warn!(source = S::NAME, target = %source.target(), error = %why, "interrupted, retrying");
                 }
-                backoff.wait().await;
+                // A stop ends the wait: the shutdown waits for this loop.
+                let parts = source.parts();
+                tokio::select! {
+                    _ = backoff.wait() => {}
+                    _ = parts.stop.changed() => {}
+                }
             }
         }
     }

@@ -26,6 +26,7 @@ use actix::{ArbiterHandle, Supervisor};
 use mqtt::{MqttHealth, MqttSource, MqttSourceSettings};
 use pubsub::{Bridge, BridgeHealth, BridgeSettings};
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use tokio::sync::watch;
 
 /// What the sources are started with.
@@ -44,6 +45,8 @@ pub struct SourceParts {
     /// The MQTT broker's TLS client configuration, built (and its files checked) before anything
     /// else starts.
     pub mqtt_tls: Option<Arc<rustls::ClientConfig>>,
+    /// Counts the sources' loops until they end, for a stop to wait for.
+    pub running: Arc<AtomicUsize>,
 }
 
 /// Starts every configured source under a `Supervisor` on `thread`: the MQTT source when a broker
@@ -57,6 +60,7 @@ pub fn start(config: &Config, parts: SourceParts, thread: &ArbiterHandle) {
         mqtt_health,
         stop,
         mqtt_tls,
+        running,
     } = parts;
     if let Some(mqtt) = &config.mqtt {
         let settings = MqttSourceSettings {
@@ -71,7 +75,7 @@ pub fn start(config: &Config, parts: SourceParts, thread: &ArbiterHandle) {
         };
         let (conn, metrics, stop) = (conn.clone(), Arc::clone(&metrics), stop.clone());
         Supervisor::start_in_arbiter(thread, move |_| {
-            MqttSource::new(settings, conn, metrics, mqtt_health, stop)
+            MqttSource::new(settings, conn, metrics, mqtt_health, stop, running)
         });
     }
     if let Some(channel) = &config.channel {

@@ -6,13 +6,18 @@
 use crate::redis::connection::Connection;
 use crate::stream::shards::Streams;
 use redis::RedisResult;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 /// Renews the lease only if this holder still holds it.
 const RENEW: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
 /// Releases the lease only if this holder holds it.
 const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+
+/// Takes the lease from the holder `ARGV[1]` if it still holds it.
+const TAKE_OVER: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]); return 1 else return 0 end";
 
 #[derive(Clone, Debug)]
 pub struct Lease {
@@ -38,7 +43,30 @@ impl Lease {
             .arg(self.ttl_millis())
             .query_async(conn)
             .await?;
-        Ok(set.is_some())
+        if set.is_some() {
+            return Ok(true);
+        }
+        // Held: by this instance's previous process, gone without giving it back (a kill -9,
+        // a crash), it is taken at once instead of after it expires.
+        let held: Option<String> = redis::cmd("GET").arg(&self.key).query_async(conn).await?;
+        match held {
+            Some(held) if holder_gone(&held, &self.holder) => {
+                let taken: i64 = redis::cmd("EVAL")
+                    .arg(TAKE_OVER)
+                    .arg(1)
+                    .arg(&self.key)
+                    .arg(&held)
+                    .arg(&self.holder)
+                    .arg(self.ttl_millis())
+                    .query_async(conn)
+                    .await?;
+                if taken == 1 {
+                    tracing::info!(lease = %self.key, previous = %held, "took over the lease of this instance's previous process");
+                }
+                Ok(taken == 1)
+            }
+            _ => Ok(false),
+        }
     }
 
     /// Extends the lease by its time to live if this holder still holds it: false when it was
@@ -74,18 +102,67 @@ impl Lease {
 }
 
 /// A token no other process or instance has: `name` (the consumer name, for operators reading
-/// the key), the process id, the time it was made and a count of tokens made in this process.
+/// the key), the host, the process id, the time it was made and a count of tokens made in this
+/// process. The host and process say whether a holder is gone ([`holder_gone`]).
 pub fn unique_token(consumer: &str) -> String {
     static STARTED: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or_default();
-    format!(
-        "{consumer}/{}/{nanos}/{}",
+    let token = format!(
+        "{consumer}/{}/{}/{nanos}/{}",
+        host(),
         std::process::id(),
         STARTED.fetch_add(1, Ordering::Relaxed)
-    )
+    );
+    made_here()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(token.clone());
+    token
+}
+
+/// The host name, without `/` (a token's separator).
+fn host() -> String {
+    gethostname::gethostname()
+        .to_string_lossy()
+        .replace('/', "_")
+}
+
+/// The tokens this process made.
+fn made_here() -> &'static Mutex<HashSet<String>> {
+    static MADE: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    MADE.get_or_init(Mutex::default)
+}
+
+/// Whether the lease held by `held` is known to be given up although it did not expire: its
+/// holder was a process of the same instance as `mine` (consumer name and host) that no longer
+/// runs. A process with the same id but not this one is a container restarted (process ids
+/// start again there); another id is looked up among the host's processes. Two processes that
+/// share a consumer name by mistake are both running, and each waits for the other's lease.
+fn holder_gone(held: &str, mine: &str) -> bool {
+    /// consumer, host, pid, nanos, count.
+    fn parts(token: &str) -> Option<(&str, &str, &str)> {
+        let mut from_end = token.rsplitn(5, '/');
+        let (_count, _nanos) = (from_end.next()?, from_end.next()?);
+        let (pid, host, consumer) = (from_end.next()?, from_end.next()?, from_end.next()?);
+        Some((consumer, host, pid))
+    }
+    let (Some(theirs), Some(ours)) = (parts(held), parts(mine)) else {
+        return false;
+    };
+    if held == mine || theirs.0 != ours.0 || theirs.1 != ours.1 {
+        return false;
+    }
+    if theirs.2 == ours.2 {
+        let made_here = made_here().lock().unwrap_or_else(|p| p.into_inner());
+        return !made_here.contains(held);
+    }
+    // Where processes cannot be looked up, nothing is known to be gone.
+    cfg!(target_os = "linux")
+        && theirs.2.parse::<u32>().is_ok()
+        && !std::path::Path::new("/proc").join(theirs.2).exists()
 }
 
 /// One lease per stream a source appends to (`<stream>:<name>` beside each shard, so that each
@@ -147,5 +224,37 @@ impl Leases {
     /// The lease beside the stream `shard` (its index among the streams).
     pub fn of_shard(&self, shard: usize) -> &Lease {
         &self.leases[shard]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_holder_is_gone_only_when_it_was_this_instance_and_its_process_no_longer_runs() {
+        let mine = unique_token("station");
+        let host = host();
+        let pid = std::process::id();
+        // This process's own tokens, the current one or another source's: running.
+        assert!(!holder_gone(&mine, &mine));
+        assert!(!holder_gone(&unique_token("station"), &mine));
+        // The same process id, a token not made here: the process before a container restart.
+        assert!(holder_gone(&format!("station/{host}/{pid}/1/0"), &mine));
+        // A process of this host that does not run (ids above the kernel's pid_max never do).
+        assert!(holder_gone(&format!("station/{host}/99999999/1/0"), &mine));
+        // A process that runs (pid 1 always does), another instance, another host: not gone.
+        assert!(!holder_gone(&format!("station/{host}/1/1/0"), &mine));
+        assert!(!holder_gone(&format!("other/{host}/99999999/1/0"), &mine));
+        assert!(!holder_gone("station/elsewhere/99999999/1/0", &mine));
+        // A consumer name with `/` in it is read from the end.
+        let slashed = unique_token("site/a");
+        assert!(holder_gone(
+            &format!("site/a/{host}/99999999/1/0"),
+            &slashed
+        ));
+        assert!(!holder_gone(&format!("a/{host}/99999999/1/0"), &slashed));
+        // Tokens of the format before the host was in them: not known to be gone.
+        assert!(!holder_gone("station/99999999/1/0", &mine));
     }
 }

@@ -11,6 +11,9 @@
 //! - `<stream>:sparkplug-names`: per Sparkplug B edge node (`<group>/<node>`), the alias names of
 //!   its last BIRTH, so that a dead letter of a message that came before it can be replayed
 //!   ([`crate::stream::dead_letter::replay`]).
+//! - With shared subscriptions, `<stream>:mqtt-subscriptions:<member>` per member session
+//!   (`<consumer>-<n>`) instead of the one record, and `<stream>:mqtt-members`: the members that
+//!   joined and did not leave, so that a member stopping knows whether others take its share.
 
 use redis::RedisResult;
 use redis::aio::ConnectionLike;
@@ -22,6 +25,7 @@ pub struct SessionKeys {
     pub subscriptions: String,
     pub retained: String,
     pub sparkplug_names: String,
+    pub members: String,
 }
 
 impl SessionKeys {
@@ -31,7 +35,84 @@ impl SessionKeys {
             subscriptions: format!("{stream}:mqtt-subscriptions"),
             retained: format!("{stream}:mqtt-retained"),
             sparkplug_names: format!("{stream}:sparkplug-names"),
+            members: format!("{stream}:mqtt-members"),
         }
+    }
+
+    /// The keys of the member session `member` of the shared subscription: its own record of
+    /// subscriptions, the rest shared.
+    pub fn of_member(stream: &str, member: &str) -> Self {
+        Self {
+            subscriptions: format!("{stream}:mqtt-subscriptions:{member}"),
+            ..Self::beside(stream)
+        }
+    }
+
+    /// Records `member` as a member of the shared subscription.
+    pub async fn join(&self, conn: &mut impl ConnectionLike, member: &str) -> RedisResult<()> {
+        redis::cmd("SADD")
+            .arg(&self.members)
+            .arg(member)
+            .query_async(conn)
+            .await
+    }
+
+    /// Takes `member` out of the shared subscription's members if another member remains to
+    /// take its share: one of `others` (member, its lease key) still a member, its lease held.
+    /// Members leaving at the same moment are taken out one after the other, so the last one
+    /// stays: a group without members would have the broker drop every message.
+    pub async fn leave_if_others_remain(
+        &self,
+        conn: &mut impl ConnectionLike,
+        member: &str,
+        others: &[(String, String)],
+    ) -> RedisResult<bool> {
+        if others.is_empty() {
+            return Ok(false);
+        }
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(
+            "for i = 2, #KEYS do \
+               if redis.call('SISMEMBER', KEYS[1], ARGV[i]) == 1 and redis.call('EXISTS', KEYS[i]) == 1 then \
+                 redis.call('SREM', KEYS[1], ARGV[1]) \
+                 return 1 \
+               end \
+             end \
+             return 0",
+        )
+        .arg(1 + others.len())
+        .arg(&self.members);
+        for (_, lease) in others {
+            cmd.arg(lease);
+        }
+        cmd.arg(member);
+        for (other, _) in others {
+            cmd.arg(other);
+        }
+        let left: i64 = cmd.query_async(conn).await?;
+        Ok(left == 1)
+    }
+
+    /// Records that `member` left the shared subscription: it holds no subscription any more.
+    pub async fn leave(&self, conn: &mut impl ConnectionLike, member: &str) -> RedisResult<()> {
+        // Two commands, not a transaction: in a cluster the keys may live on two nodes.
+        redis::cmd("DEL")
+            .arg(&self.subscriptions)
+            .query_async::<()>(&mut *conn)
+            .await?;
+        redis::cmd("SREM")
+            .arg(&self.members)
+            .arg(member)
+            .query_async(conn)
+            .await
+    }
+
+    /// The members of the shared subscription that joined and did not leave.
+    pub async fn members(&self, conn: &mut impl ConnectionLike) -> RedisResult<Vec<String>> {
+        redis::cmd("SMEMBERS")
+            .arg(&self.members)
+            .query_async(conn)
+            .await
     }
 
     /// The subscriptions the broker's session holds, as recorded.

@@ -22,6 +22,7 @@ mod line_protocol_clients;
 mod memory;
 mod mqtt;
 mod mqtt_session;
+mod mqtt_shared;
 mod operations;
 mod partitions;
 mod poison;

@@ -25,6 +25,8 @@ pub fn mqtt_settings(rules: &[(String, &str)]) -> MqttSettings {
             .iter()
             .map(|(filter, form)| TopicRule::read(filter, form.parse().unwrap()))
             .collect(),
+        shared: false,
+        connections: 1,
         ready_grace: Duration::from_secs(30),
     }
 }
@@ -35,7 +37,7 @@ pub async fn publish(messages: &[(String, Vec<u8>)]) {
 }
 
 /// As [`publish`], to the broker on `port`.
-async fn publish_to(port: u16, messages: &[(String, Vec<u8>)]) {
+pub async fn publish_to(port: u16, messages: &[(String, Vec<u8>)]) {
     publish_at("127.0.0.1", port, messages).await;
 }
 

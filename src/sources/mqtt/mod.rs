@@ -6,12 +6,22 @@
 //!   start) and acknowledgements are manual: a QoS 1 or 2 message is acknowledged to the broker
 //!   (PUBACK / PUBREC) only once its `XADD` has succeeded, one message after another in the order
 //!   received. A crash, or Redis down, leaves the message with the broker, which delivers it again.
-//! - **One instance subscribes.** Only the holder of the lease `<stream>:mqtt-lease` connects, and
-//!   every instance uses the same client id, so the session (and what it holds unacknowledged)
-//!   moves with the lease; the broker also drops an older connection of the same client id. Each
-//!   append checks the lease in the same script that appends. The client id names the deployment
-//!   (made once, kept in PostgreSQL: [`crate::store::deployment`]), so two deployments on one
-//!   broker never share a session.
+//! - **One instance subscribes,** by default. Only the holder of the lease `<stream>:mqtt-lease`
+//!   connects, and every instance uses the same client id, so the session (and what it holds
+//!   unacknowledged) moves with the lease; the broker also drops an older connection of the same
+//!   client id. Each append checks the lease in the same script that appends. The client id names
+//!   the deployment (made once, kept in PostgreSQL: [`crate::store::deployment`]), so two
+//!   deployments on one broker never share a session. A lease left by this instance's previous
+//!   process (a kill -9) is taken at once ([`crate::stream::lease`]).
+//! - **Or every instance, through a shared subscription** (`SENSORHUB_MQTT_SHARED`): each
+//!   connection (`SENSORHUB_MQTT_CONNECTIONS` per instance) is a member `<consumer>-<n>` with a
+//!   persistent session of its own (client id `<deployment's>-<member>`), subscribed to
+//!   `$share/<deployment's client id>/<filter>`, and the broker spreads the messages over the
+//!   members. Each member still holds a lease of its own (`<stream>:mqtt-lease:<member>`) that
+//!   fences its appends, so two processes of one instance never both consume its session. A member
+//!   stopped while another remains unsubscribes and settles what it holds before it leaves
+//!   ([`Leaving`]): the broker sends its share elsewhere from then on. The last member keeps its
+//!   subscription, so that the broker queues for it while every instance is down.
 //! - **The session's subscriptions follow the configuration.** A resumed session subscribes only to
 //!   filters it does not hold yet and unsubscribes from filters no longer configured; it does not
 //!   subscribe again to what it holds, which would make the broker send every retained message
@@ -53,15 +63,41 @@ use crate::stream::shards::Streams;
 use crate::telemetry::Metrics;
 use actix::prelude::*;
 
-/// Whether the MQTT source consumes, for `/readyz`: not while this instance holds the lease
-/// without a subscribed connection for longer than
+/// Whether the MQTT source consumes, for `/readyz`: not while a connection of this instance holds
+/// its lease without being subscribed for longer than
 /// [`crate::config::MqttSettings::ready_grace`].
-pub type MqttHealth = Consuming;
-
-/// The MQTT source's readiness before it first subscribes.
-pub fn mqtt_health(grace: Duration) -> MqttHealth {
-    Consuming::new(grace, "not consuming", "starting")
+#[derive(Debug)]
+pub struct MqttHealth {
+    connections: Vec<Consuming>,
 }
+
+impl MqttHealth {
+    /// `connections` connections, none subscribed yet.
+    pub fn new(grace: Duration, connections: usize) -> Self {
+        Self {
+            connections: (0..connections.max(1))
+                .map(|_| Consuming::new(grace, "not consuming", "starting"))
+                .collect(),
+        }
+    }
+
+    /// `Err` naming the first connection that has not consumed for longer than the grace period.
+    pub fn check(&self) -> Result<(), String> {
+        let several = self.connections.len() > 1;
+        for (n, connection) in self.connections.iter().enumerate() {
+            connection.check().map_err(|why| match several {
+                true => format!("connection {}: {why}", n + 1),
+                false => why,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn connection(&self, index: usize) -> &Consuming {
+        &self.connections[index]
+    }
+}
+
 use crate::domain::reading::sparkplug::Topic;
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesOrdered;
@@ -70,8 +106,10 @@ use session::{SessionChange, filter_of};
 use sparkplug::Nodes;
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
+use tokio::time::Instant;
 pub use topics::{Route, Routes, matches, topic_prefix};
 
 /// Requests (acknowledgements, subscriptions) queued for the MQTT connection at once.
@@ -115,30 +153,101 @@ pub struct MqttSourceSettings {
     pub routes: Routes,
 }
 
+/// Who one connection is: at the broker (its client id, the share its filters are in) and in
+/// Redis (its lease, its session's record).
+#[derive(Clone, Debug)]
+struct Member {
+    /// `<consumer>-<n>` in a shared subscription; `None` under the deployment's lease.
+    name: Option<String>,
+    client_id: String,
+    /// What every filter starts with: `$share/<group>/` in a shared subscription, else nothing.
+    share: String,
+    /// The lease beside each shard: `mqtt-lease`, or `mqtt-lease:<member>`.
+    lease: String,
+    /// Its place among this instance's connections (for `/readyz`).
+    index: usize,
+}
+
+impl Member {
+    /// The `settings`' connections: the one session under the lease, or `connections` members
+    /// of the shared subscription.
+    fn all(settings: &MqttSourceSettings) -> Vec<Self> {
+        let mqtt = &settings.mqtt;
+        // Filled in at start ([`crate::store::deployment`]) when not configured.
+        let base = mqtt.client_id.clone().unwrap_or_default();
+        if !mqtt.shared {
+            return vec![Self {
+                name: None,
+                client_id: base,
+                share: String::new(),
+                lease: "mqtt-lease".into(),
+                index: 0,
+            }];
+        }
+        (0..mqtt.connections)
+            .map(|index| {
+                let name = format!("{}-{}", settings.consumer, index + 1);
+                Self {
+                    client_id: format!("{base}-{name}"),
+                    share: format!("$share/{}/", share_group(&base)),
+                    lease: format!("mqtt-lease:{name}"),
+                    name: Some(name),
+                    index,
+                }
+            })
+            .collect()
+    }
+
+    /// Whether the member `other` is a connection of the instance `consumer` (`<consumer>-<n>`).
+    fn of_instance(other: &str, consumer: &str) -> bool {
+        other
+            .strip_prefix(consumer)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    }
+}
+
+/// The shared subscription's group: the deployment's client id, so that two deployments on one
+/// broker each get every message, without the characters a group name cannot hold.
+fn share_group(client_id: &str) -> String {
+    client_id
+        .chars()
+        .map(|c| if matches!(c, '/' | '+' | '#') { '_' } else { c })
+        .collect()
+}
+
 pub struct MqttSource {
     settings: Arc<MqttSourceSettings>,
-    token: String,
+    /// Each connection's lease token, kept across restarts of the actor.
+    tokens: Vec<String>,
     conn: Connection,
     metrics: Arc<Metrics>,
     health: Arc<MqttHealth>,
     stop: watch::Receiver<bool>,
+    running: Arc<AtomicUsize>,
 }
 
 impl MqttSource {
+    /// `running` counts the connections' loops until each has ended, so that a stop can wait
+    /// for the members leaving a shared subscription.
     pub fn new(
         settings: MqttSourceSettings,
         conn: Connection,
         metrics: Arc<Metrics>,
         health: Arc<MqttHealth>,
         stop: watch::Receiver<bool>,
+        running: Arc<AtomicUsize>,
     ) -> Self {
         Self {
-            token: unique_token(&settings.consumer),
+            tokens: (0..settings.mqtt.connections.max(1))
+                .map(|_| unique_token(&settings.consumer))
+                .collect(),
             settings: Arc::new(settings),
             conn,
             metrics,
             health,
             stop,
+            running,
         }
     }
 }
@@ -147,26 +256,46 @@ impl Actor for MqttSource {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let lp = SourceLoop {
-            appender: Arc::new(Appender::new(
-                self.settings.streams.clone(),
-                Leases::new(
-                    &self.settings.streams,
-                    "mqtt-lease",
-                    self.token.clone(),
-                    self.settings.lease_ttl,
-                ),
-                self.settings.limits.clone(),
-            )),
-            session: SessionKeys::beside(self.settings.streams.first()),
-            sparkplug: Nodes::default(),
-            settings: Arc::clone(&self.settings),
-            conn: self.conn.clone(),
-            metrics: Arc::clone(&self.metrics),
-            health: Arc::clone(&self.health),
-            stop: self.stop.clone(),
-        };
-        ctx.spawn(guarded("mqtt", lp.run()));
+        let mqtt = &self.settings.mqtt;
+        tracing::info!(
+            broker = %mqtt.host,
+            shared = mqtt.shared,
+            connections = self.tokens.len(),
+            "mqtt source starting; while no connection of this deployment is subscribed, the \
+             broker queues at most its limit of messages per session and drops the rest \
+             (Mosquitto: max_queued_messages, 1000 by default): that limit bounds what a crash \
+             or an outage can lose (docs/mqtt.md)"
+        );
+        let first = self.settings.streams.first();
+        for (member, token) in Member::all(&self.settings).into_iter().zip(&self.tokens) {
+            let session = match &member.name {
+                Some(name) => SessionKeys::of_member(first, name),
+                None => SessionKeys::beside(first),
+            };
+            let lp = SourceLoop {
+                appender: Arc::new(Appender::new(
+                    self.settings.streams.clone(),
+                    Leases::new(
+                        &self.settings.streams,
+                        &member.lease,
+                        token.clone(),
+                        self.settings.lease_ttl,
+                    ),
+                    self.settings.limits.clone(),
+                )),
+                session,
+                member,
+                connected: false,
+                sparkplug: Nodes::default(),
+                settings: Arc::clone(&self.settings),
+                conn: self.conn.clone(),
+                metrics: Arc::clone(&self.metrics),
+                health: Arc::clone(&self.health),
+                stop: self.stop.clone(),
+                _running: RunningGuard::new(&self.running),
+            };
+            ctx.spawn(guarded("mqtt", lp.run()));
+        }
     }
 }
 
@@ -177,18 +306,38 @@ impl Supervised for MqttSource {
     }
 }
 
+/// Counts a connection's loop as running until it is dropped (ended, or cancelled).
+struct RunningGuard(Arc<AtomicUsize>);
+
+impl RunningGuard {
+    fn new(running: &Arc<AtomicUsize>) -> Self {
+        running.fetch_add(1, Ordering::AcqRel);
+        Self(Arc::clone(running))
+    }
+}
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 struct SourceLoop {
     settings: Arc<MqttSourceSettings>,
-    /// Appends under the lease `<stream>:mqtt-lease` (beside each shard).
+    member: Member,
+    /// Appends under the connection's lease (beside each shard).
     appender: Arc<Appender>,
-    /// Where the session's client id, subscriptions and retained digests are kept.
+    /// Where the session's subscriptions, retained digests and members are kept.
     session: SessionKeys,
+    /// Whether this connection counts in `sensorhub_mqtt_connected`.
+    connected: bool,
     /// The Sparkplug B edge nodes seen: their alias names and next `seq`.
     sparkplug: Nodes,
     conn: Connection,
     metrics: Arc<Metrics>,
     health: Arc<MqttHealth>,
     stop: watch::Receiver<bool>,
+    _running: RunningGuard,
 }
 
 impl Leased for SourceLoop {
@@ -215,15 +364,19 @@ impl Leased for SourceLoop {
     }
 
     fn others_hold(&mut self) {
-        self.health.consuming();
+        self.health.connection(self.member.index).consuming();
     }
 
     fn failed(&mut self, why: &str) {
-        self.health.not_consuming(why.to_owned());
+        self.health
+            .connection(self.member.index)
+            .not_consuming(why.to_owned());
     }
 
     fn turn_ended(&mut self) {
-        self.metrics.mqtt_connected.set(0);
+        if std::mem::take(&mut self.connected) {
+            self.metrics.mqtt_connected.dec();
+        }
     }
 }
 
@@ -232,14 +385,14 @@ impl SourceLoop {
         leased::run(&mut self).await;
     }
 
-    /// Connects, subscribes and appends messages while this instance holds the lease.
+    /// Connects, subscribes and appends messages while this connection holds its lease.
     async fn subscribed(&mut self) -> Ended {
         let settings = Arc::clone(&self.settings);
         let mqtt = &settings.mqtt;
-        // Filled in at start ([`crate::store::deployment`]) when not configured.
-        let client_id = mqtt.client_id.clone().unwrap_or_default();
-        self.health
-            .not_consuming(format!("connecting to {}:{}", mqtt.host, mqtt.port));
+        let client_id = self.member.client_id.clone();
+        let health = Arc::clone(&self.health);
+        let health = health.connection(self.member.index);
+        health.not_consuming(format!("connecting to {}:{}", mqtt.host, mqtt.port));
         let mut options = MqttOptions::new(&client_id, &mqtt.host, mqtt.port);
         options
             .set_keep_alive(settings.liveness.mqtt_keep_alive())
@@ -264,12 +417,12 @@ impl SourceLoop {
             .rules
             .iter()
             .filter(|rule| rule.subscribes())
-            .map(|rule| format!("{} {}", mqtt.qos, rule.filter))
+            .map(|rule| format!("{} {}{}", mqtt.qos, self.member.share, rule.filter))
             .collect();
         let (client, mut events) = AsyncClient::new(options, REQUESTS);
         // The lease was just taken: the first renewal is due a third of its time from now.
         let every = self.settings.lease_ttl / 3;
-        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let mut renew = tokio::time::interval_at(Instant::now() + every, every);
         let mut stop = self.stop.clone();
         // Subscription changes sent and not yet acknowledged by the broker, recorded once they are.
         let mut changing: Option<SessionChange> = None;
@@ -286,6 +439,10 @@ impl SourceLoop {
         // task also drives the connection, so waiting for room in its request queue would wait
         // for itself.
         let mut acks: VecDeque<Publish> = VecDeque::new();
+        // Messages received and not yet acknowledged, as counted in `mqtt_awaiting_ack`.
+        let mut awaiting: i64 = 0;
+        // Set once a stopped member of a shared subscription has unsubscribed.
+        let mut leaving: Option<Leaving> = None;
         let ended = loop {
             while let Some(publish) = acks.front() {
                 // Full: the connection takes requests at its next poll, and this runs again then.
@@ -301,9 +458,19 @@ impl SourceLoop {
             }
             tokio::select! {
                 biased;
-                _ = stop.changed() => break Ended::Done,
+                _ = stop.changed(), if leaving.is_none() => {
+                    if changing.is_some() {
+                        break Ended::Done;
+                    }
+                    match self.leave(&client, &wanted).await {
+                        Ok(Some(left)) => leaving = Some(left),
+                        Ok(None) => break Ended::Done,
+                        Err(error) => break Ended::redis(error),
+                    }
+                }
                 Some((publishes, appended)) = appending.next() => {
                     self.metrics.mqtt_awaiting_ack.sub(publishes.len() as i64);
+                    awaiting -= publishes.len() as i64;
                     match appended {
                         Ok(true) => acks.extend(publishes),
                         // The lease went elsewhere: unacknowledged, the messages stay in the
@@ -335,9 +502,15 @@ impl SourceLoop {
                     Ok(Event::Incoming(Packet::SubAck(suback)))
                         if suback.return_codes.contains(&rumqttc::SubscribeReasonCode::Failure) =>
                     {
-                        // Refused (an ACL, say): not consuming, and /readyz says why.
+                        // Refused (an ACL, say, or a broker without shared subscriptions): not
+                        // consuming, and /readyz says why.
                         let filters = changing.as_ref().map(|c| c.subscribe.iter().map(|e| filter_of(e)).collect::<Vec<_>>().join(", ")).unwrap_or_default();
                         break Ended::other(format!("the broker refused the subscription to {filters}"));
+                    }
+                    Ok(Event::Incoming(Packet::UnsubAck(_))) if leaving.is_some() => {
+                        if let Some(left) = &mut leaving {
+                            left.unsubscribing = left.unsubscribing.saturating_sub(1);
+                        }
                     }
                     Ok(Event::Incoming(Packet::SubAck(_) | Packet::UnsubAck(_))) => {
                         if let Some(change) = &mut changing {
@@ -346,6 +519,10 @@ impl SourceLoop {
                     }
                     Ok(Event::Incoming(Packet::Publish(publish))) => {
                         self.metrics.mqtt_awaiting_ack.inc();
+                        awaiting += 1;
+                        if let Some(left) = &mut leaving {
+                            left.last_message = Instant::now();
+                        }
                         extras.push(self.sparkplug_read(&client, &publish));
                         batch.push(publish);
                     }
@@ -362,23 +539,119 @@ impl SourceLoop {
                     Ok(false) => break Ended::Done,
                     Err(error) => break Ended::redis(error),
                 },
+                // While leaving, the checks below run even when the broker is silent.
+                _ = tokio::time::sleep(Leaving::QUIET / 4), if leaving.is_some() => {}
             }
             // Every subscription change acknowledged: recorded, and the source consumes.
             if let Some(change) = changing.take_if(|change| change.awaiting == 0) {
                 if let Err(error) = change.record(&self.session, &mut self.conn).await {
                     break Ended::redis(error);
                 }
-                self.metrics.mqtt_connected.set(1);
-                self.health.consuming();
-                tracing::info!(broker = %mqtt.host, client_id = %client_id, "holding the mqtt lease; subscribed");
+                if let Some(name) = &self.member.name
+                    && let Err(error) = self.session.join(&mut self.conn, name).await
+                {
+                    break Ended::redis(error);
+                }
+                if !std::mem::replace(&mut self.connected, true) {
+                    self.metrics.mqtt_connected.inc();
+                }
+                health.consuming();
+                match &self.member.name {
+                    None => {
+                        tracing::info!(broker = %mqtt.host, client_id = %client_id, "holding the mqtt lease; subscribed")
+                    }
+                    Some(member) => {
+                        tracing::info!(broker = %mqtt.host, client_id = %client_id, %member, "subscribed to the shared subscription")
+                    }
+                }
+            }
+            if let Some(left) = &leaving {
+                let settled = left.unsubscribing == 0
+                    && batch.is_empty()
+                    && appending.is_empty()
+                    && acks.is_empty()
+                    && left.last_message.elapsed() >= Leaving::QUIET;
+                if settled || left.since.elapsed() >= Leaving::AT_MOST {
+                    match settled {
+                        true => {
+                            tracing::info!(client_id = %client_id, "left the shared subscription; every message received is appended and acknowledged")
+                        }
+                        false => {
+                            tracing::warn!(client_id = %client_id, awaiting, "left the shared subscription with messages unacknowledged: they stay in the session until it connects again")
+                        }
+                    }
+                    break Ended::Done;
+                }
             }
         };
         // What is still appending or batched is left unacknowledged: the broker delivers it
-        // again, to whichever instance holds the session next.
-        self.metrics.mqtt_awaiting_ack.set(0);
+        // again, to whichever connection holds the session next.
+        self.metrics.mqtt_awaiting_ack.sub(awaiting);
         drop(appending);
-        let _ = client.try_disconnect();
+        // The acknowledgements handed over reach the broker before the connection closes, so
+        // that a stop does not have it deliver them again.
+        if client.try_disconnect().is_ok() {
+            let sent = async {
+                while let Ok(event) = events.poll().await {
+                    if let Event::Outgoing(rumqttc::Outgoing::Disconnect) = event {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), sent).await;
+        }
         ended
+    }
+
+    /// A stopped member of a shared subscription leaves it when another member remains: it
+    /// unsubscribes, and its loop goes on until what it holds is appended and acknowledged
+    /// ([`Leaving`]). `None` when it stays: under the lease, or as the last member.
+    async fn leave(
+        &mut self,
+        client: &AsyncClient,
+        wanted: &BTreeSet<String>,
+    ) -> redis::RedisResult<Option<Leaving>> {
+        let Some(name) = &self.member.name else {
+            return Ok(None);
+        };
+        let first = self.settings.streams.first();
+        let others: Vec<(String, String)> = self
+            .session
+            .members(&mut self.conn)
+            .await?
+            .into_iter()
+            .filter(|other| !Member::of_instance(other, &self.settings.consumer))
+            .map(|other| {
+                let lease = format!("{first}:mqtt-lease:{other}");
+                (other, lease)
+            })
+            .collect();
+        let name = name.clone();
+        if !self
+            .session
+            .leave_if_others_remain(&mut self.conn, &name, &others)
+            .await?
+        {
+            tracing::info!(member = %name, "stopping as the shared subscription's last member: subscribed still, the broker queues for its session");
+            return Ok(None);
+        }
+        let mut unsubscribing = 0;
+        for entry in wanted {
+            // A full request queue: the broker keeps that filter's share coming to this session
+            // until it connects again; the rest is settled as usual.
+            if client.try_unsubscribe(filter_of(entry)).is_ok() {
+                unsubscribing += 1;
+            }
+        }
+        // Whatever the broker answers, the record no longer says subscribed: the next start
+        // subscribes again.
+        self.session.leave(&mut self.conn, &name).await?;
+        tracing::info!(member = %name, "leaving the shared subscription: unsubscribed, settling the messages in hand");
+        Ok(Some(Leaving {
+            unsubscribing,
+            since: Instant::now(),
+            last_message: Instant::now(),
+        }))
     }
 
     /// A Sparkplug B message, read in the order it arrived: the names its entry carries, and a
@@ -436,6 +709,23 @@ impl SourceLoop {
             metrics: Arc::clone(&self.metrics),
         }
     }
+}
+
+/// A member leaving the shared subscription: unsubscribed, it appends and acknowledges what
+/// the broker still sends its session (what was queued or in flight before the unsubscription)
+/// until the broker is quiet, for at most [`Leaving::AT_MOST`].
+struct Leaving {
+    /// UNSUBACKs still to come.
+    unsubscribing: usize,
+    since: Instant,
+    last_message: Instant,
+}
+
+impl Leaving {
+    /// How long without a message counts as the session settled.
+    const QUIET: Duration = Duration::from_millis(500);
+    /// The longest a stop waits for the session to settle.
+    const AT_MOST: Duration = Duration::from_secs(10);
 }
 
 /// The connection, appender and settings one append uses.
@@ -590,4 +880,27 @@ fn cut(publish: &Publish, max: usize) -> &[u8] {
 fn redis_failed(on: &AppendJob, error: &redis::RedisError) -> String {
     on.metrics.redis_errors.with_label_values(&["mqtt"]).inc();
     format!("appending to the stream: {error}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_member_belongs_to_the_instance_whose_consumer_name_it_starts_with_then_a_number() {
+        assert!(Member::of_instance("edge-1", "edge"));
+        assert!(Member::of_instance("edge-12", "edge"));
+        // Another instance whose name starts the same way.
+        assert!(!Member::of_instance("edge-a-1", "edge"));
+        assert!(!Member::of_instance("edge-1-2", "edge"));
+        assert!(!Member::of_instance("edge-", "edge"));
+        assert!(!Member::of_instance("edge", "edge"));
+        assert!(!Member::of_instance("edgy-1", "edge"));
+    }
+
+    #[test]
+    fn a_share_group_holds_no_character_mqtt_reserves_for_topics() {
+        assert_eq!(share_group("sensorhub-s-0a1b"), "sensorhub-s-0a1b");
+        assert_eq!(share_group("site/a+b#c"), "site_a_b_c");
+    }
 }

@@ -1,0 +1,290 @@
+//! MQTT past one connection, through a Mosquitto of each test's own: instances sharing a shared
+//! subscription (`SENSORHUB_MQTT_SHARED`), each storing part of the messages and together each
+//! once, through a kill -9, a stop for good and a stop of the last member; and the lease's
+//! takeover after a kill -9, within the broker's default queue limit.
+
+use crate::helpers::*;
+use crate::mqtt::publish_to;
+use std::time::Duration;
+
+const RECEIVED: &str = "sensorhub_messages_received_total{source=\"mqtt\"}";
+const CONNECTED: &str = "sensorhub_mqtt_connected";
+
+/// One instance of a deployment on the broker at `port`: its consumer name, its topics under
+/// `base`, `shared` subscriptions or the lease, `connections` per instance.
+fn instance_env(
+    res: &Resources,
+    port: u16,
+    base: &str,
+    consumer: &str,
+    shared: bool,
+    connections: usize,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("SENSORHUB_REDIS_URL", REDIS_URL.to_owned()),
+        ("SENSORHUB_DATABASE_URL", res.database_url.clone()),
+        ("SENSORHUB_STREAM", res.stream.clone()),
+        ("SENSORHUB_CHANNEL", String::new()),
+        ("SENSORHUB_CONSUMER", consumer.to_owned()),
+        ("SENSORHUB_BATCH_SIZE", "2000".to_owned()),
+        ("SENSORHUB_CLAIM_IDLE", "2s".to_owned()),
+        ("SENSORHUB_MQTT_URL", format!("mqtt://127.0.0.1:{port}")),
+        ("SENSORHUB_MQTT_TOPICS", format!("{base}/#=json")),
+        ("SENSORHUB_MQTT_CLIENT_ID", format!("sensorhub-{base}")),
+        ("SENSORHUB_MQTT_SHARED", shared.to_string()),
+        ("SENSORHUB_MQTT_CONNECTIONS", connections.to_string()),
+    ]
+}
+
+/// `n` readings with their own timestamps, from `from` on, spread over 50 sensors.
+fn readings(base: &str, from: u32, n: u32) -> Vec<(String, Vec<u8>)> {
+    let start: chrono::DateTime<chrono::Utc> = "2025-06-01T00:00:00Z".parse().unwrap();
+    (from..from + n)
+        .map(|i| {
+            let sensor = format!("s{}", i % 50);
+            let ts = start + chrono::Duration::milliseconds(i64::from(i) * 100);
+            let payload = reading_json(&sensor, f64::from(i % 1000) / 4.0, ts);
+            (format!("{base}/{sensor}"), payload.into_bytes())
+        })
+        .collect()
+}
+
+/// Publishes `messages` from four clients at once, in chunks with a pause between them, so that
+/// the load lasts while a test kills or stops an instance.
+async fn publish_steadily(port: u16, messages: Vec<(String, Vec<u8>)>, pause: Duration) {
+    let quarter = messages.len().div_ceil(4);
+    let publishers: Vec<_> = messages
+        .chunks(quarter)
+        .map(|part| {
+            let part = part.to_vec();
+            tokio::spawn(async move {
+                for chunk in part.chunks(500) {
+                    publish_to(port, chunk).await;
+                    tokio::time::sleep(pause).await;
+                }
+            })
+        })
+        .collect();
+    for publisher in publishers {
+        publisher.await.unwrap();
+    }
+}
+
+async fn wait_connected(hub: &Sensorhub, connections: f64) {
+    hub.wait_for_metric(CONNECTED, connections, Duration::from_secs(20))
+        .await;
+}
+
+/// Every reading published stored once (they all have timestamps: a message appended twice
+/// would be a duplicate the store skips, a lost one is missing), and the aggregates exact.
+async fn assert_stored_once(res: &Resources, published: i64) {
+    let pg = pg_client(&res.database_url).await;
+    wait_for_count(
+        &pg,
+        "SELECT count(*) FROM readings",
+        published,
+        Duration::from_secs(120),
+    )
+    .await;
+    // Nothing more arrives after a while: no extra copies either.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stored: i64 = pg
+        .query_one("SELECT count(*) FROM readings", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, published, "every message stored once");
+    assert_aggregates_exact(
+        &pg,
+        &sensorhub::Config::from_lookup(|_| None)
+            .unwrap()
+            .resolutions,
+    )
+    .await;
+}
+
+/// Three instances in one shared subscription, 100,000 QoS 1 messages: each instance stores a
+/// part, together every message once; one instance is killed with kill -9 under load and
+/// restarted with its consumer name, and its session gives back what it held.
+#[actix_web::test]
+async fn three_instances_share_the_messages_and_a_kill_9_loses_and_doubles_nothing() {
+    let broker = PrivateMosquitto::start();
+    let res = Resources::new();
+    let base = unique_name("shared");
+    let env = |consumer: &str| instance_env(&res, broker.port, &base, consumer, true, 1);
+    let first = Sensorhub::spawn(&env("first")).await;
+    let mut second = Sensorhub::spawn(&env("second")).await;
+    let third = Sensorhub::spawn(&env("third")).await;
+    for hub in [&first, &second, &third] {
+        wait_connected(hub, 1.0).await;
+    }
+
+    const N: u32 = 100_000;
+    let publishing = tokio::spawn(publish_steadily(
+        broker.port,
+        readings(&base, 0, N),
+        Duration::from_millis(40),
+    ));
+    wait_for(
+        "the second instance at work",
+        Duration::from_secs(60),
+        || {
+            let second = &second;
+            async move { (second.metric(RECEIVED).await >= 2_000.0).then_some(()) }
+        },
+    )
+    .await;
+    second.kill9();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = Sensorhub::spawn(&env("second")).await;
+    publishing.await.unwrap();
+
+    assert_stored_once(&res, i64::from(N)).await;
+    for (name, hub) in [("first", &first), ("second", &second), ("third", &third)] {
+        assert!(
+            hub.metric(RECEIVED).await > 0.0,
+            "the {name} instance stored a part"
+        );
+    }
+    wait_connected(&second, 1.0).await;
+}
+
+/// An instance stopped for good while others remain: it unsubscribes, appends and acknowledges
+/// what its session still held, and leaves the members; everything published before, during and
+/// after is stored once by the others, and its session holds nothing.
+#[actix_web::test]
+async fn an_instance_stopped_for_good_leaves_its_share_to_the_others() {
+    let broker = PrivateMosquitto::start();
+    let res = Resources::new();
+    let base = unique_name("shared");
+    let env = |consumer: &str| instance_env(&res, broker.port, &base, consumer, true, 2);
+    let first = Sensorhub::spawn(&env("first")).await;
+    let mut leaving = Sensorhub::spawn(&env("leaving")).await;
+    wait_connected(&first, 2.0).await;
+    wait_connected(&leaving, 2.0).await;
+
+    let publishing = tokio::spawn(publish_steadily(
+        broker.port,
+        readings(&base, 0, 20_000),
+        Duration::from_millis(50),
+    ));
+    wait_for(
+        "the leaving instance at work",
+        Duration::from_secs(60),
+        || {
+            let leaving = &leaving;
+            async move { (leaving.metric(RECEIVED).await >= 1_000.0).then_some(()) }
+        },
+    )
+    .await;
+    let status = leaving.terminate(Duration::from_secs(30)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "a graceful stop: {status:?}\n{}",
+        leaving.logs()
+    );
+    let logs = leaving.logs();
+    assert!(
+        logs.contains("left the shared subscription; every message received is appended"),
+        "{logs}"
+    );
+    publishing.await.unwrap();
+    // After the stop, only the remaining instance receives.
+    publish_to(broker.port, &readings(&base, 20_000, 1_000)).await;
+    assert_stored_once(&res, 21_000).await;
+
+    let mut redis = redis_conn(REDIS_URL).await;
+    let mut members: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(format!("{}:mqtt-members", res.stream))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    members.sort();
+    assert_eq!(
+        members,
+        ["first-1", "first-2"],
+        "the stopped instance left the members"
+    );
+    // Its sessions hold no subscription: with the broker queueing without limit, a session
+    // still subscribed would have messages waiting. A client resuming it sees none.
+    for n in 1..=2 {
+        let waiting = messages_waiting(broker.port, &format!("sensorhub-{base}-leaving-{n}")).await;
+        assert_eq!(waiting, 0, "the session of leaving-{n} still receives");
+    }
+}
+
+/// The last member of the shared subscription keeps it when stopped: the broker queues for its
+/// session while no instance runs, and a restart stores what was published meanwhile.
+#[actix_web::test]
+async fn the_last_member_stopped_keeps_its_subscription_and_misses_nothing() {
+    let broker = PrivateMosquitto::start();
+    let res = Resources::new();
+    let base = unique_name("shared");
+    let env = instance_env(&res, broker.port, &base, "only", true, 1);
+    let mut hub = Sensorhub::spawn(&env).await;
+    wait_connected(&hub, 1.0).await;
+    publish_to(broker.port, &readings(&base, 0, 500)).await;
+    let status = hub.terminate(Duration::from_secs(30)).await;
+    assert!(status.is_some_and(|s| s.success()), "{}", hub.logs());
+    assert!(
+        hub.logs().contains("last member"),
+        "the stop says why it stays subscribed:\n{}",
+        hub.logs()
+    );
+    publish_to(broker.port, &readings(&base, 500, 500)).await;
+    let _hub = Sensorhub::spawn(&env).await;
+    assert_stored_once(&res, 1_000).await;
+}
+
+/// The lease after a kill -9, against Mosquitto's default queue limit (1,000 messages for a
+/// session that is not connected): the restarted instance takes the lease of its previous
+/// process at once instead of waiting for it to expire, so what the broker queued meanwhile
+/// fits the limit and every message of a steady publisher is stored.
+#[actix_web::test]
+async fn a_kill_9_under_the_lease_is_taken_over_within_the_default_queue_limit() {
+    let broker = PrivateMosquitto::start_configured("max_queued_messages 1000");
+    let res = Resources::new();
+    let base = unique_name("leased");
+    // The default lease (5 s): at 400 messages a second, waiting for it would queue 2,000.
+    let env = instance_env(&res, broker.port, &base, "restarted", false, 1);
+    let mut hub = Sensorhub::spawn(&env).await;
+    wait_connected(&hub, 1.0).await;
+
+    let publishing = tokio::spawn(async move {
+        let port = broker.port;
+        for chunk in readings(&base, 0, 4_000).chunks(40) {
+            publish_to(port, chunk).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        broker
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    hub.kill9();
+    let hub = Sensorhub::spawn(&env).await;
+    wait_connected(&hub, 1.0).await;
+    let _broker = publishing.await.unwrap();
+    assert!(
+        hub.logs()
+            .contains("took over the lease of this instance's previous process"),
+        "{}",
+        hub.logs()
+    );
+    assert_stored_once(&res, 4_000).await;
+}
+
+/// How many messages the broker delivers at once to a client resuming the session `client_id`.
+async fn messages_waiting(port: u16, client_id: &str) -> usize {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet};
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+    options.set_clean_session(false).set_manual_acks(true);
+    let (client, mut events) = AsyncClient::new(options, 16);
+    let mut received = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while let Ok(Ok(event)) = tokio::time::timeout_at(deadline, events.poll()).await {
+        if let Event::Incoming(Packet::Publish(_)) = event {
+            received += 1;
+        }
+    }
+    let _ = client.disconnect().await;
+    received
+}
