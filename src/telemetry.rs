@@ -92,7 +92,8 @@ pub struct Metrics {
     pub entries_reread: IntCounter,
     /// 1 while this instance holds the Pub/Sub bridge lease.
     pub bridge_leader: IntGauge,
-    /// 1 while this instance holds the MQTT lease and its subscriptions are in place.
+    /// This instance's MQTT connections subscribed: 1 while it holds the lease's session, or its
+    /// members of the shared subscription.
     pub mqtt_connected: IntGauge,
     /// MQTT messages received and not yet acknowledged to the broker (being appended).
     pub mqtt_awaiting_ack: IntGauge,
@@ -280,7 +281,7 @@ impl Metrics {
             ),
             mqtt_connected: gauge(
                 "sensorhub_mqtt_connected",
-                "1 while this instance holds the MQTT lease and its subscriptions are in place.",
+                "This instance's subscribed MQTT connections: 1 while it holds the lease's session, or its members of the shared subscription.",
             ),
             mqtt_awaiting_ack: gauge(
                 "sensorhub_mqtt_awaiting_ack",

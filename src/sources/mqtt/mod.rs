@@ -899,6 +899,26 @@ mod tests {
     }
 
     #[test]
+    fn readiness_names_the_first_connection_not_consuming() {
+        let health = MqttHealth::new(Duration::ZERO, 3);
+        health.connection(0).consuming();
+        health.connection(2).consuming();
+        health
+            .connection(1)
+            .not_consuming("connecting to broker:1883".into());
+        std::thread::sleep(Duration::from_millis(5));
+        let why = health.check().unwrap_err();
+        assert!(why.starts_with("connection 2: not consuming"), "{why}");
+        assert!(why.ends_with("connecting to broker:1883"), "{why}");
+        health.connection(1).consuming();
+        assert_eq!(health.check(), Ok(()));
+        // One connection: no number.
+        let one = MqttHealth::new(Duration::ZERO, 1);
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(one.check().unwrap_err().starts_with("not consuming"));
+    }
+
+    #[test]
     fn a_share_group_holds_no_character_mqtt_reserves_for_topics() {
         assert_eq!(share_group("sensorhub-s-0a1b"), "sensorhub-s-0a1b");
         assert_eq!(share_group("site/a+b#c"), "site_a_b_c");
