@@ -544,3 +544,30 @@ fn the_rules_file_in_the_docs_is_read() {
     let rules = parse_rules_file(example).unwrap();
     assert_eq!(rules.len(), 4);
 }
+
+#[test]
+fn the_kubernetes_manifests_set_only_variables_sensorhub_reads() {
+    let manifests = [
+        include_str!("../../docker/kubernetes/configmap.yaml"),
+        include_str!("../../docker/kubernetes/statefulset.yaml"),
+    ];
+    let mut seen = 0;
+    for text in manifests {
+        for (at, _) in text.match_indices("SENSORHUB_") {
+            let name: String = text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            let known = VARIABLES.iter().any(|v| v.name == name)
+                || name
+                    .strip_suffix("_FILE")
+                    .is_some_and(|secret| SECRET_VARIABLES.contains(&secret));
+            assert!(
+                known,
+                "docker/kubernetes sets {name}, which sensorhub does not read"
+            );
+            seen += 1;
+        }
+    }
+    assert!(seen >= 8, "the manifests set the variables ({seen} found)");
+}
