@@ -16,6 +16,8 @@ use tokio::sync::watch;
 pub(crate) enum Ended {
     /// Stop requested, or the lease went to another instance.
     Done,
+    /// The job is over for good: the loop ends, and gives its lease back.
+    Finished,
     /// The job failed: why, and whether Redis failed it (else the broker or the source itself).
     Failed { why: String, redis: bool },
 }
@@ -100,6 +102,7 @@ pub(crate) async fn run<S: Leased>(source: &mut S) {
         source.turn_ended();
         match ended {
             Ended::Done => backoff.reset(),
+            Ended::Finished => break,
             Ended::Failed { why, redis } => {
                 source.failed(&why);
                 if redis {

@@ -236,6 +236,43 @@ async fn the_last_member_stopped_keeps_its_subscription_and_misses_nothing() {
     assert_stored_once(&res, 1_000).await;
 }
 
+/// Fewer connections after a restart: the members beyond the new count are retired (their
+/// sessions unsubscribed, and what they held while the instance was down appended), so that the
+/// broker does not keep giving them a turn that nobody takes.
+#[actix_web::test]
+async fn members_beyond_a_lowered_connection_count_are_retired_with_what_they_held() {
+    let broker = PrivateMosquitto::start();
+    let res = Resources::new();
+    let base = unique_name("shared");
+    let mut hub =
+        Sensorhub::spawn(&instance_env(&res, broker.port, &base, "shrunk", true, 3)).await;
+    wait_connected(&hub, 3.0).await;
+    publish_to(broker.port, &readings(&base, 0, 600)).await;
+    assert!(
+        hub.terminate(Duration::from_secs(30))
+            .await
+            .is_some_and(|s| s.success())
+    );
+    // While no instance runs, the three sessions queue their turns.
+    publish_to(broker.port, &readings(&base, 600, 600)).await;
+    let hub = Sensorhub::spawn(&instance_env(&res, broker.port, &base, "shrunk", true, 1)).await;
+    wait_connected(&hub, 1.0).await;
+    publish_to(broker.port, &readings(&base, 1_200, 1_800)).await;
+    assert_stored_once(&res, 3_000).await;
+
+    let mut redis = redis_conn(REDIS_URL).await;
+    let members: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(format!("{}:mqtt-members", res.stream))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(members, ["shrunk-1"], "{}", hub.logs());
+    for n in 2..=3 {
+        let waiting = messages_waiting(broker.port, &format!("sensorhub-{base}-shrunk-{n}")).await;
+        assert_eq!(waiting, 0, "the retired session shrunk-{n} still receives");
+    }
+}
+
 /// The lease after a kill -9, against Mosquitto's default queue limit (1,000 messages for a
 /// session that is not connected): the restarted instance takes the lease of its previous
 /// process at once instead of waiting for it to expire, so what the broker queued meanwhile
@@ -263,13 +300,13 @@ async fn a_kill_9_under_the_lease_is_taken_over_within_the_default_queue_limit()
     let hub = Sensorhub::spawn(&env).await;
     wait_connected(&hub, 1.0).await;
     let _broker = publishing.await.unwrap();
+    assert_stored_once(&res, 4_000).await;
     assert!(
         hub.logs()
             .contains("took over the lease of this instance's previous process"),
         "{}",
         hub.logs()
     );
-    assert_stored_once(&res, 4_000).await;
 }
 
 /// How many messages the broker delivers at once to a client resuming the session `client_id`.

@@ -166,6 +166,9 @@ struct Member {
     lease: String,
     /// Its place among this instance's connections (for `/readyz`).
     index: usize,
+    /// A member of this instance beyond `SENSORHUB_MQTT_CONNECTIONS` (the setting was lowered):
+    /// its session is emptied and left, never subscribed again.
+    retire: bool,
 }
 
 impl Member {
@@ -182,28 +185,41 @@ impl Member {
                 share: String::new(),
                 lease: "mqtt-lease".into(),
                 index: 0,
+                retire: false,
             }];
         }
-        (0..mqtt.connections)
-            .map(|index| {
-                let name = format!("{}-{}", settings.consumer, index + 1);
-                Self {
-                    client_id: format!("{base}-{name}"),
-                    share: format!("$share/{}/", share_group(&base)),
-                    lease: format!("mqtt-lease:{name}"),
-                    name: Some(name),
-                    index,
-                }
-            })
+        (1..=mqtt.connections)
+            .map(|n| Self::shared(settings, n))
             .collect()
+    }
+
+    /// The member `n` (from 1) of this instance in the shared subscription.
+    fn shared(settings: &MqttSourceSettings, n: usize) -> Self {
+        let base = settings.mqtt.client_id.clone().unwrap_or_default();
+        let name = format!("{}-{n}", settings.consumer);
+        Self {
+            client_id: format!("{base}-{name}"),
+            share: format!("$share/{}/", share_group(&base)),
+            lease: format!("mqtt-lease:{name}"),
+            name: Some(name),
+            index: n - 1,
+            retire: n > settings.mqtt.connections,
+        }
+    }
+
+    /// The number `n` of a member `<consumer>-<n>` of the instance `consumer`.
+    fn number_of(other: &str, consumer: &str) -> Option<usize> {
+        other
+            .strip_prefix(consumer)?
+            .strip_prefix('-')
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))?
+            .parse()
+            .ok()
     }
 
     /// Whether the member `other` is a connection of the instance `consumer` (`<consumer>-<n>`).
     fn of_instance(other: &str, consumer: &str) -> bool {
-        other
-            .strip_prefix(consumer)
-            .and_then(|rest| rest.strip_prefix('-'))
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        Self::number_of(other, consumer).is_some()
     }
 }
 
@@ -266,35 +282,92 @@ impl Actor for MqttSource {
              (Mosquitto: max_queued_messages, 1000 by default): that limit bounds what a crash \
              or an outage can lose (docs/mqtt.md)"
         );
-        let first = self.settings.streams.first();
         for (member, token) in Member::all(&self.settings).into_iter().zip(&self.tokens) {
-            let session = match &member.name {
-                Some(name) => SessionKeys::of_member(first, name),
-                None => SessionKeys::beside(first),
-            };
-            let lp = SourceLoop {
-                appender: Arc::new(Appender::new(
-                    self.settings.streams.clone(),
-                    Leases::new(
-                        &self.settings.streams,
-                        &member.lease,
-                        token.clone(),
-                        self.settings.lease_ttl,
-                    ),
-                    self.settings.limits.clone(),
-                )),
-                session,
-                member,
-                connected: false,
-                sparkplug: Nodes::default(),
+            let lp = self.source_loop(member, token.clone(), Arc::clone(&self.health));
+            ctx.spawn(guarded("mqtt", lp.run()));
+        }
+        if mqtt.shared {
+            let extra = self.extra_members();
+            ctx.spawn(guarded("mqtt", extra));
+        }
+    }
+}
+
+impl MqttSource {
+    /// The loop of one connection.
+    fn source_loop(&self, member: Member, token: String, health: Arc<MqttHealth>) -> SourceLoop {
+        let first = self.settings.streams.first();
+        let session = match &member.name {
+            Some(name) => SessionKeys::of_member(first, name),
+            None => SessionKeys::beside(first),
+        };
+        SourceLoop {
+            appender: Arc::new(Appender::new(
+                self.settings.streams.clone(),
+                Leases::new(
+                    &self.settings.streams,
+                    &member.lease,
+                    token,
+                    self.settings.lease_ttl,
+                ),
+                self.settings.limits.clone(),
+            )),
+            session,
+            member,
+            connected: false,
+            sparkplug: Nodes::default(),
+            settings: Arc::clone(&self.settings),
+            conn: self.conn.clone(),
+            metrics: Arc::clone(&self.metrics),
+            health,
+            stop: self.stop.clone(),
+            _running: RunningGuard::new(&self.running),
+        }
+    }
+
+    /// Retires this instance's members beyond `SENSORHUB_MQTT_CONNECTIONS` (left from a start
+    /// with more): with Mosquitto a session still subscribed keeps getting its turn, connected or
+    /// not, and would hold those messages until the broker's queue limit drops them. Each is
+    /// resumed, unsubscribed, and what it holds appended, as a member leaving on stop.
+    fn extra_members(&self) -> impl Future<Output = ()> + 'static {
+        let mut conn = self.conn.clone();
+        let keys = SessionKeys::beside(self.settings.streams.first());
+        let settings = Arc::clone(&self.settings);
+        // Built here, run there: what each retiring loop needs besides its member.
+        let make = {
+            let this = MqttSource {
                 settings: Arc::clone(&self.settings),
+                tokens: Vec::new(),
                 conn: self.conn.clone(),
                 metrics: Arc::clone(&self.metrics),
                 health: Arc::clone(&self.health),
                 stop: self.stop.clone(),
-                _running: RunningGuard::new(&self.running),
+                running: Arc::clone(&self.running),
             };
-            ctx.spawn(guarded("mqtt", lp.run()));
+            move |member: Member| {
+                let token = unique_token(&this.settings.consumer);
+                // Not part of /readyz: it is not one of the configured connections.
+                let health = Arc::new(MqttHealth::new(this.settings.mqtt.ready_grace, 1));
+                this.source_loop(Member { index: 0, ..member }, token, health)
+            }
+        };
+        async move {
+            let members = match keys.members(&mut conn).await {
+                Ok(members) => members,
+                Err(error) => {
+                    tracing::warn!(%error, "reading the shared subscription's members; members of an earlier start with more connections are not retired");
+                    return;
+                }
+            };
+            let extra = members.iter().filter_map(|member| {
+                Member::number_of(member, &settings.consumer)
+                    .filter(|n| *n > settings.mqtt.connections)
+            });
+            let retiring: Vec<_> = extra.map(|n| make(Member::shared(&settings, n))).collect();
+            for lp in retiring {
+                tracing::info!(member = ?lp.member.name, "retiring a member beyond SENSORHUB_MQTT_CONNECTIONS");
+                actix::spawn(lp.run());
+            }
         }
     }
 }
@@ -459,7 +532,9 @@ impl SourceLoop {
             tokio::select! {
                 biased;
                 _ = stop.changed(), if leaving.is_none() => {
-                    if changing.is_some() {
+                    // Subscriptions half changed, or a member to retire not yet connected: the
+                    // session stays as it is, and the next start carries on.
+                    if changing.is_some() || self.member.retire {
                         break Ended::Done;
                     }
                     match self.leave(&client, &wanted).await {
@@ -493,6 +568,13 @@ impl SourceLoop {
                         } else {
                             BTreeSet::new()
                         };
+                        if self.member.retire {
+                            match self.retire(&client, &held).await {
+                                Ok(retiring) => leaving = Some(retiring),
+                                Err(error) => break Ended::redis(error),
+                            }
+                            continue;
+                        }
                         let change = SessionChange::between(held, &wanted, !connack.session_present);
                         match change.send(&client, qos).await {
                             Ok(change) => changing = Some(change),
@@ -580,7 +662,10 @@ impl SourceLoop {
                             tracing::warn!(client_id = %client_id, awaiting, "left the shared subscription with messages unacknowledged: they stay in the session until it connects again")
                         }
                     }
-                    break Ended::Done;
+                    break match self.member.retire {
+                        true => Ended::Finished,
+                        false => Ended::Done,
+                    };
                 }
             }
         };
@@ -601,6 +686,19 @@ impl SourceLoop {
             let _ = tokio::time::timeout(Duration::from_secs(1), sent).await;
         }
         ended
+    }
+
+    /// A member retired: its session unsubscribes from what it `held`, its record is removed,
+    /// and its loop settles what the session still holds ([`Leaving`]).
+    async fn retire(
+        &mut self,
+        client: &AsyncClient,
+        held: &BTreeSet<String>,
+    ) -> redis::RedisResult<Leaving> {
+        let name = self.member.name.clone().unwrap_or_default();
+        let unsubscribing = unsubscribe_all(client, held);
+        self.session.leave(&mut self.conn, &name).await?;
+        Ok(Leaving::new(unsubscribing))
     }
 
     /// A stopped member of a shared subscription leaves it when another member remains: it
@@ -635,23 +733,12 @@ impl SourceLoop {
             tracing::info!(member = %name, "stopping as the shared subscription's last member: subscribed still, the broker queues for its session");
             return Ok(None);
         }
-        let mut unsubscribing = 0;
-        for entry in wanted {
-            // A full request queue: the broker keeps that filter's share coming to this session
-            // until it connects again; the rest is settled as usual.
-            if client.try_unsubscribe(filter_of(entry)).is_ok() {
-                unsubscribing += 1;
-            }
-        }
+        let unsubscribing = unsubscribe_all(client, wanted);
         // Whatever the broker answers, the record no longer says subscribed: the next start
         // subscribes again.
         self.session.leave(&mut self.conn, &name).await?;
         tracing::info!(member = %name, "leaving the shared subscription: unsubscribed, settling the messages in hand");
-        Ok(Some(Leaving {
-            unsubscribing,
-            since: Instant::now(),
-            last_message: Instant::now(),
-        }))
+        Ok(Some(Leaving::new(unsubscribing)))
     }
 
     /// A Sparkplug B message, read in the order it arrived: the names its entry carries, and a
@@ -722,10 +809,28 @@ struct Leaving {
 }
 
 impl Leaving {
+    fn new(unsubscribing: usize) -> Self {
+        Self {
+            unsubscribing,
+            since: Instant::now(),
+            last_message: Instant::now(),
+        }
+    }
+
     /// How long without a message counts as the session settled.
     const QUIET: Duration = Duration::from_millis(500);
     /// The longest a stop waits for the session to settle.
     const AT_MOST: Duration = Duration::from_secs(10);
+}
+
+/// Sends an UNSUBSCRIBE for every recorded subscription `<qos> <filter>` of `entries`: how many
+/// were sent. A full request queue leaves that filter subscribed (its messages keep coming to
+/// the session until it connects again); the rest is settled as usual.
+fn unsubscribe_all(client: &AsyncClient, entries: &BTreeSet<String>) -> usize {
+    entries
+        .iter()
+        .filter(|entry| client.try_unsubscribe(filter_of(entry)).is_ok())
+        .count()
 }
 
 /// The connection, appender and settings one append uses.
@@ -896,6 +1001,8 @@ mod tests {
         assert!(!Member::of_instance("edge-", "edge"));
         assert!(!Member::of_instance("edge", "edge"));
         assert!(!Member::of_instance("edgy-1", "edge"));
+        assert_eq!(Member::number_of("edge-12", "edge"), Some(12));
+        assert_eq!(Member::number_of("edge-x", "edge"), None);
     }
 
     #[test]
