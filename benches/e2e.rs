@@ -39,9 +39,12 @@
 //!    cores.
 //!
 //! 6. **MQTT**: up to 200,000 of the readings published at QoS 1 (one per message) by four
-//!    `mosquitto_pub` processes to a Mosquitto of the run's own, through a fresh sensorhub
-//!    subscribed to it: readings/s from the first publish to the last commit, against the stream
-//!    phase's rate (skipped without Debian's mosquitto and mosquitto-clients).
+//!    `mosquitto_pub` processes to a Mosquitto of the run's own, through fresh sensorhub
+//!    instances: one connection under the lease, one instance with 3 connections and 3 instances
+//!    in a shared subscription. Readings/s from the first publish to the last commit, each beside
+//!    the broker's own rate to as many `mosquitto_sub -q 1` that do nothing, and the one
+//!    connection against the stream phase's rate (skipped without Debian's mosquitto and
+//!    mosquitto-clients).
 //!
 //! 7. **line protocol**: up to 500,000 of the readings as InfluxDB line protocol, posted to
 //!    `/api/v2/write` in requests of 5,000 lines by four concurrent writers to a fresh sensorhub:
@@ -126,6 +129,8 @@ struct Args {
     /// `--only-throughput`: the rounds of reference and throughput, nothing after them (to compare
     /// two builds' ingest in alternating runs).
     only_throughput: bool,
+    /// `--only-mqtt`: the MQTT phase alone.
+    only_mqtt: bool,
     /// `--replace-percent P`: one reading in `replace_every` (100 / P) is a correction (0: none).
     replace_every: u64,
     /// The Redis every phase uses: the local one, or with `--tls` a TLS-only one of the run's own.
@@ -148,6 +153,7 @@ fn args() -> Args {
         binary: None,
         tls: false,
         only_throughput: false,
+        only_mqtt: false,
         replace_every: 0,
         redis_url: "redis://127.0.0.1:6379".into(),
         redis_ca: None,
@@ -176,6 +182,7 @@ fn args() -> Args {
             "--binary" => args.binary = Some(iter.next().expect("--binary needs a path")),
             "--tls" => args.tls = true,
             "--only-throughput" => args.only_throughput = true,
+            "--only-mqtt" => args.only_mqtt = true,
             "--replace-percent" => {
                 let percent = value("--replace-percent").min(100);
                 args.replace_every = 100u64.checked_div(percent).unwrap_or(0);
@@ -263,6 +270,10 @@ async fn main() {
         .timestamp_micros(),
     )
     .expect("a time");
+    if args.only_mqtt {
+        mqtt_phase(&args, &admin, &mut redis, &format!("{name}_mqtt"), base).await;
+        return;
+    }
     let connections: usize = args
         .env
         .iter()

@@ -236,6 +236,26 @@ async fn the_last_member_stopped_keeps_its_subscription_and_misses_nothing() {
     assert_stored_once(&res, 1_000).await;
 }
 
+/// Two deployments on one broker, each with a shared subscription of its own: each stores every
+/// message (the group is the deployment's client id), not half of them.
+#[actix_web::test]
+async fn two_deployments_sharing_a_broker_each_get_every_message() {
+    let broker = PrivateMosquitto::start();
+    let base = unique_name("shared");
+    let (one, two) = (Resources::new(), Resources::new());
+    let mut first = instance_env(&one, broker.port, &base, "a", true, 2);
+    first.push(("SENSORHUB_MQTT_CLIENT_ID", format!("sensorhub-{base}-one")));
+    let mut second = instance_env(&two, broker.port, &base, "a", true, 2);
+    second.push(("SENSORHUB_MQTT_CLIENT_ID", format!("sensorhub-{base}-two")));
+    let first = Sensorhub::spawn(&first).await;
+    let second = Sensorhub::spawn(&second).await;
+    wait_connected(&first, 2.0).await;
+    wait_connected(&second, 2.0).await;
+    publish_to(broker.port, &readings(&base, 0, 2_000)).await;
+    assert_stored_once(&one, 2_000).await;
+    assert_stored_once(&two, 2_000).await;
+}
+
 /// Fewer connections after a restart: the members beyond the new count are retired (their
 /// sessions unsubscribed, and what they held while the instance was down appended), so that the
 /// broker does not keep giving them a turn that nobody takes.
