@@ -233,14 +233,11 @@ fn share_group(client_id: &str) -> String {
 }
 
 pub struct MqttSource {
-    settings: Arc<MqttSourceSettings>,
+    /// What every connection's loop is made of.
+    loops: Loops,
     /// Each connection's lease token, kept across restarts of the actor.
     tokens: Vec<String>,
-    conn: Connection,
-    metrics: Arc<Metrics>,
     health: Arc<MqttHealth>,
-    stop: watch::Receiver<bool>,
-    running: Arc<AtomicUsize>,
 }
 
 impl MqttSource {
@@ -258,12 +255,14 @@ impl MqttSource {
             tokens: (0..settings.mqtt.connections.max(1))
                 .map(|_| unique_token(&settings.consumer))
                 .collect(),
-            settings: Arc::new(settings),
-            conn,
-            metrics,
+            loops: Loops {
+                settings: Arc::new(settings),
+                conn,
+                metrics,
+                stop,
+                running,
+            },
             health,
-            stop,
-            running,
         }
     }
 }
@@ -272,7 +271,8 @@ impl Actor for MqttSource {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let mqtt = &self.settings.mqtt;
+        let settings = &self.loops.settings;
+        let mqtt = &settings.mqtt;
         tracing::info!(
             broker = %mqtt.host,
             shared = mqtt.shared,
@@ -282,18 +282,29 @@ impl Actor for MqttSource {
              (Mosquitto: max_queued_messages, 1000 by default): that limit bounds what a crash \
              or an outage can lose (docs/mqtt.md)"
         );
-        for (member, token) in Member::all(&self.settings).into_iter().zip(&self.tokens) {
-            let lp = self.source_loop(member, token.clone(), Arc::clone(&self.health));
+        for (member, token) in Member::all(settings).into_iter().zip(&self.tokens) {
+            let lp = self
+                .loops
+                .source_loop(member, token.clone(), Arc::clone(&self.health));
             ctx.spawn(guarded("mqtt", lp.run()));
         }
         if mqtt.shared {
-            let extra = self.extra_members();
-            ctx.spawn(guarded("mqtt", extra));
+            ctx.spawn(guarded("mqtt", self.loops.clone().retire_extra_members()));
         }
     }
 }
 
-impl MqttSource {
+/// What the loops of the connections are made of.
+#[derive(Clone)]
+struct Loops {
+    settings: Arc<MqttSourceSettings>,
+    conn: Connection,
+    metrics: Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+    running: Arc<AtomicUsize>,
+}
+
+impl Loops {
     /// The loop of one connection.
     fn source_loop(&self, member: Member, token: String, health: Arc<MqttHealth>) -> SourceLoop {
         let first = self.settings.streams.first();
@@ -329,53 +340,37 @@ impl MqttSource {
     /// with more): with Mosquitto a session still subscribed keeps getting its turn, connected or
     /// not, and would hold those messages until the broker's queue limit drops them. Each is
     /// resumed, unsubscribed, and what it holds appended, as a member leaving on stop.
-    fn extra_members(&self) -> impl Future<Output = ()> + 'static {
-        let mut conn = self.conn.clone();
-        let keys = SessionKeys::beside(self.settings.streams.first());
-        let settings = Arc::clone(&self.settings);
-        // Built here, run there: what each retiring loop needs besides its member.
-        let make = {
-            let this = MqttSource {
-                settings: Arc::clone(&self.settings),
-                tokens: Vec::new(),
-                conn: self.conn.clone(),
-                metrics: Arc::clone(&self.metrics),
-                health: Arc::clone(&self.health),
-                stop: self.stop.clone(),
-                running: Arc::clone(&self.running),
-            };
-            move |member: Member| {
-                let token = unique_token(&this.settings.consumer);
-                // Not part of /readyz: it is not one of the configured connections.
-                let health = Arc::new(MqttHealth::new(this.settings.mqtt.ready_grace, 1));
-                this.source_loop(Member { index: 0, ..member }, token, health)
+    async fn retire_extra_members(self) {
+        let settings = &self.settings;
+        let keys = SessionKeys::beside(settings.streams.first());
+        let members = match keys.members(&mut self.conn.clone()).await {
+            Ok(members) => members,
+            Err(error) => {
+                tracing::warn!(%error, "reading the shared subscription's members; members of an earlier start with more connections are not retired");
+                return;
             }
         };
-        async move {
-            let members = match keys.members(&mut conn).await {
-                Ok(members) => members,
-                Err(error) => {
-                    tracing::warn!(%error, "reading the shared subscription's members; members of an earlier start with more connections are not retired");
-                    return;
-                }
+        let extra = members.iter().filter_map(|member| {
+            Member::number_of(member, &settings.consumer).filter(|n| *n > settings.mqtt.connections)
+        });
+        for n in extra {
+            let member = Member {
+                index: 0,
+                ..Member::shared(settings, n)
             };
-            let extra = members.iter().filter_map(|member| {
-                Member::number_of(member, &settings.consumer)
-                    .filter(|n| *n > settings.mqtt.connections)
-            });
-            let retiring: Vec<_> = extra.map(|n| make(Member::shared(&settings, n))).collect();
-            for lp in retiring {
-                tracing::info!(member = ?lp.member.name, "retiring a member beyond SENSORHUB_MQTT_CONNECTIONS");
-                actix::spawn(lp.run());
-            }
+            tracing::info!(member = ?member.name, "retiring a member beyond SENSORHUB_MQTT_CONNECTIONS");
+            // Not part of /readyz: it is not one of the configured connections.
+            let health = Arc::new(MqttHealth::new(settings.mqtt.ready_grace, 1));
+            let token = unique_token(&settings.consumer);
+            actix::spawn(self.source_loop(member, token, health).run());
         }
     }
 }
 
 impl Supervised for MqttSource {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
-        count_restart(&self.metrics, "mqtt");
-        self.metrics.mqtt_connected.set(0);
+        count_restart(&self.loops.metrics, "mqtt");
+        self.loops.metrics.mqtt_connected.set(0);
     }
 }
 
