@@ -23,7 +23,7 @@ use crate::retry::Backoff;
 use crate::sources::append::Appender;
 use crate::sources::leased::{self, Ended, Leased, LoopParts};
 use crate::stream::append::FencedError;
-use crate::stream::lease::{Leases, unique_token};
+use crate::stream::lease::{Leases, holder_token};
 use crate::stream::shards::Streams;
 use crate::telemetry::Metrics;
 use actix::prelude::*;
@@ -125,7 +125,7 @@ impl Bridge {
         stop: watch::Receiver<bool>,
     ) -> Self {
         Self {
-            token: unique_token(&settings.consumer),
+            token: holder_token(&settings.consumer),
             health,
             settings: Arc::new(settings),
             nodes,

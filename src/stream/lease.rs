@@ -102,32 +102,36 @@ impl Lease {
 }
 
 /// A token no other process or instance has: `name` (the consumer name, for operators reading
-/// the key), the host, the process id, the time it was made and a count of tokens made in this
-/// process. The host and process say whether a holder is gone ([`holder_gone`]).
-pub fn unique_token(consumer: &str) -> String {
-    static STARTED: AtomicU64 = AtomicU64::new(0);
+/// the key), the process id, the time it was made and a count of tokens made in this process.
+pub fn unique_token(name: &str) -> String {
+    static MADE: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or_default();
-    let token = format!(
-        "{consumer}/{}/{}/{nanos}/{}",
-        host(),
+    format!(
+        "{name}/{}/{nanos}/{}",
         std::process::id(),
-        STARTED.fetch_add(1, Ordering::Relaxed)
-    );
+        MADE.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The token a lease holder holds its leases with: a [`unique_token`] that also names the host,
+/// so that the instance's next process can tell it is gone ([`holder_gone`]). Made once per
+/// source start, never per request: this process remembers each.
+pub fn holder_token(consumer: &str) -> String {
+    static HOST: OnceLock<String> = OnceLock::new();
+    let host = HOST.get_or_init(|| {
+        gethostname::gethostname()
+            .to_string_lossy()
+            .replace('/', "_")
+    });
+    let token = unique_token(&format!("{consumer}/{host}"));
     made_here()
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .insert(token.clone());
     token
-}
-
-/// The host name, without `/` (a token's separator).
-fn host() -> String {
-    gethostname::gethostname()
-        .to_string_lossy()
-        .replace('/', "_")
 }
 
 /// The tokens this process made.
@@ -233,12 +237,14 @@ mod tests {
 
     #[test]
     fn a_holder_is_gone_only_when_it_was_this_instance_and_its_process_no_longer_runs() {
-        let mine = unique_token("station");
-        let host = host();
+        let mine = holder_token("station");
+        let host = gethostname::gethostname()
+            .to_string_lossy()
+            .replace('/', "_");
         let pid = std::process::id();
         // This process's own tokens, the current one or another source's: running.
         assert!(!holder_gone(&mine, &mine));
-        assert!(!holder_gone(&unique_token("station"), &mine));
+        assert!(!holder_gone(&holder_token("station"), &mine));
         // The same process id, a token not made here: the process before a container restart.
         assert!(holder_gone(&format!("station/{host}/{pid}/1/0"), &mine));
         // A process of this host that does not run (ids above the kernel's pid_max never do).
@@ -248,7 +254,7 @@ mod tests {
         assert!(!holder_gone(&format!("other/{host}/99999999/1/0"), &mine));
         assert!(!holder_gone("station/elsewhere/99999999/1/0", &mine));
         // A consumer name with `/` in it is read from the end.
-        let slashed = unique_token("site/a");
+        let slashed = holder_token("site/a");
         assert!(holder_gone(
             &format!("site/a/{host}/99999999/1/0"),
             &slashed

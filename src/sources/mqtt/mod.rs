@@ -57,7 +57,7 @@ use crate::redis::connection::Connection;
 use crate::sources::append::{Appender, Entry};
 use crate::sources::leased::{self, Ended, Leased, LoopParts};
 use crate::stream::append::FencedError;
-use crate::stream::lease::{Leases, unique_token};
+use crate::stream::lease::{Leases, holder_token};
 use crate::stream::mqtt_session::SessionKeys;
 use crate::stream::shards::Streams;
 use crate::telemetry::Metrics;
@@ -253,7 +253,7 @@ impl MqttSource {
     ) -> Self {
         Self {
             tokens: (0..settings.mqtt.connections.max(1))
-                .map(|_| unique_token(&settings.consumer))
+                .map(|_| holder_token(&settings.consumer))
                 .collect(),
             loops: Loops {
                 settings: Arc::new(settings),
@@ -361,7 +361,7 @@ impl Loops {
             tracing::info!(member = ?member.name, "retiring a member beyond SENSORHUB_MQTT_CONNECTIONS");
             // Not part of /readyz: it is not one of the configured connections.
             let health = Arc::new(MqttHealth::new(settings.mqtt.ready_grace, 1));
-            let token = unique_token(&settings.consumer);
+            let token = holder_token(&settings.consumer);
             actix::spawn(self.source_loop(member, token, health).run());
         }
     }
