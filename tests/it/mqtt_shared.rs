@@ -256,6 +256,26 @@ async fn two_deployments_sharing_a_broker_each_get_every_message() {
     assert_stored_once(&two, 2_000).await;
 }
 
+/// Readiness with several connections: ready once every connection is subscribed; a broker
+/// that goes away takes the instance out, naming a connection, and its return brings it back.
+#[actix_web::test]
+async fn readyz_names_the_connection_that_is_not_consuming() {
+    let mut broker = PrivateMosquitto::start();
+    let res = Resources::new();
+    let base = unique_name("shared");
+    let mut env = instance_env(&res, broker.port, &base, "ready", true, 2);
+    env.push(("SENSORHUB_MQTT_READY_GRACE", "1s".to_owned()));
+    let hub = Sensorhub::spawn(&env).await;
+    wait_connected(&hub, 2.0).await;
+    wait_ready_status(hub.port, 200, Duration::from_secs(20)).await;
+    broker.stop_server();
+    let body = wait_ready_status(hub.port, 503, Duration::from_secs(20)).await;
+    assert!(body.contains("connection 1: not consuming"), "{body}");
+    broker.start_server();
+    wait_ready_status(hub.port, 200, Duration::from_secs(30)).await;
+    wait_connected(&hub, 2.0).await;
+}
+
 /// Fewer connections after a restart: the members beyond the new count are retired (their
 /// sessions unsubscribed, and what they held while the instance was down appended), so that the
 /// broker does not keep giving them a turn that nobody takes.
