@@ -276,6 +276,104 @@ async fn readyz_names_the_connection_that_is_not_consuming() {
     wait_connected(&hub, 2.0).await;
 }
 
+/// Switching between the lease and shared subscriptions and back: each mode retires the other's
+/// sessions at start, so none keeps queueing copies that a switch back would append again —
+/// readings without a timestamp would be stored twice.
+#[actix_web::test]
+async fn switching_modes_back_and_forth_stores_untimed_readings_once() {
+    let broker = PrivateMosquitto::start();
+    let res = Resources::new();
+    let base = unique_name("switch");
+    let untimed = |from: u32, n: u32| -> Vec<(String, Vec<u8>)> {
+        (from..from + n)
+            .map(|i| {
+                let payload = format!(r#"{{"sensor":"switch","value":{i}}}"#);
+                (format!("{base}/switch"), payload.into_bytes())
+            })
+            .collect()
+    };
+    let redis = redis_conn(REDIS_URL).await;
+    let lease_record = format!("{}:mqtt-subscriptions", res.stream);
+    let members = format!("{}:mqtt-members", res.stream);
+    let exists = |key: String| {
+        let mut redis = redis.clone();
+        async move {
+            let found: bool = redis::cmd("EXISTS")
+                .arg(key)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            found
+        }
+    };
+
+    let mut hub = Sensorhub::spawn(&instance_env(&res, broker.port, &base, "sw", false, 1)).await;
+    wait_connected(&hub, 1.0).await;
+    let pg = pg_client(&res.database_url).await;
+    assert!(
+        hub.terminate(Duration::from_secs(30))
+            .await
+            .is_some_and(|s| s.success())
+    );
+
+    let mut hub = Sensorhub::spawn(&instance_env(&res, broker.port, &base, "sw", true, 1)).await;
+    wait_connected(&hub, 1.0).await;
+    wait_for(
+        "the lease's session retired",
+        Duration::from_secs(20),
+        || {
+            let exists = exists(lease_record.clone());
+            async move { (!exists.await).then_some(()) }
+        },
+    )
+    .await;
+    publish_to(broker.port, &untimed(0, 500)).await;
+    wait_for_count(
+        &pg,
+        "SELECT count(*) FROM readings",
+        500,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(
+        hub.terminate(Duration::from_secs(30))
+            .await
+            .is_some_and(|s| s.success())
+    );
+
+    let hub = Sensorhub::spawn(&instance_env(&res, broker.port, &base, "sw", false, 1)).await;
+    wait_connected(&hub, 1.0).await;
+    wait_for(
+        "the shared members retired",
+        Duration::from_secs(20),
+        || {
+            let exists = exists(members.clone());
+            async move { (!exists.await).then_some(()) }
+        },
+    )
+    .await;
+    publish_to(broker.port, &untimed(500, 500)).await;
+    wait_for_count(
+        &pg,
+        "SELECT count(*) FROM readings",
+        1_000,
+        Duration::from_secs(30),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stored: i64 = pg
+        .query_one("SELECT count(*) FROM readings", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        stored,
+        1_000,
+        "each untimed reading stored once\n{}",
+        hub.logs()
+    );
+}
+
 /// Fewer connections after a restart: the members beyond the new count are retired (their
 /// sessions unsubscribed, and what they held while the instance was down appended), so that the
 /// broker does not keep giving them a turn that nobody takes.

@@ -166,8 +166,8 @@ struct Member {
     lease: String,
     /// Its place among this instance's connections (for `/readyz`).
     index: usize,
-    /// A member of this instance beyond `SENSORHUB_MQTT_CONNECTIONS` (the setting was lowered):
-    /// its session is emptied and left, never subscribed again.
+    /// A session the configuration no longer uses (a member beyond `SENSORHUB_MQTT_CONNECTIONS`,
+    /// the other mode's): emptied and left, never subscribed again.
     retire: bool,
 }
 
@@ -176,34 +176,47 @@ impl Member {
     /// of the shared subscription.
     fn all(settings: &MqttSourceSettings) -> Vec<Self> {
         let mqtt = &settings.mqtt;
-        // Filled in at start ([`crate::store::deployment`]) when not configured.
-        let base = mqtt.client_id.clone().unwrap_or_default();
         if !mqtt.shared {
-            return vec![Self {
-                name: None,
-                client_id: base,
-                share: String::new(),
-                lease: "mqtt-lease".into(),
-                index: 0,
-                retire: false,
-            }];
+            return vec![Self::leased(settings, false)];
         }
         (1..=mqtt.connections)
             .map(|n| Self::shared(settings, n))
             .collect()
     }
 
+    /// The deployment's one session, under the lease.
+    fn leased(settings: &MqttSourceSettings, retire: bool) -> Self {
+        Self {
+            name: None,
+            // Filled in at start ([`crate::store::deployment`]) when not configured.
+            client_id: settings.mqtt.client_id.clone().unwrap_or_default(),
+            share: String::new(),
+            lease: "mqtt-lease".into(),
+            index: 0,
+            retire,
+        }
+    }
+
     /// The member `n` (from 1) of this instance in the shared subscription.
     fn shared(settings: &MqttSourceSettings, n: usize) -> Self {
-        let base = settings.mqtt.client_id.clone().unwrap_or_default();
         let name = format!("{}-{n}", settings.consumer);
+        Self {
+            index: n - 1,
+            retire: n > settings.mqtt.connections,
+            ..Self::named(settings, name)
+        }
+    }
+
+    /// The member `name` of the shared subscription, of whichever instance.
+    fn named(settings: &MqttSourceSettings, name: String) -> Self {
+        let base = settings.mqtt.client_id.clone().unwrap_or_default();
         Self {
             client_id: format!("{base}-{name}"),
             share: format!("$share/{}/", share_group(&base)),
             lease: format!("mqtt-lease:{name}"),
             name: Some(name),
-            index: n - 1,
-            retire: n > settings.mqtt.connections,
+            index: 0,
+            retire: true,
         }
     }
 
@@ -288,9 +301,7 @@ impl Actor for MqttSource {
                 .source_loop(member, token.clone(), Arc::clone(&self.health));
             ctx.spawn(guarded("mqtt", lp.run()));
         }
-        if mqtt.shared {
-            ctx.spawn(guarded("mqtt", self.loops.clone().retire_extra_members()));
-        }
+        ctx.spawn(guarded("mqtt", self.loops.clone().retire_unused_sessions()));
     }
 }
 
@@ -336,29 +347,49 @@ impl Loops {
         }
     }
 
-    /// Retires this instance's members beyond `SENSORHUB_MQTT_CONNECTIONS` (left from a start
-    /// with more): with Mosquitto a session still subscribed keeps getting its turn, connected or
-    /// not, and would hold those messages until the broker's queue limit drops them. Each is
-    /// resumed, unsubscribed, and what it holds appended, as a member leaving on stop.
-    async fn retire_extra_members(self) {
+    /// Retires the sessions the configuration no longer uses, each resumed, unsubscribed, and
+    /// what it holds appended, as a member leaving on stop. With Mosquitto a session still
+    /// subscribed keeps receiving, connected or not: a member's turn nobody takes is lost past the
+    /// broker's queue limit, and the other mode's session queues copies that a switch back would
+    /// append again (readings without a timestamp twice).
+    /// - With shared subscriptions: this instance's members beyond `SENSORHUB_MQTT_CONNECTIONS`
+    ///   (left from a start with more), and the lease's session if it still holds subscriptions.
+    /// - Under the lease: every member of the shared subscription.
+    async fn retire_unused_sessions(self) {
         let settings = &self.settings;
         let keys = SessionKeys::beside(settings.streams.first());
-        let members = match keys.members(&mut self.conn.clone()).await {
-            Ok(members) => members,
+        let mut conn = self.conn.clone();
+        let unused = async {
+            let members = keys.members(&mut conn).await?;
+            if !settings.mqtt.shared {
+                return Ok(members
+                    .into_iter()
+                    .map(|name| Member::named(settings, name))
+                    .collect());
+            }
+            let mut unused: Vec<Member> = members
+                .iter()
+                .filter_map(|member| Member::number_of(member, &settings.consumer))
+                .filter(|n| *n > settings.mqtt.connections)
+                .map(|n| Member {
+                    index: 0,
+                    ..Member::shared(settings, n)
+                })
+                .collect();
+            if !keys.subscriptions(&mut conn).await?.is_empty() {
+                unused.push(Member::leased(settings, true));
+            }
+            Ok::<_, redis::RedisError>(unused)
+        };
+        let unused: Vec<Member> = match unused.await {
+            Ok(unused) => unused,
             Err(error) => {
-                tracing::warn!(%error, "reading the shared subscription's members; members of an earlier start with more connections are not retired");
+                tracing::warn!(%error, "reading the MQTT sessions of the other mode or of more connections; they are not retired at this start");
                 return;
             }
         };
-        let extra = members.iter().filter_map(|member| {
-            Member::number_of(member, &settings.consumer).filter(|n| *n > settings.mqtt.connections)
-        });
-        for n in extra {
-            let member = Member {
-                index: 0,
-                ..Member::shared(settings, n)
-            };
-            tracing::info!(member = ?member.name, "retiring a member beyond SENSORHUB_MQTT_CONNECTIONS");
+        for member in unused {
+            tracing::info!(client_id = %member.client_id, "retiring an MQTT session the configuration no longer uses");
             // Not part of /readyz: it is not one of the configured connections.
             let health = Arc::new(MqttHealth::new(settings.mqtt.ready_grace, 1));
             let token = holder_token(&settings.consumer);
