@@ -40,9 +40,14 @@
 //!   duplicate the store skips; one without a timestamp gets a second receipt time and is stored
 //!   twice.
 //!
-//! Here the source loop and the appends; [`session`] brings the session's subscriptions to the
-//! configured ones; [`topics`] reads a topic by its rule.
+//! Here the source loop; [`append`] appends a batch of messages; [`members`] says who each
+//! connection is and how a member leaves or a session is retired; [`health`] is `/readyz`'s view
+//! per connection; [`session`] brings the session's subscriptions to the configured ones;
+//! [`topics`] reads a topic by its rule.
 
+mod append;
+mod health;
+mod members;
 mod presets;
 mod session;
 mod sparkplug;
@@ -51,56 +56,20 @@ mod topics;
 use crate::actor::{count_restart, guarded};
 use crate::config::MqttSettings;
 use crate::domain::Limits;
-use crate::domain::fields;
-use crate::health::Consuming;
+use crate::domain::reading::sparkplug::Topic;
 use crate::redis::connection::Connection;
-use crate::sources::append::{Appender, Entry};
+use crate::sources::append::Appender;
 use crate::sources::leased::{self, Ended, Leased, LoopParts};
-use crate::stream::append::FencedError;
 use crate::stream::lease::{Leases, holder_token};
 use crate::stream::mqtt_session::SessionKeys;
 use crate::stream::shards::Streams;
 use crate::telemetry::Metrics;
 use actix::prelude::*;
-
-/// Whether the MQTT source consumes, for `/readyz`: not while a connection of this instance holds
-/// its lease without being subscribed for longer than
-/// [`crate::config::MqttSettings::ready_grace`].
-#[derive(Debug)]
-pub struct MqttHealth {
-    connections: Vec<Consuming>,
-}
-
-impl MqttHealth {
-    /// `connections` connections, none subscribed yet.
-    pub fn new(grace: Duration, connections: usize) -> Self {
-        Self {
-            connections: (0..connections.max(1))
-                .map(|_| Consuming::new(grace, "not consuming", "starting"))
-                .collect(),
-        }
-    }
-
-    /// `Err` naming the first connection that has not consumed for longer than the grace period.
-    pub fn check(&self) -> Result<(), String> {
-        let several = self.connections.len() > 1;
-        for (n, connection) in self.connections.iter().enumerate() {
-            connection.check().map_err(|why| match several {
-                true => format!("connection {}: {why}", n + 1),
-                false => why,
-            })?;
-        }
-        Ok(())
-    }
-
-    fn connection(&self, index: usize) -> &Consuming {
-        &self.connections[index]
-    }
-}
-
-use crate::domain::reading::sparkplug::Topic;
+use append::{AppendJob, append};
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesOrdered;
+pub use health::MqttHealth;
+use members::{Leaving, Member};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use session::{SessionChange, filter_of};
 use sparkplug::Nodes;
@@ -151,98 +120,6 @@ pub struct MqttSourceSettings {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// `mqtt.rules`, ready to route topics.
     pub routes: Routes,
-}
-
-/// Who one connection is: at the broker (its client id, the share its filters are in) and in
-/// Redis (its lease, its session's record).
-#[derive(Clone, Debug)]
-struct Member {
-    /// `<consumer>-<n>` in a shared subscription; `None` under the deployment's lease.
-    name: Option<String>,
-    client_id: String,
-    /// What every filter starts with: `$share/<group>/` in a shared subscription, else nothing.
-    share: String,
-    /// The lease beside each shard: `mqtt-lease`, or `mqtt-lease:<member>`.
-    lease: String,
-    /// Its place among this instance's connections (for `/readyz`).
-    index: usize,
-    /// A session the configuration no longer uses (a member beyond `SENSORHUB_MQTT_CONNECTIONS`,
-    /// the other mode's): emptied and left, never subscribed again.
-    retire: bool,
-}
-
-impl Member {
-    /// The `settings`' connections: the one session under the lease, or `connections` members
-    /// of the shared subscription.
-    fn all(settings: &MqttSourceSettings) -> Vec<Self> {
-        let mqtt = &settings.mqtt;
-        if !mqtt.shared {
-            return vec![Self::leased(settings, false)];
-        }
-        (1..=mqtt.connections)
-            .map(|n| Self::shared(settings, n))
-            .collect()
-    }
-
-    /// The deployment's one session, under the lease.
-    fn leased(settings: &MqttSourceSettings, retire: bool) -> Self {
-        Self {
-            name: None,
-            // Filled in at start ([`crate::store::deployment`]) when not configured.
-            client_id: settings.mqtt.client_id.clone().unwrap_or_default(),
-            share: String::new(),
-            lease: "mqtt-lease".into(),
-            index: 0,
-            retire,
-        }
-    }
-
-    /// The member `n` (from 1) of this instance in the shared subscription.
-    fn shared(settings: &MqttSourceSettings, n: usize) -> Self {
-        let name = format!("{}-{n}", settings.consumer);
-        Self {
-            index: n - 1,
-            retire: n > settings.mqtt.connections,
-            ..Self::named(settings, name)
-        }
-    }
-
-    /// The member `name` of the shared subscription, of whichever instance.
-    fn named(settings: &MqttSourceSettings, name: String) -> Self {
-        let base = settings.mqtt.client_id.clone().unwrap_or_default();
-        Self {
-            client_id: format!("{base}-{name}"),
-            share: format!("$share/{}/", share_group(&base)),
-            lease: format!("mqtt-lease:{name}"),
-            name: Some(name),
-            index: 0,
-            retire: true,
-        }
-    }
-
-    /// The number `n` of a member `<consumer>-<n>` of the instance `consumer`.
-    fn number_of(other: &str, consumer: &str) -> Option<usize> {
-        other
-            .strip_prefix(consumer)?
-            .strip_prefix('-')
-            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))?
-            .parse()
-            .ok()
-    }
-
-    /// Whether the member `other` is a connection of the instance `consumer` (`<consumer>-<n>`).
-    fn of_instance(other: &str, consumer: &str) -> bool {
-        Self::number_of(other, consumer).is_some()
-    }
-}
-
-/// The shared subscription's group: the deployment's client id, so that two deployments on one
-/// broker each get every message, without the characters a group name cannot hold.
-fn share_group(client_id: &str) -> String {
-    client_id
-        .chars()
-        .map(|c| if matches!(c, '/' | '+' | '#') { '_' } else { c })
-        .collect()
 }
 
 pub struct MqttSource {
@@ -344,56 +221,6 @@ impl Loops {
             health,
             stop: self.stop.clone(),
             _running: RunningGuard::new(&self.running),
-        }
-    }
-
-    /// Retires the sessions the configuration no longer uses, each resumed, unsubscribed, and
-    /// what it holds appended, as a member leaving on stop. With Mosquitto a session still
-    /// subscribed keeps receiving, connected or not: a member's turn nobody takes is lost past the
-    /// broker's queue limit, and the other mode's session queues copies that a switch back would
-    /// append again (readings without a timestamp twice).
-    /// - With shared subscriptions: this instance's members beyond `SENSORHUB_MQTT_CONNECTIONS`
-    ///   (left from a start with more), and the lease's session if it still holds subscriptions.
-    /// - Under the lease: every member of the shared subscription.
-    async fn retire_unused_sessions(self) {
-        let settings = &self.settings;
-        let keys = SessionKeys::beside(settings.streams.first());
-        let mut conn = self.conn.clone();
-        let unused = async {
-            let members = keys.members(&mut conn).await?;
-            if !settings.mqtt.shared {
-                return Ok(members
-                    .into_iter()
-                    .map(|name| Member::named(settings, name))
-                    .collect());
-            }
-            let mut unused: Vec<Member> = members
-                .iter()
-                .filter_map(|member| Member::number_of(member, &settings.consumer))
-                .filter(|n| *n > settings.mqtt.connections)
-                .map(|n| Member {
-                    index: 0,
-                    ..Member::shared(settings, n)
-                })
-                .collect();
-            if !keys.subscriptions(&mut conn).await?.is_empty() {
-                unused.push(Member::leased(settings, true));
-            }
-            Ok::<_, redis::RedisError>(unused)
-        };
-        let unused: Vec<Member> = match unused.await {
-            Ok(unused) => unused,
-            Err(error) => {
-                tracing::warn!(%error, "reading the MQTT sessions of the other mode or of more connections; they are not retired at this start");
-                return;
-            }
-        };
-        for member in unused {
-            tracing::info!(client_id = %member.client_id, "retiring an MQTT session the configuration no longer uses");
-            // Not part of /readyz: it is not one of the configured connections.
-            let health = Arc::new(MqttHealth::new(settings.mqtt.ready_grace, 1));
-            let token = holder_token(&settings.consumer);
-            actix::spawn(self.source_loop(member, token, health).run());
         }
     }
 }
@@ -714,59 +541,6 @@ impl SourceLoop {
         ended
     }
 
-    /// A member retired: its session unsubscribes from what it `held`, its record is removed,
-    /// and its loop settles what the session still holds ([`Leaving`]).
-    async fn retire(
-        &mut self,
-        client: &AsyncClient,
-        held: &BTreeSet<String>,
-    ) -> redis::RedisResult<Leaving> {
-        let name = self.member.name.clone().unwrap_or_default();
-        let unsubscribing = unsubscribe_all(client, held);
-        self.session.leave(&mut self.conn, &name).await?;
-        Ok(Leaving::new(unsubscribing))
-    }
-
-    /// A stopped member of a shared subscription leaves it when another member remains: it
-    /// unsubscribes, and its loop goes on until what it holds is appended and acknowledged
-    /// ([`Leaving`]). `None` when it stays: under the lease, or as the last member.
-    async fn leave(
-        &mut self,
-        client: &AsyncClient,
-        wanted: &BTreeSet<String>,
-    ) -> redis::RedisResult<Option<Leaving>> {
-        let Some(name) = &self.member.name else {
-            return Ok(None);
-        };
-        let first = self.settings.streams.first();
-        let others: Vec<(String, String)> = self
-            .session
-            .members(&mut self.conn)
-            .await?
-            .into_iter()
-            .filter(|other| !Member::of_instance(other, &self.settings.consumer))
-            .map(|other| {
-                let lease = format!("{first}:mqtt-lease:{other}");
-                (other, lease)
-            })
-            .collect();
-        let name = name.clone();
-        if !self
-            .session
-            .leave_if_others_remain(&mut self.conn, &name, &others)
-            .await?
-        {
-            tracing::info!(member = %name, "stopping as the shared subscription's last member: subscribed still, the broker queues for its session");
-            return Ok(None);
-        }
-        let unsubscribing = unsubscribe_all(client, wanted);
-        // Whatever the broker answers, the record no longer says subscribed: the next start
-        // subscribes again.
-        self.session.leave(&mut self.conn, &name).await?;
-        tracing::info!(member = %name, "leaving the shared subscription: unsubscribed, settling the messages in hand");
-        Ok(Some(Leaving::new(unsubscribing)))
-    }
-
     /// A Sparkplug B message, read in the order it arrived: the names its entry carries, and a
     /// rebirth request published when it cannot be read. `None` for other messages.
     fn sparkplug_read(
@@ -821,239 +595,5 @@ impl SourceLoop {
             session: self.session.clone(),
             metrics: Arc::clone(&self.metrics),
         }
-    }
-}
-
-/// A member leaving the shared subscription: unsubscribed, it appends and acknowledges what
-/// the broker still sends its session (what was queued or in flight before the unsubscription)
-/// until the broker is quiet, for at most [`Leaving::AT_MOST`].
-struct Leaving {
-    /// UNSUBACKs still to come.
-    unsubscribing: usize,
-    since: Instant,
-    last_message: Instant,
-}
-
-impl Leaving {
-    fn new(unsubscribing: usize) -> Self {
-        Self {
-            unsubscribing,
-            since: Instant::now(),
-            last_message: Instant::now(),
-        }
-    }
-
-    /// How long without a message counts as the session settled.
-    const QUIET: Duration = Duration::from_millis(500);
-    /// The longest a stop waits for the session to settle.
-    const AT_MOST: Duration = Duration::from_secs(10);
-}
-
-/// Sends an UNSUBSCRIBE for every recorded subscription `<qos> <filter>` of `entries`: how many
-/// were sent. A full request queue leaves that filter subscribed (its messages keep coming to
-/// the session until it connects again); the rest is settled as usual.
-fn unsubscribe_all(client: &AsyncClient, entries: &BTreeSet<String>) -> usize {
-    entries
-        .iter()
-        .filter(|entry| client.try_unsubscribe(filter_of(entry)).is_ok())
-        .count()
-}
-
-/// The connection, appender and settings one append uses.
-struct AppendJob {
-    conn: Connection,
-    settings: Arc<MqttSourceSettings>,
-    appender: Arc<Appender>,
-    session: SessionKeys,
-    metrics: Arc<Metrics>,
-}
-
-/// Appends one message. `Ok(false)` when this instance no longer holds the lease. When Redis
-/// fails the message is left unacknowledged and the session dropped, rather than retried
-/// here while the connection to the broker goes unserved: the broker keeps the message in the
-/// session and delivers it again once the source is back, Redis with it.
-async fn append(
-    on: AppendJob,
-    publishes: Vec<Publish>,
-    extras: Vec<Option<sparkplug::Read>>,
-) -> (Vec<Publish>, Result<bool, String>) {
-    let appended = append_all(&on, &publishes, &extras).await;
-    (publishes, appended)
-}
-
-async fn append_all(
-    on: &AppendJob,
-    publishes: &[Publish],
-    extras: &[Option<sparkplug::Read>],
-) -> Result<bool, String> {
-    let max = on.settings.limits.max_message_bytes;
-    let payload = |publish| cut(publish, max);
-    // Retained messages sent again for a new subscription are skipped when their topic's last
-    // appended retained message was the same.
-    let retained: Vec<(&str, &[u8])> = publishes
-        .iter()
-        .filter(|publish| publish.retain)
-        .map(|publish| (publish.topic.as_str(), payload(publish)))
-        .collect();
-    let mut conn = on.conn.clone();
-    let seen = on
-        .session
-        .retained_seen(&mut conn, &retained)
-        .await
-        .map_err(|error| redis_failed(on, &error))?;
-    let mut seen = seen.into_iter();
-    let fresh: Vec<(&Publish, Option<&sparkplug::Read>)> = publishes
-        .iter()
-        .zip(
-            extras
-                .iter()
-                .map(Option::as_ref)
-                .chain(std::iter::repeat(None)),
-        )
-        .filter(|(publish, _)| !(publish.retain && seen.next().unwrap_or(false)))
-        .collect();
-    let skipped = publishes.len() - fresh.len();
-    if skipped > 0 {
-        on.metrics.mqtt_retained_skipped.inc_by(skipped as u64);
-    }
-    // Ignored topics (a device's availability and command topics) are acknowledged with the
-    // others, not appended.
-    let routed: Vec<(&Publish, &str, String, Option<&sparkplug::Read>)> = fresh
-        .iter()
-        .filter_map(
-            |(publish, read)| match on.settings.routes.route(&publish.topic) {
-                Route::Read { form, prefix } => Some((*publish, form, prefix, *read)),
-                Route::Ignore => None,
-            },
-        )
-        .collect();
-    let ignored = fresh.len() - routed.len();
-    if ignored > 0 {
-        on.metrics.mqtt_messages_ignored.inc_by(ignored as u64);
-    }
-    let entries: Vec<Entry> = routed
-        .iter()
-        .map(|(publish, form, prefix, read)| {
-            let mut entry = vec![
-                (fields::DATA, payload(publish)),
-                (fields::TOPIC, publish.topic.as_bytes()),
-                (fields::FORM, form.as_bytes()),
-                (fields::PREFIX, prefix.as_bytes()),
-            ];
-            if let Some(read) = read {
-                if !read.names.is_empty() {
-                    entry.push((fields::NAMES, read.names.as_bytes()));
-                }
-                if let Some(why) = &read.unread {
-                    entry.push((fields::UNREAD, why.as_bytes()));
-                }
-            }
-            entry
-        })
-        .collect();
-    if entries.is_empty() {
-        return Ok(true);
-    }
-    let append_id = on.appender.next_append_id();
-    let appending = on.appender.append(&on.conn, &append_id, &entries);
-    let appended = tokio::time::timeout(APPEND_TIMEOUT, appending)
-        .await
-        .unwrap_or_else(|_| {
-            Err(FencedError::Redis(redis::RedisError::from(
-                std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no answer within {APPEND_TIMEOUT:?}"),
-                ),
-            )))
-        });
-    match appended {
-        Ok(_) => {
-            on.metrics
-                .messages_received
-                .with_label_values(&["mqtt"])
-                .inc_by(entries.len() as u64);
-            // The names a BIRTH gave, for a replay of a message that came before it.
-            let births: Vec<(&str, &str)> = routed
-                .iter()
-                .filter_map(|(_, _, _, read)| read.and_then(|r| r.birth.as_ref()))
-                .map(|(node, names)| (node.as_str(), names.as_str()))
-                .collect();
-            if !births.is_empty() {
-                on.session
-                    .record_sparkplug_names(&mut conn, &births)
-                    .await
-                    .map_err(|error| redis_failed(on, &error))?;
-            }
-            // Recorded once appended: a crash between the two appends a retained message sent
-            // again once more, never loses one.
-            let appended_retained: Vec<(&str, &[u8])> = fresh
-                .iter()
-                .filter(|(publish, _)| publish.retain)
-                .map(|(publish, _)| (publish.topic.as_str(), payload(publish)))
-                .collect();
-            on.session
-                .record_retained(&mut conn, &appended_retained)
-                .await
-                .map_err(|error| redis_failed(on, &error))?;
-            Ok(true)
-        }
-        Err(FencedError::NotHolder) => Ok(false),
-        Err(FencedError::Redis(error)) => Err(redis_failed(on, &error)),
-    }
-}
-
-/// A payload over the limit is cut just past it: refused as too large, and kept bounded.
-fn cut(publish: &Publish, max: usize) -> &[u8] {
-    &publish.payload[..publish.payload.len().min(max.saturating_add(1))]
-}
-
-/// Counts a failed Redis command of an append and says what failed.
-fn redis_failed(on: &AppendJob, error: &redis::RedisError) -> String {
-    on.metrics.redis_errors.with_label_values(&["mqtt"]).inc();
-    format!("appending to the stream: {error}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_member_belongs_to_the_instance_whose_consumer_name_it_starts_with_then_a_number() {
-        assert!(Member::of_instance("edge-1", "edge"));
-        assert!(Member::of_instance("edge-12", "edge"));
-        // Another instance whose name starts the same way.
-        assert!(!Member::of_instance("edge-a-1", "edge"));
-        assert!(!Member::of_instance("edge-1-2", "edge"));
-        assert!(!Member::of_instance("edge-", "edge"));
-        assert!(!Member::of_instance("edge", "edge"));
-        assert!(!Member::of_instance("edgy-1", "edge"));
-        assert_eq!(Member::number_of("edge-12", "edge"), Some(12));
-        assert_eq!(Member::number_of("edge-x", "edge"), None);
-    }
-
-    #[test]
-    fn readiness_names_the_first_connection_not_consuming() {
-        let health = MqttHealth::new(Duration::ZERO, 3);
-        health.connection(0).consuming();
-        health.connection(2).consuming();
-        health
-            .connection(1)
-            .not_consuming("connecting to broker:1883".into());
-        std::thread::sleep(Duration::from_millis(5));
-        let why = health.check().unwrap_err();
-        assert!(why.starts_with("connection 2: not consuming"), "{why}");
-        assert!(why.ends_with("connecting to broker:1883"), "{why}");
-        health.connection(1).consuming();
-        assert_eq!(health.check(), Ok(()));
-        // One connection: no number.
-        let one = MqttHealth::new(Duration::ZERO, 1);
-        std::thread::sleep(Duration::from_millis(5));
-        assert!(one.check().unwrap_err().starts_with("not consuming"));
-    }
-
-    #[test]
-    fn a_share_group_holds_no_character_mqtt_reserves_for_topics() {
-        assert_eq!(share_group("sensorhub-s-0a1b"), "sensorhub-s-0a1b");
-        assert_eq!(share_group("site/a+b#c"), "site_a_b_c");
     }
 }
