@@ -241,6 +241,18 @@ async fn assert_latest_values(
     assert_eq!(stored.len(), expected.len());
 }
 
+/// Once the group has processed every entry `produced`: each key holds its latest value, and
+/// the `1m` and `1h` windows (the tests' resolutions) are exact.
+async fn assert_drained_to_latest_values(res: &Resources, produced: &Corrections) {
+    let redis = redis_conn(REDIS_URL).await;
+    wait_drained(&redis, &res.stream, "sensorhub", &produced.last_id).await;
+    let pg = pg_client(&res.database_url).await;
+    assert_latest_values(&pg, &produced.expected).await;
+    let resolutions: Vec<sensorhub::domain::Resolution> =
+        vec!["1m".parse().unwrap(), "1h".parse().unwrap()];
+    assert_aggregates_exact(&pg, &resolutions).await;
+}
+
 /// kill -9 at random moments while corrections arrive: entries committed before the ledger moved
 /// are re-read after each restart, and never roll a later value back.
 #[actix_web::test]
@@ -251,21 +263,10 @@ async fn kill_9_while_corrections_arrive_leaves_the_last_value_of_each_key() {
     env.push(("SENSORHUB_BATCH_SIZE", "40".into()));
     let mut hub = Sensorhub::spawn(&env).await;
     let producer = tokio::spawn(produce_corrections(res.stream.clone(), 0x5eed, 150));
-    let mut rng = Rng::new(0xdead_beef);
-    for kill in 0..4 {
-        tokio::time::sleep(Duration::from_millis(300 + rng.below(700))).await;
-        hub.kill9();
-        eprintln!("kill -9 #{kill}");
-        hub = Sensorhub::spawn(&env).await;
-    }
+    hub.kill_and_restart(&env, 4, &mut Rng::new(0xdead_beef), 700)
+        .await;
     let produced = producer.await.unwrap();
-    let redis = redis_conn(REDIS_URL).await;
-    wait_drained(&redis, &res.stream, "sensorhub", &produced.last_id).await;
-    let pg = pg_client(&res.database_url).await;
-    assert_latest_values(&pg, &produced.expected).await;
-    let resolutions: Vec<sensorhub::domain::Resolution> =
-        vec!["1m".parse().unwrap(), "1h".parse().unwrap()];
-    assert_aggregates_exact(&pg, &resolutions).await;
+    assert_drained_to_latest_values(&res, &produced).await;
     drop(hub);
 }
 
@@ -284,13 +285,7 @@ async fn two_instances_end_with_the_value_of_the_latest_stream_position() {
     let first = Sensorhub::spawn(&env_of("turn-a")).await;
     let second = Sensorhub::spawn(&env_of("turn-b")).await;
     let produced = produce_corrections(res.stream.clone(), 0x7a7e, 120).await;
-    let redis = redis_conn(REDIS_URL).await;
-    wait_drained(&redis, &res.stream, "sensorhub", &produced.last_id).await;
-    let pg = pg_client(&res.database_url).await;
-    assert_latest_values(&pg, &produced.expected).await;
-    let resolutions: Vec<sensorhub::domain::Resolution> =
-        vec!["1m".parse().unwrap(), "1h".parse().unwrap()];
-    assert_aggregates_exact(&pg, &resolutions).await;
+    assert_drained_to_latest_values(&res, &produced).await;
     let replaced = first.metric("sensorhub_readings_replaced_total").await
         + second.metric("sensorhub_readings_replaced_total").await;
     assert!(replaced > 0.0, "corrections were made");

@@ -256,11 +256,26 @@ async fn two_instances_store_each_message_once() {
 /// persistent session, and are stored once Redis is back.
 #[actix_web::test]
 async fn messages_wait_with_the_broker_while_redis_is_down() {
+    messages_wait_while_redis_is_down(1).await;
+}
+
+/// The same through a shared subscription of two connections: each member's session keeps what
+/// it could not append.
+#[actix_web::test]
+async fn messages_wait_with_the_broker_while_redis_is_down_in_a_shared_subscription() {
+    messages_wait_while_redis_is_down(2).await;
+}
+
+/// Redis down while messages arrive, with `connections` connections (more than one: a shared
+/// subscription).
+async fn messages_wait_while_redis_is_down(connections: usize) {
     let mut server = PrivateRedis::start(false);
     let url = server.url();
     let base = unique_name("mq");
     let rules = [(format!("{base}/#"), "json")];
-    let settings = mqtt_settings(&rules);
+    let mut settings = mqtt_settings(&rules);
+    settings.shared = connections > 1;
+    settings.connections = connections;
     let t = spawn_app_with(
         move |c| {
             c.redis_url = sensorhub::config::Secret::new(url);
@@ -272,7 +287,16 @@ async fn messages_wait_with_the_broker_while_redis_is_down() {
         Default::default(),
     )
     .await;
-    wait_subscribed(&t).await;
+    let metrics = t.metrics();
+    wait_for(
+        "every connection subscribed",
+        Duration::from_secs(15),
+        || {
+            let connected = metrics.mqtt_connected.get() == connections as i64;
+            async move { connected.then_some(()) }
+        },
+    )
+    .await;
 
     server.stop_server();
     let base_ts: chrono::DateTime<chrono::Utc> = "2025-06-01T00:00:00Z".parse().unwrap();
@@ -288,7 +312,6 @@ async fn messages_wait_with_the_broker_while_redis_is_down() {
         .collect();
     publish(&messages).await;
     // The source received them, could not append them and dropped its session unacknowledged.
-    let metrics = t.metrics();
     wait_for(
         "the source to fail an append",
         Duration::from_secs(30),
@@ -386,13 +409,7 @@ async fn kill_9_while_a_qos1_publisher_runs_loses_and_doubles_nothing() {
         Duration::from_secs(60),
     )
     .await;
-    assert_aggregates_exact(
-        &pg,
-        &sensorhub::Config::from_lookup(|_| None)
-            .unwrap()
-            .resolutions,
-    )
-    .await;
+    assert_aggregates_exact(&pg, &default_resolutions()).await;
     assert!(
         connected(&hub).await,
         "the restarted instance took the session over"

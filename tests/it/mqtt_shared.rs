@@ -70,6 +70,32 @@ async fn publish_steadily(port: u16, messages: Vec<(String, Vec<u8>)>, pause: Du
     }
 }
 
+/// SIGTERM, and a graceful exit within 30 s.
+async fn stop_gracefully(hub: &mut Sensorhub) {
+    let status = hub.terminate(Duration::from_secs(30)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "a graceful stop: {status:?}\n{}",
+        hub.logs()
+    );
+}
+
+/// Waits until the Redis key `key` is gone (what the test waits for: `what`).
+async fn wait_gone(redis: &redis::aio::MultiplexedConnection, key: &str, what: &str) {
+    wait_for(what, Duration::from_secs(20), || {
+        let mut redis = redis.clone();
+        async move {
+            let found: bool = redis::cmd("EXISTS")
+                .arg(key)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            (!found).then_some(())
+        }
+    })
+    .await;
+}
+
 async fn wait_connected(hub: &Sensorhub, connections: f64) {
     hub.wait_for_metric(CONNECTED, connections, Duration::from_secs(20))
         .await;
@@ -79,28 +105,27 @@ async fn wait_connected(hub: &Sensorhub, connections: f64) {
 /// would be a duplicate the store skips, a lost one is missing), and the aggregates exact.
 async fn assert_stored_once(res: &Resources, published: i64) {
     let pg = pg_client(&res.database_url).await;
+    assert_settles_at(&pg, published, "every message stored once").await;
+    assert_aggregates_exact(&pg, &default_resolutions()).await;
+}
+
+/// Waits until `readings` holds `n` rows, and asserts it still holds exactly `n` a while later:
+/// nothing missing, no extra copies arriving late.
+async fn assert_settles_at(pg: &tokio_postgres::Client, n: i64, what: &str) {
     wait_for_count(
-        &pg,
+        pg,
         "SELECT count(*) FROM readings",
-        published,
+        n,
         Duration::from_secs(120),
     )
     .await;
-    // Nothing more arrives after a while: no extra copies either.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let stored: i64 = pg
         .query_one("SELECT count(*) FROM readings", &[])
         .await
         .unwrap()
         .get(0);
-    assert_eq!(stored, published, "every message stored once");
-    assert_aggregates_exact(
-        &pg,
-        &sensorhub::Config::from_lookup(|_| None)
-            .unwrap()
-            .resolutions,
-    )
-    .await;
+    assert_eq!(stored, n, "{what}");
 }
 
 /// Three instances in one shared subscription, 100,000 QoS 1 messages: each instance stores a
@@ -177,12 +202,7 @@ async fn an_instance_stopped_for_good_leaves_its_share_to_the_others() {
         },
     )
     .await;
-    let status = leaving.terminate(Duration::from_secs(30)).await;
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "a graceful stop: {status:?}\n{}",
-        leaving.logs()
-    );
+    stop_gracefully(&mut leaving).await;
     let logs = leaving.logs();
     assert!(
         logs.contains("left the shared subscription; every message received is appended"),
@@ -224,8 +244,7 @@ async fn the_last_member_stopped_keeps_its_subscription_and_misses_nothing() {
     let mut hub = Sensorhub::spawn(&env).await;
     wait_connected(&hub, 1.0).await;
     publish_to(broker.port, &readings(&base, 0, 500)).await;
-    let status = hub.terminate(Duration::from_secs(30)).await;
-    assert!(status.is_some_and(|s| s.success()), "{}", hub.logs());
+    stop_gracefully(&mut hub).await;
     assert!(
         hub.logs().contains("last member"),
         "the stop says why it stays subscribed:\n{}",
@@ -295,38 +314,15 @@ async fn switching_modes_back_and_forth_stores_untimed_readings_once() {
     let redis = redis_conn(REDIS_URL).await;
     let lease_record = format!("{}:mqtt-subscriptions", res.stream);
     let members = format!("{}:mqtt-members", res.stream);
-    let exists = |key: String| {
-        let mut redis = redis.clone();
-        async move {
-            let found: bool = redis::cmd("EXISTS")
-                .arg(key)
-                .query_async(&mut redis)
-                .await
-                .unwrap();
-            found
-        }
-    };
 
     let mut hub = Sensorhub::spawn(&instance_env(&res, broker.port, &base, "sw", false, 1)).await;
     wait_connected(&hub, 1.0).await;
     let pg = pg_client(&res.database_url).await;
-    assert!(
-        hub.terminate(Duration::from_secs(30))
-            .await
-            .is_some_and(|s| s.success())
-    );
+    stop_gracefully(&mut hub).await;
 
     let mut hub = Sensorhub::spawn(&instance_env(&res, broker.port, &base, "sw", true, 1)).await;
     wait_connected(&hub, 1.0).await;
-    wait_for(
-        "the lease's session retired",
-        Duration::from_secs(20),
-        || {
-            let exists = exists(lease_record.clone());
-            async move { (!exists.await).then_some(()) }
-        },
-    )
-    .await;
+    wait_gone(&redis, &lease_record, "the lease's session retired").await;
     publish_to(broker.port, &untimed(0, 500)).await;
     wait_for_count(
         &pg,
@@ -335,43 +331,14 @@ async fn switching_modes_back_and_forth_stores_untimed_readings_once() {
         Duration::from_secs(30),
     )
     .await;
-    assert!(
-        hub.terminate(Duration::from_secs(30))
-            .await
-            .is_some_and(|s| s.success())
-    );
+    stop_gracefully(&mut hub).await;
 
     let hub = Sensorhub::spawn(&instance_env(&res, broker.port, &base, "sw", false, 1)).await;
     wait_connected(&hub, 1.0).await;
-    wait_for(
-        "the shared members retired",
-        Duration::from_secs(20),
-        || {
-            let exists = exists(members.clone());
-            async move { (!exists.await).then_some(()) }
-        },
-    )
-    .await;
+    wait_gone(&redis, &members, "the shared members retired").await;
     publish_to(broker.port, &untimed(500, 500)).await;
-    wait_for_count(
-        &pg,
-        "SELECT count(*) FROM readings",
-        1_000,
-        Duration::from_secs(30),
-    )
-    .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let stored: i64 = pg
-        .query_one("SELECT count(*) FROM readings", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(
-        stored,
-        1_000,
-        "each untimed reading stored once\n{}",
-        hub.logs()
-    );
+    let what = format!("each untimed reading stored once\n{}", hub.logs());
+    assert_settles_at(&pg, 1_000, &what).await;
 }
 
 /// Fewer connections after a restart: the members beyond the new count are retired (their
@@ -386,11 +353,7 @@ async fn members_beyond_a_lowered_connection_count_are_retired_with_what_they_he
         Sensorhub::spawn(&instance_env(&res, broker.port, &base, "shrunk", true, 3)).await;
     wait_connected(&hub, 3.0).await;
     publish_to(broker.port, &readings(&base, 0, 600)).await;
-    assert!(
-        hub.terminate(Duration::from_secs(30))
-            .await
-            .is_some_and(|s| s.success())
-    );
+    stop_gracefully(&mut hub).await;
     // While no instance runs, the three sessions queue their turns.
     publish_to(broker.port, &readings(&base, 600, 600)).await;
     let hub = Sensorhub::spawn(&instance_env(&res, broker.port, &base, "shrunk", true, 1)).await;

@@ -140,13 +140,8 @@ async fn kill_9_at_random_moments_loses_and_doubles_nothing() {
         late_every: 25,
     };
     let producer = tokio::spawn(produce(REDIS_URL.into(), res.stream.clone(), load));
-    let mut rng = Rng::new(0x9e37_79b9);
-    for kill in 0..5 {
-        tokio::time::sleep(Duration::from_millis(300 + rng.below(1200))).await;
-        hub.kill9();
-        eprintln!("kill -9 #{kill}");
-        hub = Sensorhub::spawn(&env).await;
-    }
+    hub.kill_and_restart(&env, 5, &mut Rng::new(0x9e37_79b9), 1200)
+        .await;
     let produced = producer.await.unwrap();
     let redis = redis_conn(REDIS_URL).await;
     wait_drained(&redis, &res.stream, "sensorhub", &produced.last_id).await;

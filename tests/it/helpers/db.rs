@@ -12,6 +12,14 @@ pub async fn pg_client(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// The resolutions sensorhub aggregates into by default (those of a process started without
+/// `SENSORHUB_RESOLUTIONS`).
+pub fn default_resolutions() -> Vec<sensorhub::domain::Resolution> {
+    sensorhub::Config::from_lookup(|_| None)
+        .expect("defaults are valid")
+        .resolutions
+}
+
 /// Asserts that every aggregate row equals the `GROUP BY` recomputation over `readings` —
 /// `increase` the sum of the steps `lag()` gives — and that no window is missing or extra.
 pub async fn assert_aggregates_exact(

@@ -97,6 +97,23 @@ impl Sensorhub {
         let _ = self.child.wait();
     }
 
+    /// `kills` times: waits 300 ms plus up to `spread_ms` more (drawn from `rng`), then kill -9
+    /// and a restart with `env`.
+    pub async fn kill_and_restart(
+        &mut self,
+        env: &[(&str, String)],
+        kills: u32,
+        rng: &mut super::Rng,
+        spread_ms: u64,
+    ) {
+        for kill in 0..kills {
+            tokio::time::sleep(Duration::from_millis(300 + rng.below(spread_ms))).await;
+            self.kill9();
+            eprintln!("kill -9 #{kill}");
+            *self = Self::spawn(env).await;
+        }
+    }
+
     /// SIGTERM, then waits up to `timeout` for the exit.
     pub async fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let _ = Command::new("kill")
