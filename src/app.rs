@@ -289,6 +289,9 @@ async fn open_database(config: &mut Config, metrics: &Arc<Metrics>) -> anyhow::R
             Arc::clone(metrics),
         ));
     }
+    if let Some(after) = config.compact_after {
+        actix_web::rt::spawn(compaction_loop(pool.clone(), after, Arc::clone(metrics)));
+    }
     Ok(Database {
         pool,
         write_pool,
@@ -435,6 +438,32 @@ async fn retention_loop(
                 record_retention(&report, &partitions, &metrics);
             }
             Err(error) => tracing::warn!(%error, "retention failed; it runs again later"),
+        }
+    }
+}
+
+/// How often compaction looks for closed partitions: a partition is compacted soon after it
+/// becomes old enough.
+const COMPACTION_EVERY: Duration = Duration::from_secs(600);
+
+/// Compacts closed partitions now and every [`COMPACTION_EVERY`] (one instance at a time).
+async fn compaction_loop(pool: deadpool_postgres::Pool, after: Duration, metrics: Arc<Metrics>) {
+    let mut every = tokio::time::interval(COMPACTION_EVERY);
+    loop {
+        every.tick().await;
+        let run = async {
+            let mut client = pool.get().await?;
+            store::compaction::run_once(&mut client, after, chrono::Utc::now()).await
+        };
+        match run.await {
+            Ok(None) => tracing::debug!("compaction runs on another instance"),
+            Ok(Some(done)) => {
+                for compacted in &done {
+                    metrics.compacted_partitions.inc();
+                    metrics.compacted_readings.inc_by(compacted.readings);
+                }
+            }
+            Err(error) => tracing::warn!(%error, "compaction failed; it runs again later"),
         }
     }
 }

@@ -1,9 +1,9 @@
 //! The `sensorhub` binary: `serve` (the default) runs the service; `healthcheck` exits 0 when the
 //! local instance is ready (for a container `HEALTHCHECK`, no curl needed); `simulate` publishes
-//! demo sensor readings; `dead-letters` lists, counts, replays and purges the dead letters; `export` streams readings or windows as CSV or NDJSON; `delete` deletes readings in a range. Configuration comes from `SENSORHUB_*` variables (see the README).
+//! demo sensor readings; `dead-letters` lists, counts, replays and purges the dead letters; `export` streams readings or windows as CSV or NDJSON; `delete` deletes readings in a range; `compact` compacts closed partitions now. Configuration comes from `SENSORHUB_*` variables (see the README).
 
 use clap::{Parser, Subcommand};
-use sensorhub::cli::ops::{healthcheck, rename_stream};
+use sensorhub::cli::ops::{compact, healthcheck, rename_stream};
 use sensorhub::cli::simulate::{self, Simulation, Via};
 use sensorhub::{Application, Config, telemetry};
 
@@ -60,6 +60,9 @@ enum Command {
     Export(sensorhub::cli::export::Args),
     /// Delete readings in [from, to), as POST /api/v1/delete does.
     Delete(sensorhub::cli::delete::Args),
+    /// Compact now the partitions older than SENSORHUB_COMPACT_AFTER, as the service does every
+    /// ten minutes; prints each partition, its readings and the rows written.
+    Compact,
     /// Rename SENSORHUB_STREAM and every key beside it (dead letters, ledger, leases), e.g. to
     /// give them a hash tag before moving to a Redis Cluster. Stop every instance first.
     RenameStream {
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
             run_tool(async { sensorhub::cli::export::run(&config, args).await.map(drop) })
         }
         Command::Delete(args) => run_tool(sensorhub::cli::delete::run(&config, args)),
+        Command::Compact => run_tool(compact(&config)),
         Command::Healthcheck => healthcheck(config.http_addr),
         Command::Simulate {
             sensors,

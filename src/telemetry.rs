@@ -45,6 +45,10 @@ pub struct Metrics {
     pub retention_aggregates_deleted: IntCounterVec,
     /// The retention horizon, Unix seconds: raw readings before it are gone (0: none dropped).
     pub retention_horizon: Gauge,
+    /// Partitions of `readings` compacted.
+    pub compacted_partitions: IntCounter,
+    /// Readings moved into compacted rows.
+    pub compacted_readings: IntCounter,
     /// Requests refused for a missing or wrong token, by `scope` (`api`, `ingest`).
     pub unauthorized_requests: IntCounterVec,
     /// Readings skipped because `(sensor_id, ts)` was already stored or repeated in the batch.
@@ -179,6 +183,14 @@ impl Metrics {
             retention_horizon: float_gauge(
                 "sensorhub_retention_horizon_timestamp_seconds",
                 "The retention horizon: raw readings before it were dropped and are refused (0: nothing dropped).",
+            ),
+            compacted_partitions: counter(
+                "sensorhub_compaction_partitions_total",
+                "Partitions of readings compacted into one row per sensor and day (SENSORHUB_COMPACT_AFTER).",
+            ),
+            compacted_readings: counter(
+                "sensorhub_compaction_readings_total",
+                "Readings moved into compacted rows.",
             ),
             unauthorized_requests: counter_vec(
                 "sensorhub_http_unauthorized_total",

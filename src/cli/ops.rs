@@ -55,3 +55,29 @@ pub fn healthcheck(mut addr: SocketAddr) -> ExitCode {
         }
     }
 }
+
+/// `sensorhub compact`: compacts now, once, what the service's own runs would
+/// (`SENSORHUB_COMPACT_AFTER`), printing a line per partition: its name, the readings moved and
+/// the compacted rows written.
+pub async fn compact(config: &Config) -> anyhow::Result<()> {
+    let Some(after) = config.compact_after else {
+        anyhow::bail!(
+            "SENSORHUB_COMPACT_AFTER is off: set it to how old a partition must be (e.g. 7d)"
+        );
+    };
+    let pool = crate::store::connect(config.database_url.expose(), 1).await?;
+    crate::store::migrate(&pool).await?;
+    let mut client = pool.get().await?;
+    match crate::store::compaction::run_once(&mut client, after, chrono::Utc::now()).await? {
+        None => anyhow::bail!("another instance is compacting; nothing done"),
+        Some(done) => {
+            for compacted in done {
+                println!(
+                    "{}\t{}\t{}",
+                    compacted.partition, compacted.readings, compacted.rows
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -216,6 +216,26 @@ impl Env<'_> {
         Ok(timeout)
     }
 
+    /// When closed partitions are compacted: a duration of at least an hour, or `off` (also
+    /// empty).
+    pub(super) fn compact_after(
+        &self,
+        name: &'static str,
+    ) -> Result<Option<Duration>, ConfigError> {
+        let value = self.text(name);
+        match value.trim() {
+            "" | "off" => Ok(None),
+            text => match humantime::parse_duration(text) {
+                Ok(after) if after >= Duration::from_secs(3600) => Ok(Some(after)),
+                _ => Err(Self::error(
+                    name,
+                    &value,
+                    "a duration of at least 1h such as 7d, or off",
+                )),
+            },
+        }
+    }
+
     /// A retention: a duration, or `forever` (also empty).
     pub(super) fn retention(&self, name: &'static str) -> Result<Option<Duration>, ConfigError> {
         let value = self.text(name);

@@ -119,6 +119,8 @@ pub struct Config {
     pub partition: Duration,
     /// How long raw readings and aggregates are kept.
     pub retention: Retention,
+    /// Partitions whose range ended longer ago than this are compacted (`None`: never).
+    pub compact_after: Option<Duration>,
     pub stream_tail: usize,
     pub dead_letter_maxlen: usize,
     /// Most bytes of original payloads kept as dead letters: what bounds their memory in Redis.
@@ -249,6 +251,7 @@ impl Config {
                 raw: env.retention("SENSORHUB_RETENTION_RAW")?,
                 aggregates: env.aggregate_retention("SENSORHUB_RETENTION_AGGREGATES")?,
             },
+            compact_after: env.compact_after("SENSORHUB_COMPACT_AFTER")?,
             stream_tail: env.number("SENSORHUB_STREAM_TAIL", 0, 10_000_000)?,
             dead_letter_maxlen: env.number("SENSORHUB_DEAD_LETTER_MAXLEN", 1, 100_000_000)?,
             dead_letter_max_bytes: env.number("SENSORHUB_DEAD_LETTER_MAX_BYTES", 1024, 1 << 40)?,

@@ -188,6 +188,11 @@ pub const VARIABLES: &[Variable] = &[
         meaning: "how long raw readings are kept (older ones refused)",
     },
     Variable {
+        name: "SENSORHUB_COMPACT_AFTER",
+        default: "off",
+        meaning: "partitions of `readings` older than this (at least 1h, e.g. `7d`) are rewritten as one compressed row per sensor and day",
+    },
+    Variable {
         name: "SENSORHUB_RETENTION_AGGREGATES",
         default: "forever",
         meaning: "how long aggregates are kept, per resolution: `1m:400d,1h:forever`",

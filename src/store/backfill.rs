@@ -209,7 +209,11 @@ async fn backfill(
         Some(from) => from.timestamp(),
         None => {
             let oldest: Option<DateTime<Utc>> = client
-                .query_one("SELECT min(ts) FROM readings", &[])
+                .query_one(
+                    "SELECT least((SELECT min(ts) FROM readings_hot),
+                                  (SELECT min(first_ts) FROM readings_compact))",
+                    &[],
+                )
                 .await?
                 .get(0);
             match oldest {
@@ -226,10 +230,7 @@ async fn backfill(
         recompute(client, resolution, name, begin, end).await?;
         spans += 1;
         // On to the span of the next stored reading: spans without readings hold no windows.
-        let next: Option<DateTime<Utc>> = client
-            .query_one("SELECT min(ts) FROM readings WHERE ts >= $1", &[&at(end)])
-            .await?
-            .get(0);
+        let next: Option<DateTime<Utc>> = client.query_one(NEXT_READING, &[&at(end)]).await?.get(0);
         let horizon = Utc::now() + TimeDelta::from_std(max_future_skew).unwrap_or_default();
         match next {
             Some(next) if next <= horizon => begin = next.timestamp().div_euclid(span) * span,
@@ -242,6 +243,14 @@ async fn backfill(
     tracing::info!(%resolution, spans, "backfill done: every window equals the raw readings");
     Ok(())
 }
+
+/// The time of the next stored reading at or after `$1`, or of the compacted day holding it (at
+/// most a day early: the span found is then recomputed without finding a reading, which is
+/// harmless), so that spans without readings are skipped without unpacking compacted days.
+const NEXT_READING: &str = "
+SELECT least((SELECT min(ts) FROM readings_hot WHERE ts >= $1),
+             (SELECT greatest(min(day), $1) FROM readings_compact
+              WHERE day > $1 - interval '24 hours' AND last_ts >= $1))";
 
 fn at(seconds: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(seconds, 0).unwrap_or_default()
@@ -281,11 +290,9 @@ async fn recompute(
          FROM (SELECT sensor_id, ts, value,
                       coalesce(lag(value) OVER (PARTITION BY sensor_id ORDER BY ts),
                                CASE WHEN row_number() OVER (PARTITION BY sensor_id ORDER BY ts) = 1
-                                    THEN (SELECT p.value FROM readings p
-                                          WHERE p.sensor_id = r.sensor_id AND p.ts < $2
-                                          ORDER BY p.ts DESC LIMIT 1) END) AS previous
-               FROM readings r
-               WHERE ts >= $2 AND ts < $3) spanned
+                                    THEN (SELECT p.value FROM sensorhub_before(r.sensor_id, $2) p)
+                               END) AS previous
+               FROM sensorhub_range($2, $3) r) spanned
          GROUP BY sensor_id, 3",
         &[&label, &begin, &end, &width],
     )

@@ -132,14 +132,7 @@ async fn delete_one(
     let id = deletion.sensor_id.as_str();
     let from = deletion.from.map(PgTimestamp::from);
     let to = deletion.to.map(PgTimestamp::from);
-    let readings = tx
-        .execute(
-            "DELETE FROM readings WHERE sensor_id = $1
-               AND ts >= coalesce($2::timestamptz, '-infinity')
-               AND ts < coalesce($3::timestamptz, 'infinity')",
-            &[&id, &from, &to],
-        )
-        .await?;
+    let readings = delete_readings(tx, id, from, to).await?;
     // Windows wholly inside the range go; the ones it cuts, and the one of the first reading
     // after it, are recomputed.
     tx.execute(
@@ -162,12 +155,9 @@ async fn delete_one(
     }
     let left = tx
         .execute(
-            "UPDATE sensors s SET first_seen = b.first_ts, last_seen = b.last_ts,
-                                  last_value = (SELECT value FROM readings
-                                                WHERE sensor_id = $1 AND ts = b.last_ts)
-             FROM (SELECT min(ts) AS first_ts, max(ts) AS last_ts FROM readings
-                   WHERE sensor_id = $1) b
-             WHERE s.sensor_id = $1 AND b.last_ts IS NOT NULL",
+            "UPDATE sensors s SET first_seen = f.ts, last_seen = l.ts, last_value = l.value
+             FROM sensorhub_after($1, '-infinity') f, sensorhub_before($1, 'infinity') l
+             WHERE s.sensor_id = $1",
             &[&id],
         )
         .await?;
@@ -187,4 +177,62 @@ async fn delete_one(
         readings,
         emptied,
     })
+}
+
+/// Deletes one sensor's readings in `[from, to)` from both stores: compacted days wholly inside
+/// the range as rows, the (at most two) it cuts taken apart first, then the hot rows. Counted
+/// again until nothing of the range is left, as a compaction running meanwhile may have moved
+/// readings from one store to the other between two statements.
+async fn delete_readings(
+    tx: &deadpool_postgres::Transaction<'_>,
+    id: &str,
+    from: Option<PgTimestamp>,
+    to: Option<PgTimestamp>,
+) -> Result<u64, StoreError> {
+    const RANGE: &str =
+        "coalesce($2::timestamptz, '-infinity'), coalesce($3::timestamptz, 'infinity')";
+    let mut deleted = 0u64;
+    for _ in 0..5 {
+        let whole: i64 = tx
+            .query_one(
+                "WITH gone AS (
+                     DELETE FROM readings_compact
+                     WHERE sensor_id = $1 AND day >= coalesce($2::timestamptz, '-infinity')
+                       AND day + interval '24 hours' <= coalesce($3::timestamptz, 'infinity')
+                     RETURNING count)
+                 SELECT coalesce(sum(count), 0)::int8 FROM gone",
+                &[&id, &from, &to],
+            )
+            .await?
+            .get(0);
+        tx.execute(
+            &format!(
+                "SELECT sensorhub_expand(array_agg(sensor_id), array_agg(day))
+                 FROM readings_compact c, (SELECT {RANGE}) AS r(lo, hi)
+                 WHERE c.sensor_id = $1 AND c.day > r.lo - interval '24 hours' AND c.day < r.hi"
+            ),
+            &[&id, &from, &to],
+        )
+        .await?;
+        let hot = tx
+            .execute(
+                "DELETE FROM readings_hot WHERE sensor_id = $1
+                   AND ts >= coalesce($2::timestamptz, '-infinity')
+                   AND ts < coalesce($3::timestamptz, 'infinity')",
+                &[&id, &from, &to],
+            )
+            .await?;
+        deleted += whole as u64 + hot;
+        let left: bool = tx
+            .query_one(
+                &format!("SELECT EXISTS (SELECT 1 FROM sensorhub_span($1, {RANGE}))"),
+                &[&id, &from, &to],
+            )
+            .await?
+            .get(0);
+        if !left {
+            return Ok(deleted);
+        }
+    }
+    Err(StoreError::Contended)
 }

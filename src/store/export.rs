@@ -105,15 +105,18 @@ impl Export {
     /// The cursor's query and whether its rows are windows.
     fn query(&self) -> String {
         match &self.windows {
+            // Each sensor's span read from both stores, unpacking only the compacted days in
+            // the range.
             None => format!(
-                "SELECT sensor_id, ts, value FROM readings
-                 WHERE sensor_id = ANY($1::text[])
-                   AND ts >= coalesce($2::timestamptz, '-infinity')
-                   AND ts <= coalesce($3::timestamptz, 'infinity')
+                "SELECT s.id, r.ts, r.value
+                 FROM (SELECT DISTINCT id COLLATE \"C\" AS id FROM unnest($1::text[]) AS u(id)) s
+                 CROSS JOIN LATERAL sensorhub_span(
+                     s.id, coalesce($2::timestamptz, '-infinity'),
+                     coalesce($3::timestamptz, 'infinity') + interval '1 microsecond') r
                  ORDER BY {}",
                 match self.layout {
-                    Layout::Long => "sensor_id, ts",
-                    Layout::Wide => "ts, sensor_id",
+                    Layout::Long => "s.id, r.ts",
+                    Layout::Wide => "r.ts, s.id",
                 }
             ),
             Some(_) => format!(

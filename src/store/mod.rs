@@ -4,6 +4,7 @@
 
 pub mod backfill;
 pub mod batch;
+pub mod compaction;
 pub mod deletion;
 pub mod deployment;
 mod encode;

@@ -26,7 +26,7 @@ SELECT c.relname::text,
 FROM pg_inherits i
 JOIN pg_class c ON c.oid = i.inhrelid
 CROSS JOIN LATERAL regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \\((.*)\\) TO \\((.*)\\)') AS b
-WHERE i.inhparent = 'readings'::regclass";
+WHERE i.inhparent = 'readings_hot'::regclass";
 
 /// One partition's range, `[lower, upper)`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,7 +118,7 @@ impl Partitions {
             }
             let range = self.range_for(ts, &known);
             tx.batch_execute(&format!(
-                "CREATE TABLE IF NOT EXISTS \"{}\" PARTITION OF readings FOR VALUES FROM ('{}') TO ('{}')",
+                "CREATE TABLE IF NOT EXISTS \"{}\" PARTITION OF readings_hot FOR VALUES FROM ('{}') TO ('{}')",
                 range.name,
                 range.lower.map_or("MINVALUE".into(), |t| t.to_rfc3339()),
                 range.upper.map_or("MAXVALUE".into(), |t| t.to_rfc3339()),

@@ -15,6 +15,7 @@ use crate::domain::{Origin, Reading, Resolution};
 use crate::store::StoreError;
 use crate::store::encode::PgTimestamp;
 use crate::store::sql;
+use chrono::{DateTime, Utc};
 
 /// What a batch's stored keys get under `keep_last`.
 #[derive(Default)]
@@ -95,9 +96,18 @@ pub async fn apply(
     let times: Vec<PgTimestamp> = all().map(|(r, _)| r.ts.into()).collect();
     let values: Vec<f64> = all().map(|(r, _)| r.value).collect();
     let origins: Vec<&[u8]> = all().map(|(_, o)| &o[..]).collect();
+    // A compacted day is taken apart first: its readings change in readings_hot.
+    let days: Vec<PgTimestamp> = all().map(|(r, _)| utc_day(r.ts).into()).collect();
+    let expand = tx.prepare_cached(sql::EXPAND).await?;
+    tx.execute(&expand, &[&ids, &days]).await?;
     let update = tx.prepare_cached(sql::REPLACE_VALUES).await?;
-    tx.execute(&update, &[&ids, &times, &values, &origins])
+    let updated = tx
+        .execute(&update, &[&ids, &times, &values, &origins])
         .await?;
+    if updated != ids.len() as u64 {
+        // A compaction moved a day between the two statements: redone, the batch finds it.
+        return Err(StoreError::Contended);
+    }
     let n = replacing.replaced.len();
     if n > 0 {
         let latest = tx.prepare_cached(sql::REPLACE_LAST_VALUES).await?;
@@ -134,4 +144,10 @@ pub async fn move_windows(
         .query_one(&query, &[&ids, &times, &olds, &labels])
         .await?;
     Ok(row.get::<_, Option<i64>>(0).unwrap_or(0).max(0) as u64)
+}
+
+/// The UTC midnight starting the day of `ts`: the span of a compacted row.
+pub(crate) fn utc_day(ts: DateTime<Utc>) -> DateTime<Utc> {
+    let micros = ts.timestamp_micros();
+    DateTime::from_timestamp_micros(micros - micros.rem_euclid(86_400_000_000)).unwrap_or(ts)
 }

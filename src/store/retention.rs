@@ -30,6 +30,8 @@ pub struct Report {
     pub horizon: Option<DateTime<Utc>>,
     /// Aggregate rows deleted, by resolution.
     pub aggregates_deleted: Vec<(String, u64)>,
+    /// Compacted rows (a sensor's day) deleted or cut at the horizon with the partitions.
+    pub compacted_rows_deleted: u64,
 }
 
 /// Applies `retention` as of `now`. `None` when another instance is running it.
@@ -68,6 +70,7 @@ pub async fn run_once(
                     .await?;
                 report.dropped.push(range.name.clone());
             }
+            report.compacted_rows_deleted = drop_compacted(&tx, horizon).await?;
         }
         report.horizon = Some(partition::load_horizon(&tx).await?);
     }
@@ -96,6 +99,42 @@ pub async fn run_once(
         report.aggregates_deleted.push((label, deleted));
     }
     Ok(Some(report))
+}
+
+/// The compacted days before `horizon` go with the partitions: wholly before it, the row; cut by
+/// it (a partition narrower than a day), the points before it.
+async fn drop_compacted(
+    tx: &tokio_postgres::Transaction<'_>,
+    horizon: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    let whole = tx
+        .execute(
+            "DELETE FROM readings_compact WHERE day < $1 AND last_ts < $1",
+            &[&horizon],
+        )
+        .await?;
+    let cut = tx
+        .execute(
+            "WITH kept AS (
+                 SELECT c.sensor_id, c.day, array_agg(u.ts ORDER BY u.ts) AS ts,
+                        array_agg(u.value ORDER BY u.ts) AS value,
+                        CASE WHEN count(u.origin) > 0 THEN array_agg(u.origin ORDER BY u.ts) END AS origin
+                 FROM readings_compact c
+                 CROSS JOIN LATERAL unnest(c.ts, c.value, c.origin) AS u(ts, value, origin)
+                 WHERE c.day > $1::timestamptz - interval '24 hours' AND c.day < $1
+                   AND c.first_ts < $1 AND u.ts >= $1
+                 GROUP BY 1, 2
+             )
+             UPDATE readings_compact c
+             SET count = cardinality(k.ts), first_ts = k.ts[1], first_value = k.value[1],
+                 last_ts = k.ts[cardinality(k.ts)], last_value = k.value[cardinality(k.ts)],
+                 ts = k.ts, value = k.value, origin = k.origin
+             FROM kept k
+             WHERE c.sensor_id = k.sensor_id AND c.day = k.day",
+            &[&horizon],
+        )
+        .await?;
+    Ok(whole + cut)
 }
 
 #[cfg(test)]

@@ -4,27 +4,33 @@
 
 /// Raw readings, as a binary COPY: only readings found not stored under the batch's sensor locks,
 /// so a unique violation (SQLSTATE 23505) means a writer that does not take them.
-pub const COPY_READINGS: &str = "COPY readings (sensor_id, ts, value) FROM STDIN (FORMAT binary)";
+pub const COPY_READINGS: &str =
+    "COPY readings_hot (sensor_id, ts, value) FROM STDIN (FORMAT binary)";
 
 /// [`COPY_READINGS`] with each reading's stream position (`keep_last`).
 pub const COPY_READINGS_WITH_ORIGIN: &str =
-    "COPY readings (sensor_id, ts, value, origin) FROM STDIN (FORMAT binary)";
+    "COPY readings_hot (sensor_id, ts, value, origin) FROM STDIN (FORMAT binary)";
 
 /// What deletions of a batch's sensors covered: a reading in one of the ranges from a stream
 /// position up to `through` was deleted, and is not stored again when re-read.
 pub const DELETIONS_OF: &str = "
 SELECT sensor_id, from_ts, to_ts, through FROM deletions WHERE sensor_id = ANY($1::text[])";
 
-/// The stream positions of stored readings (`keep_last`), by the position in the arrays.
+/// The stream positions of stored readings (`keep_last`), by the position in the arrays, from
+/// both stores (`sql/V12__compaction.sql`).
 pub const STORED_ORIGINS: &str = "
 SELECT k.position, r.origin
 FROM unnest($1::text[], $2::timestamptz[]) WITH ORDINALITY AS k(sensor_id, ts, position)
-JOIN readings r ON r.sensor_id = k.sensor_id AND r.ts = k.ts";
+CROSS JOIN LATERAL sensorhub_span(k.sensor_id, k.ts, k.ts + interval '1 microsecond') r";
+
+/// The compacted days of the given sensors taken apart into `readings_hot` before their
+/// readings are changed there (`sql/V12__compaction.sql`): sensors, days.
+pub const EXPAND: &str = "SELECT sensorhub_expand($1::text[], $2::timestamptz[])";
 
 /// Stored readings given a value from a later stream position (or the same value, with the later
 /// position: a value sent again must not lose to one sent between).
 pub const REPLACE_VALUES: &str = "
-UPDATE readings r SET value = u.value, origin = u.origin
+UPDATE readings_hot r SET value = u.value, origin = u.origin
 FROM unnest($1::text[], $2::timestamptz[], $3::float8[], $4::bytea[]) AS u(sensor_id, ts, value, origin)
 WHERE r.sensor_id = u.sensor_id AND r.ts = u.ts";
 
@@ -64,18 +70,12 @@ ON CONFLICT (sensor_id) DO NOTHING
 RETURNING sensor_id";
 
 /// The stored readings around each given `(sensor_id, ts)`: the latest before it and the earliest
-/// at or after it (at it: stored already), by the position in the arrays.
+/// at or after it (at it: stored already), by the position in the arrays; hot and compacted.
 pub const NEIGHBOURS: &str = "
 SELECT k.position, b.ts, b.value, a.ts, a.value
 FROM unnest($1::text[], $2::timestamptz[]) WITH ORDINALITY AS k(sensor_id, ts, position)
-LEFT JOIN LATERAL (
-    SELECT ts, value FROM readings r
-    WHERE r.sensor_id = k.sensor_id AND r.ts < k.ts
-    ORDER BY r.ts DESC LIMIT 1) b ON true
-LEFT JOIN LATERAL (
-    SELECT ts, value FROM readings r
-    WHERE r.sensor_id = k.sensor_id AND r.ts >= k.ts
-    ORDER BY r.ts LIMIT 1) a ON true";
+LEFT JOIN LATERAL sensorhub_before(k.sensor_id, k.ts) b ON true
+LEFT JOIN LATERAL sensorhub_after(k.sensor_id, k.ts) a ON true";
 
 /// Adds to the `increase` of stored windows: those of stored readings whose step a new reading
 /// before them changed. A window not stored yet (of a resolution still being backfilled) is
@@ -139,14 +139,12 @@ ORDER BY sensor_id";
 pub const GET_SENSOR: &str = "
 SELECT sensor_id, unit, first_seen, last_seen, last_value FROM sensors WHERE sensor_id = $1";
 
-/// Raw readings of a sensor, newest first, `from` and `to` inclusive (null: unbounded).
+/// Raw readings of a sensor, newest first, `from` and `to` inclusive (null: unbounded), reading
+/// only the compacted days that can hold them.
 pub const SENSOR_READINGS: &str = "
-SELECT ts, value FROM readings
-WHERE sensor_id = $1
-  AND ts >= coalesce($2::timestamptz, '-infinity')
-  AND ts <= coalesce($3::timestamptz, 'infinity')
-ORDER BY ts DESC
-LIMIT $4";
+SELECT ts, value FROM sensorhub_newest($1, coalesce($2::timestamptz, '-infinity'),
+                                       coalesce($3::timestamptz, 'infinity') + interval '1 microsecond',
+                                       $4)";
 
 /// A sensor's windows from `sensorhub_windows` (sensor, from, to, window, zone, fill), newest
 /// first, with the zone's UTC offset in seconds at each window's start and end.

@@ -83,7 +83,7 @@ async fn ranges_whole_sensors_and_partitions_follow_exactly() {
     let last = load(&mut t, "d2", start, step, n).await;
     t.wait_drained(&last).await;
     let partitions_before = t
-        .count("SELECT count(*) FROM pg_inherits WHERE inhparent = 'readings'::regclass")
+        .count("SELECT count(*) FROM pg_inherits WHERE inhparent = 'readings_hot'::regclass")
         .await;
     assert!(partitions_before >= 3, "{partitions_before} partitions");
 

@@ -208,14 +208,14 @@ async fn a_thousand_and_more_entries_in_one_millisecond_are_never_silent_duplica
     t.stop().await;
 }
 
-/// Holds `LOCK TABLE readings` in a transaction of its own until dropped (or `release`d), so that
+/// Holds `LOCK TABLE readings_hot` in a transaction of its own until dropped (or `release`d), so that
 /// sensorhub's writes stall.
 struct ReadingsLocked(tokio_postgres::Client);
 
 impl ReadingsLocked {
     async fn take(url: &str) -> Self {
         let db = pg_client(url).await;
-        db.batch_execute("BEGIN; LOCK TABLE readings IN EXCLUSIVE MODE")
+        db.batch_execute("BEGIN; LOCK TABLE readings_hot IN EXCLUSIVE MODE")
             .await
             .unwrap();
         Self(db)

@@ -35,9 +35,9 @@ async fn ten_million_readings_export_in_flat_memory_and_read_back_equal() {
     wait_ready_status(hub.port, 200, std::time::Duration::from_secs(30)).await;
     let pg = pg_client(&resources.database_url).await;
     pg.batch_execute(&format!(
-        "CREATE TABLE readings_export_test PARTITION OF readings
+        "CREATE TABLE readings_export_test PARTITION OF readings_hot
              FOR VALUES FROM ('2026-01-05T00:00:00Z') TO ('2026-01-06T00:00:00Z');
-         INSERT INTO readings
+         INSERT INTO readings_hot
          SELECT 'big-' || (i % 10), '2026-01-05T00:00:00Z'::timestamptz + (i / 10) * interval '8 ms',
                 (i % 100000)::float8
          FROM generate_series(0, {} - 1) i;
@@ -232,9 +232,9 @@ async fn a_client_leaving_mid_export_leaves_no_transaction_open() {
     wait_ready_status(hub.port, 200, std::time::Duration::from_secs(30)).await;
     let pg = pg_client(&resources.database_url).await;
     pg.batch_execute(
-        "CREATE TABLE readings_export_test PARTITION OF readings
+        "CREATE TABLE readings_export_test PARTITION OF readings_hot
              FOR VALUES FROM ('2026-01-05T00:00:00Z') TO ('2026-01-06T00:00:00Z');
-         INSERT INTO readings
+         INSERT INTO readings_hot
          SELECT 'left', '2026-01-05T00:00:00Z'::timestamptz + i * interval '100 ms', i
          FROM generate_series(0, 499999) i;
          INSERT INTO sensors VALUES ('left', NULL, '2026-01-05', '2026-01-05', 0);",

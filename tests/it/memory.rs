@@ -62,7 +62,7 @@ async fn a_full_redis_drains_once_postgresql_takes_writes_again() {
     // PostgreSQL holds every batch back.
     let mut locker = pg_client(&res.database_url).await;
     let lock = locker.transaction().await.unwrap();
-    lock.batch_execute("LOCK TABLE readings IN ACCESS EXCLUSIVE MODE")
+    lock.batch_execute("LOCK TABLE readings_hot IN ACCESS EXCLUSIVE MODE")
         .await
         .unwrap();
 

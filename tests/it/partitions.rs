@@ -17,7 +17,7 @@ async fn partitions(pg: &tokio_postgres::Client) -> Vec<Partition> {
          FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
          CROSS JOIN LATERAL regexp_match(pg_get_expr(c.relpartbound, c.oid),
                                          'FROM \\((.*)\\) TO \\((.*)\\)') AS b
-         WHERE i.inhparent = 'readings'::regclass
+         WHERE i.inhparent = 'readings_hot'::regclass
          ORDER BY 2 NULLS FIRST",
         &[],
     )

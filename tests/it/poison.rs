@@ -8,7 +8,7 @@ async fn readings_the_database_refuses_are_dead_lettered_and_the_rest_stored() {
     let mut t = spawn_app_with(|c| c.batch_size = 1000, Default::default()).await;
     // A forced refusal through real PostgreSQL: a check constraint the validator knows nothing of.
     t.pg.batch_execute(
-        "ALTER TABLE readings ADD CONSTRAINT no_poison CHECK (sensor_id NOT LIKE 'poison%')",
+        "ALTER TABLE readings_hot ADD CONSTRAINT no_poison CHECK (sensor_id NOT LIKE 'poison%')",
     )
     .await
     .unwrap();
