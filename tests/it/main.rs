@@ -4,6 +4,7 @@
 mod aggregates;
 mod api;
 mod cluster;
+mod compaction;
 mod corrections;
 mod dashboard;
 mod dead_letters;
