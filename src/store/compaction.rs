@@ -16,6 +16,7 @@ use crate::store::StoreError;
 use crate::store::partition;
 use chrono::{DateTime, TimeDelta, Utc};
 use std::time::Duration;
+use tokio_postgres::error::SqlState;
 
 /// Held by the instance compacting; the others skip their run.
 const COMPACT_LOCK: i64 = 7_358_203_918;
@@ -23,6 +24,11 @@ const COMPACT_LOCK: i64 = 7_358_203_918;
 /// How long a compaction waits for a lock (writers of the partition, readers at the end) before
 /// it gives up this run, so that it never queues readers and writers behind it for long.
 const LOCK_TIMEOUT: &str = "10s";
+
+/// How long emptying the partition waits for its readers before it deletes instead: past the
+/// server's usual `deadlock_timeout` (1 s), so that a writer waiting on this one shows as a
+/// deadlock first.
+const TRUNCATE_WAIT: &str = "2s";
 
 /// Packs the rows of the partition named in the statement with the compacted rows of the same
 /// sensors and days (`$1`, `$2`: the partition's bounds) and returns the partition's readings and
@@ -141,7 +147,7 @@ async fn compact(
             &[&range.lower, &range.upper],
         )
         .await?;
-    tx.batch_execute(&format!("TRUNCATE ONLY {name}")).await?;
+    empty(&tx, &name).await?;
     tx.commit().await?;
     Ok(Step::Done(Compacted {
         partition: range.name.clone(),
@@ -149,6 +155,36 @@ async fn compact(
         rows: row.get::<_, i64>(1) as u64,
         took: started.elapsed(),
     }))
+}
+
+/// Empties the partition packed: by `TRUNCATE`, which gives its disk back at once, when the
+/// partition's readers let it have the lock soon; otherwise by `DELETE` (the space goes back to
+/// free space, for vacuum). A writer with a late reading for the partition holds it for reading
+/// and waits for this transaction to write it: `TRUNCATE` would wait for that writer forever, so
+/// the lock is only tried for a moment, and a deadlock is taken as the same answer.
+async fn empty(tx: &tokio_postgres::Transaction<'_>, name: &str) -> Result<(), StoreError> {
+    tx.batch_execute(&format!(
+        "SAVEPOINT truncating; SET LOCAL lock_timeout = '{TRUNCATE_WAIT}'"
+    ))
+    .await?;
+    match tx
+        .batch_execute(&format!("LOCK TABLE ONLY {name} IN ACCESS EXCLUSIVE MODE"))
+        .await
+    {
+        Ok(()) => tx.batch_execute(&format!("TRUNCATE ONLY {name}")).await?,
+        Err(error)
+            if error.code() == Some(&SqlState::LOCK_NOT_AVAILABLE)
+                || error.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED) =>
+        {
+            tracing::info!(partition = %name, "partition in use: its compacted rows are deleted instead of truncated");
+            tx.batch_execute(&format!(
+                "ROLLBACK TO SAVEPOINT truncating; DELETE FROM ONLY {name}"
+            ))
+            .await?;
+        }
+        Err(error) => return Err(error.into()),
+    }
+    Ok(())
 }
 
 /// A partition's name as an identifier: names come from the catalog.

@@ -8,10 +8,12 @@ use crate::domain::{AggKey, Aggregate, FastState, Origin, Reading, Resolution, s
 use crate::store::StoreError;
 use crate::store::deletion;
 use crate::store::encode::{PgTimestamp, SensorRows};
+use crate::store::replace::utc_day;
 use crate::store::sql;
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
+use tokio_postgres::types::ToSql;
 
 /// A batch's readings sorted out, with their steps.
 pub struct Steps<'a> {
@@ -154,8 +156,32 @@ async fn neighbours(
     }
     let ids: Vec<&str> = wanted.iter().map(|&k| &*sorted[k].1.sensor_id).collect();
     let times: Vec<PgTimestamp> = wanted.iter().map(|&k| sorted[k].1.ts.into()).collect();
-    let query = tx.prepare_cached(sql::NEIGHBOURS).await?;
-    let rows = tx.query(&query, &[&ids, &times]).await?;
+    // The compacted days these readings fall in are taken apart first (a no-op for days not
+    // compacted), so that their lookups, and those of the next late readings of the same days,
+    // are index probes instead of unpacking a day per reading; the next compaction packs them
+    // again. Sent with the lookups, which the server runs after it.
+    let mut expand_ids: Vec<&str> = Vec::new();
+    let mut days: Vec<PgTimestamp> = Vec::new();
+    let mut last: Option<(&str, DateTime<Utc>)> = None;
+    for &k in wanted {
+        let reading = sorted[k].1;
+        let day = utc_day(reading.ts);
+        if last != Some((&*reading.sensor_id, day)) {
+            last = Some((&*reading.sensor_id, day));
+            expand_ids.push(&reading.sensor_id);
+            days.push(day.into());
+        }
+    }
+    let (expand, query) = futures_util::try_join!(
+        tx.prepare_cached(sql::EXPAND),
+        tx.prepare_cached(sql::NEIGHBOURS)
+    )?;
+    let expand_params: [&(dyn ToSql + Sync); 2] = [&expand_ids, &days];
+    let lookup_params: [&(dyn ToSql + Sync); 2] = [&ids, &times];
+    let (_, rows) = futures_util::try_join!(
+        tx.execute(&expand, &expand_params),
+        tx.query(&query, &lookup_params)
+    )?;
     let mut arounds = vec![Around::default(); wanted.len()];
     let point = |ts: Option<DateTime<Utc>>, value: Option<f64>| {
         Some(Point {
