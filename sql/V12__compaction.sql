@@ -33,12 +33,15 @@ ALTER TABLE readings_compact ALTER COLUMN ts SET COMPRESSION pglz,
                              ALTER COLUMN origin SET COMPRESSION pglz;
 CREATE INDEX readings_compact_day ON readings_compact (day);
 
+-- The arrays are unnested in a select list (a ProjectSet, which streams) rather than by unnest() in
+-- FROM (a function scan, which first copies every element into a tuple store): a day of a 1-second
+-- sensor reads in about half the time.
 CREATE VIEW readings AS
 SELECT sensor_id, ts, value, origin FROM readings_hot
 UNION ALL
 SELECT c.sensor_id, u.ts, u.value, u.origin
 FROM readings_compact c
-CROSS JOIN LATERAL unnest(c.ts, c.value, c.origin) AS u(ts, value, origin);
+CROSS JOIN LATERAL (SELECT unnest(c.ts) AS ts, unnest(c.value) AS value, unnest(c.origin) AS origin) u;
 
 -- One sensor's readings in [lo, hi) from both stores, reading only the compacted days that
 -- overlap the range: what sensorhub's own queries use instead of filtering the view.
@@ -50,7 +53,7 @@ LANGUAGE sql STABLE AS $$
     UNION ALL
     SELECT u.ts, u.value, u.origin
     FROM readings_compact c
-    CROSS JOIN LATERAL unnest(c.ts, c.value, c.origin) AS u(ts, value, origin)
+    CROSS JOIN LATERAL (SELECT unnest(c.ts) AS ts, unnest(c.value) AS value, unnest(c.origin) AS origin) u
     WHERE c.sensor_id = sensor AND c.day > lo - interval '24 hours' AND c.day < hi
       AND c.last_ts >= lo AND c.first_ts < hi AND u.ts >= lo AND u.ts < hi
 $$;
@@ -64,7 +67,7 @@ LANGUAGE sql STABLE AS $$
     UNION ALL
     SELECT c.sensor_id, u.ts, u.value
     FROM readings_compact c
-    CROSS JOIN LATERAL unnest(c.ts, c.value) AS u(ts, value)
+    CROSS JOIN LATERAL (SELECT unnest(c.ts) AS ts, unnest(c.value) AS value) u
     WHERE c.day > lo - interval '24 hours' AND c.day < hi
       AND c.last_ts >= lo AND c.first_ts < hi AND u.ts >= lo AND u.ts < hi
 $$;
@@ -79,7 +82,7 @@ LANGUAGE sql STABLE AS $$
          WHERE r.sensor_id = sensor AND r.ts < at ORDER BY r.ts DESC LIMIT 1)
         UNION ALL
         (SELECT u.ts, u.value
-         FROM readings_compact c CROSS JOIN LATERAL unnest(c.ts, c.value) AS u(ts, value)
+         FROM readings_compact c CROSS JOIN LATERAL (SELECT unnest(c.ts) AS ts, unnest(c.value) AS value) u
          WHERE c.sensor_id = sensor AND c.day > at - interval '24 hours' AND c.day < at
            AND c.first_ts < at AND c.last_ts >= at AND u.ts < at
          ORDER BY u.ts DESC LIMIT 1)
@@ -100,7 +103,7 @@ LANGUAGE sql STABLE AS $$
          WHERE r.sensor_id = sensor AND r.ts >= at ORDER BY r.ts LIMIT 1)
         UNION ALL
         (SELECT u.ts, u.value
-         FROM readings_compact c CROSS JOIN LATERAL unnest(c.ts, c.value) AS u(ts, value)
+         FROM readings_compact c CROSS JOIN LATERAL (SELECT unnest(c.ts) AS ts, unnest(c.value) AS value) u
          WHERE c.sensor_id = sensor AND c.day > at - interval '24 hours' AND c.day <= at
            AND c.first_ts < at AND c.last_ts >= at AND u.ts >= at
          ORDER BY u.ts LIMIT 1)
@@ -130,7 +133,7 @@ LANGUAGE sql STABLE AS $$
                FROM readings_compact c
                WHERE c.sensor_id = sensor AND c.day > lo - interval '24 hours' AND c.day < hi
                  AND c.last_ts >= lo AND c.first_ts < hi) d
-         CROSS JOIN LATERAL unnest(d.ts, d.value) AS u(ts, value)
+         CROSS JOIN LATERAL (SELECT unnest(d.ts) AS ts, unnest(d.value) AS value) u
          WHERE d.newer < n AND u.ts >= lo AND u.ts < hi)
     ) x
     ORDER BY x.ts DESC LIMIT n
@@ -150,7 +153,7 @@ LANGUAGE sql VOLATILE AS $$
     ), moved AS (
         INSERT INTO readings_hot (sensor_id, ts, value, origin)
         SELECT g.sensor_id, u.ts, u.value, u.origin
-        FROM gone g CROSS JOIN LATERAL unnest(g.ts, g.value, g.origin) AS u(ts, value, origin)
+        FROM gone g CROSS JOIN LATERAL (SELECT unnest(g.ts) AS ts, unnest(g.value) AS value, unnest(g.origin) AS origin) u
         RETURNING 1
     )
     SELECT count(*) FROM moved

@@ -61,7 +61,7 @@ enum Command {
     /// Delete readings in [from, to), as POST /api/v1/delete does.
     Delete(sensorhub::cli::delete::Args),
     /// Compact now the partitions older than SENSORHUB_COMPACT_AFTER, as the service does every
-    /// ten minutes; prints each partition, its readings and the rows written.
+    /// ten minutes; prints each partition, its readings, the rows written and the seconds.
     Compact,
     /// Rename SENSORHUB_STREAM and every key beside it (dead letters, ledger, leases), e.g. to
     /// give them a hash tag before moving to a Redis Cluster. Stop every instance first.

@@ -1,5 +1,5 @@
-//! Operations on a deployment from the command line: the container healthcheck and renaming the
-//! stream.
+//! Operations on a deployment from the command line: the container healthcheck, renaming the
+//! stream and compacting now.
 
 use crate::config::Config;
 use crate::liveness::Liveness;
@@ -73,8 +73,11 @@ pub async fn compact(config: &Config) -> anyhow::Result<()> {
         Some(done) => {
             for compacted in done {
                 println!(
-                    "{}\t{}\t{}",
-                    compacted.partition, compacted.readings, compacted.rows
+                    "{}\t{}\t{}\t{:.3}",
+                    compacted.partition,
+                    compacted.readings,
+                    compacted.rows,
+                    compacted.took.as_secs_f64()
                 );
             }
         }

@@ -14,7 +14,9 @@
 
 use crate::store::StoreError;
 use crate::store::partition;
+use crate::store::replace::utc_day;
 use chrono::{DateTime, TimeDelta, Utc};
+use std::collections::HashSet;
 use std::time::Duration;
 use tokio_postgres::error::SqlState;
 
@@ -30,39 +32,19 @@ const LOCK_TIMEOUT: &str = "10s";
 /// deadlock first.
 const TRUNCATE_WAIT: &str = "2s";
 
-/// Packs the rows of the partition named in the statement with the compacted rows of the same
-/// sensors and days (`$1`, `$2`: the partition's bounds) and returns the partition's readings and
-/// the compacted rows written.
-const PACK: &str = "
-WITH moved AS (
-    SELECT r.sensor_id, r.ts, r.value, r.origin, 1 AS fresh FROM ONLY {partition} r
-    UNION ALL
-    SELECT c.sensor_id, u.ts, u.value, u.origin, 0
-    FROM readings_compact c
-    CROSS JOIN LATERAL unnest(c.ts, c.value, c.origin) AS u(ts, value, origin)
-    WHERE c.day > coalesce($1::timestamptz, '-infinity') - interval '24 hours'
-      AND c.day < coalesce($2::timestamptz, 'infinity')
-      AND c.sensor_id IN (SELECT DISTINCT sensor_id FROM ONLY {partition})
-), packed AS (
-    SELECT sensor_id, date_trunc('day', ts, 'UTC') AS day, sum(fresh) AS fresh,
-           array_agg(ts ORDER BY ts) AS ts, array_agg(value ORDER BY ts) AS value,
-           CASE WHEN count(origin) > 0 THEN array_agg(origin ORDER BY ts) END AS origin
-    FROM moved
-    GROUP BY 1, 2
-), written AS (
-    INSERT INTO readings_compact AS c
-        (sensor_id, day, count, first_ts, first_value, last_ts, last_value, ts, value, origin)
-    SELECT sensor_id, day, cardinality(ts), ts[1], value[1], ts[cardinality(ts)],
-           value[cardinality(ts)], ts, value, origin
-    FROM packed
-    ORDER BY sensor_id, day
-    ON CONFLICT (sensor_id, day) DO UPDATE SET
-        count = excluded.count, first_ts = excluded.first_ts, first_value = excluded.first_value,
-        last_ts = excluded.last_ts, last_value = excluded.last_value, ts = excluded.ts,
-        value = excluded.value, origin = excluded.origin
-    RETURNING 1
-)
-SELECT (SELECT coalesce(sum(fresh), 0) FROM packed)::int8, (SELECT count(*) FROM written)";
+/// Rows of the partition read per round trip while packing.
+const FETCH: &str = "FETCH 20000 FROM packing";
+
+/// One compacted day written, or merged over the one stored (whose readings were read and merged
+/// in first).
+const UPSERT_DAY: &str = "
+INSERT INTO readings_compact
+    (sensor_id, day, count, first_ts, first_value, last_ts, last_value, ts, value, origin)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+ON CONFLICT (sensor_id, day) DO UPDATE SET
+    count = excluded.count, first_ts = excluded.first_ts, first_value = excluded.first_value,
+    last_ts = excluded.last_ts, last_value = excluded.last_value, ts = excluded.ts,
+    value = excluded.value, origin = excluded.origin";
 
 /// One partition compacted.
 #[derive(Clone, Debug, PartialEq)]
@@ -141,20 +123,170 @@ async fn compact(
     if !any {
         return Ok(Step::Empty);
     }
-    let row = tx
-        .query_one(
-            &PACK.replace("{partition}", &name),
-            &[&range.lower, &range.upper],
-        )
-        .await?;
+    let (readings, rows) = pack(&tx, &name, range).await?;
     empty(&tx, &name).await?;
     tx.commit().await?;
     Ok(Step::Done(Compacted {
         partition: range.name.clone(),
-        readings: row.get::<_, i64>(0) as u64,
-        rows: row.get::<_, i64>(1) as u64,
+        readings,
+        rows,
         took: started.elapsed(),
     }))
+}
+
+/// One sensor's day being packed: its readings in time order.
+struct Day {
+    sensor_id: String,
+    day: DateTime<Utc>,
+    ts: Vec<DateTime<Utc>>,
+    value: Vec<f64>,
+    origin: Vec<Option<Vec<u8>>>,
+}
+
+impl Day {
+    fn new(sensor_id: &str, day: DateTime<Utc>) -> Self {
+        Self {
+            sensor_id: sensor_id.to_owned(),
+            day,
+            ts: Vec::new(),
+            value: Vec::new(),
+            origin: Vec::new(),
+        }
+    }
+
+    /// Merges in the readings of the same day stored compacted already: no key is in both.
+    fn merge(
+        &mut self,
+        ts: Vec<DateTime<Utc>>,
+        value: Vec<f64>,
+        origin: Option<Vec<Option<Vec<u8>>>>,
+    ) {
+        let n = ts.len();
+        let origin = origin.unwrap_or_else(|| vec![None; n]);
+        let mut merged: Vec<(DateTime<Utc>, f64, Option<Vec<u8>>)> = ts
+            .into_iter()
+            .zip(value)
+            .zip(origin)
+            .map(|((t, v), o)| (t, v, o))
+            .chain(
+                std::mem::take(&mut self.ts)
+                    .into_iter()
+                    .zip(std::mem::take(&mut self.value))
+                    .zip(std::mem::take(&mut self.origin))
+                    .map(|((t, v), o)| (t, v, o)),
+            )
+            .collect();
+        merged.sort_by_key(|(t, _, _)| *t);
+        for (t, v, o) in merged {
+            self.ts.push(t);
+            self.value.push(v);
+            self.origin.push(o);
+        }
+    }
+}
+
+/// Reads the partition's rows in key order (a cursor: a day partition of a large site does not fit
+/// in memory) and writes a compacted row per sensor and day, merged with the one stored for the
+/// same day. Returns the readings read and the rows written. Built here rather than by
+/// `array_agg(... ORDER BY ts)` in SQL: the rows come sorted once from the key's index, where the
+/// SQL sorts every array again.
+async fn pack(
+    tx: &tokio_postgres::Transaction<'_>,
+    name: &str,
+    range: &partition::Range,
+) -> Result<(u64, u64), StoreError> {
+    let stored: HashSet<(String, DateTime<Utc>)> = tx
+        .query(
+            "SELECT sensor_id, day FROM readings_compact
+             WHERE day > coalesce($1::timestamptz, '-infinity') - interval '24 hours'
+               AND day < coalesce($2::timestamptz, 'infinity')",
+            &[&range.lower, &range.upper],
+        )
+        .await?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    tx.batch_execute(&format!(
+        "DECLARE packing NO SCROLL CURSOR FOR
+         SELECT sensor_id, ts, value, origin FROM ONLY {name} ORDER BY sensor_id, ts"
+    ))
+    .await?;
+    let upsert = tx.prepare(UPSERT_DAY).await?;
+    let (mut readings, mut rows) = (0u64, 0u64);
+    let mut current: Option<Day> = None;
+    loop {
+        let fetched = tx.query(FETCH, &[]).await?;
+        if fetched.is_empty() {
+            break;
+        }
+        readings += fetched.len() as u64;
+        for row in &fetched {
+            let sensor_id: &str = row.get(0);
+            let ts: DateTime<Utc> = row.get(1);
+            let day = utc_day(ts);
+            if current
+                .as_ref()
+                .is_none_or(|d| d.day != day || d.sensor_id != sensor_id)
+            {
+                if let Some(done) = current.replace(Day::new(sensor_id, day)) {
+                    rows += write_day(tx, &upsert, &stored, done).await?;
+                }
+            }
+            if let Some(d) = current.as_mut() {
+                d.ts.push(ts);
+                d.value.push(row.get(2));
+                d.origin.push(row.get(3));
+            }
+        }
+    }
+    if let Some(done) = current {
+        rows += write_day(tx, &upsert, &stored, done).await?;
+    }
+    tx.batch_execute("CLOSE packing").await?;
+    Ok((readings, rows))
+}
+
+async fn write_day(
+    tx: &tokio_postgres::Transaction<'_>,
+    upsert: &tokio_postgres::Statement,
+    stored: &HashSet<(String, DateTime<Utc>)>,
+    mut day: Day,
+) -> Result<u64, StoreError> {
+    if stored.contains(&(day.sensor_id.clone(), day.day)) {
+        let row = tx
+            .query_one(
+                "SELECT ts, value, origin FROM readings_compact WHERE sensor_id = $1 AND day = $2",
+                &[&day.sensor_id, &day.day],
+            )
+            .await?;
+        day.merge(row.get(0), row.get(1), row.get(2));
+    }
+    let (Some(first), Some(last)) = (day.ts.first(), day.ts.last()) else {
+        return Ok(0);
+    };
+    let count = i32::try_from(day.ts.len()).unwrap_or(i32::MAX);
+    let origin: Option<Vec<Option<&[u8]>>> = day
+        .origin
+        .iter()
+        .any(Option::is_some)
+        .then(|| day.origin.iter().map(|o| o.as_deref()).collect());
+    tx.execute(
+        upsert,
+        &[
+            &day.sensor_id,
+            &day.day,
+            &count,
+            first,
+            &day.value[0],
+            last,
+            &day.value[day.value.len() - 1],
+            &day.ts,
+            &day.value,
+            &origin,
+        ],
+    )
+    .await?;
+    Ok(1)
 }
 
 /// Empties the partition packed: by `TRUNCATE`, which gives its disk back at once, when the

@@ -120,7 +120,7 @@ async fn drop_compacted(
                         array_agg(u.value ORDER BY u.ts) AS value,
                         CASE WHEN count(u.origin) > 0 THEN array_agg(u.origin ORDER BY u.ts) END AS origin
                  FROM readings_compact c
-                 CROSS JOIN LATERAL unnest(c.ts, c.value, c.origin) AS u(ts, value, origin)
+                 CROSS JOIN LATERAL (SELECT unnest(c.ts) AS ts, unnest(c.value) AS value, unnest(c.origin) AS origin) u
                  WHERE c.day > $1::timestamptz - interval '24 hours' AND c.day < $1
                    AND c.first_ts < $1 AND u.ts >= $1
                  GROUP BY 1, 2

@@ -402,13 +402,14 @@ async fn a_kill_9_during_compaction_leaves_each_partition_whole_or_compacted() {
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        // Killed once its packing statement runs, and later.
+        // Killed once it packs, and later.
         wait_for("the compaction to run", Duration::from_secs(30), || async {
             let running = pg
                 .query_one(
                     "SELECT count(*) FROM pg_stat_activity
-                     WHERE datname = current_database() AND query LIKE '%INSERT INTO readings_compact%'
-                       AND state = 'active' AND pid <> pg_backend_pid()",
+                     WHERE datname = current_database() AND pid <> pg_backend_pid()
+                       AND (query LIKE '%packing%' OR query LIKE '%readings_compact%')
+                       AND state <> 'idle'",
                     &[],
                 )
                 .await
