@@ -224,13 +224,11 @@ async fn pack(
             let sensor_id: &str = row.get(0);
             let ts: DateTime<Utc> = row.get(1);
             let day = utc_day(ts);
-            if current
+            let another = current
                 .as_ref()
-                .is_none_or(|d| d.day != day || d.sensor_id != sensor_id)
-            {
-                if let Some(done) = current.replace(Day::new(sensor_id, day)) {
-                    rows += write_day(tx, &upsert, &stored, done).await?;
-                }
+                .is_none_or(|d| d.day != day || d.sensor_id != sensor_id);
+            if another && let Some(done) = current.replace(Day::new(sensor_id, day)) {
+                rows += write_day(tx, &upsert, &stored, done).await?;
             }
             if let Some(d) = current.as_mut() {
                 d.ts.push(ts);
