@@ -21,27 +21,42 @@ CREATE TABLE readings_compact (
     first_value double precision   NOT NULL,
     last_ts     timestamptz        NOT NULL,
     last_value  double precision   NOT NULL,
-    ts          timestamptz[]      NOT NULL, -- ascending
+    -- The times, ascending: as milliseconds since `day` when every one is a whole millisecond
+    -- (half the bytes of a timestamp, and cheaper to compress), else as timestamps.
+    ms          integer[],
+    ts          timestamptz[],
     value       double precision[] NOT NULL, -- same order
     origin      bytea[],                     -- same order; null when no point has one
-    PRIMARY KEY (sensor_id, day)
+    PRIMARY KEY (sensor_id, day),
+    CHECK ((ms IS NULL) <> (ts IS NULL))
 ) WITH (toast_tuple_target = 128); -- compress a sparse sensor's short day too
--- pglz over lz4: measured smaller on these arrays (benches/storage-sizing.sh), and compaction is
--- not on the ingest path.
-ALTER TABLE readings_compact ALTER COLUMN ts SET COMPRESSION pglz,
-                             ALTER COLUMN value SET COMPRESSION pglz,
+-- Compression per column, as measured (benches/compaction.sh): lz4 for the millisecond offsets
+-- (neither method shrinks them, and pglz spends long trying) and for the values (pglz keeps a
+-- 1-second sensor's two-decimal values in about a byte less, at a third of the compaction rate);
+-- pglz for timestamps, which it shrinks well.
+ALTER TABLE readings_compact ALTER COLUMN ms SET COMPRESSION lz4,
+                             ALTER COLUMN ts SET COMPRESSION pglz,
+                             ALTER COLUMN value SET COMPRESSION lz4,
                              ALTER COLUMN origin SET COMPRESSION pglz;
 CREATE INDEX readings_compact_day ON readings_compact (day);
 
--- The arrays are unnested in a select list (a ProjectSet, which streams) rather than by unnest() in
--- FROM (a function scan, which first copies every element into a tuple store): a day of a 1-second
--- sensor reads in about half the time.
+-- A compacted row's readings. The arrays are unnested in a select list (a ProjectSet, which
+-- streams) rather than by unnest() in FROM (a function scan, which first copies every element into
+-- a tuple store): a day of a 1-second sensor reads in about half the time. Inlined where it is used.
+CREATE FUNCTION sensorhub_unpack(day timestamptz, ts timestamptz[], ms integer[],
+                                 value double precision[], origin bytea[])
+RETURNS TABLE (ts timestamptz, value double precision, origin bytea)
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT coalesce(u.t, $1 + u.m * interval '1 millisecond'), u.v, u.o
+    FROM (SELECT unnest($2) AS t, unnest($3) AS m, unnest($4) AS v, unnest($5) AS o) u
+$$;
+
 CREATE VIEW readings AS
 SELECT sensor_id, ts, value, origin FROM readings_hot
 UNION ALL
 SELECT c.sensor_id, u.ts, u.value, u.origin
 FROM readings_compact c
-CROSS JOIN LATERAL (SELECT unnest(c.ts) AS ts, unnest(c.value) AS value, unnest(c.origin) AS origin) u;
+CROSS JOIN LATERAL sensorhub_unpack(c.day, c.ts, c.ms, c.value, c.origin) u;
 
 -- One sensor's readings in [lo, hi) from both stores, reading only the compacted days that
 -- overlap the range: what sensorhub's own queries use instead of filtering the view.
@@ -53,7 +68,7 @@ LANGUAGE sql STABLE AS $$
     UNION ALL
     SELECT u.ts, u.value, u.origin
     FROM readings_compact c
-    CROSS JOIN LATERAL (SELECT unnest(c.ts) AS ts, unnest(c.value) AS value, unnest(c.origin) AS origin) u
+    CROSS JOIN LATERAL sensorhub_unpack(c.day, c.ts, c.ms, c.value, c.origin) u
     WHERE c.sensor_id = sensor AND c.day > lo - interval '24 hours' AND c.day < hi
       AND c.last_ts >= lo AND c.first_ts < hi AND u.ts >= lo AND u.ts < hi
 $$;
@@ -67,7 +82,7 @@ LANGUAGE sql STABLE AS $$
     UNION ALL
     SELECT c.sensor_id, u.ts, u.value
     FROM readings_compact c
-    CROSS JOIN LATERAL (SELECT unnest(c.ts) AS ts, unnest(c.value) AS value) u
+    CROSS JOIN LATERAL sensorhub_unpack(c.day, c.ts, c.ms, c.value, NULL) u
     WHERE c.day > lo - interval '24 hours' AND c.day < hi
       AND c.last_ts >= lo AND c.first_ts < hi AND u.ts >= lo AND u.ts < hi
 $$;
@@ -82,7 +97,7 @@ LANGUAGE sql STABLE AS $$
          WHERE r.sensor_id = sensor AND r.ts < at ORDER BY r.ts DESC LIMIT 1)
         UNION ALL
         (SELECT u.ts, u.value
-         FROM readings_compact c CROSS JOIN LATERAL (SELECT unnest(c.ts) AS ts, unnest(c.value) AS value) u
+         FROM readings_compact c CROSS JOIN LATERAL sensorhub_unpack(c.day, c.ts, c.ms, c.value, NULL) u
          WHERE c.sensor_id = sensor AND c.day > at - interval '24 hours' AND c.day < at
            AND c.first_ts < at AND c.last_ts >= at AND u.ts < at
          ORDER BY u.ts DESC LIMIT 1)
@@ -103,7 +118,7 @@ LANGUAGE sql STABLE AS $$
          WHERE r.sensor_id = sensor AND r.ts >= at ORDER BY r.ts LIMIT 1)
         UNION ALL
         (SELECT u.ts, u.value
-         FROM readings_compact c CROSS JOIN LATERAL (SELECT unnest(c.ts) AS ts, unnest(c.value) AS value) u
+         FROM readings_compact c CROSS JOIN LATERAL sensorhub_unpack(c.day, c.ts, c.ms, c.value, NULL) u
          WHERE c.sensor_id = sensor AND c.day > at - interval '24 hours' AND c.day <= at
            AND c.first_ts < at AND c.last_ts >= at AND u.ts >= at
          ORDER BY u.ts LIMIT 1)
@@ -127,13 +142,13 @@ LANGUAGE sql STABLE AS $$
          ORDER BY r.ts DESC LIMIT n)
         UNION ALL
         (SELECT u.ts, u.value
-         FROM (SELECT c.ts, c.value,
+         FROM (SELECT c.day, c.ts, c.ms, c.value,
                       coalesce(sum(c.count) OVER (ORDER BY c.day DESC
                                ROWS BETWEEN UNBOUNDED PRECEDING AND 2 PRECEDING), 0) AS newer
                FROM readings_compact c
                WHERE c.sensor_id = sensor AND c.day > lo - interval '24 hours' AND c.day < hi
                  AND c.last_ts >= lo AND c.first_ts < hi) d
-         CROSS JOIN LATERAL (SELECT unnest(d.ts) AS ts, unnest(d.value) AS value) u
+         CROSS JOIN LATERAL sensorhub_unpack(d.day, d.ts, d.ms, d.value, NULL) u
          WHERE d.newer < n AND u.ts >= lo AND u.ts < hi)
     ) x
     ORDER BY x.ts DESC LIMIT n
@@ -149,11 +164,11 @@ LANGUAGE sql VOLATILE AS $$
         DELETE FROM readings_compact c
         USING unnest(sensors, days) AS k(sensor_id, day)
         WHERE c.sensor_id = k.sensor_id AND c.day = k.day
-        RETURNING c.sensor_id, c.ts, c.value, c.origin
+        RETURNING c.sensor_id, c.day, c.ts, c.ms, c.value, c.origin
     ), moved AS (
         INSERT INTO readings_hot (sensor_id, ts, value, origin)
         SELECT g.sensor_id, u.ts, u.value, u.origin
-        FROM gone g CROSS JOIN LATERAL (SELECT unnest(g.ts) AS ts, unnest(g.value) AS value, unnest(g.origin) AS origin) u
+        FROM gone g CROSS JOIN LATERAL sensorhub_unpack(g.day, g.ts, g.ms, g.value, g.origin) u
         RETURNING 1
     )
     SELECT count(*) FROM moved

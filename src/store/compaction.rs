@@ -33,18 +33,18 @@ const LOCK_TIMEOUT: &str = "10s";
 const TRUNCATE_WAIT: &str = "2s";
 
 /// Rows of the partition read per round trip while packing.
-const FETCH: &str = "FETCH 20000 FROM packing";
+const FETCH: &str = "FETCH 50000 FROM packing";
 
 /// One compacted day written, or merged over the one stored (whose readings were read and merged
 /// in first).
 const UPSERT_DAY: &str = "
 INSERT INTO readings_compact
-    (sensor_id, day, count, first_ts, first_value, last_ts, last_value, ts, value, origin)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+    (sensor_id, day, count, first_ts, first_value, last_ts, last_value, ms, ts, value, origin)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 ON CONFLICT (sensor_id, day) DO UPDATE SET
     count = excluded.count, first_ts = excluded.first_ts, first_value = excluded.first_value,
-    last_ts = excluded.last_ts, last_value = excluded.last_value, ts = excluded.ts,
-    value = excluded.value, origin = excluded.origin";
+    last_ts = excluded.last_ts, last_value = excluded.last_value, ms = excluded.ms,
+    ts = excluded.ts, value = excluded.value, origin = excluded.origin";
 
 /// One partition compacted.
 #[derive(Clone, Debug, PartialEq)]
@@ -214,28 +214,32 @@ async fn pack(
     let upsert = tx.prepare(UPSERT_DAY).await?;
     let (mut readings, mut rows) = (0u64, 0u64);
     let mut current: Option<Day> = None;
-    loop {
-        let fetched = tx.query(FETCH, &[]).await?;
-        if fetched.is_empty() {
-            break;
-        }
+    let mut fetched = tx.query(FETCH, &[]).await?;
+    while !fetched.is_empty() {
         readings += fetched.len() as u64;
-        for row in &fetched {
-            let sensor_id: &str = row.get(0);
-            let ts: DateTime<Utc> = row.get(1);
-            let day = utc_day(ts);
-            let another = current
-                .as_ref()
-                .is_none_or(|d| d.day != day || d.sensor_id != sensor_id);
-            if another && let Some(done) = current.replace(Day::new(sensor_id, day)) {
-                rows += write_day(tx, &upsert, &stored, done).await?;
+        // The next rows are asked for before these are packed: the server reads them meanwhile.
+        let next = async { tx.query(FETCH, &[]).await.map_err(StoreError::from) };
+        let pack_these = async {
+            for row in &fetched {
+                let sensor_id: &str = row.get(0);
+                let ts: DateTime<Utc> = row.get(1);
+                let day = utc_day(ts);
+                let another = current
+                    .as_ref()
+                    .is_none_or(|d| d.day != day || d.sensor_id != sensor_id);
+                if another && let Some(done) = current.replace(Day::new(sensor_id, day)) {
+                    rows += write_day(tx, &upsert, &stored, done).await?;
+                }
+                if let Some(d) = current.as_mut() {
+                    d.ts.push(ts);
+                    d.value.push(row.get(2));
+                    d.origin.push(row.get(3));
+                }
             }
-            if let Some(d) = current.as_mut() {
-                d.ts.push(ts);
-                d.value.push(row.get(2));
-                d.origin.push(row.get(3));
-            }
-        }
+            Ok::<_, StoreError>(())
+        };
+        let (next, ()) = futures_util::try_join!(next, pack_these)?;
+        fetched = next;
     }
     if let Some(done) = current {
         rows += write_day(tx, &upsert, &stored, done).await?;
@@ -253,7 +257,9 @@ async fn write_day(
     if stored.contains(&(day.sensor_id.clone(), day.day)) {
         let row = tx
             .query_one(
-                "SELECT ts, value, origin FROM readings_compact WHERE sensor_id = $1 AND day = $2",
+                "SELECT ARRAY(SELECT u.ts FROM sensorhub_unpack(day, ts, ms, value, NULL) u),
+                        value, origin
+                 FROM readings_compact WHERE sensor_id = $1 AND day = $2",
                 &[&day.sensor_id, &day.day],
             )
             .await?;
@@ -268,6 +274,16 @@ async fn write_day(
         .iter()
         .any(Option::is_some)
         .then(|| day.origin.iter().map(|o| o.as_deref()).collect());
+    // Whole milliseconds after the day's start (as nearly every device sends) fit an integer.
+    let ms: Option<Vec<i32>> = day
+        .ts
+        .iter()
+        .map(|ts| {
+            let micros = (*ts - day.day).num_microseconds()?;
+            (micros % 1000 == 0).then(|| i32::try_from(micros / 1000).ok())?
+        })
+        .collect();
+    let ts = ms.is_none().then_some(&day.ts);
     tx.execute(
         upsert,
         &[
@@ -278,7 +294,8 @@ async fn write_day(
             &day.value[0],
             last,
             &day.value[day.value.len() - 1],
-            &day.ts,
+            &ms,
+            &ts,
             &day.value,
             &origin,
         ],

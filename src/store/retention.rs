@@ -120,7 +120,7 @@ async fn drop_compacted(
                         array_agg(u.value ORDER BY u.ts) AS value,
                         CASE WHEN count(u.origin) > 0 THEN array_agg(u.origin ORDER BY u.ts) END AS origin
                  FROM readings_compact c
-                 CROSS JOIN LATERAL (SELECT unnest(c.ts) AS ts, unnest(c.value) AS value, unnest(c.origin) AS origin) u
+                 CROSS JOIN LATERAL sensorhub_unpack(c.day, c.ts, c.ms, c.value, c.origin) u
                  WHERE c.day > $1::timestamptz - interval '24 hours' AND c.day < $1
                    AND c.first_ts < $1 AND u.ts >= $1
                  GROUP BY 1, 2
@@ -128,7 +128,7 @@ async fn drop_compacted(
              UPDATE readings_compact c
              SET count = cardinality(k.ts), first_ts = k.ts[1], first_value = k.value[1],
                  last_ts = k.ts[cardinality(k.ts)], last_value = k.value[cardinality(k.ts)],
-                 ts = k.ts, value = k.value, origin = k.origin
+                 ts = k.ts, ms = NULL, value = k.value, origin = k.origin
              FROM kept k
              WHERE c.sensor_id = k.sensor_id AND c.day = k.day",
             &[&horizon],

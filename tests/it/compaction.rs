@@ -197,6 +197,8 @@ async fn late_repeated_and_conflicting_readings_into_a_compacted_day_are_stored_
         reading_json("late", 7.25, at(5)),
         reading_json("late", 3.5, at(86_395)),
         reading_json("late", 1.0, day - TimeDelta::seconds(1)),
+        // Microseconds: the day's times no longer fit whole milliseconds once it holds this one.
+        reading_json("late", 2.5, at(7) + TimeDelta::microseconds(250)),
     ]
     .into_iter()
     .map(String::into_bytes)
@@ -206,7 +208,7 @@ async fn late_repeated_and_conflicting_readings_into_a_compacted_day_are_stored_
     let m = t.metrics();
     assert_eq!(m.readings_duplicate.get(), 2, "the repeats");
     assert_eq!(m.readings_conflicting.get(), 1, "the conflicting value");
-    assert_eq!(t.readings().await, 8_641 + 3);
+    assert_eq!(t.readings().await, 8_641 + 4);
     assert_each_key_once(&t).await;
     let stored: f64 =
         t.pg.query_one(
@@ -226,17 +228,23 @@ async fn late_repeated_and_conflicting_readings_into_a_compacted_day_are_stored_
     // The same again (a client retrying): nothing changes.
     let last = t.xadd_many(&payloads).await;
     t.wait_drained(&last).await;
-    assert_eq!(t.readings().await, 8_641 + 3);
+    assert_eq!(t.readings().await, 8_641 + 4);
     // The day was taken apart for the lookups (the next day's row stays packed); the next run
     // packs it again with the late readings.
-    assert_eq!(stores(&t).await, (8_640 + 3, 1));
+    assert_eq!(stores(&t).await, (8_640 + 4, 1));
     let done = compact(&t).await;
     assert_eq!(
         done.iter().map(|c| c.readings).sum::<u64>(),
-        8_643,
+        8_644,
         "{done:?}"
     );
-    assert_eq!(stores(&t).await, (0, 8_644));
+    assert_eq!(stores(&t).await, (0, 8_645));
+    assert_eq!(
+        t.count("SELECT count(*) FROM readings_compact WHERE ts IS NOT NULL")
+            .await,
+        1,
+        "the day with a time in microseconds keeps timestamps, the others milliseconds"
+    );
     assert_eq!(
         t.count("SELECT count(*) FROM readings_compact").await,
         3,
@@ -393,7 +401,7 @@ async fn a_kill_9_during_compaction_leaves_each_partition_whole_or_compacted() {
     let mut env = res.hub_env();
     env.push(("SENSORHUB_COMPACT_AFTER", "7d".into()));
     let mut outcomes = Vec::new();
-    for delay in [0u64, 300, 700, 1_200] {
+    for delay in [0u64, 300, 800, 1_500, 2_500, 4_000] {
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sensorhub"))
             .arg("compact")
             .env_clear()
@@ -469,7 +477,7 @@ async fn a_kill_9_during_compaction_leaves_each_partition_whole_or_compacted() {
         // Start over with both partitions whole, to be killed later next time.
         pg.batch_execute(
             "INSERT INTO readings_hot SELECT c.sensor_id, u.ts, u.value, u.origin
-             FROM readings_compact c, unnest(c.ts, c.value, c.origin) AS u(ts, value, origin);
+             FROM readings_compact c, sensorhub_unpack(c.day, c.ts, c.ms, c.value, c.origin) u;
              TRUNCATE readings_compact;",
         )
         .await

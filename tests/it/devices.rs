@@ -1,5 +1,5 @@
 //! The devices people own, through the real Mosquitto and the sensorhub binary: each firmware
-//! preset's documented payloads are stored as the README's MQTT table says, with the device's own
+//! preset's documented payloads are stored as docs/mqtt.md's preset table says, with the device's own
 //! time where it sends one; their control, availability and bridge topics are ignored and counted,
 //! not dead-lettered; states are numbers and words meaning "no value" are skipped and counted.
 
@@ -37,7 +37,7 @@ async fn hub_with_rules(res: &Resources, file: &str) -> (Sensorhub, RemovedOnDro
 }
 
 #[actix_web::test]
-async fn each_firmwares_documented_payloads_are_stored_as_the_readme_says() {
+async fn each_firmwares_documented_payloads_are_stored_as_the_docs_say() {
     let res = Resources::new();
     let (tasmota, shelly, z2m, esphome, hass) = (
         unique_name("tele"),
