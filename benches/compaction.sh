@@ -118,7 +118,7 @@ print(f"A year of one 1-minute sensor (525,600 readings), median ms, rows / comp
 # readings inserted as rows.
 sql("truncate readings_compact")
 sql("create table append_rows (sensor_id text collate \"C\", ts timestamptz, value float8, primary key (sensor_id, ts))")
-sql("insert into readings_compact select 'a-' || s, '2025-06-01', 43200, '2025-06-01', 0, '2025-06-01'::timestamptz + interval '43199 s', 0, "
+sql("insert into readings_compact (sensor_id, day, count, first_ts, first_value, last_ts, last_value, ts, value, origin) select 'a-' || s, '2025-06-01', 43200, '2025-06-01', 0, '2025-06-01'::timestamptz + interval '43199 s', 0, "
     "array(select '2025-06-01'::timestamptz + n * interval '1 s' from generate_series(0, 43199) n), "
     "array(select round(random()::numeric * 100, 2)::float8 from generate_series(0, 43199) n), null from generate_series(1, 100) s")
 batches = 20

@@ -1,5 +1,5 @@
 -- Compaction (SENSORHUB_COMPACT_AFTER): closed partitions rewritten into one row per sensor and
--- UTC day, holding that day's timestamps and values as arrays that TOAST compresses (pglz).
+-- UTC day, holding that day's times and values as arrays that TOAST compresses.
 --
 -- The rows of every reading move to `readings_hot` (the partitioned table, renamed: its
 -- partitions, keys and rows stay as they are), and `readings` becomes a view of both stores with
@@ -47,8 +47,10 @@ CREATE FUNCTION sensorhub_unpack(day timestamptz, ts timestamptz[], ms integer[]
                                  value double precision[], origin bytea[])
 RETURNS TABLE (ts timestamptz, value double precision, origin bytea)
 LANGUAGE sql IMMUTABLE AS $$
-    SELECT coalesce(u.t, $1 + u.m * interval '1 millisecond'), u.v, u.o
-    FROM (SELECT unnest($2) AS t, unnest($3) AS m, unnest($4) AS v, unnest($5) AS o) u
+    SELECT x.t, x.v, x.o FROM (
+        SELECT coalesce(u.t, $1 + u.m * interval '1 millisecond') AS t, u.v, u.o
+        FROM (SELECT unnest($2) AS t, unnest($3) AS m, unnest($4) AS v, unnest($5) AS o) u
+        OFFSET 0) x -- the time worked out once per reading, not again in each condition on it
 $$;
 
 CREATE VIEW readings AS
