@@ -556,3 +556,49 @@ async fn late_readings_written_while_their_partition_is_compacted_are_stored_onc
     t.assert_aggregates_exact().await;
     t.stop().await;
 }
+
+/// A reader holding the partition (a long export, say) does not hold compaction up, nor does
+/// compaction queue the partition's readers behind it for long: the partition is emptied by a
+/// delete instead of waiting to truncate it.
+#[actix_web::test]
+async fn a_reader_holding_the_partition_does_not_hold_compaction_up() {
+    let mut t = spawn_app().await;
+    let day = (Utc::now() - TimeDelta::days(10))
+        .duration_trunc(TimeDelta::days(1))
+        .unwrap();
+    let last = load(
+        &mut t,
+        &["held".to_owned()],
+        day,
+        TimeDelta::seconds(30),
+        2_880,
+    )
+    .await;
+    t.wait_drained(&last).await;
+    let reader = pg_client(t.config.database_url.expose()).await;
+    reader.batch_execute("BEGIN").await.unwrap();
+    let seen: i64 = reader
+        .query_one(
+            "SELECT count(*) FROM readings_hot WHERE ts >= $1 AND ts < $1 + interval '1 day'",
+            &[&day],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(seen, 2_880);
+    let started = std::time::Instant::now();
+    let done = tokio::time::timeout(Duration::from_secs(30), compact(&t))
+        .await
+        .expect("compaction waits for the reader");
+    assert_eq!(done.iter().map(|c| c.readings).sum::<u64>(), 2_880);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(stores(&t).await, (0, 2_880));
+    // The reader's transaction still sees what it saw.
+    reader.batch_execute("COMMIT").await.unwrap();
+    t.assert_aggregates_exact().await;
+    t.stop().await;
+}
