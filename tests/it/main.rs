@@ -5,6 +5,7 @@ mod aggregates;
 mod api;
 mod cluster;
 mod compaction;
+mod compaction_crash;
 mod corrections;
 mod dashboard;
 mod dead_letters;
