@@ -160,6 +160,33 @@ fn retention_bounds_the_oldest_accepted_reading() {
 }
 
 #[test]
+fn compaction_is_off_unless_given_an_age_of_an_hour_or_more() {
+    assert_eq!(config(&[]).unwrap().compact_after, None);
+    assert_eq!(
+        config(&[("SENSORHUB_COMPACT_AFTER", "off")])
+            .unwrap()
+            .compact_after,
+        None
+    );
+    assert_eq!(
+        config(&[("SENSORHUB_COMPACT_AFTER", "7d")])
+            .unwrap()
+            .compact_after,
+        Some(Duration::from_secs(7 * 86_400))
+    );
+    for bad in ["30m", "weekly", "-1d"] {
+        let error = config(&[("SENSORHUB_COMPACT_AFTER", bad)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains(&format!("SENSORHUB_COMPACT_AFTER=\"{bad}\""))
+                && error.contains("at least 1h"),
+            "{error}"
+        );
+    }
+}
+
+#[test]
 fn ingest_takes_its_own_token_or_else_the_api_token() {
     let open = config(&[]).unwrap();
     assert!(open.api_token.is_none() && open.ingest_token.is_none());
