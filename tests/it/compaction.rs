@@ -454,3 +454,65 @@ async fn a_reader_holding_the_partition_does_not_hold_compaction_up() {
     t.assert_aggregates_exact().await;
     t.stop().await;
 }
+
+/// Hour partitions: each merges into its day's compacted row; retention then cuts a day at the
+/// horizon, an hour boundary inside the readings.
+#[actix_web::test]
+async fn hour_partitions_merge_into_their_day_and_retention_cuts_it_at_the_horizon() {
+    let mut t = spawn_app_with(
+        |c| c.partition = Duration::from_secs(3_600),
+        Default::default(),
+    )
+    .await;
+    let now = Utc::now();
+    // 24 hours of readings whose middle is where a 30-day retention will cut.
+    let cut = (now - TimeDelta::days(30))
+        .duration_trunc(TimeDelta::hours(1))
+        .unwrap();
+    let start = cut - TimeDelta::hours(12);
+    let last = load(
+        &mut t,
+        &["hourly".to_owned()],
+        start,
+        TimeDelta::minutes(1),
+        1_440,
+    )
+    .await;
+    t.wait_drained(&last).await;
+    let done = compact(&t).await;
+    assert_eq!(done.len(), 24, "{done:?}");
+    assert_eq!(stores(&t).await, (0, 1_440));
+    let days = if start.duration_trunc(TimeDelta::days(1)).unwrap() == start {
+        1
+    } else {
+        2
+    };
+    assert_eq!(
+        t.count("SELECT count(*) FROM readings_compact").await,
+        days,
+        "one row per day"
+    );
+    assert_each_key_once(&t).await;
+    t.assert_aggregates_exact().await;
+
+    let mut client = pg_client(t.config.database_url.expose()).await;
+    let retention = sensorhub::store::retention::Retention {
+        raw: Some(Duration::from_secs(30 * 86_400)),
+        aggregates: Vec::new(),
+    };
+    let report = sensorhub::store::retention::run_once(&mut client, &retention, now)
+        .await
+        .unwrap()
+        .unwrap();
+    let horizon = report.horizon.unwrap();
+    assert_eq!(horizon, cut, "the end of the last hour partition dropped");
+    assert_eq!(stores(&t).await, (0, 720), "cut at {horizon}");
+    assert_eq!(
+        t.count("SELECT count(*) FROM readings WHERE ts < (SELECT horizon FROM retention_horizon)")
+            .await,
+        0
+    );
+    let since = horizon.to_rfc3339();
+    assert_aggregates_exact_since(&t.pg, &t.config.resolutions, &since).await;
+    t.stop().await;
+}
