@@ -255,15 +255,19 @@ async fn write_day(
     mut day: Day,
 ) -> Result<u64, StoreError> {
     if stored.contains(&(day.sensor_id.clone(), day.day)) {
+        // Gone meanwhile when a writer took the day apart into another partition of the same day
+        // (hour partitions): its readings are stored there, and packed when that one is.
         let row = tx
-            .query_one(
+            .query_opt(
                 "SELECT ARRAY(SELECT u.ts FROM sensorhub_unpack(day, ts, ms, value, NULL) u),
                         value, origin
                  FROM readings_compact WHERE sensor_id = $1 AND day = $2",
                 &[&day.sensor_id, &day.day],
             )
             .await?;
-        day.merge(row.get(0), row.get(1), row.get(2));
+        if let Some(row) = row {
+            day.merge(row.get(0), row.get(1), row.get(2));
+        }
     }
     let (Some(first), Some(last)) = (day.ts.first(), day.ts.last()) else {
         return Ok(0);
